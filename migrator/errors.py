@@ -1,0 +1,100 @@
+"""The exception tree of the migrator, grouped by what the caller does next.
+
+    MigratorError                 base: catch this to catch everything of ours
+    ├── ConfigError               bad input before any request (malformed key, bad filter, bad option)
+    ├── APIError                  Cliniko answered with an error, or could not be reached
+    │   ├── AuthError             401: the key is unknown, revoked, or on another shard
+    │   ├── AccessError           403: the key's user lacks the right for this request
+    │   ├── NotFoundError         404: no such record or route
+    │   ├── ValidationAPIError    422: Cliniko refused a create or update (carries field errors)
+    │   ├── FatalAPIError         any other 4xx: fix the request, retrying will not help
+    │   └── RetriableAPIError     429, 5xx, timeouts, dropped connections: retries ran out
+    ├── ReadOnlyError             a write was attempted through the read-only source client
+    └── MappingError              a mapping table still has unresolved rows
+
+Every message is one sentence meant for a person, and none ever contains an API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AccessError",
+    "AuthError",
+    "ConfigError",
+    "FatalAPIError",
+    "MappingError",
+    "MigratorError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "RetriableAPIError",
+    "ValidationAPIError",
+]
+
+
+class MigratorError(Exception):
+    """Base class of every error the migrator raises on purpose."""
+
+
+class ConfigError(MigratorError):
+    """The input is wrong before any request is sent (a malformed key, an unknown filter...)."""
+
+
+class ReadOnlyError(MigratorError):
+    """A write was attempted through a client that may only read (the migration source)."""
+
+
+class MappingError(MigratorError):
+    """A mapping table has rows that are not resolved yet."""
+
+
+class APIError(MigratorError):
+    """Cliniko answered with an error status, or could not be reached.
+
+    Attributes:
+        status: the HTTP status code, or ``None`` when no response arrived.
+        method, path: what was asked (the path never carries the key).
+        api_message: the message from the API's error body, if it sent one.
+        errors: field errors from a 422 body (``{"field": ["..."]}``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        api_message: str | None = None,
+        errors: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.method = method
+        self.path = path
+        self.api_message = api_message
+        self.errors = errors or {}
+
+
+class AuthError(APIError):
+    """401: the key was refused (unknown, revoked, or used on the wrong shard)."""
+
+
+class AccessError(APIError):
+    """403: the key's user is not allowed to do this."""
+
+
+class NotFoundError(APIError):
+    """404: the record or route does not exist."""
+
+
+class ValidationAPIError(APIError):
+    """422: Cliniko refused the record; ``errors`` says which fields."""
+
+
+class FatalAPIError(APIError):
+    """Any other 4xx: the request itself is wrong and retrying will not help."""
+
+
+class RetriableAPIError(APIError):
+    """429, 5xx, a timeout or a dropped connection, still failing after every retry."""
