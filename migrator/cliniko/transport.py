@@ -1,0 +1,183 @@
+"""The transport seam: pacing, retries and the read-only guard wrap httpx's transport.
+
+:class:`ResilientTransport` wraps any ``httpx.BaseTransport`` (the real one, or a
+``MockTransport`` in tests) and, for each request:
+
+1. refuses anything but GET when read-only, before a byte leaves;
+2. waits for the key's :class:`~migrator.cliniko.pacing.RateLimiter`;
+3. reads the whole body, so a dropped connection or a truncated body surfaces here;
+4. answers 429 by pausing every caller of the key until ``X-RateLimit-Reset``,
+   and 502/503/504, timeouts and broken connections with jittered exponential
+   backoff, a bounded number of times; then raises :class:`RetriableAPIError`.
+
+Writes (POST, PUT, PATCH, DELETE) are retried only when the request surely never
+reached Cliniko (connection refused, 429): after a timeout or a dropped response
+the write may have happened, and sending it again could create a duplicate, so
+the caller gets the error and decides (the migration looks the record up first).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from migrator.cliniko.pacing import RateLimiter
+from migrator.errors import ReadOnlyError, RetriableAPIError
+
+__all__ = ["ResilientTransport", "RetryPolicy", "TransportStats"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. ``attempts`` counts every try of one request, the first included."""
+
+    attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_rate_limit_waits: int = 20
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full-jitter exponential backoff for the ``retry``-th retry (1-based)."""
+        return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (retry - 1)))
+
+
+@dataclass
+class TransportStats:
+    """Counters a run reports: what was sent and what went wrong on the way."""
+
+    requests: int = 0  # every request that left, retries and 429s included
+    retries: int = 0
+    rate_limited: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, what: str | None = None) -> None:
+        """One request left; ``what`` names how it failed, if it did."""
+        with self._lock:
+            self.requests += 1
+            if what:
+                self.failures[what] = self.failures.get(what, 0) + 1
+
+    def retried(self, what: str) -> None:
+        """A request that got an answer is being sent again because of ``what``."""
+        with self._lock:
+            self.retries += 1
+            self.failures[what] = self.failures.get(what, 0) + 1
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """Pacing, retries and the read-only guard around an inner transport."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        limiter: RateLimiter,
+        *,
+        read_only: bool,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        self.inner = inner
+        self.limiter = limiter
+        self.read_only = read_only
+        self.policy = policy or RetryPolicy()
+        self.stats = TransportStats()
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        method = request.method.upper()
+        if self.read_only and method not in _SAFE_METHODS:
+            raise ReadOnlyError(
+                f"Refused to send {method} {request.url.path}: the source account is read-only "
+                "and the migrator never writes to it."
+            )
+        retries = 0
+        rate_waits = 0
+        reason = ""
+        while True:
+            self.limiter.acquire()
+            try:
+                response = self.inner.handle_request(request)
+                response.read()
+            except httpx.TransportError as exc:
+                reason = _describe(exc)
+                self.stats.count(reason)
+                never_arrived = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if method not in _SAFE_METHODS and not never_arrived:
+                    raise self._give_up(request, reason, retries, may_have_happened=True) from exc
+            else:
+                status = response.status_code
+                if status == 429 and rate_waits < self.policy.max_rate_limit_waits:
+                    self.stats.count("rate limited (429)")
+                    with self.stats._lock:
+                        self.stats.rate_limited += 1
+                    rate_waits += 1
+                    self.limiter.pause_until_epoch(_reset_epoch(response))
+                    continue
+                if status in _RETRY_STATUSES and (method in _SAFE_METHODS or status == 503):
+                    reason = f"HTTP {status}"
+                    self.stats.count(reason)
+                    response.close()
+                else:
+                    self.stats.count()
+                    return response
+            retries += 1
+            if retries >= self.policy.attempts:
+                raise self._give_up(request, reason, retries, may_have_happened=False)
+            with self.stats._lock:
+                self.stats.retries += 1
+            delay = self.policy.backoff(retries, self._rng)
+            log.info(
+                "retrying %s %s after %s (retry %d, %.2fs)", method, request.url.path, reason, retries, delay
+            )
+            self._sleep(delay)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @staticmethod
+    def _give_up(
+        request: httpx.Request, reason: str, tries: int, *, may_have_happened: bool
+    ) -> RetriableAPIError:
+        path = request.url.path
+        if may_have_happened:
+            message = (
+                f"Cliniko did not confirm {request.method} {path} ({reason}); the write may or may not "
+                "have been applied, so it was not sent again."
+            )
+        else:
+            message = (
+                f"Cliniko could not answer {request.method} {path} after {tries} tries (last: {reason})."
+            )
+        return RetriableAPIError(message, method=request.method, path=path)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection dropped mid-response"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    return type(exc).__name__
+
+
+def _reset_epoch(response: httpx.Response) -> float:
+    """``X-RateLimit-Reset`` as epoch seconds; a missing or bad header means 'wait a second'."""
+    try:
+        return float(response.headers["X-RateLimit-Reset"])
+    except (KeyError, ValueError):
+        return time.time() + 1.0

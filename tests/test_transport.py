@@ -1,0 +1,182 @@
+"""Retries, rate-limit waits, typed errors and the read-only guard, with the transport swapped out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.transport import RetryPolicy
+from migrator.errors import (
+    AccessError,
+    AuthError,
+    ConfigError,
+    FatalAPIError,
+    NotFoundError,
+    ReadOnlyError,
+    RetriableAPIError,
+    ValidationAPIError,
+)
+
+KEY = "MSunitTestKey0123456789abcdefghij-uk1"
+FAST = ClientConfig(
+    requests_per_minute=0,
+    url_template="http://cliniko.test/{shard}/v1",
+    retry=RetryPolicy(attempts=4, backoff_base=0.001, backoff_max=0.01),
+    concurrency=1,
+)
+
+
+def client_with(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> ClinikoClient:
+    return ClinikoClient(KEY, config=FAST, transport=httpx.MockTransport(handler), **kwargs)  # type: ignore[arg-type]
+
+
+def scripted(*steps: object) -> tuple[Callable[[httpx.Request], httpx.Response], list[httpx.Request]]:
+    """A handler that plays ``steps`` in order: a Response, or an exception to raise."""
+    seen: list[httpx.Request] = []
+    queue = list(steps)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        step = queue.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        assert isinstance(step, httpx.Response)
+        return step
+
+    return handler, seen
+
+
+OK = httpx.Response(200, json={"id": 1})
+
+
+def test_requests_carry_basic_auth_user_agent_and_accept() -> None:
+    handler, seen = scripted(OK)
+    with client_with(handler) as client:
+        assert client.get("/user") == {"id": 1}
+    request = seen[0]
+    assert request.url == "http://cliniko.test/uk1/v1/user"
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["User-Agent"] == "Cliniko Migrator (migrator@example.com)"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(502),
+        httpx.Response(503),
+        httpx.Response(504),
+        httpx.ReadTimeout("stalled"),
+        httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, content=b'{"patients": [{"id": 1}, {"id"'),  # truncated, no Content-Length check
+    ],
+    ids=["502", "503", "504", "timeout", "dropped", "connect", "truncated"],
+)
+def test_transient_failures_are_retried_then_succeed(failure: object) -> None:
+    handler, seen = scripted(failure, failure, OK)
+    with client_with(handler) as client:
+        assert client.get("/patients/1") == {"id": 1}
+        assert len(seen) == 3
+        assert client.stats.requests == 3
+
+
+def test_retries_are_bounded_and_end_in_a_typed_error() -> None:
+    handler, seen = scripted(*[httpx.Response(503)] * 4)
+    with client_with(handler) as client, pytest.raises(RetriableAPIError) as info:
+        client.get("/patients")
+    assert len(seen) == 4
+    assert "after 4 tries" in str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_429_waits_until_the_reset_time_then_retries() -> None:
+    reset = int(time.time()) + 1
+    handler, seen = scripted(httpx.Response(429, headers={"X-RateLimit-Reset": str(reset)}), OK)
+    with client_with(handler) as client:
+        started = time.time()
+        assert client.get("/patients") == {"id": 1}
+        assert time.time() >= reset - 0.05 or time.time() - started >= 0.05
+        assert client.stats.rate_limited == 1
+        assert client.stats.retries == 0  # a rate-limit wait is not a failure
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "says"),
+    [
+        (401, {"message": "Unauthorized"}, AuthError, "did not accept the API key"),
+        (403, {"message": "Forbidden"}, AccessError, "not allowed"),
+        (404, {"message": "Not found"}, NotFoundError, "Cliniko has no /uk1/v1/patients/9"),
+        (400, {"message": "User-Agent required"}, FatalAPIError, "User-Agent required"),
+    ],
+)
+def test_other_4xx_become_typed_errors_with_the_api_message(status: int, body: dict, error: type, says: str) -> None:
+    handler, seen = scripted(httpx.Response(status, json=body))
+    with client_with(handler) as client, pytest.raises(error) as info:
+        client.get("/patients/9")
+    assert len(seen) == 1  # never retried
+    assert says in str(info.value)
+    assert info.value.status == status
+    assert info.value.api_message == body["message"]
+    assert KEY not in str(info.value) and KEY.split("-")[0] not in repr(info.value)
+
+
+def test_422_carries_field_errors() -> None:
+    body = {"message": "Validation failed", "errors": {"first_name": ["can't be blank"]}}
+    handler, _ = scripted(httpx.Response(422, json=body))
+    with client_with(handler, writable=True) as client, pytest.raises(ValidationAPIError) as info:
+        client.post("/patients", {"last_name": "Nguyen"})
+    assert info.value.errors == {"first_name": ["can't be blank"]}
+    assert "first_name can't be blank" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_the_source_client_refuses_writes_before_sending(method: str) -> None:
+    handler, seen = scripted()
+    with client_with(handler) as client:
+        with pytest.raises(ReadOnlyError, match="read-only"):
+            if method == "delete":
+                client.delete("/patients/1")
+            else:
+                getattr(client, method)("/patients/1", {"first_name": "A"})
+        # Even past the facade, the transport itself refuses.
+        with pytest.raises(ReadOnlyError):
+            client._http.request(method.upper(), "/patients/1", content=b"{}")
+    assert seen == []
+
+
+def test_a_write_whose_answer_was_lost_is_not_sent_twice() -> None:
+    handler, seen = scripted(httpx.ReadTimeout("stalled"), OK)
+    with client_with(handler, writable=True) as client, pytest.raises(RetriableAPIError, match="may or may not"):
+        client.post("/patients", {"first_name": "A", "last_name": "B"})
+    assert len(seen) == 1
+
+
+def test_a_write_that_never_connected_is_retried() -> None:
+    handler, seen = scripted(httpx.ConnectError("refused"), httpx.Response(201, json={"id": 5}))
+    with client_with(handler, writable=True) as client:
+        assert client.post("/patients", {"first_name": "A", "last_name": "B"}) == {"id": 5}
+    assert len(seen) == 2
+    assert json.loads(seen[1].content) == {"first_name": "A", "last_name": "B"}
+
+
+def test_key_never_in_client_repr_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    handler, _ = scripted(httpx.Response(503), OK)
+    with client_with(handler) as client:
+        client.get("/patients")
+        text = repr(client) + repr(client.key) + caplog.text
+    body = KEY.split("-")[0]
+    assert body not in text
+    assert base64.b64encode(f"{KEY}:".encode()).decode() not in text
+
+
+def test_user_agent_must_name_a_contact_email() -> None:
+    with pytest.raises(ConfigError, match="App name"):
+        ClientConfig(user_agent="python-httpx")
