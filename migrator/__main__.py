@@ -1,0 +1,7 @@
+"""``python -m migrator``: see :mod:`migrator.cli`."""
+
+import sys
+
+from migrator.cli import main
+
+sys.exit(main())

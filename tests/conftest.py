@@ -1,0 +1,102 @@
+"""Shared fixtures: sandboxes started as real servers in their own process, on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.transport import RetryPolicy
+from migrator.sandbox import start_subprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox process and what it printed on start."""
+
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any]
+
+    @property
+    def url_template(self) -> str:
+        return self.info["url_template"]
+
+    def account(self, role: str) -> dict[str, Any]:
+        return next(a for a in self.info["accounts"] if a["role"] == role)
+
+    def key(self, role: str) -> str:
+        return self.account(role)["key"]
+
+    def totals(self, role: str = "source") -> dict[str, int]:
+        return self.info["totals"][self.account(role)["name"]]
+
+    def client(self, role: str = "source", **config: Any) -> ClinikoClient:
+        config.setdefault("requests_per_minute", 0)
+        config.setdefault("retry", RetryPolicy(attempts=4, backoff_base=0.01, backoff_max=0.1))
+        return ClinikoClient(self.key(role), config=ClientConfig(url_template=self.url_template, **config))
+
+    def cli(self, *args: str, key: str | None = None, dest_key: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+        env["MIGRATOR_API_URL"] = self.url_template
+        if key is not None:
+            env["MIGRATOR_SOURCE_KEY"] = key
+        if dest_key is not None:
+            env["MIGRATOR_DEST_KEY"] = dest_key
+        return subprocess.run(
+            [sys.executable, "-m", "migrator", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _start(**options: Any) -> Iterator[RunningSandbox]:
+    process, info = start_subprocess(**options)
+    try:
+        yield RunningSandbox(process, info)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def demo_sandbox() -> Iterator[RunningSandbox]:
+    """The demo clinic with the rate limit off: for reading everything quickly."""
+    yield from _start(size="demo", seed=1, rate_limit=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sandbox() -> Iterator[RunningSandbox]:
+    yield from _start(size="tiny", seed=3, rate_limit=0)
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Any]:
+    """Start sandboxes with particular options; each is stopped at the end of the test."""
+    started: list[Iterator[RunningSandbox]] = []
+
+    def factory(**options: Any) -> RunningSandbox:
+        generator = _start(**options)
+        started.append(generator)
+        return next(generator)
+
+    yield factory
+    for generator in started:
+        next(generator, None)

@@ -1,0 +1,100 @@
+"""python -m migrator connect / preview against the sandbox, as a support person would run them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+from migrator.preview import SOURCE_LISTS, list_key
+from tests.conftest import RunningSandbox
+
+
+def test_preview_counts_equal_the_sandbox_totals(demo_sandbox: RunningSandbox) -> None:
+    result = demo_sandbox.cli("preview", "--json", key=demo_sandbox.key("source"))
+    assert result.returncode == 0, result.stderr
+    preview = json.loads(result.stdout)
+    totals = demo_sandbox.totals()
+    assert preview["counts"] == {list_key(r, route): totals[list_key(r, route)] for r, route in SOURCE_LISTS}
+    assert preview["counts"]["patients"] > 300
+    requests = sum(max(1, math.ceil(n / 100)) for n in preview["counts"].values())
+    assert preview["requests"] == requests
+    assert preview["estimated_minutes"] == math.ceil(requests / 200 * 10) / 10
+
+
+def test_preview_human_output(demo_sandbox: RunningSandbox) -> None:
+    result = demo_sandbox.cli("preview", key=demo_sandbox.key("source"))
+    assert result.returncode == 0, result.stderr
+    assert "patients" in result.stdout and "requests" in result.stdout and "minutes" in result.stdout
+
+
+def test_connect_json_for_source_and_destination(demo_sandbox: RunningSandbox) -> None:
+    source = demo_sandbox.account("source")
+    result = demo_sandbox.cli("connect", "--json", key=source["key"])
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown == {
+        "shard": source["shard"],
+        "base_url": demo_sandbox.url_template.replace("{shard}", source["shard"]),
+        "account": source["name"],
+        "user": source["user"],
+        "is_admin": True,
+        "is_practitioner": True,
+    }
+    dest = demo_sandbox.account("destination_admin_not_practitioner")
+    result = demo_sandbox.cli("connect", "--dest", "--json", dest_key=dest["key"])
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["account"], shown["is_admin"], shown["is_practitioner"]) == (dest["name"], True, False)
+
+
+def assert_one_clean_line(stderr: str, *secrets: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in stderr
+    for secret in secrets:
+        assert secret not in stderr
+
+
+def test_a_key_on_the_wrong_shard_is_refused_in_one_line(demo_sandbox: RunningSandbox) -> None:
+    key = demo_sandbox.key("source")
+    body, shard = key.rsplit("-", 1)
+    wrong = f"{body}-{'uk1' if shard != 'uk1' else 'au2'}"
+    result = demo_sandbox.cli("connect", key=wrong)
+    assert result.returncode == 1
+    assert "did not accept the API key" in result.stderr
+    assert_one_clean_line(result.stderr, body, wrong)
+
+
+def test_an_unknown_key_is_refused(demo_sandbox: RunningSandbox) -> None:
+    unknown = "MSthisKeyDoesNotExistAnywhere0123456789-au2"
+    result = demo_sandbox.cli("preview", "--json", key=unknown)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert_one_clean_line(result.stderr, unknown.split("-")[0])
+
+
+def test_a_malformed_key_is_refused_before_any_request(demo_sandbox: RunningSandbox) -> None:
+    result = demo_sandbox.cli("connect", key="MSabcdefgh0123456789-australia")
+    assert result.returncode == 2
+    assert "not a Cliniko shard" in result.stderr
+    assert_one_clean_line(result.stderr, "MSabcdefgh0123456789")
+
+
+def test_no_key_and_no_terminal_says_which_variable(demo_sandbox: RunningSandbox) -> None:
+    result = demo_sandbox.cli("connect", "--dest")
+    assert result.returncode == 2
+    assert "MIGRATOR_DEST_KEY" in result.stderr
+    assert_one_clean_line(result.stderr)
+
+
+def test_no_key_in_verbose_logs_even_when_requests_are_retried(sandbox_factory) -> None:
+    sandbox = sandbox_factory(size="tiny", seed=2, rate_limit=0, faults=0.3, stall=0.5)
+    key = sandbox.key("source")
+    result = sandbox.cli("-v", "preview", "--json", key=key)
+    assert result.returncode == 0, result.stderr
+    assert "retrying" in result.stderr  # the log really was written
+    basic = base64.b64encode(f"{key}:".encode()).decode()
+    for secret in (key, key.split("-")[0], basic):
+        assert secret not in result.stderr and secret not in result.stdout
