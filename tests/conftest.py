@@ -44,7 +44,9 @@ class RunningSandbox:
         config.setdefault("retry", RetryPolicy(attempts=4, backoff_base=0.01, backoff_max=0.1))
         return ClinikoClient(self.key(role), config=ClientConfig(url_template=self.url_template, **config))
 
-    def cli(self, *args: str, key: str | None = None, dest_key: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, key: str | None = None, dest_key: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env["MIGRATOR_API_URL"] = self.url_template

@@ -67,8 +67,14 @@ def test_filters_of_each_kind_match_a_local_computation(demo_sandbox: RunningSan
         assert got == {str(a["id"]) for a in appointments if a["starts_at"] >= cut} and got
         # Integer list and !=
         practitioners = sorted({link_id(a, "practitioner") for a in appointments})[:2]
-        got = ids(read_all(client, "individual_appointments", filters=[Filter("practitioner_id", "=", practitioners)]))
-        assert got == {str(a["id"]) for a in appointments if link_id(a, "practitioner") in practitioners} and got
+        got = ids(
+            read_all(
+                client, "individual_appointments", filters=[Filter("practitioner_id", "=", practitioners)]
+            )
+        )
+        assert (
+            got == {str(a["id"]) for a in appointments if link_id(a, "practitioner") in practitioners} and got
+        )
         one = link_id(appointments[0], "patient")
         got = ids(read_all(client, "individual_appointments", filters=[Filter("patient_id", "!=", one)]))
         assert got == {str(a["id"]) for a in appointments if link_id(a, "patient") != one}
@@ -81,11 +87,16 @@ def test_filters_of_each_kind_match_a_local_computation(demo_sandbox: RunningSan
             )
         )
         assert got == {
-            str(a["id"]) for a in appointments if link_id(a, "practitioner") == practitioners[0] and a["starts_at"] < cut
+            str(a["id"])
+            for a in appointments
+            if link_id(a, "practitioner") == practitioners[0] and a["starts_at"] < cut
         }
         # Date, with the wildcard
         got = ids(read_all(client, "patients", filters=[Filter("date_of_birth", "=", "****-05-**")]))
-        assert got == {str(p["id"]) for p in patients if p["date_of_birth"] and p["date_of_birth"][5:7] == "05"} and got
+        assert (
+            got == {str(p["id"]) for p in patients if p["date_of_birth"] and p["date_of_birth"][5:7] == "05"}
+            and got
+        )
         # String: contains, LIKE, equals
         got = ids(read_all(client, "patients", filters=[Filter("last_name", "~", "son")]))
         assert got == {str(p["id"]) for p in patients if "son" in p["last_name"].lower()}
@@ -105,7 +116,9 @@ def test_filters_of_each_kind_match_a_local_computation(demo_sandbox: RunningSan
 def test_count_matches_a_full_read(demo_sandbox: RunningSandbox) -> None:
     with demo_sandbox.client() as client:
         flt = [Filter("updated_at", ">", "2025-01-01T00:00:00Z")]
-        assert client.count("individual_appointments", flt) == len(read_all(client, "individual_appointments", filters=flt))
+        assert client.count("individual_appointments", flt) == len(
+            read_all(client, "individual_appointments", filters=flt)
+        )
 
 
 def test_a_client_paced_at_the_limit_is_not_refused(sandbox_factory) -> None:
@@ -142,8 +155,16 @@ def test_recovers_from_every_fault_kind_with_nothing_lost_or_duplicated(
     demo_sandbox: RunningSandbox, sandbox_factory
 ) -> None:
     faulty = sandbox_factory(size="demo", seed=1, rate_limit=0, faults=0.25, stall=1.5)
-    lists = [("patients", None), ("individual_appointments", None), ("invoices", None), ("treatment_notes", None)]
-    with demo_sandbox.client() as clean, faulty.client(timeout=0.5, concurrency=4, retry=_patient_retries()) as client:
+    lists = [
+        ("patients", None),
+        ("individual_appointments", None),
+        ("invoices", None),
+        ("treatment_notes", None),
+    ]
+    with (
+        demo_sandbox.client() as clean,
+        faulty.client(timeout=0.5, concurrency=4, retry=_patient_retries()) as client,
+    ):
         for resource, route in lists:
             expected = sorted(str(r["id"]) for r in read_all(clean, resource, route))
             got = sorted(str(r["id"]) for r in read_all(client, resource, route))
@@ -192,7 +213,9 @@ def test_models_validate_every_record_served_in_both_id_forms(sandbox_factory, i
                 assert record.id == str(raw["id"])
                 seen += 1
         assert seen > 5000
-        big = [r for r in read_all(client, "practitioners") if int(parse_record("practitioners", r).id) > 2**53]
+        big = [
+            r for r in read_all(client, "practitioners") if int(parse_record("practitioners", r).id) > 2**53
+        ]
         assert big, "the sandbox serves ids above 2**53"
 
 
@@ -213,7 +236,9 @@ def test_identity_of_each_role(demo_sandbox: RunningSandbox) -> None:
         assert identity.shard == account["shard"]
 
 
-def test_writes_are_refused_by_the_source_client_and_the_sandbox_is_untouched(demo_sandbox: RunningSandbox) -> None:
+def test_writes_are_refused_by_the_source_client_and_the_sandbox_is_untouched(
+    demo_sandbox: RunningSandbox,
+) -> None:
     from migrator.errors import ReadOnlyError
 
     with demo_sandbox.client() as client:

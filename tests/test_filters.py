@@ -26,8 +26,12 @@ def test_each_operator_kind_renders() -> None:
         ("q[]", "practitioner_id:=514810972972521916,7"),
         ("q[]", "patient_id:!=12"),
     ]
-    assert query_params("patients", [Filter("date_of_birth", "=", "****-05-**")]) == [("q[]", "date_of_birth:=****-05-**")]
-    assert query_params("patients", [Filter("date_of_birth", ">", date(1990, 1, 2))]) == [("q[]", "date_of_birth:>1990-01-02")]
+    assert query_params("patients", [Filter("date_of_birth", "=", "****-05-**")]) == [
+        ("q[]", "date_of_birth:=****-05-**")
+    ]
+    assert query_params("patients", [Filter("date_of_birth", ">", date(1990, 1, 2))]) == [
+        ("q[]", "date_of_birth:>1990-01-02")
+    ]
     assert query_params("patients", [Filter("last_name", "~~", "O'%")]) == [("q[]", "last_name:~~O'%")]
     assert query_params("patients", [Filter("email", "~", "@example")]) == [("q[]", "email:~@example")]
 
@@ -58,7 +62,9 @@ def test_bad_filters_are_refused_before_any_request(resource: str, flt: Filter, 
 
 
 def test_parse_reads_command_line_filters() -> None:
-    assert Filter.parse("updated_at:>=2024-01-01T00:00:00Z") == Filter("updated_at", ">=", "2024-01-01T00:00:00Z")
+    assert Filter.parse("updated_at:>=2024-01-01T00:00:00Z") == Filter(
+        "updated_at", ">=", "2024-01-01T00:00:00Z"
+    )
     assert Filter.parse("last_name:~~Sm%th") == Filter("last_name", "~~", "Sm%th")
     assert Filter.parse("id:!=3") == Filter("id", "!=", "3")
     with pytest.raises(ConfigError):
@@ -73,5 +79,9 @@ def test_id_lists_are_chunked_and_deduplicated() -> None:
     assert len(chunks) == 7  # 18-digit ids: 78 per chunk
     filters = ids_in("patient_id", ids)
     assert len(filters) == len(chunks)
-    assert filters[0].render("individual_appointments").startswith("patient_id:=514810972972521916,514810972972521917,")
+    assert (
+        filters[0]
+        .render("individual_appointments")
+        .startswith("patient_id:=514810972972521916,514810972972521917,")
+    )
     assert chunk_ids([]) == []

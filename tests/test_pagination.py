@@ -17,7 +17,10 @@ BASE = "http://cliniko.test/au2/v1"
 
 
 def paging_server(
-    total: int, *, next_for: Callable[[int, int, int], str | None] | None = None, grow_after: int | None = None
+    total: int,
+    *,
+    next_for: Callable[[int, int, int], str | None] | None = None,
+    grow_after: int | None = None,
 ) -> tuple[Callable[[httpx.Request], httpx.Response], list[str]]:
     """A /patients list of ``total`` records; ``next_for(page, per_page, last)`` may bend its links."""
     records = [{"id": 514810972972521916 + i, "first_name": f"P{i}"} for i in range(total)]
@@ -35,8 +38,10 @@ def paging_server(
         last = max(1, -(-count // per_page))
         chunk = records[(page - 1) * per_page : page * per_page]
         links = {"self": f"{BASE}/patients?page={page}&per_page={per_page}"}
-        nxt = next_for(page, per_page, last) if next_for else (
-            f"{BASE}/patients?page={page + 1}&per_page={per_page}" if page < last else None
+        nxt = (
+            next_for(page, per_page, last)
+            if next_for
+            else (f"{BASE}/patients?page={page + 1}&per_page={per_page}" if page < last else None)
         )
         if nxt:
             links["next"] = nxt
@@ -98,7 +103,9 @@ def test_a_page_that_links_to_itself_is_refused(concurrency: int) -> None:
 
 
 def test_a_link_back_to_page_one_is_refused() -> None:
-    handler, _ = paging_server(300, next_for=lambda page, pp, last: f"http://elsewhere.test/au2/v1/patients?page=1&per_page={pp}")
+    handler, _ = paging_server(
+        300, next_for=lambda page, pp, last: f"http://elsewhere.test/au2/v1/patients?page=1&per_page={pp}"
+    )
     with make_client(handler, 1) as client, pytest.raises(FatalAPIError, match="already read"):
         list(client.pages("patients"))
 

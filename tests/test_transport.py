@@ -116,7 +116,9 @@ def test_429_waits_until_the_reset_time_then_retries() -> None:
         (400, {"message": "User-Agent required"}, FatalAPIError, "User-Agent required"),
     ],
 )
-def test_other_4xx_become_typed_errors_with_the_api_message(status: int, body: dict, error: type, says: str) -> None:
+def test_other_4xx_become_typed_errors_with_the_api_message(
+    status: int, body: dict, error: type, says: str
+) -> None:
     handler, seen = scripted(httpx.Response(status, json=body))
     with client_with(handler) as client, pytest.raises(error) as info:
         client.get("/patients/9")
@@ -153,7 +155,10 @@ def test_the_source_client_refuses_writes_before_sending(method: str) -> None:
 
 def test_a_write_whose_answer_was_lost_is_not_sent_twice() -> None:
     handler, seen = scripted(httpx.ReadTimeout("stalled"), OK)
-    with client_with(handler, writable=True) as client, pytest.raises(RetriableAPIError, match="may or may not"):
+    with (
+        client_with(handler, writable=True) as client,
+        pytest.raises(RetriableAPIError, match="may or may not"),
+    ):
         client.post("/patients", {"first_name": "A", "last_name": "B"})
     assert len(seen) == 1
 
