@@ -26,6 +26,11 @@ def test_ruff_lint_and_format_are_clean() -> None:
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+def test_library_type_checks() -> None:
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_library_never_imports_streamlit() -> None:
     offenders = [
         str(path.relative_to(ROOT))

@@ -174,7 +174,7 @@ class ClinikoClient:
 
     # -- raw requests ----------------------------------------------------------------
 
-    def get(self, path: str, params: list[tuple[str, str]] | dict[str, str] | None = None) -> dict[str, Any]:
+    def get(self, path: str, params: list[tuple[str, str]] | None = None) -> dict[str, Any]:
         """GET ``path`` (relative to the base URL, or an absolute link) and decode the JSON."""
         return self._request("GET", path, params=params)
 
@@ -195,7 +195,7 @@ class ClinikoClient:
         method: str,
         path: str,
         *,
-        params: list[tuple[str, str]] | dict[str, str] | None = None,
+        params: list[tuple[str, str]] | None = None,
         body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if method != "GET" and not self.writable:
@@ -207,7 +207,9 @@ class ClinikoClient:
         attempts = self.config.retry.attempts if method == "GET" else 1
         for attempt in range(1, attempts + 1):
             try:
-                response = self._http.request(method, path, params=params, content=content, headers=headers)
+                response = self._http.request(
+                    method, path, params=tuple(params) if params else None, content=content, headers=headers
+                )
             except httpx.TransportError as exc:  # the transport retries; only non-retried errors land here
                 raise RetriableAPIError(
                     f"Cliniko could not be reached for {method} {_path(path)} ({type(exc).__name__}).",
@@ -371,24 +373,26 @@ def _error_for(response: httpx.Response, key: ApiKey) -> APIError:
         api_message = response.text[:200] or None
     status = response.status_code
     said = f": {api_message}" if api_message else ""
-    common = {"status": status, "method": method, "path": path, "api_message": api_message, "errors": errors}
+    kind: type[APIError]
     if status == 401:
-        return AuthError(
+        kind, message = (
+            AuthError,
             f"Cliniko did not accept the API key (HTTP 401){said}. Check that the whole key was pasted, that it "
             f"has not been revoked, and that it belongs to the {key.shard} shard ({key.region}).",
-            **common,
         )
-    if status == 403:
-        return AccessError(
+    elif status == 403:
+        kind, message = (
+            AccessError,
             f"The API key's user is not allowed to {method} {path} (HTTP 403){said}; an administrator's key is needed.",
-            **common,
         )
-    if status == 404:
-        return NotFoundError(f"Cliniko has no {path} (HTTP 404){said}.", **common)
-    if status == 422:
+    elif status == 404:
+        kind, message = NotFoundError, f"Cliniko has no {path} (HTTP 404){said}."
+    elif status == 422:
         fields = "; ".join(f"{name} {', '.join(msgs)}" for name, msgs in errors.items())
         detail = f" ({fields})" if fields else ""
-        return ValidationAPIError(f"Cliniko refused {method} {path}{said}{detail}.", **common)
-    if status == 429 or status >= 500:
-        return RetriableAPIError(f"Cliniko kept failing {method} {path} (HTTP {status}){said}.", **common)
-    return FatalAPIError(f"Cliniko refused {method} {path} (HTTP {status}){said}.", **common)
+        kind, message = ValidationAPIError, f"Cliniko refused {method} {path}{said}{detail}."
+    elif status == 429 or status >= 500:
+        kind, message = RetriableAPIError, f"Cliniko kept failing {method} {path} (HTTP {status}){said}."
+    else:
+        kind, message = FatalAPIError, f"Cliniko refused {method} {path} (HTTP {status}){said}."
+    return kind(message, status=status, method=method, path=path, api_message=api_message, errors=errors)

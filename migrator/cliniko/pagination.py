@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +133,7 @@ def _prefetched(
     guessed: dict[int, str],
     last: int,
     seen: set[tuple[str, tuple[tuple[str, str], ...]]],
-) -> Iterator[Page]:
+) -> Generator[Page, None, str | None]:
     """Fetch the guessed pages ahead of need; returns the link to follow afterwards (or None)."""
     pending: deque[tuple[int, Future[dict[str, Any]]]] = deque()
     upcoming = iter(range(2, last + 1))
