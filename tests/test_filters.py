@@ -76,9 +76,13 @@ def test_id_lists_are_chunked_and_deduplicated() -> None:
     chunks = chunk_ids(ids, max_chars=1500)
     assert [i for chunk in chunks for i in chunk] == ids[:500]  # every id once, in order
     assert all(len(",".join(chunk)) <= 1500 for chunk in chunks)
-    assert len(chunks) == 7  # 18-digit ids: 78 per chunk
+    assert len(chunks) == 7  # 18-digit ids: 78 per 1,500 characters
+    full = chunk_ids(ids)  # the defaults: one page of long ids per query
+    assert [len(c) for c in full] == [100] * 5
+    short = chunk_ids(range(1, 1001))
+    assert [len(c) for c in short] == [100] * 10
     filters = ids_in("patient_id", ids)
-    assert len(filters) == len(chunks)
+    assert len(filters) == len(full)
     assert (
         filters[0]
         .render("individual_appointments")

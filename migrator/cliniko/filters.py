@@ -19,11 +19,14 @@ from datetime import UTC, date, datetime
 from migrator.cliniko.resources import FILTER_OPERATORS, resource
 from migrator.errors import ConfigError
 
-__all__ = ["MAX_ID_LIST_CHARS", "Filter", "chunk_ids", "ids_in", "query_params"]
+__all__ = ["MAX_IDS_PER_LIST", "MAX_ID_LIST_CHARS", "Filter", "chunk_ids", "ids_in", "query_params"]
 
-#: Characters of ids per ``q[]`` list. 1,500 keeps a URL with a few filters near
-#: 2 KB: about 80 long (18-digit) ids or 200 short ones per query.
-MAX_ID_LIST_CHARS = 1500
+#: Characters of ids per ``q[]`` list: 100 ids of 18 digits (Cliniko's long ids)
+#: fit, so a query by ids fills exactly one page, and the URL stays near 2.3 KB,
+#: far below what servers and proxies refuse (8 KB is the usual floor).
+MAX_ID_LIST_CHARS = 1900
+#: Ids per list: one page's worth, so each chunk costs one request.
+MAX_IDS_PER_LIST = 100
 
 _OPERATORS_LONGEST_FIRST = (">=", "<=", "!=", "~~", "=", ">", "<", "~")
 
@@ -103,8 +106,10 @@ def query_params(resource_name: str, filters: Iterable[Filter]) -> list[tuple[st
     return [("q[]", f.render(resource_name)) for f in filters]
 
 
-def chunk_ids(ids: Iterable[str | int], max_chars: int = MAX_ID_LIST_CHARS) -> list[list[str]]:
-    """Split ids into lists whose comma-joined text stays under ``max_chars``.
+def chunk_ids(
+    ids: Iterable[str | int], max_chars: int = MAX_ID_LIST_CHARS, max_ids: int = MAX_IDS_PER_LIST
+) -> list[list[str]]:
+    """Split ids into lists of at most ``max_ids`` whose comma-joined text stays under ``max_chars``.
 
     Duplicates are dropped and the first-seen order kept, so each id is asked for once.
     """
@@ -113,7 +118,7 @@ def chunk_ids(ids: Iterable[str | int], max_chars: int = MAX_ID_LIST_CHARS) -> l
     size = 0
     for raw in dict.fromkeys(str(i) for i in ids):
         extra = len(raw) + (1 if current else 0)
-        if current and size + extra > max_chars:
+        if current and (size + extra > max_chars or len(current) >= max_ids):
             chunks.append(current)
             current, size = [], 0
             extra = len(raw)
