@@ -1,0 +1,439 @@
+"""Mapping tables: name normalisation, the auto-match rules, files, validation, and the sandbox end to end."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.errors import ConfigError
+from migrator.mapping import (
+    MAPPING_COLUMNS,
+    auto_match,
+    build_mapping,
+    load_mapping,
+    normalise_name,
+    reference_from_client,
+    save_mapping,
+    source_frame,
+    to_frames,
+    to_rows,
+    validate,
+)
+from migrator.plan import MappingRow
+from migrator.sandbox import Sandbox
+
+# --- names -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Zoe Adams", "ZOE ADAMS"),
+        ("Van  der Berg ", "Van der Berg"),
+        ("\tTom\u00a0Van der Berg\n", "tom van der berg"),
+        ("Zoë", "Zoe"),
+        ("Trần", "Tran"),
+        ("José García", "Jose Garcia"),
+        ("Łukasz Søren", "lukasz soren"),
+        ("mary-jane o'brien", "Mary-Jane O'Brien"),
+        ("Mary-Jane O’Brien", "mary jane obrien"),
+        ("Harbourside Physio – Coburg", "Harbourside Physio Coburg"),
+        ("Harbourside Physio — Coburg", "harbourside physio - coburg"),
+        ("Remedial Massage (old)", "remedial massage old"),
+        ("Dr Zoë Adams", "Zoe Adams"),
+        ("Dr. Priya Patel", "priya PATEL"),
+        ("ＺＯＥ", "zoe"),  # full-width letters
+    ],
+)
+def test_normalise_name_equates(a: str, b: str) -> None:
+    assert normalise_name(a) == normalise_name(b)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("  Van  der Berg ", "van der berg"),
+        ("Mary-Jane O'Brien", "mary jane obrien"),
+        ("Anh Trần", "anh tran"),
+        ("Dr", "dr"),  # a title alone is a name, not a prefix
+        ("Mr Smith", "mr smith"),  # only professional titles are dropped
+        ("伟 李", "伟 李"),
+        ("김민준", "김민준"),  # Hangul is recomposed, not left as jamo
+        ("がく", "がく"),  # dakuten change the letter: kept
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_normalise_name_values(text: str | None, expected: str) -> None:
+    assert normalise_name(text) == expected
+
+
+@pytest.mark.parametrize(("a", "b"), [("Mary Jane", "Maryjane"), ("がく", "かく"), ("Anh Tran", "Anh Trang")])
+def test_normalise_name_keeps_different_names_apart(a: str, b: str) -> None:
+    assert normalise_name(a) != normalise_name(b)
+
+
+# --- auto_match ------------------------------------------------------------------
+
+
+def src(*rows: tuple[str, str, bool]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={"source_id": pl.String, "source_name": pl.String, "source_active": pl.Boolean},
+        orient="row",
+    )
+
+
+def dst(*rows: tuple[str, str, bool] | tuple[str, str, bool, str | None]) -> pl.DataFrame:
+    full = [(*r, None) if len(r) == 3 else r for r in rows]
+    return pl.DataFrame(
+        full,
+        schema={"id": pl.String, "name": pl.String, "active": pl.Boolean, "source_id": pl.String},
+        orient="row",
+    )
+
+
+def decided(frame: pl.DataFrame) -> dict[str, tuple[str, str | None]]:
+    return {r["source_name"]: (r["action"], r["target_id"]) for r in frame.iter_rows(named=True)}
+
+
+def notes(frame: pl.DataFrame) -> dict[str, str]:
+    return dict(zip(frame["source_name"], frame["note"], strict=True))
+
+
+def test_auto_match_exact_and_normalised_names() -> None:
+    source = src(("1", "Zoë Adams", True), ("2", "Mary-Jane O'Brien", True), ("3", "Liam Murphy", True))
+    destination = dst(
+        ("11", "Zoe Adams", True), ("12", "mary-jane o'brien", True), ("13", "Liam Murphy", True)
+    )
+    table = auto_match(source, destination, "practitioners", can_create=False)
+    assert table.columns == list(MAPPING_COLUMNS)
+    assert table["entity"].to_list() == ["practitioners"] * 3
+    assert decided(table) == {
+        "Zoë Adams": ("map", "11"),
+        "Mary-Jane O'Brien": ("map", "12"),
+        "Liam Murphy": ("map", "13"),
+    }
+    assert table["target_name"].to_list() == ["Zoe Adams", "mary-jane o'brien", "Liam Murphy"]
+    assert notes(table)["Liam Murphy"] == ""  # identical names need no comment
+    assert notes(table)["Zoë Adams"].startswith("Matched by name, ignoring case, accents")
+
+
+def test_auto_match_leaves_duplicate_destination_names_unresolved() -> None:
+    source = src(("1", "Harbourside Physio Coburg", True))
+    destination = dst(
+        ("21", "Harbourside Physio Coburg", True),
+        ("22", "HARBOURSIDE PHYSIO – COBURG", True),
+        ("23", "Elsewhere", True),
+    )
+    table = auto_match(source, destination, "businesses", can_create=True)
+    assert decided(table) == {"Harbourside Physio Coburg": ("unresolved", None)}
+    assert notes(table)["Harbourside Physio Coburg"] == (
+        "2 destination records are named 'Harbourside Physio Coburg'; choose one, or another action."
+    )
+
+
+def test_auto_match_prefers_the_one_active_destination_record() -> None:
+    source = src(("1", "Priya Patel", True))
+    destination = dst(
+        ("31", "Priya Patel", False), ("32", "PRIYA  PATEL", False), ("33", "priya patel", True)
+    )
+    table = auto_match(source, destination, "practitioners", can_create=False)
+    assert decided(table) == {"Priya Patel": ("map", "33")}
+    assert "Preferred over 2 inactive records of the same name." in notes(table)["Priya Patel"]
+
+
+def test_auto_match_maps_a_former_practitioner_the_clinic_recreated_inactive() -> None:
+    source = src(("5", "Liam Murphy", False))
+    destination = dst(("41", "Liam Murphy", False))
+    table = auto_match(source, destination, "practitioners", can_create=False)
+    assert decided(table) == {"Liam Murphy": ("map", "41")}
+    assert notes(table)["Liam Murphy"] == "The destination record is inactive."
+
+
+@pytest.mark.parametrize("can_create", [True, False])
+def test_auto_match_former_practitioners_not_found_are_for_a_person(can_create: bool) -> None:
+    source = src(("5", "Liam Murphy", False))
+    destination = dst(("11", "Zoe Adams", True), ("99", "Former Practitioner", False))
+    table = auto_match(source, destination, "practitioners", can_create=can_create)
+    assert decided(table) == {"Liam Murphy": ("unresolved", None)}
+    note = notes(table)["Liam Murphy"]
+    assert note.startswith("A former practitioner not found in the destination: choose 'former'")
+    assert "(the destination has 'Former Practitioner', id 99)" in note
+    assert "'reassign'" in note and "'exclude'" in note
+    assert ("'create'" in note) is can_create
+
+
+def test_auto_match_creates_only_what_the_destination_can() -> None:
+    source = src(("4", "Anh Trần", True))
+    destination = dst(("11", "Zoe Adams", True))
+    local = auto_match(source, destination, "practitioners", can_create=True)
+    assert decided(local) == {"Anh Trần": ("create", None)}
+    assert notes(local)["Anh Trần"] == "No practitioner of this name in the destination: it will be created."
+    cliniko = auto_match(source, destination, "practitioners", can_create=False)
+    assert decided(cliniko) == {"Anh Trần": ("unresolved", None)}
+    assert "Cliniko's API cannot create practitioners" in notes(cliniko)["Anh Trần"]
+
+    business = src(("20", "Harbourside Physio Footscray", True))
+    assert decided(auto_match(business, dst(), "businesses", can_create=True)) == {
+        "Harbourside Physio Footscray": ("create", None)
+    }
+    missing = auto_match(business, dst(), "businesses", can_create=False)
+    assert decided(missing) == {"Harbourside Physio Footscray": ("unresolved", None)}
+    assert "or exclude it (its appointments are skipped)" in notes(missing)["Harbourside Physio Footscray"]
+
+
+def test_auto_match_appointment_types_may_be_created_in_cliniko() -> None:
+    source = src(
+        ("40", "Initial Consultation", True),
+        ("41", "Hydrotherapy Group", True),
+        ("42", "Remedial Massage (old)", False),
+    )
+    destination = dst(("51", "initial consultation", True))
+    table = auto_match(source, destination, "appointment_types", can_create=False)
+    assert decided(table) == {
+        "Initial Consultation": ("map", "51"),
+        "Hydrotherapy Group": ("create", None),
+        "Remedial Massage (old)": ("create", None),
+    }
+
+
+def test_auto_match_links_records_an_earlier_run_created() -> None:
+    # the local store remembers the source id: that beats any name, even a renamed record
+    source = src(("4", "Anh Trần", True), ("1", "Zoë Adams", True))
+    destination = dst(
+        ("61", "Anh Tran-Nguyen", True, "4"), ("62", "Anh Trần", True), ("63", "Zoe Adams", True)
+    )
+    table = auto_match(source, destination, "practitioners", can_create=True)
+    assert decided(table) == {"Anh Trần": ("map", "61"), "Zoë Adams": ("map", "63")}
+    assert notes(table)["Anh Trần"] == "Created from this source record by an earlier run."
+
+
+def test_auto_match_notes_several_sources_sharing_one_target() -> None:
+    source = src(("40", "Pilates Class", True), ("43", "Pilates class", False))
+    table = auto_match(source, dst(("51", "Pilates Class", True)), "appointment_types", can_create=True)
+    assert decided(table) == {"Pilates Class": ("map", "51"), "Pilates class": ("map", "51")}
+    assert all("2 source records share this name and all map here." in n for n in table["note"])
+
+
+def test_auto_match_edge_cases() -> None:
+    # an empty destination, a nameless source record, and no source records at all
+    table = auto_match(src(("1", "", True)), dst(), "appointment_types", can_create=False)
+    assert decided(table) == {"": ("create", None)}
+    assert auto_match(src(), dst(("1", "X", True)), "businesses", can_create=True).height == 0
+    with pytest.raises(ConfigError, match="Unknown mapping entity"):
+        auto_match(src(), dst(), "patients", can_create=True)
+
+
+# --- rows, frames and files ------------------------------------------------------
+
+
+def sample_rows() -> list[MappingRow]:
+    return [
+        MappingRow(entity="businesses", source_id="20", source_name="Coburg – North", action="exclude"),
+        MappingRow(
+            entity="practitioners", source_id="1", source_name="Zoë Adams", action="map", target_id="11"
+        ),
+        MappingRow(
+            entity="practitioners",
+            source_id="5",
+            source_name="Liam Murphy",
+            source_active=False,
+            action="former",
+            note="Left in 2023",
+        ),
+        MappingRow(entity="appointment_types", source_id="40", source_name="Pilates 🧘", action="create"),
+    ]
+
+
+def test_rows_and_frames_round_trip() -> None:
+    frames = to_frames(sample_rows())
+    assert list(frames) == ["businesses", "practitioners", "appointment_types"]
+    assert frames["practitioners"].columns == list(MAPPING_COLUMNS)
+    assert frames["practitioners"]["target_id"].to_list() == ["11", None]
+    assert to_rows(frames) == sample_rows()
+    assert to_frames([])["businesses"].height == 0
+
+
+def test_to_rows_refuses_an_invalid_edit() -> None:
+    frames = to_frames(sample_rows())
+    frames["practitioners"] = frames["practitioners"].with_columns(
+        action=pl.when(pl.col("source_id") == "1").then(pl.lit("reassign")).otherwise("action"),
+        target_id=pl.lit(None, dtype=pl.String),
+    )
+    with pytest.raises(ConfigError) as caught:
+        to_rows(frames)
+    assert str(caught.value) == (
+        "Row 1 of the practitioners table is not valid: practitioners 'Zoë Adams' (source id 1): "
+        "the action 'reassign' needs a target_id."
+    )
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.json"
+    save_mapping(path, sample_rows())
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["version"] == 1 and len(data["mappings"]) == 4
+    assert "Pilates 🧘" in path.read_text(encoding="utf-8")
+    assert load_mapping(path) == sample_rows()
+    assert [p.name for p in tmp_path.iterdir()] == ["mapping.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{oops", "is not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."),
+        ("[]", "must hold an object with a 'mappings' list."),
+        ('{"version": 2, "mappings": []}', "has version 2; this tool reads version 1."),
+        ('{"mappings": []}', "has version None; this tool reads version 1."),
+        (
+            '{"version": 1, "mappings": [{"entity": "businesses", "source_id": "2", "source_name": "B", "action": "former"}]}',
+            "Row 1 of the mapping file {path} is not valid: businesses 'B' (source id 2): the action 'former' is only for practitioners.",
+        ),
+        (
+            '{"version": 1, "mappings": [{"entity": "businesses", "source_id": "x", "source_name": "B", "action": "exclude"}]}',
+            "Row 1 of the mapping file {path} is not valid: source_id: an id must be a string of decimal digits, got 'x'.",
+        ),
+        (
+            '{"version": 1, "mappings": ['
+            '{"entity": "businesses", "source_id": "2", "source_name": "B", "action": "exclude"},'
+            '{"entity": "businesses", "source_id": "2", "source_name": "B", "action": "unresolved"}]}',
+            "The mapping file {path} lists businesses source id 2 more than once.",
+        ),
+    ],
+)  # fmt: skip
+def test_load_mapping_refuses_a_malformed_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    expected = message.format(path=path)
+    assert str(caught.value).endswith(expected)
+    assert str(caught.value).startswith(("The mapping file ", "Row "))
+
+
+def test_load_mapping_of_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^There is no mapping file at .*nope\.json\.$"):
+        load_mapping(tmp_path / "nope.json")
+
+
+# --- validate --------------------------------------------------------------------
+
+
+def reference(entity: str) -> pl.DataFrame:
+    return {
+        "practitioners": dst(("11", "Zoe Adams", True), ("12", "Old Hand", False)),
+        "businesses": dst(("31", "Richmond", True)),
+        "appointment_types": dst(("51", "Pilates Class", True)),
+    }[entity]
+
+
+def test_validate_accepts_good_rows() -> None:
+    assert validate(sample_rows(), reference) == []
+
+
+def test_validate_finds_bad_targets_and_disallowed_actions() -> None:
+    rows = [
+        MappingRow(
+            entity="practitioners", source_id="1", source_name="Zoë Adams", action="map", target_id="999"
+        ),
+        MappingRow(entity="businesses", source_id="2", source_name="Richmond", action="map", target_id="11"),
+        MappingRow(
+            entity="practitioners", source_id="3", source_name="Gone", action="reassign", target_id="12"
+        ),
+        MappingRow(entity="practitioners", source_id="4", source_name="Anh Trần", action="create"),
+        MappingRow(entity="practitioners", source_id="5", source_name="Liam", action="former"),
+        MappingRow(entity="appointment_types", source_id="6", source_name="Hydro", action="create"),
+        MappingRow(entity="practitioners", source_id="7", source_name="Sam", action="unresolved"),
+    ]
+    assert validate(rows, reference, can_create=False) == [
+        "Practitioners 'Zoë Adams' (source id 1) points at destination id 999, which does not exist among the "
+        "destination's practitioners.",
+        "Businesses 'Richmond' (source id 2) points at destination id 11, which does not exist among the "
+        "destination's businesses.",
+        "Practitioners 'Gone' (source id 3) is reassigned to destination practitioner 12, who is inactive; "
+        "choose an active practitioner.",
+        "Practitioners 'Anh Trần' (source id 4) is set to 'create', but the destination cannot create "
+        "practitioners; set it up there and map to it, or choose another action.",
+        "Practitioners 'Liam' (source id 5) is set to 'former', but the destination cannot create a generic "
+        "Former practitioner; create one there and give its id.",
+    ]
+    # the local store can create, so only the bad targets remain
+    assert len(validate(rows, reference, can_create=True)) == 3
+
+
+# --- the sandbox, end to end -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox_clients() -> Iterator[tuple[ClinikoClient, ClinikoClient]]:
+    sandbox = Sandbox(size="tiny", seed=1, rate_limit=0).start()
+    config = ClientConfig(url_template=sandbox.url_template, requests_per_minute=0)
+    source = ClinikoClient(sandbox.key("source"), config=config)
+    destination = ClinikoClient(sandbox.key("destination"), config=config)
+    try:
+        yield source, destination
+    finally:
+        source.close()
+        destination.close()
+        sandbox.stop()
+
+
+def test_mapping_the_tiny_sandbox(sandbox_clients: tuple[ClinikoClient, ClinikoClient]) -> None:
+    source, destination = sandbox_clients
+    practitioners = source_frame(source, "practitioners")
+    assert practitioners.columns == ["source_id", "source_name", "source_active"]
+    assert dict(zip(practitioners["source_name"], practitioners["source_active"], strict=True)) == {
+        "Zoë Adams": True,
+        "Mary-Jane O'Brien": True,
+        "Tom Van der Berg": True,
+        "Anh Trần": True,
+        "Liam Murphy": False,  # the former practitioner, from /practitioners/inactive
+    }
+    dest_practitioners = reference_from_client(destination, "practitioners")
+    assert dest_practitioners.columns == ["id", "name", "active", "source_id"]
+    assert dest_practitioners["source_id"].null_count() == dest_practitioners.height
+
+    reference = functools.partial(reference_from_client, destination)
+    for can_create in (False, True):
+        frames = build_mapping(source, reference, can_create=can_create)
+        assert list(frames) == ["businesses", "practitioners", "appointment_types"]
+        by_name = {e: {r["source_name"]: r for r in f.iter_rows(named=True)} for e, f in frames.items()}
+
+        pracs = by_name["practitioners"]
+        assert {n: pracs[n]["target_name"] for n in pracs if pracs[n]["action"] == "map"} == {
+            "Zoë Adams": "Zoe Adams",
+            "Mary-Jane O'Brien": "mary-jane o'brien",
+            "Tom Van der Berg": "Tom Van  der Berg ",
+        }
+        assert pracs["Anh Trần"]["action"] == ("create" if can_create else "unresolved")
+        assert pracs["Liam Murphy"]["action"] == "unresolved"
+        assert "former" in pracs["Liam Murphy"]["note"]
+
+        businesses = by_name["businesses"]
+        assert {n: (r["action"], r["target_name"]) for n, r in businesses.items()} == {
+            "Harbourside Physio Richmond": ("map", "Harbourside Physio  Richmond"),
+            "Harbourside Physio Brunswick": ("map", "HARBOURSIDE PHYSIO BRUNSWICK"),
+        }
+
+        types = by_name["appointment_types"]
+        assert {n: (r["action"], r["target_name"]) for n, r in types.items()} == {
+            "Initial Consultation": ("map", "initial consultation"),
+            "Standard Consultation": ("map", "Standard  Consultation"),
+            "Telehealth Review": ("map", "Telehealth review"),
+            "Pilates Class": ("map", "Pilates Class"),
+            "Extended Consultation": ("create", None),
+            "Hydrotherapy Group": ("create", None),
+            "Remedial Massage (old)": ("create", None),  # archived at the source, still used by old visits
+        }
+        assert types["Remedial Massage (old)"]["source_active"] is False
+
+        # what was proposed is valid for this destination, and every target exists there
+        rows = to_rows(frames)
+        assert validate(rows, reference, can_create=can_create) == []
