@@ -1,0 +1,495 @@
+"""The local clinic store: the embedded destination, one SQLite database (``sqlite:PATH``).
+
+One table per entity, named after the Cliniko resource (``patients``, ``invoices``, ...);
+each keeps its own ``id`` (the destination id), the record's ``source_id``,
+``source_account`` and the ``batch_id`` that created it (all NULL for records the clinic
+set up itself), real columns for what an analyst queries, foreign keys as destination
+ids, and the full original record in ``data`` (JSON). The tables and their rules are in
+:mod:`migrator.destinations._schema`. Imported appointments, group appointments,
+attendees and unavailable blocks carry ``imported = 1`` and ``notifications_suppressed
+= 1``: nothing in the store ever messages a patient.
+
+The store's database is ATTACHed to the ledger's connection as schema ``clinic``, so a
+page of records and its ledger items commit in one transaction::
+
+    ledger = Ledger("workspace")
+    store = LocalStore(LocalStore.parse_target("sqlite:workspace/clinic.db"), ledger)
+    with ledger.transaction():
+        ids = store.insert("patients", rows, batch_id=batch.id, source_account="40117")
+        ledger.record_items(batch.id, items)
+
+**Invoice balances: one rule.** Each invoice keeps Cliniko's ``number``, ``issue_date``,
+``status``, ``status_description`` and ``total_amount``, and the store sets
+``outstanding`` (what the patient still owes on it) from its status:
+
+==========================  =========================================================
+status                      ``outstanding``
+==========================  =========================================================
+10 Open                     ``total_amount``
+20 Paid, 30 Closed          ``0`` (at ``total_amount``'s precision, ``0.00``)
+40 Open (credit)            ``total_amount`` as it stands, i.e. negative: a credit the
+                            clinic owes the patient *reduces* the patient's balance
+anything else, or no total  NULL (unknown, never guessed)
+==========================  =========================================================
+
+A patient's balance is the sum of ``outstanding`` over their invoices. Deleted invoices
+never come across: inserting one (``data.deleted_at`` set) raises ``ValueError``.
+
+Patient matching (:meth:`LocalStore.find_patients`) compares names case-, accent-form-
+and space-insensitively (NFKC, casefold, runs of spaces collapsed) *and* an equal, known
+date of birth, and only against patients not from the same source account: records of
+the same source account are found through the ledger instead, and two source patients
+must never be merged with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlite_utils
+
+from migrator.destinations._schema import (
+    DELETE_ORDER,
+    INSERT_ORDER,
+    TABLES,
+    Column,
+    json_text,
+    row_from_record,
+    table,
+    utc_text,
+)
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger, SchemaMigrations, apply_migrations
+
+__all__ = [
+    "CLINIC_MIGRATIONS",
+    "DELETE_ORDER",
+    "INSERT_ORDER",
+    "LocalStore",
+    "name_key",
+    "outstanding_amount",
+    "row_from_record",
+]
+
+SCHEMA = "clinic"
+
+#: The store's schema migrations, recorded in ``migrations`` inside the store's database.
+CLINIC_MIGRATIONS = SchemaMigrations("clinic")
+
+
+@CLINIC_MIGRATIONS(name="001_clinic_tables")
+def _clinic_tables(db: sqlite_utils.Database) -> None:
+    for spec in TABLES.values():
+        for statement in spec.ddl(since=1):
+            db.execute(statement)
+
+
+def outstanding_amount(status: int | None, total_amount: str | Decimal | None) -> str | None:
+    """What is still owed on an invoice, by the module's one rule (see the table above).
+
+    >>> outstanding_amount(10, "120.00"), outstanding_amount(20, "120.00"), outstanding_amount(40, "-15.00")
+    ('120.00', '0.00', '-15.00')
+    """
+    if total_amount is None or total_amount == "":
+        return None
+    total = Decimal(str(total_amount))
+    if status in (10, 40):
+        return str(total)
+    if status in (20, 30):
+        return str(total - total)  # zero with the total's exponent: "0.00"
+    return None
+
+
+def _fold(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
+
+
+def name_key(first_name: str | None, last_name: str | None) -> str | None:
+    """The key patients are matched on: both names folded, or ``None`` if either is blank."""
+    first, last = _fold(first_name), _fold(last_name)
+    return f"{first}\x1f{last}" if first and last else None
+
+
+# name, active: how reference() reads each mapping table.
+_REFERENCE = {
+    "practitioners": ("trim(coalesce(first_name, '') || ' ' || coalesce(last_name, ''))", "active"),
+    "businesses": ("business_name", "1"),
+    "appointment_types": ("name", "archived_at IS NULL"),
+}
+_FRAME_TYPES: dict[str, Any] = {
+    "text": pl.String,
+    "int": pl.Int64,
+    "fk": pl.Int64,
+    "bool": pl.Int64,
+    "decimal": pl.String,
+    "date": pl.String,
+    "datetime": pl.String,
+}
+
+
+def _migrate(path: Path) -> None:
+    """Apply the store's migrations on a connection of its own (before it is attached)."""
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = DELETE")
+        apply_migrations(sqlite_utils.Database(conn), CLINIC_MIGRATIONS)
+    finally:
+        conn.close()
+
+
+class LocalStore:
+    """The local clinic store, written through the ledger's connection.
+
+    Args:
+        path: the store's database file (created, with its directory, if missing).
+        ledger: the workspace's ledger; the store is ATTACHed to ``ledger.conn`` as
+            ``clinic``, and every write happens in ``ledger.transaction()``.
+
+    Raises:
+        ConfigError: the path is the ledger's own file, or the ledger already has
+            another store attached.
+    """
+
+    INSERT_ORDER = INSERT_ORDER
+    DELETE_ORDER = DELETE_ORDER
+
+    def __init__(self, path: str | Path, ledger: Ledger) -> None:
+        self.path = Path(path).resolve()
+        self.ledger = ledger
+        if self.path == ledger.path.resolve():
+            raise ConfigError("The clinic store needs a database file of its own, not the ledger's.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _migrate(self.path)
+        with ledger.lock:
+            attached = {row[1]: row[2] for row in ledger.conn.execute("PRAGMA database_list")}
+            if SCHEMA not in attached:
+                ledger.conn.execute(f"ATTACH DATABASE ? AS {SCHEMA}", (str(self.path),))
+            elif Path(attached[SCHEMA]).resolve() != self.path:
+                raise ConfigError(f"This ledger already writes to the clinic store at {attached[SCHEMA]}.")
+            # Atomic commits across attached databases need a rollback journal on both.
+            ledger.conn.execute(f"PRAGMA {SCHEMA}.journal_mode = DELETE")
+
+    @staticmethod
+    def parse_target(target: str) -> Path:
+        """The path in a ``sqlite:PATH`` destination; raises :class:`ConfigError` otherwise.
+
+        The message never repeats the input: a key pasted in the wrong box stays secret.
+
+        >>> LocalStore.parse_target("sqlite:workspace/clinic.db")
+        PosixPath('workspace/clinic.db')
+        """
+        scheme, _, rest = target.strip().partition(":")
+        if scheme != "sqlite" or not rest.strip():
+            raise ConfigError(
+                "A local clinic store is named sqlite:PATH, for example sqlite:workspace/clinic.db."
+            )
+        return Path(rest.strip())
+
+    def describe(self) -> str:
+        """The store as a batch's destination: ``sqlite:/abs/path/clinic.db``."""
+        return f"sqlite:{self.path}"
+
+    def close(self) -> None:
+        """Detach the store from the ledger's connection."""
+        with self.ledger.lock:
+            self.ledger.conn.execute(f"DETACH DATABASE {SCHEMA}")
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.ledger.lock:
+            return self.ledger.conn.execute(sql, tuple(params)).fetchall()
+
+    def _ids(self, sql: str, params: Sequence[Any] = ()) -> list[str]:
+        return [str(r[0]) for r in self._rows(sql, params)]
+
+    def dest_id(self, entity: str, source_id: str, *, source_account: str | None = None) -> str | None:
+        """The id of the record in the store for this source id, if there is one.
+
+        ``source_account`` narrows it to one source account; two accounts may use the
+        same ids (the sandbox's do), so pass it whenever it is known.
+        """
+        sql = f"SELECT id FROM {SCHEMA}.{table(entity).name} WHERE source_id = ?"
+        if source_account is None:
+            ids = self._ids(sql + " ORDER BY id LIMIT 1", (str(source_id),))
+        else:
+            ids = self._ids(sql + " AND source_account = ?", (str(source_id), source_account))
+        return ids[0] if ids else None
+
+    def find_patients(
+        self,
+        first_name: str | None,
+        last_name: str | None,
+        date_of_birth: date | str | None,
+        *,
+        exclude_source_account: str,
+    ) -> list[str]:
+        """Patients with the same names (case and spacing aside) and the same date of birth.
+
+        Only patients set up by hand or from another source account are candidates; a
+        blank name or an unknown date of birth matches nobody.
+        """
+        key = name_key(first_name, last_name)
+        dob = TABLES["patients"].column("date_of_birth").adapt(date_of_birth)
+        if key is None or dob is None:
+            return []
+        return self._ids(
+            f"SELECT id FROM {SCHEMA}.patients WHERE name_key = ? AND date_of_birth = ?"
+            " AND source_account IS NOT ? ORDER BY id",
+            (key, dob, exclude_source_account),
+        )
+
+    def find_patients_by_email(self, email: str | None, exclude_source_account: str) -> list[str]:
+        """Patients with this email (case and surrounding spaces aside): near matches for review."""
+        if not email or not email.strip():
+            return []
+        return self._ids(
+            f"SELECT id FROM {SCHEMA}.patients WHERE lower(trim(email)) = lower(?)"
+            " AND source_account IS NOT ? ORDER BY id",
+            (email.strip(), exclude_source_account),
+        )
+
+    def find_individual_appointment(
+        self,
+        starts_at: datetime | str | None,
+        practitioner_id: str | None,
+        patient_id: str | None,
+        exclude_source_account: str,
+    ) -> list[str]:
+        """Appointments at the same instant, with the same practitioner and patient (destination ids).
+
+        Only appointments set up by hand or from another source account are candidates;
+        without a start, a practitioner or a patient nothing matches.
+        """
+        if starts_at is None or starts_at == "" or practitioner_id is None or patient_id is None:
+            return []
+        return self._ids(
+            f"SELECT id FROM {SCHEMA}.individual_appointments WHERE practitioner_id = ? AND starts_at = ?"
+            " AND patient_id = ? AND source_account IS NOT ? ORDER BY id",
+            (int(practitioner_id), utc_text(starts_at), int(patient_id), exclude_source_account),
+        )
+
+    def reference(self, entity: str) -> pl.DataFrame:
+        """A mapping table's destination side: ``id`` (str), ``name``, ``active`` (bool), ``source_id``.
+
+        For ``practitioners`` (name "First Last"), ``businesses`` (``business_name``, all
+        active) and ``appointment_types`` (active unless archived).
+        """
+        try:
+            name, active = _REFERENCE[entity]
+        except KeyError:
+            raise ValueError(f"reference() covers {', '.join(_REFERENCE)}, not {entity!r}") from None
+        rows = self._rows(f"SELECT id, {name}, {active}, source_id FROM {SCHEMA}.{entity} ORDER BY id")
+        return pl.DataFrame(
+            [(str(i), n, bool(a), s) for i, n, a, s in rows],
+            schema={"id": pl.String, "name": pl.String, "active": pl.Boolean, "source_id": pl.String},
+            orient="row",
+        )
+
+    def created_by(self, batch_id: str, entity: str) -> list[str]:
+        """Ids of the records of ``entity`` this batch created, ascending."""
+        return self._ids(
+            f"SELECT id FROM {SCHEMA}.{table(entity).name} WHERE batch_id = ? ORDER BY id", (batch_id,)
+        )
+
+    def count(self, entity: str, batch_id: str | None = None) -> int:
+        """How many records ``entity`` has (created by ``batch_id``, if given)."""
+        sql = f"SELECT count(*) FROM {SCHEMA}.{table(entity).name}"
+        rows = self._rows(sql) if batch_id is None else self._rows(sql + " WHERE batch_id = ?", (batch_id,))
+        return int(rows[0][0])
+
+    def dependents_of_patients(self, patient_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Every record owned, directly or not, by these patients: what deleting them removes.
+
+        Follows required foreign keys (a patient's appointments, notes, invoices, and
+        those invoices' items ...) whoever created the records: a later batch or the
+        clinic by hand (seed 000). Returns ``{entity: [ids]}`` for the non-empty
+        entities, in :data:`DELETE_ORDER`, the order to delete them in.
+        """
+        found: dict[str, list[int]] = {"patients": [int(i) for i in patient_ids]}
+        for entity in INSERT_ORDER:  # parents first, so an owner's list is complete when used
+            owners = [c for c in TABLES[entity].columns if c.required and c.references in found]
+            if not owners:
+                continue
+            where = " OR ".join(f"{c.name} IN (SELECT value FROM json_each(?))" for c in owners)
+            params = [json.dumps(found[c.references or ""]) for c in owners]
+            ids = [
+                r[0]
+                for r in self._rows(f"SELECT id FROM {SCHEMA}.{entity} WHERE {where} ORDER BY id", params)
+            ]
+            if ids:
+                found[entity] = ids
+        return {e: [str(i) for i in found[e]] for e in DELETE_ORDER if e in found and e != "patients"}
+
+    def frame(self, entity: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """A table as a Polars frame (all columns, or ``columns``).
+
+        Ids and integers are ``Int64``, booleans ``Boolean``, dates ``Date``, datetimes
+        UTC ``Datetime``; money stays exact decimal strings (cast with ``pl.Decimal``).
+        """
+        spec = table(entity)
+        kinds: dict[str, Column | None] = {c: None for c in spec.column_names}
+        kinds.update({c.name: c for c in spec.columns})
+        wanted = list(columns or spec.column_names)
+        unknown = [c for c in wanted if c not in kinds]
+        if unknown:
+            raise ValueError(f"{entity} has no columns {unknown}")
+        schema = {
+            c: (pl.Int64 if c == "id" else _FRAME_TYPES[k.kind] if (k := kinds[c]) else pl.String)
+            for c in wanted
+        }
+        rows = self._rows(f"SELECT {', '.join(wanted)} FROM {SCHEMA}.{spec.name} ORDER BY id")
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        casts = []
+        for name in wanted:
+            column = kinds[name]
+            if column is None:
+                continue
+            if column.kind == "bool":
+                casts.append(pl.col(name).cast(pl.Boolean))
+            elif column.kind == "date":
+                casts.append(pl.col(name).str.to_date("%Y-%m-%d"))
+            elif column.kind == "datetime":
+                casts.append(
+                    pl.col(name).str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC")
+                )
+        return frame.with_columns(casts) if casts else frame
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def insert(
+        self, entity: str, rows: list[dict[str, Any]], *, batch_id: str, source_account: str
+    ) -> list[str]:
+        """Insert imported records; return their new ids as strings, in order.
+
+        Args:
+            entity: the table (``"patients"``).
+            rows: destination-form dicts: ``source_id``, real column values (foreign
+                keys already destination ids), and ``data`` (the original record).
+                :func:`row_from_record` builds one from a source record.
+            batch_id: the batch creating them.
+            source_account: the account they come from.
+
+        Raises:
+            ValueError: an unknown or computed column, a row without ``source_id``, a
+                value of the wrong kind, a deleted invoice.
+            sqlite3.IntegrityError: a foreign key pointing at no record, a missing
+                owner, or a source id already in the store for this account.
+        """
+        if not batch_id or not source_account:
+            raise ValueError("imported records need their batch_id and source_account")
+        return self._insert(entity, rows, batch_id=batch_id, source_account=source_account)
+
+    def setup_reference(self, entity: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Insert records the clinic set up itself (no source, no batch); return their ids.
+
+        The demo uses it to create the destination clinic's practitioners and businesses
+        before a migration, so that mapping has something to map to.
+        """
+        return self._insert(entity, list(rows), batch_id=None, source_account=None)
+
+    def seed_from_sandbox_destination(
+        self, records: Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> dict[str, list[str]]:
+        """Set up the store like a sandbox destination account (``AccountSeed.records()``).
+
+        Records of entities the store has no table for (users) and deleted ones are
+        passed over; the records' own links are translated to the new ids. Seeding a
+        store that already has records set up by hand does nothing (so the demo can
+        call it every time). Returns the new ids per entity.
+        """
+        if any(self.count_set_up(e) for e in TABLES):
+            return {}
+        new_ids: dict[tuple[str, str], str] = {}
+        out: dict[str, list[str]] = {}
+        with self.ledger.transaction():
+            for entity, record in records:
+                if entity not in TABLES or record.get("deleted_at"):
+                    continue
+                fks = {
+                    c.name: new_ids.get((c.references or "", str(record[c.name])))
+                    for c in TABLES[entity].foreign_keys
+                    if record.get(c.name) is not None
+                }
+                row = row_from_record(entity, record, fks)
+                del row["source_id"]
+                (new_id,) = self.setup_reference(entity, [row])
+                new_ids[(entity, str(record["id"]))] = new_id
+                out.setdefault(entity, []).append(new_id)
+        return out
+
+    def count_set_up(self, entity: str) -> int:
+        """How many records of ``entity`` the clinic set up itself (no source)."""
+        return int(
+            self._rows(f"SELECT count(*) FROM {SCHEMA}.{table(entity).name} WHERE source_id IS NULL")[0][0]
+        )
+
+    def delete(self, entity: str, ids: Iterable[str]) -> int:
+        """Hard-delete records by destination id; return how many went.
+
+        Optional links to them are cleared (``ON DELETE SET NULL``). Raises
+        ``sqlite3.IntegrityError`` while records they own remain: delete those first
+        (:meth:`dependents_of_patients`, :data:`DELETE_ORDER`).
+        """
+        id_list = json.dumps([int(i) for i in ids])
+        with self.ledger.transaction():
+            cursor = self.ledger.conn.execute(
+                f"DELETE FROM {SCHEMA}.{table(entity).name} WHERE id IN (SELECT value FROM json_each(?))",
+                (id_list,),
+            )
+        return cursor.rowcount
+
+    def _insert(
+        self,
+        entity: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        batch_id: str | None,
+        source_account: str | None,
+    ) -> list[str]:
+        spec = table(entity)
+        if not rows:
+            return []
+        imported = batch_id is not None
+        allowed = {"source_id", "data", *(c.name for c in spec.columns if not c.computed)}
+        params = []
+        for row in rows:
+            unknown = row.keys() - allowed
+            if unknown:
+                raise ValueError(f"{entity} rows have no columns {sorted(unknown)} a caller may set")
+            source_id = row.get("source_id")
+            if imported and source_id in (None, ""):
+                raise ValueError(f"an imported {entity} row needs its source_id")
+            if not imported and source_id is not None:
+                raise ValueError(f"{entity} set up by the clinic have no source_id")
+            data = dict(row.get("data") or {})
+            values = {c.name: c.adapt(row.get(c.name)) for c in spec.columns}
+            if entity == "patients":
+                values["name_key"] = name_key(values["first_name"], values["last_name"])
+            elif entity == "invoices":
+                if data.get("deleted_at"):
+                    raise ValueError(f"invoice {source_id} is deleted; deleted invoices never come across")
+                values["outstanding"] = outstanding_amount(values["status"], values["total_amount"])
+            sid = None if source_id is None else str(source_id)
+            params.append((sid, source_account, batch_id, *values.values(), json_text(data)))
+        names = spec.column_names
+        sql = f"INSERT INTO {SCHEMA}.{spec.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        with self.ledger.transaction():
+            # Ids are allocated here, under the write lock, so they can be returned in order
+            # from one executemany; they continue AUTOINCREMENT's sequence, never reusing one.
+            (start,) = self.ledger.conn.execute(
+                f"SELECT max(coalesce((SELECT seq FROM {SCHEMA}.sqlite_sequence WHERE name = ?), 0),"
+                f" coalesce((SELECT max(id) FROM {SCHEMA}.{spec.name}), 0)) + 1",
+                (spec.name,),
+            ).fetchone()
+            self.ledger.conn.executemany(sql, [(start + n, *p) for n, p in enumerate(params)])
+        return [str(start + n) for n in range(len(params))]

@@ -1,0 +1,734 @@
+"""The ledger: what every migration batch did, record by record, in ``workspace/ledger.db``.
+
+A *batch* is one run of a plan (and its resumptions, and its deletion). For every source
+record in scope the batch writes one *item*: ``created`` (a new destination record),
+``linked`` (an existing destination record, e.g. a practitioner set up by hand),
+``already_present`` (created by an earlier batch of the same source and destination) or
+``skipped`` (with a reason code and a sentence). Items are how a run resumes, how a
+top-up finds what an earlier batch brought over, and how a batch is deleted: only the
+records it *created* are ever removed.
+
+Tables (SQLite through sqlite-utils; schema changes are registered migrations, see
+:data:`MIGRATIONS`)::
+
+    batches(id PK, created_at, updated_at, finished_at, status, source_account,
+            destination, plan JSON, counts JSON, actor)
+    items(batch_id -> batches, entity, source_id, dest_id, action, reason_code, reason, at)
+        unique (batch_id, entity, source_id); indexed (entity, source_id)
+    progress(batch_id -> batches, stage, done, total, created, linked, already_present,
+             skipped, updated_at)  PK (batch_id, stage)
+    audit(id PK, at, actor, action, batch_id -> batches, detail JSON)
+    migrations(id PK, migration_set, name, applied_at)
+
+Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
+
+**No API key is ever written here.** No method takes a key, and ``plan`` and ``detail``
+must be plain JSON (a ``SecretStr`` is not JSON and is refused by ``json.dumps``): the
+caller stores the plan without its keys, e.g. ``plan.model_dump(mode="json",
+exclude={"source_key"})``.
+
+The connection is in rollback-journal mode (``journal_mode=DELETE``), not WAL: the local
+clinic store ATTACHes its database to this same connection, and SQLite only commits
+across attached databases atomically in rollback-journal mode. So one
+``with ledger.transaction():`` covers a page of destination records and their items::
+
+    ledger = Ledger("workspace")
+    batch = ledger.create_batch(source_account="40117", destination="sqlite:/w/clinic.db", plan={})
+    with ledger.transaction():
+        ids = store.insert("patients", rows, batch_id=batch.id, source_account="40117")
+        ledger.record_items(batch.id, [Item("patients", r["source_id"], i, "created") for r, i in zip(rows, ids)])
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlite_utils
+from sqlite_utils.migrations import Migrations as _SqliteUtilsMigrations
+
+from migrator.errors import ConfigError, MigratorError
+
+__all__ = [
+    "ACTIONS",
+    "DELETE_WINDOW",
+    "MIGRATIONS",
+    "STATUSES",
+    "Batch",
+    "BatchNotFound",
+    "Item",
+    "Ledger",
+    "SchemaMigrations",
+    "StageProgress",
+    "apply_migrations",
+]
+
+#: A batch's life: ``running`` -> ``stopped`` / ``failed`` / ``completed`` (a stopped or
+#: failed batch may be resumed: ``running`` again) -> ``deleting`` -> ``deleted``.
+STATUSES = ("running", "stopped", "failed", "completed", "deleting", "deleted")
+#: What became of a source record.
+ACTIONS = ("created", "linked", "already_present", "skipped")
+#: How long after its creation a batch may be deleted (seed 000).
+DELETE_WINDOW = timedelta(hours=48)
+
+_FINISHED = ("completed", "failed", "deleted")
+# The audit action recorded when a batch enters each status.
+_STATUS_AUDIT = {
+    "running": "resume",
+    "stopped": "stop",
+    "failed": "fail",
+    "completed": "complete",
+    "deleting": "delete",
+    "deleted": "deleted",
+}
+_CHUNK = 1000  # rows per read when streaming items
+
+
+class BatchNotFound(ConfigError):
+    """No batch with this id in the workspace's ledger."""
+
+
+# --- migrations --------------------------------------------------------------------
+
+
+class SchemaMigrations(_SqliteUtilsMigrations):
+    """sqlite-utils' registered migrations, recorded in a table named ``migrations``.
+
+    Register a migration with ``@MIGRATIONS(name="004_...")``; a migration is a small
+    function of a ``sqlite_utils.Database`` and is never edited once released (a new
+    change is a new migration). :func:`apply_migrations` applies the missing ones.
+    """
+
+    migrations_table = "migrations"
+
+
+def apply_migrations(db: sqlite_utils.Database, migrations: SchemaMigrations) -> list[str]:
+    """Apply the pending migrations in one ``BEGIN IMMEDIATE`` transaction; return their names.
+
+    Opening an up-to-date database only reads. The write lock is taken before the
+    pending list is read again, so two processes opening the same old database at once
+    apply each migration once. ``db.conn`` must be in autocommit mode
+    (``isolation_level=None``) and outside a transaction.
+    """
+    if not migrations.pending(db):
+        return []
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        names = [m.name for m in migrations.pending(db)]
+        migrations.apply(db)  # each migration runs in a savepoint inside this transaction
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+    return names
+
+
+MIGRATIONS = SchemaMigrations("ledger")
+
+
+@MIGRATIONS(name="001_batches_items_audit")
+def _batches_items_audit(db: sqlite_utils.Database) -> None:
+    db.table("batches").create(
+        {
+            "id": str,
+            "created_at": str,
+            "updated_at": str,
+            "finished_at": str,
+            "status": str,
+            "source_account": str,
+            "destination": str,
+            "plan": str,
+            "counts": str,
+            "actor": str,
+        },
+        pk="id",
+        not_null={"created_at", "updated_at", "status", "source_account", "destination", "actor"},
+        defaults={"plan": "{}", "counts": "{}"},
+    )
+    db.table("items").create(
+        {
+            "batch_id": str,
+            "entity": str,
+            "source_id": str,
+            "dest_id": str,
+            "action": str,
+            "reason_code": str,
+            "reason": str,
+            "at": str,
+        },
+        foreign_keys=[("batch_id", "batches", "id")],
+        not_null={"batch_id", "entity", "source_id", "action", "at"},
+    )
+    db.table("items").create_index(["batch_id", "entity", "source_id"], unique=True)
+    db.table("audit").create(
+        {"id": int, "at": str, "actor": str, "action": str, "batch_id": str, "detail": str},
+        pk="id",
+        foreign_keys=[("batch_id", "batches", "id")],
+        not_null={"at", "actor", "action"},
+        defaults={"detail": "{}"},
+    )
+    db.table("audit").create_index(["batch_id"])
+
+
+@MIGRATIONS(name="002_progress")
+def _progress(db: sqlite_utils.Database) -> None:
+    counters = ("done", "total", "created", "linked", "already_present", "skipped")
+    db.table("progress").create(
+        {"batch_id": str, "stage": str, **dict.fromkeys(counters, int), "updated_at": str},
+        pk=("batch_id", "stage"),
+        foreign_keys=[("batch_id", "batches", "id")],
+        not_null={"updated_at", *counters},
+        defaults=dict.fromkeys(counters, 0),
+    )
+
+
+@MIGRATIONS(name="003_items_by_source_record")
+def _items_by_source_record(db: sqlite_utils.Database) -> None:
+    # dest_id_for() looks a source record up across batches.
+    db.table("items").create_index(["entity", "source_id"])
+
+
+# --- values --------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _ago(age: timedelta) -> str:
+    hours = int(age.total_seconds() // 3600)
+    return f"{hours // 24} days ago" if hours >= 72 else f"{hours} hours ago"
+
+
+def _span(left: timedelta) -> str:
+    minutes = int(left.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch as the ledger holds it.
+
+    ``plan`` is the JSON the run was started with, ``counts`` the per-entity, per-action
+    counts saved by :meth:`Ledger.save_counts` (``{"patients": {"created": 10, ...}}``).
+    """
+
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    status: str
+    source_account: str
+    destination: str
+    plan: dict[str, Any]
+    counts: dict[str, dict[str, int]]
+    actor: str
+
+    @property
+    def age(self) -> timedelta:
+        """How long ago the batch was created."""
+        return _now() - self.created_at
+
+    def deletable(self, now: datetime | None = None) -> tuple[bool, str]:
+        """Whether the batch may be deleted now, and a sentence saying why (or why not).
+
+        A batch may be deleted while it is younger than :data:`DELETE_WINDOW` (48 hours,
+        exclusive) and not running (stop it first). A ``deleting`` batch, whose deletion
+        was interrupted, may always be deleted again so that the deletion finishes, even
+        past 48 hours: half a deletion is worse than either outcome. A ``deleted`` one
+        may not.
+
+        >>> batch.deletable()   # doctest: +SKIP
+        (False, 'Batch b20261121-135301-3f9a was created 3 days ago; batches can only be deleted within 48 hours of their import.')
+        """
+        if self.status == "deleted":
+            return False, f"Batch {self.id} has already been deleted."
+        if self.status == "deleting":
+            return True, f"Batch {self.id} is part-way through its deletion; deleting it again finishes it."
+        age = (now or _now()) - self.created_at
+        if age >= DELETE_WINDOW:
+            return (
+                False,
+                f"Batch {self.id} was created {_ago(age)}; batches can only be deleted within 48 hours of their import.",
+            )
+        if self.status == "running":
+            return False, f"Batch {self.id} is still running; stop it before deleting it."
+        return True, f"Batch {self.id} can be deleted for another {_span(DELETE_WINDOW - age)}."
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """What became of one source record in a batch.
+
+    ``dest_id`` is the destination record's id (``None`` only for ``skipped``);
+    a skipped item carries a ``reason`` sentence and usually a short ``reason_code``
+    (``"practitioner_excluded"``) to group by.
+    """
+
+    entity: str
+    source_id: str
+    dest_id: str | None
+    action: str
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageProgress:
+    """Where one stage of a batch stands."""
+
+    stage: str
+    done: int
+    total: int
+    created: int
+    linked: int
+    already_present: int
+    skipped: int
+    updated_at: datetime
+
+    @property
+    def fraction(self) -> float:
+        """``done / total``, 1.0 for an empty stage."""
+        return min(1.0, self.done / self.total) if self.total else 1.0
+
+
+def _check_item(item: Item) -> None:
+    if item.action not in ACTIONS:
+        raise ValueError(f"unknown item action {item.action!r}; expected one of {', '.join(ACTIONS)}")
+    if item.action == "skipped":
+        if not item.reason:
+            raise ValueError(
+                f"skipped {item.entity} {item.source_id} has no reason: nothing is skipped silently"
+            )
+    elif item.dest_id is None:
+        raise ValueError(f"{item.action} {item.entity} {item.source_id} has no destination id")
+
+
+# --- the ledger ----------------------------------------------------------------------
+
+
+class Ledger:
+    """The workspace's ledger database.
+
+    Args:
+        workspace: the workspace directory (created if missing); the ledger is
+            ``<workspace>/ledger.db``.
+
+    Attributes:
+        conn: the ``sqlite3`` connection (autocommit mode; :meth:`transaction` opens
+            transactions), shared with an attached local clinic store.
+        db: a ``sqlite_utils.Database`` on ``conn``.
+        lock: the re-entrant lock every use of ``conn`` takes; the console reads
+            progress from another thread. Other processes (or readers wanting their own
+            connection) open their own ``Ledger`` on the same workspace.
+        path, workspace: where it lives.
+
+    Raises:
+        MigratorError: the database cannot be put in rollback-journal mode.
+    """
+
+    def __init__(self, workspace: str | Path = "workspace") -> None:
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.path = self.workspace / "ledger.db"
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 10000")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        (mode,) = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()
+        if mode != "delete":
+            self.conn.close()
+            raise MigratorError(
+                f"The ledger {self.path} could not leave {mode} journal mode; close the other programs using it."
+            )
+        self.db = sqlite_utils.Database(self.conn)
+        with self.lock:
+            apply_migrations(self.db, MIGRATIONS)
+
+    def close(self) -> None:
+        """Close the connection (and with it any attached clinic store)."""
+        with self.lock:
+            self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def applied_migrations(self) -> list[str]:
+        """The names of the migrations applied to this ledger, in order."""
+        with self.lock:
+            return [m.name for m in MIGRATIONS.applied(self.db)]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if the block raises.
+
+        Re-entrant: inside an open transaction a block becomes a savepoint, so an inner
+        failure that the caller catches undoes only the inner block, and nothing commits
+        until the outermost block ends. The lock is held throughout, so another thread's
+        writes wait rather than land in this transaction.
+        """
+        with self.lock:
+            if self.conn.in_transaction:
+                name = f"ledger_{secrets.token_hex(4)}"
+                self.conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute(f"ROLLBACK TO {name}")
+                        self.conn.execute(f"RELEASE {name}")
+                    raise
+                self.conn.execute(f"RELEASE {name}")
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self.lock:
+            cursor = self.conn.execute(sql, tuple(params))
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    # --- batches ------------------------------------------------------------------------
+
+    def create_batch(
+        self, *, source_account: str, destination: str, plan: dict[str, Any], actor: str = "cli"
+    ) -> Batch:
+        """Start a batch (status ``running``) and audit it as ``run``.
+
+        Args:
+            source_account: which source account is read (an id or name, never a key).
+            destination: where records go, e.g. ``LocalStore.describe()``.
+            plan: the plan as plain JSON (without keys).
+            actor: who started it (``"cli"``, ``"console"``, a user name).
+
+        Returns:
+            The new batch; its id (``b20261121-135301-3f9a``) sorts by creation time.
+        """
+        plan_json = json.dumps(plan)
+        for _ in range(10):
+            moment = _now()
+            batch_id = f"b{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+            try:
+                with self.transaction():
+                    self.conn.execute(
+                        "INSERT INTO batches (id, created_at, updated_at, status, source_account, destination,"
+                        " plan, counts, actor) VALUES (?, ?, ?, 'running', ?, ?, ?, '{}', ?)",
+                        (batch_id, _iso(moment), _iso(moment), source_account, destination, plan_json, actor),
+                    )
+                    self.audit(
+                        "run",
+                        actor=actor,
+                        batch_id=batch_id,
+                        detail={"source_account": source_account, "destination": destination},
+                    )
+            except sqlite3.IntegrityError:
+                continue  # the same second and the same 16 random bits: draw again
+            return self.batch(batch_id)
+        raise MigratorError("Could not allocate a unique batch id; try again.")
+
+    @staticmethod
+    def _batch(row: sqlite3.Row) -> Batch:
+        return Batch(
+            id=row["id"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+            updated_at=datetime.fromisoformat(row["updated_at"]),
+            finished_at=_when(row["finished_at"]),
+            status=row["status"],
+            source_account=row["source_account"],
+            destination=row["destination"],
+            plan=json.loads(row["plan"] or "{}"),
+            counts=json.loads(row["counts"] or "{}"),
+            actor=row["actor"],
+        )
+
+    def batch(self, batch_id: str) -> Batch:
+        """The batch with this id. Raises :class:`BatchNotFound`."""
+        rows = self._rows("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if not rows:
+            raise BatchNotFound(f"There is no batch {batch_id} in the ledger at {self.path}.")
+        return self._batch(rows[0])
+
+    def batches(self) -> list[Batch]:
+        """Every batch, newest first."""
+        return [self._batch(r) for r in self._rows("SELECT * FROM batches ORDER BY created_at DESC, id DESC")]
+
+    def set_status(
+        self, batch_id: str, status: str, *, actor: str = "cli", detail: dict[str, Any] | None = None
+    ) -> Batch:
+        """Move a batch to ``status`` and audit it (``stop``, ``resume``, ``complete``, ``delete`` ...).
+
+        ``finished_at`` is set for ``completed``, ``failed`` and ``deleted`` and cleared
+        when a batch runs again. A deleted batch stays deleted. Raises
+        :class:`BatchNotFound`, :class:`~migrator.errors.ConfigError` for a deleted batch,
+        or ``ValueError`` for a status not in :data:`STATUSES`.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown batch status {status!r}; expected one of {', '.join(STATUSES)}")
+        with self.transaction():
+            before = self.batch(batch_id)
+            if before.status == "deleted" and status != "deleted":
+                # Its items would count again in dest_id_for(), pointing at records that are gone.
+                raise ConfigError(f"Batch {batch_id} has been deleted; it cannot become {status} again.")
+            now = _iso(_now())
+            if status in _FINISHED:
+                finished: str | None = now
+            elif status == "running":
+                finished = None
+            else:  # stopping or starting a deletion keeps when the run finished
+                finished = None if before.finished_at is None else _iso(before.finished_at)
+            self.conn.execute(
+                "UPDATE batches SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                (status, now, finished, batch_id),
+            )
+            self.audit(
+                _STATUS_AUDIT[status],
+                actor=actor,
+                batch_id=batch_id,
+                detail={"from": before.status, "to": status, **(detail or {})},
+            )
+        return self.batch(batch_id)
+
+    # --- items --------------------------------------------------------------------------
+
+    def record_items(self, batch_id: str, rows: Iterable[Item]) -> int:
+        """Write items, replacing any earlier item of the same (batch, entity, source id).
+
+        Call it inside the :meth:`transaction` that writes the destination records, so
+        both commit together. Returns how many items were written. Raises ``ValueError``
+        for an unknown action, a skip without a reason, or a non-skip without a
+        destination id, and ``sqlite3.IntegrityError`` for an unknown batch.
+        """
+        at = _iso(_now())
+        params = []
+        for item in rows:
+            _check_item(item)
+            params.append(
+                (
+                    batch_id,
+                    item.entity,
+                    item.source_id,
+                    item.dest_id,
+                    item.action,
+                    item.reason_code,
+                    item.reason,
+                    at,
+                )
+            )
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO items (batch_id, entity, source_id, dest_id, action, reason_code, reason, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (batch_id, entity, source_id) DO UPDATE SET dest_id = excluded.dest_id,"
+                " action = excluded.action, reason_code = excluded.reason_code, reason = excluded.reason,"
+                " at = excluded.at",
+                params,
+            )
+        return len(params)
+
+    def item(self, batch_id: str, entity: str, source_id: str) -> Item | None:
+        """The item of one source record in a batch, if there is one."""
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items"
+            " WHERE batch_id = ? AND entity = ? AND source_id = ?",
+            (batch_id, entity, source_id),
+        )
+        return Item(*rows[0]) if rows else None
+
+    def items(self, batch_id: str, entity: str | None = None, action: str | None = None) -> Iterator[Item]:
+        """A batch's items in the order they were first written, optionally one entity or action.
+
+        Streams in chunks, so a million items never sit in memory at once.
+        """
+        where, params = "batch_id = ?", [batch_id]
+        if entity is not None:
+            where, params = where + " AND entity = ?", [*params, entity]
+        if action is not None:
+            where, params = where + " AND action = ?", [*params, action]
+        last = 0
+        while True:
+            rows = self._rows(
+                "SELECT rowid, entity, source_id, dest_id, action, reason_code, reason FROM items"
+                f" WHERE {where} AND rowid > ? ORDER BY rowid LIMIT {_CHUNK}",
+                (*params, last),
+            )
+            for row in rows:
+                yield Item(*tuple(row)[1:])
+            if len(rows) < _CHUNK:
+                return
+            last = rows[-1][0]
+
+    def done_source_ids(self, batch_id: str, entity: str) -> set[str]:
+        """Source ids of ``entity`` this batch already dealt with (any action): what a resume skips."""
+        rows = self._rows("SELECT source_id FROM items WHERE batch_id = ? AND entity = ?", (batch_id, entity))
+        return {r[0] for r in rows}
+
+    def dest_ids_for(
+        self, destination: str, entity: str, source_ids: Iterable[str], *, source_account: str
+    ) -> dict[str, tuple[str, str]]:
+        """:meth:`dest_id_for` for many source ids at once: ``{source_id: (batch_id, dest_id)}``.
+
+        Source ids no earlier batch created or linked are absent from the result.
+        """
+        rows = self._rows(
+            "SELECT i.source_id, i.batch_id, i.dest_id FROM items i JOIN batches b ON b.id = i.batch_id"
+            " WHERE i.entity = ? AND i.source_id IN (SELECT value FROM json_each(?))"
+            " AND i.action IN ('created', 'linked') AND b.destination = ? AND b.source_account = ?"
+            " AND b.status NOT IN ('deleting', 'deleted')"
+            " ORDER BY b.created_at, b.id",
+            (entity, json.dumps(list(source_ids)), destination, source_account),
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}  # ordered oldest first: the newest batch wins
+
+    def dest_id_for(
+        self, destination: str, entity: str, source_id: str, *, source_account: str
+    ) -> tuple[str, str] | None:
+        """Where an earlier batch put this source record: ``(batch_id, dest_id)``, or ``None``.
+
+        Only batches of the same destination and source account count, and only items
+        ``created`` or ``linked`` there; batches being deleted or deleted are ignored.
+        This is how a top-up finds a record *already present*. The newest batch wins.
+        """
+        return self.dest_ids_for(destination, entity, [source_id], source_account=source_account).get(
+            source_id
+        )
+
+    def counts(self, batch_id: str) -> dict[str, dict[str, int]]:
+        """Items per entity per action, every action present: ``{"patients": {"created": 9, ...}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for entity, action, n in self._rows(
+            "SELECT entity, action, count(*) FROM items WHERE batch_id = ? GROUP BY entity, action",
+            (batch_id,),
+        ):
+            out.setdefault(entity, dict.fromkeys(ACTIONS, 0))[action] = n
+        return out
+
+    def save_counts(self, batch_id: str) -> dict[str, dict[str, int]]:
+        """Store :meth:`counts` in ``batches.counts`` (shown in the batch list) and return it."""
+        with self.transaction():
+            counts = self.counts(batch_id)
+            self.conn.execute(
+                "UPDATE batches SET counts = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(counts), _iso(_now()), batch_id),
+            )
+        return counts
+
+    # --- progress -----------------------------------------------------------------------
+
+    def update_progress(
+        self,
+        batch_id: str,
+        stage: str,
+        *,
+        done: int,
+        total: int,
+        created: int,
+        linked: int,
+        already_present: int,
+        skipped: int,
+    ) -> None:
+        """Record where a stage stands (replacing the previous figures); touches the batch's ``updated_at``."""
+        now = _iso(_now())
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO progress (batch_id, stage, done, total, created, linked, already_present, skipped,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (batch_id, stage) DO UPDATE SET done = excluded.done, total = excluded.total,"
+                " created = excluded.created, linked = excluded.linked,"
+                " already_present = excluded.already_present, skipped = excluded.skipped,"
+                " updated_at = excluded.updated_at",
+                (batch_id, stage, done, total, created, linked, already_present, skipped, now),
+            )
+            self.conn.execute("UPDATE batches SET updated_at = ? WHERE id = ?", (now, batch_id))
+
+    def progress(self, batch_id: str) -> list[StageProgress]:
+        """Each stage's progress, in the order the stages first reported."""
+        rows = self._rows(
+            "SELECT stage, done, total, created, linked, already_present, skipped, updated_at FROM progress"
+            " WHERE batch_id = ? ORDER BY rowid",
+            (batch_id,),
+        )
+        return [
+            StageProgress(
+                stage=r["stage"],
+                done=r["done"],
+                total=r["total"],
+                created=r["created"],
+                linked=r["linked"],
+                already_present=r["already_present"],
+                skipped=r["skipped"],
+                updated_at=datetime.fromisoformat(r["updated_at"]),
+            )
+            for r in rows
+        ]
+
+    # --- audit --------------------------------------------------------------------------
+
+    def audit(
+        self, action: str, *, actor: str, batch_id: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Append one line to the audit trail (``detail`` is plain JSON, never a key)."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO audit (at, actor, action, batch_id, detail) VALUES (?, ?, ?, ?, ?)",
+                (_iso(_now()), actor, action, batch_id, json.dumps(detail or {})),
+            )
+
+    def audit_log(self, batch_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail, oldest first, optionally of one batch; ``detail`` decoded."""
+        sql = "SELECT id, at, actor, action, batch_id, detail FROM audit"
+        if batch_id is None:
+            rows = self._rows(sql + " ORDER BY id")
+        else:
+            rows = self._rows(sql + " WHERE batch_id = ? ORDER BY id", (batch_id,))
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+    # --- frames for review ----------------------------------------------------------------
+
+    def items_frame(self, batch_id: str) -> pl.DataFrame:
+        """A batch's items: entity, source_id, dest_id, action, reason_code, reason, at."""
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, reason, at FROM items"
+            " WHERE batch_id = ? ORDER BY rowid",
+            (batch_id,),
+        )
+        schema = dict.fromkeys(
+            ("entity", "source_id", "dest_id", "action", "reason_code", "reason", "at"), pl.String
+        )
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
+    def skipped_frame(self, batch_id: str) -> pl.DataFrame:
+        """A batch's skipped records with their reasons: entity, source_id, reason_code, reason."""
+        rows = self._rows(
+            "SELECT entity, source_id, reason_code, reason FROM items"
+            " WHERE batch_id = ? AND action = 'skipped' ORDER BY rowid",
+            (batch_id,),
+        )
+        schema = dict.fromkeys(("entity", "source_id", "reason_code", "reason"), pl.String)
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")

@@ -1,0 +1,430 @@
+"""The ledger: migrations, batches, items, progress, audit, and transactions across the attached store."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlite_utils
+from pydantic import SecretStr
+
+from migrator.destinations import LocalStore
+from migrator.errors import ConfigError
+from migrator.ledger import (
+    MIGRATIONS,
+    Batch,
+    BatchNotFound,
+    Item,
+    Ledger,
+    apply_migrations,
+)
+
+ALL_MIGRATIONS = ["001_batches_items_audit", "002_progress", "003_items_by_source_record"]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ws")
+
+
+def _batch(ledger: Ledger, destination: str = "sqlite:/x/clinic.db", account: str = "40117") -> Batch:
+    return ledger.create_batch(source_account=account, destination=destination, plan={"scope": "all"})
+
+
+# --- opening and migrations ------------------------------------------------------------
+
+
+def test_opening_creates_the_workspace_and_applies_every_migration_once(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "new" / "ws")
+    assert ledger.path == tmp_path / "new" / "ws" / "ledger.db"
+    assert ledger.path.exists()
+    assert ledger.applied_migrations() == ALL_MIGRATIONS
+    first = ledger.conn.execute("SELECT name, applied_at FROM migrations ORDER BY id").fetchall()
+    ledger.close()
+
+    again = Ledger(tmp_path / "new" / "ws")
+    assert again.conn.execute("SELECT name, applied_at FROM migrations ORDER BY id").fetchall() == first
+    assert apply_migrations(again.db, MIGRATIONS) == []
+    assert set(again.db.table_names()) >= {"batches", "items", "progress", "audit", "migrations"}
+
+
+def test_an_old_ledger_gets_the_missing_migrations_and_keeps_its_rows(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    old = sqlite_utils.Database(workspace / "ledger.db")
+    MIGRATIONS.apply(old, stop_before="002_progress")
+    old.table("batches").insert(
+        {
+            "id": "b20250101-000000-abcd",
+            "created_at": "2025-01-01T00:00:00.000000+00:00",
+            "updated_at": "2025-01-01T00:00:00.000000+00:00",
+            "status": "completed",
+            "source_account": "40117",
+            "destination": "sqlite:/x",
+            "actor": "cli",
+        }
+    )
+    assert "progress" not in old.table_names()
+    old.close()
+
+    ledger = Ledger(workspace)
+    assert ledger.applied_migrations() == ALL_MIGRATIONS
+    assert "progress" in ledger.db.table_names()
+    assert ["entity", "source_id"] in [ix.columns for ix in ledger.db.table("items").indexes]
+    assert ledger.batch("b20250101-000000-abcd").status == "completed"
+
+
+def test_connection_is_rollback_journal_with_foreign_keys_and_a_busy_timeout(ledger: Ledger) -> None:
+    assert ledger.conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert ledger.conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    assert ledger.conn.execute("PRAGMA busy_timeout").fetchone() == (10000,)
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def test_batch_lifecycle_statuses_finished_at_and_audit_trail(ledger: Ledger) -> None:
+    before = datetime.now(UTC)
+    batch = _batch(ledger)
+    assert re.fullmatch(r"b\d{8}-\d{6}-[0-9a-f]{4}", batch.id)
+    assert batch.status == "running"
+    assert batch.created_at.tzinfo is not None and before <= batch.created_at <= datetime.now(UTC)
+    assert batch.id[1:16] == batch.created_at.strftime("%Y%m%d-%H%M%S")
+    assert (batch.source_account, batch.destination, batch.plan, batch.counts, batch.actor) == (
+        "40117",
+        "sqlite:/x/clinic.db",
+        {"scope": "all"},
+        {},
+        "cli",
+    )
+    assert batch.finished_at is None
+
+    assert ledger.set_status(batch.id, "stopped", actor="ops").finished_at is None
+    assert ledger.set_status(batch.id, "running").status == "running"
+    failed = ledger.set_status(batch.id, "failed", detail={"error": "Cliniko was unreachable."})
+    assert failed.finished_at is not None
+    assert ledger.set_status(batch.id, "running").finished_at is None  # resumed: not finished any more
+    done = ledger.set_status(batch.id, "completed")
+    assert done.finished_at is not None and done.updated_at == done.finished_at
+    assert ledger.set_status(batch.id, "deleting").finished_at == done.finished_at
+
+    log = ledger.audit_log(batch.id)
+    assert [e["action"] for e in log] == ["run", "stop", "resume", "fail", "resume", "complete", "delete"]
+    assert log[0]["detail"] == {"source_account": "40117", "destination": "sqlite:/x/clinic.db"}
+    assert log[1]["actor"] == "ops" and log[1]["detail"] == {"from": "running", "to": "stopped"}
+    assert log[3]["detail"] == {"from": "running", "to": "failed", "error": "Cliniko was unreachable."}
+    assert all(e["batch_id"] == batch.id for e in log)
+
+
+def test_batches_are_listed_newest_first_and_unknown_ones_raise(ledger: Ledger) -> None:
+    first, second = _batch(ledger), _batch(ledger)
+    assert [b.id for b in ledger.batches()] == [second.id, first.id]
+    assert first.id != second.id
+    with pytest.raises(BatchNotFound, match="no batch b-nope") as caught:
+        ledger.batch("b-nope")
+    assert isinstance(caught.value, ConfigError)
+    with pytest.raises(BatchNotFound):
+        ledger.set_status("b-nope", "stopped")
+    with pytest.raises(ValueError, match="unknown batch status"):
+        ledger.set_status(first.id, "paused")
+
+
+def test_the_48_hour_window_is_exclusive(ledger: Ledger) -> None:
+    batch = ledger.set_status(_batch(ledger).id, "completed")
+    at = batch.created_at
+    ok, why = batch.deletable(now=at + timedelta(hours=47, minutes=59))
+    assert ok and why == f"Batch {batch.id} can be deleted for another 0 h 01 min."
+    ok, why = batch.deletable(now=at + timedelta(hours=48))
+    assert not ok
+    assert why == (
+        f"Batch {batch.id} was created 48 hours ago; batches can only be deleted within 48 hours of their import."
+    )
+    ok, why = batch.deletable(now=at + timedelta(days=3, hours=2))
+    assert not ok and f"Batch {batch.id} was created 3 days ago;" in why
+    assert batch.deletable()[0]  # just created
+
+
+def test_deletable_by_status(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    late = batch.created_at + timedelta(days=5)
+    assert batch.deletable() == (False, f"Batch {batch.id} is still running; stop it before deleting it.")
+    assert ledger.set_status(batch.id, "stopped").deletable()[0]
+    deleting = ledger.set_status(batch.id, "deleting")
+    assert deleting.deletable(now=late)[0]  # an interrupted deletion may always finish
+    deleted = ledger.set_status(batch.id, "deleted")
+    assert deleted.deletable() == (False, f"Batch {batch.id} has already been deleted.")
+    assert deleted.finished_at is not None
+    with pytest.raises(ConfigError, match="has been deleted"):
+        ledger.set_status(batch.id, "running")
+    assert ledger.batch(batch.id).status == "deleted"
+
+
+def test_plan_must_be_plain_json_so_a_key_cannot_be_stored(ledger: Ledger) -> None:
+    with pytest.raises(TypeError):
+        ledger.create_batch(source_account="1", destination="d", plan={"key": SecretStr("MS-secret-au1")})
+    assert ledger.batches() == []
+    assert b"MS-secret-au1" not in ledger.path.read_bytes()
+
+
+# --- items -----------------------------------------------------------------------------
+
+
+def test_items_upsert_on_batch_entity_source_and_count(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", "10", "created"),
+            Item("patients", "2", None, "skipped", "no_name", "The patient has no name."),
+            Item("patients", "3", "7", "linked"),
+            Item("practitioners", "5", "1", "linked"),
+        ],
+    )
+    # A resumed page writes the same source record again: one row, the newest outcome.
+    ledger.record_items(batch.id, [Item("patients", "2", "11", "created")])
+    rows = ledger.conn.execute(
+        "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items ORDER BY rowid"
+    ).fetchall()
+    assert rows == [
+        ("patients", "1", "10", "created", None, None),
+        ("patients", "2", "11", "created", None, None),
+        ("patients", "3", "7", "linked", None, None),
+        ("practitioners", "5", "1", "linked", None, None),
+    ]
+    assert ledger.item(batch.id, "patients", "2") == Item("patients", "2", "11", "created")
+    assert ledger.item(batch.id, "patients", "99") is None
+    assert [i.source_id for i in ledger.items(batch.id, entity="patients", action="created")] == ["1", "2"]
+    assert ledger.done_source_ids(batch.id, "patients") == {"1", "2", "3"}
+    expected = {
+        "patients": {"created": 2, "linked": 1, "already_present": 0, "skipped": 0},
+        "practitioners": {"created": 0, "linked": 1, "already_present": 0, "skipped": 0},
+    }
+    assert ledger.counts(batch.id) == expected
+    assert ledger.batch(batch.id).counts == {}
+    assert ledger.save_counts(batch.id) == expected
+    assert ledger.batch(batch.id).counts == expected
+
+
+def test_items_are_checked_before_anything_is_written(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    with pytest.raises(ValueError, match="unknown item action"):
+        ledger.record_items(batch.id, [Item("patients", "1", "1", "made")])
+    with pytest.raises(ValueError, match="nothing is skipped silently"):
+        ledger.record_items(batch.id, [Item("patients", "1", None, "skipped", "x")])
+    with pytest.raises(ValueError, match="no destination id"):
+        ledger.record_items(
+            batch.id, [Item("patients", "1", "1", "created"), Item("patients", "2", None, "linked")]
+        )
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.record_items("b-unknown", [Item("patients", "1", "1", "created")])
+    assert ledger.conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
+def test_items_stream_past_one_chunk_in_order(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    ledger.record_items(batch.id, (Item("patients", str(n), str(n), "created") for n in range(2500)))
+    assert [i.source_id for i in ledger.items(batch.id)] == [str(n) for n in range(2500)]
+
+
+def test_dest_id_for_ignores_deleted_batches_other_destinations_and_accounts(ledger: Ledger) -> None:
+    older = _batch(ledger)
+    other_dest = _batch(ledger, destination="sqlite:/elsewhere.db")
+    other_account = _batch(ledger, account="99999")
+    ledger.record_items(
+        older.id, [Item("patients", "1", "10", "created"), Item("patients", "2", "20", "linked")]
+    )
+    ledger.record_items(
+        other_dest.id, [Item("patients", "1", "31", "created"), Item("patients", "3", "33", "created")]
+    )
+    ledger.record_items(other_account.id, [Item("patients", "3", "43", "created")])
+    top_up = _batch(ledger)
+    ledger.record_items(
+        top_up.id,
+        [
+            Item("patients", "1", "10", "already_present"),  # not where it was created
+            Item("patients", "4", None, "skipped", "x", "Skipped."),
+        ],
+    )
+
+    def find(source_id: str, destination: str = "sqlite:/x/clinic.db", account: str = "40117") -> object:
+        return ledger.dest_id_for(destination, "patients", source_id, source_account=account)
+
+    assert find("1") == (older.id, "10")
+    assert find("2") == (older.id, "20")
+    assert find("3") is None  # only another destination and another account have it
+    assert find("4") is None  # skipped is not a destination record
+    assert find("1", destination="sqlite:/elsewhere.db") == (other_dest.id, "31")
+    assert find("3", account="99999") == (other_account.id, "43")
+    assert ledger.dest_id_for("sqlite:/x/clinic.db", "practitioners", "1", source_account="40117") is None
+    assert ledger.dest_ids_for(
+        "sqlite:/x/clinic.db", "patients", ["1", "2", "3"], source_account="40117"
+    ) == {
+        "1": (older.id, "10"),
+        "2": (older.id, "20"),
+    }
+
+    ledger.set_status(older.id, "deleting")
+    assert find("1") is None
+    ledger.set_status(older.id, "deleted")
+    assert find("2") is None
+
+    newer = _batch(ledger)
+    ledger.record_items(newer.id, [Item("patients", "1", "50", "created")])
+    assert find("1") == (newer.id, "50")
+
+
+# --- transactions ------------------------------------------------------------------------
+
+
+def _on_disk(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def test_a_failed_transaction_leaves_neither_store_rows_nor_ledger_rows(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "clinic.db", ledger)
+    batch = _batch(ledger, destination=store.describe())
+    rows = [{"source_id": "1", "first_name": "Ann", "last_name": "Lee"}]
+
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ids = store.insert("patients", rows, batch_id=batch.id, source_account="40117")
+        ledger.record_items(batch.id, [Item("patients", "1", ids[0], "created")])
+        ledger.update_progress(
+            batch.id, "patients", done=1, total=1, created=1, linked=0, already_present=0, skipped=0
+        )
+        raise RuntimeError("the network went away mid-page")
+
+    assert store.count("patients") == 0
+    assert list(ledger.items(batch.id)) == []
+    assert ledger.progress(batch.id) == []
+    assert _on_disk(tmp_path / "clinic.db", "SELECT count(*) FROM patients") == 0
+
+    with ledger.transaction():
+        ids = store.insert("patients", rows, batch_id=batch.id, source_account="40117")
+        ledger.record_items(batch.id, [Item("patients", "1", ids[0], "created")])
+    # Committed in both files, as another process sees them.
+    assert _on_disk(tmp_path / "clinic.db", "SELECT count(*) FROM patients") == 1
+    assert _on_disk(ledger.path, "SELECT count(*) FROM items") == 1
+
+
+def test_nested_transactions_are_savepoints_of_the_outer_one(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    with ledger.transaction():
+        ledger.record_items(batch.id, [Item("patients", "1", "1", "created")])
+        with pytest.raises(KeyError), ledger.transaction():
+            ledger.record_items(batch.id, [Item("patients", "2", "2", "created")])
+            raise KeyError("inner")
+        with ledger.transaction():
+            ledger.record_items(batch.id, [Item("patients", "3", "3", "created")])
+        assert ledger.conn.in_transaction
+    assert not ledger.conn.in_transaction
+    assert ledger.done_source_ids(batch.id, "patients") == {"1", "3"}
+
+
+# --- progress, audit, frames ----------------------------------------------------------------
+
+
+def test_progress_rows_are_replaced_per_stage_in_first_report_order(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    ledger.update_progress(
+        batch.id, "patients", done=0, total=40, created=0, linked=0, already_present=0, skipped=0
+    )
+    ledger.update_progress(
+        batch.id, "practitioners", done=3, total=3, created=1, linked=2, already_present=0, skipped=0
+    )
+    ledger.update_progress(
+        batch.id, "patients", done=30, total=40, created=25, linked=1, already_present=3, skipped=1
+    )
+    stages = ledger.progress(batch.id)
+    assert [
+        (s.stage, s.done, s.total, s.created, s.linked, s.already_present, s.skipped) for s in stages
+    ] == [
+        ("patients", 30, 40, 25, 1, 3, 1),
+        ("practitioners", 3, 3, 1, 2, 0, 0),
+    ]
+    assert stages[0].fraction == 0.75 and stages[1].fraction == 1.0
+    assert stages[0].updated_at.tzinfo is not None
+    assert ledger.batch(batch.id).updated_at == stages[0].updated_at  # a heartbeat for the batch list
+
+
+def test_audit_rows_without_a_batch(ledger: Ledger) -> None:
+    ledger.audit("connect", actor="console", detail={"account": "Harbourside Physio"})
+    batch = _batch(ledger)
+    log = ledger.audit_log()
+    assert [(e["action"], e["actor"], e["batch_id"]) for e in log] == [
+        ("connect", "console", None),
+        ("run", "cli", batch.id),
+    ]
+    assert log[0]["detail"] == {"account": "Harbourside Physio"}
+    assert ledger.audit_log(batch.id) == log[1:]
+
+
+def test_review_frames(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    empty = ledger.items_frame(batch.id)
+    assert empty.columns == ["entity", "source_id", "dest_id", "action", "reason_code", "reason", "at"]
+    assert empty.height == 0 and set(empty.dtypes) == {pl.String}
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", "10", "created"),
+            Item(
+                "individual_appointments",
+                "5",
+                None,
+                "skipped",
+                "practitioner_excluded",
+                "Dr Old was excluded.",
+            ),
+        ],
+    )
+    items = ledger.items_frame(batch.id)
+    assert items.select("source_id", "dest_id", "action").rows() == [
+        ("1", "10", "created"),
+        ("5", None, "skipped"),
+    ]
+    skipped = ledger.skipped_frame(batch.id)
+    assert skipped.columns == ["entity", "source_id", "reason_code", "reason"]
+    assert skipped.rows() == [
+        ("individual_appointments", "5", "practitioner_excluded", "Dr Old was excluded.")
+    ]
+
+
+def test_progress_can_be_followed_from_another_thread(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for _ in range(200):
+                seen.extend(s.done for s in ledger.progress(batch.id))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    for n in range(200):
+        with ledger.transaction():
+            ledger.record_items(batch.id, [Item("patients", str(n), str(n), "created")])
+            ledger.update_progress(
+                batch.id,
+                "patients",
+                done=n + 1,
+                total=200,
+                created=n + 1,
+                linked=0,
+                already_present=0,
+                skipped=0,
+            )
+    reader.join()
+    assert errors == []
+    assert seen == sorted(seen)  # never a half-written page, never going backwards
+    assert ledger.progress(batch.id)[0].done == 200
