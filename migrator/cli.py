@@ -18,13 +18,23 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.cliniko.keys import parse_key
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, MappingError, MigratorError
 from migrator.preview import preview
+
+if TYPE_CHECKING:  # the engine's modules load only for the commands that need them
+    from migrator.destinations.local import LocalStore
+    from migrator.engine import ProgressEvent
+    from migrator.ledger import Ledger
+    from migrator.plan import MappingRow, Plan
+
+DEFAULT_WORKSPACE = "workspace"
+DEFAULT_STORE = "sqlite:workspace/clinic.db"
 
 __all__ = ["main"]
 
@@ -93,6 +103,200 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(client: ClinikoClient) -> Identity:
+    """Verify the source key: seed 001 asks for an administrator's key (others lack the rights)."""
+    identity = client.identity()
+    if not identity.is_admin:
+        raise ConfigError(
+            f"The source key belongs to {identity.user}, who is not an administrator of "
+            f"{identity.account or 'the account'}; Cliniko only gives an administrator's key the rights a migration needs."
+        )
+    return identity
+
+
+def _open_store(target: str, workspace: str) -> tuple[Ledger, LocalStore]:
+    from migrator.destinations.local import LocalStore
+    from migrator.ledger import Ledger
+
+    ledger = Ledger(workspace)
+    return ledger, LocalStore(LocalStore.parse_target(target), ledger)
+
+
+def _mapping_rows(client: ClinikoClient, store: LocalStore, path: str | None) -> list[MappingRow]:
+    from migrator.mapping import build_mapping, load_mapping, to_rows
+
+    if path:
+        return load_mapping(path)
+    return to_rows(build_mapping(client, store.reference, can_create=True))
+
+
+def cmd_mapping(args: argparse.Namespace) -> int:
+    from migrator.mapping import save_mapping
+
+    with _client(False) as client:
+        _source(client)
+        _, store = _open_store(args.to, args.workspace)
+        rows = _mapping_rows(client, store, None)
+    save_mapping(args.out, rows)
+    unresolved = [r for r in rows if r.action == "unresolved"]
+    print(f"Wrote {len(rows)} mapping rows to {args.out}; {len(unresolved)} need a decision before a run.")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from migrator.engine import Engine
+    from migrator.plan import Plan, Scope, default_include, parse_include
+
+    scope = Scope.parse(args.filter)
+    include = parse_include(args.include) if args.include else None
+    with _client(False) as client:
+        identity = _source(client)
+        ledger, store = _open_store(args.to, args.workspace)
+        plan = Plan(
+            source_account=identity.account or identity.user,
+            source_shard=client.key.shard,
+            destination=store.describe(),
+            scope=scope,
+            mappings=_mapping_rows(client, store, args.mapping),
+            include_archived_patients=not args.no_archived_patients,
+            include=include or default_include(local=True),
+        )
+        plan.require_resolved()
+        resume = _unfinished_batch(ledger, plan)
+        progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
+        if resume and not args.json:
+            print(f"Resuming batch {resume}.", file=sys.stderr)
+        result = Engine(plan, client, store, ledger, progress=progress).run(resume)
+        if progress:
+            progress.finish()
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    print(f"Batch {result.batch_id}: {result.requests:,} requests in {result.seconds:.1f} s.")
+    width = max(len(e) for e in result.entities)
+    print(f"{'':<{width}}  {'in scope':>8} {'created':>8} {'linked':>8} {'present':>8} {'skipped':>8}")
+    for entity, row in result.entities.items():
+        print(
+            f"{entity:<{width}}  {row['in_scope']:>8,} {row['created']:>8,} {row['linked']:>8,} "
+            f"{row['already_present']:>8,} {row['skipped']:>8,}"
+        )
+    return 0
+
+
+def _unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
+    """The latest batch of the same plan that did not finish (killed, stopped or failed): resume it."""
+    wanted = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
+    for batch in ledger.batches():
+        if batch.status not in ("running", "stopped", "failed"):
+            continue
+        if batch.destination != plan.destination or batch.source_account != plan.source_account:
+            continue
+        if {k: v for k, v in batch.plan.items() if k != "created_with"} == wanted:
+            return batch.id
+    return None
+
+
+class _ProgressLine:
+    """A one-line progress display on a terminal (stderr), quiet elsewhere."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self._last < 0.2 and event.done < event.total:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * event.done / event.total) if event.total else width
+        bar = "#" * filled + "-" * (width - filled)
+        print(
+            f"\r{event.stage:<26} [{bar}] {event.done:>7,}/{event.total:<7,} "
+            f"created {event.created:,} linked {event.linked:,} present {event.already_present:,} "
+            f"skipped {event.skipped:,}   ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def finish(self) -> None:
+        print(file=sys.stderr)
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    from migrator.ledger import Ledger
+
+    ledger = Ledger(args.workspace)
+    batches = ledger.batches()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": b.id,
+                        "created_at": b.created_at.isoformat(),
+                        "status": b.status,
+                        "source_account": b.source_account,
+                        "destination": b.destination,
+                        "counts": b.counts,
+                        "deletable": b.deletable()[0],
+                    }
+                    for b in batches
+                ]
+            )
+        )
+        return 0
+    if not batches:
+        print("No batches yet.")
+    for b in batches:
+        allowed, why = b.deletable()
+        print(
+            f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.status:<10} {b.source_account} -> {b.destination}"
+        )
+        if not allowed and b.status != "deleted":
+            print(f"    {why}")
+    return 0
+
+
+def cmd_delete_batch(args: argparse.Namespace) -> int:
+    from migrator.batches import delete_batch, deletion_plan
+
+    ledger, store = _open_store(_batch_destination(args), args.workspace)
+    plan = deletion_plan(ledger, store, args.batch_id)
+    summary = plan.as_dict()
+    print(f"Deleting batch {args.batch_id} removes {summary['total']:,} records:")
+    for entity, n in summary["created"].items():
+        print(f"  {entity}: {n:,} created by the batch")
+    for entity, n in summary["created_since_for_its_patients"].items():
+        print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
+    if args.dry_run:
+        return 0
+    if not args.yes:
+        raise ConfigError("Deleting a batch cannot be undone: add --yes to confirm (try --dry-run first).")
+    delete_batch(ledger, store, args.batch_id)
+    print(f"Batch {args.batch_id} is deleted.")
+    return 0
+
+
+def _batch_destination(args: argparse.Namespace) -> str:
+    from migrator.ledger import Ledger
+
+    batch = Ledger(args.workspace).batch(args.batch_id)
+    return batch.destination
+
+
+def cmd_setup_store(args: argparse.Namespace) -> int:
+    from migrator.setup import copy_clinic_setup
+
+    with _client(True) as client:
+        ledger, store = _open_store(args.to, args.workspace)
+        added = copy_clinic_setup(store, ledger, client)
+    print("Set up " + ", ".join(f"{n} {entity}" for entity, n in added.items()) + f" in {store.describe()}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m migrator",
@@ -112,6 +316,66 @@ def build_parser() -> argparse.ArgumentParser:
     prev = commands.add_parser("preview", help="count what a migration would read, and what that costs")
     prev.add_argument("--json", action="store_true", help="print one JSON object")
     prev.set_defaults(func=cmd_preview)
+
+    def workspace(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workspace",
+            default=DEFAULT_WORKSPACE,
+            metavar="DIR",
+            help="where ledger.db lives (default ./workspace)",
+        )
+
+    mapping = commands.add_parser(
+        "mapping", help="write the auto-matched mapping tables to a file for editing"
+    )
+    mapping.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
+    mapping.add_argument(
+        "--to",
+        default=DEFAULT_STORE,
+        metavar="sqlite:PATH",
+        help=f"the destination (default {DEFAULT_STORE})",
+    )
+    workspace(mapping)
+    mapping.set_defaults(func=cmd_mapping)
+
+    run = commands.add_parser("run", help="migrate (or resume an unfinished run of the same plan)")
+    run.add_argument(
+        "--to",
+        default=DEFAULT_STORE,
+        metavar="sqlite:PATH",
+        help=f"the destination (default {DEFAULT_STORE})",
+    )
+    run.add_argument(
+        "--filter", default="all", help="all, business:ID[,ID...] or practitioner:ID[,ID...] (default all)"
+    )
+    run.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
+    run.add_argument(
+        "--mapping", metavar="FILE", help="mapping tables from 'mapping --out' (default: auto-matched)"
+    )
+    run.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    workspace(run)
+    run.set_defaults(func=cmd_run)
+
+    batches = commands.add_parser("batches", help="list every batch with its status")
+    batches.add_argument("--json", action="store_true", help="print JSON")
+    workspace(batches)
+    batches.set_defaults(func=cmd_batches)
+
+    delete = commands.add_parser("delete-batch", help="delete what a batch created, within 48 hours")
+    delete.add_argument("batch_id", metavar="ID")
+    delete.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    delete.add_argument("--yes", action="store_true", help="confirm: deletion cannot be undone")
+    workspace(delete)
+    delete.set_defaults(func=cmd_delete_batch)
+
+    setup = commands.add_parser(
+        "setup-store",
+        help="give the local store the destination account's practitioners and businesses (MIGRATOR_DEST_KEY)",
+    )
+    setup.add_argument("--to", default=DEFAULT_STORE, metavar="sqlite:PATH")
+    workspace(setup)
+    setup.set_defaults(func=cmd_setup_store)
     return parser
 
 
@@ -122,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, MappingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MigratorError as exc:  # APIError and the rest: Cliniko refused or failed

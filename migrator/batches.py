@@ -1,0 +1,94 @@
+"""Deleting a batch within 48 hours of its import (seed 000).
+
+Only what the batch **created** is deleted; records it merely linked to were in
+the destination before it and are never touched. As in Cliniko, deleting a
+batch's patients also deletes what was since created for them (appointments,
+notes, invoices... added later by hand or by another batch): the preview lists
+those separately so the person confirming sees them.
+
+Deletion runs in reverse dependency order, one entity at a time, each chunk in
+one transaction; the batch is ``deleting`` while it runs, so an interrupted
+deletion is finished by running it again, and ``deleted`` when done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from migrator.errors import MigratorError
+from migrator.ledger import Ledger
+
+__all__ = ["BatchNotDeletable", "DeletionPlan", "delete_batch", "deletion_plan"]
+
+_CHUNK = 500
+
+
+class BatchNotDeletable(MigratorError):
+    """The batch is too old, already deleted, or still running."""
+
+
+@dataclass(frozen=True)
+class DeletionPlan:
+    """What deleting a batch removes, per entity.
+
+    Attributes:
+        created: records the batch created, by entity.
+        dependents: records created since for the batch's patients (not by this
+            batch), by entity: seed 000's warning.
+    """
+
+    batch_id: str
+    created: dict[str, list[str]]
+    dependents: dict[str, list[str]]
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.created.values()) + sum(len(v) for v in self.dependents.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "created": {k: len(v) for k, v in self.created.items() if v},
+            "created_since_for_its_patients": {k: len(v) for k, v in self.dependents.items() if v},
+            "total": self.total,
+        }
+
+
+def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
+    """List what :func:`delete_batch` would remove, without removing anything."""
+    ledger.batch(batch_id)  # raises BatchNotFound with a sentence
+    created = {entity: store.created_by(batch_id, entity) for entity in store.DELETE_ORDER}
+    patients = created.get("patients", [])
+    dependents: dict[str, list[str]] = {}
+    if patients:
+        for entity, ids in store.dependents_of_patients(patients).items():
+            mine = set(created.get(entity, []))
+            others = [i for i in ids if i not in mine]
+            if others:
+                dependents[entity] = others
+    return DeletionPlan(batch_id, created, dependents)
+
+
+def delete_batch(
+    ledger: Ledger, store: Any, batch_id: str, *, actor: str = "cli", now: datetime | None = None
+) -> DeletionPlan:
+    """Delete what a batch created (and what was since created for its patients).
+
+    Raises:
+        BatchNotFound: no such batch.
+        BatchNotDeletable: older than 48 hours, already deleted, or still running.
+    """
+    allowed, why = ledger.batch(batch_id).deletable(now)
+    if not allowed:
+        raise BatchNotDeletable(why)
+    plan = deletion_plan(ledger, store, batch_id)
+    ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())
+    for entity in store.DELETE_ORDER:
+        ids = plan.dependents.get(entity, []) + plan.created.get(entity, [])
+        for start in range(0, len(ids), _CHUNK):
+            with ledger.transaction():
+                store.delete(entity, ids[start : start + _CHUNK])
+    ledger.set_status(batch_id, "deleted", actor=actor, detail=plan.as_dict())
+    return plan

@@ -1,0 +1,780 @@
+"""The migration engine: stages in dependency order, page by page, into a destination.
+
+>>> result = Engine(plan, source_client, store, ledger).run()    # doctest: +SKIP
+>>> result.entities["patients"]                                   # doctest: +SKIP
+{'in_scope': 400, 'created': 398, 'linked': 2, 'already_present': 0, 'skipped': 0}
+
+Every source record in scope ends as exactly one ledger item of the batch:
+
+- ``created``: written to the destination by this batch;
+- ``linked``: an equal record was already in the destination and did not come
+  from this source account (a patient with the same first name, last name and
+  date of birth; an individual appointment with the same start, practitioner and
+  patient). A patient without a date of birth is never linked by name alone, and
+  no destination record is ever linked to two source records;
+- ``already_present``: an earlier batch of the same source and destination
+  brought it;
+- ``skipped``: with a reason code and a sentence (its practitioner is excluded,
+  its patient is out of scope, it failed validation on a field...).
+
+Near-matches that are not equal (the same name and date of birth matched more
+than once, or a shared email alone, since families share one) are created and
+flagged for review with a ``review_*`` reason code.
+
+Each page is decided and written in one transaction with its ledger rows and the
+stage's progress, so a run killed at any instant resumes from its last committed
+page: records already in the ledger for the batch are passed over, and the
+result is the same as a clean run. Scoped runs (business or practitioner) read
+their appointments once into a staging file first, to learn which patients are
+in scope without reading the appointments twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from migrator.cliniko.client import ClinikoClient
+from migrator.cliniko.models import ClinikoRecord, parse_record
+from migrator.errors import MigratorError
+from migrator.ledger import Item, Ledger
+from migrator.plan import MappingRow, Plan
+from migrator.scope import Query, by_ids, cheapest, direct_queries
+from migrator.stages import MAPPED, STAGES, Stage
+
+__all__ = ["ACTIONS", "Engine", "ProgressEvent", "RunResult", "RunStopped", "store_columns", "store_row"]
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("created", "linked", "already_present", "skipped")
+FORMER_PRACTITIONER = ("Former", "practitioner")
+
+#: Entities the scope filter applies to directly, and the entities whose records
+#: it follows through their patients.
+_DIRECT = ("individual_appointments", "group_appointments", "unavailable_blocks", "invoices")
+_BY_PATIENT = ("medical_alerts", "patient_attachments", "treatment_notes")
+_SINGULAR = {
+    "patients": "patient",
+    "practitioners": "practitioner",
+    "businesses": "business",
+    "appointment_types": "appointment type",
+    "group_appointments": "group appointment",
+    "individual_appointments": "appointment",
+    "invoices": "invoice",
+    "contacts": "contact",
+}
+
+
+class RunStopped(MigratorError):
+    """The run was asked to stop; it can be resumed."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a run stands in one stage (also written to the ledger's progress table)."""
+
+    stage: str
+    done: int
+    total: int
+    created: int
+    linked: int
+    already_present: int
+    skipped: int
+
+
+@dataclass
+class RunResult:
+    """What a run did: per entity counts, requests spent and seconds taken."""
+
+    batch_id: str
+    entities: dict[str, dict[str, int]]
+    requests: int
+    seconds: float
+    resumed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "entities": self.entities,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class _Decision:
+    source_id: str
+    action: str
+    dest_id: str | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    row: dict[str, Any] | None = None  # to insert, for "created"
+
+
+@dataclass
+class _Counter:
+    done: int = 0
+    total: int = 0
+    by_action: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+
+
+class Engine:
+    """Runs one plan from a source account into a destination store.
+
+    Args:
+        plan: what to move (scope, data types, mappings); its mappings must be resolved.
+        source: a read-only client of the source account.
+        store: the destination (``LocalStore``), attached to ``ledger``'s connection.
+        ledger: where batches, items and progress are kept.
+        progress: called after every page with a :class:`ProgressEvent`.
+        stop: set it (from any thread) to stop after the current page.
+        actor: who is running it, for the audit trail.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        source: ClinikoClient,
+        store: Any,
+        ledger: Ledger,
+        *,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        stop: threading.Event | None = None,
+        actor: str = "cli",
+    ) -> None:
+        self.plan = plan
+        self.source = source
+        self.store = store
+        self.ledger = ledger
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.actor = actor
+        self.destination = store.describe()
+        self.account = plan.source_account
+        self._columns: dict[str, list[str]] = {}
+        self._counters: dict[str, _Counter] = {}
+        self._staging: sqlite3.Connection | None = None
+        self.batch_id = ""
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self, batch_id: str | None = None) -> RunResult:
+        """Run the plan as a new batch, or resume ``batch_id``.
+
+        Raises:
+            MappingError: a mapping row is unresolved (nothing is written).
+            RunStopped: :attr:`stop` was set; the batch is ``stopped`` and resumable.
+            APIError: Cliniko failed beyond retries; the batch is ``failed`` and resumable.
+        """
+        self.plan.require_resolved()
+        started = time.monotonic()
+        requests_before = self.source.stats.requests
+        resumed = batch_id is not None
+        if batch_id is None:
+            batch = self.ledger.create_batch(
+                source_account=self.account,
+                destination=self.destination,
+                plan=json.loads(self.plan.to_json()),
+                actor=self.actor,
+            )
+            batch_id = batch.id
+        else:
+            self.ledger.set_status(batch_id, "running", actor=self.actor, detail={"resumed": True})
+        self.batch_id = batch_id
+        self._load_counters()
+        try:
+            for stage in self._stages():
+                self._run_stage(stage)
+        except RunStopped:
+            self.ledger.save_counts(batch_id)
+            self.ledger.set_status(batch_id, "stopped", actor=self.actor)
+            raise
+        except BaseException as exc:
+            self.ledger.save_counts(batch_id)
+            detail = {"error": str(exc)} if isinstance(exc, MigratorError) else {"error": type(exc).__name__}
+            self.ledger.set_status(batch_id, "failed", actor=self.actor, detail=detail)
+            raise
+        finally:
+            if self._staging is not None:
+                self._staging.close()
+                self._staging = None
+        self.ledger.save_counts(batch_id)
+        self.ledger.set_status(batch_id, "completed", actor=self.actor)
+        self._drop_staging()
+        return RunResult(
+            batch_id=batch_id,
+            entities=self._entity_counts(),
+            requests=self.source.stats.requests - requests_before,
+            seconds=time.monotonic() - started,
+            resumed=resumed,
+        )
+
+    def _stages(self) -> list[Stage]:
+        included = set(self.plan.include) | set(MAPPED)
+        return [s for s in STAGES if s.entity in included]
+
+    def _entity_counts(self) -> dict[str, dict[str, int]]:
+        counts = self.ledger.counts(self.batch_id)
+        result: dict[str, dict[str, int]] = {}
+        for stage in self._stages():
+            row = {action: counts.get(stage.entity, {}).get(action, 0) for action in ACTIONS}
+            result[stage.entity] = {"in_scope": sum(row.values()), **row}
+        return result
+
+    def _load_counters(self) -> None:
+        counts = self.ledger.counts(self.batch_id)
+        for stage in STAGES:
+            counter = _Counter()
+            for action, n in counts.get(stage.entity, {}).items():
+                counter.by_action[action] = n
+            counter.done = sum(counter.by_action.values())
+            self._counters[stage.entity] = counter
+
+    # -- stages ------------------------------------------------------------------------
+
+    def _run_stage(self, stage: Stage) -> None:
+        for query in self._queries(stage):
+            for records in self._read(query):
+                if self.stop.is_set():
+                    raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
+                self._process(stage, query, records)
+        self._report(stage.entity, final=True)
+
+    def _queries(self, stage: Stage) -> list[Query]:
+        entity, scope = stage.entity, self.plan.scope
+        routes = [r for r in stage.routes if not (entity == "patients" and r == "archived")]
+        if entity == "patients" and self.plan.include_archived_patients:
+            routes.append("archived")
+        if (
+            scope.kind == "all"
+            or entity in MAPPED
+            or entity not in (*_DIRECT, *_BY_PATIENT, "patients", "attendees", "invoice_items")
+        ):
+            return [Query(entity, route) for route in routes]
+        if entity in ("individual_appointments", "group_appointments"):
+            return [Query(entity, "_staged")]
+        if entity == "patients":
+            wanted = self._scoped_patient_ids()
+            total = self.source.count("patients")
+            queries = cheapest("patients", "id", wanted, total)
+            if self.plan.include_archived_patients:
+                queries += cheapest(
+                    "patients", "id", wanted, self.source.count("patients", route="archived"), "archived"
+                )
+            return queries
+        if entity == "attendees":
+            return by_ids("attendees", "booking_id", self._staged_ids("group_appointments"))
+        if entity == "invoice_items":
+            return by_ids("invoice_items", "invoice_id", self._batch_ids("invoices", exclude_skipped=True))
+        if entity == "treatment_notes" and scope.kind == "practitioner":
+            return direct_queries(entity, scope.kind, scope.ids)
+        if entity in _BY_PATIENT:
+            patients = self._batch_ids("patients", exclude_skipped=True)
+            return cheapest(entity, "patient_id", patients, self.source.count(entity))
+        return direct_queries(entity, scope.kind, scope.ids)
+
+    def _read(self, query: Query) -> Iterator[list[dict[str, Any]]]:
+        """Pages of raw records for a query (from the staging file for staged appointments)."""
+        if query.route == "_staged":
+            yield from self._staged_pages(query.resource)
+            return
+        for page in self.source.pages(query.resource, query.filters, route=query.route):
+            records = page.records
+            if query.keep is not None and query.keep_field is not None:
+                records = [r for r in records if _raw_id(r, query.keep_field) in query.keep]
+            if query.route is not None:
+                records = [{**r, "_route": query.route} for r in records]
+            yield records
+
+    # -- scoped runs: staging the appointments -------------------------------------------
+
+    def _staging_db(self) -> sqlite3.Connection:
+        if self._staging is None:
+            path = self._staging_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._staging = sqlite3.connect(path)
+            self._staging.execute(
+                "CREATE TABLE IF NOT EXISTS records (resource TEXT, source_id TEXT, raw TEXT, PRIMARY KEY (resource, source_id))"
+            )
+            self._staging.execute("CREATE TABLE IF NOT EXISTS done (resource TEXT PRIMARY KEY)")
+        return self._staging
+
+    def _staging_path(self) -> Path:
+        return Path(self.ledger.workspace) / "staging" / f"{self.batch_id}.db"
+
+    def _drop_staging(self) -> None:
+        self._staging_path().unlink(missing_ok=True)
+
+    def _stage_appointments(self) -> None:
+        """Read the scope's individual and group appointments once into the staging file."""
+        db = self._staging_db()
+        scope = self.plan.scope
+        for resource in ("individual_appointments", "group_appointments"):
+            if resource not in self.plan.include and resource != "individual_appointments":
+                continue
+            if db.execute("SELECT 1 FROM done WHERE resource = ?", (resource,)).fetchone():
+                continue
+            for query in direct_queries(resource, scope.kind, scope.ids):
+                for page in self.source.pages(query.resource, query.filters):
+                    if self.stop.is_set():
+                        raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
+                    with db:
+                        db.executemany(
+                            "INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
+                            [(resource, str(r.get("id")), json.dumps(r)) for r in page.records],
+                        )
+            with db:
+                db.execute("INSERT OR REPLACE INTO done VALUES (?)", (resource,))
+
+    def _staged_pages(self, resource: str) -> Iterator[list[dict[str, Any]]]:
+        self._stage_appointments()
+        cursor = self._staging_db().execute(
+            "SELECT raw FROM records WHERE resource = ? ORDER BY rowid", (resource,)
+        )
+        while rows := cursor.fetchmany(100):
+            yield [json.loads(raw) for (raw,) in rows]
+
+    def _staged_ids(self, resource: str) -> list[str]:
+        self._stage_appointments()
+        rows = self._staging_db().execute("SELECT source_id FROM records WHERE resource = ?", (resource,))
+        return [source_id for (source_id,) in rows]
+
+    def _scoped_patient_ids(self) -> set[str]:
+        """The patients who attend the scope's appointments (individual, and group via ``patient_ids``)."""
+        self._stage_appointments()
+        wanted: set[str] = set()
+        for (raw,) in self._staging_db().execute("SELECT raw FROM records"):
+            record = json.loads(raw)
+            patient = _raw_id(record, "patient_id")
+            if patient:
+                wanted.add(patient)
+            wanted.update(str(p) for p in record.get("patient_ids") or ())
+        return wanted
+
+    def _batch_ids(self, entity: str, *, exclude_skipped: bool) -> list[str]:
+        sql = "SELECT source_id FROM items WHERE batch_id = ? AND entity = ?"
+        if exclude_skipped:
+            sql += " AND action != 'skipped'"
+        return [sid for (sid,) in self.ledger.conn.execute(sql, (self.batch_id, entity))]
+
+    # -- one page ----------------------------------------------------------------------
+
+    def _process(self, stage: Stage, query: Query, raws: list[dict[str, Any]]) -> None:
+        counter = self._counters[stage.entity]
+        if not raws:
+            return
+        done = self._recorded(stage.entity, [str(r.get("id")) for r in raws])
+        fresh = [r for r in raws if str(r.get("id")) not in done]
+        counter.total = max(counter.total, counter.done + len(fresh))
+        if not fresh:
+            return
+        decisions = (
+            self._decide_mapped(stage, fresh) if stage.entity in MAPPED else self._decide(stage, fresh)
+        )
+        with self.ledger.transaction():
+            creates = [d for d in decisions if d.action == "created" and d.row is not None]
+            if creates:
+                ids = self.store.insert(
+                    stage.entity,
+                    [d.row for d in creates],
+                    batch_id=self.batch_id,
+                    source_account=self.account,
+                )
+                for decision, dest_id in zip(creates, ids, strict=True):
+                    decision.dest_id = dest_id
+            self.ledger.record_items(
+                self.batch_id,
+                [
+                    Item(stage.entity, d.source_id, d.dest_id, d.action, d.reason_code, d.reason)
+                    for d in decisions
+                ],
+            )
+            for d in decisions:
+                counter.by_action[d.action] += 1
+            counter.done += len(decisions)
+            self._report(stage.entity)
+
+    def _report(self, entity: str, *, final: bool = False) -> None:
+        counter = self._counters[entity]
+        if final:
+            counter.total = counter.done
+        event = ProgressEvent(
+            stage=entity,
+            done=counter.done,
+            total=max(counter.total, counter.done),
+            created=counter.by_action["created"],
+            linked=counter.by_action["linked"],
+            already_present=counter.by_action["already_present"],
+            skipped=counter.by_action["skipped"],
+        )
+        self.ledger.update_progress(
+            self.batch_id,
+            entity,
+            done=event.done,
+            total=event.total,
+            created=event.created,
+            linked=event.linked,
+            already_present=event.already_present,
+            skipped=event.skipped,
+        )
+        if self.progress is not None:
+            self.progress(event)
+
+    def _recorded(self, entity: str, source_ids: list[str]) -> set[str]:
+        """Which of these records this batch has already handled (a resumed run passes them over)."""
+        return set(self._lookup(entity, source_ids))
+
+    def _lookup(
+        self, entity: str, source_ids: Iterable[str]
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """This batch's items for some source ids: ``source_id -> (action, dest_id, reason_code)``."""
+        ids = list(dict.fromkeys(source_ids))
+        found: dict[str, tuple[str, str | None, str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.ledger.conn.execute(
+                f"SELECT source_id, action, dest_id, reason_code FROM items "
+                f"WHERE batch_id = ? AND entity = ? AND source_id IN ({marks})",
+                (self.batch_id, entity, *chunk),
+            )
+            for source_id, action, dest_id, reason_code in rows:
+                found[source_id] = (action, dest_id, reason_code)
+        return found
+
+    def _validate(
+        self, entity: str, raws: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]]:
+        out: list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]] = []
+        for raw in raws:
+            source_id = str(raw.get("id"))
+            try:
+                out.append((raw, parse_record(entity, {k: v for k, v in raw.items() if k != "_route"}), None))
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(p) for p in error.get("loc", ())) or "the record"
+                out.append(
+                    (
+                        raw,
+                        None,
+                        _Decision(
+                            source_id,
+                            "skipped",
+                            reason_code="invalid",
+                            reason=f"Failed validation on field {where}: {error.get('msg', 'invalid value')}.",
+                        ),
+                    )
+                )
+        return out
+
+    # -- decisions: mapped entities ------------------------------------------------------
+
+    def _decide_mapped(self, stage: Stage, raws: list[dict[str, Any]]) -> list[_Decision]:
+        mapping = self.plan.mapping_for(stage.entity)
+        decisions: list[_Decision] = []
+        for raw, record, invalid in self._validate(stage.entity, raws):
+            if invalid is not None or record is None:
+                decisions.append(invalid or _Decision(str(raw.get("id")), "skipped", reason_code="invalid"))
+                continue
+            row = mapping.get(record.id)
+            name = _display_name(stage.entity, record)
+            if row is None:
+                decisions.append(
+                    _Decision(
+                        record.id,
+                        "skipped",
+                        reason_code="unmapped",
+                        reason=f"The {_SINGULAR[stage.entity]} {name} appeared after the mapping was made; map it and run again.",
+                    )
+                )
+                continue
+            decisions.append(self._apply_mapping(stage, raw, record, row, name))
+        return decisions
+
+    def _apply_mapping(
+        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, row: MappingRow, name: str
+    ) -> _Decision:
+        if row.action == "exclude":
+            code = f"{_SINGULAR[stage.entity].replace(' ', '_')}_excluded"
+            return _Decision(
+                record.id,
+                "skipped",
+                reason_code=code,
+                reason=f"The {_SINGULAR[stage.entity]} {name} is excluded by the mapping.",
+            )
+        previous = self.ledger.dest_id_for(
+            self.destination, stage.entity, record.id, source_account=self.account
+        )
+        if previous is not None and (row.action == "create" or row.target_id == previous[1]):
+            return _Decision(record.id, "already_present", dest_id=previous[1], reason_code="earlier_batch")
+        if row.action in ("map", "reassign") and row.target_id:
+            return _Decision(record.id, "linked", dest_id=row.target_id, reason_code=f"mapped_{row.action}")
+        if row.action == "former":
+            target = row.target_id or self._former_practitioner()
+            return _Decision(record.id, "linked", dest_id=target, reason_code="mapped_former")
+        return _Decision(record.id, "created", row=self._row(stage, raw, record, {}))
+
+    def _former_practitioner(self) -> str:
+        """The generic "Former practitioner" of seed 001, created once in the destination."""
+        reference = self.store.reference("practitioners")
+        wanted = " ".join(FORMER_PRACTITIONER).lower()
+        for dest_id, name in zip(reference["id"].to_list(), reference["name"].to_list(), strict=True):
+            if (name or "").strip().lower() == wanted:
+                return str(dest_id)
+        first, last = FORMER_PRACTITIONER
+        self.store.setup_reference(
+            "practitioners",
+            [
+                {
+                    "first_name": first,
+                    "last_name": last,
+                    "active": False,
+                    "data": {"first_name": first, "last_name": last},
+                }
+            ],
+        )
+        return self._former_practitioner()
+
+    # -- decisions: everything else ------------------------------------------------------
+
+    def _decide(self, stage: Stage, raws: list[dict[str, Any]]) -> list[_Decision]:
+        validated = self._validate(stage.entity, raws)
+        # Destination ids of everything this page refers to, one query per target entity.
+        wanted: dict[str, set[str]] = {}
+        for _, record, _ in validated:
+            if record is None:
+                continue
+            for fk, target in stage.fks.items():
+                value = getattr(record, fk, None)
+                if value:
+                    wanted.setdefault(target, set()).add(str(value))
+            wanted.setdefault("patients", set()).update(getattr(record, "patient_ids", None) or ())
+        resolved = {target: self._lookup(target, ids) for target, ids in wanted.items()}
+        earlier = self._earlier(stage.entity, [r.id for _, r, _ in validated if r is not None])
+
+        decisions: list[_Decision] = []
+        for raw, record, invalid in validated:
+            if record is None:
+                decisions.append(invalid or _Decision(str(raw.get("id")), "skipped", reason_code="invalid"))
+                continue
+            fk_dest: dict[str, str | None] = {}
+            skip: _Decision | None = None
+            for fk, target in stage.fks.items():
+                value = getattr(record, fk, None)
+                hit = resolved.get(target, {}).get(str(value)) if value else None
+                if hit is not None and hit[0] != "skipped":
+                    fk_dest[fk] = hit[1]
+                    continue
+                fk_dest[fk] = None
+                if fk in stage.required and skip is None:
+                    skip = _skip_for(record.id, fk, target, value, hit)
+            if skip is not None:
+                decisions.append(skip)
+                continue
+            if stage.entity == "group_appointments":
+                # The group's patients, as destination ids (attendees carry the same facts).
+                patients = resolved.get("patients", {})
+                fk_dest["patient_ids"] = json.dumps(
+                    [
+                        patients[p][1]
+                        for p in getattr(record, "patient_ids", None) or ()
+                        if p in patients and patients[p][0] != "skipped"
+                    ]
+                )
+            if record.id in earlier:
+                decisions.append(
+                    _Decision(
+                        record.id, "already_present", dest_id=earlier[record.id], reason_code="earlier_batch"
+                    )
+                )
+                continue
+            decisions.append(self._link_or_create(stage, raw, record, fk_dest))
+        return decisions
+
+    def _earlier(self, entity: str, source_ids: list[str]) -> dict[str, str]:
+        """Records an earlier (not deleted) batch into the same destination already brought."""
+        hits = self.ledger.dest_ids_for(self.destination, entity, source_ids, source_account=self.account)
+        return {source_id: dest_id for source_id, (_, dest_id) in hits.items() if dest_id is not None}
+
+    def _link_or_create(
+        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
+    ) -> _Decision:
+        row = self._row(stage, raw, record, fk_dest)
+        if stage.entity == "patients":
+            return self._link_patient(record, row)
+        if stage.entity == "individual_appointments":
+            matches = self.store.find_individual_appointment(
+                _iso(getattr(record, "starts_at", None)),
+                fk_dest["practitioner_id"],
+                fk_dest["patient_id"],
+                exclude_source_account=self.account,
+            )
+            free = [m for m in matches if not self._linked_elsewhere(stage.entity, m, record.id)]
+            if len(free) == 1:
+                return _Decision(
+                    record.id, "linked", dest_id=free[0], reason_code="same_start_practitioner_patient"
+                )
+        return _Decision(record.id, "created", row=row)
+
+    def _link_patient(self, record: ClinikoRecord, row: dict[str, Any]) -> _Decision:
+        first, last = getattr(record, "first_name", None), getattr(record, "last_name", None)
+        born = getattr(record, "date_of_birth", None)
+        if born is not None and first and last:
+            matches = self.store.find_patients(
+                first, last, born.isoformat(), exclude_source_account=self.account
+            )
+            free = [m for m in matches if not self._linked_elsewhere("patients", m, record.id)]
+            if len(free) == 1:
+                return _Decision(record.id, "linked", dest_id=free[0], reason_code="same_name_and_birth_date")
+            if len(free) > 1:
+                return _Decision(
+                    record.id,
+                    "created",
+                    row=row,
+                    reason_code="review_ambiguous_match",
+                    reason=f"{len(free)} patients in the destination share this name and date of birth; created anew for review.",
+                )
+        email = getattr(record, "email", None)
+        if email and self.store.find_patients_by_email(email, exclude_source_account=self.account):
+            return _Decision(
+                record.id,
+                "created",
+                row=row,
+                reason_code="review_shared_email",
+                reason="A destination patient has the same email but not the same name and date of birth (families share emails); created anew for review.",
+            )
+        return _Decision(record.id, "created", row=row)
+
+    def _linked_elsewhere(self, entity: str, dest_id: str, source_id: str) -> bool:
+        """True when a destination record is already linked to another source record (never merge two)."""
+        row = self.ledger.conn.execute(
+            "SELECT 1 FROM items JOIN batches ON batches.id = items.batch_id "
+            "WHERE items.entity = ? AND items.dest_id = ? AND items.action = 'linked' AND items.source_id != ? "
+            "AND batches.destination = ? AND batches.status != 'deleted' LIMIT 1",
+            (entity, dest_id, source_id, self.destination),
+        ).fetchone()
+        return row is not None
+
+    # -- rows for the store --------------------------------------------------------------
+
+    def _row(
+        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
+    ) -> dict[str, Any]:
+        """The store's row: its columns filled from the record, foreign keys as destination ids."""
+        row = store_row(self._store_columns(stage.entity), record, fk_dest, fks=stage.fks)
+        if stage.entity == "practitioners" and "active" in self._store_columns(stage.entity):
+            row["active"] = raw.get("_route") != "inactive"
+        return row
+
+    def _store_columns(self, entity: str) -> list[str]:
+        if entity not in self._columns:
+            self._columns[entity] = store_columns(self.ledger, entity)
+        return self._columns[entity]
+
+
+def store_columns(ledger: Ledger, entity: str) -> list[str]:
+    """The local store's columns for an entity (read from its schema, so the two never drift)."""
+    return [r[1] for r in ledger.conn.execute(f"PRAGMA clinic.table_info({entity})").fetchall()]
+
+
+_BOOKKEEPING = frozenset({"id", "source_id", "source_account", "batch_id", "data"})
+
+
+def store_row(
+    columns: list[str],
+    record: ClinikoRecord,
+    fk_dest: dict[str, str | None] | None = None,
+    *,
+    fks: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A record as a store row: known columns filled, the whole record kept in ``data``.
+
+    Foreign-key columns take the destination ids in ``fk_dest`` (never the source's ids).
+    """
+    fk_dest = fk_dest or {}
+    fks = fks or {}
+    data = record.model_dump(mode="json")
+    row: dict[str, Any] = {}
+    for column in columns:
+        if column in _BOOKKEEPING:
+            continue
+        if column in fks or column in fk_dest:
+            row[column] = fk_dest.get(column)
+        elif column in data:
+            value = data[column]
+            row[column] = json.dumps(value) if isinstance(value, dict | list) else value
+    row["source_id"] = record.id
+    row["data"] = data
+    return row
+
+
+def _skip_for(
+    source_id: str, fk: str, target: str, value: object, hit: tuple[str, str | None, str | None] | None
+) -> _Decision:
+    thing = _SINGULAR.get(target, target.rstrip("s"))
+    if not value:
+        return _Decision(source_id, "skipped", reason_code=f"missing_{fk}", reason=f"It has no {thing}.")
+    if hit is not None:  # the referenced record was skipped
+        code = (
+            hit[2]
+            if hit[2] in ("practitioner_excluded", "business_excluded")
+            else f"{thing.replace(' ', '_')}_skipped"
+        )
+        return _Decision(
+            source_id, "skipped", reason_code=code, reason=f"Its {thing} {value} was skipped ({hit[2]})."
+        )
+    if target == "patients":
+        return _Decision(
+            source_id,
+            "skipped",
+            reason_code="patient_out_of_scope",
+            reason=f"Its patient {value} is not in this migration's scope.",
+        )
+    return _Decision(
+        source_id,
+        "skipped",
+        reason_code=f"{thing.replace(' ', '_')}_not_found",
+        reason=f"Its {thing} {value} was not found at the source.",
+    )
+
+
+def _raw_id(raw: dict[str, Any], field: str) -> str | None:
+    """A foreign key's id straight from raw JSON (``patient_id`` from the ``patient`` link)."""
+    if field == "id":
+        return str(raw.get("id"))
+    rel = field.removesuffix("_id")
+    link = raw.get(rel)
+    if isinstance(link, dict):
+        url = (link.get("links") or {}).get("self")
+        if url:
+            return str(url).split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    value = raw.get(field)
+    return str(value) if value is not None else None
+
+
+def _display_name(entity: str, record: ClinikoRecord) -> str:
+    if entity == "businesses":
+        return str(getattr(record, "business_name", None) or record.id)
+    if entity == "practitioners":
+        return (
+            " ".join(p for p in (getattr(record, "first_name", ""), getattr(record, "last_name", "")) if p)
+            or record.id
+        )
+    return str(getattr(record, "name", None) or record.id)
+
+
+def _iso(value: object) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)

@@ -1,0 +1,80 @@
+"""Deleting a batch: only what it created (and what was since created for its patients), within 48 hours."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
+from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
+
+
+def test_deletion_removes_what_the_batch_created_and_nothing_it_linked(env: Env) -> None:  # noqa: F811
+    set_up = {e: len(env.rows(e)) for e in ("practitioners", "businesses", "appointment_types")}
+    first = env.run(env.plan(include=["patients", "individual_appointments", "invoices", "invoice_items"]))
+    # A pre-existing patient, equal to a source patient, is linked by a second source... simulate it:
+    # the clinic entered one patient by hand before a later batch; that batch links rather than creates.
+    plan = deletion_plan(env.ledger, env.store, first.batch_id)
+    assert plan.as_dict()["created"]["patients"] == first.entities["patients"]["created"]
+    assert plan.dependents == {}  # nothing was created since for those patients
+    delete_batch(env.ledger, env.store, first.batch_id)
+    assert env.ledger.batch(first.batch_id).status == "deleted"
+    for entity in ("patients", "individual_appointments", "invoices", "invoice_items"):
+        assert env.store.count(entity) == 0, entity
+    # Practitioners, businesses and appointment types the clinic set up, merely linked, are all still there.
+    for entity, n in set_up.items():
+        assert sum(1 for r in env.rows(entity) if r["batch_id"] is None) >= n, entity
+    actions = [a["action"] for a in env.ledger.audit_log(first.batch_id)]
+    assert "delete" in " ".join(actions) or "deleted" in " ".join(actions)
+
+
+def test_records_created_since_for_the_batchs_patients_go_with_them(env: Env) -> None:  # noqa: F811
+    first = env.run(env.plan(include=["patients"]))
+    second = env.run(env.plan(include=["patients", "medical_alerts"]))
+    assert second.entities["patients"]["already_present"] == first.entities["patients"]["created"]
+    alerts = second.entities["medical_alerts"]["created"]
+    assert alerts > 0
+    plan = deletion_plan(env.ledger, env.store, first.batch_id)
+    assert len(plan.dependents["medical_alerts"]) == alerts  # seed 000's warning, counted
+    delete_batch(env.ledger, env.store, first.batch_id)
+    assert env.store.count("patients") == 0 and env.store.count("medical_alerts") == 0
+
+
+def test_a_linked_patient_survives_deletion(env: Env) -> None:  # noqa: F811
+    # The clinic already has one of the source's patients (same name and date of birth), entered by hand.
+    source_patient = next(
+        r
+        for p in env.source.pages("patients")
+        for r in p.records
+        if r.get("date_of_birth") and r["first_name"].isascii()
+    )
+    env.store.setup_reference(
+        "patients",
+        [
+            {
+                "first_name": source_patient["first_name"].upper(),
+                "last_name": f" {source_patient['last_name']} ",
+                "date_of_birth": source_patient["date_of_birth"],
+                "data": {"entered": "by hand"},
+            }
+        ],
+    )
+    result = env.run(env.plan(include=["patients"]))
+    linked = [i for i in env.ledger.items(result.batch_id, "patients") if i.action == "linked"]
+    assert [i.source_id for i in linked] == [str(source_patient["id"])]
+    delete_batch(env.ledger, env.store, result.batch_id)
+    remaining = env.rows("patients")
+    assert len(remaining) == 1 and remaining[0]["batch_id"] is None
+
+
+def test_the_48_hour_boundary(env: Env) -> None:  # noqa: F811
+    result = env.run(env.plan(include=["patients"]))
+    created = env.ledger.batch(result.batch_id).created_at
+    with pytest.raises(BatchNotDeletable, match="within 48 hours"):
+        delete_batch(env.ledger, env.store, result.batch_id, now=created + timedelta(hours=48))
+    assert env.store.count("patients") == result.entities["patients"]["created"]  # nothing touched
+    delete_batch(env.ledger, env.store, result.batch_id, now=created + timedelta(hours=47, minutes=59))
+    assert env.store.count("patients") == 0
+    with pytest.raises(BatchNotDeletable, match="already"):
+        delete_batch(env.ledger, env.store, result.batch_id)

@@ -1,0 +1,262 @@
+"""The migration engine end to end: the demo sandbox as a real server, into a real local store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.destinations.local import LocalStore
+from migrator.engine import Engine, RunResult
+from migrator.ledger import Ledger
+from migrator.mapping import build_mapping, to_rows
+from migrator.plan import MappingRow, Plan, Scope
+from migrator.preview import list_key
+from migrator.sandbox import Sandbox
+from migrator.setup import copy_clinic_setup
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(size="demo", seed=1, rate_limit=0) as running:
+        yield running
+
+
+def client_for(sandbox: Sandbox, role: str = "source") -> ClinikoClient:
+    return ClinikoClient(
+        sandbox.key(role),
+        config=ClientConfig(url_template=sandbox.url_template, requests_per_minute=0, concurrency=4),
+    )
+
+
+@dataclass
+class Env:
+    sandbox: Sandbox
+    workspace: Path
+    ledger: Ledger
+    store: LocalStore
+    source: ClinikoClient
+
+    def mapping(self, **overrides: str) -> list[MappingRow]:
+        """Auto-matched rows, with former practitioners sent to "Former practitioner" unless overridden."""
+        rows = to_rows(build_mapping(self.source, self.store.reference, can_create=True))
+        out = []
+        for row in rows:
+            action = overrides.get(row.source_name)
+            if action is None and row.action == "unresolved":
+                action = "former" if row.entity == "practitioners" else "create"
+            out.append(row.model_copy(update={"action": action}) if action else row)
+        return out
+
+    def plan(self, scope: str = "all", mappings: list[MappingRow] | None = None, **kw: Any) -> Plan:
+        return Plan(
+            source_account="Harbourside Physio",
+            source_shard="au2",
+            destination=self.store.describe(),
+            scope=Scope.parse(scope),
+            mappings=mappings if mappings is not None else self.mapping(),
+            **kw,
+        )
+
+    def run(self, plan: Plan, batch_id: str | None = None) -> RunResult:
+        return Engine(plan, self.source, self.store, self.ledger).run(batch_id)
+
+    def rows(self, entity: str) -> list[sqlite3.Row]:
+        self.ledger.conn.row_factory = sqlite3.Row
+        try:
+            return list(self.ledger.conn.execute(f"SELECT * FROM clinic.{entity}"))
+        finally:
+            self.ledger.conn.row_factory = None
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, tmp_path: Path) -> Iterator[Env]:
+    ledger = Ledger(tmp_path / "workspace")
+    store = LocalStore(tmp_path / "clinic.db", ledger)
+    with client_for(sandbox, "destination") as dest:
+        copy_clinic_setup(store, ledger, dest)
+    with client_for(sandbox) as source:
+        yield Env(sandbox, tmp_path / "workspace", ledger, store, source)
+
+
+def source_totals(sandbox: Sandbox) -> dict[str, int]:
+    return sandbox.info["totals"]["Harbourside Physio"]
+
+
+def test_full_run_accounts_for_every_record(env: Env) -> None:
+    result = env.run(env.plan())
+    totals = source_totals(env.sandbox)
+    for entity, row in result.entities.items():
+        assert row["in_scope"] == row["created"] + row["linked"] + row["already_present"] + row["skipped"], (
+            entity
+        )
+    # Every record the source lists is in scope (archived patients, former practitioners included).
+    assert result.entities["patients"]["in_scope"] == totals["patients"] + totals["patients/archived"]
+    assert (
+        result.entities["practitioners"]["in_scope"]
+        == totals["practitioners"] + totals["practitioners/inactive"]
+    )
+    for entity in (
+        "individual_appointments",
+        "treatment_notes",
+        "invoices",
+        "invoice_items",
+        "attendees",
+        "medical_alerts",
+    ):
+        assert result.entities[entity]["in_scope"] == totals[list_key(entity, None)], entity
+    # What the ledger says was created is exactly what the store holds from this batch.
+    for entity, row in result.entities.items():
+        from_batch = [r for r in env.rows(entity) if r["batch_id"] == result.batch_id]
+        assert len(from_batch) == row["created"], entity
+    # The practitioners the clinic set up were mapped, not duplicated; formers went to one generic record.
+    practitioners = env.rows("practitioners")
+    assert (
+        sum(
+            1
+            for p in practitioners
+            if p["source_id"] is None and (p["first_name"], p["last_name"]) == ("Former", "practitioner")
+        )
+        == 1
+    )
+    assert result.entities["practitioners"]["linked"] >= 5
+    # Deleted source records never come across.
+    assert len(env.rows("individual_appointments")) == result.entities["individual_appointments"]["created"]
+    batch = env.ledger.batch(result.batch_id)
+    assert batch.status == "completed"
+
+
+def test_appointments_keep_their_people_and_are_flagged_imported(env: Env) -> None:
+    result = env.run(env.plan(include=["patients", "individual_appointments"]))
+    assert result.entities["individual_appointments"]["skipped"] == 0
+    by_id = {r["id"]: r for r in env.rows("patients")}
+    with client_for(env.sandbox) as source:
+        raw = next(iter(source.pages("individual_appointments"))).records[0]
+    row = next(r for r in env.rows("individual_appointments") if r["source_id"] == str(raw["id"]))
+    patient = by_id[row["patient_id"]]
+    assert patient["source_id"] == raw["patient"]["links"]["self"].rsplit("/", 1)[-1]
+    assert row["imported"] == 1 and row["notifications_suppressed"] == 1
+    assert row["starts_at"].startswith(raw["starts_at"][:16])
+
+
+def test_a_second_run_of_the_same_plan_creates_nothing(env: Env) -> None:
+    plan = env.plan(include=["patients", "individual_appointments", "invoices", "invoice_items"])
+    first = env.run(plan)
+    counts_before = {e: len(env.rows(e)) for e in first.entities}
+    second = env.run(plan)
+    assert second.batch_id != first.batch_id
+    for entity, row in second.entities.items():
+        assert row["created"] == 0, entity
+        assert row["in_scope"] == first.entities[entity]["in_scope"], entity
+    assert second.entities["patients"]["already_present"] == first.entities["patients"]["created"]
+    assert {e: len(env.rows(e)) for e in first.entities} == counts_before
+
+
+def test_business_filter_matches_a_hand_computation(env: Env) -> None:
+    with client_for(env.sandbox) as source:
+        business = next(iter(source.pages("businesses"))).records[0]
+        bid = str(business["id"])
+        appts = [r for p in source.pages("individual_appointments") for r in p.records]
+        groups = [r for p in source.pages("group_appointments") for r in p.records]
+        notes = [r for p in source.pages("treatment_notes") for r in p.records]
+        invoices = [r for p in source.pages("invoices") for r in p.records]
+
+    def link(record: dict[str, Any], rel: str) -> str | None:
+        value = record.get(rel)
+        return value["links"]["self"].rsplit("/", 1)[-1] if isinstance(value, dict) else None
+
+    here = [a for a in appts if link(a, "business") == bid]
+    here_groups = [g for g in groups if link(g, "business") == bid]
+    patients = {link(a, "patient") for a in here} | {str(p) for g in here_groups for p in g["patient_ids"]}
+    expected_notes = {str(n["id"]) for n in notes if link(n, "patient") in patients}
+    expected_invoices = {
+        str(i["id"]) for i in invoices if link(i, "business") == bid and link(i, "patient") in patients
+    }
+
+    result = env.run(env.plan(f"business:{bid}"))
+    items = {e: {i.source_id for i in env.ledger.items(result.batch_id, e)} for e in result.entities}
+    assert items["individual_appointments"] == {str(a["id"]) for a in here}
+    assert items["group_appointments"] == {str(g["id"]) for g in here_groups}
+    assert {
+        i.source_id for i in env.ledger.items(result.batch_id, "patients") if i.action != "skipped"
+    } == patients
+    assert items["treatment_notes"] == expected_notes  # all notes of those patients, wherever written
+    assert {
+        i.source_id for i in env.ledger.items(result.batch_id, "invoices") if i.action != "skipped"
+    } == expected_invoices
+    assert 0 < len(patients) < source_totals(env.sandbox)["patients"]
+    # A scope costs far fewer requests than reading everything.
+    assert result.requests < 120
+
+
+def test_practitioner_filter_matches_a_hand_computation(env: Env) -> None:
+    with client_for(env.sandbox) as source:
+        practitioner = next(iter(source.pages("practitioners"))).records[1]
+        pid = str(practitioner["id"])
+        appts = [r for p in source.pages("individual_appointments") for r in p.records]
+        notes = [r for p in source.pages("treatment_notes") for r in p.records]
+
+    def link(record: dict[str, Any], rel: str) -> str | None:
+        value = record.get(rel)
+        return value["links"]["self"].rsplit("/", 1)[-1] if isinstance(value, dict) else None
+
+    mine = {str(a["id"]) for a in appts if link(a, "practitioner") == pid}
+    written = {str(n["id"]) for n in notes if link(n, "practitioner") == pid}
+    result = env.run(env.plan(f"practitioner:{pid}"))
+    assert {i.source_id for i in env.ledger.items(result.batch_id, "individual_appointments")} == mine
+    assert {i.source_id for i in env.ledger.items(result.batch_id, "treatment_notes")} == written
+    created_notes = [i for i in env.ledger.items(result.batch_id, "treatment_notes") if i.action == "created"]
+    assert created_notes and len(created_notes) <= len(written)
+
+
+def test_mapping_actions(env: Env) -> None:
+    rows = env.mapping()
+    practitioners = [r for r in rows if r.entity == "practitioners"]
+    excluded = next(r for r in practitioners if r.action == "map")
+    rows = [
+        r.model_copy(update={"action": "exclude", "target_id": None}) if r is excluded else r for r in rows
+    ]
+    result = env.run(env.plan(mappings=rows, include=["patients", "individual_appointments"]))
+    skipped = [
+        i for i in env.ledger.items(result.batch_id, "individual_appointments") if i.action == "skipped"
+    ]
+    assert skipped and all(i.reason_code == "practitioner_excluded" for i in skipped)
+    with client_for(env.sandbox) as source:
+        theirs = source.count("individual_appointments", [])  # all
+        assert len(skipped) < theirs
+    practitioner_items = {i.source_id: i for i in env.ledger.items(result.batch_id, "practitioners")}
+    assert practitioner_items[excluded.source_id].action == "skipped"
+    formers = [r for r in rows if r.action == "former"]
+    assert formers and all(practitioner_items[r.source_id].action == "linked" for r in formers)
+    creates = [r for r in rows if r.action == "create"]
+    for row in creates:
+        assert (
+            practitioner_items.get(row.source_id) is None
+            or practitioner_items[row.source_id].action == "created"
+        )
+
+
+def test_unresolved_mapping_refuses_to_start(env: Env) -> None:
+    from migrator.errors import MappingError
+
+    rows = to_rows(build_mapping(env.source, env.store.reference, can_create=True))
+    assert any(r.action == "unresolved" for r in rows)
+    with pytest.raises(MappingError, match="unresolved"):
+        env.run(env.plan(mappings=rows))
+    assert env.ledger.batches() == []
+
+
+def test_items_are_one_per_record(env: Env) -> None:
+    result = env.run(env.plan(include=["patients", "medical_alerts"]))
+    keys = Counter(
+        (i.entity, i.source_id) for e in result.entities for i in env.ledger.items(result.batch_id, e)
+    )
+    assert max(keys.values()) == 1
+    assert json.loads(json.dumps(result.as_dict()))["batch_id"] == result.batch_id
