@@ -260,3 +260,40 @@ def test_items_are_one_per_record(env: Env) -> None:
     )
     assert max(keys.values()) == 1
     assert json.loads(json.dumps(result.as_dict()))["batch_id"] == result.batch_id
+
+
+def test_bad_records_are_skipped_with_their_reason_and_the_run_goes_on(tmp_path: Path) -> None:
+    from migrator.sandbox.data import build_accounts
+
+    source, destination = build_accounts("tiny", seed=4)
+    clean_records = source.records
+    broken: dict[str, str] = {}
+
+    def corrupted() -> Iterator[tuple[str, dict[str, Any]]]:
+        for entity, record in clean_records():
+            if entity == "individual_appointments" and "individual_appointments" not in broken and not record.get("deleted_at"):
+                record = {**record, "starts_at": "next Tuesday"}
+                broken[entity] = str(record["id"])
+            elif entity == "patients" and "patients" not in broken and not record.get("deleted_at") and not record.get("archived_at"):
+                record = {**record, "created_at": "yesterday"}
+                broken[entity] = str(record["id"])
+            yield entity, record
+
+    source.records = corrupted
+    with Sandbox(accounts=[source, destination], rate_limit=0) as running:
+        ledger = Ledger(tmp_path / "workspace")
+        store = LocalStore(tmp_path / "clinic.db", ledger)
+        with client_for(running) as client:
+            env = Env(running, tmp_path / "workspace", ledger, store, client)
+            result = env.run(env.plan(include=["patients", "individual_appointments"]))
+    skipped = {(i.entity, i.source_id): i for i in ledger.items(result.batch_id, action="skipped")}
+    appointment = skipped[("individual_appointments", broken["individual_appointments"])]
+    assert appointment.reason_code == "invalid"
+    assert appointment.reason.startswith("Failed validation on field starts_at")
+    patient = skipped[("patients", broken["patients"])]
+    assert patient.reason_code == "invalid" and "created_at" in patient.reason
+    # The patient's own appointments are skipped because of it, with that reason; everything else came across.
+    theirs = [i for i in skipped.values() if i.entity == "individual_appointments" and i.reason_code == "patient_skipped"]
+    assert all(broken["patients"] in i.reason for i in theirs)
+    row = result.entities["individual_appointments"]
+    assert row["created"] == row["in_scope"] - row["skipped"] > 50

@@ -1,0 +1,74 @@
+"""python -m migrator mapping / run / batches / delete-batch, as support staff run them headless."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import RunningSandbox
+from tests.test_resume import setup_workspace
+
+
+def cli(sandbox: RunningSandbox, *args: str):
+    return sandbox.cli(*args, key=sandbox.key("source"))
+
+
+def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    target = ("--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path))
+
+    refused = cli(tiny_sandbox, "run", *target, "--json")  # auto-matched: former practitioners undecided
+    assert refused.returncode == 2
+    assert "unresolved" in refused.stderr and "Choose an action" in refused.stderr
+
+    done = cli(tiny_sandbox, "run", *target, "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) == {"batch_id", "entities", "requests", "seconds"}
+    for entity, row in result["entities"].items():
+        assert row["in_scope"] == row["created"] + row["linked"] + row["already_present"] + row["skipped"], (
+            entity
+        )
+    assert result["entities"]["patients"]["in_scope"] == sum(
+        tiny_sandbox.totals()[k] for k in ("patients", "patients/archived")
+    )
+
+    listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
+    assert [(b["id"], b["status"], b["deletable"]) for b in listed] == [
+        (result["batch_id"], "completed", True)
+    ]
+
+    dry = cli(tiny_sandbox, "delete-batch", result["batch_id"], "--dry-run", "--workspace", str(tmp_path))
+    assert (
+        dry.returncode == 0
+        and f"{result['entities']['patients']['created']} created by the batch" in dry.stdout
+    )
+    unconfirmed = cli(tiny_sandbox, "delete-batch", result["batch_id"], "--workspace", str(tmp_path))
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+
+    # Age the batch past 48 hours: deletion is refused with the reason, nothing is touched.
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("UPDATE batches SET created_at = '2020-01-01T00:00:00+00:00'")
+    old = cli(tiny_sandbox, "delete-batch", result["batch_id"], "--yes", "--workspace", str(tmp_path))
+    assert old.returncode == 1, old.stderr  # refused, not bad input
+    assert "within 48 hours" in old.stderr and old.stderr.count("\n") == 1
+    with sqlite3.connect(tmp_path / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0] > 0
+
+
+def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    result = tiny_sandbox.cli(
+        "run",
+        "--to",
+        f"sqlite:{tmp_path / 'clinic.db'}",
+        "--workspace",
+        str(tmp_path),
+        key=tiny_sandbox.key("source_non_admin"),
+    )
+    assert result.returncode == 2
+    assert "not an administrator" in result.stderr
+    assert (
+        not (tmp_path / "ledger.db").exists()
+        or sqlite3.connect(tmp_path / "ledger.db").execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    )
