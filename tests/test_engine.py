@@ -271,10 +271,19 @@ def test_bad_records_are_skipped_with_their_reason_and_the_run_goes_on(tmp_path:
 
     def corrupted() -> Iterator[tuple[str, dict[str, Any]]]:
         for entity, record in clean_records():
-            if entity == "individual_appointments" and "individual_appointments" not in broken and not record.get("deleted_at"):
+            if (
+                entity == "individual_appointments"
+                and "individual_appointments" not in broken
+                and not record.get("deleted_at")
+            ):
                 record = {**record, "starts_at": "next Tuesday"}
                 broken[entity] = str(record["id"])
-            elif entity == "patients" and "patients" not in broken and not record.get("deleted_at") and not record.get("archived_at"):
+            elif (
+                entity == "patients"
+                and "patients" not in broken
+                and not record.get("deleted_at")
+                and not record.get("archived_at")
+            ):
                 record = {**record, "created_at": "yesterday"}
                 broken[entity] = str(record["id"])
             yield entity, record
@@ -293,7 +302,41 @@ def test_bad_records_are_skipped_with_their_reason_and_the_run_goes_on(tmp_path:
     patient = skipped[("patients", broken["patients"])]
     assert patient.reason_code == "invalid" and "created_at" in patient.reason
     # The patient's own appointments are skipped because of it, with that reason; everything else came across.
-    theirs = [i for i in skipped.values() if i.entity == "individual_appointments" and i.reason_code == "patient_skipped"]
+    theirs = [
+        i
+        for i in skipped.values()
+        if i.entity == "individual_appointments" and i.reason_code == "patient_skipped"
+    ]
     assert all(broken["patients"] in i.reason for i in theirs)
     row = result.entities["individual_appointments"]
     assert row["created"] == row["in_scope"] - row["skipped"] > 50
+
+
+def test_archived_patients_can_be_left_out(env: Env) -> None:
+    result = env.run(env.plan(include=["patients"], include_archived_patients=False))
+    totals = source_totals(env.sandbox)
+    assert result.entities["patients"]["in_scope"] == totals["patients"]
+    assert all(r["archived_at"] is None for r in env.rows("patients"))
+
+
+def test_reassigning_a_former_practitioner(env: Env) -> None:
+    rows = env.mapping()
+    target = next(r for r in rows if r.entity == "practitioners" and r.action == "map")
+    former = next(r for r in rows if r.entity == "practitioners" and r.action == "former")
+    rows = [
+        r.model_copy(update={"action": "reassign", "target_id": target.target_id}) if r is former else r
+        for r in rows
+    ]
+    result = env.run(env.plan(mappings=rows, include=["patients", "individual_appointments"]))
+    item = env.ledger.item(result.batch_id, "practitioners", former.source_id)
+    assert (item.action, item.dest_id) == ("linked", target.target_id)
+    with client_for(env.sandbox) as source:
+        theirs = {
+            str(r["id"])
+            for p in source.pages("individual_appointments")
+            for r in p.records
+            if r["practitioner"]["links"]["self"].endswith("/" + former.source_id)
+        }
+    assert theirs
+    moved = [r for r in env.rows("individual_appointments") if r["source_id"] in theirs]
+    assert len(moved) == len(theirs) and {r["practitioner_id"] for r in moved} == {int(target.target_id)}
