@@ -161,6 +161,7 @@ class Engine:
         self.destination = store.describe()
         self.account = plan.source_account
         self._columns: dict[str, list[str]] = {}
+        self._foreign: dict[str, bool] = {}
         self._counters: dict[str, _Counter] = {}
         self._staging: sqlite3.Connection | None = None
         self.batch_id = ""
@@ -609,6 +610,8 @@ class Engine:
         self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
     ) -> _Decision:
         row = self._row(stage, raw, record, fk_dest)
+        if not self._has_foreign_records(stage.entity):
+            return _Decision(record.id, "created", row=row)  # nothing there to link to
         if stage.entity == "patients":
             return self._link_patient(record, row)
         if stage.entity == "individual_appointments":
@@ -624,6 +627,20 @@ class Engine:
                     record.id, "linked", dest_id=free[0], reason_code="same_start_practitioner_patient"
                 )
         return _Decision(record.id, "created", row=row)
+
+    def _has_foreign_records(self, entity: str) -> bool:
+        """Whether the destination holds any record of ``entity`` that did not come from this source.
+
+        Only such records can be linked to, so when there are none (a fresh store, the
+        usual case) the per-record look-ups are skipped. Asked once per entity per run.
+        """
+        if entity not in self._foreign:
+            row = self.ledger.conn.execute(
+                f"SELECT 1 FROM clinic.{entity} WHERE source_account IS NULL OR source_account != ? LIMIT 1",
+                (self.account,),
+            ).fetchone()
+            self._foreign[entity] = row is not None
+        return self._foreign[entity]
 
     def _link_patient(self, record: ClinikoRecord, row: dict[str, Any]) -> _Decision:
         first, last = getattr(record, "first_name", None), getattr(record, "last_name", None)
