@@ -62,7 +62,7 @@ def engine_run(info: dict, workdir: Path) -> tuple[int, float, dict]:
     ledger = Ledger(workdir / "workspace")
     store = LocalStore(workdir / "clinic.db", ledger)
     with ClinikoClient(dest["key"], config=config) as client:
-        copy_clinic_setup(store, ledger, client)
+        copy_clinic_setup(store, client)
     with ClinikoClient(source["key"], config=config) as client:
         rows = to_rows(build_mapping(client, store.reference, can_create=True))
         rows = [r.model_copy(update={"action": "former"}) if r.action == "unresolved" else r for r in rows]

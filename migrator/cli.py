@@ -291,8 +291,8 @@ def cmd_setup_store(args: argparse.Namespace) -> int:
     from migrator.setup import copy_clinic_setup
 
     with _client(True) as client:
-        ledger, store = _open_store(args.to, args.workspace)
-        added = copy_clinic_setup(store, ledger, client)
+        _, store = _open_store(args.to, args.workspace)
+        added = copy_clinic_setup(store, client)
     print("Set up " + ", ".join(f"{n} {entity}" for entity, n in added.items()) + f" in {store.describe()}.")
     return 0
 

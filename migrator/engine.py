@@ -36,7 +36,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,14 @@ from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.cliniko.models import ClinikoRecord, parse_record
+from migrator.destinations import row_from_record
 from migrator.errors import MigratorError
-from migrator.ledger import Item, Ledger
+from migrator.ledger import Item, Ledger, StageProgress
 from migrator.plan import MappingRow, Plan
 from migrator.scope import Query, by_ids, cheapest, direct_queries
 from migrator.stages import MAPPED, STAGES, Stage
 
-__all__ = ["ACTIONS", "Engine", "ProgressEvent", "RunResult", "RunStopped", "store_columns", "store_row"]
+__all__ = ["ACTIONS", "Engine", "ProgressEvent", "RunResult", "RunStopped"]
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,8 @@ class RunStopped(MigratorError):
     """The run was asked to stop; it can be resumed."""
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Where a run stands in one stage (also written to the ledger's progress table)."""
-
-    stage: str
-    done: int
-    total: int
-    created: int
-    linked: int
-    already_present: int
-    skipped: int
+#: What the progress callback receives after every page (the ledger's own record of it).
+ProgressEvent = StageProgress
 
 
 @dataclass
@@ -160,7 +152,6 @@ class Engine:
         self.actor = actor
         self.destination = store.describe()
         self.account = plan.source_account
-        self._columns: dict[str, list[str]] = {}
         self._foreign: dict[str, bool] = {}
         self._counters: dict[str, _Counter] = {}
         self._staging: sqlite3.Connection | None = None
@@ -362,10 +353,8 @@ class Engine:
         return wanted
 
     def _batch_ids(self, entity: str, *, exclude_skipped: bool) -> list[str]:
-        sql = "SELECT source_id FROM items WHERE batch_id = ? AND entity = ?"
-        if exclude_skipped:
-            sql += " AND action != 'skipped'"
-        return [sid for (sid,) in self.ledger.conn.execute(sql, (self.batch_id, entity))]
+        items = self.ledger.items(self.batch_id, entity)
+        return [i.source_id for i in items if not (exclude_skipped and i.action == "skipped")]
 
     # -- one page ----------------------------------------------------------------------
 
@@ -408,8 +397,9 @@ class Engine:
         counter = self._counters[entity]
         if final:
             counter.total = counter.done
-        event = ProgressEvent(
-            stage=entity,
+        event = self.ledger.update_progress(
+            self.batch_id,
+            entity,
             done=counter.done,
             total=max(counter.total, counter.done),
             created=counter.by_action["created"],
@@ -417,40 +407,12 @@ class Engine:
             already_present=counter.by_action["already_present"],
             skipped=counter.by_action["skipped"],
         )
-        self.ledger.update_progress(
-            self.batch_id,
-            entity,
-            done=event.done,
-            total=event.total,
-            created=event.created,
-            linked=event.linked,
-            already_present=event.already_present,
-            skipped=event.skipped,
-        )
         if self.progress is not None:
             self.progress(event)
 
     def _recorded(self, entity: str, source_ids: list[str]) -> set[str]:
         """Which of these records this batch has already handled (a resumed run passes them over)."""
-        return set(self._lookup(entity, source_ids))
-
-    def _lookup(
-        self, entity: str, source_ids: Iterable[str]
-    ) -> dict[str, tuple[str, str | None, str | None]]:
-        """This batch's items for some source ids: ``source_id -> (action, dest_id, reason_code)``."""
-        ids = list(dict.fromkeys(source_ids))
-        found: dict[str, tuple[str, str | None, str | None]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.ledger.conn.execute(
-                f"SELECT source_id, action, dest_id, reason_code FROM items "
-                f"WHERE batch_id = ? AND entity = ? AND source_id IN ({marks})",
-                (self.batch_id, entity, *chunk),
-            )
-            for source_id, action, dest_id, reason_code in rows:
-                found[source_id] = (action, dest_id, reason_code)
-        return found
+        return set(self.ledger.items_for(self.batch_id, entity, source_ids))
 
     def _validate(
         self, entity: str, raws: list[dict[str, Any]]
@@ -558,8 +520,9 @@ class Engine:
                 value = getattr(record, fk, None)
                 if value:
                     wanted.setdefault(target, set()).add(str(value))
-            wanted.setdefault("patients", set()).update(getattr(record, "patient_ids", None) or ())
-        resolved = {target: self._lookup(target, ids) for target, ids in wanted.items()}
+        resolved = {
+            target: self.ledger.items_for(self.batch_id, target, ids) for target, ids in wanted.items()
+        }
         earlier = self._earlier(stage.entity, [r.id for _, r, _ in validated if r is not None])
 
         decisions: list[_Decision] = []
@@ -572,8 +535,8 @@ class Engine:
             for fk, target in stage.fks.items():
                 value = getattr(record, fk, None)
                 hit = resolved.get(target, {}).get(str(value)) if value else None
-                if hit is not None and hit[0] != "skipped":
-                    fk_dest[fk] = hit[1]
+                if hit is not None and hit.action != "skipped":
+                    fk_dest[fk] = hit.dest_id
                     continue
                 fk_dest[fk] = None
                 if fk in stage.required and skip is None:
@@ -581,16 +544,6 @@ class Engine:
             if skip is not None:
                 decisions.append(skip)
                 continue
-            if stage.entity == "group_appointments":
-                # The group's patients, as destination ids (attendees carry the same facts).
-                patients = resolved.get("patients", {})
-                fk_dest["patient_ids"] = json.dumps(
-                    [
-                        patients[p][1]
-                        for p in getattr(record, "patient_ids", None) or ()
-                        if p in patients and patients[p][0] != "skipped"
-                    ]
-                )
             if record.id in earlier:
                 decisions.append(
                     _Decision(
@@ -635,11 +588,7 @@ class Engine:
         usual case) the per-record look-ups are skipped. Asked once per entity per run.
         """
         if entity not in self._foreign:
-            row = self.ledger.conn.execute(
-                f"SELECT 1 FROM clinic.{entity} WHERE source_account IS NULL OR source_account != ? LIMIT 1",
-                (self.account,),
-            ).fetchone()
-            self._foreign[entity] = row is not None
+            self._foreign[entity] = self.store.has_foreign(entity, source_account=self.account)
         return self._foreign[entity]
 
     def _link_patient(self, record: ClinikoRecord, row: dict[str, Any]) -> _Decision:
@@ -672,82 +621,33 @@ class Engine:
         return _Decision(record.id, "created", row=row)
 
     def _linked_elsewhere(self, entity: str, dest_id: str, source_id: str) -> bool:
-        """True when a destination record is already linked to another source record (never merge two)."""
-        row = self.ledger.conn.execute(
-            "SELECT 1 FROM items JOIN batches ON batches.id = items.batch_id "
-            "WHERE items.entity = ? AND items.dest_id = ? AND items.action = 'linked' AND items.source_id != ? "
-            "AND batches.destination = ? AND batches.status != 'deleted' LIMIT 1",
-            (entity, dest_id, source_id, self.destination),
-        ).fetchone()
-        return row is not None
-
-    # -- rows for the store --------------------------------------------------------------
+        return self.ledger.linked_elsewhere(self.destination, entity, dest_id, source_id=source_id)
 
     def _row(
         self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
     ) -> dict[str, Any]:
-        """The store's row: its columns filled from the record, foreign keys as destination ids."""
-        row = store_row(self._store_columns(stage.entity), record, fk_dest, fks=stage.fks)
-        if stage.entity == "practitioners" and "active" in self._store_columns(stage.entity):
+        """The store's row: its columns from the record, foreign keys as destination ids."""
+        row = row_from_record(stage.entity, record.model_dump(mode="json"), fk_dest)
+        if stage.entity == "practitioners":
             row["active"] = raw.get("_route") != "inactive"
         return row
 
-    def _store_columns(self, entity: str) -> list[str]:
-        if entity not in self._columns:
-            self._columns[entity] = store_columns(self.ledger, entity)
-        return self._columns[entity]
 
-
-def store_columns(ledger: Ledger, entity: str) -> list[str]:
-    """The local store's columns for an entity (read from its schema, so the two never drift)."""
-    return [r[1] for r in ledger.conn.execute(f"PRAGMA clinic.table_info({entity})").fetchall()]
-
-
-_BOOKKEEPING = frozenset({"id", "source_id", "source_account", "batch_id", "data"})
-
-
-def store_row(
-    columns: list[str],
-    record: ClinikoRecord,
-    fk_dest: dict[str, str | None] | None = None,
-    *,
-    fks: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A record as a store row: known columns filled, the whole record kept in ``data``.
-
-    Foreign-key columns take the destination ids in ``fk_dest`` (never the source's ids).
-    """
-    fk_dest = fk_dest or {}
-    fks = fks or {}
-    data = record.model_dump(mode="json")
-    row: dict[str, Any] = {}
-    for column in columns:
-        if column in _BOOKKEEPING:
-            continue
-        if column in fks or column in fk_dest:
-            row[column] = fk_dest.get(column)
-        elif column in data:
-            value = data[column]
-            row[column] = json.dumps(value) if isinstance(value, dict | list) else value
-    row["source_id"] = record.id
-    row["data"] = data
-    return row
-
-
-def _skip_for(
-    source_id: str, fk: str, target: str, value: object, hit: tuple[str, str | None, str | None] | None
-) -> _Decision:
+def _skip_for(source_id: str, fk: str, target: str, value: object, hit: Item | None) -> _Decision:
     thing = _SINGULAR.get(target, target.rstrip("s"))
     if not value:
         return _Decision(source_id, "skipped", reason_code=f"missing_{fk}", reason=f"It has no {thing}.")
     if hit is not None:  # the referenced record was skipped
         code = (
-            hit[2]
-            if hit[2] in ("practitioner_excluded", "business_excluded")
+            hit.reason_code
+            if hit.reason_code in ("practitioner_excluded", "business_excluded")
             else f"{thing.replace(' ', '_')}_skipped"
         )
         return _Decision(
-            source_id, "skipped", reason_code=code, reason=f"Its {thing} {value} was skipped ({hit[2]})."
+            source_id,
+            "skipped",
+            reason_code=code,
+            reason=f"Its {thing} {value} was skipped ({hit.reason_code}).",
         )
     if target == "patients":
         return _Decision(

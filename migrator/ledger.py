@@ -584,6 +584,32 @@ class Ledger:
                 return
             last = rows[-1][0]
 
+    def items_for(self, batch_id: str, entity: str, source_ids: Iterable[str]) -> dict[str, Item]:
+        """This batch's items for many source records at once: ``{source_id: item}``.
+
+        Source ids the batch has not dealt with yet are absent from the result.
+        """
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items"
+            " WHERE batch_id = ? AND entity = ? AND source_id IN (SELECT value FROM json_each(?))",
+            (batch_id, entity, json.dumps(list(source_ids))),
+        )
+        return {r["source_id"]: Item(*tuple(r)) for r in rows}
+
+    def linked_elsewhere(self, destination: str, entity: str, dest_id: str, *, source_id: str) -> bool:
+        """Whether a destination record is already linked to another source record.
+
+        Two source records must never end as one destination record, so the engine
+        links a record only when this is false. Deleted batches do not count.
+        """
+        rows = self._rows(
+            "SELECT 1 FROM items i JOIN batches b ON b.id = i.batch_id"
+            " WHERE i.entity = ? AND i.dest_id = ? AND i.action = 'linked' AND i.source_id != ?"
+            " AND b.destination = ? AND b.status != 'deleted' LIMIT 1",
+            (entity, dest_id, source_id, destination),
+        )
+        return bool(rows)
+
     def done_source_ids(self, batch_id: str, entity: str) -> set[str]:
         """Source ids of ``entity`` this batch already dealt with (any action): what a resume skips."""
         rows = self._rows("SELECT source_id FROM items WHERE batch_id = ? AND entity = ?", (batch_id, entity))
@@ -652,9 +678,13 @@ class Ledger:
         linked: int,
         already_present: int,
         skipped: int,
-    ) -> None:
-        """Record where a stage stands (replacing the previous figures); touches the batch's ``updated_at``."""
-        now = _iso(_now())
+    ) -> StageProgress:
+        """Record where a stage stands (replacing the previous figures); touches the batch's ``updated_at``.
+
+        Returns the figures as written, so a caller can pass the same object on to a listener.
+        """
+        at = _now()
+        now = _iso(at)
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO progress (batch_id, stage, done, total, created, linked, already_present, skipped,"
@@ -666,6 +696,7 @@ class Ledger:
                 (batch_id, stage, done, total, created, linked, already_present, skipped, now),
             )
             self.conn.execute("UPDATE batches SET updated_at = ? WHERE id = ?", (now, batch_id))
+        return StageProgress(stage, done, total, created, linked, already_present, skipped, at)
 
     def progress(self, batch_id: str) -> list[StageProgress]:
         """Each stage's progress, in the order the stages first reported."""

@@ -170,13 +170,7 @@ FINANCIAL_TYPES: tuple[str, ...] = ("invoices", "invoice_items")
 #: Every data type a plan can include, in stage order (DESIGN.md §4). ``attendees`` is
 #: not a tick-box of its own: it always travels with ``group_appointments``.
 DATA_TYPES: tuple[str, ...] = (
-    "appointment_types",
-    "taxes",
-    "billable_items",
-    "products",
-    "concession_types",
-    "treatment_note_templates",
-    "contacts",
+    *OPTIONAL_TYPES,
     "patients",
     "medical_alerts",
     "individual_appointments",
@@ -185,8 +179,7 @@ DATA_TYPES: tuple[str, ...] = (
     "unavailable_blocks",
     "treatment_notes",
     "patient_attachments",
-    "invoices",
-    "invoice_items",
+    *FINANCIAL_TYPES,
 )
 
 #: What a type brings with it when included. Only hard dependencies: a record that

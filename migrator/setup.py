@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.engine import store_columns, store_row
-from migrator.ledger import Ledger
-from migrator.stages import stage
+from migrator.destinations import row_from_record
 
 __all__ = ["SET_UP", "copy_clinic_setup"]
 
@@ -27,7 +25,7 @@ SET_UP: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def copy_clinic_setup(store: Any, ledger: Ledger, client: ClinikoClient) -> dict[str, int]:
+def copy_clinic_setup(store: Any, client: ClinikoClient) -> dict[str, int]:
     """Copy an account's businesses, practitioners and appointment types into an empty store.
 
     Returns the number of records set up per entity; an entity the store already
@@ -37,12 +35,11 @@ def copy_clinic_setup(store: Any, ledger: Ledger, client: ClinikoClient) -> dict
     for entity, route in SET_UP:
         if store.count(entity) and entity not in added:
             continue
-        columns = store_columns(ledger, entity)
         rows = []
         for record in client.records(entity, route=route):
             # Links between set-up records (an appointment type's billable item) are left
             # empty: they point into the account, not into the store.
-            row = store_row(columns, record, fks=stage(entity).fks)
+            row = row_from_record(entity, record.model_dump(mode="json"))
             row.pop("source_id")
             if entity == "practitioners":
                 row["active"] = route != "inactive"

@@ -81,7 +81,7 @@ def env(sandbox: Sandbox, tmp_path: Path) -> Iterator[Env]:
     ledger = Ledger(tmp_path / "workspace")
     store = LocalStore(tmp_path / "clinic.db", ledger)
     with client_for(sandbox, "destination") as dest:
-        copy_clinic_setup(store, ledger, dest)
+        copy_clinic_setup(store, dest)
     with client_for(sandbox) as source:
         yield Env(sandbox, tmp_path / "workspace", ledger, store, source)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["FILTER_OPERATORS", "RESOURCES", "FilterType", "Resource", "resource"]
+__all__ = ["CANCELLATION_REASONS", "FILTER_OPERATORS", "RESOURCES", "FilterType", "Resource", "resource"]
 
 #: Filter value types, as the docs name them: DateTime, Date, Integer, String.
 FilterType = Literal["dt", "date", "int", "str"]
@@ -22,6 +22,17 @@ FILTER_OPERATORS: dict[str, tuple[str, ...]] = {
     "date": ("=", ">=", ">", "<=", "<"),
     "int": ("=", "!=", ">=", ">", "<=", "<"),
     "str": ("=", "!=", "~", "~~"),
+}
+
+#: Cancellation reason codes of appointments and attendees (``CLINIKO_API.md`` §3.6).
+CANCELLATION_REASONS: dict[int, str] = {
+    10: "Feeling better",
+    20: "Condition worse",
+    30: "Sick",
+    31: "COVID-19 related",
+    40: "Away",
+    50: "Other",
+    60: "Work",
 }
 
 _TIMESTAMPS: dict[str, FilterType] = {"created_at": "dt", "updated_at": "dt"}

@@ -65,6 +65,10 @@ class Destination(Protocol):
         """Existing appointments this one already is (same time, practitioner and patient)."""
         ...
 
+    def has_foreign(self, entity: str, *, source_account: str) -> bool:
+        """Whether ``entity`` holds any record that did not come from ``source_account``."""
+        ...
+
     def delete(self, entity: str, ids: Iterable[str]) -> int:
         """Delete records by destination id; return how many went."""
         ...

@@ -301,6 +301,19 @@ class LocalStore:
             f"SELECT id FROM {SCHEMA}.{table(entity).name} WHERE batch_id = ? ORDER BY id", (batch_id,)
         )
 
+    def has_foreign(self, entity: str, *, source_account: str) -> bool:
+        """Whether ``entity`` holds any record that did not come from ``source_account``.
+
+        Only such records can be linked to, so when there are none the engine skips its
+        per-record look-ups for natural-key matches.
+        """
+        rows = self._rows(
+            f"SELECT 1 FROM {SCHEMA}.{table(entity).name}"
+            " WHERE source_account IS NULL OR source_account != ? LIMIT 1",
+            (source_account,),
+        )
+        return bool(rows)
+
     def count(self, entity: str, batch_id: str | None = None) -> int:
         """How many records ``entity`` has (created by ``batch_id``, if given)."""
         sql = f"SELECT count(*) FROM {SCHEMA}.{table(entity).name}"

@@ -181,15 +181,6 @@ DESTINATION_APPOINTMENT_TYPES = (
     ("Pilates Class", 60, 8),
 )
 
-CANCELLATION_REASONS = {
-    10: "Feeling better",
-    20: "Condition worse",
-    30: "Sick",
-    31: "COVID-19 related",
-    40: "Away",
-    50: "Other",
-    60: "Work",
-}
 CANCELLATION_NOTES = (None, "Called to cancel", "SMS reply: can't make it 😔", "Rebooked next week")
 
 INVOICE_STATUS = {10: "Open", 20: "Paid", 30: "Closed", 40: "Open (credit)"}

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from migrator.cliniko.resources import CANCELLATION_REASONS
 from migrator.sandbox import _names as N
 from migrator.sandbox._plan import (
     ARCHIVED,
@@ -70,7 +71,7 @@ Stream = Iterator[tuple[str, Record]]
 
 #: Named sizes -> number of patients; an int size is the number of patients itself.
 SIZES = {"tiny": len(N.SCRIPTED_PATIENTS), "demo": 400, "large": 20_000}
-_REASONS = tuple(N.CANCELLATION_REASONS)
+_REASONS = tuple(CANCELLATION_REASONS)
 
 _SOURCE_IDS = {
     "users": 1_001,
@@ -330,7 +331,7 @@ class _SourceClinic(Plan):
             "starts_at": _ts(v.start), "ends_at": _ts(end), "patient_name": f"{p.first} {p.last}",
             "notes": N.APPOINTMENT_NOTES[(d >> 5) % len(N.APPOINTMENT_NOTES)], "patient_arrived": v.state == ARRIVED,
             "did_not_arrive": v.state == DNA, "cancelled_at": _ts(cancelled), "cancellation_reason": reason,
-            "cancellation_reason_description": N.CANCELLATION_REASONS[reason] if reason else "",
+            "cancellation_reason_description": CANCELLATION_REASONS[reason] if reason else "",
             "cancellation_note": N.CANCELLATION_NOTES[(d >> 24) % 4] if reason else None,
             "booking_ip_address": f"203.0.113.{d % 250}" if online else None,
             "online_booking_policy_accepted": True if online else None,
@@ -365,7 +366,7 @@ class _SourceClinic(Plan):
             "id": att_id, "created_at": _ts(created), "updated_at": _ts(cancelled or deleted or created),
             "arrived": {ARRIVED: True, DNA: False}.get(a.state), "notes": None,
             "cancelled_at": _ts(cancelled), "cancellation_reason": reason,
-            "cancellation_reason_description": N.CANCELLATION_REASONS[reason] if reason else "",
+            "cancellation_reason_description": CANCELLATION_REASONS[reason] if reason else "",
             "cancellation_note": None, "booking_ip_address": None, "online_booking_policy_accepted": None,
             "email_reminder_sent": g.start < NOW, "sms_reminder_sent": False, "invoice_status": None,
             "treatment_note_status": None, "deleted_at": _ts(deleted),

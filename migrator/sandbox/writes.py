@@ -30,23 +30,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from migrator.cliniko.resources import Resource
+from migrator.cliniko.resources import CANCELLATION_REASONS, Resource
 from migrator.sandbox.store import AccountStore
 
-__all__ = ["BOOKING_TABLES", "CANCELLATION_REASONS", "WRITABLE", "WriteContext", "WriteError", "Writer"]
+__all__ = ["BOOKING_TABLES", "WRITABLE", "WriteContext", "WriteError", "Writer"]
 
 #: Tables whose ids are booking ids (one id space; ``/bookings/:id`` finds them).
 BOOKING_TABLES = ("individual_appointments", "group_appointments", "unavailable_blocks")
 
-CANCELLATION_REASONS = {
-    10: "Feeling better",
-    20: "Condition worse",
-    30: "Sick",
-    31: "COVID-19 related",
-    40: "Away",
-    50: "Other",
-    60: "Work",
-}
 REMINDER_TYPES = ("SMS & Email", "SMS", "Email", "None")
 _DT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
