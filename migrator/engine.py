@@ -21,9 +21,10 @@ Near-matches that are not equal (the same name and date of birth matched more
 than once, or a shared email alone, since families share one) are created and
 flagged for review with a ``review_*`` reason code.
 
-Each page is decided and written in one transaction with its ledger rows and the
-stage's progress, so a run killed at any instant resumes from its last committed
-page: records already in the ledger for the batch are passed over, and the
+Each page is decided and written whole with its ledger rows and the stage's
+progress (a savepoint; pages arriving fast are committed together at most every
+``commit_interval`` seconds), so a run killed at any instant resumes from its last
+committed page: records already in the ledger for the batch are passed over, and the
 result is the same as a clean run. Scoped runs (business or practitioner) read
 their appointments once into a staging file first, to learn which patients are
 in scope without reading the appointments twice.
@@ -130,6 +131,8 @@ class Engine:
         progress: called after every page with a :class:`ProgressEvent`.
         stop: set it (from any thread) to stop after the current page.
         actor: who is running it, for the audit trail.
+        commit_interval: the most seconds of whole pages kept uncommitted (see
+            :class:`~migrator.ledger.CommitGroup`); 0 commits every page on its own.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Engine:
         progress: Callable[[ProgressEvent], None] | None = None,
         stop: threading.Event | None = None,
         actor: str = "cli",
+        commit_interval: float = 0.5,
     ) -> None:
         self.plan = plan
         self.source = source
@@ -150,11 +154,14 @@ class Engine:
         self.progress = progress
         self.stop = stop or threading.Event()
         self.actor = actor
+        self.commit_interval = commit_interval
+        self._group = ledger.commit_group(commit_interval)
         self.destination = store.describe()
         self.account = plan.source_account
         self._foreign: dict[str, bool] = {}
         self._counters: dict[str, _Counter] = {}
         self._staging: sqlite3.Connection | None = None
+        self._any_earlier = True
         self.batch_id = ""
 
     # -- the run -----------------------------------------------------------------------
@@ -183,9 +190,13 @@ class Engine:
             self.ledger.set_status(batch_id, "running", actor=self.actor, detail={"resumed": True})
         self.batch_id = batch_id
         self._load_counters()
+        self._any_earlier = self.ledger.has_earlier_batch(
+            self.destination, source_account=self.account, before=batch_id
+        )
         try:
-            for stage in self._stages():
-                self._run_stage(stage)
+            with self._group:
+                for stage in self._stages():
+                    self._run_stage(stage)
         except RunStopped:
             self.ledger.save_counts(batch_id)
             self.ledger.set_status(batch_id, "stopped", actor=self.actor)
@@ -370,6 +381,7 @@ class Engine:
         decisions = (
             self._decide_mapped(stage, fresh) if stage.entity in MAPPED else self._decide(stage, fresh)
         )
+        self._group.open()
         with self.ledger.transaction():
             creates = [d for d in decisions if d.action == "created" and d.row is not None]
             if creates:
@@ -392,6 +404,7 @@ class Engine:
                 counter.by_action[d.action] += 1
             counter.done += len(decisions)
             self._report(stage.entity)
+        self._group.commit_if_due()
 
     def _report(self, entity: str, *, final: bool = False) -> None:
         counter = self._counters[entity]
@@ -556,6 +569,8 @@ class Engine:
 
     def _earlier(self, entity: str, source_ids: list[str]) -> dict[str, str]:
         """Records an earlier (not deleted) batch into the same destination already brought."""
+        if not self._any_earlier:
+            return {}
         hits = self.ledger.dest_ids_for(self.destination, entity, source_ids, source_account=self.account)
         return {source_id: dest_id for source_id, (_, dest_id) in hits.items() if dest_id is not None}
 

@@ -328,6 +328,37 @@ def test_nested_transactions_are_savepoints_of_the_outer_one(ledger: Ledger) -> 
     assert ledger.done_source_ids(batch.id, "patients") == {"1", "3"}
 
 
+def test_a_commit_group_commits_whole_blocks_together_and_on_the_way_out(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    other = Ledger(ledger.workspace)  # another connection: sees only what is committed
+    with pytest.raises(KeyError), ledger.commit_group(3600) as group:
+        for n in ("1", "2"):
+            group.open()
+            with ledger.transaction():
+                ledger.record_items(batch.id, [Item("patients", n, n, "created")])
+            group.commit_if_due()  # not due: an hour has not passed
+        assert other.done_source_ids(batch.id, "patients") == set()
+        group.open()
+        with ledger.transaction():  # a block that fails undoes only itself
+            ledger.record_items(batch.id, [Item("patients", "3", "3", "created")])
+            raise KeyError("page 3 failed")
+    assert group.commits == 1
+    assert not ledger.conn.in_transaction
+    assert other.done_source_ids(batch.id, "patients") == {"1", "2"}
+
+
+def test_a_commit_group_commits_when_due(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    with ledger.commit_group(0) as group:
+        for n in ("1", "2", "3"):
+            group.open()
+            with ledger.transaction():
+                ledger.record_items(batch.id, [Item("patients", n, n, "created")])
+            group.commit_if_due()
+        assert not ledger.conn.in_transaction
+    assert group.commits == 3
+
+
 # --- progress, audit, frames ----------------------------------------------------------------
 
 

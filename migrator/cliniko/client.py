@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 from pydantic import SecretStr
 
 from migrator.cliniko.filters import Filter, query_params
@@ -221,7 +222,7 @@ class ClinikoClient:
             if response.status_code == 204 or not response.content:
                 return {}
             try:
-                return response.json()
+                return parse_json(response.content)
             except ValueError:
                 # A body cut short without a Content-Length to betray it: ask again.
                 self.stats.retried("unreadable body")
@@ -356,6 +357,19 @@ class ClinikoClient:
 
 def _path(path: str) -> str:
     return httpx.URL(path).path or path
+
+
+def parse_json(content: bytes) -> Any:
+    """A JSON body as Python values; ``ValueError`` when it is not JSON.
+
+    orjson parses pages several times faster than the standard library, which matters
+    because page parsing shares the interpreter with the engine's own work. Integers
+    beyond 64 bits (orjson refuses them; Cliniko's ids fit) fall back to ``json``.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 
 
 def _error_for(response: httpx.Response, key: ApiKey) -> APIError:

@@ -29,11 +29,14 @@ The spec is the *current* schema. Migration ``001`` creates the columns with
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+import orjson
 
 __all__ = [
     "DELETE_ORDER",
@@ -173,9 +176,23 @@ def _to_decimal(value: Any) -> str:
 
 
 def _to_date(value: Any) -> str:
+    if type(value) is str and len(value) == 10 and value[4] == "-" == value[7] and value.isascii():
+        date.fromisoformat(value)  # only checks it (2026-02-30 raises): the text is kept as it is
+        return value
     if isinstance(value, datetime):
         raise TypeError("expected a date, not a datetime")
     return (value if isinstance(value, date) else date.fromisoformat(value)).isoformat()
+
+
+#: A datetime already in the store's form (``2026-11-21T13:53:01Z``): what the models emit.
+_UTC_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def _to_datetime(value: Any) -> str:
+    if type(value) is str and len(value) == 20 and _UTC_SECONDS.fullmatch(value):
+        datetime.fromisoformat(value)  # only checks it (25:00 raises): the common case, kept as it is
+        return value
+    return utc_text(value)
 
 
 def utc_text(value: datetime | str) -> str:
@@ -193,23 +210,32 @@ _ADAPTERS: dict[str, Any] = {
     "bool": _to_bool,
     "decimal": _to_decimal,
     "date": _to_date,
-    "datetime": utc_text,
+    "datetime": _to_datetime,
 }
 
 
+def _json_default(v: Any) -> str:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, datetime):
+        return utc_text(v)
+    if isinstance(v, date):
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
 def json_text(value: Any) -> str:
-    """A record as compact JSON; Decimals and dates become strings (no float on the way)."""
+    """A record as compact JSON; Decimals and dates become strings (no float on the way).
 
-    def default(v: Any) -> str:
-        if isinstance(v, Decimal):
-            return str(v)
-        if isinstance(v, datetime):
-            return utc_text(v)
-        if isinstance(v, date):
-            return v.isoformat()
-        raise TypeError(f"{type(v).__name__} is not JSON")
-
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
+    Written with orjson (this runs once per record stored); integers beyond 64 bits,
+    which orjson refuses, go through the standard library instead.
+    """
+    try:
+        return orjson.dumps(
+            value, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+        ).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
 # --- the tables ------------------------------------------------------------------------
