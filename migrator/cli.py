@@ -22,19 +22,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import parse_key
 from migrator.errors import ConfigError, MappingError, MigratorError
 from migrator.preview import preview
+from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE
 
-if TYPE_CHECKING:  # the engine's modules load only for the commands that need them
-    from migrator.destinations.local import LocalStore
+if TYPE_CHECKING:  # the engine loads only for the commands that need it
     from migrator.engine import ProgressEvent
-    from migrator.ledger import Ledger
-    from migrator.plan import MappingRow, Plan
-
-DEFAULT_WORKSPACE = "workspace"
-DEFAULT_STORE = "sqlite:workspace/clinic.db"
 
 __all__ = ["main"]
 
@@ -103,40 +98,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source(client: ClinikoClient) -> Identity:
-    """Verify the source key: seed 001 asks for an administrator's key (others lack the rights)."""
-    identity = client.identity()
-    if not identity.is_admin:
-        raise ConfigError(
-            f"The source key belongs to {identity.user}, who is not an administrator of "
-            f"{identity.account or 'the account'}; Cliniko only gives an administrator's key the rights a migration needs."
-        )
-    return identity
-
-
-def _open_store(target: str, workspace: str) -> tuple[Ledger, LocalStore]:
-    from migrator.destinations.local import LocalStore
-    from migrator.ledger import Ledger
-
-    ledger = Ledger(workspace)
-    return ledger, LocalStore(LocalStore.parse_target(target), ledger)
-
-
-def _mapping_rows(client: ClinikoClient, store: LocalStore, path: str | None) -> list[MappingRow]:
-    from migrator.mapping import build_mapping, load_mapping, to_rows
-
-    if path:
-        return load_mapping(path)
-    return to_rows(build_mapping(client, store.reference, can_create=True))
-
-
 def cmd_mapping(args: argparse.Namespace) -> int:
     from migrator.mapping import save_mapping
+    from migrator.workflow import auto_mapping, open_local_store, verify_source
 
     with _client(False) as client:
-        _source(client)
-        _, store = _open_store(args.to, args.workspace)
-        rows = _mapping_rows(client, store, None)
+        verify_source(client)
+        _, store = open_local_store(args.to, args.workspace)
+        rows = auto_mapping(client, store)
     save_mapping(args.out, rows)
     unresolved = [r for r in rows if r.action == "unresolved"]
     print(f"Wrote {len(rows)} mapping rows to {args.out}; {len(unresolved)} need a decision before a run.")
@@ -145,24 +114,24 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from migrator.engine import Engine
-    from migrator.plan import Plan, Scope, default_include, parse_include
+    from migrator.plan import Scope, parse_include
+    from migrator.workflow import make_plan, open_local_store, unfinished_batch, verify_source
 
     scope = Scope.parse(args.filter)
     include = parse_include(args.include) if args.include else None
     with _client(False) as client:
-        identity = _source(client)
-        ledger, store = _open_store(args.to, args.workspace)
-        plan = Plan(
-            source_account=identity.account or identity.user,
-            source_shard=client.key.shard,
-            destination=store.describe(),
+        identity = verify_source(client)
+        ledger, store = open_local_store(args.to, args.workspace)
+        plan = make_plan(
+            client,
+            identity,
+            store,
             scope=scope,
-            mappings=_mapping_rows(client, store, args.mapping),
+            include=include,
+            mappings=args.mapping,
             include_archived_patients=not args.no_archived_patients,
-            include=include or default_include(local=True),
         )
-        plan.require_resolved()
-        resume = _unfinished_batch(ledger, plan)
+        resume = unfinished_batch(ledger, plan)
         progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
         if resume and not args.json:
             print(f"Resuming batch {resume}.", file=sys.stderr)
@@ -181,19 +150,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{row['already_present']:>8,} {row['skipped']:>8,}"
         )
     return 0
-
-
-def _unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
-    """The latest batch of the same plan that did not finish (killed, stopped or failed): resume it."""
-    wanted = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
-    for batch in ledger.batches():
-        if batch.status not in ("running", "stopped", "failed"):
-            continue
-        if batch.destination != plan.destination or batch.source_account != plan.source_account:
-            continue
-        if {k: v for k, v in batch.plan.items() if k != "created_with"} == wanted:
-            return batch.id
-    return None
 
 
 class _ProgressLine:
@@ -262,8 +218,9 @@ def cmd_batches(args: argparse.Namespace) -> int:
 
 def cmd_delete_batch(args: argparse.Namespace) -> int:
     from migrator.batches import delete_batch, deletion_plan
+    from migrator.workflow import open_local_store
 
-    ledger, store = _open_store(_batch_destination(args), args.workspace)
+    ledger, store = open_local_store(_batch_destination(args), args.workspace)
     plan = deletion_plan(ledger, store, args.batch_id)
     summary = plan.as_dict()
     print(f"Deleting batch {args.batch_id} removes {summary['total']:,} records:")
@@ -289,9 +246,10 @@ def _batch_destination(args: argparse.Namespace) -> str:
 
 def cmd_setup_store(args: argparse.Namespace) -> int:
     from migrator.setup import copy_clinic_setup
+    from migrator.workflow import open_local_store
 
     with _client(True) as client:
-        _, store = _open_store(args.to, args.workspace)
+        _, store = open_local_store(args.to, args.workspace)
         added = copy_clinic_setup(store, client)
     print("Set up " + ", ".join(f"{n} {entity}" for entity, n in added.items()) + f" in {store.describe()}.")
     return 0

@@ -42,7 +42,9 @@ across attached databases atomically in rollback-journal mode. So one
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -63,6 +65,7 @@ __all__ = [
     "ACTIONS",
     "DELETE_WINDOW",
     "MIGRATIONS",
+    "STALE_AFTER",
     "STATUSES",
     "Batch",
     "BatchNotFound",
@@ -72,6 +75,7 @@ __all__ = [
     "SchemaMigrations",
     "StageProgress",
     "apply_migrations",
+    "this_worker",
 ]
 
 #: A batch's life: ``running`` -> ``stopped`` / ``failed`` / ``completed`` (a stopped or
@@ -199,6 +203,21 @@ def _items_by_source_record(db: sqlite_utils.Database) -> None:
     db.table("items").create_index(["entity", "source_id"])
 
 
+@MIGRATIONS(name="004_batch_worker")
+def _batch_worker(db: sqlite_utils.Database) -> None:
+    # Which process is running a batch ("host:pid"), so a second process never runs it too.
+    db.table("batches").add_column("worker", str)
+
+
+def this_worker() -> str:
+    """This process, as a batch's ``worker`` records it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: A batch running on another host counts as abandoned once its progress is this old.
+STALE_AFTER = timedelta(minutes=5)
+
+
 # --- values --------------------------------------------------------------------------
 
 
@@ -242,6 +261,30 @@ class Batch:
     plan: dict[str, Any]
     counts: dict[str, dict[str, int]]
     actor: str
+    worker: str | None = None
+
+    def running_elsewhere(self) -> bool:
+        """Whether another live process is running this batch right now.
+
+        A ``running`` batch records its process as ``host:pid``. On this host the pid is
+        checked; a batch whose process died (killed, crashed) is not running anywhere and
+        may be resumed. On another host (a shared workspace) a batch counts as running
+        while its progress moved within the last :data:`STALE_AFTER`.
+        """
+        if self.status != "running" or not self.worker:
+            return False
+        if self.worker == this_worker():
+            return False  # this process: its own callers know whether it runs
+        host, _, pid = self.worker.rpartition(":")
+        if host != socket.gethostname():
+            return _now() - self.updated_at < STALE_AFTER
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True  # alive, owned by another user
+        return True
 
     @property
     def age(self) -> timedelta:
@@ -513,8 +556,17 @@ class Ledger:
                 with self.transaction():
                     self.conn.execute(
                         "INSERT INTO batches (id, created_at, updated_at, status, source_account, destination,"
-                        " plan, counts, actor) VALUES (?, ?, ?, 'running', ?, ?, ?, '{}', ?)",
-                        (batch_id, _iso(moment), _iso(moment), source_account, destination, plan_json, actor),
+                        " plan, counts, actor, worker) VALUES (?, ?, ?, 'running', ?, ?, ?, '{}', ?, ?)",
+                        (
+                            batch_id,
+                            _iso(moment),
+                            _iso(moment),
+                            source_account,
+                            destination,
+                            plan_json,
+                            actor,
+                            this_worker(),
+                        ),
                     )
                     self.audit(
                         "run",
@@ -540,6 +592,7 @@ class Ledger:
             plan=json.loads(row["plan"] or "{}"),
             counts=json.loads(row["counts"] or "{}"),
             actor=row["actor"],
+            worker=row["worker"],
         )
 
     def batch(self, batch_id: str) -> Batch:
@@ -578,8 +631,14 @@ class Ledger:
             else:  # stopping or starting a deletion keeps when the run finished
                 finished = None if before.finished_at is None else _iso(before.finished_at)
             self.conn.execute(
-                "UPDATE batches SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-                (status, now, finished, batch_id),
+                "UPDATE batches SET status = ?, updated_at = ?, finished_at = ?, worker = ? WHERE id = ?",
+                (
+                    status,
+                    now,
+                    finished,
+                    this_worker() if status in ("running", "deleting") else None,
+                    batch_id,
+                ),
             )
             self.audit(
                 _STATUS_AUDIT[status],

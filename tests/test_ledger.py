@@ -22,9 +22,15 @@ from migrator.ledger import (
     Item,
     Ledger,
     apply_migrations,
+    this_worker,
 )
 
-ALL_MIGRATIONS = ["001_batches_items_audit", "002_progress", "003_items_by_source_record"]
+ALL_MIGRATIONS = [
+    "001_batches_items_audit",
+    "002_progress",
+    "003_items_by_source_record",
+    "004_batch_worker",
+]
 
 
 @pytest.fixture
@@ -459,3 +465,24 @@ def test_progress_can_be_followed_from_another_thread(ledger: Ledger) -> None:
     assert errors == []
     assert seen == sorted(seen)  # never a half-written page, never going backwards
     assert ledger.progress(batch.id)[0].done == 200
+
+
+def test_a_running_batch_records_its_process_and_only_a_live_other_process_counts(ledger: Ledger) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    batch = _batch(ledger)
+    assert batch.worker == this_worker()
+    assert not batch.running_elsewhere()  # this process: its own callers know
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ledger.conn.execute("UPDATE batches SET worker = ? WHERE id = ?", (f"{host}:{child.pid}", batch.id))
+        assert ledger.batch(batch.id).running_elsewhere()
+    finally:
+        child.kill()
+        child.wait()
+    assert not ledger.batch(batch.id).running_elsewhere()  # killed: resumable
+    assert ledger.set_status(batch.id, "stopped").worker is None
+    assert not ledger.batch(batch.id).running_elsewhere()
