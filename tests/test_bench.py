@@ -1,0 +1,52 @@
+"""The benchmark's smoke test: ``--quick`` completes and reports every figure with its goal.
+
+The goals themselves are checked by reading the full benchmark's output (README), not
+here: timings on a shared machine are not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FIGURES = {
+    "budget_use",
+    "budget_use_429_after_first_window",
+    "request_efficiency_all",
+    "request_efficiency_business",
+    "request_efficiency_practitioner",
+    "own_overhead",
+    "peak_memory_mb",
+    "destination_writes",
+    "latency_hiding",
+    "latency_hiding_429_after_first_window",
+}
+
+
+def test_quick_benchmark_reports_every_figure_with_its_goal_and_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "migrator.bench", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["quick"] is True
+    figures = report["figures"]
+    assert set(figures) == FIGURES
+    for name, figure in figures.items():
+        assert figure["goal"], name
+        assert figure["command"].startswith("uv run python -m migrator.bench --quick --only "), name
+        if name != "destination_writes":
+            assert isinstance(figure["value"], int | float), name
+    # Sanity, not speed: the runs really happened and the counts add up.
+    assert figures["request_efficiency_all"]["detail"]["requests"] > 0
+    assert (
+        figures["own_overhead"]["detail"]["engine_requests"]
+        == figures["own_overhead"]["detail"]["bare_requests"]
+    )
+    assert figures["peak_memory_mb"]["value"] > 20
+    assert figures["budget_use_429_after_first_window"]["value"] == 0
