@@ -204,3 +204,86 @@ def _first_practitioner(sandbox: RunningSandbox) -> str:
 
     with sandbox.client() as client:
         return str(read_all(client, "practitioners")[1]["id"])
+
+
+def _batch_rows_left(workspace: Path) -> int:
+    """Store rows of any batch still present (read-only; 0 while the file is locked)."""
+    try:
+        conn = sqlite3.connect(f"file:{workspace / 'clinic.db'}?mode=ro", uri=True, timeout=0.2)
+        try:
+            return conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return -1
+
+
+def test_sigkill_mid_deletion_then_delete_again_finishes_it(
+    demo_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    mapping = setup_workspace(demo_sandbox, tmp_path)
+    run = run_cli(demo_sandbox, tmp_path, mapping)
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    batch_id = json.loads(out)["batch_id"]
+    before = canonical(tmp_path / "clinic.db")
+    patients = _batch_rows_left(tmp_path)
+    assert patients > 100
+
+    def delete() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "migrator",
+                "delete-batch",
+                batch_id,
+                "--yes",
+                "--workspace",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    process = delete()
+    deadline = time.monotonic() + 120
+    # Patients go last (reverse dependency order): wait until the deletion is under way.
+    status = None
+    while process.poll() is None and time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{tmp_path / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
+        try:
+            status = conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()[0]
+        except sqlite3.Error:
+            status = None
+        finally:
+            conn.close()
+        if status == "deleting":
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, "the deletion finished before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    assert conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone() == ("deleting",)
+    conn.close()
+    # The interrupted deletion left the store consistent (whole chunks), and running it again finishes.
+    again = delete()
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"Batch {batch_id} is deleted." in out
+    after = canonical(tmp_path / "clinic.db")
+    assert _batch_rows_left(tmp_path) == 0
+    for table, rows in after.items():
+        assert all(dict(r).get("source_id") is None for r in rows), table  # only the set-up rows remain
+    assert after["practitioners"] == {r for r in before["practitioners"] if dict(r).get("source_id") is None}
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    actions = [
+        a for (a,) in conn.execute("SELECT action FROM audit WHERE batch_id = ? ORDER BY id", (batch_id,))
+    ]
+    conn.close()
+    # Both attempts and the end are in the audit trail.
+    assert [a for a in actions if a.startswith("delete")] == ["delete", "delete", "deleted"]
