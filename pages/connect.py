@@ -5,24 +5,32 @@ from __future__ import annotations
 import streamlit as st
 from pydantic import SecretStr
 
-from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from console_ui import drop_connection, next_step, remembered, settings
+from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
+from migrator.console import masked, setup_store_from
 from migrator.errors import ConfigError, MigratorError
 
 
 @st.cache_resource(show_spinner="Starting the demo clinic…")
-def demo_clinic():  # -> Sandbox, imported lazily so the page loads fast
-    """The built-in demo sandbox, started once per console process and shared by its sessions."""
+def demo_clinic(rate_limit: int):  # -> Sandbox, imported lazily so the page loads fast
+    """The built-in demo sandbox, started once per console process (and pace) and shared by its sessions."""
     from migrator.sandbox import Sandbox
 
-    sandbox = Sandbox(size="demo", seed=1)
+    sandbox = Sandbox(size="demo", seed=1, rate_limit=rate_limit)
     sandbox.start()
     return sandbox
 
 
 def verify(key: SecretStr, url_template: str | None) -> Identity:
-    with ClinikoClient(key, config=ClientConfig(url_template=url_template)) as client:
+    with settings().client(key, url_template) as client:
         return client.identity()
+
+
+def set_up_store_from(key: SecretStr, url_template: str | None) -> dict[str, int]:
+    """Give the local store the destination account's own practitioners, businesses and appointment types."""
+    with settings().client(key, url_template) as client:
+        return setup_store_from(settings(), client)
 
 
 def show_shard(raw: str) -> None:
@@ -56,6 +64,21 @@ def show_identity(identity: Identity, *, needs_practitioner: bool) -> None:
         )
 
 
+def show_setup(added: dict[str, int] | None, account: str) -> None:
+    if added is None:
+        return
+    if any(added.values()):
+        what = ", ".join(f"{n} {entity.replace('_', ' ')}" for entity, n in added.items() if n)
+        st.caption(
+            f"The local clinic store now holds {account}'s own {what}, as a clinic sets itself up "
+            "before an import: the mapping matches against them."
+        )
+    else:
+        st.caption(
+            "The local clinic store already holds its practitioners, businesses and appointment types."
+        )
+
+
 st.title("Move a clinic's data out of Cliniko")
 st.markdown(
     "This console copies a clinic's patients, appointments, notes, files and invoices out of a Cliniko "
@@ -63,18 +86,33 @@ st.markdown(
     "Paste the source account's API key below, or try everything first on the **demo clinic**, "
     "a built-in practice simulator that needs no key."
 )
+with st.expander(
+    "How it works: seven steps, one page each", expanded=not st.session_state.get("source_identity")
+):
+    st.markdown(
+        "1. **Connect** the source account (or press *Use the demo clinic*).\n"
+        "2. **Preview** what will be read and how long that takes.\n"
+        "3. **Mapping**: say what each practitioner, business and appointment type becomes.\n"
+        "4. **Scope**: all data, or only some businesses or practitioners; tick the data types.\n"
+        "5. **Run** it in the background; leave the page if you like, it keeps going.\n"
+        "6. **Review** skipped records, counts and patient balances; download them.\n"
+        "7. **Batches**: every run is a batch you can delete within 48 hours.\n\n"
+        "Each page ends with a button to the next one."
+    )
 
 state = st.session_state
 state.setdefault("url_template", None)
 
 if st.button("Use the demo clinic", key="use_demo", type="primary", icon=":material/science:"):
     try:
-        sandbox = demo_clinic()
+        sandbox = demo_clinic(int(settings().requests_per_minute))
+        drop_connection()
         state.url_template = sandbox.url_template
         state.source_key = SecretStr(sandbox.key("source"))
         state.dest_key = SecretStr(sandbox.key("destination"))
         state.source_identity = verify(state.source_key, state.url_template)
         state.demo = True
+        state.store_setup = set_up_store_from(state.dest_key, state.url_template)
     except MigratorError as exc:
         st.error(str(exc))
 
@@ -93,22 +131,25 @@ typed = st.text_input(
 show_shard(typed)
 if st.button("Verify the key", key="verify_source", disabled=not typed):
     try:
-        state.source_key = SecretStr(typed.strip())
-        state.url_template = None
-        state.demo = False
-        state.source_identity = verify(state.source_key, state.url_template)
+        key = SecretStr(typed.strip())
+        identity = verify(key, None)
+        drop_connection()
+        state.source_key, state.source_identity, state.demo = key, identity, False
     except MigratorError as exc:
-        state.pop("source_identity", None)
+        drop_connection()
         st.error(str(exc))
 
 if state.get("source_identity") is not None:
     show_identity(state.source_identity, needs_practitioner=False)
+    st.caption(f"Key in use: {masked(parse_key(state.source_key))}, held in this session's memory only.")
 
 st.subheader("Destination")
-destination = st.radio(
-    "Where should the data go?",
-    ["The local clinic store (on this computer)", "Another Cliniko account"],
+destination = remembered(
+    st.radio,
     key="destination_choice",
+    default="The local clinic store (on this computer)",
+    label="Where should the data go?",
+    options=["The local clinic store (on this computer)", "Another Cliniko account"],
     help="The local clinic store keeps everything the API exposes, invoices and balances included.",
 )
 if destination == "Another Cliniko account":
@@ -121,13 +162,29 @@ if destination == "Another Cliniko account":
             key = SecretStr(typed_dest.strip()) if typed_dest else state.dest_key
             state.dest_identity = verify(key, state.url_template)
             state.dest_key = key
+            if state.dest_identity.is_admin and state.dest_identity.is_practitioner:
+                state.store_setup = set_up_store_from(key, state.url_template)
         except MigratorError as exc:
             state.pop("dest_identity", None)
             st.error(str(exc))
     if state.get("dest_identity") is not None:
         show_identity(state.dest_identity, needs_practitioner=True)
+        st.info(
+            "Writing into a Cliniko account through its API comes in a later version: for now every run goes "
+            "into the local clinic store, set up with this account's practitioners, businesses and "
+            "appointment types so that the mapping matches them."
+        )
+        show_setup(state.get("store_setup"), state.dest_identity.account or "the destination account")
+else:
+    st.caption(f"Runs go into the local clinic store at `{settings().store_target.removeprefix('sqlite:')}`.")
+    if state.get("demo"):
+        show_setup(state.get("store_setup"), "the demo destination clinic")
 
-if state.get("source_identity") is not None and st.button("Disconnect", key="disconnect"):
-    for name in ("source_key", "dest_key", "source_identity", "dest_identity", "demo", "url_template"):
-        state.pop(name, None)
-    st.rerun()
+if state.get("source_identity") is not None:
+    left, right = st.columns([1, 1])
+    with left:
+        next_step("Next: preview what will be read", "preview", key="next_preview")
+    with right:
+        if st.button("Disconnect", key="disconnect", icon=":material/logout:"):
+            drop_connection()
+            st.rerun()

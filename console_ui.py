@@ -1,0 +1,190 @@
+"""What every console page shares: settings, the session's connection, remembered choices, the run registry.
+
+UI only: everything computed comes from ``migrator``. Keys stay in ``st.session_state`` as
+``SecretStr`` (this browser session's memory), never in a URL, a log or a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import polars as pl
+import streamlit as st
+
+from migrator.background import RunRegistry
+from migrator.cliniko.client import ClinikoClient
+from migrator.console import ConsoleSettings
+from migrator.errors import MigratorError
+from migrator.mapping import build_mapping
+from migrator.mapping_editor import read_table
+from migrator.plan import ENTITIES, MappingRow, Scope, default_include
+from migrator.scoped_preview import ScopedPreview, scoped_preview
+
+#: Session entries that hold keys or what was read with them: all dropped on disconnect.
+CONNECTION_STATE = (
+    "source_key",
+    "dest_key",
+    "source_identity",
+    "dest_identity",
+    "demo",
+    "url_template",
+    "mapping",
+    "mapping_account",
+    "previews",
+    "store_setup",
+    "plan_scope",
+    "plan_scope_incomplete",
+    "review_cache",
+)
+#: Remembered widget values that name the source account's records.
+CONNECTION_WIDGETS = ("scope_kind", "scope_businesses", "scope_practitioners")
+
+PAGES = {
+    "connect": "pages/connect.py",
+    "preview": "pages/preview.py",
+    "mapping": "pages/mapping.py",
+    "scope": "pages/scope.py",
+    "run": "pages/run.py",
+    "review": "pages/review.py",
+    "batches": "pages/batches.py",
+}
+
+
+def settings() -> ConsoleSettings:
+    """The console's settings from the environment; a bad setting stops the page with its sentence."""
+    try:
+        return ConsoleSettings.from_env()
+    except MigratorError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+@st.cache_resource
+def run_registry() -> RunRegistry:
+    """The background runs of this server process, shared by every session and tab."""
+    return RunRegistry()
+
+
+def connected() -> bool:
+    return st.session_state.get("source_identity") is not None and "source_key" in st.session_state
+
+
+def require_source(what: str) -> None:
+    """Stop the page with a pointer to Connect when no source account is connected."""
+    if connected():
+        return
+    st.info(f"Connect a source account (or the demo clinic) first: {what}")
+    if st.button("Go to Connect", key="goto_connect", icon=":material/key:"):
+        st.switch_page(PAGES["connect"])
+    st.stop()
+
+
+@contextmanager
+def source_client() -> Iterator[ClinikoClient]:
+    """A client of the connected source account, closed afterwards."""
+    state = st.session_state
+    with settings().client(state.source_key, state.get("url_template")) as client:
+        yield client
+
+
+def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: Any) -> Any:
+    """A widget whose value survives visits to other pages (Streamlit forgets widgets not drawn)."""
+    kept: dict[str, Any] = st.session_state.setdefault("_kept", {})
+    if key not in st.session_state:
+        st.session_state[key] = kept.get(key, default)
+    value = widget(key=key, **kwargs)
+    kept[key] = value
+    return value
+
+
+def next_step(label: str, page: str, *, key: str) -> None:
+    """The button to the next step of the flow."""
+    if st.button(label, key=key, type="primary", icon=":material/arrow_forward:"):
+        st.switch_page(PAGES[page])
+
+
+def plan_choices() -> tuple[Scope, list[str], bool]:
+    """The scope, data types and archived-patients choice made on the Scope page (or the defaults)."""
+    state = st.session_state
+    return (
+        state.get("plan_scope") or Scope(),
+        list(state.get("plan_include") or default_include(local=True)),
+        bool(state.get("plan_archived", True)),
+    )
+
+
+def mapping_rows() -> tuple[list[MappingRow], list[str]]:
+    """The session's mapping tables as rows, with a sentence for each row not valid yet."""
+    tables: dict[str, pl.DataFrame] = st.session_state.get("mapping") or {}
+    rows: list[MappingRow] = []
+    problems: list[str] = []
+    for entity in ENTITIES:
+        if entity in tables:
+            got, bad = read_table(tables[entity])
+            rows += got
+            problems += bad
+    return rows, problems
+
+
+def drop_connection() -> None:
+    """Forget the keys and everything read with them (the run registry keeps running batches)."""
+    for name in CONNECTION_STATE:
+        st.session_state.pop(name, None)
+    kept = st.session_state.get("_kept", {})
+    for name in CONNECTION_WIDGETS:
+        kept.pop(name, None)
+        st.session_state.pop(name, None)
+
+
+def current_preview(*, recount: bool = False) -> ScopedPreview:
+    """The preview of the session's scope and data types, counted once and kept for this session."""
+    scope, include, archived = plan_choices()
+    previews: dict[tuple[str, tuple[str, ...], bool], ScopedPreview] = st.session_state.setdefault(
+        "previews", {}
+    )
+    wanted = (str(scope), tuple(include), archived)
+    if recount or wanted not in previews:
+        with st.spinner("Counting what the run will read (one request per list)…"), source_client() as client:
+            previews[wanted] = scoped_preview(client, scope, include, include_archived_patients=archived)
+    return previews[wanted]
+
+
+def scope_sentence() -> str:
+    """The session's choices in one line, e.g. "All data · 17 data types · archived patients included"."""
+    scope, include, archived = plan_choices()
+    if scope.kind == "all":
+        what = "All data"
+    else:
+        names = source_names("businesses" if scope.kind == "business" else "practitioners")
+        what = f"Only {scope.kind} " + ", ".join(names.get(i, i) for i in scope.ids)
+    return f"{what} · {len(include)} data types · archived patients {'included' if archived else 'left out'}"
+
+
+def source_names(entity: str) -> dict[str, str]:
+    """Source ids to names of one mapped entity, from the session's mapping tables."""
+    tables: dict[str, pl.DataFrame] = st.session_state.get("mapping") or {}
+    if entity not in tables:
+        return {}
+    frame = tables[entity]
+    return dict(zip(frame["source_id"].to_list(), frame["source_name"].to_list(), strict=True))
+
+
+def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
+    """The session's mapping tables, auto-matched against the local store on first use.
+
+    Rebuilt when the connected source account changes; edits live in the session until then.
+    """
+    state = st.session_state
+    account = state.source_identity.account or state.source_identity.user
+    if rebuild or state.get("mapping") is None or state.get("mapping_account") != account:
+        with (
+            st.spinner("Matching practitioners, businesses and appointment types by name…"),
+            source_client() as client,
+            settings().open_store() as (_, store),
+        ):
+            state.mapping = build_mapping(client, store.reference, can_create=True)
+        state.mapping_account = account
+    tables: dict[str, pl.DataFrame] = state.mapping
+    return tables

@@ -1,0 +1,319 @@
+"""Migration runs in background threads, shared by every console session of this process.
+
+A run outlives the page that started it: leaving the page, refreshing the browser or
+opening a second tab neither stops it nor starts it twice. The console keeps one
+:class:`RunRegistry` per server process (``st.cache_resource``); a page follows a run by
+reading the ledger, never by holding the thread.
+
+>>> registry = RunRegistry()
+>>> handle = registry.start(plan, key, workspace="workspace", client_config=config)  # doctest: +SKIP
+>>> handle.batch_id                                                                   # doctest: +SKIP
+'b20261121-135301-3f9a'
+>>> registry.start(plan, key, workspace="workspace", client_config=config) is handle  # doctest: +SKIP
+True
+
+Rules:
+
+- Starting a plan that is already running in this process returns its handle: no second thread.
+- One run at a time goes into a destination: starting another plan into the same store
+  while one runs is refused with a sentence (two engines would race on the same records).
+- A plan with an unfinished batch (stopped, failed, or killed with its process) resumes
+  that batch, as the CLI does; a batch running in another live process is refused
+  (:func:`~migrator.workflow.unfinished_batch`).
+- The source key (a ``SecretStr``) lives in the worker thread only while the run does;
+  the handle never holds it, and the client holding it is closed when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.engine import Engine, RunResult, RunStopped
+from migrator.errors import ConfigError, MigratorError
+from migrator.ledger import Ledger
+from migrator.plan import Plan
+from migrator.workflow import open_local_store, unfinished_batch
+
+__all__ = ["RunHandle", "RunRegistry", "plan_of"]
+
+log = logging.getLogger(__name__)
+
+#: Finished handles kept for the pages to report on (the ledger keeps everything else).
+KEEP_FINISHED = 20
+
+
+def _plan_key(plan: Plan) -> str:
+    """The plan without its tool version, as the ledger compares plans."""
+    data = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
+    return json.dumps(data, sort_keys=True)
+
+
+def plan_of(ledger: Ledger, batch_id: str) -> Plan:
+    """The plan a batch was started with, as stored in the ledger.
+
+    Raises:
+        BatchNotFound: no such batch.
+        ConfigError: the stored plan is not a valid plan.
+    """
+    return Plan.from_json(json.dumps(ledger.batch(batch_id).plan))
+
+
+@dataclass(eq=False)
+class RunHandle:
+    """One run in a background thread: how to stop it and how it ended.
+
+    Attributes:
+        plan: what runs (no key in it).
+        workspace: the workspace whose ledger records it.
+        expected: records per entity the preview counted, so that progress bars have a length.
+        state: ``starting``, ``running``, ``completed``, ``stopped`` or ``failed``.
+        result: the engine's result once ``completed``.
+        error: one sentence when ``failed``.
+        resumed: the run continues an earlier batch.
+    """
+
+    plan: Plan
+    workspace: Path
+    expected: dict[str, int] = field(default_factory=dict)
+    actor: str = "console"
+    resume_id: str | None = None
+    state: str = "starting"
+    result: RunResult | None = None
+    error: str | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _engine: Engine | None = field(default=None, repr=False)
+    _batch_id: str | None = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume_id is not None
+
+    @property
+    def batch_id(self) -> str | None:
+        """The batch the run writes, once the engine has created (or reopened) it."""
+        if self._batch_id:
+            return self._batch_id
+        engine = self._engine
+        if engine is not None and engine.batch_id:
+            self._batch_id = engine.batch_id
+        return self._batch_id or self.resume_id
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is still going."""
+        return not self._ended.is_set()
+
+    def stop(self) -> None:
+        """Ask the run to stop after the page it is on; the batch becomes ``stopped`` and resumable."""
+        self.stop_event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; ``True`` when it has."""
+        return self._ended.wait(timeout)
+
+    def wait_for_batch(self, timeout: float = 30.0) -> str | None:
+        """Wait until the batch id is known (or the run ended first) and return it."""
+        deadline = time.monotonic() + timeout
+        while self.batch_id is None and self.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.batch_id
+
+
+class RunRegistry:
+    """The runs of this process, one thread per run (see the module docstring for the rules)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: list[RunHandle] = []
+
+    # -- looking ---------------------------------------------------------------------
+
+    def handles(self) -> list[RunHandle]:
+        """Every run this process knows of, newest first."""
+        with self._lock:
+            return list(reversed(self._handles))
+
+    def get(self, batch_id: str) -> RunHandle | None:
+        """The newest run of ``batch_id`` in this process, if any."""
+        return next((h for h in self.handles() if h.batch_id == batch_id), None)
+
+    def active(self) -> list[RunHandle]:
+        """The runs still going."""
+        return [h for h in self.handles() if h.running]
+
+    # -- starting ----------------------------------------------------------------------
+
+    def start(
+        self,
+        plan: Plan,
+        key: SecretStr,
+        *,
+        workspace: str | Path,
+        client_config: ClientConfig,
+        expected: Mapping[str, int] | None = None,
+        actor: str = "console",
+        resume: str | None = None,
+        wait: float = 30.0,
+    ) -> RunHandle:
+        """Run ``plan`` in a background thread, or return the run already doing it.
+
+        Args:
+            plan: a plan whose mappings are resolved.
+            key: the source account's API key; only the worker thread keeps it, while it runs.
+            workspace: the workspace of the ledger and the local store.
+            client_config: how the worker's client talks to Cliniko (pace, URL template).
+            expected: records per entity, for the progress bars.
+            resume: continue this batch (stopped, failed or killed) instead of looking
+                for the plan's unfinished batch.
+            wait: seconds to wait for the batch id before returning.
+
+        Raises:
+            ConfigError: another run goes into the same destination right now (here or in
+                another process), or ``resume`` names a batch that cannot be resumed.
+            MappingError: a mapping row is unresolved.
+        """
+        plan.require_resolved()
+        wanted = _plan_key(plan)
+        with self._lock:
+            for handle in self._handles:
+                if not handle.running or handle.plan.destination != plan.destination:
+                    continue
+                if (resume is not None and handle.batch_id == resume) or (
+                    resume is None and _plan_key(handle.plan) == wanted
+                ):
+                    return handle  # a refresh or a second tab: follow the same run
+                raise ConfigError(
+                    f"Batch {handle.batch_id or '(starting)'} is running into this store right now; "
+                    "follow it on the Run page, or stop it before starting another run."
+                )
+            resume_id = self._batch_to_resume(plan, Path(workspace), resume)
+            handle = RunHandle(
+                plan=plan,
+                workspace=Path(workspace),
+                expected=dict(expected or {}),
+                actor=actor,
+                resume_id=resume_id,
+            )
+            thread = threading.Thread(
+                target=_work, args=(handle, key, client_config), name="migration-run", daemon=True
+            )
+            handle._thread = thread
+            self._handles.append(handle)
+            self._forget_old()
+            thread.start()
+        handle.wait_for_batch(wait)
+        return handle
+
+    def resume(
+        self,
+        batch_id: str,
+        key: SecretStr,
+        *,
+        source_account: str,
+        workspace: str | Path,
+        client_config: ClientConfig,
+        expected: Mapping[str, int] | None = None,
+        actor: str = "console",
+    ) -> RunHandle:
+        """Resume a stopped, failed or killed batch with the plan it was started with.
+
+        Args:
+            source_account: the account the key belongs to (``Identity.account``); it
+                must be the batch's source account.
+
+        Raises:
+            BatchNotFound, ConfigError: as :meth:`start`, or the key is another account's.
+        """
+        with Ledger(workspace) as ledger:
+            plan = plan_of(ledger, batch_id)
+        if plan.source_account != source_account:
+            raise ConfigError(
+                f"Batch {batch_id} reads from {plan.source_account}, but the connected key belongs to "
+                f"{source_account}; connect {plan.source_account}'s key to resume it."
+            )
+        return self.start(
+            plan,
+            key,
+            workspace=workspace,
+            client_config=client_config,
+            expected=expected,
+            actor=actor,
+            resume=batch_id,
+        )
+
+    def _batch_to_resume(self, plan: Plan, workspace: Path, resume: str | None) -> str | None:
+        with Ledger(workspace) as ledger:
+            for batch in ledger.batches():
+                if (
+                    batch.status == "running"
+                    and batch.destination == plan.destination
+                    and batch.id != resume
+                    and batch.running_elsewhere()
+                ):
+                    raise ConfigError(
+                        f"Batch {batch.id} is running into this store in another process ({batch.worker}); "
+                        "wait for it to finish, or stop it there first."
+                    )
+            if resume is None:
+                return unfinished_batch(ledger, plan)
+            batch = ledger.batch(resume)
+            if batch.status not in ("running", "stopped", "failed"):
+                raise ConfigError(
+                    f"Batch {resume} is {batch.status}; only a stopped, failed or interrupted batch can be resumed."
+                )
+            if batch.running_elsewhere():
+                raise ConfigError(
+                    f"Batch {resume} is running right now in another process ({batch.worker}); follow it there."
+                )
+            return resume
+
+    def _forget_old(self) -> None:
+        finished = [h for h in self._handles if not h.running]
+        for handle in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            self._handles.remove(handle)
+
+
+def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
+    """The worker thread: open its own ledger, store and client, run, record how it ended."""
+    handle.state = "running"
+    try:
+        ledger, store = open_local_store(handle.plan.destination, handle.workspace)
+        try:
+            with ClinikoClient(key, config=config) as client:
+                engine = Engine(
+                    handle.plan, client, store, ledger, stop=handle.stop_event, actor=handle.actor
+                )
+                handle._engine = engine
+                handle.result = engine.run(handle.resume_id)
+                handle._batch_id = engine.batch_id
+            handle.state = "completed"
+        finally:
+            engine_batch = handle.batch_id
+            handle._engine = None  # the engine holds the client, which holds the key
+            handle._batch_id = engine_batch
+            ledger.close()
+    except RunStopped:
+        handle.state = "stopped"
+    except MigratorError as exc:
+        handle.state, handle.error = "failed", str(exc)
+    except Exception as exc:  # the thread must record every ending; the ledger marks the batch failed
+        log.exception("migration run failed")
+        handle.state = "failed"
+        handle.error = f"The run stopped on an unexpected {type(exc).__name__}; the batch is marked failed and can be resumed."
+    finally:
+        handle.finished_at = datetime.now(UTC)
+        handle._ended.set()

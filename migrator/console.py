@@ -1,0 +1,276 @@
+"""What the operator console needs from the library besides the workflow: settings and read models.
+
+The console (``app.py`` and ``pages/``) is a thin Streamlit layer; everything it shows is
+computed here, without Streamlit, so notebooks and tests get the same answers.
+
+>>> settings = ConsoleSettings.from_env()                 # doctest: +SKIP
+>>> with settings.open_store() as (ledger, store):        # doctest: +SKIP
+...     batches_frame(ledger.batches())
+
+Settings come from the environment (never from a URL, and never a key):
+
+- ``MIGRATOR_WORKSPACE``: the workspace directory (``ledger.db``, the local clinic store
+  ``clinic.db``); default ``./workspace``.
+- ``MIGRATOR_REQUESTS_PER_MINUTE``: the pace of each key (default 200, Cliniko's limit;
+  ``0`` sends unpaced, for tests against the demo clinic). The demo clinic enforces the
+  same limit, so what the console estimates is what it sees.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+from pydantic import SecretStr
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.keys import ApiKey
+from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE
+from migrator.destinations.local import LocalStore
+from migrator.errors import ConfigError
+from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
+from migrator.setup import copy_clinic_setup
+from migrator.workflow import DEFAULT_WORKSPACE, open_local_store
+
+__all__ = [
+    "RATE_ENV",
+    "WORKSPACE_ENV",
+    "ConsoleSettings",
+    "batches_frame",
+    "entity_label",
+    "export",
+    "masked",
+    "progress_frame",
+    "setup_store_from",
+]
+
+WORKSPACE_ENV = "MIGRATOR_WORKSPACE"
+RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
+
+_LABELS = {
+    "individual_appointments": "Appointments",
+    "group_appointments": "Group appointments",
+    "unavailable_blocks": "Unavailable blocks",
+    "treatment_notes": "Treatment notes",
+    "treatment_note_templates": "Treatment note templates",
+    "patient_attachments": "Patient files",
+    "medical_alerts": "Medical alerts",
+    "appointment_types": "Appointment types",
+    "billable_items": "Billable items",
+    "concession_types": "Concession types",
+    "invoice_items": "Invoice items",
+}
+
+
+def entity_label(entity: str) -> str:
+    """A data type as a person reads it: ``treatment_notes`` -> ``Treatment notes``."""
+    return _LABELS.get(entity, entity.replace("_", " ").capitalize())
+
+
+def masked(key: ApiKey) -> str:
+    """A key as the console may show it: never a character of the secret, only its shard and a fingerprint."""
+    return f"•••• {key.shard} key (fingerprint {key.fingerprint[:6]})"
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """Where the console keeps its workspace and how fast it may talk to Cliniko.
+
+    Attributes:
+        workspace: the directory holding ``ledger.db`` and the local clinic store.
+        requests_per_minute: each key's pace (``0``: unpaced).
+    """
+
+    workspace: Path
+    requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleSettings:
+        """Read :data:`WORKSPACE_ENV` and :data:`RATE_ENV`.
+
+        Raises:
+            ConfigError: the pace is not a number of requests per minute.
+        """
+        env = os.environ if environ is None else environ
+        workspace = Path(env.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
+        raw = env.get(RATE_ENV)
+        if raw is None or not raw.strip():
+            return cls(workspace)
+        try:
+            pace = float(raw)
+        except ValueError:
+            raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+        if pace < 0:
+            raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
+        return cls(workspace, pace)
+
+    @property
+    def store_target(self) -> str:
+        """The local clinic store, as a plan's destination: ``sqlite:<workspace>/clinic.db``."""
+        return f"sqlite:{self.workspace / 'clinic.db'}"
+
+    def client_config(self, url_template: str | None = None) -> ClientConfig:
+        """A client configuration at this pace (``url_template`` points at the demo clinic)."""
+        return ClientConfig(url_template=url_template, requests_per_minute=self.requests_per_minute)
+
+    def client(self, key: str | SecretStr | ApiKey, url_template: str | None = None) -> ClinikoClient:
+        """A read-only client for ``key`` (a ``SecretStr`` in the console)."""
+        return ClinikoClient(key, config=self.client_config(url_template))
+
+    @contextmanager
+    def open_ledger(self) -> Iterator[Ledger]:
+        """A ledger connection of this caller's own, closed afterwards."""
+        ledger = Ledger(self.workspace)
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+
+    @contextmanager
+    def open_store(self, target: str | None = None) -> Iterator[tuple[Ledger, LocalStore]]:
+        """The ledger with the local clinic store attached (the workspace's, or ``target``), closed afterwards."""
+        ledger, store = open_local_store(target or self.store_target, self.workspace)
+        try:
+            yield ledger, store
+        finally:
+            ledger.close()
+
+
+def setup_store_from(settings: ConsoleSettings, client: ClinikoClient) -> dict[str, int]:
+    """Give the local store an account's practitioners, businesses and appointment types to map to.
+
+    What the CLI's ``setup-store`` does; entities the store already has are left alone.
+    Returns how many records were set up per entity (zeros when it was done before).
+    """
+    with settings.open_store() as (_, store):
+        return copy_clinic_setup(store, client)
+
+
+def export(frame: pl.DataFrame, kind: str) -> bytes:
+    """A frame as a download: ``"csv"`` (UTF-8, header row) or ``"parquet"`` (types kept, money as decimals)."""
+    if kind == "csv":
+        return frame.write_csv().encode("utf-8")
+    if kind == "parquet":
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        return buffer.getvalue()
+    raise ValueError(f"unknown export kind {kind!r}; use 'csv' or 'parquet'")
+
+
+# --- read models --------------------------------------------------------------------
+
+
+def _age(batch: Batch, now: datetime) -> str:
+    minutes = int((now - batch.created_at).total_seconds() // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 120:
+        return f"{minutes} min ago"
+    hours = minutes // 60
+    return f"{hours} h ago" if hours < 72 else f"{hours // 24} days ago"
+
+
+def batches_frame(batches: Sequence[Batch], now: datetime | None = None) -> pl.DataFrame:
+    """Every batch with its age, status, counts and whether (or why not) it can be deleted.
+
+    Columns: batch, started, age, status, source, created, linked, already_present,
+    skipped (records, summed over entities), deletable, why (the sentence saying so).
+    """
+    moment = now or datetime.now(UTC)
+    rows = []
+    for batch in batches:
+        totals = dict.fromkeys(ACTIONS, 0)
+        for per_action in batch.counts.values():
+            for action, n in per_action.items():
+                totals[action] = totals.get(action, 0) + n
+        allowed, why = batch.deletable(moment)
+        rows.append(
+            {
+                "batch": batch.id,
+                "started": batch.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "age": _age(batch, moment),
+                "status": batch.status,
+                "source": batch.source_account,
+                **totals,
+                "deletable": allowed,
+                "why": why,
+            }
+        )
+    schema = {
+        "batch": pl.String,
+        "started": pl.String,
+        "age": pl.String,
+        "status": pl.String,
+        "source": pl.String,
+        **dict.fromkeys(ACTIONS, pl.Int64),
+        "deletable": pl.Boolean,
+        "why": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def progress_frame(
+    progress: Sequence[StageProgress],
+    expected: Mapping[str, int] | None = None,
+    *,
+    stages: Sequence[str] = (),
+    finished: bool = False,
+) -> pl.DataFrame:
+    """A batch's stages as the Run page draws them: counts, and how far along each stage is.
+
+    Args:
+        progress: the ledger's progress rows of the batch (:meth:`Ledger.progress`).
+        expected: records per entity (the preview's), which give the bars their length:
+            the engine learns a stage's size only as it reads it.
+        stages: every stage of the plan, in order, so stages not reached yet show too.
+        finished: the batch completed: every bar is full.
+
+    A stage is done once a later stage has reported, or the batch ``finished``; then its
+    bar is full whatever was expected. Columns: stage, label, done, expected, fraction,
+    finished, started, and the four action counts.
+    """
+    expected = expected or {}
+    reported = {p.stage: p for p in progress}
+    order = [*stages, *(p.stage for p in progress if p.stage not in stages)]
+    last = max((i for i, name in enumerate(order) if name in reported), default=-1)
+    rows = []
+    for index, name in enumerate(order):
+        stage = reported.get(name)
+        done = finished or (stage is not None and index < last)
+        count = stage.done if stage is not None else 0
+        want = expected.get(name)
+        if done:
+            fraction = 1.0
+        elif want:
+            fraction = min(0.99, count / want)
+        else:
+            fraction = 0.0
+        rows.append(
+            {
+                "stage": name,
+                "label": entity_label(name),
+                "done": count,
+                "expected": count if done else want,
+                "fraction": fraction,
+                "finished": done,
+                "started": stage is not None,
+                **{action: getattr(stage, action) if stage is not None else 0 for action in ACTIONS},
+            }
+        )
+    schema = {
+        "stage": pl.String,
+        "label": pl.String,
+        "done": pl.Int64,
+        "expected": pl.Int64,
+        "fraction": pl.Float64,
+        "finished": pl.Boolean,
+        "started": pl.Boolean,
+        **dict.fromkeys(ACTIONS, pl.Int64),
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")

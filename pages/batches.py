@@ -1,0 +1,126 @@
+"""Batches: every run with its age, status and counts; delete one within 48 hours, after a typed confirmation."""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from console_ui import settings
+from migrator.batches import delete_batch, deletion_plan
+from migrator.console import batches_frame, entity_label
+from migrator.errors import MigratorError
+
+CONFIRM_WORD = "DELETE"
+
+state = st.session_state
+config = settings()
+
+
+def delete(batch_id: str, destination: str) -> None:
+    """Delete the batch (a button callback, so that the confirmation box can be emptied afterwards)."""
+    state.delete_confirm = ""
+    try:
+        with config.open_store(destination) as (ledger, store):
+            done = delete_batch(ledger, store, batch_id, actor="console")
+        state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed."
+    except MigratorError as exc:
+        state.delete_error = str(exc)
+
+
+st.title("Batches")
+st.markdown(
+    "Every run is a batch. A batch can be deleted while it is **younger than 48 hours**: that removes what it "
+    "created, and only that; records it merely linked to, and what the clinic set up itself, stay."
+)
+if message := state.pop("delete_message", None):
+    st.success(message)
+if error := state.pop("delete_error", None):
+    st.error(error)
+
+try:
+    with config.open_ledger() as ledger:
+        batches = ledger.batches()
+except MigratorError as exc:
+    st.error(str(exc))
+    st.stop()
+if not batches:
+    st.info("No batches yet: start one on the Run page.")
+    st.stop()
+
+frame = batches_frame(batches)
+st.dataframe(
+    frame.select(
+        pl.col("batch").alias("Batch"),
+        pl.col("started").alias("Started"),
+        pl.col("age").alias("Age"),
+        pl.col("status").alias("Status"),
+        pl.col("created").alias("Created"),
+        pl.col("linked").alias("Linked"),
+        pl.col("already_present").alias("Already present"),
+        pl.col("skipped").alias("Skipped"),
+        pl.when(pl.col("deletable")).then(pl.lit("yes")).otherwise(pl.col("why")).alias("Can be deleted"),
+    ),
+    hide_index=True,
+)
+for row in frame.filter(~pl.col("deletable") & (pl.col("status") != "deleted")).iter_rows(named=True):
+    st.caption(f"Why not {row['batch']}: {row['why']}")
+
+candidates = {b.id: b for b in batches if b.deletable()[0]}
+st.subheader("Delete a batch")
+if not candidates:
+    st.caption("No batch can be deleted now.")
+    st.stop()
+ids = list(candidates)
+preferred = state.get("run_batch")
+chosen = st.selectbox(
+    "Batch to delete",
+    ids,
+    index=ids.index(preferred) if preferred in ids else 0,
+    key="delete_batch",
+    format_func=lambda i: f"{i} · {candidates[i].status}",
+)
+batch = candidates[chosen]
+st.caption(batch.deletable()[1])
+try:
+    with config.open_store(batch.destination) as (ledger, store):
+        summary = deletion_plan(ledger, store, chosen).as_dict()
+except MigratorError as exc:
+    st.error(str(exc))
+    st.stop()
+
+entities = list(dict.fromkeys([*summary["created"], *summary["created_since_for_its_patients"]]))
+st.markdown(f"Deleting batch **{chosen}** removes **{summary['total']:,} records**:")
+st.dataframe(
+    pl.DataFrame(
+        {
+            "Data type": [entity_label(e) for e in entities],
+            "Created by the batch": [summary["created"].get(e, 0) for e in entities],
+            "Created since for its patients": [
+                summary["created_since_for_its_patients"].get(e, 0) for e in entities
+            ],
+        },
+        schema={
+            "Data type": pl.String,
+            "Created by the batch": pl.Int64,
+            "Created since for its patients": pl.Int64,
+        },
+    ),
+    hide_index=True,
+    height="content",
+)
+st.warning(
+    "Deleting a batch cannot be undone. Deleting its patients also deletes everything created for those "
+    "patients since the import, such as appointments, treatment notes and invoices, even if someone added "
+    "them by hand. Keep your legal obligations for clinical records in mind before you delete.",
+    icon=":material/warning:",
+)
+typed = st.text_input(f"Type {CONFIRM_WORD} to confirm", key="delete_confirm", placeholder=CONFIRM_WORD)
+st.button(
+    f"Delete batch {chosen}",
+    key="delete_go",
+    type="primary",
+    icon=":material/delete:",
+    disabled=typed.strip() != CONFIRM_WORD,
+    on_click=delete,
+    args=(chosen, batch.destination),
+)

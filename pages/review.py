@@ -1,0 +1,232 @@
+"""Review: skipped records with their reasons, count differences, patient balances, and downloads."""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from console_ui import connected, next_step, settings, source_client
+from migrator.console import entity_label, export
+from migrator.errors import MigratorError
+from migrator.reconcile import balances, counts, skipped
+
+COLUMN_NAMES = {
+    "entity": "Data type",
+    "in_scope": "In scope",
+    "created": "Created",
+    "linked": "Linked",
+    "already_present": "Already present",
+    "skipped": "Skipped",
+    "removed_since": "Removed since",
+    "in_destination": "In the destination",
+    "difference": "Difference",
+    "in_destination_total": "Destination total",
+    "in_scope_total": "In scope, all runs",
+    "source_count": "At the source now",
+    "source_difference": "Source difference",
+}
+
+state = st.session_state
+config = settings()
+cache: dict[tuple[str, str], pl.DataFrame] = state.setdefault("review_cache", {})
+
+
+def downloads(frame: pl.DataFrame, name: str) -> None:
+    left, right, _ = st.columns([1, 1, 3])
+    left.download_button(
+        "CSV",
+        data=export(frame, "csv"),
+        file_name=f"{name}.csv",
+        mime="text/csv",
+        key=f"download_{name}_csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    right.download_button(
+        "Parquet",
+        data=export(frame, "parquet"),
+        file_name=f"{name}.parquet",
+        mime="application/vnd.apache.parquet",
+        key=f"download_{name}_parquet",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def labelled(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col("entity").map_elements(entity_label, return_dtype=pl.String))
+
+
+st.title("Review")
+try:
+    with config.open_ledger() as ledger:
+        batches = [b for b in ledger.batches() if b.status not in ("deleting", "deleted")]
+except MigratorError as exc:
+    st.error(str(exc))
+    st.stop()
+if not batches:
+    st.info("No batch to review yet: start one on the Run page.")
+    st.stop()
+
+ids = [b.id for b in batches]
+preferred = state.get("run_batch")
+batch_id = st.selectbox(
+    "Batch",
+    ids,
+    index=ids.index(preferred) if preferred in ids else 0,
+    key="review_batch",
+    format_func=lambda i: f"{i} · {next(b.status for b in batches if b.id == i)}",
+)
+batch = next(b for b in batches if b.id == batch_id)
+identity = state.get("source_identity")
+same_source = connected() and (identity.account or identity.user) == batch.source_account
+if batch.status == "running":
+    st.info("This batch is still running: the figures below are as far as it has got.")
+
+# --- counts --------------------------------------------------------------------------------
+st.subheader("Counts: did every record arrive?")
+left, right = st.columns([3, 2], vertical_alignment="bottom")
+with left:
+    st.caption(
+        "What the batch found in scope at the source, what became of each record, and how many of the records "
+        "it brought are in the destination now. A fresh count at the source costs one request per list."
+    )
+with right:
+    fresh = st.button(
+        "Count again at the source",
+        key="review_source_counts",
+        disabled=not same_source,
+        help=None if same_source else f"Connect {batch.source_account}'s key to count at the source.",
+    )
+try:
+    with config.open_store(batch.destination) as (ledger, store):
+        if fresh:
+            with st.spinner("Counting at the source…"), source_client() as client:
+                cache[(batch_id, "counts")] = counts(ledger, batch_id, store=store, source=client)
+        count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
+        if count_frame is None:
+            count_frame = counts(ledger, batch_id, store=store)
+        skipped_frame = skipped(ledger, batch_id)
+except MigratorError as exc:
+    st.error(str(exc))
+    st.stop()
+
+differing = count_frame.filter(pl.col("difference").fill_null(0) != 0)
+if differing.height:
+    st.warning(
+        "Not everything the ledger says arrived is in the destination: "
+        + "; ".join(
+            f"{entity_label(r['entity'])} {r['difference']:+,}" for r in differing.iter_rows(named=True)
+        )
+        + "."
+    )
+else:
+    st.success("Every record the batch brought is in the destination.")
+source_gaps = count_frame.filter(pl.col("source_difference").fill_null(0) != 0)
+if source_gaps.height:
+    st.warning(
+        "The source lists a different number now for "
+        + ", ".join(entity_label(e).lower() for e in source_gaps["entity"])
+        + ": a top-up run brings what changed since."
+    )
+shown = (
+    labelled(count_frame)
+    .drop(
+        [
+            c
+            for c in ("source_count", "source_difference")
+            if count_frame[c].null_count() == count_frame.height
+        ]
+    )
+    .rename(lambda c: COLUMN_NAMES.get(c, c))
+)
+st.dataframe(shown, hide_index=True, height="content")
+downloads(count_frame, f"{batch_id}-counts")
+
+# --- skipped -------------------------------------------------------------------------------
+st.subheader("Skipped records, each with its reason")
+if skipped_frame.is_empty():
+    st.success("Nothing was skipped: every record in scope came across.")
+else:
+    summary = skipped_frame.group_by("reason_code").len(name="records").sort("records", descending=True)
+    st.bar_chart(summary, x="reason_code", y="records", horizontal=True, height=60 + 30 * summary.height)
+    left, right = st.columns(2)
+    entities = sorted(skipped_frame["entity"].unique().to_list())
+    reasons = sorted(skipped_frame["reason_code"].fill_null("").unique().to_list())
+    with left:
+        chosen_entities = st.multiselect(
+            "Data types", entities, format_func=entity_label, key="review_skip_entities", placeholder="all"
+        )
+    with right:
+        chosen_reasons = st.multiselect("Reasons", reasons, key="review_skip_reasons", placeholder="all")
+    view = skipped_frame
+    if chosen_entities:
+        view = view.filter(pl.col("entity").is_in(chosen_entities))
+    if chosen_reasons:
+        view = view.filter(pl.col("reason_code").fill_null("").is_in(chosen_reasons))
+    st.caption(f"{view.height:,} of {skipped_frame.height:,} skipped records shown.")
+    st.dataframe(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+    downloads(view, f"{batch_id}-skipped")
+
+# --- balances ------------------------------------------------------------------------------
+st.subheader("Patient balances: what each patient owes, at the source and here")
+if "invoices" not in (batch.plan.get("include") or []):
+    st.caption("This batch did not bring invoices, so there are no balances to compare.")
+elif not same_source:
+    st.info(f"Connect {batch.source_account}'s key (on the Connect page) to compare balances with Cliniko.")
+else:
+    if st.button(
+        "Compare balances with Cliniko",
+        key="review_balances",
+        help="Reads the source's invoices in scope: one request per 100 invoices.",
+    ):
+        try:
+            with (
+                st.spinner("Reading the source's invoices…"),
+                source_client() as client,
+                config.open_store(batch.destination) as (ledger, store),
+            ):
+                cache[(batch_id, "balances")] = balances(ledger, batch_id, source=client, store=store)
+        except MigratorError as exc:
+            st.error(str(exc))
+    balance_frame = cache.get((batch_id, "balances"))
+    if balance_frame is not None:
+        differ = balance_frame.filter(pl.col("difference") != 0)
+        cols = st.columns(3)
+        cols[0].metric("Patients compared", f"{balance_frame.height:,}")
+        cols[1].metric("Balances that differ", f"{differ.height:,}")
+        cols[2].metric("Total owed at the source", f"{balance_frame['source_outstanding'].sum():,.2f}")
+        money = balance_frame.with_columns(pl.col(c).cast(pl.Float64) for c in balance_frame.columns[2:])
+        if differ.height:
+            st.warning(f"{differ.height} patients' balances differ from Cliniko's; they are listed first.")
+            st.bar_chart(
+                money.filter(pl.col("difference") != 0).head(40),
+                x="patient",
+                y="difference",
+                horizontal=True,
+            )
+        else:
+            st.success("Every patient's balance matches Cliniko's: each dot sits on the diagonal.")
+        st.scatter_chart(
+            money.filter(pl.col("source_outstanding") != 0).rename(
+                {"source_outstanding": "Owed at the source", "destination_outstanding": "Owed here"}
+            ),
+            x="Owed at the source",
+            y="Owed here",
+            height=320,
+        )
+        st.dataframe(
+            balance_frame.rename(
+                {
+                    "patient_id": "Source id",
+                    "patient": "Patient",
+                    "source_outstanding": "Owed at the source",
+                    "destination_outstanding": "Owed here",
+                    "difference": "Difference",
+                }
+            ),
+            hide_index=True,
+        )
+        downloads(balance_frame, f"{batch_id}-balances")
+
+next_step("Next: the batches", "batches", key="next_batches")

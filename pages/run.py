@@ -1,0 +1,244 @@
+"""Run: start, stop and resume a migration that goes on in the background; follow it from the ledger."""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from console_ui import (
+    connected,
+    current_preview,
+    mapping_rows,
+    next_step,
+    plan_choices,
+    run_registry,
+    scope_sentence,
+    settings,
+    source_client,
+)
+from migrator.background import plan_of
+from migrator.console import progress_frame
+from migrator.errors import ConfigError, MigratorError
+from migrator.ledger import Batch
+from migrator.scoped_preview import plan_entities, scoped_preview
+from migrator.workflow import make_plan, verify_source
+
+STATUS_WORDS = {
+    "running": "running",
+    "stopped": "stopped: resume it to go on from where it stopped",
+    "failed": "failed: resume it to go on from where it stopped",
+    "completed": "completed",
+    "deleting": "being deleted",
+    "deleted": "deleted",
+}
+
+state = st.session_state
+registry = run_registry()
+config = settings()
+
+
+def start() -> None:
+    """Make the plan from the session's choices and start it (or join the run already doing it)."""
+    rows, problems = mapping_rows()
+    if problems:
+        raise ConfigError(f"A mapping row is not valid yet ({problems[0]}); fix it on the Mapping page.")
+    if not rows:
+        raise ConfigError("There is no mapping yet: open the Mapping page first.")
+    scope, include, archived = plan_choices()
+    with source_client() as client:
+        identity = verify_source(client)
+        with config.open_store() as (_, store):
+            plan = make_plan(
+                client,
+                identity,
+                store,
+                scope=scope,
+                include=include,
+                mappings=rows,
+                include_archived_patients=archived,
+            )
+    expected = current_preview().expected()
+    handle = registry.start(
+        plan,
+        state.source_key,
+        workspace=config.workspace,
+        client_config=config.client_config(state.get("url_template")),
+        expected=expected,
+    )
+    state.run_batch = handle.batch_id
+    if handle.error:
+        raise ConfigError(handle.error)
+
+
+def resume(batch_id: str) -> None:
+    """Resume a stopped, failed or interrupted batch with the plan it was started with."""
+    with config.open_ledger() as ledger:
+        plan = plan_of(ledger, batch_id)
+    with source_client() as client:
+        identity = verify_source(client)
+        expected = scoped_preview(
+            client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
+        ).expected()
+    handle = registry.resume(
+        batch_id,
+        state.source_key,
+        source_account=identity.account or identity.user,
+        workspace=config.workspace,
+        client_config=config.client_config(state.get("url_template")),
+        expected=expected,
+    )
+    state.run_batch = handle.batch_id
+
+
+def followed_batch() -> str | None:
+    """The batch this page follows: the session's, else a run going on, else the newest batch."""
+    if state.get("run_batch"):
+        return str(state.run_batch)
+    for handle in registry.active():
+        if handle.batch_id:
+            return handle.batch_id
+    with config.open_ledger() as ledger:
+        batches = ledger.batches()
+    running = [b for b in batches if b.status == "running"]
+    newest = running or [b for b in batches if b.status != "deleted"]
+    return newest[0].id if newest else None
+
+
+def live(batch: Batch) -> bool:
+    handle = registry.get(batch.id)
+    return (handle is not None and handle.running) or batch.running_elsewhere()
+
+
+st.title("Run")
+active = registry.active()
+
+if connected():
+    rows, problems = mapping_rows()
+    undecided = [r for r in rows if r.action == "unresolved"]
+    source = state.source_identity
+    st.markdown(
+        f"From **{source.account or source.user}** into the local clinic store "
+        f"`{config.store_target.removeprefix('sqlite:')}`  \n{scope_sentence()}."
+    )
+    blocked = None
+    if not rows:
+        blocked = "Open the Mapping page first: the run needs every practitioner, business and appointment type decided."
+    elif undecided or problems:
+        blocked = f"{len(undecided) + len(problems)} mapping rows still need a decision on the Mapping page."
+    elif state.get("plan_scope_incomplete"):
+        blocked = "Finish the filter on the Scope page: choose at least one business or practitioner."
+    if blocked:
+        st.info(blocked)
+    if st.button(
+        "Start the run",
+        key="run_start",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=blocked is not None or bool(active),
+        help="Runs in the background: leave this page or close the tab, it keeps going. "
+        "Running the same plan again only brings what is missing.",
+    ):
+        try:
+            with st.spinner("Starting…"):
+                start()
+            st.rerun()
+        except MigratorError as exc:
+            st.error(str(exc))
+else:
+    st.info("Connect a source account (or the demo clinic) to start a run; runs already going show below.")
+
+batch_id = followed_batch()
+if batch_id is None:
+    st.caption("No run yet.")
+    st.stop()
+
+try:
+    with config.open_ledger() as ledger:
+        first = ledger.batch(batch_id)
+except MigratorError as exc:
+    state.pop("run_batch", None)
+    st.error(str(exc))
+    st.stop()
+
+
+@st.fragment(run_every=1.0 if live(first) else None)
+def follow(batch_id: str, was_live: bool) -> None:
+    """The batch as the ledger has it now: redrawn every second while it runs."""
+    with config.open_ledger() as ledger:
+        batch = ledger.batch(batch_id)
+        progress = ledger.progress(batch_id)
+    handle = registry.get(batch_id)
+    here = handle is not None and handle.running
+    elsewhere = batch.running_elsewhere()
+    interrupted = batch.status == "running" and not here and not elsewhere
+    word = "interrupted: its process ended; resume it" if interrupted else STATUS_WORDS[batch.status]
+    st.subheader(f"Batch {batch.id}")
+    st.markdown(f"Status: **{word}**" + (" (in another process)" if elsewhere else ""))
+
+    frame = progress_frame(
+        progress,
+        handle.expected if handle is not None else {},
+        stages=plan_entities(batch.plan.get("include")),
+        finished=batch.status == "completed",
+    )
+    totals = {a: int(frame[a].sum()) for a in ("created", "linked", "already_present", "skipped")}
+    cols = st.columns(4)
+    cols[0].metric("Created", f"{totals['created']:,}")
+    cols[1].metric("Linked", f"{totals['linked']:,}", help="Equal records already in the destination.")
+    cols[2].metric("Already present", f"{totals['already_present']:,}", help="Brought by an earlier batch.")
+    cols[3].metric("Skipped", f"{totals['skipped']:,}", help="Each with its reason, on the Review page.")
+
+    buttons = st.columns(4)
+    if here and handle is not None:
+        if handle.stop_event.is_set():
+            st.caption("Stopping after the page in hand…")
+        elif buttons[0].button("Stop", key="run_stop", icon=":material/stop:"):
+            handle.stop()
+            st.caption("Stopping after the page in hand…")
+    elif (
+        (batch.status in ("stopped", "failed") or interrupted)
+        and connected()
+        and buttons[0].button("Resume", key="run_resume", type="primary", icon=":material/resume:")
+    ):
+        try:
+            resume(batch.id)
+            st.rerun(scope="app")
+        except MigratorError as exc:
+            st.error(str(exc))
+    if handle is not None and handle.error:
+        st.error(handle.error)
+
+    bars = st.columns(2)
+    for index, row in enumerate(frame.iter_rows(named=True)):
+        if row["finished"]:
+            text = f"{row['label']}: {row['done']:,} ✓"
+        elif row["started"] and row["expected"]:
+            text = f"{row['label']}: {row['done']:,} of about {row['expected']:,}"
+        elif row["started"]:
+            text = f"{row['label']}: {row['done']:,} so far"
+        else:
+            text = f"{row['label']}: waiting"
+        bars[index % 2].progress(row["fraction"], text=text)
+
+    with st.expander("Counts per stage"):
+        st.dataframe(
+            frame.select(
+                pl.col("label").alias("Stage"),
+                pl.col("done").alias("Handled"),
+                pl.col("created").alias("Created"),
+                pl.col("linked").alias("Linked"),
+                pl.col("already_present").alias("Already present"),
+                pl.col("skipped").alias("Skipped"),
+            ),
+            hide_index=True,
+        )
+    if batch.status == "completed":
+        seconds = (batch.finished_at - batch.created_at).total_seconds() if batch.finished_at else None
+        took = f" in {seconds:,.0f} s" if seconds is not None else ""
+        st.success(f"Batch {batch.id} is complete{took}: {sum(totals.values()):,} source records handled.")
+        next_step("Next: review it", "review", key="next_review")
+    if was_live and not (here or elsewhere):
+        st.rerun(scope="app")  # the run ended: redraw the page without the timer
+
+
+follow(batch_id, live(first))

@@ -1,0 +1,276 @@
+"""The demo clinic from Connect to a deleted batch, driven through widgets found by key.
+
+Everything asserted is what a person sees (counts, statuses, sentences), checked against
+the source (counted with a client of its own) and the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from console_ui import run_registry
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.filters import Filter
+from migrator.ledger import Ledger
+from migrator.mapping_editor import mapping_json, read_table
+from migrator.plan import CORE_TYPES, OPTIONAL_TYPES
+from migrator.preview import preview
+from migrator.workflow import open_local_store
+from tests.app.conftest import follow, goto, texts, wait_for_status
+
+
+def source_counts(at: AppTest) -> dict[str, int]:
+    """The demo source's lists, counted by a client of the test's own."""
+    config = ClientConfig(url_template=at.session_state["url_template"], requests_per_minute=0)
+    with ClinikoClient(at.session_state["source_key"], config=config) as client:
+        return preview(client).counts
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def connect_and_decide(at: AppTest) -> None:
+    """Connect the demo clinic and settle its two former practitioners (one reassigned, one excluded)."""
+    at.button(key="use_demo").click().run()
+    goto(at, "mapping")
+    table = at.data_editor(key="mapping_practitioners").value
+    undecided = table.index[table["status"].str.contains("needs a decision")].tolist()
+    assert len(undecided) == 2
+    colleague = table.loc[table["action"] == "map", "target_id"].iloc[0]
+    at.session_state["mapping_practitioners"] = {
+        "edited_rows": {undecided[0]: {"action": "reassign", "target_id": colleague}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    at.selectbox(key="decide_practitioners").set_value("exclude").run()
+    at.button(key="decide_practitioners_apply").click().run()
+    assert "Every row is decided." in [s.value for s in at.success]
+
+
+def test_the_demo_flow_from_connect_to_a_deleted_batch(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    at = console()
+
+    # 1. Connect: the demo clinic, its rights, and the local store set up like the destination clinic.
+    at.button(key="use_demo").click().run()
+    assert not at.exception and not at.error
+    assert "Connected to **Harbourside Physio** on au2 as **Zoë Adams**." in [s.value for s in at.success]
+    assert "The local clinic store now holds the demo destination clinic's own 3 businesses" in texts(at)
+    counts = source_counts(at)
+
+    # 2. Preview: every list the run reads, as the source counts them, and the cost.
+    follow(at, "next_preview", "preview")
+    table = at.dataframe[0].value.set_index("Data type")
+    assert table.loc["Patients", "Records"] == counts["patients"] + counts["patients/archived"]
+    assert table.loc["Appointments", "Records"] == counts["individual_appointments"]
+    assert table.loc["Invoice items", "Records"] == counts["invoice_items"]
+    assert table["Estimate"].eq("").all()
+    shown = metrics(at)
+    assert shown["Records to read"] == f"{table['Records'].sum():,}"
+    assert shown["Requests"] == f"{table['Requests'].sum():,}"
+    assert shown["Minutes at the key's pace"] == "unpaced"
+
+    # 3. Mapping: three tables; the two former practitioners are flagged with a sentence.
+    follow(at, "next_mapping", "mapping")
+    assert [e.key for e in at.data_editor] == [
+        "mapping_businesses",
+        "mapping_practitioners",
+        "mapping_appointment_types",
+    ]
+    (pending,) = [w.value for w in at.warning]
+    assert pending.startswith("2 rows need a decision before a run: ") and "Former practitioner" in pending
+    practitioners = at.data_editor(key="mapping_practitioners").value
+    undecided = practitioners.index[practitioners["status"].str.contains("needs a decision")].tolist()
+    colleague = practitioners.loc[practitioners["action"] == "map", "target_id"].iloc[0]
+    # One cell edit in the grid: the first former practitioner's appointments go to a colleague ...
+    at.session_state["mapping_practitioners"] = {
+        "edited_rows": {undecided[0]: {"action": "reassign", "target_id": colleague}},
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    at.run()
+    assert at.data_editor(key="mapping_practitioners").value["status"][undecided[0]] == "✓ decided"
+    assert next(w.value for w in at.warning).startswith("1 row needs a decision")
+    # ... and the rest at once: excluded, so their appointments are skipped with that reason.
+    at.selectbox(key="decide_practitioners").set_value("exclude").run()
+    at.button(key="decide_practitioners_apply").click().run()
+    assert not at.warning and "Every row is decided." in [s.value for s in at.success]
+    assert at.download_button(key="mapping_save").label == "Save the mapping as JSON"
+
+    # Loading a mapping file puts its decisions onto the tables.
+    rows: list = []
+    for frame in at.session_state["mapping"].values():
+        rows += read_table(frame)[0]
+    types = [r for r in rows if r.entity == "appointment_types"]
+    renamed = types[0].model_copy(update={"action": "create", "target_id": None})
+    edited = [renamed if r is types[0] else r for r in rows]
+    at.file_uploader(key="mapping_upload").upload("clinic-mapping.json", mapping_json(edited).encode()).run()
+    assert f"Loaded {len(rows)} decisions from clinic-mapping.json." in [s.value for s in at.success]
+    loaded = at.session_state["mapping"]["appointment_types"]
+    assert loaded.filter(pl.col("source_id") == renamed.source_id)["action"].to_list() == ["create"]
+
+    # 4. Scope: all data, every data type ticked, each with what it means.
+    follow(at, "next_scope", "scope")
+    assert at.radio(key="scope_kind").value == "all"
+    for data_type in (*CORE_TYPES, *OPTIONAL_TYPES, "invoices"):
+        assert at.checkbox(key=f"include_{data_type}").value is True
+    meanings = " ".join(at.radio(key="scope_kind").proto.captions)
+    assert "Notes, files and medical alerts belong to a patient rather than to a business" in meanings
+
+    # 5. Run: in the background, followed from the ledger.
+    follow(at, "next_run", "run")
+    at.button(key="run_start").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert "completed" in wait_for_status(at, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        (batch,) = ledger.batches()
+        by_action = {a: 0 for a in ("created", "linked", "already_present", "skipped")}
+        for per_action in ledger.counts(batch.id).values():
+            for action, n in per_action.items():
+                by_action[action] += n
+    assert batch.status == "completed"
+    shown = metrics(at)
+    assert shown["Created"] == f"{by_action['created']:,}"
+    assert shown["Linked"] == f"{by_action['linked']:,}"
+    assert shown["Already present"] == f"{by_action['already_present']:,}"
+    assert shown["Skipped"] == f"{by_action['skipped']:,}"
+    assert by_action["skipped"] > 0  # the excluded practitioner's appointments
+    assert sum(by_action.values()) == table["Records"].sum()  # every record in scope, accounted for
+    bars = at.get("progress")
+    assert len(bars) == len(table) and all(bar.value == 100 for bar in bars)
+    assert f"Batch {batch.id} is complete" in texts(at)
+
+    # 6. Review: nothing missing, the skipped rows with their reasons, balances equal.
+    follow(at, "next_review", "review")
+    assert "Every record the batch brought is in the destination." in [s.value for s in at.success]
+    reconciled = at.dataframe[0].value
+    assert (reconciled["Difference"] == 0).all()
+    assert reconciled["In scope"].sum() == table["Records"].sum()
+    assert at.multiselect(key="review_skip_reasons").options == ["practitioner_excluded"]
+    at.multiselect(key="review_skip_entities").set_value(["individual_appointments"]).run()
+    with Ledger(workspace) as ledger:
+        skipped_appointments = ledger.counts(batch.id)["individual_appointments"]["skipped"]
+    assert f"{skipped_appointments:,} of {by_action['skipped']:,} skipped records shown." in texts(at)
+    at.button(key="review_balances").click().run()
+    assert not at.error
+    shown = metrics(at)
+    with Ledger(workspace) as ledger:
+        patients = ledger.counts(batch.id)["patients"]
+    assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
+    assert shown["Balances that differ"] == "0"
+    assert {b.key for b in at.download_button} >= {
+        f"download_{batch.id}-counts_csv",
+        f"download_{batch.id}-counts_parquet",
+        f"download_{batch.id}-skipped_csv",
+        f"download_{batch.id}-balances_parquet",
+    }
+
+    # 7. Batches: listed with its counts; deleted only after typing the confirmation.
+    follow(at, "next_batches", "batches")
+    listed = at.dataframe[0].value
+    assert listed["Batch"].tolist() == [batch.id] and listed["Status"].tolist() == ["completed"]
+    assert listed["Created"].tolist() == [by_action["created"]]
+    preview_of_deletion = at.dataframe[1].value.set_index("Data type")
+    assert preview_of_deletion.loc["Patients", "Created by the batch"] == patients["created"]
+    assert "Deleting its patients also deletes everything created for those patients" in texts(at)
+    assert at.button(key="delete_go").disabled
+    at.text_input(key="delete_confirm").input("delete it").run()
+    assert at.button(key="delete_go").disabled
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    assert not at.exception and not at.error
+    assert f"Batch {batch.id} is deleted: {by_action['created']:,} records were removed." in texts(at)
+    assert at.dataframe[0].value["Status"].tolist() == ["deleted"]
+    ledger, store = open_local_store(batch.destination, workspace)
+    with ledger:
+        assert ledger.batch(batch.id).status == "deleted"
+        assert all(store.count(entity, batch.id) == 0 for entity in store.DELETE_ORDER)
+        assert store.count_set_up("practitioners") == 6  # the clinic's own set-up stays
+
+
+def test_a_new_tab_follows_the_run_and_neither_stops_nor_doubles_it(
+    console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATOR_REQUESTS_PER_MINUTE", "900")  # slow enough to catch it running
+    first = console()
+    connect_and_decide(first)
+    goto(first, "run")
+    first.button(key="run_start").click().run()
+    batch_id = first.session_state["run_batch"]
+    assert "running" in wait_for_status(first, "running", "completed")
+
+    # A refresh or a second tab is a new session: no key, but it follows the same run.
+    second = goto(console(), "run")
+    assert f"Batch {batch_id}" in [h.value for h in second.subheader]
+    assert "Status: **running**" in [m.value for m in second.markdown]
+    assert "run_start" not in [b.key for b in second.button]  # not connected: nothing to start
+    (handle,) = run_registry().active()
+    assert handle.batch_id == batch_id
+
+    # The first tab cannot start a second run while this one goes (the registry joins or refuses: test_background).
+    goto(first, "run")
+    assert first.button(key="run_start").disabled
+
+    # The second tab stops it; the batch is resumable.
+    second.button(key="run_stop").click().run()
+    assert "stopped" in wait_for_status(second, "stopped")
+    assert "run_resume" not in [b.key for b in second.button]  # resuming needs the key
+    with Ledger(workspace) as ledger:
+        assert ledger.batch(batch_id).status == "stopped"
+
+    # The connected tab resumes it, to the same end as one clean run.
+    goto(first, "run")
+    first.button(key="run_resume").click().run()
+    assert not first.error, [e.value for e in first.error]
+    assert "completed" in wait_for_status(first, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        assert [b.id for b in ledger.batches()] == [batch_id]
+        counts = ledger.counts(batch_id)
+        assert [a["action"] for a in ledger.audit_log(batch_id)][-3:] == ["stop", "resume", "complete"]
+    ledger, store = open_local_store(f"sqlite:{workspace / 'clinic.db'}", workspace)
+    with ledger:
+        created = counts["patients"]["created"]
+        assert (
+            store.count("patients", batch_id)
+            == created
+            == store.count("patients") - store.count_set_up("patients")
+        )
+    in_scope = {e: sum(v.values()) for e, v in counts.items()}
+    assert in_scope["individual_appointments"] == source_counts(first)["individual_appointments"]
+    assert json.dumps(counts)  # plain data all through
+
+
+def test_a_business_filter_narrows_the_preview(console: Callable[[], AppTest]) -> None:
+    at = console()
+    at.button(key="use_demo").click().run()
+    goto(at, "scope")
+    at.radio(key="scope_kind").set_value("business").run()
+    assert "Choose at least one of the businesses" in texts(at) and "next_run" not in [
+        b.key for b in at.button
+    ]
+    businesses = at.multiselect(key="scope_businesses")
+    first = businesses.options[0]
+    businesses.select(first).run()
+    assert "next_run" in [b.key for b in at.button]
+    business_id = at.session_state["plan_scope"].ids[0]
+
+    goto(at, "preview")
+    assert f"Only business {first}" in texts(at)
+    table = at.dataframe[0].value.set_index("Data type")
+    config = ClientConfig(url_template=at.session_state["url_template"], requests_per_minute=0)
+    with ClinikoClient(at.session_state["source_key"], config=config) as client:
+        at_business = client.count("individual_appointments", [Filter("business_id", "=", business_id)])
+        everywhere = client.count("individual_appointments")
+    assert table.loc["Appointments", "Records"] == at_business < everywhere
+    assert table.loc["Appointments", "Estimate"] == "" and table.loc["Patients", "Estimate"] == "≈"
+    assert metrics(at)["Records to read"].startswith("≈ ")
+    assert "≈ marks estimates" in texts(at)

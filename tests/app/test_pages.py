@@ -1,0 +1,115 @@
+"""Every page of the console renders, and says what a person needs in one clear sentence."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from migrator.ledger import Ledger
+from tests.app.conftest import PAGES, goto, texts
+
+NEEDS_A_SOURCE = {"preview", "mapping", "scope"}
+EMPTY = {
+    "run": "No run yet.",
+    "review": "No batch to review yet",
+    "batches": "No batches yet",
+}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_before_connecting(console: Callable[[], AppTest], page: str) -> None:
+    at = goto(console(), page)
+    assert not at.exception and not at.error
+    assert at.title, "every page has a title"
+    shown = texts(at)
+    if page in NEEDS_A_SOURCE:
+        assert "Connect a source account (or the demo clinic) first" in shown
+        assert at.button(key="goto_connect").label == "Go to Connect"
+    elif page in EMPTY:
+        assert EMPTY[page] in shown
+    else:
+        assert "Use the demo clinic" in [b.label for b in at.button]
+
+
+@pytest.mark.parametrize("page", ["connect", "run", "review", "batches"])
+def test_a_bad_setting_is_one_sentence_not_a_traceback(
+    console: Callable[[], AppTest], monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    at = console()
+    monkeypatch.setenv("MIGRATOR_REQUESTS_PER_MINUTE", "fast")
+    goto(at, page)
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "MIGRATOR_REQUESTS_PER_MINUTE must be a number of requests per minute; got 'fast'."
+    ]
+
+
+def test_a_wrong_key_is_one_sentence_and_leaves_no_connection(
+    console: Callable[[], AppTest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = console()
+    at.button(key="use_demo").click().run()  # to learn where the demo clinic listens
+    monkeypatch.setenv("MIGRATOR_API_URL", at.session_state["url_template"])
+    at.button(key="disconnect").click().run()
+    wrong = "MS0000000000000000000000000000000000000000-au2"
+    at.text_input(key="source_key_input").input(wrong).run()
+    at.button(key="verify_source").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("Cliniko did not accept the API key (HTTP 401)") and wrong not in error
+    assert "source_key" not in at.session_state and "source_identity" not in at.session_state
+
+
+def test_the_first_screen_explains_the_steps_and_the_demo(console: Callable[[], AppTest]) -> None:
+    at = console()
+    shown = texts(at)
+    for step in ("Connect", "Preview", "Mapping", "Scope", "Run", "Review", "Batches"):
+        assert f"**{step}**" in shown
+    assert "Use the demo clinic" in shown
+    sidebar = [c.value for c in at.sidebar.caption]
+    assert "Not connected yet." in sidebar and any(c.startswith("Workspace:") for c in sidebar)
+    # (AppTest keeps the sidebar of the first run only; the browser test checks it once connected.)
+
+
+def test_keys_stay_in_session_memory_only(console: Callable[[], AppTest], workspace: Path) -> None:
+    at = console()
+    at.button(key="use_demo").click().run()
+    key = at.session_state["source_key"].get_secret_value()
+    dest = at.session_state["dest_key"].get_secret_value()
+    for page in PAGES:
+        goto(at, page)
+        shown = texts(at) + " ".join(c.value for c in at.sidebar.caption)
+        assert key not in shown and dest not in shown
+        assert key not in str(at.query_params) and dest not in str(at.query_params)
+    # Nothing the console wrote holds a key.
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key.encode() not in data and dest.encode() not in data, path
+    goto(at, "connect")
+    at.button(key="disconnect").click().run()
+    for name in ("source_key", "dest_key", "source_identity", "mapping", "previews"):
+        assert name not in at.session_state, name
+
+
+def test_an_old_batch_says_why_it_cannot_be_deleted(console: Callable[[], AppTest], workspace: Path) -> None:
+    with Ledger(workspace) as ledger:
+        batch = ledger.create_batch(
+            source_account="Harbourside Physio", destination=f"sqlite:{workspace / 'clinic.db'}", plan={}
+        )
+        ledger.set_status(batch.id, "completed")
+    with sqlite3.connect(workspace / "ledger.db") as conn:
+        conn.execute("UPDATE batches SET created_at = '2020-01-01T00:00:00+00:00'")
+    at = goto(console(), "batches")
+    assert not at.exception and not at.error
+    listed = at.dataframe[0].value
+    assert listed["Batch"].tolist() == [batch.id]
+    assert "within 48 hours" in listed["Can be deleted"][0]
+    shown = texts(at)
+    assert f"Why not {batch.id}:" in shown and "only be deleted within 48 hours" in shown
+    assert "No batch can be deleted now." in shown
+    assert "delete_go" not in [b.key for b in at.button]

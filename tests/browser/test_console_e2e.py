@@ -1,0 +1,275 @@
+"""The console in a real headless Chromium: the demo clinic from Connect to a deleted batch, by clicks.
+
+``streamlit run app.py`` is started on a free loopback port with a fresh workspace; Debian's
+Chromium (``/usr/bin/chromium``) is driven through Playwright. The test asserts what a person
+sees (the counts, full progress bars, the batch in the list, its deletion) against the
+ledger, and saves a screenshot of every page: into the test's temporary directory, or into
+``$MIGRATOR_SCREENSHOTS`` (``MIGRATOR_SCREENSHOTS=docs`` refreshes the README's pictures).
+
+Without Chromium the test is skipped, except in CI (``$CI`` set), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("MIGRATOR_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Fast enough for a test, paced all the same: the demo clinic enforces the same limit.
+PACE = "3000"
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: .ci/run installs Debian's chromium package.")
+    pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium package)", allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+# A cold first page (Python imports, the demo clinic starting) takes more than 5 s.
+expect.set_options(timeout=60_000)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return tmp_path / "workspace"
+
+
+@pytest.fixture
+def console(workspace: Path, tmp_path: Path) -> Iterator[str]:
+    """``streamlit run app.py`` on a free loopback port; yields its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env.update(MIGRATOR_WORKSPACE=str(workspace), MIGRATOR_REQUESTS_PER_MINUTE=PACE)
+    log = (tmp_path / "streamlit.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"streamlit exited with {process.returncode}: {(tmp_path / 'streamlit.log').read_text()}"
+                )
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("streamlit did not answer within 60 s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+            timeout=60_000,
+        )
+        try:
+            tab = context.pages[0] if context.pages else context.new_page()
+            tab.set_default_timeout(60_000)
+            yield tab
+        finally:
+            context.close()
+
+
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("MIGRATOR_SCREENSHOTS") or tmp_path / "screenshots")
+    if not folder.is_absolute():
+        folder = ROOT / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def settle(page: Page) -> None:
+    """Wait until Streamlit has finished the script run the last click started."""
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+
+
+def shoot(page: Page, folder: Path, name: str, last: str | None = None) -> None:
+    """A picture of the whole page once its ``last`` button is drawn; the window grows to fit the page."""
+    if last is not None:
+        expect(page.get_by_role("button", name=last)).to_be_visible()
+    settle(page)
+    page.mouse.move(1, 1)  # no tooltip in the picture
+    page.evaluate(
+        "() => document.querySelectorAll('[data-testid=stMain], [data-testid=stAppViewContainer]')"
+        ".forEach(e => e.scrollTo(0, 0))"
+    )
+    height = page.evaluate(
+        "() => { const main = document.querySelector('[data-testid=stMainBlockContainer]');"
+        " return main.scrollHeight + main.getBoundingClientRect().top + 40; }"
+    )
+    page.set_viewport_size({"width": 1400, "height": max(1000, min(int(height), 6000))})
+    page.wait_for_timeout(400)
+    page.screenshot(path=folder / f"{name}.png")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    assert (folder / f"{name}.png").stat().st_size > 10_000
+
+
+def click(page: Page, name: str) -> None:
+    page.get_by_role("button", name=name).click()
+    settle(page)
+
+
+def ledger_counts(workspace: Path) -> tuple[str, str, dict[str, int]]:
+    with sqlite3.connect(workspace / "ledger.db") as conn:
+        batch_id, status = conn.execute("SELECT id, status FROM batches ORDER BY created_at DESC").fetchone()
+        counts = dict(
+            conn.execute("SELECT action, count(*) FROM items WHERE batch_id = ? GROUP BY action", (batch_id,))
+        )
+    return batch_id, status, counts
+
+
+def metric(page: Page, label: str) -> str:
+    box = page.get_by_test_id("stMetric").filter(has=page.get_by_text(label, exact=True))
+    return box.get_by_test_id("stMetricValue").inner_text().strip()
+
+
+def test_a_newcomer_clicks_through_the_demo_clinic(
+    console: str, page: Page, workspace: Path, tmp_path: Path
+) -> None:
+    shots = screenshots(tmp_path)
+
+    # 1. Connect: the first screen says what this is and how to start.
+    page.goto(console)
+    expect(page.get_by_text("Move a clinic's data out of Cliniko")).to_be_visible()
+    expect(page.get_by_text("reading only", exact=False).first).to_be_visible()
+    click(page, "Use the demo clinic")
+    expect(page.get_by_text("Connected to Harbourside Physio")).to_be_visible()
+    assert metric(page, "Administrator") == "yes"
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(
+        sidebar.get_by_text("Harbourside Physio")
+    ).to_be_visible()  # the frame shows the connection at once
+    expect(sidebar.get_by_text("•••• au2 key", exact=False)).to_be_visible()  # masked, never the key
+    shoot(page, shots, "1-connect", last="Disconnect")
+
+    # 2. Preview: counts for the whole account and what reading them costs.
+    click(page, "Next: preview what will be read")
+    expect(page.get_by_text("Records to read")).to_be_visible()
+    assert metric(page, "Records to read") == "18,576"
+    assert metric(page, "Requests") == "201"
+    shoot(page, shots, "2-preview", last="Next: check the mapping")
+
+    # 3. Mapping: two former practitioners need a decision; one click settles both.
+    click(page, "Next: check the mapping")
+    expect(page.get_by_text("2 rows need a decision before a run")).to_be_visible()
+    shoot(page, shots, "3-mapping", last="Next: choose the scope")
+    click(page, "Apply")
+    expect(page.get_by_text("Every row is decided.")).to_be_visible()
+
+    # 4. Scope: all data, every type ticked.
+    click(page, "Next: choose the scope")
+    expect(page.get_by_text("Scope: which data comes across")).to_be_visible()
+    shoot(page, shots, "4-scope", last="Next: run it")
+
+    # 5. Run: in the background, followed from the ledger until every bar is full.
+    click(page, "Next: run it")
+    click(page, "Start the run")
+    expect(page.get_by_text("is complete")).to_be_visible(timeout=180_000)
+    settle(page)
+    bars = page.get_by_role("progressbar")
+    assert bars.count() == 19
+    assert all(bars.nth(i).get_attribute("aria-valuenow") == "100" for i in range(bars.count()))
+    batch_id, status, counts = ledger_counts(workspace)
+    assert status == "completed"
+    assert metric(page, "Created") == f"{counts['created']:,}"
+    assert metric(page, "Linked") == f"{counts.get('linked', 0):,}"
+    assert metric(page, "Skipped") == f"{counts.get('skipped', 0):,}"
+    assert counts["created"] > 18_000
+    shoot(page, shots, "5-run", last="Next: review it")
+
+    # 6. Review.
+    click(page, "Next: review it")
+    expect(page.get_by_role("heading", name="Review")).to_be_visible()
+    expect(page.get_by_text("Every record the batch brought is in the destination.")).to_be_visible()
+    click(page, "Compare balances with Cliniko")
+    expect(page.get_by_text("Every patient's balance matches Cliniko's")).to_be_visible()
+    assert metric(page, "Balances that differ") == "0"
+    expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()  # the balances, drawn
+    shoot(page, shots, "6-review", last="Next: the batches")
+
+    # 7. Batches: the batch is listed; delete it after typing the confirmation.
+    page.get_by_role("link", name="7 · Batches").click()
+    settle(page)
+    expect(page.get_by_text(f"Deleting batch {batch_id} removes")).to_be_visible()
+    shoot(page, shots, "7-batches", last=f"Delete batch {batch_id}")
+    confirm = page.get_by_label("Type DELETE to confirm")
+    confirm.fill("DELETE")
+    confirm.press("Enter")
+    settle(page)
+    click(page, f"Delete batch {batch_id}")
+    expect(page.get_by_text(f"Batch {batch_id} is deleted")).to_be_visible()
+    assert ledger_counts(workspace)[1] == "deleted"
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients WHERE batch_id = ?", (batch_id,)).fetchone() == (
+            0,
+        )
+    shoot(page, shots, "8-deleted")

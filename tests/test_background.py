@@ -1,0 +1,104 @@
+"""Runs in background threads: one per plan, stoppable, resumable, and never holding the key after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from migrator.background import RunHandle, RunRegistry
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger
+from migrator.plan import Plan, Scope
+from migrator.setup import copy_clinic_setup
+from migrator.workflow import auto_mapping, make_plan, open_local_store, verify_source
+from tests.conftest import RunningSandbox
+
+
+def plan_for(sandbox: RunningSandbox, workspace: Path, scope: str = "all") -> Plan:
+    """A runnable plan into a store set up like the destination clinic; former staff go to 'former'."""
+    ledger, store = open_local_store(f"sqlite:{workspace / 'clinic.db'}", workspace)
+    with ledger, sandbox.client() as client, sandbox.client("destination") as destination:
+        copy_clinic_setup(store, destination)
+        rows = [
+            r.model_copy(update={"action": "former"}) if r.action == "unresolved" else r
+            for r in auto_mapping(client, store)
+        ]
+        return make_plan(client, verify_source(client), store, scope=Scope.parse(scope), mappings=rows)
+
+
+def config(sandbox: RunningSandbox, pace: float = 0) -> ClientConfig:
+    return ClientConfig(url_template=sandbox.url_template, requests_per_minute=pace)
+
+
+def holds_a_key(handle: RunHandle) -> bool:
+    return any(isinstance(v, SecretStr | ClinikoClient) for v in vars(handle).values())
+
+
+def test_one_run_per_plan_stop_and_resume(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    plan = plan_for(tiny_sandbox, tmp_path)
+    key = SecretStr(tiny_sandbox.key("source"))
+    registry = RunRegistry()
+    slow = config(tiny_sandbox, pace=240)  # four requests a second: a run of several seconds
+
+    handle = registry.start(plan, key, workspace=tmp_path, client_config=slow, expected={"patients": 12})
+    assert handle.batch_id and handle.running
+    # The same plan again (a refresh, a second tab, a double click): the same run.
+    assert registry.start(plan, key, workspace=tmp_path, client_config=slow) is handle
+    # Another plan into the same store while it runs: refused in one sentence.
+    other = plan.model_copy(update={"include_archived_patients": False})
+    with pytest.raises(ConfigError, match=r"is running into this store right now; follow it on the Run page"):
+        registry.start(other, key, workspace=tmp_path, client_config=slow)
+    assert registry.active() == [handle] and registry.get(handle.batch_id) is handle
+
+    handle.stop()
+    assert handle.wait(60) and handle.state == "stopped" and handle.error is None
+    assert not holds_a_key(handle)
+    with Ledger(tmp_path) as ledger:
+        assert ledger.batch(handle.batch_id).status == "stopped"
+
+    # Starting the plan again resumes the stopped batch; it ends as one clean run would.
+    resumed = registry.start(plan, key, workspace=tmp_path, client_config=config(tiny_sandbox))
+    assert resumed is not handle and resumed.resumed and resumed.batch_id == handle.batch_id
+    assert resumed.wait(60) and resumed.state == "completed", resumed.error
+    assert resumed.result is not None and not holds_a_key(resumed)
+    with Ledger(tmp_path) as ledger:
+        assert [(b.id, b.status) for b in ledger.batches()] == [(handle.batch_id, "completed")]
+        patients = ledger.counts(handle.batch_id)["patients"]
+    totals = tiny_sandbox.totals()
+    assert sum(patients.values()) == totals["patients"] + totals["patients/archived"]
+    assert resumed.result.entities["patients"]["in_scope"] == sum(patients.values())
+
+
+def test_a_failed_run_says_why_in_one_sentence(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    plan = plan_for(tiny_sandbox, tmp_path)
+    wrong = SecretStr("MS" + "0" * 40 + "-" + tiny_sandbox.account("source")["shard"])
+    handle = RunRegistry().start(plan, wrong, workspace=tmp_path, client_config=config(tiny_sandbox))
+    assert handle.wait(60) and handle.state == "failed"
+    assert handle.error is not None and handle.error.startswith(
+        "Cliniko did not accept the API key (HTTP 401)"
+    )
+    assert wrong.get_secret_value() not in handle.error
+    with Ledger(tmp_path) as ledger:
+        assert ledger.batch(handle.batch_id).status == "failed"
+
+
+def test_resuming_needs_the_batchs_own_source_account(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    plan = plan_for(tiny_sandbox, tmp_path)
+    with Ledger(tmp_path) as ledger:
+        batch = ledger.create_batch(
+            source_account=plan.source_account,
+            destination=plan.destination,
+            plan=plan.model_dump(mode="json"),
+        )
+        ledger.set_status(batch.id, "stopped")
+    with pytest.raises(ConfigError, match=r"connect .*'s key to resume it"):
+        RunRegistry().resume(
+            batch.id,
+            SecretStr(tiny_sandbox.key("source")),
+            source_account="Another Clinic",
+            workspace=tmp_path,
+            client_config=config(tiny_sandbox),
+        )

@@ -1,0 +1,80 @@
+"""The console's settings and read models, without Streamlit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from migrator.cliniko.keys import parse_key
+from migrator.console import ConsoleSettings, batches_frame, export, masked, progress_frame
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger, StageProgress
+
+
+def test_settings_come_from_the_environment(tmp_path: Path) -> None:
+    settings = ConsoleSettings.from_env(
+        {"MIGRATOR_WORKSPACE": str(tmp_path), "MIGRATOR_REQUESTS_PER_MINUTE": "0"}
+    )
+    assert settings.workspace == tmp_path.resolve() and settings.requests_per_minute == 0
+    assert settings.store_target == f"sqlite:{tmp_path.resolve() / 'clinic.db'}"
+    assert ConsoleSettings.from_env({}).requests_per_minute == 200
+    with pytest.raises(ConfigError, match="must be a number of requests per minute; got 'fast'"):
+        ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "fast"})
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "-5"})
+
+
+def test_a_masked_key_shows_no_character_of_the_secret() -> None:
+    raw = "MSabcdef0123456789abcdef0123456789-uk1"
+    shown = masked(parse_key(raw))
+    assert shown.startswith("•••• uk1 key (fingerprint ")
+    body = raw.split("-")[0]
+    assert not any(body[i : i + 4] in shown for i in range(len(body) - 3))
+
+
+def stage(name: str, done: int, **actions: int) -> StageProgress:
+    return StageProgress(
+        name, done, done, actions.get("created", done), 0, 0, actions.get("skipped", 0), datetime.now(UTC)
+    )
+
+
+def test_progress_bars_fill_as_stages_finish() -> None:
+    progress = [stage("businesses", 3), stage("patients", 50)]
+    frame = progress_frame(
+        progress,
+        {"patients": 200, "treatment_notes": 80},
+        stages=["businesses", "patients", "treatment_notes"],
+    )
+    rows = {r["stage"]: r for r in frame.iter_rows(named=True)}
+    assert (rows["businesses"]["fraction"], rows["businesses"]["finished"]) == (1.0, True)
+    assert (rows["patients"]["fraction"], rows["patients"]["finished"]) == (0.25, False)
+    assert (rows["treatment_notes"]["started"], rows["treatment_notes"]["fraction"]) == (False, 0.0)
+    done = progress_frame(
+        progress, {"patients": 200}, stages=["businesses", "patients", "treatment_notes"], finished=True
+    )
+    assert done["fraction"].to_list() == [1.0, 1.0, 1.0] and done["created"].sum() == 53
+
+
+def test_batches_say_their_age_and_why_they_cannot_be_deleted(tmp_path: Path) -> None:
+    with Ledger(tmp_path) as ledger:
+        fresh = ledger.create_batch(source_account="A", destination="sqlite:/x.db", plan={})
+        ledger.save_counts(fresh.id)
+        ledger.set_status(fresh.id, "completed")
+        batches = ledger.batches()
+    frame = batches_frame(batches, now=batches[0].created_at + timedelta(hours=3))
+    row = frame.row(0, named=True)
+    assert (row["age"], row["status"], row["deletable"]) == ("3 h ago", "completed", True)
+    old = batches_frame(batches, now=batches[0].created_at + timedelta(days=3)).row(0, named=True)
+    assert old["deletable"] is False and "within 48 hours" in old["why"] and old["age"] == "3 days ago"
+
+
+def test_exports_keep_the_frame() -> None:
+    import polars as pl
+
+    frame = pl.DataFrame({"entity": ["patients"], "skipped": [2]})
+    assert export(frame, "csv") == b"entity,skipped\npatients,2\n"
+    assert pl.read_parquet(export(frame, "parquet")).equals(frame)
+    with pytest.raises(ValueError, match="unknown export kind"):
+        export(frame, "xlsx")

@@ -1,0 +1,63 @@
+"""What a plan reads, for its scope: counted where a count is possible, estimated (and marked) where not."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from migrator.cliniko.filters import Filter
+from migrator.plan import Scope
+from migrator.preview import preview, read_requests
+from migrator.scoped_preview import plan_entities, scoped_preview
+from tests.conftest import RunningSandbox
+
+
+def test_all_data_is_counted_exactly_per_stage(tiny_sandbox: RunningSandbox) -> None:
+    with tiny_sandbox.client() as client:
+        result = scoped_preview(client)
+        counts = preview(client).counts
+    rows = {r["entity"]: r for r in result.frame.iter_rows(named=True)}
+    assert list(rows) == plan_entities(None)
+    assert rows["patients"]["records"] == counts["patients"] + counts["patients/archived"]
+    assert rows["practitioners"]["records"] == counts["practitioners"] + counts["practitioners/inactive"]
+    assert rows["invoice_items"]["records"] == counts["invoice_items"]
+    assert rows["patients"]["requests"] == read_requests(counts["patients"]) + read_requests(
+        counts["patients/archived"]
+    )
+    assert result.exact and result.requests == sum(r["requests"] for r in rows.values())
+    assert result.estimated_minutes == 0.0  # the test client is unpaced
+    assert result.expected()["individual_appointments"] == counts["individual_appointments"]
+
+
+def test_a_business_filter_counts_what_it_can_and_estimates_the_rest(tiny_sandbox: RunningSandbox) -> None:
+    with tiny_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        scope = Scope(kind="business", ids=[business])
+        result = scoped_preview(client, scope, ["treatment_notes", "individual_appointments", "contacts"])
+        at_business = client.count("individual_appointments", [Filter("business_id", "=", business)])
+        everywhere = client.count("individual_appointments")
+        contacts = client.count("contacts")
+    frame = result.frame
+    assert frame["entity"].to_list() == [
+        "businesses",
+        "practitioners",
+        "appointment_types",
+        "contacts",
+        "patients",
+        "individual_appointments",
+        "treatment_notes",
+    ]
+    row = frame.filter(pl.col("entity") == "individual_appointments").row(0, named=True)
+    assert (row["records"], row["exact"], row["how"]) == (at_business, True, "counted with the filter")
+    assert frame.filter(pl.col("entity") == "contacts")["records"].to_list() == [contacts]
+    estimated = frame.filter(~pl.col("exact"))["entity"].to_list()
+    assert estimated == ["patients", "treatment_notes"] and not result.exact
+    assert 0 < at_business < everywhere
+
+
+def test_a_paced_key_says_how_many_minutes(tiny_sandbox: RunningSandbox) -> None:
+    with tiny_sandbox.client(requests_per_minute=6000) as client:
+        result = scoped_preview(client, include=["patients"])
+    assert result.requests_per_minute == 6000
+    assert result.estimated_minutes == math.ceil(result.requests / 6000 * 10) / 10 > 0
