@@ -1,12 +1,25 @@
 """Copy a clinic's data out of Cliniko: the library behind the console and the CLI.
 
 >>> import migrator
->>> client = migrator.ClinikoClient("MS...-au1")     # doctest: +SKIP
->>> migrator.preview(client).counts["patients"]      # doctest: +SKIP
+>>> source = migrator.connect()                      # doctest: +SKIP
+>>> migrator.preview(source).counts["patients"]      # doctest: +SKIP
 412
+>>> table = migrator.mapping(source, to="sqlite:clinic.db")                        # doctest: +SKIP
+>>> result = migrator.run(source, to="sqlite:clinic.db", mapping=table)            # doctest: +SKIP
+>>> migrator.reconcile(result.batch_id, source=source).ok                          # doctest: +SKIP
+True
+>>> migrator.batches()                               # doctest: +SKIP
+
+The steps (``connect``, ``mapping``, ``run``, ``reconcile``, ``batches``; see
+:mod:`migrator.steps`) load on first use, so ``import migrator`` stays light.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.cliniko.filters import Filter
@@ -26,6 +39,11 @@ from migrator.errors import (
 )
 from migrator.preview import Preview, preview
 
+if TYPE_CHECKING:
+    from migrator.engine import RunResult
+    from migrator.reconcile import Reconciliation
+    from migrator.steps import batches, connect, mapping, reconcile, run
+
 __all__ = [
     "APIError",
     "AccessError",
@@ -42,8 +60,52 @@ __all__ = [
     "NotFoundError",
     "Preview",
     "ReadOnlyError",
+    "Reconciliation",
     "RetriableAPIError",
+    "RunResult",
     "ValidationAPIError",
+    "batches",
+    "connect",
+    "mapping",
     "parse_key",
     "preview",
+    "reconcile",
+    "run",
 ]
+
+#: Names loaded on first use, and the module each comes from.
+_LAZY = {
+    "RunResult": "migrator.engine",
+    "Reconciliation": "migrator.reconcile",
+    "batches": "migrator.steps",
+    "connect": "migrator.steps",
+    "mapping": "migrator.steps",
+    "reconcile": "migrator.steps",
+    "run": "migrator.steps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'migrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package, whose steps ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
+
+    Importing a submodule makes Python set it as an attribute of its package, which
+    would replace ``migrator.reconcile()`` with the module ``migrator.reconcile``; the
+    functions win here (the modules stay importable: ``from migrator.reconcile import counts``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

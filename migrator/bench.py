@@ -347,7 +347,12 @@ def run_benchmark(
 ) -> list[Figure]:
     """Every figure (or those named in ``only``), each with the command that reproduces it."""
     if quick:
-        sizes: dict[str, str | int] = {"budget": "tiny", "efficiency": "tiny", "overhead": "tiny", "memory": "tiny"}
+        sizes: dict[str, str | int] = {
+            "budget": "tiny",
+            "efficiency": "tiny",
+            "overhead": "tiny",
+            "memory": "tiny",
+        }
         limit, window = 30, 3.0
     else:
         # 3,000 patients take about 1,500 requests: 2.5 windows of 600, so the run spans

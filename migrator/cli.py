@@ -5,8 +5,9 @@ stderr (no traceback, never a key). Keys come from the environment
 (``MIGRATOR_SOURCE_KEY``, ``MIGRATOR_DEST_KEY``) or a hidden prompt, never from a
 flag, so they stay out of shell history and process lists.
 
-Exit codes: 0 success, 1 Cliniko refused or failed (401, 403, unreachable...),
-2 bad input (a malformed key, a missing key, a bad option).
+Exit codes: 0 success, 1 Cliniko refused or failed (401, 403, unreachable...) or, for
+``reconcile``, something does not reconcile; 2 bad input (a malformed key, a missing key,
+a bad option).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -113,9 +114,8 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from migrator.engine import Engine
     from migrator.plan import Scope, parse_include
-    from migrator.workflow import make_plan, open_local_store, unfinished_batch, verify_source
+    from migrator.workflow import make_plan, open_local_store, run_plan, unfinished_batch, verify_source
 
     scope = Scope.parse(args.filter)
     include = parse_include(args.include) if args.include else None
@@ -135,13 +135,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
         if resume and not args.json:
             print(f"Resuming batch {resume}.", file=sys.stderr)
-        result = Engine(plan, client, store, ledger, progress=progress).run(resume)
+        result = run_plan(plan, client, store, ledger, top_up=args.top_up, progress=progress)
         if progress:
             progress.finish()
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
     print(f"Batch {result.batch_id}: {result.requests:,} requests in {result.seconds:.1f} s.")
+    if result.top_up is not None:
+        saved = result.requests_saved
+        baseline = result.top_up.baseline_requests
+        if saved is None or baseline is None:
+            cost = "."
+        elif saved >= 0:
+            cost = f": {saved:,} requests fewer than the full run's {baseline:,}."
+        else:  # one request per list of changes, even where a whole list fits in one page
+            cost = f": {-saved:,} requests more than the full run's {baseline:,}, as every list of this clinic fits in a page."
+        print(
+            f"A top-up of batch {result.top_up.of}, reading what changed since "
+            f"{result.top_up.since:%Y-%m-%d %H:%M} UTC{cost}"
+        )
     width = max(len(e) for e in result.entities)
     print(f"{'':<{width}}  {'in scope':>8} {'created':>8} {'linked':>8} {'present':>8} {'skipped':>8}")
     for entity, row in result.entities.items():
@@ -179,6 +192,78 @@ class _ProgressLine:
 
     def finish(self) -> None:
         print(file=sys.stderr)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from migrator.destinations.local import LocalStore
+    from migrator.ledger import Ledger
+    from migrator.reconcile import reconcile
+
+    ledger = Ledger(args.workspace)
+    batch = ledger.batch(args.batch_id)
+    if not batch.destination.startswith("sqlite:"):
+        raise ConfigError(
+            f"Batch {batch.id} went to {batch.destination}; only the local clinic store can be reconciled here."
+        )
+    store = LocalStore(LocalStore.parse_target(batch.destination), ledger)
+    with _client(False) as client:
+        identity = client.identity()
+        if (identity.account or identity.user) != batch.source_account:
+            raise ConfigError(
+                f"The source key belongs to {identity.account or identity.user}, but batch {batch.id} was read "
+                f"from {batch.source_account}; set {SOURCE_KEY_ENV} to that account's key."
+            )
+        result = reconcile(ledger, batch.id, source=client, store=store)
+    files = result.write(args.out) if args.out else []
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0 if result.ok else 1
+    _print_reconciliation(result)
+    if files:
+        print(
+            f"Wrote {len(files)} files to {args.out}: counts, balances, skipped, skipped_summary (CSV and Parquet)."
+        )
+    if result.ok:
+        print("Everything reconciles.")
+        return 0
+    print("It does not reconcile:")
+    for problem in result.problems:
+        print(f"  - {problem}")
+    return 1
+
+
+def _print_reconciliation(result: Any) -> None:
+    counts = result.counts
+    width = max(len(e) for e in counts["entity"])
+    headers = ("in scope", "created", "linked", "present", "skipped", "in dest", "diff", "source", "src diff")
+    print(f"{'':<{width}}  " + " ".join(f"{h:>8}" for h in headers))
+    for row in counts.iter_rows(named=True):
+        cells = (
+            row["in_scope"],
+            row["created"],
+            row["linked"],
+            row["already_present"],
+            row["skipped"],
+            row["in_destination"],
+            row["difference"],
+            row["source_count"],
+            row["source_difference"],
+        )
+        print(f"{row['entity']:<{width}}  " + " ".join(f"{'-' if c is None else f'{c:,}':>8}" for c in cells))
+    diffs = result.balance_diffs
+    print(
+        f"Balances: {result.balances.height:,} patients checked against Cliniko's invoices; {diffs.height:,} differ."
+    )
+    for row in diffs.head(20).iter_rows(named=True):
+        print(
+            f"  {row['patient'] or 'patient'} ({row['patient_id']}): Cliniko {row['source_outstanding']}, "
+            f"destination {row['destination_outstanding']}, difference {row['difference']:+}"
+        )
+    summary = result.skipped_summary
+    reasons = ", ".join(
+        f"{r['count']:,} {r['entity']} ({r['reason_code']})" for r in summary.iter_rows(named=True)
+    )
+    print(f"Skipped: {result.skipped.height:,} records" + (f": {reasons}." if reasons else "."))
 
 
 def cmd_batches(args: argparse.Namespace) -> int:
@@ -311,9 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--mapping", metavar="FILE", help="mapping tables from 'mapping --out' (default: auto-matched)"
     )
     run.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
+    run.add_argument(
+        "--top-up",
+        action="store_true",
+        help="read only what changed since the plan's last completed batch (the sweep before go-live)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object")
     workspace(run)
     run.set_defaults(func=cmd_run)
+
+    rec = commands.add_parser(
+        "reconcile",
+        help="check a batch: counts, per-patient balances and skipped records (exit 1 if they differ)",
+    )
+    rec.add_argument("batch_id", metavar="BATCH_ID")
+    rec.add_argument(
+        "--json", action="store_true", help='print {"counts": [...], "balance_diffs": [...], "skipped": N}'
+    )
+    rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
+    workspace(rec)
+    rec.set_defaults(func=cmd_reconcile)
 
     batches = commands.add_parser("batches", help="list every batch with its status")
     batches.add_argument("--json", action="store_true", help="print JSON")

@@ -28,6 +28,13 @@ committed page: records already in the ledger for the batch are passed over, and
 result is the same as a clean run. Scoped runs (business or practitioner) read
 their appointments once into a staging file first, to learn which patients are
 in scope without reading the appointments twice.
+
+A record an earlier batch brought is compared with its stored copy: when the source
+changed it (a new address, a cancellation, an invoice paid), the destination record is
+rewritten in place and the item is ``already_present`` with reason code ``updated``
+(``cancelled``); records the clinic set up or linked to are never rewritten. A
+*top-up* (``top_up=``, see :mod:`migrator.topup`) reads only what changed since the
+plan's last completed batch, and applies deletions at the source.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +53,15 @@ from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.cliniko.models import ClinikoRecord, parse_record
+from migrator.cliniko.resources import resource as registry_entry
 from migrator.destinations import row_from_record
 from migrator.errors import MigratorError
 from migrator.ledger import Item, Ledger, StageProgress
 from migrator.plan import MappingRow, Plan
-from migrator.scope import Query, by_ids, cheapest, direct_queries
+from migrator.scope import Query, by_ids, changed_since, cheapest, direct_queries
 from migrator.stages import MAPPED, STAGES, Stage
+from migrator.stages import stage as stage_of
+from migrator.topup import TopUp, deleted_source_id, remove_deleted, retryable
 
 __all__ = ["ACTIONS", "Engine", "ProgressEvent", "RunResult", "RunStopped"]
 
@@ -86,21 +96,44 @@ ProgressEvent = StageProgress
 
 @dataclass
 class RunResult:
-    """What a run did: per entity counts, requests spent and seconds taken."""
+    """What a run did: per entity counts, requests spent and seconds taken.
+
+    For a top-up, ``top_up`` says which batch it topped up, from when it read changes,
+    and what it saved: ``requests_saved`` is the plan's last full run's requests less
+    the top-up's own (all its runs, if it was resumed).
+    """
 
     batch_id: str
     entities: dict[str, dict[str, int]]
     requests: int
     seconds: float
     resumed: bool = False
+    top_up: TopUp | None = None
+    batch_requests: int | None = None
+
+    @property
+    def requests_saved(self) -> int | None:
+        """Requests the top-up saved against the plan's last full run (``None`` if not a top-up or unknown)."""
+        if self.top_up is None or self.top_up.baseline_requests is None:
+            return None
+        return self.top_up.baseline_requests - (self.batch_requests or self.requests)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "batch_id": self.batch_id,
             "entities": self.entities,
             "requests": self.requests,
             "seconds": round(self.seconds, 2),
         }
+        if self.top_up is not None:
+            out["top_up"] = {
+                "of": self.top_up.of,
+                "since": self.top_up.since.isoformat(),
+                "requests": self.batch_requests or self.requests,
+                "full_run_requests": self.top_up.baseline_requests,
+                "requests_saved": self.requests_saved,
+            }
+        return out
 
 
 @dataclass
@@ -111,6 +144,7 @@ class _Decision:
     reason_code: str | None = None
     reason: str | None = None
     row: dict[str, Any] | None = None  # to insert, for "created"
+    update: dict[str, Any] | None = None  # to rewrite dest_id with, for "already_present"
 
 
 @dataclass
@@ -133,6 +167,8 @@ class Engine:
         actor: who is running it, for the audit trail.
         commit_interval: the most seconds of whole pages kept uncommitted (see
             :class:`~migrator.ledger.CommitGroup`); 0 commits every page on its own.
+        top_up: read only what changed since an earlier batch (:func:`migrator.workflow.top_up_point`);
+            ignored when resuming a batch, which stays what it was started as.
     """
 
     def __init__(
@@ -146,6 +182,7 @@ class Engine:
         stop: threading.Event | None = None,
         actor: str = "cli",
         commit_interval: float = 0.5,
+        top_up: TopUp | None = None,
     ) -> None:
         self.plan = plan
         self.source = source
@@ -162,6 +199,8 @@ class Engine:
         self._counters: dict[str, _Counter] = {}
         self._staging: sqlite3.Connection | None = None
         self._any_earlier = True
+        self._earlier_batches: list[str] | None = None
+        self.top_up = top_up
         self.batch_id = ""
 
     # -- the run -----------------------------------------------------------------------
@@ -186,40 +225,60 @@ class Engine:
                 actor=self.actor,
             )
             batch_id = batch.id
+            if self.top_up is not None:
+                self.ledger.audit(
+                    "top_up", actor=self.actor, batch_id=batch_id, detail=self.top_up.as_detail()
+                )
         else:
             self.ledger.set_status(batch_id, "running", actor=self.actor, detail={"resumed": True})
+            self.top_up = self._recorded_top_up(batch_id)
         self.batch_id = batch_id
         self._load_counters()
-        self._any_earlier = self.ledger.has_earlier_batch(
+        self._any_earlier = self.top_up is not None or self.ledger.has_earlier_batch(
             self.destination, source_account=self.account, before=batch_id
         )
+
+        def spent() -> dict[str, Any]:
+            return {"requests": self.source.stats.requests - requests_before}
+
         try:
             with self._group:
                 for stage in self._stages():
                     self._run_stage(stage)
+                if self.top_up is not None:
+                    self._apply_deletions()
         except RunStopped:
             self.ledger.save_counts(batch_id)
-            self.ledger.set_status(batch_id, "stopped", actor=self.actor)
+            self.ledger.set_status(batch_id, "stopped", actor=self.actor, detail=spent())
             raise
         except BaseException as exc:
             self.ledger.save_counts(batch_id)
             detail = {"error": str(exc)} if isinstance(exc, MigratorError) else {"error": type(exc).__name__}
-            self.ledger.set_status(batch_id, "failed", actor=self.actor, detail=detail)
+            self.ledger.set_status(batch_id, "failed", actor=self.actor, detail={**detail, **spent()})
             raise
         finally:
             if self._staging is not None:
                 self._staging.close()
                 self._staging = None
         self.ledger.save_counts(batch_id)
-        self.ledger.set_status(batch_id, "completed", actor=self.actor)
+        self.ledger.set_status(batch_id, "completed", actor=self.actor, detail=spent())
         self._drop_staging()
         return RunResult(
             batch_id=batch_id,
             entities=self._entity_counts(),
-            requests=self.source.stats.requests - requests_before,
+            requests=spent()["requests"],
             seconds=time.monotonic() - started,
             resumed=resumed,
+            top_up=self.top_up,
+            batch_requests=self.ledger.batch_requests(batch_id),
         )
+
+    def _recorded_top_up(self, batch_id: str) -> TopUp | None:
+        """What a batch was started as: a top-up (its audit trail says from when) or a full run."""
+        for entry in self.ledger.audit_log(batch_id):
+            if entry["action"] == "top_up":
+                return TopUp.from_detail(entry["detail"])
+        return None
 
     def _stages(self) -> list[Stage]:
         included = set(self.plan.include) | set(MAPPED)
@@ -252,16 +311,27 @@ class Engine:
                 self._process(stage, query, records)
         self._report(stage.entity, final=True)
 
-    def _queries(self, stage: Stage) -> list[Query]:
-        entity, scope = stage.entity, self.plan.scope
-        routes = [r for r in stage.routes if not (entity == "patients" and r == "archived")]
-        if entity == "patients" and self.plan.include_archived_patients:
+    def _routes(self, stage: Stage) -> list[str | None]:
+        """The list routes a stage reads: archived patients only if the plan wants them."""
+        routes = [r for r in stage.routes if not (stage.entity == "patients" and r == "archived")]
+        if stage.entity == "patients" and self.plan.include_archived_patients:
             routes.append("archived")
-        if (
-            scope.kind == "all"
+        return routes
+
+    def _whole(self, entity: str) -> bool:
+        """Whether the plan reads ``entity``'s whole lists (its scope does not narrow them)."""
+        return (
+            self.plan.scope.kind == "all"
             or entity in MAPPED
             or entity not in (*_DIRECT, *_BY_PATIENT, "patients", "attendees", "invoice_items")
-        ):
+        )
+
+    def _queries(self, stage: Stage) -> list[Query]:
+        if self.top_up is not None:
+            return self._top_up_queries(stage, self.top_up)
+        entity, scope = stage.entity, self.plan.scope
+        routes = self._routes(stage)
+        if self._whole(entity):
             return [Query(entity, route) for route in routes]
         if entity in ("individual_appointments", "group_appointments"):
             return [Query(entity, "_staged")]
@@ -284,6 +354,85 @@ class Engine:
             patients = self._batch_ids("patients", exclude_skipped=True)
             return cheapest(entity, "patient_id", patients, self.source.count(entity))
         return direct_queries(entity, scope.kind, scope.ids)
+
+    def _top_up_queries(self, stage: Stage, top_up: TopUp) -> list[Query]:
+        """A top-up's queries: what changed since ``top_up.since``, and what may come across now.
+
+        Changes are the plan's own queries narrowed by ``updated_at``. Under a business or
+        practitioner filter a patient can *enter* the scope (a first appointment there):
+        such patients, and their alerts, notes and files, are read whole, by id. Records
+        an earlier batch skipped for want of something are read again by id.
+        """
+        entity, scope, since = stage.entity, self.plan.scope, top_up.since
+        routes = self._routes(stage)
+        retry = self._retry_queries(stage, top_up)
+        if entity in ("individual_appointments", "group_appointments") and not self._whole(entity):
+            return [Query(entity, "_staged")]  # the staging file holds the changes and the retries
+        queries: list[Query]
+        if self._whole(entity):
+            queries = [changed_since(Query(entity, route), since) for route in routes]
+        elif entity == "patients":
+            wanted = self._scoped_patient_ids()
+            known = self._earlier_ids("patients")
+            entering = wanted - known
+            queries = [q for route in routes for q in by_ids("patients", "id", entering, route)]
+            keep = frozenset(known | wanted)
+            queries += [changed_since(Query(entity, r, keep_field="id", keep=keep), since) for r in routes]
+        elif entity == "attendees":
+            groups = set(self._staged_ids("group_appointments"))
+            keep = frozenset(self._earlier_ids("group_appointments") | groups)
+            queries = by_ids("attendees", "booking_id", groups)
+            queries += [
+                changed_since(Query(entity, route, keep_field="booking_id", keep=keep), since)
+                for route in (None, "cancelled")
+            ]
+            return queries + retry
+        elif entity == "invoice_items":
+            invoices = set(self._batch_ids("invoices", exclude_skipped=True))
+            keep = frozenset(self._earlier_ids("invoices") | invoices)
+            queries = by_ids("invoice_items", "invoice_id", invoices)
+            queries.append(changed_since(Query(entity, keep_field="invoice_id", keep=keep), since))
+        elif entity in _BY_PATIENT and not (entity == "treatment_notes" and scope.kind == "practitioner"):
+            patients = set(self._batch_ids("patients", exclude_skipped=True))
+            known = self._earlier_ids("patients")
+            queries = by_ids(entity, "patient_id", patients - known)
+            keep = frozenset(known | patients)
+            queries.append(changed_since(Query(entity, keep_field="patient_id", keep=keep), since))
+        else:
+            queries = [changed_since(q, since) for q in direct_queries(entity, scope.kind, scope.ids)]
+        if entity == "individual_appointments":
+            queries.append(changed_since(Query(entity, "cancelled"), since, "cancelled_at"))
+        elif entity == "attendees":
+            queries.append(changed_since(Query(entity, "cancelled"), since))
+        return queries + retry
+
+    def _retry_queries(self, stage: Stage, top_up: TopUp) -> list[Query]:
+        """By id, the records the plan's newest batches skipped for want of something else."""
+        if not top_up.chain:
+            return []
+        latest = self.ledger.latest_items(top_up.chain, stage.entity)
+        ids = [
+            sid for sid, item in latest.items() if item.action == "skipped" and retryable(item.reason_code)
+        ]
+        if not ids:
+            return []
+        routes = self._routes(stage) if stage.entity == "patients" else [None]
+        return [q for route in routes for q in by_ids(stage.entity, "id", ids, route)]
+
+    def _earlier_batches_ids(self) -> list[str]:
+        """The other live batches that moved this source account into this destination."""
+        if self._earlier_batches is None:
+            self._earlier_batches = [
+                b.id
+                for b in self.ledger.live_batches(self.destination, source_account=self.account)
+                if b.id != self.batch_id
+            ]
+        return self._earlier_batches
+
+    def _earlier_ids(self, entity: str) -> set[str]:
+        """Source ids of ``entity`` that earlier batches brought and that are still there (not skipped since)."""
+        latest = self.ledger.latest_items(self._earlier_batches_ids(), entity)
+        return {sid for sid, item in latest.items() if item.action != "skipped"}
 
     def _read(self, query: Query) -> Iterator[list[dict[str, Any]]]:
         """Pages of raw records for a query (from the staging file for staged appointments)."""
@@ -326,8 +475,16 @@ class Engine:
                 continue
             if db.execute("SELECT 1 FROM done WHERE resource = ?", (resource,)).fetchone():
                 continue
-            for query in direct_queries(resource, scope.kind, scope.ids):
-                for page in self.source.pages(query.resource, query.filters):
+            queries = direct_queries(resource, scope.kind, scope.ids)
+            if self.top_up is not None:
+                since = self.top_up.since
+                queries = [changed_since(q, since) for q in queries]
+                if resource == "individual_appointments":
+                    cancelled = direct_queries(resource, scope.kind, scope.ids, "cancelled")
+                    queries += [changed_since(q, since, "cancelled_at") for q in cancelled]
+                queries += self._retry_queries(stage_of(resource), self.top_up)
+            for query in queries:
+                for page in self.source.pages(query.resource, query.filters, route=query.route):
                     if self.stop.is_set():
                         raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
                     with db:
@@ -393,6 +550,9 @@ class Engine:
                 )
                 for decision, dest_id in zip(creates, ids, strict=True):
                     decision.dest_id = dest_id
+            updates = [(d.dest_id, d.update) for d in decisions if d.update is not None and d.dest_id]
+            if updates:
+                self.store.update(stage.entity, updates, source_account=self.account)
             self.ledger.record_items(
                 self.batch_id,
                 [
@@ -404,6 +564,53 @@ class Engine:
                 counter.by_action[d.action] += 1
             counter.done += len(decisions)
             self._report(stage.entity)
+        self._group.commit_if_due()
+
+    # -- a top-up's deletions -------------------------------------------------------------
+
+    def _apply_deletions(self) -> None:
+        """Read each included entity's ``/deleted`` list since the top-up's start; apply it, children first."""
+        assert self.top_up is not None
+        for stage in reversed(self._stages()):
+            if "deleted" not in registry_entry(stage.entity).list_routes:
+                continue
+            for page in self.source.pages(stage.entity, self.top_up.filters(), route="deleted"):
+                if self.stop.is_set():
+                    raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
+                ids = [i for i in (deleted_source_id(r) for r in page.records) if i is not None]
+                done = self._recorded(stage.entity, ids)
+                fresh = [i for i in ids if i not in done]
+                if fresh:
+                    self._remove_deleted(stage.entity, fresh)
+            self._report(stage.entity, final=True)
+
+    def _remove_deleted(self, entity: str, source_ids: list[str]) -> None:
+        self._group.open()
+        with self.ledger.transaction():
+            items = remove_deleted(
+                self.ledger,
+                self.store,
+                entity,
+                source_ids,
+                destination=self.destination,
+                source_account=self.account,
+            )
+            by_entity: dict[str, list[Item]] = {}
+            for item in items:
+                by_entity.setdefault(item.entity, []).append(item)
+            for child, group in by_entity.items():
+                # A record this batch already handled (updated, then its invoice deleted) changes its item.
+                before = self.ledger.items_for(self.batch_id, child, [i.source_id for i in group])
+                counter = self._counters[child]
+                for item in group:
+                    previous = before.get(item.source_id)
+                    if previous is not None:
+                        counter.by_action[previous.action] -= 1
+                        counter.done -= 1
+                    counter.by_action[item.action] += 1
+                    counter.done += 1
+                self.ledger.record_items(self.batch_id, group)
+                self._report(child)
         self._group.commit_if_due()
 
     def _report(self, entity: str, *, final: bool = False) -> None:
@@ -491,7 +698,9 @@ class Engine:
             self.destination, stage.entity, record.id, source_account=self.account
         )
         if previous is not None and (row.action == "create" or row.target_id == previous[1]):
-            return _Decision(record.id, "already_present", dest_id=previous[1], reason_code="earlier_batch")
+            stored = self._stored(stage.entity, [previous[1]])
+            if previous[1] in stored:
+                return self._already_present(stage, raw, record, {}, previous[1], stored)
         if row.action in ("map", "reassign") and row.target_id:
             return _Decision(record.id, "linked", dest_id=row.target_id, reason_code=f"mapped_{row.action}")
         if row.action == "former":
@@ -536,7 +745,16 @@ class Engine:
         resolved = {
             target: self.ledger.items_for(self.batch_id, target, ids) for target, ids in wanted.items()
         }
+        if self._any_earlier:
+            # What this batch did not read again (a top-up reads only changes) an earlier batch may have brought.
+            for target, ids in wanted.items():
+                missing = [i for i in ids if i not in resolved[target]]
+                if missing:
+                    resolved[target].update(
+                        self.ledger.latest_items(self._earlier_batches_ids(), target, missing)
+                    )
         earlier = self._earlier(stage.entity, [r.id for _, r, _ in validated if r is not None])
+        stored = self._stored(stage.entity, earlier.values())
 
         decisions: list[_Decision] = []
         for raw, record, invalid in validated:
@@ -557,15 +775,59 @@ class Engine:
             if skip is not None:
                 decisions.append(skip)
                 continue
-            if record.id in earlier:
+            if earlier.get(record.id) in stored:
                 decisions.append(
-                    _Decision(
-                        record.id, "already_present", dest_id=earlier[record.id], reason_code="earlier_batch"
-                    )
+                    self._already_present(stage, raw, record, fk_dest, earlier[record.id], stored)
                 )
                 continue
+            # Never brought, or its destination record is gone (removed by hand): it comes across anew.
             decisions.append(self._link_or_create(stage, raw, record, fk_dest))
         return decisions
+
+    def _stored(self, entity: str, dest_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored form of records earlier batches brought (``None``: not ours to rewrite)."""
+        ids = list(dest_ids)
+        if not ids:
+            return {}
+        if not hasattr(self.store, "stored_rows"):  # a destination that cannot compare: leave them be
+            return dict.fromkeys(ids)
+        stored: dict[str, dict[str, Any] | None] = self.store.stored_rows(
+            entity, ids, source_account=self.account
+        )
+        return stored
+
+    def _already_present(
+        self,
+        stage: Stage,
+        raw: dict[str, Any],
+        record: ClinikoRecord,
+        fk_dest: dict[str, str | None],
+        dest_id: str,
+        stored: dict[str, dict[str, Any] | None],
+    ) -> _Decision:
+        """An earlier batch brought it: rewrite it in place if the source changed it since."""
+        before = stored.get(dest_id)
+        if before is None:
+            return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")
+        row = self._row(stage, raw, record, fk_dest)
+        after = self.store.stored_form(stage.entity, row)
+        if after == before:
+            return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")
+        if after.get("cancelled_at") and not before.get("cancelled_at"):
+            code, why = (
+                "cancelled",
+                "Cancelled in Cliniko since an earlier batch brought it; cancelled here too.",
+            )
+        else:
+            changed = [k for k in after if k != "data" and after[k] != before.get(k)]
+            what = f" ({', '.join(changed[:4])})" if changed else ""
+            code, why = (
+                "updated",
+                f"Changed in Cliniko since an earlier batch brought it{what}; updated in place.",
+            )
+        return _Decision(
+            record.id, "already_present", dest_id=dest_id, reason_code=code, reason=why, update=row
+        )
 
     def _earlier(self, entity: str, source_ids: list[str]) -> dict[str, str]:
         """Records an earlier (not deleted) batch into the same destination already brought."""

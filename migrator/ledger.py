@@ -908,3 +908,68 @@ class Ledger:
         )
         schema = dict.fromkeys(("entity", "source_id", "reason_code", "reason"), pl.String)
         return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
+    # --- across batches: top-ups and reconciliation ------------------------------------------
+
+    def live_batches(self, destination: str, *, source_account: str) -> list[Batch]:
+        """Batches (not being deleted or deleted) that moved ``source_account`` into ``destination``, newest first."""
+        return [
+            b
+            for b in self.batches()
+            if b.destination == destination
+            and b.source_account == source_account
+            and b.status not in ("deleting", "deleted")
+        ]
+
+    def latest_items(
+        self, batch_ids: Iterable[str], entity: str, source_ids: Iterable[str] | None = None
+    ) -> dict[str, Item]:
+        """Each source record's item in the newest of these batches that has one: ``{source_id: item}``.
+
+        What a top-up knows of records it did not read again (their patient, their
+        invoice), and how reconciliation sees a plan's batches as one: a later batch's
+        item (``updated``, or skipped as ``deleted_at_source``) replaces an earlier one.
+        Pass ``source_ids`` to look up only those.
+        """
+        where, params = "i.entity = ?", [json.dumps(list(batch_ids)), entity]
+        if source_ids is not None:
+            where += " AND i.source_id IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(source_ids)))
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, reason FROM ("
+            " SELECT i.entity, i.source_id, i.dest_id, i.action, i.reason_code, i.reason, row_number()"
+            "  OVER (PARTITION BY i.source_id ORDER BY b.created_at DESC, b.id DESC) AS newest"
+            " FROM items i JOIN batches b ON b.id = i.batch_id"
+            f" WHERE i.batch_id IN (SELECT value FROM json_each(?)) AND {where}"
+            ") WHERE newest = 1",
+            params,
+        )
+        return {r["source_id"]: Item(*tuple(r)) for r in rows}
+
+    def latest_items_frame(self, batch_ids: Iterable[str]) -> pl.DataFrame:
+        """:meth:`latest_items` for every entity at once, as a frame.
+
+        Columns: entity, source_id, dest_id, action, reason_code, batch_id (the batch the item is from).
+        """
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, batch_id FROM ("
+            " SELECT i.entity, i.source_id, i.dest_id, i.action, i.reason_code, i.batch_id, row_number()"
+            "  OVER (PARTITION BY i.entity, i.source_id ORDER BY b.created_at DESC, b.id DESC) AS newest"
+            " FROM items i JOIN batches b ON b.id = i.batch_id"
+            " WHERE i.batch_id IN (SELECT value FROM json_each(?))"
+            ") WHERE newest = 1",
+            (json.dumps(list(batch_ids)),),
+        )
+        schema = dict.fromkeys(
+            ("entity", "source_id", "dest_id", "action", "reason_code", "batch_id"), pl.String
+        )
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
+    def batch_requests(self, batch_id: str) -> int | None:
+        """Requests the batch's runs spent reading the source (its resumptions added up), if recorded."""
+        spent = [
+            entry["detail"]["requests"]
+            for entry in self.audit_log(batch_id)
+            if isinstance(entry["detail"].get("requests"), int)
+        ]
+        return sum(spent) if spent else None

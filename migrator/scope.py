@@ -15,18 +15,22 @@ Filters go to the server (``q[]`` with id lists), so a small scope costs few
 requests. When a list of ids would cost more requests than reading the whole
 list (one request per 100 ids against one per 100 records), the whole list is
 read instead and filtered here: :func:`cheapest`.
+
+A top-up (:mod:`migrator.topup`) reads the same queries narrowed to what changed:
+:func:`changed_since` adds ``updated_at:>=SINCE`` (or another date-time field) to a query.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from migrator.cliniko.filters import Filter, chunk_ids, ids_in
 from migrator.cliniko.pagination import PER_PAGE
 
-__all__ = ["Query", "by_ids", "cheapest", "direct_queries"]
+__all__ = ["Query", "by_ids", "changed_since", "cheapest", "direct_queries"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,8 @@ def direct_queries(resource: str, kind: str, ids: Collection[str], route: str | 
     if kind == "all":
         return [Query(resource, route)]
     return by_ids(resource, _DIRECT_FIELD[kind], ids, route)
+
+
+def changed_since(query: Query, since: datetime, field: str = "updated_at") -> Query:
+    """The same query narrowed to records whose ``field`` is at or after ``since`` (a top-up's read)."""
+    return replace(query, filters=(*query.filters, Filter(field, ">=", since)))

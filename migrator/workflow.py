@@ -4,7 +4,8 @@
 >>> identity = verify_source(client)                                   # an administrator's key
 >>> ledger, store = open_local_store("sqlite:workspace/clinic.db", "workspace")
 >>> plan = make_plan(client, identity, store, scope=Scope.parse("all"))
->>> Engine(plan, client, store, ledger).run(unfinished_batch(ledger, plan))
+>>> result = run_plan(plan, client, store, ledger)                      # resumes an unfinished one
+>>> later = run_plan(plan, client, store, ledger, top_up=True)         # only what changed since
 
 Each raises a :class:`~migrator.errors.MigratorError` whose message is one sentence for
 the operator; none of them ever puts a key in a message.
@@ -13,22 +14,34 @@ the operator; none of them ever puts a key in a message.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migrator.cliniko.client import ClinikoClient, Identity
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
-from migrator.ledger import Ledger
+from migrator.ledger import Batch, Ledger, StageProgress
 from migrator.mapping import build_mapping, load_mapping, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include
+from migrator.topup import TOP_UP_OVERLAP, TopUp
+
+if TYPE_CHECKING:  # the engine loads only when a run starts
+    from migrator.engine import RunResult
 
 __all__ = [
     "DEFAULT_STORE",
     "DEFAULT_WORKSPACE",
     "auto_mapping",
+    "last_completed_batch",
     "make_plan",
     "open_local_store",
+    "plan_batches",
+    "run_plan",
+    "same_plan",
+    "top_up_point",
     "unfinished_batch",
     "verify_source",
 ]
@@ -102,13 +115,10 @@ def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
         ConfigError: that batch is running right now in another live process, so a second
             run would only race it.
     """
-    wanted = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
     for batch in ledger.batches():
         if batch.status not in ("running", "stopped", "failed"):
             continue
-        if batch.destination != plan.destination or batch.source_account != plan.source_account:
-            continue
-        if {k: v for k, v in batch.plan.items() if k != "created_with"} == wanted:
+        if same_plan(batch, plan):
             if batch.running_elsewhere():
                 raise ConfigError(
                     f"Batch {batch.id} of this plan is running right now in another process ({batch.worker}); "
@@ -116,3 +126,71 @@ def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
                 )
             return batch.id
     return None
+
+
+def same_plan(batch: Batch, plan: Plan) -> bool:
+    """Whether a batch ran this plan: same source, destination, scope, data types and mappings."""
+    if batch.destination != plan.destination or batch.source_account != plan.source_account:
+        return False
+    wanted = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
+    return {k: v for k, v in batch.plan.items() if k != "created_with"} == wanted
+
+
+def plan_batches(ledger: Ledger, plan: Plan, *, statuses: Sequence[str] = ("completed",)) -> list[Batch]:
+    """The batches of this plan in these statuses, newest first."""
+    return [b for b in ledger.batches() if b.status in statuses and same_plan(b, plan)]
+
+
+def last_completed_batch(ledger: Ledger, plan: Plan) -> Batch | None:
+    """The newest completed batch of this plan: what a top-up starts from."""
+    found = plan_batches(ledger, plan)
+    return found[0] if found else None
+
+
+def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVERLAP) -> TopUp:
+    """Where a top-up of this plan starts: its newest completed batch's start, less ``overlap``.
+
+    Raises:
+        ConfigError: no batch of this plan has completed (a changed mapping, scope or
+            data types make a new plan, which needs a full run first).
+    """
+    done = plan_batches(ledger, plan)
+    if not done:
+        raise ConfigError(
+            "No batch of this plan has completed yet, so there is nothing to top up; run it once without "
+            "--top-up (a changed mapping, filter or data types make a new plan)."
+        )
+    tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
+    full = next((b for b in done if b.id not in tops), None)
+    return TopUp(
+        of=done[0].id,
+        since=done[0].created_at - overlap,
+        chain=tuple(b.id for b in done),
+        baseline_requests=None if full is None else ledger.batch_requests(full.id),
+    )
+
+
+def run_plan(
+    plan: Plan,
+    client: ClinikoClient,
+    store: LocalStore,
+    ledger: Ledger,
+    *,
+    top_up: bool = False,
+    progress: Callable[[StageProgress], None] | None = None,
+    stop: threading.Event | None = None,
+    actor: str = "cli",
+) -> RunResult:
+    """Run a plan: resume its unfinished batch if it has one, else a new batch (a top-up if asked).
+
+    Raises:
+        ConfigError: a top-up was asked for a plan with no completed batch, or the plan's
+            unfinished batch is running in another process.
+        MappingError, RunStopped, APIError: as :meth:`migrator.engine.Engine.run`.
+    """
+    from migrator.engine import Engine
+
+    resume = unfinished_batch(ledger, plan)
+    point = top_up_point(ledger, plan) if top_up and resume is None else None
+    engine = Engine(plan, client, store, ledger, progress=progress, stop=stop, actor=actor, top_up=point)
+    return engine.run(resume)

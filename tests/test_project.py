@@ -63,10 +63,17 @@ def test_public_surface_is_pinned() -> None:
         "NotFoundError",
         "Preview",
         "ReadOnlyError",
+        "Reconciliation",
         "RetriableAPIError",
+        "RunResult",
         "ValidationAPIError",
+        "batches",
+        "connect",
+        "mapping",
         "parse_key",
         "preview",
+        "reconcile",
+        "run",
     }
     for name in migrator.__all__:
         assert hasattr(migrator, name)

@@ -61,6 +61,7 @@ from migrator.destinations._schema import (
     INSERT_ORDER,
     TABLES,
     Column,
+    Table,
     json_text,
     row_from_record,
     table,
@@ -328,20 +329,93 @@ class LocalStore:
         clinic by hand (seed 000). Returns ``{entity: [ids]}`` for the non-empty
         entities, in :data:`DELETE_ORDER`, the order to delete them in.
         """
-        found: dict[str, list[int]] = {"patients": [int(i) for i in patient_ids]}
-        for entity in INSERT_ORDER:  # parents first, so an owner's list is complete when used
-            owners = [c for c in TABLES[entity].columns if c.required and c.references in found]
-            if not owners:
+        return self.dependents_of("patients", patient_ids)
+
+    def dependents_of(self, entity: str, ids: Iterable[str]) -> dict[str, list[str]]:
+        """Every record owned, directly or not, by these records of ``entity`` (see :meth:`dependents_of_patients`).
+
+        An invoice owns its items, a group appointment its attendees, a patient nearly
+        everything. Returns ``{entity: [ids]}`` for the non-empty entities other than
+        ``entity`` itself, in :data:`DELETE_ORDER`.
+        """
+        found: dict[str, list[int]] = {entity: [int(i) for i in ids]}
+        for child in INSERT_ORDER:  # parents first, so an owner's list is complete when used
+            owners = [c for c in TABLES[child].columns if c.required and c.references in found]
+            if not owners or child == entity:
                 continue
             where = " OR ".join(f"{c.name} IN (SELECT value FROM json_each(?))" for c in owners)
             params = [json.dumps(found[c.references or ""]) for c in owners]
-            ids = [
-                r[0]
-                for r in self._rows(f"SELECT id FROM {SCHEMA}.{entity} WHERE {where} ORDER BY id", params)
-            ]
-            if ids:
-                found[entity] = ids
-        return {e: [str(i) for i in found[e]] for e in DELETE_ORDER if e in found and e != "patients"}
+            rows = self._rows(f"SELECT id FROM {SCHEMA}.{child} WHERE {where} ORDER BY id", params)
+            if rows:
+                found[child] = [r[0] for r in rows]
+        return {e: [str(i) for i in found[e]] for e in DELETE_ORDER if e in found and e != entity}
+
+    def provenance(self, entity: str, ids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Where records came from: ``{id: (source_id, source_account)}``, both ``None`` for the clinic's own.
+
+        Ids with no record are absent from the result.
+        """
+        rows = self._rows(
+            f"SELECT id, source_id, source_account FROM {SCHEMA}.{table(entity).name}"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in ids]),),
+        )
+        return {str(i): (s, a) for i, s, a in rows}
+
+    def existing_ids(self, entity: str, ids: Iterable[str]) -> set[str]:
+        """Which of these destination ids have a record (reconciliation checks a batch's claims)."""
+        return set(self.provenance(entity, ids))
+
+    def stored_rows(
+        self, entity: str, ids: Iterable[str], *, source_account: str
+    ) -> dict[str, dict[str, Any] | None]:
+        """The stored form (:meth:`stored_form`) of records, to compare with a fresh copy of their source.
+
+        Returns ``{id: stored form}`` for records imported from ``source_account``,
+        ``{id: None}`` for records that exist but are not that account's (set up by the
+        clinic, or from another account: linked to, never rewritten); ids with no
+        record are absent.
+        """
+        spec = table(entity)
+        own = [c.name for c in spec.columns if not c.computed]
+        rows = self._rows(
+            f"SELECT id, source_account, {', '.join([*own, 'data'])} FROM {SCHEMA}.{spec.name}"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in ids]),),
+        )
+        return {
+            str(r[0]): dict(zip([*own, "data"], r[2:], strict=True)) if r[1] == source_account else None
+            for r in rows
+        }
+
+    def stored_form(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A destination-form row as :meth:`stored_rows` reads it back: own columns and ``data`` text."""
+        _, values, data = self._prepare(table(entity), row, imported=True)
+        values = {k: v for k, v in values.items() if not table(entity).column(k).computed}
+        return {**values, "data": json_text(data)}
+
+    def outstanding_by_patient(self, patient_ids: Iterable[str]) -> dict[str, tuple[str, Decimal]]:
+        """What each patient owes by the store's own invoices: ``{id: (name, balance)}``.
+
+        The module's one rule applied in SQL to each invoice's ``status`` and
+        ``total_amount`` as the store holds them (not to the ``outstanding`` column, and
+        not through :func:`outstanding_amount`), summed exactly as decimals: reconciliation
+        compares it with the same rule applied to the source's invoices. Every invoice
+        of the patient counts, whoever created it; an invoice of unknown status counts 0.
+        """
+        rows = self._rows(
+            f"SELECT p.id, trim(coalesce(p.first_name, '') || ' ' || coalesce(p.last_name, '')),"
+            " CASE WHEN i.status IN (10, 40) THEN i.total_amount WHEN i.status IN (20, 30) THEN '0' END"
+            f" FROM {SCHEMA}.patients p LEFT JOIN {SCHEMA}.invoices i ON i.patient_id = p.id"
+            " WHERE p.id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in patient_ids]),),
+        )
+        out: dict[str, tuple[str, Decimal]] = {}
+        for patient_id, name, owed in rows:
+            key = str(patient_id)
+            before = out.get(key, (name, Decimal(0)))[1]
+            out[key] = (name, before + (Decimal(owed) if owed else Decimal(0)))
+        return out
 
     def frame(self, entity: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """A table as a Polars frame (all columns, or ``columns``).
@@ -473,26 +547,9 @@ class LocalStore:
         if not rows:
             return []
         imported = batch_id is not None
-        allowed = {"source_id", "data", *(c.name for c in spec.columns if not c.computed)}
         params = []
         for row in rows:
-            unknown = row.keys() - allowed
-            if unknown:
-                raise ValueError(f"{entity} rows have no columns {sorted(unknown)} a caller may set")
-            source_id = row.get("source_id")
-            if imported and source_id in (None, ""):
-                raise ValueError(f"an imported {entity} row needs its source_id")
-            if not imported and source_id is not None:
-                raise ValueError(f"{entity} set up by the clinic have no source_id")
-            data = dict(row.get("data") or {})
-            values = {c.name: c.adapt(row.get(c.name)) for c in spec.columns}
-            if entity == "patients":
-                values["name_key"] = name_key(values["first_name"], values["last_name"])
-            elif entity == "invoices":
-                if data.get("deleted_at"):
-                    raise ValueError(f"invoice {source_id} is deleted; deleted invoices never come across")
-                values["outstanding"] = outstanding_amount(values["status"], values["total_amount"])
-            sid = None if source_id is None else str(source_id)
+            sid, values, data = self._prepare(spec, row, imported=imported)
             params.append((sid, source_account, batch_id, *values.values(), json_text(data)))
         names = spec.column_names
         sql = f"INSERT INTO {SCHEMA}.{spec.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
@@ -506,3 +563,61 @@ class LocalStore:
             ).fetchone()
             self.ledger.conn.executemany(sql, [(start + n, *p) for n, p in enumerate(params)])
         return [str(start + n) for n in range(len(params))]
+
+    @staticmethod
+    def _prepare(
+        spec: Table, row: Mapping[str, Any], *, imported: bool
+    ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+        """A row's source id, its column values as stored (computed ones filled in) and its ``data``."""
+        entity = spec.name
+        allowed = {"source_id", "data", *(c.name for c in spec.columns if not c.computed)}
+        unknown = row.keys() - allowed
+        if unknown:
+            raise ValueError(f"{entity} rows have no columns {sorted(unknown)} a caller may set")
+        source_id = row.get("source_id")
+        if imported and source_id in (None, ""):
+            raise ValueError(f"an imported {entity} row needs its source_id")
+        if not imported and source_id is not None:
+            raise ValueError(f"{entity} set up by the clinic have no source_id")
+        data = dict(row.get("data") or {})
+        values = {c.name: c.adapt(row.get(c.name)) for c in spec.columns}
+        if entity == "patients":
+            values["name_key"] = name_key(values["first_name"], values["last_name"])
+        elif entity == "invoices":
+            if data.get("deleted_at"):
+                raise ValueError(f"invoice {source_id} is deleted; deleted invoices never come across")
+            values["outstanding"] = outstanding_amount(values["status"], values["total_amount"])
+        return (None if source_id is None else str(source_id)), values, data
+
+    def update(
+        self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
+    ) -> int:
+        """Rewrite imported records in place from a fresh copy of their source (a top-up's changes).
+
+        Args:
+            rows: ``(id, row)`` pairs; ``row`` as for :meth:`insert`, with the same
+                ``source_id`` as the stored record.
+            source_account: only records imported from this account are touched: a
+                record the clinic set up itself, or one from another account, is never rewritten.
+
+        The record keeps its id, source id and the batch that created it (so deleting that
+        batch still removes it); computed columns (``outstanding``, ``name_key``) are
+        recomputed. Returns how many records were rewritten. Raises as :meth:`insert`.
+        """
+        spec = table(entity)
+        params = []
+        for dest_id, row in rows:
+            sid, values, data = self._prepare(spec, row, imported=True)
+            params.append((*values.values(), json_text(data), int(dest_id), sid, source_account))
+        if not params:
+            return 0
+        sets = ", ".join(f"{c.name} = ?" for c in spec.columns)
+        sql = (
+            f"UPDATE {SCHEMA}.{spec.name} SET {sets}, data = ?"
+            " WHERE id = ? AND source_id = ? AND source_account = ?"
+        )
+        changed = 0
+        with self.ledger.transaction():
+            for p in params:
+                changed += self.ledger.conn.execute(sql, p).rowcount
+        return changed

@@ -21,7 +21,12 @@ API paths are ``/<shard>/v1/...``. A request goes through, in order:
 
 Loopback-only test endpoints, never rate limited or faulted: ``GET
 /_sandbox/reminders``, ``GET /_sandbox/stats``, ``POST /_sandbox/reset_stats``,
-``GET /_sandbox/health``. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
+``GET /_sandbox/health``, and ``POST /_sandbox/records``, which changes an account's data
+as the clinic would in Cliniko's own screens, including what the API cannot write
+(invoices): a JSON body ``{"account": NAME or key ROLE, "resource": ..., "record":
+{...}}`` with an internal record (``<rel>_id`` fields, see ``accounts.py``); a record
+whose ``id`` exists is merged into it, any other is created with a fresh id; either way
+``updated_at`` becomes now unless the record gives it. Answers the stored record. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
 answers 201 with XML) and is open to any client, as S3 is.
 """
 
@@ -31,6 +36,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -42,6 +48,7 @@ from migrator.sandbox.api import Account, Api, ApiRequest, ApiResponse, Upload, 
 from migrator.sandbox.faults import FAULT_KINDS, FaultInjector, RateLimiter, Stats, fingerprint
 from migrator.sandbox.render import IdMode
 from migrator.sandbox.store import AccountStore
+from migrator.sandbox.writes import BOOKING_TABLES, utc_now
 
 __all__ = ["SandboxApp"]
 
@@ -246,10 +253,56 @@ class SandboxApp:
         elif name == "reset_stats" and method == "POST":
             self.stats.reset()
             payload = {"ok": True}
+        elif name == "records" and method == "POST":
+            body = await _read_body(receive, _MAX_BODY)
+            try:
+                payload = self._put_record(json.loads(body or b"null"))
+            except (ValueError, KeyError, TypeError) as exc:
+                await _send(send, error_response(400, f"Bad sandbox record: {exc}"))
+                return
         else:
             await _send(send, error_response(404, "Unknown sandbox endpoint."))
             return
         await _send(send, ApiResponse.json(200, payload))
+
+    def _put_record(self, request: Any) -> dict[str, Any]:
+        """Create or change one record of an account (``POST /_sandbox/records``)."""
+        if not isinstance(request, dict) or not isinstance(request.get("record"), dict):
+            raise ValueError("send {'account': ..., 'resource': ..., 'record': {...}}")
+        wanted = str(request.get("account"))
+        account = next(
+            (
+                a
+                for a in self.accounts.values()
+                if a.seed.name == wanted or any(k.role == wanted for k in a.seed.keys)
+            ),
+            None,
+        )
+        if account is None:
+            raise KeyError(f"no account named or with a key role {wanted!r}")
+        name = str(request.get("resource"))
+        store = account.store
+        table = store.table(name)
+        if table is None:
+            raise KeyError(f"no resource {name!r}")
+        record = dict(request["record"])
+        now = utc_now()
+        current = store.get(name, int(record["id"])) if record.get("id") is not None else None
+        if current is not None:
+            current.update(record)
+            current["updated_at"] = record.get("updated_at") or now
+            store.replace(name, current)
+            return current
+        fresh: dict[str, Any] = dict.fromkeys(table.lifecycle)
+        if "active" in table.lifecycle:
+            fresh["active"] = True
+        fresh.update(created_at=now, updated_at=now)
+        fresh.update(record)
+        if fresh.get("id") is None:
+            shared = tuple(t for t in BOOKING_TABLES if t != name) if name in BOOKING_TABLES else ()
+            fresh["id"] = store.next_id(name, shared)
+        store.insert(name, fresh)
+        return fresh
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The S3 stand-in: store the ``file`` part under the ``key`` field (``${filename}`` expanded)."""

@@ -1,0 +1,494 @@
+"""Reconciliation for analysts: did every record arrive, and is every balance right?
+
+Polars frames, for the console's Review page, ``python -m migrator reconcile`` and notebooks:
+
+>>> result = reconcile(ledger, "b20261121-135301-3f9a", source=client, store=store)   # doctest: +SKIP
+>>> result.ok, result.problems                                                       # doctest: +SKIP
+(False, ['invoices: 1 record the batch brought is missing from the destination.'])
+>>> result.balance_diffs                                                             # doctest: +SKIP
+
+**Counts** (:func:`counts`), one row per entity of the batch's plan:
+
+- ``in_scope``, ``created``, ``linked``, ``already_present``, ``skipped``: the batch's own
+  ledger (``in_scope`` is their sum: what the engine found in scope at the source);
+- ``removed_since``: of the records the batch brought, those a later top-up removed
+  because Cliniko deleted them (they are no longer expected);
+- ``in_destination``: of the records the batch brought (created, linked or already
+  present), how many are in the destination now, each looked up by its destination id;
+- ``difference`` = ``in_destination`` - (``created`` + ``linked`` + ``already_present`` -
+  ``removed_since``): below zero, records the ledger says arrived are missing;
+- ``in_destination_total``: every record of that entity in the destination, whoever made it;
+- ``in_scope_total``: the plan's records as its batches up to this one see them (a later
+  batch's word on a record replaces an earlier one; records deleted at the source leave);
+- ``source_count``: a **fresh count at the source**, independent of the engine: the
+  ``total_entries`` of each list the plan reads (one request per list). For the scope
+  ``all``, every entity is counted. Under a business or practitioner filter, only what
+  the filter selects by itself can be counted that way: the appointments, group
+  appointments, unavailable blocks and invoices at those businesses or of those
+  practitioners (and, for practitioners, the notes they wrote), plus the account-wide
+  lists (practitioners, appointment types, contacts ...); patients and what follows
+  them are chosen through the appointments, so their ``source_count`` is null;
+- ``source_difference`` = ``in_scope_total`` - ``source_count``: not zero when the source
+  has records no batch of the plan saw (run a top-up) or the other way round.
+
+**Balances** (:func:`balances`), one row per patient the plan brought: what the patient
+owes by the source's invoices and by the destination's, and the difference (destination
+less source), as exact decimals. One rule, the local store's (see
+:mod:`migrator.destinations.local`): an invoice's outstanding amount is its total when
+Open (10) or Open credit (40, a negative total that lowers the balance), zero when Paid
+(20) or Closed (30), and zero when its status is unknown; a patient's balance is the sum
+over their invoices. The source side applies it here, in Python, to the invoices the
+source API lists now within the plan's scope (deleted ones are not listed); the
+destination side applies it in SQL to the store's own ``invoices`` table, every invoice
+of the patient's destination record whoever created it (for a Cliniko destination, its
+opening-balance report: a store offering ``outstanding_by_patient``). Because each side
+reads its own data, an invoice dropped, doubled, given to the wrong patient, or changed
+in amount or status shows up as that patient's difference.
+
+**Skipped** (:func:`skipped`, :func:`skipped_summary`): every record the batch did not
+bring, with its reason code and sentence, and a count by reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from migrator.cliniko.client import ClinikoClient
+from migrator.errors import ConfigError
+from migrator.ledger import Batch, Ledger
+from migrator.plan import Plan
+from migrator.scope import Query, direct_queries
+from migrator.stages import MAPPED, STAGES, stage
+from migrator.topup import DELETED_AT_SOURCE
+
+__all__ = [
+    "BALANCE_SCHEMA",
+    "COUNT_SCHEMA",
+    "Reconciliation",
+    "balances",
+    "counts",
+    "reconcile",
+    "skipped",
+    "skipped_summary",
+]
+
+#: Columns of :func:`counts`; the destination and source columns are null when not asked for.
+COUNT_SCHEMA: dict[str, Any] = {
+    "entity": pl.String,
+    "in_scope": pl.Int64,
+    "created": pl.Int64,
+    "linked": pl.Int64,
+    "already_present": pl.Int64,
+    "skipped": pl.Int64,
+    "removed_since": pl.Int64,
+    "in_destination": pl.Int64,
+    "difference": pl.Int64,
+    "in_destination_total": pl.Int64,
+    "in_scope_total": pl.Int64,
+    "source_count": pl.Int64,
+    "source_difference": pl.Int64,
+}
+#: Columns of :func:`balances`; money columns are ``pl.Decimal`` (scale 2, or more if the data has it).
+BALANCE_SCHEMA: tuple[str, ...] = (
+    "patient_id",
+    "patient",
+    "source_outstanding",
+    "destination_outstanding",
+    "difference",
+)
+_MONEY = ("source_outstanding", "destination_outstanding", "difference")
+_BRINGS = ("created", "linked", "already_present")
+_LIVE = ("running", "stopped", "failed", "completed")
+#: Entities a business or practitioner filter selects directly (by ``business_id`` / ``practitioner_id``).
+_DIRECT = ("individual_appointments", "group_appointments", "unavailable_blocks", "invoices")
+#: Entities a scope never narrows: read whole whatever the filter.
+_FOLLOWING = (
+    "patients",
+    "medical_alerts",
+    "attendees",
+    "treatment_notes",
+    "patient_attachments",
+    "invoice_items",
+)
+
+
+# --- the plan's batches -------------------------------------------------------------------
+
+
+def _plan_of(batch: Batch) -> Plan:
+    return Plan.model_validate(batch.plan)
+
+
+def _same(batch: Batch, other: Batch) -> bool:
+    def strip(b: Batch) -> dict[str, Any]:
+        return {k: v for k, v in b.plan.items() if k != "created_with"}
+
+    return (
+        other.destination == batch.destination
+        and other.source_account == batch.source_account
+        and strip(other) == strip(batch)
+    )
+
+
+def _upto(ledger: Ledger, batch: Batch) -> list[str]:
+    """The plan's batches (not deleted) up to and including ``batch``, newest first."""
+    return [
+        b.id
+        for b in ledger.batches()
+        if b.status in _LIVE and _same(batch, b) and (b.created_at, b.id) <= (batch.created_at, batch.id)
+    ]
+
+
+def _later(ledger: Ledger, batch: Batch) -> list[str]:
+    """Live batches into the same destination from the same account, started after ``batch``."""
+    return [
+        b.id
+        for b in ledger.live_batches(batch.destination, source_account=batch.source_account)
+        if (b.created_at, b.id) > (batch.created_at, batch.id)
+    ]
+
+
+def _entities(ledger: Ledger, batch: Batch) -> list[str]:
+    """The batch's entities in stage order: its plan's data types, the mapped ones, and any with items."""
+    included = set(batch.plan.get("include") or ()) | set(MAPPED) | set(ledger.counts(batch.id))
+    return [s.entity for s in STAGES if s.entity in included]
+
+
+# --- counts -------------------------------------------------------------------------------
+
+
+def counts(
+    ledger: Ledger, batch_id: str, *, store: Any | None = None, source: ClinikoClient | None = None
+) -> pl.DataFrame:
+    """Entity counts of a batch: the ledger, the destination, and a fresh count at the source.
+
+    Args:
+        ledger: the workspace's ledger.
+        batch_id: the batch to reconcile.
+        store: the destination (fills ``in_destination``, ``difference`` and ``in_destination_total``).
+        source: a client of the source account (fills ``source_count`` and ``source_difference``;
+            one request per list, see the module docstring for what a scoped plan counts).
+
+    Returns:
+        One row per entity, columns :data:`COUNT_SCHEMA`, in stage order.
+
+    Raises:
+        BatchNotFound: no such batch. APIError: the source failed beyond retries.
+    """
+    batch = ledger.batch(batch_id)
+    plan = _plan_of(batch)
+    entities = _entities(ledger, batch)
+    ledger_counts = ledger.counts(batch_id)
+    later = _later(ledger, batch)
+    plan_batches = _upto(ledger, batch)
+    totals = ledger.latest_items_frame(plan_batches)
+    in_scope_total = dict(
+        totals.filter(~((pl.col("action") == "skipped") & (pl.col("reason_code") == DELETED_AT_SOURCE)))
+        .group_by("entity")
+        .len()
+        .iter_rows()
+    )
+    fresh = _source_counts(source, plan, entities) if source is not None else {}
+    rows = []
+    for entity in entities:
+        row: dict[str, Any] = dict.fromkeys(COUNT_SCHEMA)
+        row["entity"] = entity
+        by_action = ledger_counts.get(entity, {})
+        for action in ("created", "linked", "already_present", "skipped"):
+            row[action] = by_action.get(action, 0)
+        row["in_scope"] = sum(
+            by_action.get(a, 0) for a in ("created", "linked", "already_present", "skipped")
+        )
+        present, removed = _presence(ledger, batch_id, entity, later, store)
+        row["removed_since"] = removed
+        if store is not None:
+            expected = sum(row[a] for a in _BRINGS) - removed
+            row["in_destination"] = present
+            row["difference"] = present - expected
+            row["in_destination_total"] = store.count(entity)
+        row["in_scope_total"] = in_scope_total.get(entity, 0)
+        if fresh.get(entity) is not None:
+            row["source_count"] = fresh[entity]
+            row["source_difference"] = row["in_scope_total"] - fresh[entity]
+        rows.append(row)
+    return pl.DataFrame(rows, schema=COUNT_SCHEMA, orient="row")
+
+
+def _presence(
+    ledger: Ledger, batch_id: str, entity: str, later: list[str], store: Any | None
+) -> tuple[int, int]:
+    """``(in the destination now, removed since by a top-up)`` among the records the batch brought.
+
+    A later batch's word on a record wins: removed because Cliniko deleted it, or found
+    at another destination id (brought again after it went missing).
+    """
+    brought = {i.source_id: i.dest_id for i in ledger.items(batch_id, entity) if i.action in _BRINGS}
+    if not brought:
+        return 0, 0
+    newer = ledger.latest_items(later, entity, brought) if later else {}
+    removed = {
+        sid
+        for sid, item in newer.items()
+        if item.action == "skipped" and item.reason_code == DELETED_AT_SOURCE
+    }
+    where = {
+        sid: (newer[sid].dest_id if sid in newer and newer[sid].action in _BRINGS else dest)
+        for sid, dest in brought.items()
+        if sid not in removed
+    }
+    if store is None:
+        return 0, len(removed)
+    existing = store.existing_ids(entity, [d for d in where.values() if d is not None])
+    return sum(1 for d in where.values() if d in existing), len(removed)
+
+
+def _count_lists(plan: Plan, entity: str) -> list[Query] | None:
+    """The lists whose ``total_entries`` add up to what the plan has in scope, or ``None`` if none do."""
+    routes: list[str | None] = [
+        r for r in stage(entity).routes if not (entity == "patients" and r == "archived")
+    ]
+    if entity == "patients" and plan.include_archived_patients:
+        routes.append("archived")
+    scope = plan.scope
+    if scope.kind == "all" or entity in MAPPED or entity not in (*_DIRECT, *_FOLLOWING):
+        return [Query(entity, route) for route in routes]
+    if entity in _DIRECT or (entity == "treatment_notes" and scope.kind == "practitioner"):
+        return direct_queries(entity, scope.kind, scope.ids)
+    return None
+
+
+def _source_counts(source: ClinikoClient, plan: Plan, entities: list[str]) -> dict[str, int | None]:
+    """A fresh count per entity at the source, the lists counted concurrently."""
+    lists = {e: _count_lists(plan, e) for e in entities}
+    jobs = [(e, q) for e, queries in lists.items() for q in queries or ()]
+    with ThreadPoolExecutor(max(1, min(source.config.concurrency, len(jobs) or 1))) as pool:
+        totals = list(
+            pool.map(lambda job: source.count(job[1].resource, job[1].filters, route=job[1].route), jobs)
+        )
+    out: dict[str, int | None] = {e: (None if q is None else 0) for e, q in lists.items()}
+    for (entity, _), total in zip(jobs, totals, strict=True):
+        out[entity] = (out[entity] or 0) + total
+    return out
+
+
+# --- balances -----------------------------------------------------------------------------
+
+
+def _owed(status: object, total: object) -> Decimal:
+    """The rule on the source's side: Open and Open credit owe their total, the rest nothing."""
+    try:
+        code = int(str(status))
+    except ValueError:
+        return Decimal(0)
+    if code in (10, 40) and total not in (None, ""):
+        try:
+            return Decimal(str(total))
+        except InvalidOperation:
+            return Decimal(0)
+    return Decimal(0)
+
+
+def _link_id(raw: dict[str, Any], rel: str) -> str | None:
+    link = raw.get(rel)
+    if isinstance(link, dict):
+        url = (link.get("links") or {}).get("self")
+        if url:
+            return str(url).split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    value = raw.get(f"{rel}_id")
+    return None if value is None else str(value)
+
+
+def _source_invoices(source: ClinikoClient, plan: Plan) -> Iterator[dict[str, Any]]:
+    scope = plan.scope
+    queries = (
+        [Query("invoices")] if scope.kind == "all" else direct_queries("invoices", scope.kind, scope.ids)
+    )
+    for query in queries:
+        for page in source.pages("invoices", query.filters):
+            yield from page.records
+
+
+def _money_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    amounts = [r[c] for r in rows for c in _MONEY]
+    scale = max([2, *(-int(a.as_tuple().exponent) for a in amounts if a.is_finite())])
+    money = pl.Decimal(38, scale)
+    schema: dict[str, Any] = {"patient_id": pl.String, "patient": pl.String, **dict.fromkeys(_MONEY, money)}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> pl.DataFrame:
+    """Per-patient balances at the source and in the destination, and their difference.
+
+    Every patient the plan's batches (up to this one) brought is listed, with zeros when
+    they have no invoices; see the module docstring for the rule and its two code paths.
+    Reading the source's invoices costs one request per 100 invoices in the plan's scope.
+
+    Returns:
+        Columns ``patient_id`` (the source id), ``patient`` (the destination's name for
+        them), ``source_outstanding``, ``destination_outstanding`` and ``difference``
+        (destination less source), money as ``pl.Decimal``; patients whose balances
+        differ first. No rows when the plan does not include invoices.
+    """
+    batch = ledger.batch(batch_id)
+    plan = _plan_of(batch)
+    if "invoices" not in plan.include:
+        return _money_frame([])
+    latest = ledger.latest_items(_upto(ledger, batch), "patients")
+    patients = {sid: item.dest_id for sid, item in latest.items() if item.action in _BRINGS and item.dest_id}
+    at_source: dict[str, Decimal] = dict.fromkeys(patients, Decimal(0))
+    for raw in _source_invoices(source, plan):
+        patient = _link_id(raw, "patient")
+        if patient in at_source and not raw.get("deleted_at"):
+            at_source[patient] += _owed(raw.get("status"), raw.get("total_amount"))
+    if hasattr(store, "outstanding_by_patient"):
+        by_dest = store.outstanding_by_patient(set(patients.values()))
+    else:
+        raise TypeError(f"{type(store).__name__} cannot report what patients owe (no outstanding_by_patient)")
+    rows = []
+    for sid, dest in patients.items():
+        name, owed = by_dest.get(str(dest), (None, Decimal(0)))
+        rows.append(
+            {
+                "patient_id": sid,
+                "patient": name or None,
+                "source_outstanding": at_source[sid],
+                "destination_outstanding": owed,
+                "difference": owed - at_source[sid],
+            }
+        )
+    frame = _money_frame(rows)
+    return frame.sort(
+        [(pl.col("difference") != 0), pl.col("difference").abs(), pl.col("patient_id")],
+        descending=[True, True, False],
+    )
+
+
+# --- skipped ------------------------------------------------------------------------------
+
+
+def skipped(ledger: Ledger, batch_id: str) -> pl.DataFrame:
+    """Every record the batch skipped: ``entity``, ``source_id``, ``reason_code``, ``reason`` (a sentence)."""
+    ledger.batch(batch_id)
+    return ledger.skipped_frame(batch_id)
+
+
+def skipped_summary(ledger: Ledger, batch_id: str) -> pl.DataFrame:
+    """Skipped records counted by entity and reason: ``entity``, ``reason_code``, ``count`` (most first)."""
+    frame = skipped(ledger, batch_id)
+    return (
+        frame.group_by("entity", "reason_code")
+        .len(name="count")
+        .with_columns(pl.col("count").cast(pl.Int64))
+        .sort(["count", "entity", "reason_code"], descending=[True, False, False], nulls_last=True)
+    )
+
+
+# --- all three ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """The three checks of one batch, as frames, and what differs in sentences."""
+
+    batch_id: str
+    counts: pl.DataFrame
+    balances: pl.DataFrame
+    skipped: pl.DataFrame
+    skipped_summary: pl.DataFrame
+
+    @property
+    def balance_diffs(self) -> pl.DataFrame:
+        """Only the patients whose balances differ."""
+        return self.balances.filter(pl.col("difference") != 0)
+
+    @property
+    def problems(self) -> list[str]:
+        """One sentence per thing that does not reconcile; empty when everything does."""
+        out = []
+        for row in self.counts.iter_rows(named=True):
+            entity, diff = row["entity"], row["difference"]
+            if diff:
+                n = abs(diff)
+                what = f"{n} record{'s' if n > 1 else ''} the batch brought {'are' if n > 1 else 'is'}"
+                out.append(
+                    f"{entity}: {what} missing from the destination."
+                    if diff < 0
+                    else f"{entity}: the destination holds {n} more than the batch brought."
+                )
+            if row["source_difference"]:
+                out.append(
+                    f"{entity}: the source lists {row['source_count']:,} now; the plan's batches account for "
+                    f"{row['in_scope_total']:,} (a top-up brings what changed since)."
+                )
+        diffs = self.balance_diffs
+        if diffs.height:
+            shown = ", ".join(
+                f"{r['patient'] or 'patient'} ({r['patient_id']}) by {r['difference']:+}"
+                for r in diffs.head(3).iter_rows(named=True)
+            )
+            more = f" and {diffs.height - 3} more" if diffs.height > 3 else ""
+            whose = (
+                f"{diffs.height} patients' balances differ"
+                if diffs.height > 1
+                else "1 patient's balance differs"
+            )
+            out.append(f"{whose} from Cliniko's: {shown}{more}.")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything reconciles (skipped records, each with its reason, do not count against it)."""
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON: counts, the differing balances (money as strings), the number skipped, the problems."""
+        return {
+            "batch_id": self.batch_id,
+            "reconciled": self.ok,
+            "counts": self.counts.to_dicts(),
+            "balance_diffs": [
+                {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
+                for row in self.balance_diffs.to_dicts()
+            ],
+            "skipped": self.skipped.height,
+            "problems": self.problems,
+        }
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """Write each frame as CSV and Parquet into ``folder`` (created if missing); return the files."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("counts", "balances", "skipped", "skipped_summary"):
+            frame: pl.DataFrame = getattr(self, name)
+            csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
+            frame.write_csv(csv)
+            frame.write_parquet(parquet)
+            written += [csv, parquet]
+        return written
+
+
+def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> Reconciliation:
+    """Counts, balances and skipped records of a batch in one go (see the module docstring).
+
+    Raises:
+        BatchNotFound: no such batch. ConfigError: the batch was deleted (nothing of it is left
+        to check). APIError: the source failed beyond retries.
+    """
+    batch = ledger.batch(batch_id)
+    if batch.status in ("deleting", "deleted"):
+        raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
+    return Reconciliation(
+        batch_id=batch_id,
+        counts=counts(ledger, batch_id, store=store, source=source),
+        balances=balances(ledger, batch_id, source=source, store=store),
+        skipped=skipped(ledger, batch_id),
+        skipped_summary=skipped_summary(ledger, batch_id),
+    )

@@ -1,0 +1,291 @@
+"""The short public API a notebook or a script drives, step by step, as the console does.
+
+>>> import migrator
+>>> source = migrator.connect()                              # doctest: +SKIP
+>>> migrator.preview(source).counts["patients"]              # doctest: +SKIP
+412
+>>> table = migrator.mapping(source, to="sqlite:clinic.db")  # doctest: +SKIP
+>>> result = migrator.run(source, to="sqlite:clinic.db", mapping=table)        # doctest: +SKIP
+>>> check = migrator.reconcile(result.batch_id, source=source)                 # doctest: +SKIP
+>>> check.ok, check.balance_diffs                                              # doctest: +SKIP
+>>> later = migrator.run(source, to="sqlite:clinic.db", mapping=table, top_up=True)  # doctest: +SKIP
+>>> migrator.batches()                                                         # doctest: +SKIP
+
+Each function opens the workspace's ledger and the store for its own use and closes
+them again; errors are :class:`~migrator.errors.MigratorError` subclasses whose message
+is one sentence, never containing a key.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import SecretStr
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE
+from migrator.destinations.local import LocalStore
+from migrator.engine import RunResult
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger, StageProgress
+from migrator.mapping import build_mapping, to_rows
+from migrator.plan import MappingRow, Scope, parse_include
+from migrator.reconcile import Reconciliation
+from migrator.reconcile import reconcile as _reconcile
+from migrator.workflow import (
+    DEFAULT_STORE,
+    DEFAULT_WORKSPACE,
+    make_plan,
+    open_local_store,
+    run_plan,
+    verify_source,
+)
+
+__all__ = ["ProgressBar", "batches", "connect", "mapping", "reconcile", "run"]
+
+SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
+RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
+
+# Who each connected client's key belongs to, so later steps need not ask Cliniko again.
+_IDENTITIES: weakref.WeakKeyDictionary[ClinikoClient, Identity] = weakref.WeakKeyDictionary()
+
+
+def connect(
+    key: str | SecretStr | None = None,
+    *,
+    url_template: str | None = None,
+    requests_per_minute: float | None = None,
+) -> ClinikoClient:
+    """A read-only client of the source account, its key verified as an administrator's.
+
+    Args:
+        key: the API key; by default ``$MIGRATOR_SOURCE_KEY`` (keep keys out of notebooks).
+        url_template: the API's URL template (``{shard}`` replaced); by default
+            ``$MIGRATOR_API_URL`` or Cliniko's own.
+        requests_per_minute: the key's pace; by default ``$MIGRATOR_REQUESTS_PER_MINUTE``
+            or 200, Cliniko's published limit (0 turns pacing off, for the sandbox).
+
+    Raises:
+        ConfigError: no key, a malformed one, or not an administrator's.
+        AuthError, APIError: Cliniko refused the key or could not be reached.
+    """
+    secret = key if key is not None else os.environ.get(SOURCE_KEY_ENV)
+    if not secret:
+        raise ConfigError(f"No source API key: pass one, or set {SOURCE_KEY_ENV} in the environment.")
+    if requests_per_minute is None:
+        raw = os.environ.get(RATE_ENV)
+        try:
+            requests_per_minute = float(raw) if raw else DEFAULT_REQUESTS_PER_MINUTE
+        except ValueError:
+            raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+    config = ClientConfig(url_template=url_template, requests_per_minute=requests_per_minute)
+    client = ClinikoClient(secret, config=config)
+    try:
+        _IDENTITIES[client] = verify_source(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _identity(client: ClinikoClient) -> Identity:
+    if client not in _IDENTITIES:
+        _IDENTITIES[client] = verify_source(client)
+    return _IDENTITIES[client]
+
+
+def mapping(
+    source: ClinikoClient, *, to: str = DEFAULT_STORE, workspace: str | Path = DEFAULT_WORKSPACE
+) -> pl.DataFrame:
+    """The auto-matched mapping table for a run into the local store ``to``: one frame, every entity.
+
+    Columns as :data:`migrator.mapping.MAPPING_SCHEMA` (``entity``, ``source_id``,
+    ``source_name``, ``action``, ``target_id`` ...). Rows whose ``action`` is
+    ``"unresolved"`` need a decision (``former``, ``reassign``, ``exclude``...) before
+    :func:`run`; edit the frame with Polars and pass it on.
+    """
+    ledger, store = open_local_store(to, workspace)
+    try:
+        frames = build_mapping(source, store.reference, can_create=True)
+    finally:
+        ledger.close()
+    return pl.concat(list(frames.values()), how="vertical")
+
+
+def _mapping_rows(table: pl.DataFrame | Sequence[MappingRow] | str | Path | None) -> Any:
+    if isinstance(table, pl.DataFrame):
+        return to_rows([table])
+    return table
+
+
+class ProgressBar:
+    """A tqdm bar per stage, fed by a run's progress events: a widget in Jupyter when
+    ipywidgets is installed, a text bar otherwise (Jupyter shows it in place too)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage: str | None = None
+
+    def __call__(self, event: StageProgress) -> None:
+        if event.stage != self._stage:
+            self.close()
+            self._bar = _tqdm()(total=event.total, desc=f"{event.stage:<24}", unit=" records", leave=True)
+            self._stage = event.stage
+        bar = self._bar
+        bar.total = max(event.total, event.done)
+        bar.set_postfix(
+            created=event.created,
+            linked=event.linked,
+            present=event.already_present,
+            skipped=event.skipped,
+            refresh=False,
+        )
+        bar.update(event.done - bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.refresh()
+            self._bar.close()
+            self._bar = None
+            self._stage = None
+
+
+def _tqdm() -> Any:
+    try:
+        import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it)
+    except ImportError:
+        from tqdm.std import tqdm as text_bar
+
+        return text_bar
+    from tqdm.auto import tqdm as auto_bar
+
+    return auto_bar
+
+
+def run(
+    source: ClinikoClient,
+    *,
+    to: str = DEFAULT_STORE,
+    workspace: str | Path = DEFAULT_WORKSPACE,
+    scope: str | Scope = "all",
+    include: str | Sequence[str] | None = None,
+    mapping: pl.DataFrame | Sequence[MappingRow] | str | Path | None = None,
+    include_archived_patients: bool = True,
+    top_up: bool = False,
+    progress: Callable[[StageProgress], None] | bool | None = True,
+) -> RunResult:
+    """Migrate into the local store ``to``: a new batch, the plan's unfinished one resumed, or a top-up.
+
+    Args:
+        source: from :func:`connect`.
+        to: ``sqlite:PATH``; workspace: where the ledger lives.
+        scope: ``"all"``, ``"business:ID[,ID...]"`` or ``"practitioner:ID[,ID...]"``.
+        include: data types (``"patients,invoices"``, ``"core"``...); default everything.
+        mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file; by
+            default auto-matched, which refuses to run while any row is unresolved.
+        top_up: read only what changed since the plan's last completed batch.
+        progress: ``True`` for a bar per stage (:class:`ProgressBar`), a callable to
+            receive each :class:`~migrator.ledger.StageProgress`, or ``None``.
+
+    Raises:
+        MappingError: a mapping row is unresolved. ConfigError: a bad scope or data type,
+        or a top-up of a plan with no completed batch. APIError: Cliniko failed beyond retries.
+    """
+    identity = _identity(source)
+    ledger, store = open_local_store(to, workspace)
+    listener: Callable[[StageProgress], None] | None
+    bar = ProgressBar() if progress is True else None
+    listener = bar if bar is not None else (progress if callable(progress) else None)
+    try:
+        plan = make_plan(
+            source,
+            identity,
+            store,
+            scope=Scope.parse(scope) if isinstance(scope, str) else scope,
+            include=parse_include(include) if isinstance(include, str) else include,
+            mappings=_mapping_rows(mapping),
+            include_archived_patients=include_archived_patients,
+        )
+        return run_plan(plan, source, store, ledger, top_up=top_up, progress=listener, actor="notebook")
+    finally:
+        if bar is not None:
+            bar.close()
+        ledger.close()
+
+
+def reconcile(
+    batch_id: str, *, source: ClinikoClient, workspace: str | Path = DEFAULT_WORKSPACE
+) -> Reconciliation:
+    """Counts, per-patient balances and skipped records of a batch (see :mod:`migrator.reconcile`).
+
+    Raises:
+        BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
+        to a local store. APIError: the source failed beyond retries.
+    """
+    ledger = Ledger(workspace)
+    try:
+        batch = ledger.batch(batch_id)
+        if not batch.destination.startswith("sqlite:"):
+            raise ConfigError(
+                f"Batch {batch.id} went to {batch.destination}; only the local clinic store can be reconciled here."
+            )
+        store = LocalStore(LocalStore.parse_target(batch.destination), ledger)
+        return _reconcile(ledger, batch_id, source=source, store=store)
+    finally:
+        ledger.close()
+
+
+def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
+    """Every batch of the workspace, newest first, as a frame.
+
+    Columns: ``id``, ``created_at``, ``status``, ``kind`` (``full`` or ``top-up``),
+    ``source_account``, ``destination``, ``requests``, the ``created`` / ``linked`` /
+    ``already_present`` / ``skipped`` totals, ``deletable`` and ``why`` (a sentence).
+    """
+    ledger = Ledger(workspace)
+    try:
+        rows = []
+        for b in ledger.batches():
+            allowed, why = b.deletable()
+            totals = {
+                a: sum(c.get(a, 0) for c in b.counts.values())
+                for a in ("created", "linked", "already_present", "skipped")
+            }
+            top_up = any(e["action"] == "top_up" for e in ledger.audit_log(b.id))
+            rows.append(
+                {
+                    "id": b.id,
+                    "created_at": b.created_at,
+                    "status": b.status,
+                    "kind": "top-up" if top_up else "full",
+                    "source_account": b.source_account,
+                    "destination": b.destination,
+                    "requests": ledger.batch_requests(b.id),
+                    **totals,
+                    "deletable": allowed,
+                    "why": why,
+                }
+            )
+    finally:
+        ledger.close()
+    schema: dict[str, Any] = {
+        "id": pl.String,
+        "created_at": pl.Datetime("us", "UTC"),
+        "status": pl.String,
+        "kind": pl.String,
+        "source_account": pl.String,
+        "destination": pl.String,
+        "requests": pl.Int64,
+        "created": pl.Int64,
+        "linked": pl.Int64,
+        "already_present": pl.Int64,
+        "skipped": pl.Int64,
+        "deletable": pl.Boolean,
+        "why": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")

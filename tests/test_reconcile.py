@@ -1,0 +1,312 @@
+"""Reconciliation: zero after a clean run, and each kind of damage shows up as exactly that difference.
+
+One migration of the demo clinic (served by the session's sandbox process) is made per module;
+each test works on its own copy of the ledger and the store, so a test's damage stays its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from migrator.cliniko.client import ClinikoClient
+from migrator.destinations.local import LocalStore
+from migrator.ledger import Ledger
+from migrator.mapping import build_mapping, to_rows
+from migrator.plan import Plan, Scope
+from migrator.reconcile import COUNT_SCHEMA, Reconciliation, counts, reconcile, skipped, skipped_summary
+from migrator.setup import copy_clinic_setup
+from migrator.workflow import run_plan
+from tests.conftest import ROOT, RunningSandbox
+from tests.test_resume import setup_workspace
+
+
+@dataclass
+class Migrated:
+    """A finished migration: where its files are, its batch, and what it excluded."""
+
+    folder: Path
+    batch_id: str
+    excluded: str  # the source id of the practitioner the mapping excluded
+    requests: int
+
+
+@pytest.fixture(scope="module")
+def migrated(demo_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Migrated:
+    folder = tmp_path_factory.mktemp("migrated")
+    ledger = Ledger(folder / "workspace")
+    store = LocalStore(folder / "clinic.db", ledger)
+    with demo_sandbox.client("destination") as dest:
+        copy_clinic_setup(store, dest)
+    with demo_sandbox.client() as source:
+        rows = to_rows(build_mapping(source, store.reference, can_create=True))
+        formers = [r for r in rows if r.action == "unresolved"]
+        # The first former practitioner is excluded (their records are skipped with that reason), the others
+        # go to the generic "Former practitioner".
+        decided = {r.source_id: ("exclude" if r is formers[0] else "former") for r in formers}
+        rows = [r.model_copy(update={"action": decided[r.source_id]}) if r in formers else r for r in rows]
+        plan = Plan(
+            source_account="Harbourside Physio",
+            source_shard="au2",
+            destination=store.describe(),
+            scope=Scope.parse("all"),
+            mappings=rows,
+        )
+        result = run_plan(plan, source, store, ledger)
+    ledger.close()
+    return Migrated(folder, result.batch_id, formers[0].source_id, result.requests)
+
+
+@dataclass
+class Copy:
+    ledger: Ledger
+    store: LocalStore
+    batch_id: str
+
+    def sql(self, statement: str, *params: object) -> list[tuple]:
+        with self.ledger.transaction():
+            return self.ledger.conn.execute(statement, params).fetchall()
+
+
+@pytest.fixture
+def copy(migrated: Migrated, tmp_path: Path) -> Iterator[Copy]:
+    shutil.copytree(migrated.folder / "workspace", tmp_path / "workspace")
+    shutil.copy(migrated.folder / "clinic.db", tmp_path / "clinic.db")
+    ledger = Ledger(tmp_path / "workspace")
+    yield Copy(ledger, LocalStore(tmp_path / "clinic.db", ledger), migrated.batch_id)
+    ledger.close()
+
+
+@pytest.fixture
+def source(demo_sandbox: RunningSandbox) -> Iterator[ClinikoClient]:
+    with demo_sandbox.client() as client:
+        yield client
+
+
+def cli(sandbox: RunningSandbox, *args: str, key: str) -> subprocess.CompletedProcess[str]:
+    """``python -m migrator ARGS`` against the sandbox, unpaced (the sandbox has no rate limit)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env.update(
+        MIGRATOR_API_URL=sandbox.url_template, MIGRATOR_SOURCE_KEY=key, MIGRATOR_REQUESTS_PER_MINUTE="0"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "migrator", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def check(copy: Copy, source: ClinikoClient) -> Reconciliation:
+    return reconcile(copy.ledger, copy.batch_id, source=source, store=copy.store)
+
+
+def nonzero(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    return dict(frame.filter(pl.col(column) != 0).select("entity", column).iter_rows())
+
+
+def test_a_clean_run_reconciles(copy: Copy, source: ClinikoClient, demo_sandbox: RunningSandbox) -> None:
+    result = check(copy, source)
+    assert result.ok, result.problems
+    assert result.problems == []
+    frame = result.counts
+    assert list(frame.columns) == list(COUNT_SCHEMA)
+    assert nonzero(frame, "difference") == {} and nonzero(frame, "source_difference") == {}
+    # The fresh count at the source is the sandbox's own totals, independent of the engine.
+    totals = demo_sandbox.totals()
+    row = {r["entity"]: r for r in frame.iter_rows(named=True)}
+    assert row["patients"]["source_count"] == totals["patients"] + totals["patients/archived"] == 398
+    assert row["invoices"]["source_count"] == totals["invoices"] == row["invoices"]["in_scope"]
+    assert row["individual_appointments"]["in_scope"] == totals["individual_appointments"]
+    # The excluded practitioner's appointments are in scope, skipped, and still reconcile.
+    appointments = row["individual_appointments"]
+    assert appointments["skipped"] > 0
+    assert (
+        appointments["in_destination"]
+        == appointments["created"]
+        == appointments["in_scope"] - appointments["skipped"]
+    )
+    # Balances: every patient brought, none differing, and the total owed equals the store's own column.
+    assert result.balances.height == 398 and result.balance_diffs.height == 0
+    assert result.balances.schema["difference"] == pl.Decimal(38, 2)
+    owed = sum(Decimal(v) for (v,) in copy.sql("SELECT outstanding FROM clinic.invoices") if v is not None)
+    assert result.balances["source_outstanding"].sum() == owed != 0
+
+
+def test_an_invoice_amount_tampered_with_shows_as_that_patients_difference(
+    copy: Copy, source: ClinikoClient
+) -> None:
+    invoice_id, total, patient = copy.sql(
+        "SELECT i.id, i.total_amount, p.source_id FROM clinic.invoices i JOIN clinic.patients p ON p.id = i.patient_id"
+        " WHERE i.status = 10 ORDER BY i.id LIMIT 1"
+    )[0]
+    copy.sql(
+        "UPDATE clinic.invoices SET total_amount = ? WHERE id = ?",
+        str(Decimal(total) + Decimal("12.34")),
+        invoice_id,
+    )
+    result = check(copy, source)
+    diffs = result.balance_diffs.to_dicts()
+    assert [(d["patient_id"], d["difference"]) for d in diffs] == [(patient, Decimal("12.34"))]
+    assert diffs[0]["destination_outstanding"] - diffs[0]["source_outstanding"] == Decimal("12.34")
+    assert nonzero(result.counts, "difference") == {}  # every record is there; only the money differs
+    assert result.problems == [
+        f"1 patient's balance differs from Cliniko's: {diffs[0]['patient']} ({patient}) by +12.34."
+    ]
+
+
+def test_a_deleted_destination_appointment_shows_as_one_missing(copy: Copy, source: ClinikoClient) -> None:
+    (gone,) = copy.sql("SELECT min(id) FROM clinic.individual_appointments")[0]
+    copy.sql("DELETE FROM clinic.individual_appointments WHERE id = ?", gone)
+    result = check(copy, source)
+    assert nonzero(result.counts, "difference") == {"individual_appointments": -1}
+    assert (
+        nonzero(result.counts, "source_difference") == {}
+    )  # the source still has it: the plan accounts for it
+    assert result.balance_diffs.height == 0
+    assert not result.ok
+    assert result.problems == [
+        "individual_appointments: 1 record the batch brought is missing from the destination."
+    ]
+
+
+def test_a_dropped_invoice_shows_in_the_counts_and_its_patients_balance(
+    copy: Copy, source: ClinikoClient
+) -> None:
+    invoice_id, total, patient = copy.sql(
+        "SELECT i.id, i.total_amount, p.source_id FROM clinic.invoices i JOIN clinic.patients p ON p.id = i.patient_id"
+        " WHERE i.status = 10 AND EXISTS (SELECT 1 FROM clinic.invoice_items t WHERE t.invoice_id = i.id)"
+        " ORDER BY i.id DESC LIMIT 1"
+    )[0]
+    (items,) = copy.sql("SELECT count(*) FROM clinic.invoice_items WHERE invoice_id = ?", invoice_id)[0]
+    copy.sql("DELETE FROM clinic.invoice_items WHERE invoice_id = ?", invoice_id)
+    copy.sql("DELETE FROM clinic.invoices WHERE id = ?", invoice_id)
+    result = check(copy, source)
+    assert nonzero(result.counts, "difference") == {"invoices": -1, "invoice_items": -items}
+    assert [(d["patient_id"], d["difference"]) for d in result.balance_diffs.to_dicts()] == [
+        (patient, -Decimal(total))
+    ]
+
+
+def test_an_invoice_moved_to_the_wrong_patient_shows_on_both(copy: Copy, source: ClinikoClient) -> None:
+    invoice_id, total, owner = copy.sql(
+        "SELECT i.id, i.total_amount, p.source_id FROM clinic.invoices i JOIN clinic.patients p ON p.id = i.patient_id"
+        " WHERE i.status = 40 ORDER BY i.id LIMIT 1"  # an open credit: its total counts as it stands
+    )[0]
+    other_id, other = copy.sql(
+        "SELECT id, source_id FROM clinic.patients WHERE source_id != ? AND source_id IS NOT NULL ORDER BY id LIMIT 1",
+        owner,
+    )[0]
+    copy.sql("UPDATE clinic.invoices SET patient_id = ? WHERE id = ?", other_id, invoice_id)
+    result = check(copy, source)
+    moved = Decimal(total)
+    assert dict(result.balance_diffs.select("patient_id", "difference").iter_rows()) == {
+        owner: -moved,
+        other: moved,
+    }
+    assert nonzero(result.counts, "difference") == {}
+
+
+def test_skipped_rows_and_their_summary(copy: Copy, migrated: Migrated) -> None:
+    rows = skipped(copy.ledger, copy.batch_id)
+    assert list(rows.columns) == ["entity", "source_id", "reason_code", "reason"]
+    assert rows.height > 0 and rows["reason"].null_count() == 0
+    summary = skipped_summary(copy.ledger, copy.batch_id)
+    assert list(summary.columns) == ["entity", "reason_code", "count"]
+    assert summary["count"].sum() == rows.height
+    assert set(summary["reason_code"]) == {"practitioner_excluded"}  # what the mapping decided, nothing else
+    by_entity = dict(summary.select("entity", "count").iter_rows())
+    ledger_counts = copy.ledger.counts(copy.batch_id)
+    assert by_entity == {e: c["skipped"] for e, c in ledger_counts.items() if c["skipped"]}
+    assert rows.filter(pl.col("entity") == "practitioners")["source_id"].to_list() == [migrated.excluded]
+
+
+def test_counts_without_a_store_or_a_source_leave_those_columns_empty(copy: Copy) -> None:
+    frame = counts(copy.ledger, copy.batch_id)
+    for column in (
+        "in_destination",
+        "difference",
+        "in_destination_total",
+        "source_count",
+        "source_difference",
+    ):
+        assert frame[column].null_count() == frame.height, column
+    assert (
+        frame["in_scope"] == frame["created"] + frame["linked"] + frame["already_present"] + frame["skipped"]
+    ).all()
+
+
+def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path: Path) -> None:
+    mapping = setup_workspace(demo_sandbox, tmp_path)
+    key = demo_sandbox.key("source")
+    run = cli(
+        demo_sandbox,
+        "run", "--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path), "--mapping", str(mapping),
+        "--include", "patients,invoices", "--json", key=key,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    batch_id = json.loads(run.stdout)["batch_id"]
+
+    clean = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), "--json", key=key)
+    assert clean.returncode == 0, clean.stderr
+    report = json.loads(clean.stdout)
+    assert {"counts", "balance_diffs", "skipped"} <= set(report)
+    assert report["balance_diffs"] == [] and report["skipped"] == 0 and report["reconciled"] is True
+    assert {r["entity"] for r in report["counts"]} >= {"patients", "invoices", "invoice_items"}
+    assert all(r["difference"] == 0 and r["source_difference"] == 0 for r in report["counts"])
+
+    with sqlite3.connect(tmp_path / "clinic.db") as conn:
+        invoice_id, patient = conn.execute(
+            "SELECT i.id, p.source_id FROM invoices i JOIN patients p ON p.id = i.patient_id WHERE i.status = 10"
+            " ORDER BY i.id LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE invoices SET status = 20 WHERE id = ?", (invoice_id,))  # marked paid by mistake
+    differs = cli(
+        demo_sandbox,
+        "reconcile",
+        batch_id,
+        "--workspace",
+        str(tmp_path),
+        "--json",
+        "--out",
+        str(tmp_path / "out"),
+        key=key,
+    )
+    assert differs.returncode == 1, differs.stderr
+    report = json.loads(differs.stdout)
+    assert [d["patient_id"] for d in report["balance_diffs"]] == [patient]
+    assert Decimal(report["balance_diffs"][0]["difference"]) < 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{name}.{ext}"
+        for name in ("counts", "balances", "skipped", "skipped_summary")
+        for ext in ("csv", "parquet")
+    )
+    balances = pl.read_parquet(tmp_path / "out" / "balances.parquet")
+    assert isinstance(balances.schema["difference"], pl.Decimal)
+    assert balances.filter(pl.col("difference") != 0)["patient_id"].to_list() == [patient]
+
+    human = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=key)
+    assert human.returncode == 1
+    assert "It does not reconcile:" in human.stdout and f"({patient})" in human.stdout
+
+    other = cli(
+        demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=demo_sandbox.key("destination")
+    )
+    assert other.returncode == 2 and "was read from Harbourside Physio" in other.stderr
+    assert demo_sandbox.key("destination") not in other.stderr
+    missing = cli(demo_sandbox, "reconcile", "b20200101-000000-0000", "--workspace", str(tmp_path), key=key)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
