@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.cliniko.models import ClinikoRecord, parse_record
+from migrator.cliniko.readahead import ReadAhead
 from migrator.cliniko.resources import resource as registry_entry
 from migrator.destinations import row_from_record
 from migrator.errors import MigratorError
@@ -167,6 +169,8 @@ class Engine:
         actor: who is running it, for the audit trail.
         commit_interval: the most seconds of whole pages kept uncommitted (see
             :class:`~migrator.ledger.CommitGroup`); 0 commits every page on its own.
+        read_ahead: how many lists beyond the current one may be read concurrently when
+            the lists are known up front (see :meth:`_run_stages`); 0 reads one at a time.
         top_up: read only what changed since an earlier batch (:func:`migrator.workflow.top_up_point`);
             ignored when resuming a batch, which stays what it was started as.
     """
@@ -182,6 +186,7 @@ class Engine:
         stop: threading.Event | None = None,
         actor: str = "cli",
         commit_interval: float = 0.5,
+        read_ahead: int = 2,
         top_up: TopUp | None = None,
     ) -> None:
         self.plan = plan
@@ -192,6 +197,7 @@ class Engine:
         self.stop = stop or threading.Event()
         self.actor = actor
         self.commit_interval = commit_interval
+        self.read_ahead = read_ahead
         self._group = ledger.commit_group(commit_interval)
         self.destination = store.describe()
         self.account = plan.source_account
@@ -243,8 +249,7 @@ class Engine:
 
         try:
             with self._group:
-                for stage in self._stages():
-                    self._run_stage(stage)
+                self._run_stages()
                 if self.top_up is not None:
                     self._apply_deletions()
         except RunStopped:
@@ -303,9 +308,44 @@ class Engine:
 
     # -- stages ------------------------------------------------------------------------
 
-    def _run_stage(self, stage: Stage) -> None:
-        for query in self._queries(stage):
-            for records in self._read(query):
+    def _run_stages(self) -> None:
+        """Every stage in order; runs of stages whose lists are known up front are read ahead.
+
+        A stage's lists are known up front when the plan reads them whole (all data,
+        and reference data in every scope); then the next lists' first pages are already
+        on their way while this one is written (:class:`~migrator.cliniko.readahead.ReadAhead`),
+        so list boundaries do not idle the budget when Cliniko answers slowly. Stages
+        whose queries depend on what earlier stages found (a filter's patients, a top-up)
+        are read one list at a time.
+        """
+        stages = self._stages()
+        start = 0
+        while start < len(stages):
+            end = start
+            while end < len(stages) and self._static(stages[end]):
+                end += 1
+            if end == start:
+                self._run_stage(stages[start], ((q, self._read(q)) for q in self._queries(stages[start])))
+                start += 1
+                continue
+            run = stages[start:end]
+            units = [(stage, Query(stage.entity, route)) for stage in run for route in self._routes(stage)]
+            lists = ReadAhead([partial(self._read, query) for _, query in units], ahead=self.read_ahead)
+            try:
+                opened = iter(lists)
+                for stage in run:
+                    mine = [query for owner, query in units if owner is stage]
+                    self._run_stage(stage, ((query, next(opened)) for query in mine))
+            finally:
+                lists.close()
+            start = end
+
+    def _static(self, stage: Stage) -> bool:
+        return self.read_ahead > 0 and self.top_up is None and self._whole(stage.entity)
+
+    def _run_stage(self, stage: Stage, lists: Iterator[tuple[Query, Iterator[list[dict[str, Any]]]]]) -> None:
+        for query, pages in lists:
+            for records in pages:
                 if self.stop.is_set():
                     raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
                 self._process(stage, query, records)
