@@ -42,7 +42,8 @@ from migrator.engine import Engine, RunResult, RunStopped
 from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Ledger
 from migrator.plan import Plan
-from migrator.workflow import open_local_store, unfinished_batch
+from migrator.topup import TopUp
+from migrator.workflow import open_local_store, top_up_point, unfinished_batch
 
 __all__ = ["RunHandle", "RunRegistry", "plan_of"]
 
@@ -87,6 +88,7 @@ class RunHandle:
     expected: dict[str, int] = field(default_factory=dict)
     actor: str = "console"
     resume_id: str | None = None
+    top_up: TopUp | None = None
     state: str = "starting"
     result: RunResult | None = None
     error: str | None = None
@@ -167,6 +169,7 @@ class RunRegistry:
         expected: Mapping[str, int] | None = None,
         actor: str = "console",
         resume: str | None = None,
+        top_up: bool = False,
         wait: float = 30.0,
     ) -> RunHandle:
         """Run ``plan`` in a background thread, or return the run already doing it.
@@ -179,11 +182,15 @@ class RunRegistry:
             expected: records per entity, for the progress bars.
             resume: continue this batch (stopped, failed or killed) instead of looking
                 for the plan's unfinished batch.
+            top_up: read only what changed since the plan's last completed batch
+                (:func:`~migrator.workflow.top_up_point`); an unfinished batch of the plan
+                is resumed instead, whatever it was started as.
             wait: seconds to wait for the batch id before returning.
 
         Raises:
             ConfigError: another run goes into the same destination right now (here or in
-                another process), or ``resume`` names a batch that cannot be resumed.
+                another process), ``resume`` names a batch that cannot be resumed, or a
+                top-up has no completed batch of the plan to start from.
             MappingError: a mapping row is unresolved.
         """
         plan.require_resolved()
@@ -201,12 +208,17 @@ class RunRegistry:
                     "follow it on the Run page, or stop it before starting another run."
                 )
             resume_id = self._batch_to_resume(plan, Path(workspace), resume)
+            point = None
+            if top_up and resume_id is None:
+                with Ledger(workspace) as ledger:
+                    point = top_up_point(ledger, plan)
             handle = RunHandle(
                 plan=plan,
                 workspace=Path(workspace),
                 expected=dict(expected or {}),
                 actor=actor,
                 resume_id=resume_id,
+                top_up=point,
             )
             thread = threading.Thread(
                 target=_work, args=(handle, key, client_config), name="migration-run", daemon=True
@@ -295,7 +307,13 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
         try:
             with ClinikoClient(key, config=config) as client:
                 engine = Engine(
-                    handle.plan, client, store, ledger, stop=handle.stop_event, actor=handle.actor
+                    handle.plan,
+                    client,
+                    store,
+                    ledger,
+                    stop=handle.stop_event,
+                    actor=handle.actor,
+                    top_up=handle.top_up,
                 )
                 handle._engine = engine
                 handle.result = engine.run(handle.resume_id)

@@ -157,8 +157,8 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
     done = plan_batches(ledger, plan)
     if not done:
         raise ConfigError(
-            "No batch of this plan has completed yet, so there is nothing to top up; run it once without "
-            "--top-up (a changed mapping, filter or data types make a new plan)."
+            "No batch of this plan has completed yet, so there is nothing to top up: run it in full once first "
+            "(a changed mapping, filter or data types make a new plan)."
         )
     tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
     full = next((b for b in done if b.id not in tops), None)

@@ -37,7 +37,7 @@ registry = run_registry()
 config = settings()
 
 
-def start() -> None:
+def start(*, top_up: bool = False) -> None:
     """Make the plan from the session's choices and start it (or join the run already doing it)."""
     rows, problems = mapping_rows()
     if problems:
@@ -64,6 +64,7 @@ def start() -> None:
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,
+        top_up=top_up,
     )
     state.run_batch = handle.batch_id
     if handle.error:
@@ -141,6 +142,20 @@ if connected():
         try:
             with st.spinner("Starting…"):
                 start()
+            st.rerun()
+        except MigratorError as exc:
+            st.error(str(exc))
+    if st.button(
+        "Top up: bring only what changed",
+        key="run_top_up",
+        icon=":material/update:",
+        disabled=blocked is not None or bool(active),
+        help="The last sweep before go-live: reads only what changed at the source since this plan's last "
+        "completed batch started (new, edited, cancelled and deleted records), for a small share of the requests.",
+    ):
+        try:
+            with st.spinner("Starting the top-up…"):
+                start(top_up=True)
             st.rerun()
         except MigratorError as exc:
             st.error(str(exc))
@@ -236,6 +251,18 @@ def follow(batch_id: str, was_live: bool) -> None:
         seconds = (batch.finished_at - batch.created_at).total_seconds() if batch.finished_at else None
         took = f" in {seconds:,.0f} s" if seconds is not None else ""
         st.success(f"Batch {batch.id} is complete{took}: {sum(totals.values()):,} source records handled.")
+        result = handle.result if handle is not None else None
+        if result is not None and result.top_up is not None:
+            saved = result.requests_saved
+            used = result.batch_requests or result.requests
+            st.info(
+                f"Top-up of batch {result.top_up.of}: {used:,} requests"
+                + (
+                    f", {saved:,} fewer than the full run's {result.top_up.baseline_requests:,}."
+                    if saved
+                    else "."
+                )
+            )
         next_step("Next: review it", "review", key="next_review")
     if was_live and not (here or elsewhere):
         st.rerun(scope="app")  # the run ended: redraw the page without the timer

@@ -274,3 +274,43 @@ def test_a_business_filter_narrows_the_preview(console: Callable[[], AppTest]) -
     assert table.loc["Appointments", "Estimate"] == "" and table.loc["Patients", "Estimate"] == "≈"
     assert metrics(at)["Records to read"].startswith("≈ ")
     assert "≈ marks estimates" in texts(at)
+
+
+def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_saved(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    at = console()
+    connect_and_decide(at)
+    goto(at, "run")
+    at.button(key="run_top_up").click().run()  # nothing completed yet: one sentence, nothing started
+    assert [e.value for e in at.error] == [
+        "No batch of this plan has completed yet, so there is nothing to top up: run it in full once first "
+        "(a changed mapping, filter or data types make a new plan)."
+    ]
+    with Ledger(workspace) as ledger:
+        assert ledger.batches() == []
+
+    at.button(key="run_start").click().run()
+    assert "completed" in wait_for_status(at, "completed", "failed")
+    # The clinic edits one patient in Cliniko (an edit, so the shared demo clinic keeps its counts).
+    config = ClientConfig(url_template=at.session_state["url_template"], requests_per_minute=0)
+    with ClinikoClient(at.session_state["source_key"], config=config, writable=True) as clinic:
+        patient = next(iter(clinic.pages("patients"))).records[0]
+        clinic.put(f"/patients/{patient['id']}", {"occupation": "Lighthouse keeper"})
+
+    at.button(key="run_top_up").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert "completed" in wait_for_status(at, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        top_up, first = ledger.batches()  # newest first
+        items = [i for i in ledger.items(top_up.id) if i.reason_code not in ("earlier_batch",)]
+        first_requests = ledger.batch_requests(first.id)
+        top_up_requests = ledger.batch_requests(top_up.id)
+    assert [(i.entity, i.source_id, i.action, i.reason_code) for i in items] == [
+        ("patients", str(patient["id"]), "already_present", "updated")
+    ]
+    assert top_up_requests < first_requests / 3
+    assert (
+        f"Top-up of batch {first.id}: {top_up_requests:,} requests, "
+        f"{first_requests - top_up_requests:,} fewer than the full run's {first_requests:,}."
+    ) in [i.value for i in at.info]
