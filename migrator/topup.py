@@ -160,29 +160,14 @@ def remove_deleted(
     items: list[Item] = []
     for source_id, (_, dest_id) in hits.items():
         found = origin.get(dest_id)
-        if found is None:
-            items.append(
-                Item(
-                    entity,
-                    source_id,
-                    None,
-                    "skipped",
-                    DELETED_AT_SOURCE,
-                    f"Deleted in Cliniko; the {thing} is no longer in the destination either.",
-                )
+        if found != (source_id, source_account):  # gone already, or a record this run only linked to
+            why = (
+                f"the {thing} is no longer in the destination either"
+                if found is None
+                else f"the destination {thing} it was linked to was there before the migration and is kept"
             )
-            continue
-        if found != (source_id, source_account):
             items.append(
-                Item(
-                    entity,
-                    source_id,
-                    None,
-                    "skipped",
-                    DELETED_AT_SOURCE,
-                    f"Deleted in Cliniko; the destination {thing} it was linked to was there before "
-                    "the migration and is kept.",
-                )
+                Item(entity, source_id, None, "skipped", DELETED_AT_SOURCE, f"Deleted in Cliniko; {why}.")
             )
             continue
         owned = store.dependents_of(entity, [dest_id])
