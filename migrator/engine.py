@@ -208,6 +208,11 @@ class Engine:
         self._earlier_batches: list[str] | None = None
         self.top_up = top_up
         self.batch_id = ""
+        # A destination written through an API (Cliniko) commits its own writes; the
+        # local store's rows commit with their ledger items.
+        self._transactional = getattr(store, "transactional", True)
+        if hasattr(store, "stop"):
+            store.stop = self.stop
 
     # -- the run -----------------------------------------------------------------------
 
@@ -578,18 +583,17 @@ class Engine:
         decisions = (
             self._decide_mapped(stage, fresh) if stage.entity in MAPPED else self._decide(stage, fresh)
         )
+        creates = [d for d in decisions if d.action == "created" and d.row is not None]
+        if creates and not self._transactional:
+            # Writes through an API cannot join the ledger's transaction: the destination
+            # commits its own intents and ids, so nothing pending may be held open around it.
+            self._group.commit()
+            self._insert(stage.entity, creates)
+            creates = []
         self._group.open()
         with self.ledger.transaction():
-            creates = [d for d in decisions if d.action == "created" and d.row is not None]
             if creates:
-                ids = self.store.insert(
-                    stage.entity,
-                    [d.row for d in creates],
-                    batch_id=self.batch_id,
-                    source_account=self.account,
-                )
-                for decision, dest_id in zip(creates, ids, strict=True):
-                    decision.dest_id = dest_id
+                self._insert(stage.entity, creates)
             updates = [(d.dest_id, d.update) for d in decisions if d.update is not None and d.dest_id]
             if updates:
                 self.store.update(stage.entity, updates, source_account=self.account)
@@ -605,6 +609,18 @@ class Engine:
             counter.done += len(decisions)
             self._report(stage.entity)
         self._group.commit_if_due()
+
+    def _insert(self, entity: str, creates: list[_Decision]) -> None:
+        """Create the records of these decisions; one the destination refuses becomes a skip."""
+        ids = self.store.insert(
+            entity, [d.row for d in creates], batch_id=self.batch_id, source_account=self.account
+        )
+        for decision, dest_id in zip(creates, ids, strict=True):
+            if isinstance(dest_id, Exception):
+                decision.action, decision.row = "skipped", None
+                decision.reason_code, decision.reason = "destination_refused", str(dest_id)
+            else:
+                decision.dest_id = dest_id
 
     # -- a top-up's deletions -------------------------------------------------------------
 
@@ -884,6 +900,12 @@ class Engine:
             return _Decision(record.id, "created", row=row)  # nothing there to link to
         if stage.entity == "patients":
             return self._link_patient(record, row)
+        if hasattr(self.store, "find_same_name") and stage.entity not in ("patients",):
+            name = getattr(record, "name", None)
+            same = self.store.find_same_name(stage.entity, name, exclude_source_account=self.account)
+            free = [m for m in same if not self._linked_elsewhere(stage.entity, m, record.id)]
+            if free:
+                return _Decision(record.id, "linked", dest_id=free[0], reason_code="same_name")
         if stage.entity == "individual_appointments":
             matches = self.store.find_individual_appointment(
                 _iso(getattr(record, "starts_at", None)),

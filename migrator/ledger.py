@@ -18,6 +18,11 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
     progress(batch_id -> batches, stage, done, total, created, linked, already_present,
              skipped, updated_at)  PK (batch_id, stage)
     audit(id PK, at, actor, action, batch_id -> batches, detail JSON)
+    writes(batch_id -> batches, entity, source_id, state, dest_id, intended_at, completed_at,
+           probe JSON)  PK (batch_id, entity, source_id): creates in a Cliniko destination,
+           intended -> created -> completed (or refused); see migrator.destinations.cliniko
+    patient_preferences(batch_id -> batches, dest_id, source_id, reminder_type,
+           receives_confirmation_emails, restored_at)  PK (batch_id, dest_id): what go-live restores
     migrations(id PK, migration_set, name, applied_at)
 
 Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
@@ -207,6 +212,41 @@ def _items_by_source_record(db: sqlite_utils.Database) -> None:
 def _batch_worker(db: sqlite_utils.Database) -> None:
     # Which process is running a batch ("host:pid"), so a second process never runs it too.
     db.table("batches").add_column("worker", str)
+
+
+@MIGRATIONS(name="005_destination_writes")
+def _destination_writes(db: sqlite_utils.Database) -> None:
+    # Writes into a Cliniko destination: recorded as intended before the request and
+    # completed after, so a crash between the two is looked up, never re-sent blindly.
+    db.table("writes").create(
+        {
+            "batch_id": str,
+            "entity": str,
+            "source_id": str,
+            "state": str,
+            "dest_id": str,
+            "intended_at": str,
+            "completed_at": str,
+            "probe": str,
+        },
+        pk=("batch_id", "entity", "source_id"),
+        foreign_keys=[("batch_id", "batches", "id")],
+        not_null={"state", "intended_at"},
+        defaults={"probe": "{}"},
+    )
+    # Patients are created with reminders and confirmations off; "go live" restores these.
+    db.table("patient_preferences").create(
+        {
+            "batch_id": str,
+            "dest_id": str,
+            "source_id": str,
+            "reminder_type": str,
+            "receives_confirmation_emails": int,
+            "restored_at": str,
+        },
+        pk=("batch_id", "dest_id"),
+        foreign_keys=[("batch_id", "batches", "id")],
+    )
 
 
 def this_worker() -> str:

@@ -429,7 +429,9 @@ class Plan(BaseModel):
     Attributes:
         source_account: the source account's name, as the key's ``/settings`` reports it.
         source_shard: the source key's shard (``au1``, ``uk1``...).
-        destination: ``"sqlite:PATH"`` (the local store) or ``"cliniko"``.
+        destination: ``"sqlite:PATH"`` (the local store) or ``"cliniko:ACCOUNT_ID"`` (a Cliniko
+            account, as :meth:`ClinikoDestination.describe` names it; plain ``"cliniko"`` before
+            the account is known).
         destination_account: for a Cliniko destination, the account name its key must
             belong to (seed 001 insists on being sure of the account); checked before a run.
         scope: the one filter (:class:`Scope`).
@@ -470,9 +472,11 @@ class Plan(BaseModel):
     @field_validator("destination")
     @classmethod
     def _destination(cls, value: str) -> str:
-        if value == "cliniko" or (value.startswith("sqlite:") and value[len("sqlite:") :].strip()):
+        if value == "cliniko" or (value.startswith("cliniko:") and value[len("cliniko:") :].strip()):
             return value
-        raise ValueError(f"the destination must be 'sqlite:PATH' or 'cliniko', got {value!r}")
+        if value.startswith("sqlite:") and value[len("sqlite:") :].strip():
+            return value
+        raise ValueError(f"the destination must be 'sqlite:PATH' or 'cliniko[:ACCOUNT_ID]', got {value!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from migrator.cliniko.client import ClinikoClient, Identity
+from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import Batch, Ledger, StageProgress
@@ -29,6 +30,7 @@ from migrator.plan import MappingRow, Plan, Scope, default_include
 from migrator.topup import TOP_UP_OVERLAP, TopUp
 
 if TYPE_CHECKING:  # the engine loads only when a run starts
+    from migrator.destinations.cliniko import ClinikoDestination
     from migrator.engine import RunResult
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "auto_mapping",
     "last_completed_batch",
     "make_plan",
+    "open_cliniko_destination",
     "open_local_store",
     "plan_batches",
     "run_plan",
@@ -69,15 +72,34 @@ def open_local_store(
     return ledger, LocalStore(LocalStore.parse_target(target), ledger)
 
 
-def auto_mapping(client: ClinikoClient, store: LocalStore) -> list[MappingRow]:
-    """The auto-matched mapping rows (by normalised name) between the source and the store."""
-    return to_rows(build_mapping(client, store.reference, can_create=True))
+def open_cliniko_destination(
+    client: ClinikoClient,
+    workspace: str | Path = DEFAULT_WORKSPACE,
+    *,
+    source: ClinikoClient | None = None,
+    note_keys: Sequence[ClinikoClient] = (),
+) -> tuple[Ledger, ClinikoDestination]:
+    """The workspace's ledger and a Cliniko destination written with ``client`` (a writable client).
+
+    ``note_keys`` are writable clients of other destination practitioners, so their notes
+    keep their author; ``source`` downloads attachments' files.
+    """
+    from migrator.destinations.cliniko import ClinikoDestination
+
+    ledger = Ledger(workspace)
+    return ledger, ClinikoDestination.connect(client, ledger, source=source, note_keys=note_keys)
+
+
+def auto_mapping(client: ClinikoClient, store: Destination) -> list[MappingRow]:
+    """The auto-matched mapping rows (by normalised name) between the source and the destination."""
+    local = store.describe().startswith("sqlite:")
+    return to_rows(build_mapping(client, store.reference, can_create=local))
 
 
 def make_plan(
     client: ClinikoClient,
     identity: Identity,
-    store: LocalStore,
+    store: Destination,
     *,
     scope: Scope,
     include: Sequence[str] | None = None,
@@ -95,14 +117,21 @@ def make_plan(
         rows = load_mapping(mappings)
     else:
         rows = list(mappings)
+    destination = store.describe()
+    local = destination.startswith("sqlite:")
+    chosen = list(include) if include else default_include(local=local)
+    if not local and "treatment_notes" in chosen and "treatment_note_templates" not in chosen:
+        # Cliniko needs a note's template; templates of the same name are linked, not duplicated.
+        chosen.append("treatment_note_templates")
     plan = Plan(
         source_account=identity.account or identity.user,
         source_shard=client.key.shard,
-        destination=store.describe(),
+        destination=destination,
+        destination_account=getattr(store, "account_name", None),
         scope=scope,
         mappings=rows,
         include_archived_patients=include_archived_patients,
-        include=list(include) if include else default_include(local=True),
+        include=chosen,
     )
     plan.require_resolved()
     return plan
@@ -173,7 +202,7 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
 def run_plan(
     plan: Plan,
     client: ClinikoClient,
-    store: LocalStore,
+    store: Destination,
     ledger: Ledger,
     *,
     top_up: bool = False,

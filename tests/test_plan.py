@@ -295,8 +295,11 @@ def test_plan_defaults_and_closure() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"destination": "postgres:x"}, "destination: the destination must be 'sqlite:PATH' or 'cliniko'"),
-        ({"destination": "sqlite:"}, "the destination must be 'sqlite:PATH' or 'cliniko'"),
+        (
+            {"destination": "postgres:x"},
+            "destination: the destination must be 'sqlite:PATH' or 'cliniko[:ACCOUNT_ID]'",
+        ),
+        ({"destination": "sqlite:"}, "the destination must be 'sqlite:PATH' or 'cliniko[:ACCOUNT_ID]'"),
         ({"source_shard": "AU-1"}, "source_shard: the source shard must look like 'au1' or 'uk2'"),
         ({"include": ["patients", "notes"]}, "Unknown data type 'notes'"),
         ({"destination": "cliniko"}, "A Cliniko destination cannot take invoices or invoice_items"),

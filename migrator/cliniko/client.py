@@ -179,6 +179,13 @@ class ClinikoClient:
         """GET ``path`` (relative to the base URL, or an absolute link) and decode the JSON."""
         return self._request("GET", path, params=params)
 
+    def download(self, path: str) -> tuple[bytes, str | None]:
+        """GET a file (an attachment's ``content``): its bytes and content type. A read, paced and retried."""
+        response = self._http.get(path, follow_redirects=True)
+        if response.status_code >= 400:
+            raise _error_for(response, self.key)
+        return response.content, response.headers.get("content-type")
+
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", path, body=body)
 

@@ -1,12 +1,14 @@
 """Where migrated records go: the interface the engine writes through, and its implementations.
 
 :class:`LocalStore` (``sqlite:PATH``) is the embedded clinic store; a Cliniko account
-written through the API implements the same :class:`Destination` protocol.
+written through the API (:class:`~migrator.destinations.cliniko.ClinikoDestination`,
+``cliniko:ACCOUNT_ID``) implements the same :class:`Destination` protocol. A destination
+whose writes cannot join the ledger's transaction says so with ``transactional = False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,12 +38,8 @@ class Destination(Protocol):
 
     def insert(
         self, entity: str, rows: list[dict[str, Any]], *, batch_id: str, source_account: str
-    ) -> list[str]:
-        """Create records; return their new ids in order."""
-        ...
-
-    def dest_id(self, entity: str, source_id: str, *, source_account: str | None = None) -> str | None:
-        """The destination record already holding this source record, if any."""
+    ) -> Sequence[str | Exception]:
+        """Create records; return their new ids in order (or, per record, why the destination refused it)."""
         ...
 
     def find_patients(

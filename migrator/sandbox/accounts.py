@@ -33,7 +33,13 @@ from typing import Any
 __all__ = ["ROLES", "AccountSeed", "KeySeed", "make_key"]
 
 #: The key roles every sandbox serves (issue 2), in the order they are listed.
-ROLES = ("source", "destination", "source_non_admin", "destination_admin_not_practitioner")
+ROLES = (
+    "source",
+    "destination",
+    "source_non_admin",
+    "destination_admin_not_practitioner",
+    "destination_practitioner",  # a practitioner (not an administrator): a note author's own key
+)
 
 
 @dataclass(frozen=True)

@@ -649,7 +649,10 @@ class _DestinationClinic:
         keys = [
             KeySeed("destination", make_key(self.seed, "destination", self.shard), users, True, True),
             KeySeed(role, make_key(self.seed, role, self.shard), users + 1, True, False),
-        ]
+            # The second practitioner (user users + 2, after the two administrators) writes their own notes.
+            KeySeed("destination_practitioner", make_key(self.seed, "destination_practitioner", self.shard),
+                    users + 2, False, True),
+        ]  # fmt: skip
         return AccountSeed(self.name, self.account_id, self.shard, self.subdomain, keys, settings,
                            self.records, dict(totals))  # fmt: skip
 

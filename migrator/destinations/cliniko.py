@@ -1,0 +1,934 @@
+"""Another Cliniko account as the destination, written through Cliniko's API (seed 001).
+
+>>> dest = ClinikoDestination.connect(dest_client, ledger, source=source_client)   # doctest: +SKIP
+>>> preflight(source_client, dest).raise_for_refusal()                            # doctest: +SKIP
+>>> Engine(plan, source_client, dest, ledger).run()                                # doctest: +SKIP
+
+It implements the engine's destination interface (:class:`migrator.destinations.Destination`)
+with what Cliniko's API can do (``CLINIKO_API.md`` §4):
+
+- **What it takes**: patients, individual and group appointments with their attendees,
+  unavailable blocks, attendance (arrived, did not arrive, cancelled with its reason),
+  treatment notes, patient attachments (downloaded from the source, uploaded through
+  Cliniko's presigned S3 form), medical alerts; and optionally contacts, products,
+  billable items, taxes, appointment types and treatment-note templates. Reference
+  records (templates, taxes, items, products, concession types) with the same name as
+  one already in the destination are linked to it, not duplicated. Concession types
+  cannot be created through the API: one missing from the destination is skipped with
+  that reason, and its patients come across without it.
+- **What it never attempts** (:data:`NOT_TRANSFERABLE`): users, practitioners and
+  businesses (set up by the clinic and mapped), invoices, invoice items and payments.
+  Balances leave as an opening-balance report instead (:mod:`migrator.opening_balance`).
+- **No patient is messaged**: patients are created with ``reminder_type: "None"`` and
+  ``receives_confirmation_emails: false``; their own preferences are kept in the ledger
+  (``patient_preferences``) and restored by :func:`go_live`, a separate step.
+- **Notes authorship**: Cliniko makes the key's practitioner the author of every note.
+  Each note gets a first section naming its original author and date; and notes whose
+  practitioner maps to a destination practitioner with a key of their own
+  (``note_authors``) are written with that key, so they keep their real author.
+- **Crash safety**: each create is recorded in the ledger (``writes``) as *intended*,
+  and committed, before its request leaves; then *created* with its destination id,
+  then *completed* once its follow-ups (a cancellation, an archive) are done. On resume
+  an intended write without an id is looked up in the destination (records created
+  since the intent, compared on the fields that identify them) before anything is sent
+  again, so a crash between request and answer never duplicates a record.
+- **Pacing**: writes spend the destination key's own budget (its own client and pacer),
+  concurrently with the source's reads; up to ``workers`` creates of a page are in
+  flight at once, so Cliniko's latency does not idle the budget.
+- **Deletion** within 48 hours (:func:`migrator.batches.delete_batch`): what the batch
+  created is deleted where the API can delete it, and its patients are archived (the
+  API cannot delete patients). Records the clinic created since for those patients
+  stay, attached to the archived patient.
+
+Re-runs link nothing twice and create nothing twice (the ledger says what came
+across); unlike the local store, a record changed at the source since an earlier
+batch is not rewritten in the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import polars as pl
+
+from migrator.cliniko.client import ClinikoClient, Identity
+from migrator.cliniko.filters import Filter
+from migrator.cliniko.models import parse_record
+from migrator.cliniko.resources import resource
+from migrator.errors import (
+    APIError,
+    ConfigError,
+    MigratorError,
+    NotFoundError,
+    RetriableAPIError,
+    ValidationAPIError,
+)
+from migrator.ledger import Ledger
+from migrator.mapping import normalise_name, reference_from_client
+
+__all__ = [
+    "DELETE_ORDER",
+    "NOT_TRANSFERABLE",
+    "TRANSFERABLE",
+    "ClinikoDestination",
+    "Preflight",
+    "WriteRefused",
+    "go_live",
+    "preflight",
+]
+
+log = logging.getLogger(__name__)
+
+#: What Cliniko's API cannot take, and why: shown on the preview, never attempted.
+NOT_TRANSFERABLE: dict[str, str] = {
+    "users": "Cliniko's API cannot create users; set them up in the destination account.",
+    "practitioners": "Cliniko's API cannot create practitioners; they are mapped to the destination's own.",
+    "businesses": "Cliniko's API cannot create businesses; they are mapped to the destination's own.",
+    "invoices": "Cliniko cannot import financials; balances come out as an opening-balance report.",
+    "invoice_items": "Cliniko cannot import financials; invoice lines stay in the source account.",
+    "payments": "Cliniko's API has no payments at all; balances come out as an opening-balance report.",
+}
+
+#: Writable fields per entity, as Cliniko's docs show them (foreign keys come from the row).
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "patients": (
+        "title", "first_name", "last_name", "preferred_first_name", "email", "date_of_birth",
+        "gender_identity", "sex", "pronouns", "address_1", "address_2", "address_3", "city", "state",
+        "post_code", "country", "patient_phone_numbers", "emergency_contact", "occupation", "notes",
+        "appointment_notes", "medicare", "medicare_reference_number", "dva_card_number",
+        "invoice_default_to", "invoice_email", "invoice_extra_information", "old_reference_id",
+        "accepted_privacy_policy", "accepted_email_marketing", "accepted_sms_marketing", "time_zone",
+    ),
+    "individual_appointments": ("starts_at", "ends_at", "notes", "patient_arrived", "did_not_arrive"),
+    "group_appointments": ("starts_at", "ends_at", "max_attendees", "notes"),
+    "attendees": ("arrived", "notes"),
+    "unavailable_blocks": ("starts_at", "ends_at", "notes"),
+    "treatment_notes": ("title", "draft", "content"),
+    "treatment_note_templates": ("name", "content", "print_settings"),
+    "medical_alerts": ("name",),
+    "contacts": (
+        "title", "first_name", "last_name", "preferred_name", "company_name", "occupation", "email",
+        "phone_numbers", "address_1", "address_2", "address_3", "city", "state", "post_code",
+        "country_code", "notes", "provider_number", "doctor_type", "type_code",
+    ),
+    "appointment_types": (
+        "name", "category", "color", "description", "duration_in_minutes", "max_attendees",
+        "show_in_online_bookings",
+    ),
+    "billable_items": ("item_code", "item_type", "name", "price"),
+    "products": ("item_code", "name", "product_supplier_name", "serial_number", "notes", "cost_price",
+                 "price_ex_tax", "stock_level"),
+    "taxes": ("name", "rate"),
+    "patient_attachments": ("description",),
+}  # fmt: skip
+
+#: Foreign keys sent with each entity (the row holds them as destination ids).
+_FKS: dict[str, tuple[str, ...]] = {
+    "patients": ("concession_type_id", "referring_doctor_id"),
+    "individual_appointments": ("patient_id", "practitioner_id", "appointment_type_id", "business_id"),
+    "group_appointments": ("practitioner_id", "appointment_type_id", "business_id"),
+    "attendees": ("booking_id", "patient_id"),
+    "unavailable_blocks": ("practitioner_id", "business_id"),
+    "treatment_notes": ("patient_id", "treatment_note_template_id", "booking_id"),
+    "medical_alerts": ("patient_id",),
+    "appointment_types": ("billable_item_id", "product_id", "treatment_note_template_id"),
+    "billable_items": ("tax_id",),
+    "products": ("tax_id",),
+    "patient_attachments": ("patient_id",),
+}
+
+#: The data types a Cliniko destination can take (seed 001's core and optional lists).
+TRANSFERABLE: tuple[str, ...] = (*_FIELDS, "concession_types")
+
+#: Fields that identify a created record when a crash hid the answer to its create.
+_PROBE: dict[str, tuple[str, ...]] = {
+    "patients": ("first_name", "last_name", "date_of_birth", "email"),
+    "individual_appointments": ("starts_at", "patient_id", "practitioner_id"),
+    "group_appointments": ("starts_at", "practitioner_id", "business_id"),
+    "attendees": ("booking_id", "patient_id"),
+    "unavailable_blocks": ("starts_at", "ends_at", "practitioner_id"),
+    "treatment_notes": ("patient_id", "title", "booking_id"),
+    "medical_alerts": ("patient_id", "name"),
+    "patient_attachments": ("patient_id", "description"),
+    "contacts": ("first_name", "last_name", "company_name", "email"),
+}
+
+#: Reference entities linked by name to a destination record of the same name.
+_BY_NAME: dict[str, str] = {
+    "treatment_note_templates": "name",
+    "concession_types": "name",
+    "taxes": "name",
+    "billable_items": "name",
+    "products": "name",
+}
+
+#: Reverse dependency order for deleting a batch.
+DELETE_ORDER: tuple[str, ...] = (
+    "patient_attachments", "treatment_notes", "unavailable_blocks", "attendees", "group_appointments",
+    "individual_appointments", "medical_alerts", "patients", "contacts", "appointment_types",
+    "treatment_note_templates", "products", "billable_items", "taxes",
+)  # fmt: skip
+
+#: How far before a recorded intent a crashed create's record is looked for (clock skew).
+_PROBE_SLACK = timedelta(minutes=2)
+
+
+class WriteRefused(MigratorError):
+    """Cliniko refused one record (422, or a type it cannot create); the run skips it with this sentence."""
+
+
+@dataclass
+class _Write:
+    """One create: the row, its request body, and what became of it."""
+
+    source_id: str
+    row: dict[str, Any]
+    body: dict[str, Any]
+    state: str = "new"  # new -> intended -> created -> completed | refused
+    dest_id: str | None = None
+    intended_at: str | None = None
+    refused: str | None = None
+    unconfirmed: bool = False
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class ClinikoDestination:
+    """A Cliniko account the engine writes into, through its own writable client.
+
+    Args:
+        client: a *writable* client of the destination key (an administrator who is
+            an active practitioner: see :func:`preflight`).
+        ledger: the workspace's ledger (``writes`` and ``patient_preferences`` live there).
+        account_id, account_name: the destination account, from its ``/settings``.
+        source: the source's read-only client, to download attachments' files.
+        note_authors: destination practitioner id -> a writable client of that
+            practitioner's own key, so their notes keep their author.
+        workers: creates of one page in flight at once.
+    """
+
+    DELETE_ORDER = DELETE_ORDER
+    #: Writes cannot join the ledger's transaction: the engine commits before calling insert.
+    transactional = False
+
+    def __init__(
+        self,
+        client: ClinikoClient,
+        ledger: Ledger,
+        *,
+        account_id: str,
+        account_name: str | None = None,
+        source: ClinikoClient | None = None,
+        note_authors: Mapping[str, ClinikoClient] | None = None,
+        workers: int = 4,
+    ) -> None:
+        if not client.writable:
+            raise ConfigError("A Cliniko destination needs a writable client of the destination key.")
+        self.client = client
+        self.ledger = ledger
+        self.account_id = str(account_id)
+        self.account_name = account_name
+        self.source = source
+        self.note_authors = dict(note_authors or {})
+        self.workers = max(1, workers)
+        self.stop: threading.Event | None = None
+        #: Creates whose answer was lost and that were found in the account instead of sent again.
+        self.recovered = 0
+        self._index: dict[str, dict[Any, list[str]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._uploads = httpx.Client(timeout=client.config.timeout)
+
+    @classmethod
+    def connect(
+        cls,
+        client: ClinikoClient,
+        ledger: Ledger,
+        *,
+        source: ClinikoClient | None = None,
+        note_keys: Iterable[ClinikoClient] = (),
+        workers: int = 4,
+    ) -> ClinikoDestination:
+        """The destination of ``client``'s account; ``note_keys`` are extra practitioners' clients.
+
+        Raises:
+            ConfigError: a note key belongs to another account or to no active practitioner.
+        """
+        account = client.get("/settings/public").get("account") or {}  # any user may read it
+        account_id = str(account.get("id") or "")
+        if not account_id:
+            raise ConfigError("The destination's /settings has no account id; is this a Cliniko key?")
+        authors: dict[str, ClinikoClient] = {}
+        for extra in note_keys:
+            other = str((extra.get("/settings/public").get("account") or {}).get("id") or "")
+            if other != account_id:
+                raise ConfigError(
+                    "A note author's key belongs to another Cliniko account than the destination key."
+                )
+            user = extra.get("/user")
+            found = extra.get("/practitioners", [("q[]", f"user_id:={user.get('id')}")])
+            practitioners = found.get("practitioners") or []
+            if not practitioners:
+                raise ConfigError(
+                    f"A note author's key belongs to {user.get('first_name') or 'a user'}, who is not an "
+                    "active practitioner of the destination, so it cannot author notes."
+                )
+            authors[str(practitioners[0]["id"])] = extra
+        return cls(
+            client,
+            ledger,
+            account_id=account_id,
+            account_name=account.get("name"),
+            source=source,
+            note_authors=authors,
+            workers=workers,
+        )
+
+    def describe(self) -> str:
+        """The destination as a batch records it: ``cliniko:<account id>`` (never a key)."""
+        return f"cliniko:{self.account_id}"
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._uploads.close()
+
+    # -- reads the engine asks for ------------------------------------------------------------
+
+    def reference(self, entity: str) -> pl.DataFrame:
+        """The destination side of a mapping table, read from the account."""
+        return reference_from_client(self.client, entity)
+
+    def setup_reference(self, entity: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        raise ConfigError(
+            f"Cliniko's API cannot create {entity}; set them up in the destination account and map to them."
+        )
+
+    def count(self, entity: str, batch_id: str | None = None) -> int:
+        """How many records of ``entity`` the account holds (or ``batch_id`` created)."""
+        if batch_id is not None:
+            return len(self.created_by(batch_id, entity))
+        return sum(self.client.count(entity, route=route) for route in self._routes(entity))
+
+    def _ours(self, entity: str, source_account: str | None = None) -> set[str]:
+        """Destination ids of ``entity`` that batches into this account created (from one source)."""
+        sql = (
+            "SELECT i.dest_id FROM items i JOIN batches b ON b.id = i.batch_id "
+            "WHERE b.destination = ? AND i.entity = ? AND i.action = 'created' AND i.dest_id IS NOT NULL"
+        )
+        params: list[Any] = [self.describe(), entity]
+        if source_account is not None:
+            sql += " AND b.source_account = ?"
+            params.append(source_account)
+        with self.ledger.lock:
+            return {str(r[0]) for r in self.ledger.conn.execute(sql, params)}
+
+    def has_foreign(self, entity: str, *, source_account: str) -> bool:
+        """Whether the account holds records of ``entity`` that no batch from this source created."""
+        if entity not in _FIELDS and entity not in _BY_NAME:
+            return False
+        return self.client.count(entity) > len(self._ours(entity, source_account))
+
+    def _records(self, entity: str, filters: Sequence[Filter] = (), route: str | None = None) -> list[dict]:
+        out: list[dict[str, Any]] = []
+        for page in self.client.pages(entity, filters, route=route):
+            for raw in page.records:
+                try:
+                    out.append(parse_record(entity, raw).model_dump(mode="json"))
+                except ValueError:
+                    continue  # a record we cannot read is not one we can link to
+        return out
+
+    def _built(self, name: str, key: Callable[[dict[str, Any]], Any], foreign_of: str) -> dict:
+        """An index (``name``) of the account's records not created from ``foreign_of``, built once.
+
+        ``name`` is the entity, or the entity and what the index is by (``patients_by_email``).
+        """
+        if name not in self._index:
+            entity = name.split("_by_")[0]
+            ours = self._ours(entity, foreign_of)
+            index: dict[Any, list[str]] = {}
+            for route in self._routes(entity):
+                for record in self._records(entity, route=route):
+                    k = key(record) if str(record["id"]) not in ours else None
+                    if k is not None:
+                        index.setdefault(k, []).append(str(record["id"]))
+            self._index[name] = index
+        return self._index[name]
+
+    def find_patients(
+        self,
+        first_name: str | None,
+        last_name: str | None,
+        date_of_birth: Any,
+        *,
+        exclude_source_account: str,
+    ) -> list[str]:
+        """Patients of the account with the same names (case, accents, spacing aside) and birth date."""
+        if not (first_name and last_name and date_of_birth):
+            return []
+        index = self._built("patients", _patient_key, exclude_source_account)
+        return list(index.get((normalise_name(f"{first_name} {last_name}"), str(date_of_birth)[:10]), []))
+
+    def find_patients_by_email(self, email: str | None, exclude_source_account: str) -> list[str]:
+        if not email:
+            return []
+        index = self._built("patients_by_email", _email_key, exclude_source_account)
+        return list(index.get(email.strip().casefold(), []))
+
+    def find_individual_appointment(
+        self, starts_at: Any, practitioner_id: str | None, patient_id: str | None, exclude_source_account: str
+    ) -> list[str]:
+        if not (starts_at and practitioner_id and patient_id):
+            return []
+        index = self._built("individual_appointments", _appointment_key, exclude_source_account)
+        return list(index.get((str(starts_at), str(practitioner_id), str(patient_id)), []))
+
+    def find_same_name(self, entity: str, name: str | None, *, exclude_source_account: str) -> list[str]:
+        """Reference records (templates, taxes, items, ...) with the same name, case and spacing aside."""
+        if entity not in _BY_NAME or not name:
+            return []
+        index = self._built(entity, lambda r: normalise_name(r.get(_BY_NAME[entity])), exclude_source_account)
+        return list(index.get(normalise_name(name), []))
+
+    def created_by(self, batch_id: str, entity: str) -> list[str]:
+        """Destination ids of ``entity`` this batch created, from the ledger."""
+        with self.ledger.lock:
+            rows = self.ledger.conn.execute(
+                "SELECT dest_id FROM items WHERE batch_id = ? AND entity = ? AND action = 'created' "
+                "AND dest_id IS NOT NULL ORDER BY rowid",
+                (batch_id, entity),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def dependents_of_patients(self, patient_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Nothing: patients are archived, not deleted, so what hangs off them stays."""
+        return {}
+
+    def _routes(self, entity: str) -> tuple[str | None, ...]:
+        """The lists that together hold every live record of ``entity`` (archived ones included)."""
+        return (None, "archived") if "archived" in resource(entity).list_routes else (None,)
+
+    def existing_ids(self, entity: str, ids: Iterable[str]) -> set[str]:
+        """Which of these records the account holds: its lists read once (a request per 100 records)."""
+        wanted = {str(i) for i in ids}
+        if not wanted:
+            return set()
+        found: set[str] = set()
+        for route in self._routes(entity):
+            for page in self.client.pages(entity, route=route):
+                found.update(str(r.get("id")) for r in page.records if str(r.get("id")) in wanted)
+        return found
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def insert(
+        self, entity: str, rows: list[dict[str, Any]], *, batch_id: str, source_account: str
+    ) -> list[str | WriteRefused]:
+        """Create a page of records; return each one's new id, or why Cliniko refused it.
+
+        Intents are committed before any request leaves, and ids as soon as they are
+        known; the caller must not hold a ledger transaction open (the engine commits
+        before calling). Raises the run's errors (a key revoked, Cliniko down beyond
+        retries, a stop) after recording every id already known.
+        """
+        if entity not in _FIELDS:
+            why = NOT_TRANSFERABLE.get(
+                entity, f"Cliniko's API cannot create {entity}; set it up in the destination account."
+            )
+            return [WriteRefused(why) for _ in rows]
+        writes = [_Write(str(r["source_id"]), r, self._body(entity, r)) for r in rows]
+        log_ = _WriteLog(self.ledger, batch_id, entity)
+        self._settle_recorded(entity, writes, log_)
+        fresh = [w for w in writes if w.state == "new"]
+        if fresh:
+            log_.intend(fresh, {w.source_id: self._probe_of(entity, w) for w in fresh})
+        try:
+            self._send_all(entity, [w for w in writes if w.state == "intended"])
+            ambiguous = [w for w in writes if w.unconfirmed]
+            if ambiguous:  # the answer was lost: look before sending again
+                self._look_up(entity, ambiguous)
+                for w in ambiguous:
+                    w.unconfirmed = False
+                    if w.dest_id is None:
+                        w.state = "intended"
+                self._send_all(entity, [w for w in ambiguous if w.state == "intended"], retry=True)
+        finally:
+            log_.created([w for w in writes if w.state == "created"], entity)
+            log_.refused([w for w in writes if w.state == "refused"])
+        self._follow_up_all(entity, [w for w in writes if w.state == "created"])
+        log_.completed([w for w in writes if w.state == "completed"])
+        return [w.dest_id if w.dest_id is not None else WriteRefused(w.refused or "refused") for w in writes]
+
+    def _settle_recorded(self, entity: str, writes: list[_Write], log_: _WriteLog) -> None:
+        """Writes a crashed run recorded: reuse their ids, look up the ones never confirmed."""
+        recorded = log_.recorded([w.source_id for w in writes])
+        lost: list[_Write] = []
+        for w in writes:
+            state, dest_id, intended_at = recorded.get(w.source_id, (None, None, None))
+            if state is None:
+                continue
+            w.intended_at = intended_at
+            if dest_id is not None:
+                w.dest_id, w.state = dest_id, ("completed" if state == "completed" else "created")
+            elif state == "refused":
+                w.state = "new"  # refused before: try once more, it may pass now
+            else:
+                w.state = "intended"
+                lost.append(w)
+        if lost:
+            self._look_up(entity, lost)
+            log_.created([w for w in lost if w.dest_id is not None], entity)
+
+    def _probe_of(self, entity: str, w: _Write) -> dict[str, Any]:
+        return {f: w.body.get(f) for f in _PROBE.get(entity, ("name",)) if w.body.get(f) is not None}
+
+    def _look_up(self, entity: str, writes: list[_Write]) -> None:
+        """Find records a lost answer created: made since the intent, equal on the probe fields."""
+        since = min(datetime.fromisoformat(w.intended_at or _now()) for w in writes) - _PROBE_SLACK
+        taken = self._ours(entity)
+        candidates = [
+            r
+            for r in self._records(entity, [Filter("created_at", ">=", since.strftime("%Y-%m-%dT%H:%M:%SZ"))])
+            if str(r["id"]) not in taken
+        ]
+        for w in writes:
+            probe = self._probe_of(entity, w)
+            for record in candidates:
+                if all(_same(record.get(k), v) for k, v in probe.items()):
+                    w.dest_id, w.state = str(record["id"]), "created"
+                    candidates.remove(record)
+                    taken.add(w.dest_id)
+                    self.recovered += 1
+                    log.info("found %s %s created before an interruption", entity, w.dest_id)
+                    break
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cliniko-writes")
+        return self._pool
+
+    def _send_all(self, entity: str, writes: list[_Write], *, retry: bool = False) -> None:
+        if not writes:
+            return
+        errors: list[BaseException] = []
+
+        def send(w: _Write) -> None:
+            if self.stop is not None and self.stop.is_set():
+                return
+            try:
+                w.dest_id = self._create(entity, w)
+                w.state = "created"
+            except ValidationAPIError as exc:
+                w.state, w.refused = "refused", _refusal(exc)
+            except APIError as exc:
+                if exc.method not in (None, "GET") and "may or may not" in str(exc) and not retry:
+                    w.unconfirmed = True
+                else:
+                    errors.append(exc)
+            except WriteRefused as exc:
+                w.state, w.refused = "refused", str(exc)
+            except BaseException as exc:  # recorded, then raised on the engine's thread
+                errors.append(exc)
+
+        list(self._executor().map(send, writes))
+        if errors:
+            raise errors[0]
+        if self.stop is not None and self.stop.is_set():
+            from migrator.engine import RunStopped
+
+            raise RunStopped("The run was stopped; run it again to resume.")
+
+    def _client_for(self, entity: str, w: _Write) -> ClinikoClient:
+        if entity == "treatment_notes":
+            author = self.note_authors.get(str(w.row.get("practitioner_id")))
+            if author is not None:
+                return author
+        return self.client
+
+    def _create(self, entity: str, w: _Write) -> str:
+        if entity == "patient_attachments":
+            return self._attach(w)
+        path = resource(entity).path
+        created = self._client_for(entity, w).post(path, w.body)
+        return str(created["id"])
+
+    def _attach(self, w: _Write) -> str:
+        """Download the file from the source, upload it through the presigned form, create the record."""
+        if self.source is None:
+            raise WriteRefused("Attachments need the source's client to download their files.")
+        data = w.row.get("data") or {}
+        url = data.get("content_url") or f"/patient_attachments/{w.source_id}/content"
+        content, content_type = self.source.download(url)
+        patient = w.body["patient_id"]
+        form = self.client.get(f"/patients/{patient}/attachment_presigned_post")
+        filename = data.get("filename") or f"attachment-{w.source_id}"
+        answer = self._uploads.post(
+            form["url"],
+            data=form.get("fields") or {},
+            files={"file": (filename, content, content_type or "application/octet-stream")},
+        )
+        if answer.status_code >= 300:
+            raise APIError(f"The file upload for attachment {w.source_id} failed ({answer.status_code}).")
+        location = ET.fromstring(answer.content).findtext("Location")
+        created = self.client.post(
+            "/patient_attachments", {**w.body, "upload_url": location, "patient_id": patient}
+        )
+        return str(created["id"])
+
+    def _follow_up_all(self, entity: str, writes: list[_Write]) -> None:
+        """What a create cannot say: a cancellation, an archived patient. Idempotent, so safe to repeat."""
+
+        def follow(w: _Write) -> None:
+            data = w.row.get("data") or {}
+            path = resource(entity).path
+            if entity in ("individual_appointments", "attendees") and data.get("cancelled_at"):
+                body = {
+                    "cancellation_reason": data.get("cancellation_reason") or 50,
+                    "cancellation_note": data.get("cancellation_note"),
+                }
+                try:
+                    _again(self.client.patch, f"{path}/{w.dest_id}/cancel", body)
+                except ValidationAPIError as exc:
+                    log.warning("could not cancel %s %s: %s", entity, w.dest_id, _refusal(exc))
+            if entity == "patients" and data.get("archived_at"):
+                _again(self.client.post, f"{path}/{w.dest_id}/archive", {})
+            w.state = "completed"
+
+        list(self._executor().map(follow, writes))
+
+    def _body(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        data: Mapping[str, Any] = row.get("data") or {}
+        body = {f: data[f] for f in _FIELDS.get(entity, ()) if data.get(f) not in (None, "")}
+        for fk in _FKS.get(entity, ()):
+            if row.get(fk) is not None:
+                body[fk] = row[fk]
+        if entity == "patients":
+            body["reminder_type"] = "None"
+            body["receives_confirmation_emails"] = False
+        elif entity == "products" and "price_ex_tax" in body:
+            body["price"] = body.pop("price_ex_tax")  # products take price, answer price_ex_tax
+        elif entity == "treatment_notes":
+            body["content"] = _with_provenance(data)
+        return body
+
+    def update(
+        self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
+    ) -> int:
+        """Changed records are not rewritten in a Cliniko destination (the engine never asks)."""
+        return 0
+
+    def delete(self, entity: str, ids: Iterable[str]) -> int:
+        """Delete records (archive patients); an id already gone counts as done."""
+        entry = resource(entity)
+        done = 0
+        for dest_id in ids:
+            try:
+                if "delete" in entry.writes:
+                    _again(self.client.delete, f"{entry.path}/{dest_id}")
+                elif "archive" in entry.writes:
+                    _again(self.client.post, f"{entry.path}/{dest_id}/archive", {})
+                else:
+                    log.warning("Cliniko cannot delete or archive %s; %s left in place", entity, dest_id)
+                    continue
+            except NotFoundError:
+                pass
+            done += 1
+        return done
+
+
+# -- the ledger's record of writes ------------------------------------------------------------
+
+
+class _WriteLog:
+    """The ``writes`` and ``patient_preferences`` tables for one batch and entity."""
+
+    def __init__(self, ledger: Ledger, batch_id: str, entity: str) -> None:
+        self.ledger, self.batch_id, self.entity = ledger, batch_id, entity
+
+    def recorded(self, source_ids: list[str]) -> dict[str, tuple[str, str | None, str]]:
+        marks = ",".join("?" * len(source_ids))
+        with self.ledger.lock:
+            rows = self.ledger.conn.execute(
+                f"SELECT source_id, state, dest_id, intended_at FROM writes WHERE batch_id = ? AND entity = ? "
+                f"AND source_id IN ({marks})",
+                (self.batch_id, self.entity, *source_ids),
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def intend(self, writes: list[_Write], probes: Mapping[str, Mapping[str, Any]]) -> None:
+        at = _now()
+        with self.ledger.transaction():
+            self.ledger.conn.executemany(
+                "INSERT OR REPLACE INTO writes (batch_id, entity, source_id, state, intended_at, probe) "
+                "VALUES (?, ?, ?, 'intended', ?, ?)",
+                [
+                    (
+                        self.batch_id,
+                        self.entity,
+                        w.source_id,
+                        at,
+                        json.dumps(probes[w.source_id], default=str),
+                    )
+                    for w in writes
+                ],
+            )
+        for w in writes:
+            w.state, w.intended_at = "intended", at
+
+    def created(self, writes: list[_Write], entity: str) -> None:
+        if not writes:
+            return
+        with self.ledger.transaction():
+            self.ledger.conn.executemany(
+                "UPDATE writes SET state = 'created', dest_id = ? WHERE batch_id = ? AND entity = ? "
+                "AND source_id = ? AND state != 'completed'",
+                [(w.dest_id, self.batch_id, self.entity, w.source_id) for w in writes],
+            )
+            if entity == "patients":
+                self.ledger.conn.executemany(
+                    "INSERT OR IGNORE INTO patient_preferences (batch_id, dest_id, source_id, reminder_type, "
+                    "receives_confirmation_emails) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            self.batch_id,
+                            w.dest_id,
+                            w.source_id,
+                            (w.row.get("data") or {}).get("reminder_type"),
+                            _flag((w.row.get("data") or {}).get("receives_confirmation_emails")),
+                        )
+                        for w in writes
+                    ],
+                )
+
+    def refused(self, writes: list[_Write]) -> None:
+        if writes:
+            with self.ledger.transaction():
+                self.ledger.conn.executemany(
+                    "UPDATE writes SET state = 'refused' WHERE batch_id = ? AND entity = ? AND source_id = ?",
+                    [(self.batch_id, self.entity, w.source_id) for w in writes],
+                )
+
+    def completed(self, writes: list[_Write]) -> None:
+        if writes:
+            at = _now()
+            with self.ledger.transaction():
+                self.ledger.conn.executemany(
+                    "UPDATE writes SET state = 'completed', completed_at = ? WHERE batch_id = ? AND entity = ? "
+                    "AND source_id = ?",
+                    [(at, self.batch_id, self.entity, w.source_id) for w in writes],
+                )
+
+
+def _flag(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+# -- go live ----------------------------------------------------------------------------------
+
+
+@dataclass
+class GoLiveResult:
+    """What :func:`go_live` restored."""
+
+    batch_id: str
+    restored: int = 0
+    already: int = 0
+    gone: list[str] = field(default_factory=list)
+
+
+def go_live(
+    ledger: Ledger, destination: ClinikoDestination, batch_id: str, *, actor: str = "cli"
+) -> GoLiveResult:
+    """Restore the reminder and confirmation preferences of a batch's patients (a separate, final step).
+
+    Until then every patient the batch created has reminders and confirmations off, so
+    nothing the transfer wrote messages anyone. Resumable: patients already restored are
+    passed over.
+    """
+    batch = ledger.batch(batch_id)
+    if batch.destination != destination.describe():
+        raise ConfigError(f"Batch {batch_id} did not write into this Cliniko account.")
+    with ledger.lock:
+        rows = ledger.conn.execute(
+            "SELECT dest_id, reminder_type, receives_confirmation_emails, restored_at FROM patient_preferences "
+            "WHERE batch_id = ? ORDER BY rowid",
+            (batch_id,),
+        ).fetchall()
+    result = GoLiveResult(batch_id)
+    for dest_id, reminder_type, confirmations, restored_at in rows:
+        if restored_at:
+            result.already += 1
+            continue
+        body: dict[str, Any] = {}
+        if reminder_type:
+            body["reminder_type"] = reminder_type
+        if confirmations is not None:
+            body["receives_confirmation_emails"] = bool(confirmations)
+        try:
+            if body:
+                _again(destination.client.put, f"/patients/{dest_id}", body)
+        except NotFoundError:
+            result.gone.append(str(dest_id))
+            continue
+        with ledger.transaction():
+            ledger.conn.execute(
+                "UPDATE patient_preferences SET restored_at = ? WHERE batch_id = ? AND dest_id = ?",
+                (_now(), batch_id, dest_id),
+            )
+        result.restored += 1
+    ledger.audit(
+        "go_live",
+        actor=actor,
+        batch_id=batch_id,
+        detail={"restored": result.restored, "already": result.already, "gone": len(result.gone)},
+    )
+    return result
+
+
+# -- pre-flight -------------------------------------------------------------------------------
+
+
+@dataclass
+class Preflight:
+    """The checks before a Cliniko-to-Cliniko run: refusals stop it, warnings are shown."""
+
+    source: Identity
+    destination: Identity
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+    def raise_for_refusal(self) -> None:
+        if self.refusals:
+            raise ConfigError(" ".join(self.refusals))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "refusals": self.refusals, "warnings": self.warnings, "counts": self.counts}
+
+
+def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflight:
+    """Seed 001's checks, with the reason for each refusal.
+
+    Refused: a source key whose user is not an administrator; a destination key whose user
+    is not an administrator *and* an active practitioner; a destination without
+    practitioners or businesses (mapping needs them). Warned: the destination already
+    holds patients (equal ones are linked, not duplicated), with the counts.
+    """
+    src = source.identity()
+    dst = destination.client.identity()
+    check = Preflight(src, dst)
+    if not src.is_admin:
+        check.refusals.append(
+            f"The source key belongs to {src.user}, who is not an administrator; Cliniko only gives an "
+            "administrator's key the rights a transfer needs."
+        )
+    if not (dst.is_admin and dst.is_practitioner):
+        missing = " and ".join(
+            x
+            for x, ok in (("an administrator", dst.is_admin), ("an active practitioner", dst.is_practitioner))
+            if not ok
+        )
+        check.refusals.append(
+            f"The destination key belongs to {dst.user}, who is not {missing}; a transfer needs an administrator "
+            "who is also a practitioner, since treatment notes are written as the key's practitioner."
+        )
+    for entity in ("practitioners", "businesses", "patients", "appointment_types"):
+        check.counts[entity] = destination.client.count(entity)
+    for entity, what in (("practitioners", "practitioners"), ("businesses", "business locations")):
+        if check.counts[entity] == 0:
+            check.refusals.append(
+                f"The destination account has no {what} yet; set them up first (seed 001's checklist) so the "
+                "mapping has something to map to."
+            )
+    if check.counts["patients"]:
+        check.warnings.append(
+            f"The destination already holds {check.counts['patients']} patients: a patient with the same name "
+            "and date of birth is linked instead of duplicated, and anyone else is created."
+        )
+    return check
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _patient_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    born = record.get("date_of_birth")
+    if not (record.get("first_name") and record.get("last_name") and born):
+        return None
+    return normalise_name(f"{record['first_name']} {record['last_name']}"), str(born)[:10]
+
+
+def _email_key(record: Mapping[str, Any]) -> str | None:
+    email = record.get("email")
+    return email.strip().casefold() if isinstance(email, str) and email.strip() else None
+
+
+def _appointment_key(record: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    if not (record.get("starts_at") and record.get("practitioner_id") and record.get("patient_id")):
+        return None
+    return str(record["starts_at"]), str(record["practitioner_id"]), str(record["patient_id"])
+
+
+def _again(call: Callable[..., Any], *args: Any, tries: int = 4) -> Any:
+    """Send an idempotent write (a cancel, an archive, a PUT, a DELETE) again when its answer was lost.
+
+    A DELETE whose first answer was lost answers 404 the second time: the caller counts that as done.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            return call(*args)
+        except RetriableAPIError:
+            if attempt == tries:
+                raise
+    return None
+
+
+def _same(found: Any, sent: Any) -> bool:
+    if found is None or sent is None:
+        return found is sent
+    return str(found).strip() == str(sent).strip()
+
+
+def _refusal(exc: ValidationAPIError) -> str:
+    return f"Cliniko refused it: {str(exc).rstrip('.')}."
+
+
+def _with_provenance(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The note's content with a first section naming its original author and date."""
+    content = data.get("content")
+    if isinstance(content, str):
+        try:
+            content = json.loads(content)
+        except ValueError:
+            content = {"sections": [{"name": "Note", "questions": [{"name": "Note", "type": "paragraph",
+                                                                   "answer": content}]}]}  # fmt: skip
+    sections = list((content or {}).get("sections") or [])
+    written = str(data.get("created_at") or "")[:16].replace("T", " ")
+    who = data.get("author_name") or "an unknown practitioner"
+    origin = {
+        "name": "Transferred note",
+        "questions": [
+            {
+                "name": "Originally written",
+                "type": "text",
+                "answer": f"By {who} on {written} UTC, in the source Cliniko account.",
+            }
+        ],
+    }
+    return {**(content or {}), "sections": [origin, *sections]}
