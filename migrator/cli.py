@@ -36,6 +36,7 @@ __all__ = ["main"]
 
 SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
 DEST_KEY_ENV = "MIGRATOR_DEST_KEY"
+NOTE_KEYS_ENV = "MIGRATOR_NOTE_KEYS"
 RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
 
 
@@ -58,10 +59,70 @@ def _config() -> ClientConfig:
         raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
 
 
-def _client(dest: bool) -> ClinikoClient:
+def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
     env, what = (DEST_KEY_ENV, "destination") if dest else (SOURCE_KEY_ENV, "source")
     key = parse_key(_read_key(env, what))
-    return ClinikoClient(key, writable=False, config=_config())
+    return ClinikoClient(key, writable=writable and dest, config=_config())
+
+
+def _note_clients() -> list[ClinikoClient]:
+    """Writable clients of the extra destination practitioners' keys (``MIGRATOR_NOTE_KEYS``, comma-separated)."""
+    raw = os.environ.get(NOTE_KEYS_ENV, "")
+    return [
+        ClinikoClient(parse_key(SecretStr(part.strip())), writable=True, config=_config())
+        for part in raw.split(",")
+        if part.strip()
+    ]
+
+
+def _cliniko_destination(workspace: str, source: ClinikoClient, *, check: bool) -> tuple[Any, Any]:
+    """The ledger and the Cliniko destination of ``MIGRATOR_DEST_KEY``; pre-flight first when ``check``."""
+    from migrator.destinations.cliniko import preflight
+    from migrator.workflow import open_cliniko_destination
+
+    ledger, dest = open_cliniko_destination(
+        _client(True, writable=True), workspace, source=source, note_keys=_note_clients()
+    )
+    if check:
+        result = preflight(source, dest)
+        result.raise_for_refusal()
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return ledger, dest
+
+
+def _destination(args: argparse.Namespace, source: ClinikoClient, *, check: bool = True) -> tuple[Any, Any]:
+    """``--to``: the local store (``sqlite:PATH``) or the Cliniko account of ``MIGRATOR_DEST_KEY`` (``cliniko``)."""
+    from migrator.workflow import open_local_store
+
+    if args.to == "cliniko":
+        return _cliniko_destination(args.workspace, source, check=check)
+    return open_local_store(args.to, args.workspace)
+
+
+def _batch_store(workspace: str, batch_id: str, source: ClinikoClient | None = None) -> tuple[Any, Any]:
+    """The ledger and the destination a batch wrote into (a Cliniko one needs ``MIGRATOR_DEST_KEY``)."""
+    from migrator.ledger import Ledger
+    from migrator.workflow import open_local_store
+
+    batch = Ledger(workspace).batch(batch_id)
+    if batch.destination.startswith("sqlite:"):
+        return open_local_store(batch.destination, workspace)
+    ledger, dest = (
+        _cliniko_destination(workspace, source, check=False) if source else _cliniko_only(workspace)
+    )
+    if dest.describe() != batch.destination:
+        raise ConfigError(
+            f"Batch {batch_id} wrote into Cliniko account {batch.destination.removeprefix('cliniko:')}, but "
+            f"{DEST_KEY_ENV} belongs to account {dest.account_id}; set it to a key of that account."
+        )
+    return ledger, dest
+
+
+def _cliniko_only(workspace: str) -> tuple[Any, Any]:
+    from migrator.workflow import open_cliniko_destination
+
+    return open_cliniko_destination(_client(True, writable=True), workspace)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -101,11 +162,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_mapping(args: argparse.Namespace) -> int:
     from migrator.mapping import save_mapping
-    from migrator.workflow import auto_mapping, open_local_store, verify_source
+    from migrator.workflow import auto_mapping, verify_source
 
     with _client(False) as client:
         verify_source(client)
-        _, store = open_local_store(args.to, args.workspace)
+        _, store = _destination(args, client, check=False)
         rows = auto_mapping(client, store)
     save_mapping(args.out, rows)
     unresolved = [r for r in rows if r.action == "unresolved"]
@@ -115,13 +176,13 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from migrator.plan import Scope, parse_include
-    from migrator.workflow import make_plan, open_local_store, run_plan, unfinished_batch, verify_source
+    from migrator.workflow import make_plan, run_plan, unfinished_batch, verify_source
 
     scope = Scope.parse(args.filter)
-    include = parse_include(args.include) if args.include else None
+    include = parse_include(args.include, local=args.to != "cliniko") if args.include else None
     with _client(False) as client:
         identity = verify_source(client)
-        ledger, store = open_local_store(args.to, args.workspace)
+        ledger, store = _destination(args, client)
         plan = make_plan(
             client,
             identity,
@@ -195,18 +256,11 @@ class _ProgressLine:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from migrator.destinations.local import LocalStore
-    from migrator.ledger import Ledger
     from migrator.reconcile import reconcile
 
-    ledger = Ledger(args.workspace)
-    batch = ledger.batch(args.batch_id)
-    if not batch.destination.startswith("sqlite:"):
-        raise ConfigError(
-            f"Batch {batch.id} went to {batch.destination}; only the local clinic store can be reconciled here."
-        )
-    store = LocalStore(LocalStore.parse_target(batch.destination), ledger)
     with _client(False) as client:
+        ledger, store = _batch_store(args.workspace, args.batch_id, client)
+        batch = ledger.batch(args.batch_id)
         identity = client.identity()
         if (identity.account or identity.user) != batch.source_account:
             raise ConfigError(
@@ -303,12 +357,16 @@ def cmd_batches(args: argparse.Namespace) -> int:
 
 def cmd_delete_batch(args: argparse.Namespace) -> int:
     from migrator.batches import delete_batch, deletion_plan
-    from migrator.workflow import open_local_store
 
-    ledger, store = open_local_store(_batch_destination(args), args.workspace)
+    ledger, store = _batch_store(args.workspace, args.batch_id)
     plan = deletion_plan(ledger, store, args.batch_id)
     summary = plan.as_dict()
-    print(f"Deleting batch {args.batch_id} removes {summary['total']:,} records:")
+    removes = (
+        "removes (patients are archived: Cliniko's API cannot delete them)"
+        if not store.describe().startswith("sqlite:")
+        else "removes"
+    )
+    print(f"Deleting batch {args.batch_id} {removes} {summary['total']:,} records:")
     for entity, n in summary["created"].items():
         print(f"  {entity}: {n:,} created by the batch")
     for entity, n in summary["created_since_for_its_patients"].items():
@@ -322,11 +380,61 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_destination(args: argparse.Namespace) -> str:
-    from migrator.ledger import Ledger
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from migrator.destinations.cliniko import preflight
 
-    batch = Ledger(args.workspace).batch(args.batch_id)
-    return batch.destination
+    with _client(False) as client:
+        _, dest = _cliniko_destination(args.workspace, client, check=False)
+        result = preflight(client, dest)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        counts = ", ".join(f"{n:,} {entity}" for entity, n in result.counts.items())
+        print(f"Destination {dest.account_name or dest.account_id} holds {counts}.")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        for refusal in result.refusals:
+            print(f"refused: {refusal}")
+        if result.ok:
+            print("Pre-flight passed: the transfer may run.")
+    return 0 if result.ok else 2
+
+
+def cmd_go_live(args: argparse.Namespace) -> int:
+    from migrator.destinations.cliniko import go_live
+
+    ledger, dest = _batch_store(args.workspace, args.batch_id)
+    if not args.yes:
+        raise ConfigError(
+            "Going live turns each transferred patient's reminders and confirmations back on: add --yes to confirm."
+        )
+    result = go_live(ledger, dest, args.batch_id)
+    print(
+        f"Batch {args.batch_id}: reminder and confirmation preferences restored for {result.restored:,} patients"
+        + (f" ({result.already:,} already were)" if result.already else "")
+        + (f"; {len(result.gone):,} patients are no longer in the destination" if result.gone else "")
+        + "."
+    )
+    return 0
+
+
+def cmd_opening_balances(args: argparse.Namespace) -> int:
+    from migrator.opening_balance import opening_balances
+
+    with _client(False) as client:
+        ledger, dest = _batch_store(args.workspace, args.batch_id, client)
+        frame = opening_balances(ledger, args.batch_id, source=client, destination=dest)
+    if args.out:
+        frame.write_csv(args.out)
+    if args.json:
+        print(json.dumps([{**r, "outstanding": str(r["outstanding"])} for r in frame.to_dicts()]))
+        return 0
+    total = frame["outstanding"].sum() if frame.height else 0
+    print(
+        f"{frame.height:,} patients have an opening balance, {total} in all"
+        + (f"; written to {args.out}." if args.out else ".")
+    )
+    return 0
 
 
 def cmd_setup_store(args: argparse.Namespace) -> int:
@@ -368,26 +476,25 @@ def build_parser() -> argparse.ArgumentParser:
             help="where ledger.db lives (default ./workspace)",
         )
 
+    def to(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--to",
+            default=DEFAULT_STORE,
+            metavar="sqlite:PATH|cliniko",
+            help=f"the destination: a local clinic store (default {DEFAULT_STORE}) or 'cliniko', the account of "
+            f"{DEST_KEY_ENV} (extra practitioners' keys for notes' authors in {NOTE_KEYS_ENV})",
+        )
+
     mapping = commands.add_parser(
         "mapping", help="write the auto-matched mapping tables to a file for editing"
     )
     mapping.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
-    mapping.add_argument(
-        "--to",
-        default=DEFAULT_STORE,
-        metavar="sqlite:PATH",
-        help=f"the destination (default {DEFAULT_STORE})",
-    )
+    to(mapping)
     workspace(mapping)
     mapping.set_defaults(func=cmd_mapping)
 
     run = commands.add_parser("run", help="migrate (or resume an unfinished run of the same plan)")
-    run.add_argument(
-        "--to",
-        default=DEFAULT_STORE,
-        metavar="sqlite:PATH",
-        help=f"the destination (default {DEFAULT_STORE})",
-    )
+    to(run)
     run.add_argument(
         "--filter", default="all", help="all, business:ID[,ID...] or practitioner:ID[,ID...] (default all)"
     )
@@ -428,6 +535,33 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--yes", action="store_true", help="confirm: deletion cannot be undone")
     workspace(delete)
     delete.set_defaults(func=cmd_delete_batch)
+
+    pre = commands.add_parser(
+        "preflight",
+        help=f"check a Cliniko-to-Cliniko transfer before it runs ({SOURCE_KEY_ENV} and {DEST_KEY_ENV}); exit 2 if refused",
+    )
+    pre.add_argument("--json", action="store_true", help="print one JSON object")
+    workspace(pre)
+    pre.set_defaults(func=cmd_preflight)
+
+    live = commands.add_parser(
+        "go-live",
+        help="turn a Cliniko transfer's patients' reminders and confirmations back on (their own preferences)",
+    )
+    live.add_argument("batch_id", metavar="BATCH_ID")
+    live.add_argument("--yes", action="store_true", help="confirm: patients may be messaged from then on")
+    workspace(live)
+    live.set_defaults(func=cmd_go_live)
+
+    bal = commands.add_parser(
+        "opening-balances",
+        help="what each transferred patient owes by the source's invoices (Cliniko cannot import financials)",
+    )
+    bal.add_argument("batch_id", metavar="BATCH_ID")
+    bal.add_argument("--out", metavar="FILE", help="write the report as CSV")
+    bal.add_argument("--json", action="store_true", help="print JSON")
+    workspace(bal)
+    bal.set_defaults(func=cmd_opening_balances)
 
     setup = commands.add_parser(
         "setup-store",

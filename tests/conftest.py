@@ -45,11 +45,16 @@ class RunningSandbox:
         return ClinikoClient(self.key(role), config=ClientConfig(url_template=self.url_template, **config))
 
     def cli(
-        self, *args: str, key: str | None = None, dest_key: str | None = None
+        self, *args: str, key: str | None = None, dest_key: str | None = None, pace: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only."""
+        """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only.
+
+        ``pace`` sets ``MIGRATOR_REQUESTS_PER_MINUTE`` (``"0"``: unpaced); otherwise Cliniko's 200.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env["MIGRATOR_API_URL"] = self.url_template
+        if pace is not None:
+            env["MIGRATOR_REQUESTS_PER_MINUTE"] = pace
         if key is not None:
             env["MIGRATOR_SOURCE_KEY"] = key
         if dest_key is not None:

@@ -1,0 +1,492 @@
+"""Cliniko-to-Cliniko transfers (issue 5): the sandbox's source and destination accounts, over HTTP."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from migrator.batches import delete_batch, deletion_plan
+from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.transport import RetryPolicy
+from migrator.destinations.cliniko import ClinikoDestination, go_live, preflight
+from migrator.errors import ConfigError
+from migrator.ledger import Ledger
+from migrator.opening_balance import opening_balances
+from migrator.plan import MappingRow, Scope
+from migrator.reconcile import counts as reconcile_counts
+from migrator.sandbox import Sandbox
+from migrator.workflow import auto_mapping, make_plan, run_plan, verify_source
+
+RETRY = RetryPolicy(attempts=6, backoff_base=0.01, backoff_max=0.05)
+
+
+@dataclass
+class Transfer:
+    sandbox: Sandbox
+    source: ClinikoClient
+    dest_client: ClinikoClient
+    ledger: Ledger
+    dest: ClinikoDestination
+
+    def client(self, role: str, *, writable: bool = False) -> ClinikoClient:
+        config = ClientConfig(url_template=self.sandbox.url_template, requests_per_minute=0, retry=RETRY)
+        return ClinikoClient(self.sandbox.key(role), writable=writable, config=config)
+
+    def mappings(self) -> list[MappingRow]:
+        """Auto-matched rows; practitioners missing from the destination are given to the first one there."""
+        rows = auto_mapping(self.source, self.dest)
+        target = next(r.target_id for r in rows if r.entity == "practitioners" and r.action == "map")
+        return [
+            r.model_copy(update={"action": "reassign", "target_id": target})
+            if r.action == "unresolved" and r.entity == "practitioners"
+            else r
+            for r in rows
+        ]
+
+    def run(self, **kwargs: Any) -> Any:
+        plan = make_plan(
+            self.source,
+            verify_source(self.source),
+            self.dest,
+            scope=Scope.parse("all"),
+            mappings=self.mappings(),
+        )
+        return run_plan(plan, self.source, self.dest, self.ledger, **kwargs)
+
+    def total(self, entity: str, client: ClinikoClient | None = None) -> int:
+        """Every live record of ``entity`` in the destination, archived ones included."""
+        c = client or self.dest_client
+        routes = (None, "archived") if entity in ("patients", "appointment_types") else (None,)
+        return sum(c.count(entity, route=route) for route in routes)
+
+    def reminders(self) -> dict[str, list[Any]]:
+        return httpx.get(f"{self.sandbox.origin}/_sandbox/reminders").json()
+
+
+def _transfer(tmp_path: Path, **sandbox: Any) -> Iterator[Transfer]:
+    with Sandbox(size="tiny", seed=1, rate_limit=0, **sandbox) as sb:
+        config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+        source = ClinikoClient(sb.key("source"), config=config)
+        dest_client = ClinikoClient(sb.key("destination"), writable=True, config=config)
+        ledger = Ledger(tmp_path / "workspace")
+        dest = ClinikoDestination.connect(dest_client, ledger, source=source)
+        try:
+            yield Transfer(sb, source, dest_client, ledger, dest)
+        finally:
+            dest.close()
+            ledger.close()
+
+
+@pytest.fixture
+def transfer(tmp_path: Path) -> Iterator[Transfer]:
+    yield from _transfer(tmp_path)
+
+
+WRITTEN = (
+    "patients",
+    "medical_alerts",
+    "individual_appointments",
+    "group_appointments",
+    "attendees",
+    "unavailable_blocks",
+    "treatment_notes",
+    "patient_attachments",
+    "contacts",
+    "products",
+    "billable_items",
+)
+
+
+def test_a_transfer_lands_in_the_destination_and_a_rerun_creates_nothing(transfer: Transfer) -> None:
+    before = {e: transfer.total(e) for e in WRITTEN}
+    result = transfer.run()
+    entities = result.entities
+    assert entities["patients"]["created"] > 10
+    assert entities["individual_appointments"]["created"] > 50
+    for entity in WRITTEN:
+        row = entities[entity]
+        assert row["in_scope"] == row["created"] + row["linked"] + row["already_present"] + row["skipped"]
+        assert transfer.total(entity) == before[entity] + row["created"], entity
+    # Financials are never attempted.
+    assert "invoices" not in entities and "invoice_items" not in entities
+
+    # Reconciled through the destination's API: every record the batch brought is there.
+    frame = reconcile_counts(transfer.ledger, result.batch_id, store=transfer.dest)
+    assert frame.filter(frame["difference"] != 0).height == 0
+    assert frame.filter(frame["entity"] == "patients")["in_destination"][0] == entities["patients"]["created"]
+
+    again = transfer.run()
+    assert again.batch_id != result.batch_id
+    assert all(row["created"] == 0 for row in again.entities.values())
+    assert {e: transfer.total(e) for e in WRITTEN} == {e: before[e] + entities[e]["created"] for e in WRITTEN}
+
+
+def test_attendance_cancellations_and_archived_patients_come_across(transfer: Transfer) -> None:
+    transfer.run()
+    source = {r["id"]: r for p in transfer.source.pages("individual_appointments") for r in p.records}
+    ledger_items = {
+        i.source_id: i.dest_id
+        for i in transfer.ledger.items(transfer.ledger.batches()[0].id, "individual_appointments")
+        if i.action == "created"
+    }
+    dest = {str(r["id"]): r for p in transfer.dest_client.pages("individual_appointments") for r in p.records}
+    checked = Counter[str]()
+    for sid, dest_id in ledger_items.items():
+        src, got = source[int(sid)] if int(sid) in source else source[sid], dest[dest_id]
+        assert got["starts_at"] == src["starts_at"]
+        assert got["patient_arrived"] == src["patient_arrived"]
+        assert got["did_not_arrive"] == src["did_not_arrive"]
+        assert bool(got["cancelled_at"]) == bool(src["cancelled_at"])
+        if src["cancelled_at"]:
+            assert got["cancellation_reason"] == src["cancellation_reason"]
+            checked["cancelled"] += 1
+        checked["arrived" if src["patient_arrived"] else "other"] += 1
+        checked["dna"] += bool(src["did_not_arrive"])
+    assert checked["cancelled"] and checked["arrived"] and checked["dna"]
+    archived_source = transfer.source.count("patients", route="archived")
+    assert archived_source > 0
+    assert transfer.dest_client.count("patients", route="archived") == archived_source
+
+
+def test_no_patient_is_messaged_until_go_live(transfer: Transfer) -> None:
+    result = transfer.run()
+    assert transfer.reminders()["Harbourside Physiotherapy"] == []
+    patients = [r for p in transfer.dest_client.pages("patients") for r in p.records]
+    assert patients and all(p["reminder_type"] == "None" for p in patients)
+    assert not any(p["receives_confirmation_emails"] for p in patients)
+
+    # The sandbox does record reminders: a future appointment for a patient left at the default.
+    someone = transfer.dest_client.post("/patients", {"first_name": "Control", "last_name": "Patient"})
+    booked = next(p for p in transfer.dest_client.pages("individual_appointments") for p in p.records)
+    transfer.dest_client.post(
+        "/individual_appointments",
+        {
+            "starts_at": "2099-01-01T09:00:00Z",
+            "patient_id": someone["id"],
+            "practitioner_id": booked["practitioner"]["links"]["self"].rsplit("/", 1)[-1],
+            "business_id": booked["business"]["links"]["self"].rsplit("/", 1)[-1],
+            "appointment_type_id": booked["appointment_type"]["links"]["self"].rsplit("/", 1)[-1],
+        },
+    )
+    assert len(transfer.reminders()["Harbourside Physiotherapy"]) == 1
+
+    source = {str(r["id"]): r for p in transfer.source.pages("patients") for r in p.records}
+    live = go_live(transfer.ledger, transfer.dest, result.batch_id)
+    assert live.restored == result.entities["patients"]["created"]
+    created = {
+        i.dest_id: i.source_id
+        for i in transfer.ledger.items(result.batch_id, "patients")
+        if i.action == "created"
+    }
+    for page in transfer.dest_client.pages("patients"):
+        for record in page.records:
+            sid = created.get(str(record["id"]))
+            if sid in source:
+                assert record["reminder_type"] == source[sid]["reminder_type"]
+                assert record["receives_confirmation_emails"] == source[sid]["receives_confirmation_emails"]
+    assert go_live(transfer.ledger, transfer.dest, result.batch_id).already == live.restored
+    assert any(e["action"] == "go_live" for e in transfer.ledger.audit_log(result.batch_id))
+
+
+def test_preflight_refuses_keys_without_the_rights_before_any_write(transfer: Transfer) -> None:
+    assert preflight(transfer.source, transfer.dest).ok
+    not_practitioner = transfer.client("destination_admin_not_practitioner", writable=True)
+    dest = ClinikoDestination.connect(not_practitioner, transfer.ledger, source=transfer.source)
+    check = preflight(transfer.source, dest)
+    assert not check.ok
+    assert "not an active practitioner" in check.refusals[0]
+    with pytest.raises(ConfigError, match="administrator who is also a practitioner"):
+        check.raise_for_refusal()
+
+    non_admin = transfer.client("source_non_admin")
+    refused = preflight(non_admin, transfer.dest)
+    assert any("not an administrator" in r for r in refused.refusals)
+    stats = httpx.get(f"{transfer.sandbox.origin}/_sandbox/stats").json()
+    assert "POST" not in repr(stats), "a refused pre-flight must send no write"
+
+
+def test_notes_keep_their_author_with_a_practitioners_own_key(transfer: Transfer, tmp_path: Path) -> None:
+    author = transfer.client("destination_practitioner", writable=True)
+    dest = ClinikoDestination.connect(
+        transfer.dest_client, transfer.ledger, source=transfer.source, note_keys=[author]
+    )
+    (author_id,) = dest.note_authors
+    transfer.dest = dest
+    result = transfer.run()
+    notes = [r for p in transfer.dest_client.pages("treatment_notes") for r in p.records]
+    assert len(notes) == result.entities["treatment_notes"]["created"]
+    authors = Counter(n["practitioner"]["links"]["self"].rsplit("/", 1)[-1] for n in notes)
+    assert authors[author_id] > 0, "notes of the practitioner with a key are written under their name"
+    assert len(authors) == 2
+    source_notes = {str(r["id"]): r for p in transfer.source.pages("treatment_notes") for r in p.records}
+    by_dest = {
+        i.dest_id: i.source_id
+        for i in transfer.ledger.items(result.batch_id, "treatment_notes")
+        if i.action == "created"
+    }
+    for note in notes:
+        first = note["content"]["sections"][0]
+        original = source_notes[by_dest[str(note["id"])]]
+        answer = first["questions"][0]["answer"]
+        assert original["author_name"] in answer
+        assert original["created_at"][:10] in answer
+        assert note["content"]["sections"][1:] == original["content"]["sections"]
+
+
+def test_a_write_whose_answer_was_lost_is_found_not_sent_again(transfer: Transfer) -> None:
+    from migrator.destinations.cliniko import _Write, _WriteLog
+
+    batch = transfer.ledger.create_batch(source_account="x", destination=transfer.dest.describe(), plan={})
+    row = {
+        "source_id": "777",
+        "data": {"first_name": "Lost", "last_name": "Answer", "date_of_birth": "1990-02-03"},
+    }
+    write = _Write("777", row, transfer.dest._body("patients", row))
+    _WriteLog(transfer.ledger, batch.id, "patients").intend(
+        [write], {"777": transfer.dest._probe_of("patients", write)}
+    )
+    # The request reached Cliniko, then the process died before the answer was recorded.
+    sent = transfer.dest_client.post("/patients", write.body)
+    before = transfer.total("patients")
+    (dest_id,) = transfer.dest.insert("patients", [row], batch_id=batch.id, source_account="x")
+    assert dest_id == str(sent["id"])
+    assert transfer.dest.recovered == 1
+    assert transfer.total("patients") == before
+
+
+def test_dropped_answers_to_writes_never_duplicate_a_record(tmp_path: Path) -> None:
+    # A fifth of the answers are lost after Cliniko applied the request (the "drop" fault).
+    for t in _transfer(tmp_path, faults=0.2, fault_kinds=("drop",)):
+        result = t.run()
+        assert t.dest.recovered > 5, "creates whose answer was dropped were found, not sent again"
+        for entity in WRITTEN:
+            assert t.total(entity) == result.entities[entity]["created"] + (
+                result.entities[entity]["linked"] if entity in ("billable_items", "products") else 0
+            ), entity
+        patients = [r for p in t.dest_client.pages("patients") for r in p.records]
+        keys = Counter((p["first_name"], p["last_name"], p["date_of_birth"], p["email"]) for p in patients)
+        assert max(keys.values()) == 1
+
+
+def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) -> None:
+    before = {e: transfer.total(e) for e in WRITTEN}
+    templates = transfer.total("treatment_note_templates")
+    result = transfer.run()
+    plan = deletion_plan(transfer.ledger, transfer.dest, result.batch_id)
+    assert len(plan.created["patients"]) == result.entities["patients"]["created"]
+    delete_batch(transfer.ledger, transfer.dest, result.batch_id)
+    assert transfer.ledger.batch(result.batch_id).status == "deleted"
+    for entity in WRITTEN:
+        if entity == "patients":
+            continue
+        assert transfer.dest_client.count(entity) == before[entity], entity
+    # Patients cannot be deleted through the API: they are archived.
+    assert transfer.dest_client.count("patients") == 0
+    assert transfer.dest_client.count("patients", route="archived") == result.entities["patients"]["created"]
+    # What the batch linked to (the template set up by the clinic) stays; what it created goes.
+    assert transfer.total("treatment_note_templates") == templates
+
+
+def test_the_opening_balance_report_equals_the_sources_balances(transfer: Transfer) -> None:
+    result = transfer.run()
+    frame = opening_balances(
+        transfer.ledger, result.batch_id, source=transfer.source, destination=transfer.dest
+    )
+    owed: dict[str, Decimal] = {}
+    for page in transfer.source.pages("invoices"):
+        for inv in page.records:
+            patient = inv["patient"]["links"]["self"].rsplit("/", 1)[-1]
+            if inv["status"] in (10, 40):
+                owed[patient] = owed.get(patient, Decimal(0)) + Decimal(inv["total_amount"])
+    brought = {
+        i.source_id for i in transfer.ledger.items(result.batch_id, "patients") if i.action != "skipped"
+    }
+    expected = {p: v for p, v in owed.items() if v and p in brought}
+    assert expected, "the tiny clinic has patients owing something"
+    assert dict(zip(frame["source_patient_id"], frame["outstanding"], strict=True)) == expected
+    assert frame["patient"].null_count() == 0
+
+
+def _writes(workspace: Path) -> int:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(workspace / "ledger.db", timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM writes").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_during_writes_then_resume_duplicates_nothing(sandbox_factory: Any, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from migrator.mapping import load_mapping, save_mapping
+    from tests.conftest import ROOT
+
+    sb = sandbox_factory(size="tiny", seed=1, rate_limit=0)
+    workspace = tmp_path / "ws"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env.update(
+        MIGRATOR_API_URL=sb.url_template,
+        MIGRATOR_SOURCE_KEY=sb.key("source"),
+        MIGRATOR_DEST_KEY=sb.key("destination"),
+        MIGRATOR_REQUESTS_PER_MINUTE="1500",  # about 25 writes a second: a few seconds to kill in
+    )
+
+    def cli(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "migrator", *args, "--workspace", str(workspace)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    mapping = tmp_path / "mapping.json"
+    made = cli("mapping", "--to", "cliniko", "--out", str(mapping))
+    assert made.wait(timeout=60) == 0, made.stderr.read() if made.stderr else ""
+    rows = load_mapping(mapping)
+    target = next(r.target_id for r in rows if r.entity == "practitioners" and r.action == "map")
+    save_mapping(
+        mapping,
+        [
+            r.model_copy(update={"action": "reassign", "target_id": target})
+            if r.action == "unresolved"
+            else r
+            for r in rows
+        ],
+    )
+    run = ("run", "--to", "cliniko", "--mapping", str(mapping), "--json")
+    for kill_after in (30, 150):
+        process = cli(*run)
+        deadline = time.monotonic() + 60
+        while _writes(workspace) < kill_after and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    final = cli(*run)
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    result = json.loads(out)
+
+    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+    dest = ClinikoClient(sb.key("destination"), config=config)
+    ledger = Ledger(workspace)
+    batch = ledger.batch(result["batch_id"])
+    assert [b.id for b in ledger.batches()] == [batch.id], "one batch, resumed twice"
+    for entity in ("patients", "individual_appointments", "treatment_notes", "medical_alerts", "attendees"):
+        routes = (None, "archived") if entity == "patients" else (None,)
+        held = sum(dest.count(entity, route=r) for r in routes)
+        assert held == result["entities"][entity]["created"], entity
+    patients = [
+        r for route in (None, "archived") for p in dest.pages("patients", route=route) for r in p.records
+    ]
+    keys = Counter((p["first_name"], p["last_name"], p["date_of_birth"], p["email"]) for p in patients)
+    assert max(keys.values()) == 1
+    appointments = [r for p in dest.pages("individual_appointments") for r in p.records]
+    slots = Counter((a["starts_at"], a["patient"]["links"]["self"]) for a in appointments)
+    assert max(slots.values()) == 1
+    # The same as a clean run: every in-scope record ended the same way.
+    for t in _transfer(tmp_path / "clean"):
+        clean = t.run()
+        assert {e: r["created"] for e, r in clean.entities.items()} == {
+            e: r["created"] for e, r in result["entities"].items()
+        }
+
+
+def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
+    sandbox_factory: Any, tmp_path: Path
+) -> None:
+    import csv
+    import json
+
+    from migrator.mapping import load_mapping, save_mapping
+
+    sb = sandbox_factory(size="tiny", seed=1, rate_limit=0)
+    ws = str(tmp_path / "ws")
+    source, dest, wrong = (
+        sb.key("source"),
+        sb.key("destination"),
+        sb.key("destination_admin_not_practitioner"),
+    )
+
+    refused = sb.cli("preflight", "--workspace", ws, key=source, dest_key=wrong, pace="0")
+    assert refused.returncode == 2
+    assert "not an active practitioner" in refused.stdout
+    assert wrong not in refused.stdout + refused.stderr
+    passed = sb.cli("preflight", "--json", "--workspace", ws, key=source, dest_key=dest, pace="0")
+    assert passed.returncode == 0 and json.loads(passed.stdout)["ok"]
+    blocked = sb.cli("run", "--to", "cliniko", "--workspace", ws, key=source, dest_key=wrong, pace="0")
+    assert blocked.returncode == 2 and "administrator who is also a practitioner" in blocked.stderr
+
+    mapping = tmp_path / "mapping.json"
+    assert (
+        sb.cli(
+            "mapping", "--to", "cliniko", "--out", str(mapping), "--workspace", ws, key=source, dest_key=dest
+        ).returncode
+        == 0
+    )
+    rows = load_mapping(mapping)
+    save_mapping(
+        mapping, [r.model_copy(update={"action": "exclude"}) if r.action == "unresolved" else r for r in rows]
+    )
+    ran = sb.cli(
+        "run",
+        "--to",
+        "cliniko",
+        "--mapping",
+        str(mapping),
+        "--json",
+        "--workspace",
+        ws,
+        key=source,
+        dest_key=dest,
+    )
+    assert ran.returncode == 0, ran.stderr
+    batch_id = json.loads(ran.stdout)["batch_id"]
+
+    report = tmp_path / "balances.csv"
+    balances = sb.cli(
+        "opening-balances", batch_id, "--out", str(report), "--workspace", ws, key=source, dest_key=dest
+    )
+    assert balances.returncode == 0, balances.stderr
+    with report.open() as f:
+        lines = list(csv.DictReader(f))
+    assert lines and set(lines[0]) == {
+        "source_patient_id",
+        "destination_patient_id",
+        "patient",
+        "open_invoices",
+        "outstanding",
+    }
+    assert f"{len(lines)} patients have an opening balance" in balances.stdout
+
+    assert (
+        sb.cli("go-live", batch_id, "--workspace", ws, dest_key=dest, pace="0").returncode == 2
+    )  # needs --yes
+    live = sb.cli("go-live", batch_id, "--yes", "--workspace", ws, dest_key=dest, pace="0")
+    assert live.returncode == 0 and "restored for" in live.stdout
+
+    other = sb.cli(
+        "delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=sb.key("source"), pace="0"
+    )
+    assert other.returncode == 2 and "set it to a key of that account" in other.stderr
+    dry = sb.cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest, pace="0")
+    assert dry.returncode == 0 and "patients are archived" in dry.stdout
+    gone = sb.cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest, pace="0")
+    assert gone.returncode == 0, gone.stderr
+    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+    assert ClinikoClient(dest, config=config).count("patients") == 0
