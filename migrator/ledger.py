@@ -17,7 +17,7 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
         unique (batch_id, entity, source_id); indexed (entity, source_id)
     progress(batch_id -> batches, stage, done, total, created, linked, already_present,
              skipped, updated_at)  PK (batch_id, stage)
-    audit(id PK, at, actor, action, batch_id -> batches, detail JSON)
+    audit(id PK, at, actor, action, batch_id -> batches, detail JSON, tenant, role)
     writes(batch_id -> batches, entity, source_id, state, dest_id, intended_at, completed_at,
            probe JSON)  PK (batch_id, entity, source_id): creates in a Cliniko destination,
            intended -> created -> completed (or refused); see migrator.destinations.cliniko
@@ -26,6 +26,14 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
     migrations(id PK, migration_set, name, applied_at)
 
 Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
+
+**Tenants** (hosted instances, :mod:`migrator.hosted`): a batch belongs to its source
+account (``source_account``) and, when it writes into a Cliniko account
+(``destination = "cliniko:<account id>"``), to that account too (:func:`batch_tenants`).
+``batches(tenant=...)``, ``batch(id, tenant=...)`` and ``audit_log(tenant=...)`` return
+only what that tenant may see; another tenant's batch id raises the same
+:class:`BatchNotFound` as an unknown one. Audit rows carry the ``tenant`` and the ``role``
+(``clinic``, ``operator``) of whoever acted.
 
 **No API key is ever written here.** No method takes a key, and ``plan`` and ``detail``
 must be plain JSON (a ``SecretStr`` is not JSON and is refused by ``json.dumps``): the
@@ -80,6 +88,7 @@ __all__ = [
     "SchemaMigrations",
     "StageProgress",
     "apply_migrations",
+    "batch_tenants",
     "this_worker",
 ]
 
@@ -249,6 +258,34 @@ def _destination_writes(db: sqlite_utils.Database) -> None:
     )
 
 
+@MIGRATIONS(name="006_audit_tenant_role")
+def _audit_tenant_role(db: sqlite_utils.Database) -> None:
+    # Hosted instances: whose account an audited action concerns, and in which role it was taken.
+    db.table("audit").add_column("tenant", str)
+    db.table("audit").add_column("role", str)
+    db.table("audit").create_index(["tenant"])
+    db.table("batches").create_index(["source_account"])
+
+
+#: A Cliniko destination names its account: ``cliniko:<account id>``.
+CLINIKO_DESTINATION = "cliniko:"
+# The batches a tenant may see, as SQL over ``batches`` (one parameter, twice: the tenant).
+_TENANT_BATCHES = "(source_account = ? OR destination = 'cliniko:' || ?)"
+
+
+def batch_tenants(source_account: str, destination: str) -> tuple[str, ...]:
+    """The tenants (account ids) a batch belongs to: its source, and a Cliniko destination's account.
+
+    >>> batch_tenants("40117", "cliniko:90233")
+    ('40117', '90233')
+    >>> batch_tenants("40117", "sqlite:/w/tenants/40117/clinic.db")
+    ('40117',)
+    """
+    if destination.startswith(CLINIKO_DESTINATION) and destination != CLINIKO_DESTINATION:
+        return (source_account, destination.removeprefix(CLINIKO_DESTINATION))
+    return (source_account,)
+
+
 def this_worker() -> str:
     """This process, as a batch's ``worker`` records it: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -302,6 +339,11 @@ class Batch:
     counts: dict[str, dict[str, int]]
     actor: str
     worker: str | None = None
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        """The accounts this batch belongs to (:func:`batch_tenants`)."""
+        return batch_tenants(self.source_account, self.destination)
 
     def running_elsewhere(self) -> bool:
         """Whether another live process is running this batch right now.
@@ -497,6 +539,10 @@ class Ledger:
         MigratorError: the database cannot be put in rollback-journal mode.
     """
 
+    #: The role written on audit rows whose caller names none (a hosted run's ledger says
+    #: who started it: ``clinic`` or ``operator``); ``None`` outside hosted instances.
+    audit_role: str | None = None
+
     def __init__(self, workspace: str | Path = "workspace") -> None:
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -635,16 +681,30 @@ class Ledger:
             worker=row["worker"],
         )
 
-    def batch(self, batch_id: str) -> Batch:
-        """The batch with this id. Raises :class:`BatchNotFound`."""
-        rows = self._rows("SELECT * FROM batches WHERE id = ?", (batch_id,))
+    def batch(self, batch_id: str, *, tenant: str | None = None) -> Batch:
+        """The batch with this id; with ``tenant``, only if it is one of that tenant's batches.
+
+        Raises:
+            BatchNotFound: no such batch, or (the same sentence) another tenant's batch,
+                so that guessing ids tells nothing.
+        """
+        if tenant is None:
+            rows = self._rows("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        else:
+            rows = self._rows(
+                f"SELECT * FROM batches WHERE id = ? AND {_TENANT_BATCHES}", (batch_id, tenant, tenant)
+            )
         if not rows:
             raise BatchNotFound(f"There is no batch {batch_id} in the ledger at {self.path}.")
         return self._batch(rows[0])
 
-    def batches(self) -> list[Batch]:
-        """Every batch, newest first."""
-        return [self._batch(r) for r in self._rows("SELECT * FROM batches ORDER BY created_at DESC, id DESC")]
+    def batches(self, *, tenant: str | None = None) -> list[Batch]:
+        """Every batch, newest first; with ``tenant``, only that tenant's (:func:`batch_tenants`)."""
+        order = " ORDER BY created_at DESC, id DESC"
+        if tenant is None:
+            return [self._batch(r) for r in self._rows("SELECT * FROM batches" + order)]
+        rows = self._rows(f"SELECT * FROM batches WHERE {_TENANT_BATCHES}" + order, (tenant, tenant))
+        return [self._batch(r) for r in rows]
 
     def set_status(
         self, batch_id: str, status: str, *, actor: str = "cli", detail: dict[str, Any] | None = None
@@ -907,22 +967,53 @@ class Ledger:
     # --- audit --------------------------------------------------------------------------
 
     def audit(
-        self, action: str, *, actor: str, batch_id: str | None = None, detail: dict[str, Any] | None = None
+        self,
+        action: str,
+        *,
+        actor: str,
+        batch_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        tenant: str | None = None,
+        role: str | None = None,
     ) -> None:
-        """Append one line to the audit trail (``detail`` is plain JSON, never a key)."""
+        """Append one line to the audit trail (``detail`` is plain JSON, never a key).
+
+        Args:
+            tenant: the account the action concerns; by default the batch's source account.
+            role: who acted (``clinic``, ``operator``); by default :attr:`audit_role`.
+        """
         with self.transaction():
+            if tenant is None and batch_id is not None:
+                found = self._rows("SELECT source_account FROM batches WHERE id = ?", (batch_id,))
+                tenant = found[0][0] if found else None
             self.conn.execute(
-                "INSERT INTO audit (at, actor, action, batch_id, detail) VALUES (?, ?, ?, ?, ?)",
-                (_iso(_now()), actor, action, batch_id, json.dumps(detail or {})),
+                "INSERT INTO audit (at, actor, action, batch_id, detail, tenant, role) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _iso(_now()),
+                    actor,
+                    action,
+                    batch_id,
+                    json.dumps(detail or {}),
+                    tenant,
+                    role or self.audit_role,
+                ),
             )
 
-    def audit_log(self, batch_id: str | None = None) -> list[dict[str, Any]]:
-        """The audit trail, oldest first, optionally of one batch; ``detail`` decoded."""
-        sql = "SELECT id, at, actor, action, batch_id, detail FROM audit"
-        if batch_id is None:
-            rows = self._rows(sql + " ORDER BY id")
-        else:
-            rows = self._rows(sql + " WHERE batch_id = ? ORDER BY id", (batch_id,))
+    def audit_log(self, batch_id: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail, oldest first, optionally of one batch or one tenant; ``detail`` decoded.
+
+        A tenant's trail is what was recorded for it and everything about its batches
+        (a Cliniko destination's account sees the batches written into it too).
+        """
+        sql = "SELECT id, at, actor, action, batch_id, detail, tenant, role FROM audit"
+        where, params = [], []
+        if batch_id is not None:
+            where.append("batch_id = ?")
+            params.append(batch_id)
+        if tenant is not None:
+            where.append(f"(tenant = ? OR batch_id IN (SELECT id FROM batches WHERE {_TENANT_BATCHES}))")
+            params += [tenant, tenant, tenant]
+        rows = self._rows(sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params)
         return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     # --- frames for review ----------------------------------------------------------------

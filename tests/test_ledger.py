@@ -30,6 +30,8 @@ ALL_MIGRATIONS = [
     "002_progress",
     "003_items_by_source_record",
     "004_batch_worker",
+    "005_destination_writes",
+    "006_audit_tenant_role",
 ]
 
 
