@@ -22,6 +22,9 @@ Rules:
   (:func:`~migrator.workflow.unfinished_batch`).
 - The source key (a ``SecretStr``) lives in the worker thread only while the run does;
   the handle never holds it, and the client holding it is closed when the run ends.
+  ``on_end`` callbacks run when it ends, so a hosted session can drop its own copy then.
+- On a hosted instance every look-up takes the caller's ``tenant``: another tenant's runs
+  are invisible (:func:`~migrator.ledger.batch_tenants`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +43,7 @@ from pydantic import SecretStr
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.engine import Engine, RunResult, RunStopped
 from migrator.errors import ConfigError, MigratorError
-from migrator.ledger import Ledger
+from migrator.ledger import Ledger, batch_tenants
 from migrator.plan import Plan
 from migrator.topup import TopUp
 from migrator.workflow import open_local_store, top_up_point, unfinished_batch
@@ -81,12 +84,14 @@ class RunHandle:
         result: the engine's result once ``completed``.
         error: one sentence when ``failed``.
         resumed: the run continues an earlier batch.
+        role: who started it on a hosted instance (``clinic``, ``operator``), for the audit trail.
     """
 
     plan: Plan
     workspace: Path
     expected: dict[str, int] = field(default_factory=dict)
     actor: str = "console"
+    role: str | None = None
     resume_id: str | None = None
     top_up: TopUp | None = None
     state: str = "starting"
@@ -99,6 +104,31 @@ class RunHandle:
     _batch_id: str | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    _on_end: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _on_end_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        """The accounts this run belongs to: its source, and a Cliniko destination's account."""
+        return batch_tenants(self.plan.source_account, self.plan.destination)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (no arguments) once the run has ended; at once if it already has."""
+        with self._on_end_lock:
+            if not self._ended.is_set():
+                self._on_end.append(callback)
+                return
+        callback()
+
+    def _finish(self) -> None:
+        with self._on_end_lock:
+            self._ended.set()
+            callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a listener's failure must not hide how the run ended
+                log.exception("a run's on_end callback failed")
 
     @property
     def resumed(self) -> bool:
@@ -144,18 +174,19 @@ class RunRegistry:
 
     # -- looking ---------------------------------------------------------------------
 
-    def handles(self) -> list[RunHandle]:
-        """Every run this process knows of, newest first."""
+    def handles(self, *, tenant: str | None = None) -> list[RunHandle]:
+        """Every run this process knows of, newest first; with ``tenant``, only that tenant's."""
         with self._lock:
-            return list(reversed(self._handles))
+            found = list(reversed(self._handles))
+        return found if tenant is None else [h for h in found if tenant in h.tenants]
 
-    def get(self, batch_id: str) -> RunHandle | None:
-        """The newest run of ``batch_id`` in this process, if any."""
-        return next((h for h in self.handles() if h.batch_id == batch_id), None)
+    def get(self, batch_id: str, *, tenant: str | None = None) -> RunHandle | None:
+        """The newest run of ``batch_id`` in this process (of ``tenant``'s, when given), if any."""
+        return next((h for h in self.handles(tenant=tenant) if h.batch_id == batch_id), None)
 
-    def active(self) -> list[RunHandle]:
-        """The runs still going."""
-        return [h for h in self.handles() if h.running]
+    def active(self, *, tenant: str | None = None) -> list[RunHandle]:
+        """The runs still going (``tenant``'s only, when given)."""
+        return [h for h in self.handles(tenant=tenant) if h.running]
 
     # -- starting ----------------------------------------------------------------------
 
@@ -168,9 +199,11 @@ class RunRegistry:
         client_config: ClientConfig,
         expected: Mapping[str, int] | None = None,
         actor: str = "console",
+        role: str | None = None,
         resume: str | None = None,
         top_up: bool = False,
         wait: float = 30.0,
+        on_end: Callable[[], None] | None = None,
     ) -> RunHandle:
         """Run ``plan`` in a background thread, or return the run already doing it.
 
@@ -186,6 +219,9 @@ class RunRegistry:
                 (:func:`~migrator.workflow.top_up_point`); an unfinished batch of the plan
                 is resumed instead, whatever it was started as.
             wait: seconds to wait for the batch id before returning.
+            role: who starts it (hosted instances), written on the run's audit rows.
+            on_end: called once the run has ended (also when this call joins a run
+                already going): a hosted session drops its copy of the key then.
 
         Raises:
             ConfigError: another run goes into the same destination right now (here or in
@@ -202,6 +238,8 @@ class RunRegistry:
                 if (resume is not None and handle.batch_id == resume) or (
                     resume is None and _plan_key(handle.plan) == wanted
                 ):
+                    if on_end is not None:
+                        handle.on_end(on_end)
                     return handle  # a refresh or a second tab: follow the same run
                 raise ConfigError(
                     f"Batch {handle.batch_id or '(starting)'} is running into this store right now; "
@@ -217,9 +255,12 @@ class RunRegistry:
                 workspace=Path(workspace),
                 expected=dict(expected or {}),
                 actor=actor,
+                role=role,
                 resume_id=resume_id,
                 top_up=point,
             )
+            if on_end is not None:
+                handle.on_end(on_end)
             thread = threading.Thread(
                 target=_work, args=(handle, key, client_config), name="migration-run", daemon=True
             )
@@ -240,6 +281,8 @@ class RunRegistry:
         client_config: ClientConfig,
         expected: Mapping[str, int] | None = None,
         actor: str = "console",
+        role: str | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> RunHandle:
         """Resume a stopped, failed or killed batch with the plan it was started with.
 
@@ -264,7 +307,9 @@ class RunRegistry:
             client_config=client_config,
             expected=expected,
             actor=actor,
+            role=role,
             resume=batch_id,
+            on_end=on_end,
         )
 
     def _batch_to_resume(self, plan: Plan, workspace: Path, resume: str | None) -> str | None:
@@ -304,6 +349,7 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
     handle.state = "running"
     try:
         ledger, store = open_local_store(handle.plan.destination, handle.workspace)
+        ledger.audit_role = handle.role
         try:
             with ClinikoClient(key, config=config) as client:
                 engine = Engine(
@@ -334,4 +380,4 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
         handle.error = f"The run stopped on an unexpected {type(exc).__name__}; the batch is marked failed and can be resumed."
     finally:
         handle.finished_at = datetime.now(UTC)
-        handle._ended.set()
+        handle._finish()

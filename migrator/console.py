@@ -14,12 +14,17 @@ Settings come from the environment (never from a URL, and never a key):
 - ``MIGRATOR_REQUESTS_PER_MINUTE``: the pace of each key (default 200, Cliniko's limit;
   ``0`` sends unpaced, for tests against the demo clinic). The demo clinic enforces the
   same limit, so what the console estimates is what it sees.
+- ``MIGRATOR_MODE``: ``local`` (the default: an open console on this computer) or
+  ``hosted`` (sign-in, one tenant per clinic account; see :mod:`migrator.hosted`).
+- ``MIGRATOR_API_URL`` (hosted mode only): the API's URL template, ``{shard}`` replaced;
+  Cliniko's own by default (a sandbox's, for tests).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +44,9 @@ from migrator.setup import copy_clinic_setup
 from migrator.workflow import DEFAULT_WORKSPACE, open_local_store
 
 __all__ = [
+    "API_URL_ENV",
+    "MODES",
+    "MODE_ENV",
     "RATE_ENV",
     "WORKSPACE_ENV",
     "ConsoleSettings",
@@ -46,12 +54,18 @@ __all__ = [
     "entity_label",
     "export",
     "masked",
+    "mode_from_env",
     "progress_frame",
     "setup_store_from",
 ]
 
 WORKSPACE_ENV = "MIGRATOR_WORKSPACE"
 RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
+MODE_ENV = "MIGRATOR_MODE"
+API_URL_ENV = "MIGRATOR_API_URL"
+#: ``local``: the open console of one computer; ``hosted``: sign-in and one tenant per clinic.
+MODES = ("local", "hosted")
+_TENANT = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 _LABELS = {
     "individual_appointments": "Appointments",
@@ -66,6 +80,19 @@ _LABELS = {
     "concession_types": "Concession types",
     "invoice_items": "Invoice items",
 }
+
+
+def mode_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The console's mode, :data:`MODE_ENV`: ``local`` (unset) or ``hosted``.
+
+    Raises:
+        ConfigError: any other value (the console then refuses to start rather than open up).
+    """
+    env = os.environ if environ is None else environ
+    mode = (env.get(MODE_ENV) or "local").strip().lower()
+    if mode not in MODES:
+        raise ConfigError(f"{MODE_ENV} must be 'local' or 'hosted'; got {env.get(MODE_ENV)!r}.")
+    return mode
 
 
 def entity_label(entity: str) -> str:
@@ -85,39 +112,70 @@ class ConsoleSettings:
     Attributes:
         workspace: the directory holding ``ledger.db`` and the local clinic store.
         requests_per_minute: each key's pace (``0``: unpaced).
+        mode: ``local`` or ``hosted`` (:data:`MODES`).
+        api_url: the API's URL template for keys typed in (hosted mode); ``None``: Cliniko's.
+        tenant: the account whose clinic store this session works on (hosted mode):
+            the store is then ``<workspace>/tenants/<tenant>/clinic.db``.
     """
 
     workspace: Path
     requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE
+    mode: str = "local"
+    api_url: str | None = None
+    tenant: str | None = None
+
+    @property
+    def hosted(self) -> bool:
+        """Whether this is a hosted instance (``MIGRATOR_MODE=hosted``)."""
+        return self.mode == "hosted"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleSettings:
-        """Read :data:`WORKSPACE_ENV` and :data:`RATE_ENV`.
+        """Read :data:`WORKSPACE_ENV`, :data:`RATE_ENV`, :data:`MODE_ENV` and (hosted) :data:`API_URL_ENV`.
 
         Raises:
-            ConfigError: the pace is not a number of requests per minute.
+            ConfigError: the pace is not a number of requests per minute, or the mode is unknown.
         """
         env = os.environ if environ is None else environ
         workspace = Path(env.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
+        mode = mode_from_env(env)
+        api_url = (env.get(API_URL_ENV) or None) if mode == "hosted" else None
         raw = env.get(RATE_ENV)
         if raw is None or not raw.strip():
-            return cls(workspace)
+            return cls(workspace, mode=mode, api_url=api_url)
         try:
             pace = float(raw)
         except ValueError:
             raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
         if pace < 0:
             raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
-        return cls(workspace, pace)
+        return cls(workspace, pace, mode=mode, api_url=api_url)
+
+    def for_tenant(self, tenant: str | None) -> ConsoleSettings:
+        """These settings on ``tenant``'s own clinic store (hosted mode; ``None``: no tenant yet).
+
+        Raises:
+            ConfigError: the tenant is not an account id (it names a folder).
+        """
+        if tenant is not None and not _TENANT.match(tenant):
+            raise ConfigError(f"{tenant!r} is not an account id.")
+        return ConsoleSettings(self.workspace, self.requests_per_minute, self.mode, self.api_url, tenant)
 
     @property
     def store_target(self) -> str:
-        """The local clinic store, as a plan's destination: ``sqlite:<workspace>/clinic.db``."""
+        """The local clinic store, as a plan's destination: ``sqlite:<workspace>/clinic.db``.
+
+        On a hosted instance each tenant has its own: ``sqlite:<workspace>/tenants/<tenant>/clinic.db``.
+        """
+        if self.tenant is not None:
+            return f"sqlite:{self.workspace / 'tenants' / self.tenant / 'clinic.db'}"
         return f"sqlite:{self.workspace / 'clinic.db'}"
 
     def client_config(self, url_template: str | None = None) -> ClientConfig:
         """A client configuration at this pace (``url_template`` points at the demo clinic)."""
-        return ClientConfig(url_template=url_template, requests_per_minute=self.requests_per_minute)
+        return ClientConfig(
+            url_template=url_template or self.api_url, requests_per_minute=self.requests_per_minute
+        )
 
     def client(self, key: str | SecretStr | ApiKey, url_template: str | None = None) -> ClinikoClient:
         """A read-only client for ``key`` (a ``SecretStr`` in the console)."""

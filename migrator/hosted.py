@@ -1,0 +1,752 @@
+"""Hosted instances: who is signed in, which clinic (tenant) they act for, and what they may touch.
+
+``MIGRATOR_MODE=hosted`` turns the console into a service many clinics share. Two kinds
+of people sign in (a :class:`Principal` each):
+
+- a **clinic** user, with nothing but an administrator's Cliniko API key: the key is
+  verified against Cliniko and the session is bound to that account, the *tenant*
+  (its account id, from ``/settings/public``). A clinic sees and acts only on its
+  own batches: those whose source, or whose Cliniko destination, is its account;
+- an **operator** (support staff), by Streamlit's OIDC login (:func:`oidc_operator`) or
+  by a name and password whose salted scrypt hash is in the secrets file
+  (:func:`sign_in_operator`, :func:`hash_password`). An operator sees every batch.
+
+Every filter is applied here and in :class:`~migrator.ledger.Ledger` (``tenant=``),
+never in a page, so a notebook or a CLI gets the same answers. Another tenant's batch
+id raises the same :class:`~migrator.ledger.BatchNotFound` as an unknown one.
+
+>>> signed = sign_in_clinic(ledger, key, config)                        # doctest: +SKIP
+>>> signed.principal.tenant, signed.principal.role                      # doctest: +SKIP
+('40117', 'clinic')
+>>> visible_batches(ledger, signed.principal)                           # doctest: +SKIP
+[Batch(id='b20261121-135301-3f9a', ...)]
+
+**Keys are never stored.** A clinic's key is held by a :class:`KeyLease` in the
+session's memory only while it is needed: until the run it was lent to ends
+(:meth:`KeyLease.until_run_ends`), the session signs out, or the session goes. The
+ledger, the audit trail, logs and error messages never see it; an administrator's key
+typed to delete a batch is used for that one check and dropped.
+
+Every action is audited with the tenant, the role and the time: ``sign_in``,
+``sign_in_refused``, ``sign_out``, ``connect``, ``run``, ``stop_requested`` /
+``stop``, ``resume``, ``delete`` / ``deleted``, ``delete_refused`` (and ``go_live``,
+``complete``, ``fail``, written by the engine with the run's role).
+
+Create an operator's secrets entry with ``python -m migrator.hosted hash-password NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from pydantic import SecretStr
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.errors import ConfigError, MigratorError
+from migrator.ledger import Batch, Ledger
+from migrator.plan import Plan
+
+if TYPE_CHECKING:
+    from migrator.background import RunHandle, RunRegistry
+    from migrator.batches import DeletionPlan
+    from migrator.console import ConsoleSettings
+
+__all__ = [
+    "CLINIC",
+    "OPERATOR",
+    "ROLES",
+    "ClinicSignIn",
+    "Connection",
+    "KeyLease",
+    "NotAllowed",
+    "OperatorDirectory",
+    "Principal",
+    "SignInRefused",
+    "SignInThrottle",
+    "audit_frame",
+    "connect_destination",
+    "connect_source",
+    "delete_as",
+    "hash_password",
+    "oidc_operator",
+    "plan_for_tenant",
+    "record",
+    "resume_as",
+    "sign_in_clinic",
+    "sign_in_operator",
+    "sign_out",
+    "stop_as",
+    "verify_password",
+    "visible_batch",
+    "visible_batches",
+]
+
+CLINIC = "clinic"
+OPERATOR = "operator"
+ROLES = (CLINIC, OPERATOR)
+
+# scrypt's cost: 16 MiB of memory and ~50 ms per check; the parameters travel with the hash.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_SALT_BYTES = 16
+# Compared against when the name is unknown, so that a wrong name takes as long as a wrong password.
+_DUMMY_SALT = b"\x00" * _SALT_BYTES
+
+
+class SignInRefused(MigratorError):
+    """The key, the name or the password was not accepted (one sentence, never the secret)."""
+
+
+class NotAllowed(MigratorError):
+    """The signed-in person may not do this (another clinic's account, a clinic-only or operator-only act)."""
+
+
+# --- who is signed in ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Whoever is signed in to a hosted console.
+
+    Attributes:
+        role: :data:`CLINIC` or :data:`OPERATOR`.
+        name: the Cliniko user (a clinic) or the operator's login / e-mail.
+        tenant: a clinic's account id; ``None`` for an operator, who sees every tenant.
+        account: the clinic's account name, for people to read.
+        method: how they signed in: ``api_key``, ``password`` or ``oidc``.
+    """
+
+    role: str
+    name: str
+    tenant: str | None = None
+    account: str | None = None
+    method: str = "api_key"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}")
+        if self.role == CLINIC and not self.tenant:
+            raise ValueError("a clinic principal needs its tenant")
+
+    @property
+    def operator(self) -> bool:
+        return self.role == OPERATOR
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant filter of every look-up made for this person: ``None`` (everything) for an operator."""
+        return None if self.operator else self.tenant
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names them: ``clinic:Jane Smith``, ``operator:alice``."""
+        return f"{self.role}:{self.name}"
+
+    def sees(self, batch: Batch) -> bool:
+        """Whether this person may see (and act on) ``batch``."""
+        return self.operator or (self.tenant is not None and self.tenant in batch.tenants)
+
+
+def record(
+    ledger: Ledger,
+    principal: Principal | None,
+    action: str,
+    *,
+    tenant: str | None = None,
+    batch_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    role: str | None = None,
+) -> None:
+    """Audit one action of ``principal`` (``None``: someone not signed in yet) with tenant, role and time."""
+    ledger.audit(
+        action,
+        actor=principal.actor if principal is not None else "anonymous",
+        batch_id=batch_id,
+        detail=dict(detail or {}),
+        tenant=tenant or (principal.tenant if principal is not None else None),
+        role=role or (principal.role if principal is not None else None),
+    )
+
+
+# --- keys held for a while ---------------------------------------------------------------
+
+
+class KeyLease:
+    """A clinic's key, held in the session only while a run may need it.
+
+    The session keeps the lease, never the bare key; :meth:`drop` forgets it (sign-out,
+    disconnect), and :meth:`until_run_ends` has the run drop it as it ends, whichever
+    thread that happens in and whether or not a page is open.
+    """
+
+    def __init__(self, key: SecretStr, tenant: str) -> None:
+        self._key: SecretStr | None = key
+        self.tenant = tenant
+        self._lock = threading.Lock()
+
+    @property
+    def key(self) -> SecretStr | None:
+        """The key, or ``None`` once dropped."""
+        with self._lock:
+            return self._key
+
+    @property
+    def dropped(self) -> bool:
+        return self.key is None
+
+    def drop(self) -> None:
+        """Forget the key (idempotent)."""
+        with self._lock:
+            self._key = None
+
+    def until_run_ends(self, handle: RunHandle) -> None:
+        """Drop the key when ``handle``'s run ends (at once if it already has)."""
+        handle.on_end(self.drop)
+
+    def __repr__(self) -> str:
+        return f"KeyLease(tenant={self.tenant!r}, held={not self.dropped})"
+
+
+# --- operators: password hashes and OIDC allow-list ------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=128 * r * (n + p + 2) * 2
+    )
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """A salted scrypt hash of ``password`` for the secrets file: ``scrypt$N$r$p$<salt>$<hash>`` (base64).
+
+    >>> hash_password("correct horse battery staple").startswith("scrypt$16384$8$1$")
+    True
+
+    Raises:
+        ConfigError: the password is shorter than 12 characters.
+    """
+    if len(password) < 12:
+        raise ConfigError("An operator's password needs at least 12 characters.")
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Whether ``password`` matches a :func:`hash_password` hash (constant-time compare; ``False`` if malformed)."""
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        got = _scrypt(password, base64.b64decode(salt, validate=True), int(n), int(r), int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass(frozen=True)
+class OperatorDirectory:
+    """Who may sign in as an operator, read from the ``[migrator]`` table of ``.streamlit/secrets.toml``.
+
+    Attributes:
+        passwords: operator name -> :func:`hash_password` hash (``[migrator.operators.NAME]``).
+        emails: e-mail addresses allowed in by OIDC (``operator_emails``), lower case.
+        domains: e-mail domains allowed in by OIDC (``operator_domains``), lower case.
+        oidc_provider: the ``[auth.NAME]`` provider to sign in with; ``None``: ``[auth]`` itself.
+
+    Example (``secrets.toml``)::
+
+        [migrator]
+        operator_emails = ["alice@example.com"]
+        [migrator.operators.bob]
+        password_hash = "scrypt$16384$8$1$...$..."
+    """
+
+    passwords: dict[str, str] = field(default_factory=dict)
+    emails: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()
+    oidc_provider: str | None = None
+
+    @classmethod
+    def from_secrets(cls, secrets_: Mapping[str, Any]) -> OperatorDirectory:
+        """Read the directory from the secrets (``st.secrets`` as a mapping).
+
+        Raises:
+            ConfigError: an operator entry has no ``password_hash``, or a list is not a list.
+        """
+        table = secrets_.get("migrator") or {}
+        passwords: dict[str, str] = {}
+        for name, entry in dict(table.get("operators") or {}).items():
+            hashed = (entry or {}).get("password_hash") if isinstance(entry, Mapping) else None
+            if not isinstance(hashed, str) or not hashed.startswith("scrypt$"):
+                raise ConfigError(
+                    f"Operator {name!r} in the secrets file needs a password_hash made by "
+                    "'python -m migrator.hosted hash-password'."
+                )
+            passwords[str(name)] = hashed
+
+        def names(key: str) -> frozenset[str]:
+            value = table.get(key) or []
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise ConfigError(f"[migrator] {key} in the secrets file must be a list.")
+            return frozenset(str(v).strip().lower().lstrip("@") for v in value if str(v).strip())
+
+        provider = table.get("oidc_provider")
+        return cls(passwords, names("operator_emails"), names("operator_domains"), provider or None)
+
+    @property
+    def has_passwords(self) -> bool:
+        return bool(self.passwords)
+
+    def allows_email(self, email: str) -> bool:
+        """Whether an OIDC user with this (verified) e-mail is an operator."""
+        address = email.strip().lower()
+        return bool(address) and (address in self.emails or address.rpartition("@")[2] in self.domains)
+
+
+class SignInThrottle:
+    """Slows password guessing: after ``limit`` failures for a name within ``window`` s, refuse it for that long.
+
+    One per server process (the console keeps it with ``st.cache_resource``).
+    """
+
+    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, name: str, now: float) -> list[float]:
+        recent = [t for t in self._failures.get(name, []) if now - t < self.window]
+        self._failures[name] = recent
+        return recent
+
+    def check(self, name: str) -> None:
+        """Raise :class:`SignInRefused` while ``name`` is locked out."""
+        with self._lock:
+            if len(self._recent(name.lower(), time.monotonic())) >= self.limit:
+                raise SignInRefused(
+                    f"Too many failed sign-ins for this name; wait {int(self.window // 60)} minutes and try again."
+                )
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._recent(name.lower(), time.monotonic()).append(time.monotonic())
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name.lower(), None)
+
+
+def sign_in_operator(
+    ledger: Ledger,
+    directory: OperatorDirectory,
+    name: str,
+    password: str,
+    *,
+    throttle: SignInThrottle | None = None,
+) -> Principal:
+    """Sign an operator in with a name and password from the secrets file; audited either way.
+
+    Raises:
+        SignInRefused: unknown name or wrong password (the same sentence for both), or
+            too many failures for that name.
+    """
+    name = name.strip()
+    if throttle is not None:
+        throttle.check(name)
+    hashed = directory.passwords.get(name)
+    if hashed is None:
+        _scrypt(password, _DUMMY_SALT, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)  # the same time as a wrong password
+        ok = False
+    else:
+        ok = verify_password(password, hashed)
+    if not ok:
+        if throttle is not None:
+            throttle.failed(name)
+        ledger.audit(
+            "sign_in_refused", actor=f"{OPERATOR}:{name}", role=OPERATOR, detail={"method": "password"}
+        )
+        raise SignInRefused("That name and password do not match an operator of this instance.")
+    if throttle is not None:
+        throttle.succeeded(name)
+    principal = Principal(OPERATOR, name, method="password")
+    record(ledger, principal, "sign_in", detail={"method": "password"})
+    return principal
+
+
+def oidc_operator(
+    ledger: Ledger, directory: OperatorDirectory, *, email: str | None, email_verified: bool | None = None
+) -> Principal:
+    """The operator an OIDC sign-in (``st.login``) stands for, audited; the identity provider did the checking.
+
+    Args:
+        email: the ``email`` claim of the ID token.
+        email_verified: the ``email_verified`` claim; an explicit ``False`` is refused.
+
+    Raises:
+        NotAllowed: the e-mail is missing, unverified or not in ``operator_emails`` / ``operator_domains``.
+    """
+    address = (email or "").strip()
+    if not address or email_verified is False or not directory.allows_email(address):
+        ledger.audit(
+            "sign_in_refused",
+            actor=f"{OPERATOR}:{address or 'unknown'}",
+            role=OPERATOR,
+            detail={"method": "oidc"},
+        )
+        raise NotAllowed(
+            f"{address or 'This account'} is not one of this instance's operators; ask an administrator "
+            "to add it to operator_emails in the secrets file."
+        )
+    principal = Principal(OPERATOR, address, method="oidc")
+    record(ledger, principal, "sign_in", detail={"method": "oidc"})
+    return principal
+
+
+def sign_out(ledger: Ledger, principal: Principal, lease: KeyLease | None = None) -> None:
+    """Audit the sign-out and drop the session's key."""
+    if lease is not None:
+        lease.drop()
+    record(ledger, principal, "sign_out")
+
+
+# --- clinics: signing in and connecting with a key ----------------------------------------
+
+
+def account_id(client: ClinikoClient) -> str:
+    """The key's account id (``/settings/public``, readable by any user): the tenant.
+
+    Raises:
+        ConfigError: the answer has no account id.
+    """
+    settings = client.get("/settings/public")
+    value = (settings.get("account") or {}).get("id")
+    if value in (None, ""):
+        raise ConfigError("Cliniko did not say which account this key belongs to; try again.")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A verified key's account: who it is (``identity``) and its tenant (account id)."""
+
+    identity: Identity
+    tenant: str
+
+    @property
+    def account(self) -> str:
+        return self.identity.account or self.tenant
+
+
+def _verify(key: SecretStr, config: ClientConfig) -> Connection:
+    with ClinikoClient(key, config=config) as client:
+        identity = client.identity()
+        return Connection(identity, account_id(client))
+
+
+def _admin(connection: Connection, what: str) -> None:
+    identity = connection.identity
+    if not identity.is_admin:
+        raise NotAllowed(
+            f"This key belongs to {identity.user}, who is not an administrator of {connection.account}; "
+            f"{what} needs an administrator's key."
+        )
+
+
+@dataclass(frozen=True)
+class ClinicSignIn:
+    """A clinic signed in: who (``principal``) and the key's :class:`Connection`."""
+
+    principal: Principal
+    connection: Connection
+
+
+def sign_in_clinic(ledger: Ledger, key: SecretStr, config: ClientConfig) -> ClinicSignIn:
+    """Sign a clinic in with its API key: verified against Cliniko, bound to the key's account.
+
+    Audited as ``sign_in`` and ``connect`` (the key is the source's). The key is not kept:
+    hold it in a :class:`KeyLease` while it is needed.
+
+    Raises:
+        ConfigError: a malformed key (before any request).
+        AuthError, APIError: Cliniko refused the key or could not be reached.
+        NotAllowed: the key's user is not an administrator.
+    """
+    try:
+        connection = _verify(key, config)
+        _admin(connection, "signing in to migrate a clinic")
+    except MigratorError as exc:
+        ledger.audit(
+            "sign_in_refused",
+            actor=f"{CLINIC}:unknown",
+            role=CLINIC,
+            detail={"method": "api_key", "why": type(exc).__name__},
+        )
+        raise
+    identity = connection.identity
+    principal = Principal(CLINIC, identity.user, tenant=connection.tenant, account=identity.account)
+    record(
+        ledger,
+        principal,
+        "sign_in",
+        detail={"method": "api_key", "account": identity.account, "shard": identity.shard},
+    )
+    # The key a clinic signs in with is its migration's source: connected too.
+    record(ledger, principal, "connect", detail={"as": "source", "account": identity.account})
+    return ClinicSignIn(principal, connection)
+
+
+def connect_source(ledger: Ledger, principal: Principal, key: SecretStr, config: ClientConfig) -> Connection:
+    """Verify a source key for ``principal`` and audit ``connect``; a clinic may only connect its own account.
+
+    Raises:
+        NotAllowed: a clinic's key of another account, or not an administrator's key.
+        AuthError, APIError: Cliniko refused the key or could not be reached.
+    """
+    connection = _verify(key, config)
+    if not principal.operator and connection.tenant != principal.tenant:
+        record(ledger, principal, "connect_refused", detail={"as": "source"})
+        raise NotAllowed(
+            "This key belongs to another Cliniko account than the one you signed in with; "
+            "sign out and sign in with that account's key."
+        )
+    _admin(connection, "a migration's source")
+    record(
+        ledger,
+        principal,
+        "connect",
+        tenant=connection.tenant,
+        detail={"as": "source", "account": connection.identity.account},
+    )
+    return connection
+
+
+def connect_destination(
+    ledger: Ledger, principal: Principal, key: SecretStr, config: ClientConfig, *, tenant: str | None
+) -> Connection:
+    """Verify a destination key and audit ``connect`` under the source's ``tenant`` (its account in ``detail``)."""
+    connection = _verify(key, config)
+    record(
+        ledger,
+        principal,
+        "connect",
+        tenant=tenant or connection.tenant,
+        detail={
+            "as": "destination",
+            "account": connection.identity.account,
+            "account_id": connection.tenant,
+            "is_admin": connection.identity.is_admin,
+            "is_practitioner": connection.identity.is_practitioner,
+        },
+    )
+    return connection
+
+
+def plan_for_tenant(plan: Plan, tenant: str) -> Plan:
+    """The plan with its source named by account id (the tenant), as every hosted batch is."""
+    return plan.model_copy(update={"source_account": tenant})
+
+
+# --- batches: seen, stopped, resumed, deleted only by their tenant (or an operator) -------------
+
+
+def visible_batches(ledger: Ledger, principal: Principal) -> list[Batch]:
+    """The batches ``principal`` may see, newest first."""
+    return ledger.batches(tenant=principal.scope)
+
+
+def visible_batch(ledger: Ledger, principal: Principal, batch_id: str) -> Batch:
+    """One batch ``principal`` may see; another tenant's raises the same ``BatchNotFound`` as an unknown id."""
+    return ledger.batch(batch_id, tenant=principal.scope)
+
+
+def stop_as(ledger: Ledger, registry: RunRegistry, principal: Principal, batch_id: str) -> RunHandle:
+    """Ask a running batch to stop, as ``principal``; audited as ``stop_requested`` (the engine then audits ``stop``).
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        ConfigError: the batch is not running in this process.
+    """
+    batch = visible_batch(ledger, principal, batch_id)
+    handle = registry.get(batch.id, tenant=principal.scope)
+    if handle is None or not handle.running:
+        raise ConfigError(f"Batch {batch.id} is not running in this console, so there is nothing to stop.")
+    record(ledger, principal, "stop_requested", batch_id=batch.id, tenant=batch.source_account)
+    handle.stop()
+    return handle
+
+
+def resume_as(
+    ledger: Ledger,
+    registry: RunRegistry,
+    principal: Principal,
+    batch_id: str,
+    lease: KeyLease,
+    *,
+    workspace: str | Path,
+    client_config: ClientConfig,
+    expected: Mapping[str, int] | None = None,
+) -> RunHandle:
+    """Resume a stopped, failed or interrupted batch as ``principal`` with the leased key of its source account.
+
+    The lease is dropped when the resumed run ends. The engine audits ``resume`` with this role.
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        ConfigError: the key is dropped or another account's, or the batch cannot be resumed.
+    """
+    batch = visible_batch(ledger, principal, batch_id)
+    key = lease.key
+    if key is None:
+        raise ConfigError(
+            "Enter the source account's API key again on the Connect page to resume this batch."
+        )
+    handle = registry.resume(
+        batch.id,
+        key,
+        source_account=lease.tenant,
+        workspace=workspace,
+        client_config=client_config,
+        expected=expected,
+        actor=principal.actor,
+        role=principal.role,
+        on_end=lease.drop,
+    )
+    return handle
+
+
+def deletion_account(batch: Batch) -> str:
+    """The account whose administrator may delete ``batch``: where its records were written.
+
+    A Cliniko destination's account; for the local clinic store, the source account whose store it is.
+    """
+    tenants = batch.tenants
+    return tenants[-1]
+
+
+def delete_as(
+    settings: ConsoleSettings,
+    principal: Principal,
+    batch_id: str,
+    admin_key: SecretStr,
+    *,
+    client_config: ClientConfig | None = None,
+) -> DeletionPlan:
+    """Delete a batch on a hosted instance: ``admin_key`` must be an administrator's of the batch's account.
+
+    The key is checked against Cliniko at this moment (seed 000) and not kept. Refusals
+    are audited as ``delete_refused``; the deletion itself as ``delete`` and ``deleted``.
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        NotAllowed: the key is not an administrator's, or belongs to another account.
+        BatchNotDeletable: too old, running or already deleted.
+    """
+    from migrator.batches import delete_batch
+
+    with settings.open_ledger() as ledger:
+        batch = visible_batch(ledger, principal, batch_id)
+    owner = deletion_account(batch)
+    try:
+        connection = _verify(admin_key, client_config or settings.client_config())
+        if connection.tenant != owner:
+            raise NotAllowed(
+                f"This key belongs to another Cliniko account; deleting batch {batch.id} needs an "
+                "administrator's key of the account it was imported into."
+            )
+        _admin(connection, f"deleting batch {batch.id}")
+    except MigratorError as exc:
+        with settings.open_ledger() as ledger:
+            record(
+                ledger,
+                principal,
+                "delete_refused",
+                batch_id=batch.id,
+                tenant=batch.source_account,
+                detail={"why": type(exc).__name__},
+            )
+        raise
+    with settings.open_store(batch.destination) as (ledger, store):
+        ledger.audit_role = principal.role
+        return delete_batch(ledger, store, batch.id, actor=principal.actor)
+
+
+# --- the audit trail -----------------------------------------------------------------------
+
+
+def audit_frame(ledger: Ledger, principal: Principal) -> pl.DataFrame:
+    """The audit trail ``principal`` may read, newest first: every line for an operator, a clinic's own for a clinic.
+
+    Columns: at, action, role, tenant, actor, batch_id, detail (JSON text).
+    """
+    import json
+
+    rows = [
+        {
+            "at": entry["at"],
+            "action": entry["action"],
+            "role": entry["role"],
+            "tenant": entry["tenant"],
+            "actor": entry["actor"],
+            "batch_id": entry["batch_id"],
+            "detail": json.dumps(entry["detail"], sort_keys=True),
+        }
+        for entry in reversed(ledger.audit_log(tenant=principal.scope))
+    ]
+    schema = dict.fromkeys(("at", "action", "role", "tenant", "actor", "batch_id", "detail"), pl.String)
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+# --- python -m migrator.hosted hash-password NAME ---------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m migrator.hosted hash-password NAME``: prompt for a password, print its secrets entry."""
+    parser = argparse.ArgumentParser(prog="python -m migrator.hosted", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    hashing = commands.add_parser(
+        "hash-password",
+        help="print an operator's [migrator.operators.NAME] entry for .streamlit/secrets.toml",
+    )
+    hashing.add_argument("name", help="the operator's sign-in name (letters, digits, '.', '_', '-')")
+    args = parser.parse_args(argv)
+    name = args.name.strip()
+    if not name or not all(c.isalnum() or c in "._-" for c in name):
+        print("The name may hold letters, digits, '.', '_' and '-' only.", file=sys.stderr)
+        return 2
+    # Read from the terminal (or stdin when piped), never from a flag: a flag lands in the shell's history.
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("The two passwords differ.", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        hashed = hash_password(password)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f'[migrator.operators."{name}"]\npassword_hash = "{hashed}"')
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
