@@ -1,4 +1,9 @@
-"""The operator console: navigation and the shared frame only; each step is a page in pages/."""
+"""The operator console: navigation and the shared frame only; each step is a page in pages/.
+
+With ``MIGRATOR_MODE=hosted`` nobody sees a step before signing in (``hosted_ui.sign_in_form``,
+on the Connect page's address): a clinic with its API key, an operator with the identity
+provider (``st.login``) or a password.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,50 @@ import logging
 
 import streamlit as st
 
+import console_ui
 from migrator.cliniko.keys import parse_key
 from migrator.console import ConsoleSettings, masked
 from migrator.errors import MigratorError
+from migrator.hosted import oidc_operator
 
 st.set_page_config(page_title="Cliniko migrator", page_icon=":material/move_up:", layout="wide")
 
-pages = [
-    st.Page("pages/connect.py", title="1 · Connect", icon=":material/key:", default=True),
+
+def oidc_principal() -> None:
+    """An operator back from the identity provider (``st.login``) becomes this session's principal."""
+    if "principal" in st.session_state or not console_ui.oidc_configured():
+        return
+    user = dict(st.user.to_dict())
+    if not user.get("is_logged_in"):
+        return
+    try:
+        with console_ui.settings().open_ledger() as ledger:
+            st.session_state.principal = oidc_operator(
+                ledger,
+                console_ui.operator_directory(),
+                email=str(user.get("email") or ""),
+                email_verified=user.get("email_verified")
+                if isinstance(user.get("email_verified"), bool)
+                else None,
+            )
+    except MigratorError as exc:
+        st.session_state.sign_in_error = str(exc)
+        st.logout()
+
+
+hosted = console_ui.hosted()
+if hosted and st.session_state.pop("forget_typed_keys", False):
+    # A callback took a key out of its box: rerun at once, so that Streamlit's own copy of the
+    # box's last value is replaced by the emptied one before anything else happens.
+    st.rerun()
+if hosted and st.session_state.pop("oidc_logout", False):
+    st.logout()
+if hosted:
+    oidc_principal()
+signed_in = console_ui.principal()
+
+steps = [
+    st.Page(console_ui.page("connect"), title="1 · Connect", icon=":material/key:", default=True),
     st.Page("pages/preview.py", title="2 · Preview", icon=":material/query_stats:"),
     st.Page("pages/mapping.py", title="3 · Mapping", icon=":material/join:"),
     st.Page("pages/scope.py", title="4 · Scope", icon=":material/filter_alt:"),
@@ -22,13 +63,43 @@ pages = [
     st.Page("pages/review.py", title="6 · Review", icon=":material/fact_check:"),
     st.Page("pages/batches.py", title="7 · Batches", icon=":material/inventory_2:"),
 ]
-navigation = st.navigation(pages)
+if hosted and signed_in is None:
+    # Connect's page shows the sign-in form until someone signs in: signing in lands on Connect,
+    # signing out comes back to the form, at the same address.
+    steps = [st.Page(console_ui.page("connect"), title="Sign in", icon=":material/login:", default=True)]
+elif hosted and signed_in is not None and signed_in.operator:
+    steps.append(st.Page("pages/audit.py", title="Audit trail", icon=":material/policy:"))
+navigation = st.navigation(steps)
+
+
+def hosted_frame() -> None:
+    """The sidebar of a hosted instance: who is signed in, for which clinic, and whether a key is held."""
+    who = console_ui.principal()
+    if who is None:
+        st.caption("Not signed in.")
+        return
+    if who.operator:
+        st.caption(f"Signed in as **{who.name}**, operator (every clinic's batches).")
+    else:
+        st.caption(f"Signed in as **{who.name}** of **{who.account or who.tenant}** (clinic).")
+    tenant = console_ui.work_tenant()
+    if tenant is not None and who.operator:
+        st.caption(f"Working on account {tenant}.")
+    key = console_ui.source_key()
+    if key is not None:
+        st.caption(masked(parse_key(key)) + ", held until the run ends or you sign out.")
+    else:
+        st.caption("No API key held: Connect asks for it when a step needs it.")
+    st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=console_ui.sign_out_now)
 
 
 def frame() -> None:
     """The sidebar: who is connected (the key masked) and where the workspace is."""
     with st.sidebar:
         st.markdown("### Cliniko migrator")
+        if hosted:
+            hosted_frame()
+            return
         source = st.session_state.get("source_identity")
         if source is not None and "source_key" in st.session_state:
             st.caption(f"Source: **{source.account or 'account'}** ({source.shard}), as {source.user}")

@@ -2,6 +2,11 @@
 
 UI only: everything computed comes from ``migrator``. Keys stay in ``st.session_state`` as
 ``SecretStr`` (this browser session's memory), never in a URL, a log or a file.
+
+On a hosted instance (``MIGRATOR_MODE=hosted``, :mod:`migrator.hosted`) the session holds
+who is signed in (``principal``), the tenant it works on, and the source key only inside
+a :class:`~migrator.hosted.KeyLease` that the run drops as it ends; every look-up passes
+:func:`tenant_scope` to the library.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from typing import Any
 
 import polars as pl
 import streamlit as st
+from pydantic import SecretStr
 
 from migrator.background import RunRegistry
 from migrator.cliniko.client import ClinikoClient
-from migrator.console import ConsoleSettings
+from migrator.console import ConsoleSettings, mode_from_env
 from migrator.errors import MigratorError
+from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping
 from migrator.mapping_editor import read_table
 from migrator.plan import ENTITIES, MappingRow, Scope, default_include
@@ -37,6 +44,8 @@ CONNECTION_STATE = (
     "plan_scope",
     "plan_scope_incomplete",
     "review_cache",
+    "key_lease",
+    "connection_tenant",
 )
 #: Remembered widget values that name the source account's records.
 CONNECTION_WIDGETS = ("scope_kind", "scope_businesses", "scope_practitioners")
@@ -52,13 +61,105 @@ PAGES = {
 }
 
 
+HOSTED_PAGES = {"connect": "pages/connect_hosted.py"}
+
+
+def page(name: str) -> str:
+    """The file of a step's page (a hosted instance has its own Connect page)."""
+    return (HOSTED_PAGES.get(name) if hosted() else None) or PAGES[name]
+
+
 def settings() -> ConsoleSettings:
-    """The console's settings from the environment; a bad setting stops the page with its sentence."""
+    """The console's settings from the environment; a bad setting stops the page with its sentence.
+
+    On a hosted instance they point at the clinic store of the tenant this session works on.
+    """
     try:
-        return ConsoleSettings.from_env()
+        base = ConsoleSettings.from_env()
+        return base.for_tenant(work_tenant()) if base.hosted else base
     except MigratorError as exc:
         st.error(str(exc))
         st.stop()
+
+
+def hosted() -> bool:
+    """Whether this console is a hosted instance (``MIGRATOR_MODE=hosted``).
+
+    A mode that is neither stops the page with its sentence: a typo must not open the console up.
+    """
+    try:
+        return mode_from_env() == "hosted"
+    except MigratorError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+def principal() -> Principal | None:
+    """Who is signed in to this session (hosted instances); ``None`` before sign-in and in local mode."""
+    found = st.session_state.get("principal")
+    return found if isinstance(found, Principal) else None
+
+
+def work_tenant() -> str | None:
+    """The tenant whose clinic store this session works on: a clinic's own, an operator's connected one."""
+    who = principal()
+    if who is not None and who.tenant is not None:
+        return who.tenant
+    tenant = st.session_state.get("connection_tenant")
+    return str(tenant) if tenant else None
+
+
+def tenant_scope() -> str | None:
+    """The tenant filter every look-up of this session passes to the library (``None``: everything).
+
+    Local mode and operators see everything; a clinic only its own. On a hosted instance
+    with nobody signed in the page stops here.
+    """
+    if not hosted():
+        return None
+    who = principal()
+    if who is None:
+        st.info("Sign in first.")
+        st.stop()
+    return who.scope
+
+
+def actor() -> tuple[str, str | None]:
+    """How the audit trail names this session's actions: ``(actor, role)``."""
+    who = principal()
+    return ("console", None) if who is None else (who.actor, who.role)
+
+
+def source_key() -> SecretStr | None:
+    """The connected source key: the session's (local mode) or the lease's while it holds it (hosted)."""
+    lease = st.session_state.get("key_lease")
+    if isinstance(lease, KeyLease):
+        return lease.key
+    key = st.session_state.get("source_key")
+    return key if isinstance(key, SecretStr) else None
+
+
+@st.cache_resource
+def sign_in_throttle() -> SignInThrottle:
+    """Failed operator sign-ins of this server process, per name."""
+    return SignInThrottle()
+
+
+def operator_directory() -> OperatorDirectory:
+    """The operators of this instance, from ``.streamlit/secrets.toml`` (none when it has no such file)."""
+    try:
+        data = st.secrets.to_dict()
+    except FileNotFoundError:  # no secrets file: no operators, clinics can still sign in
+        data = {}
+    return OperatorDirectory.from_secrets(data)
+
+
+def oidc_configured() -> bool:
+    """Whether the secrets file has Streamlit's ``[auth]`` section (``st.login``)."""
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:
+        return False
 
 
 @st.cache_resource
@@ -68,24 +169,29 @@ def run_registry() -> RunRegistry:
 
 
 def connected() -> bool:
-    return st.session_state.get("source_identity") is not None and "source_key" in st.session_state
+    return st.session_state.get("source_identity") is not None and source_key() is not None
 
 
 def require_source(what: str) -> None:
     """Stop the page with a pointer to Connect when no source account is connected."""
     if connected():
         return
-    st.info(f"Connect a source account (or the demo clinic) first: {what}")
+    if hosted():
+        st.info(f"Connect the clinic's account (its API key, on the Connect page) first: {what}")
+    else:
+        st.info(f"Connect a source account (or the demo clinic) first: {what}")
     if st.button("Go to Connect", key="goto_connect", icon=":material/key:"):
-        st.switch_page(PAGES["connect"])
+        st.switch_page(page("connect"))
     st.stop()
 
 
 @contextmanager
 def source_client() -> Iterator[ClinikoClient]:
     """A client of the connected source account, closed afterwards."""
-    state = st.session_state
-    with settings().client(state.source_key, state.get("url_template")) as client:
+    key = source_key()
+    if key is None:
+        raise MigratorError("Connect the source account again: its key is no longer held by this session.")
+    with settings().client(key, st.session_state.get("url_template")) as client:
         yield client
 
 
@@ -99,10 +205,10 @@ def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: 
     return value
 
 
-def next_step(label: str, page: str, *, key: str) -> None:
+def next_step(label: str, step: str, *, key: str) -> None:
     """The button to the next step of the flow."""
     if st.button(label, key=key, type="primary", icon=":material/arrow_forward:"):
-        st.switch_page(PAGES[page])
+        st.switch_page(page(step))
 
 
 def plan_choices() -> tuple[Scope, list[str], bool]:
@@ -130,6 +236,9 @@ def mapping_rows() -> tuple[list[MappingRow], list[str]]:
 
 def drop_connection() -> None:
     """Forget the keys and everything read with them (the run registry keeps running batches)."""
+    lease = st.session_state.get("key_lease")
+    if isinstance(lease, KeyLease):
+        lease.drop()
     for name in CONNECTION_STATE:
         st.session_state.pop(name, None)
     kept = st.session_state.get("_kept", {})
@@ -188,3 +297,21 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
         state.mapping_account = account
     tables: dict[str, pl.DataFrame] = state.mapping
     return tables
+
+
+def sign_out_now() -> None:
+    """Audit the sign-out, drop the key and forget the whole session (a button callback)."""
+    who = principal()
+    lease = st.session_state.get("key_lease")
+    if who is not None:
+        with settings().open_ledger() as ledger:
+            sign_out(ledger, who, lease if isinstance(lease, KeyLease) else None)
+    for name in list(st.session_state):
+        del st.session_state[name]
+    if who is not None and who.method == "oidc":
+        st.session_state.oidc_logout = True  # st.logout() cannot run inside a callback
+
+
+def forget_typed_keys() -> None:
+    """Have the next run start with a rerun (see app.py): a key was just taken out of a widget."""
+    st.session_state.forget_typed_keys = True

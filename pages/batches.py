@@ -4,24 +4,42 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
+from pydantic import SecretStr
 
-from console_ui import settings
+from console_ui import forget_typed_keys, principal, settings, tenant_scope
 from migrator.batches import delete_batch, deletion_plan
 from migrator.console import batches_frame, entity_label
 from migrator.errors import MigratorError
+from migrator.hosted import delete_as
 
 CONFIRM_WORD = "DELETE"
 
 state = st.session_state
 config = settings()
+scope = tenant_scope()  # a clinic sees its own batches only; local mode and operators see all
+who = principal()
 
 
 def delete(batch_id: str, destination: str) -> None:
-    """Delete the batch (a button callback, so that the confirmation box can be emptied afterwards)."""
+    """Delete the batch (a button callback, so that the confirmation box can be emptied afterwards).
+
+    On a hosted instance an administrator's key of the batch's account is checked with Cliniko
+    now, used for that check only, and emptied from its box whatever the outcome.
+    """
     state.delete_confirm = ""
+    typed = str(state.get("delete_admin_key") or "").strip()
+    state.delete_admin_key = ""
+    if who is not None:
+        forget_typed_keys()
     try:
-        with config.open_store(destination) as (ledger, store):
-            done = delete_batch(ledger, store, batch_id, actor="console")
+        if who is not None:
+            if not typed:
+                state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
+                return
+            done = delete_as(config, who, batch_id, SecretStr(typed))
+        else:
+            with config.open_store(destination) as (ledger, store):
+                done = delete_batch(ledger, store, batch_id, actor="console")
         state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed."
     except MigratorError as exc:
         state.delete_error = str(exc)
@@ -39,7 +57,7 @@ if error := state.pop("delete_error", None):
 
 try:
     with config.open_ledger() as ledger:
-        batches = ledger.batches()
+        batches = ledger.batches(tenant=scope)
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -114,6 +132,13 @@ st.warning(
     "them by hand. Keep your legal obligations for clinical records in mind before you delete.",
     icon=":material/warning:",
 )
+if who is not None:
+    st.text_input(
+        "An administrator's API key of this clinic's account",
+        type="password",
+        key="delete_admin_key",
+        help="Checked with Cliniko when you press delete, used for that check only and never kept.",
+    )
 typed = st.text_input(f"Type {CONFIRM_WORD} to confirm", key="delete_confirm", placeholder=CONFIRM_WORD)
 st.button(
     f"Delete batch {chosen}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from console_ui import connected, next_step, settings, source_client
+from console_ui import connected, hosted, next_step, settings, source_client, tenant_scope, work_tenant
 from migrator.console import entity_label, export
 from migrator.errors import MigratorError
 from migrator.reconcile import balances, counts, skipped
@@ -60,7 +60,9 @@ def labelled(frame: pl.DataFrame) -> pl.DataFrame:
 st.title("Review")
 try:
     with config.open_ledger() as ledger:
-        batches = [b for b in ledger.batches() if b.status not in ("deleting", "deleted")]
+        batches = [
+            b for b in ledger.batches(tenant=tenant_scope()) if b.status not in ("deleting", "deleted")
+        ]
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -79,7 +81,10 @@ batch_id = st.selectbox(
 )
 batch = next(b for b in batches if b.id == batch_id)
 identity = state.get("source_identity")
-same_source = connected() and (identity.account or identity.user) == batch.source_account
+if hosted():  # hosted batches name their source by account id: the tenant
+    same_source = connected() and work_tenant() == batch.source_account
+else:
+    same_source = connected() and (identity.account or identity.user) == batch.source_account
 if batch.status == "running":
     st.info("This batch is still running: the figures below are as far as it has got.")
 

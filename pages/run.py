@@ -6,19 +6,26 @@ import polars as pl
 import streamlit as st
 
 from console_ui import (
+    actor,
     connected,
     current_preview,
+    hosted,
     mapping_rows,
     next_step,
     plan_choices,
+    principal,
     run_registry,
     scope_sentence,
     settings,
     source_client,
+    source_key,
+    tenant_scope,
+    work_tenant,
 )
 from migrator.background import plan_of
 from migrator.console import progress_frame
 from migrator.errors import ConfigError, MigratorError
+from migrator.hosted import KeyLease, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
 from migrator.scoped_preview import plan_entities, scoped_preview
 from migrator.workflow import make_plan, verify_source
@@ -35,6 +42,14 @@ STATUS_WORDS = {
 state = st.session_state
 registry = run_registry()
 config = settings()
+scope = tenant_scope()  # None: every batch (local mode, operators); a clinic's account id otherwise
+who, role = actor()
+
+
+def lease() -> KeyLease | None:
+    """The hosted session's key lease (``None`` in local mode)."""
+    found = state.get("key_lease")
+    return found if isinstance(found, KeyLease) else None
 
 
 def start(*, top_up: bool = False) -> None:
@@ -58,13 +73,24 @@ def start(*, top_up: bool = False) -> None:
                 include_archived_patients=archived,
             )
     expected = current_preview().expected()
+    held, key = lease(), source_key()
+    if key is None:
+        raise ConfigError("Connect the source account again: its key is no longer held by this session.")
+    if hosted():
+        tenant = work_tenant()
+        if tenant is None or held is None:
+            raise ConfigError("Connect the clinic's account on the Connect page first.")
+        plan = plan_for_tenant(plan, tenant)
     handle = registry.start(
         plan,
-        state.source_key,
+        key,
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,
         top_up=top_up,
+        actor=who,
+        role=role,
+        on_end=held.drop if held is not None else None,  # a hosted session's key goes when the run ends
     )
     state.run_batch = handle.batch_id
     if handle.error:
@@ -74,15 +100,34 @@ def start(*, top_up: bool = False) -> None:
 def resume(batch_id: str) -> None:
     """Resume a stopped, failed or interrupted batch with the plan it was started with."""
     with config.open_ledger() as ledger:
+        ledger.batch(batch_id, tenant=scope)  # another clinic's batch is "not found", as an unknown one
         plan = plan_of(ledger, batch_id)
     with source_client() as client:
         identity = verify_source(client)
         expected = scoped_preview(
             client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
         ).expected()
+    held, signed_in = lease(), principal()
+    if held is not None and signed_in is not None:
+        with config.open_ledger() as ledger:
+            handle = resume_as(
+                ledger,
+                registry,
+                signed_in,
+                batch_id,
+                held,
+                workspace=config.workspace,
+                client_config=config.client_config(),
+                expected=expected,
+            )
+        state.run_batch = handle.batch_id
+        return
+    key = source_key()
+    if key is None:
+        raise ConfigError("Connect the source account again: its key is no longer held by this session.")
     handle = registry.resume(
         batch_id,
-        state.source_key,
+        key,
         source_account=identity.account or identity.user,
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
@@ -91,27 +136,39 @@ def resume(batch_id: str) -> None:
     state.run_batch = handle.batch_id
 
 
+def stop(handle_batch: str) -> None:
+    """Ask the run to stop: through the hosted layer (audited, tenant-checked) or directly."""
+    signed_in = principal()
+    if signed_in is not None:
+        with config.open_ledger() as ledger:
+            stop_as(ledger, registry, signed_in, handle_batch)
+        return
+    handle = registry.get(handle_batch)
+    if handle is not None:
+        handle.stop()
+
+
 def followed_batch() -> str | None:
     """The batch this page follows: the session's, else a run going on, else the newest batch."""
     if state.get("run_batch"):
         return str(state.run_batch)
-    for handle in registry.active():
+    for handle in registry.active(tenant=scope):
         if handle.batch_id:
             return handle.batch_id
     with config.open_ledger() as ledger:
-        batches = ledger.batches()
+        batches = ledger.batches(tenant=scope)
     running = [b for b in batches if b.status == "running"]
     newest = running or [b for b in batches if b.status != "deleted"]
     return newest[0].id if newest else None
 
 
 def live(batch: Batch) -> bool:
-    handle = registry.get(batch.id)
+    handle = registry.get(batch.id, tenant=scope)
     return (handle is not None and handle.running) or batch.running_elsewhere()
 
 
 st.title("Run")
-active = registry.active()
+active = registry.active(tenant=work_tenant() if hosted() else None)
 
 if connected():
     rows, problems = mapping_rows()
@@ -159,6 +216,10 @@ if connected():
             st.rerun()
         except MigratorError as exc:
             st.error(str(exc))
+elif hosted():
+    st.info(
+        "Connect the clinic's account (its API key, on the Connect page) to start a run; runs show below."
+    )
 else:
     st.info("Connect a source account (or the demo clinic) to start a run; runs already going show below.")
 
@@ -169,7 +230,7 @@ if batch_id is None:
 
 try:
     with config.open_ledger() as ledger:
-        first = ledger.batch(batch_id)
+        first = ledger.batch(batch_id, tenant=scope)
 except MigratorError as exc:
     state.pop("run_batch", None)
     st.error(str(exc))
@@ -180,9 +241,9 @@ except MigratorError as exc:
 def follow(batch_id: str, was_live: bool) -> None:
     """The batch as the ledger has it now: redrawn every second while it runs."""
     with config.open_ledger() as ledger:
-        batch = ledger.batch(batch_id)
+        batch = ledger.batch(batch_id, tenant=scope)
         progress = ledger.progress(batch_id)
-    handle = registry.get(batch_id)
+    handle = registry.get(batch_id, tenant=scope)
     here = handle is not None and handle.running
     elsewhere = batch.running_elsewhere()
     interrupted = batch.status == "running" and not here and not elsewhere
@@ -208,8 +269,11 @@ def follow(batch_id: str, was_live: bool) -> None:
         if handle.stop_event.is_set():
             st.caption("Stopping after the page in hand…")
         elif buttons[0].button("Stop", key="run_stop", icon=":material/stop:"):
-            handle.stop()
-            st.caption("Stopping after the page in hand…")
+            try:
+                stop(batch.id)
+                st.caption("Stopping after the page in hand…")
+            except MigratorError as exc:
+                st.error(str(exc))
     elif (
         (batch.status in ("stopped", "failed") or interrupted)
         and connected()

@@ -1,0 +1,290 @@
+"""The hosted console (MIGRATOR_MODE=hosted) under AppTest: sign-in, one clinic's whole flow, other clinics, operators.
+
+The clinics are sandbox accounts of their own (``tests.hosted_clinics``); the console reaches them
+through ``MIGRATOR_API_URL``, as a hosted instance reaches Cliniko.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from streamlit.testing.v1 import AppTest
+
+from migrator.hosted import KeyLease, hash_password
+from migrator.ledger import Ledger
+from tests.app.conftest import goto, texts, wait_for_status
+from tests.hosted_clinics import Clinics, running_clinics, tenant_of
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery staple"
+OPERATORS = {"migrator": {"operators": {"bob": {"password_hash": hash_password(PASSWORD)}}}}
+
+
+@pytest.fixture(scope="module")
+def clinics() -> Iterator[Clinics]:
+    with running_clinics((3, 4)) as running:
+        yield running
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clinics: Clinics) -> Path:
+    folder = tmp_path / "workspace"
+    monkeypatch.setenv("MIGRATOR_MODE", "hosted")
+    monkeypatch.setenv("MIGRATOR_API_URL", clinics.url_template)
+    monkeypatch.setenv("MIGRATOR_WORKSPACE", str(folder))
+    monkeypatch.setenv("MIGRATOR_REQUESTS_PER_MINUTE", "0")
+    return folder
+
+
+@pytest.fixture
+def session(workspace: Path) -> Callable[..., AppTest]:
+    """A new browser session of the hosted console, optionally with secrets and an OIDC user."""
+
+    def open_session(secrets: dict[str, Any] | None = None, user: dict[str, Any] | None = None) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.secrets.update(secrets or {})
+        if user is not None:
+            at.user = user
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    return open_session
+
+
+def sign_in(at: AppTest, key: str) -> AppTest:
+    at.text_input(key="sign_in_key").input(key)
+    at.button(key="sign_in_clinic").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def lease(at: AppTest) -> KeyLease:
+    found = at.session_state["key_lease"]
+    assert isinstance(found, KeyLease)
+    return found
+
+
+def decide_and_run(at: AppTest) -> str:
+    """Decide the former practitioners (exclude), start the run, wait for it; returns the batch id."""
+    goto(at, "mapping")
+    at.selectbox(key="decide_practitioners").set_value("exclude").run()
+    at.button(key="decide_practitioners_apply").click().run()
+    assert "Every row is decided." in [s.value for s in at.success]
+    goto(at, "run")
+    at.button(key="run_start").click().run()
+    assert not at.error, [e.value for e in at.error]
+    batch_id = str(at.session_state["run_batch"])
+    assert "completed" in wait_for_status(at, "completed", "failed", timeout=60)
+    return batch_id
+
+
+def session_values(at: AppTest, *, widgets: bool = True) -> str:
+    """Everything the session holds, as text: a held key shows its secret here, on purpose.
+
+    The user's entries and (``widgets``) Streamlit's own copies of every widget's value,
+    keyed or not, so a key typed into a password box and not emptied would show too.
+    """
+    parts = [repr(at.session_state._state._state)] if widgets else []  # widget states, old and new
+    for value in at.session_state.values():
+        if isinstance(value, KeyLease):
+            value = value.key
+        parts.append(value.get_secret_value() if isinstance(value, SecretStr) else repr(value))
+    return "\n".join(parts)
+
+
+def forms(secret: str) -> list[bytes]:
+    """The key, its base64, and base64 of ``key:`` as HTTP Basic sends it."""
+    return [
+        secret.encode(),
+        base64.b64encode(secret.encode()),
+        base64.b64encode(f"{secret}:".encode()),
+    ]
+
+
+def test_only_sign_in_shows_before_signing_in(session: Callable[..., AppTest]) -> None:
+    at = session()
+    assert [t.value for t in at.title] == ["Sign in"]
+    assert "sign_in_key" in [t.key for t in at.text_input]
+    assert "No operator sign-in is configured" in texts(at)
+    with pytest.raises(ValueError, match=r"Known pages: \['[^']*pages/connect_hosted\.py'\]"):
+        at.switch_page("pages/batches.py")  # the only page before sign-in is the sign-in page
+
+
+def test_a_clinics_whole_flow_leaves_its_key_nowhere(
+    session: Callable[..., AppTest],
+    clinics: Clinics,
+    workspace: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key, non_admin = clinics.key(3), clinics.key(3, "source_non_admin")
+    at = session()
+
+    # A key without administrator rights is refused in one sentence; the box is emptied either way.
+    sign_in(at, non_admin)
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("This key belongs to Kate Lawson, who is not an administrator of Clinic 3;")
+    assert "principal" not in at.session_state and at.text_input(key="sign_in_key").value == ""
+
+    sign_in(at, key)
+    assert at.session_state["principal"].tenant == tenant_of(3)
+    assert [t.value for t in at.title] == ["Connect"]  # the same page, now Connect
+    at.run()  # the rerun app.py asks for once a box is emptied (AppTest replays the old widget values)
+    assert key not in repr(at.session_state._state._state)  # only the lease holds it, and never shows it
+    assert "source_key" not in at.session_state and not lease(at).dropped
+    goto(at, "connect_hosted")
+    assert "Connected to **Clinic 3**" in texts(at)
+
+    batch_id = decide_and_run(at)
+    deadline = time.monotonic() + 10
+    while not lease(at).dropped:  # the run's end drops the key, in the run's own thread
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert key not in session_values(at)
+    goto(at, "connect_hosted")
+    assert "This session holds no key now" in texts(at)
+
+    # Deleting needs an administrator's key of this account, checked now; a staff key is refused.
+    goto(at, "batches")
+    at.text_input(key="delete_admin_key").input(non_admin)
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    (error,) = [e.value for e in at.error]
+    assert error == (
+        "This key belongs to Kate Lawson, who is not an administrator of Clinic 3; "
+        f"deleting batch {batch_id} needs an administrator's key."
+    )
+    assert at.text_input(key="delete_admin_key").value == ""
+    at.text_input(key="delete_admin_key").input(key)
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    assert next(s.value for s in at.success).startswith(f"Batch {batch_id} is deleted:")
+    assert key not in session_values(at, widgets=False) and non_admin not in session_values(at, widgets=False)
+    at.run()  # the rerun app.py asks for (AppTest replays the last widget states on st.rerun; a browser does not)
+    assert key not in session_values(at) and non_admin not in session_values(at)
+
+    goto(at, "connect_hosted")
+    at.button(key="sign_out_here").click().run()
+    assert [t.value for t in at.title] == ["Sign in"] and "principal" not in at.session_state
+
+    with Ledger(workspace) as ledger:
+        trail = ledger.audit_log()
+    done = {(e["action"], e["tenant"], e["role"]) for e in trail}
+    for action in ("sign_in", "connect", "run", "complete", "delete", "deleted", "sign_out"):
+        assert (action, tenant_of(3), "clinic") in done, action
+    assert ("delete_refused", tenant_of(3), "clinic") in done and all(e["at"] for e in trail)
+
+    # Nothing the instance wrote, nor any log line or output, holds either key in any form.
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "ledger.db" for p in written) and any(p.name == "clinic.db" for p in written)
+    out, err = capfd.readouterr()
+    logs = caplog.text + out + err
+    assert "HTTP Request" in caplog.text or caplog.records  # the logs were really captured
+    for secret in (key, non_admin):
+        for form in forms(secret):
+            for path in written:
+                assert form not in path.read_bytes(), (path, form[:4])
+            assert form.decode() not in logs
+
+
+def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
+    session: Callable[..., AppTest], clinics: Clinics, workspace: Path
+) -> None:
+    first = sign_in(session(), clinics.key(3))
+    batch_id = decide_and_run(first)
+
+    other = sign_in(session(), clinics.key(4))
+    assert other.session_state["principal"].tenant == tenant_of(4)
+    for page, empty in (
+        ("batches", "No batches yet"),
+        ("review", "No batch to review yet"),
+        ("run", "No run yet."),
+    ):
+        goto(other, page)
+        assert empty in texts(other), page
+        assert batch_id not in texts(other), page
+    # Guessing the id: the Run page answers as for an unknown batch and shows nothing of it.
+    other.session_state["run_batch"] = batch_id
+    goto(other, "run")
+    (error,) = [e.value for e in other.error]
+    assert error.startswith(f"There is no batch {batch_id} in the ledger")
+    assert "Status:" not in texts(other) and "run_stop" not in [b.key for b in other.button]
+
+    # An operator sees it, and reads and exports the audit trail with tenants and roles.
+    operator = session(OPERATORS)
+    operator.text_input(key="operator_name").input("bob")
+    operator.text_input(key="operator_password").input(PASSWORD)
+    operator.button(key="sign_in_operator").click().run()
+    assert operator.session_state["principal"].operator
+    assert [t.value for t in operator.title] == ["Connect"]
+    operator.run()  # the rerun app.py asks for once a box is emptied
+    assert PASSWORD not in repr(operator.session_state._state._state)
+    goto(operator, "batches")
+    assert operator.dataframe[0].value["Batch"].tolist() == [batch_id]
+    goto(operator, "audit")
+    frame = operator.dataframe[0].value
+    assert {"sign_in", "run", "complete"} <= set(frame["action"])
+    assert set(frame.loc[frame["action"] == "run", "tenant"]) == {tenant_of(3)}
+    assert set(frame["role"].dropna()) == {"clinic", "operator"}
+    assert (frame.loc[frame["actor"] == "operator:bob", "action"] == "sign_in").any()
+    assert "audit_export" in [b.key for b in operator.get("download_button")]
+
+
+def test_operators_sign_in_with_a_password_or_an_allowed_oidc_account(
+    session: Callable[..., AppTest], workspace: Path
+) -> None:
+    at = session(OPERATORS)
+    at.text_input(key="operator_name").input("bob")
+    at.text_input(key="operator_password").input("wrong password, long enough")
+    at.button(key="sign_in_operator").click().run()
+    assert [e.value for e in at.error] == [
+        "That name and password do not match an operator of this instance."
+    ]
+    assert "principal" not in at.session_state
+
+    oidc = {
+        "auth": {
+            "redirect_uri": "http://localhost:8501/oauth2callback",
+            "cookie_secret": "x" * 32,
+            "client_id": "migrator",
+            "client_secret": "secret",
+            "server_metadata_url": "http://127.0.0.1:1/.well-known/openid-configuration",
+        },
+        "migrator": {"operator_emails": ["alice@example.com"]},
+    }
+    allowed = session(oidc, user={"is_logged_in": True, "email": "alice@example.com", "email_verified": True})
+    who = allowed.session_state["principal"]
+    assert who.operator and who.method == "oidc" and who.name == "alice@example.com"
+    goto(allowed, "audit")
+    assert [t.value for t in allowed.title] == ["Audit trail"]
+
+    refused = session(
+        oidc, user={"is_logged_in": True, "email": "mallory@example.com", "email_verified": True}
+    )
+    assert "principal" not in refused.session_state
+    assert "sign_in_oidc" in [b.key for b in refused.button]
+    assert any("not one of this instance's operators" in e.value for e in refused.error)
+    with Ledger(workspace) as ledger:
+        actions = [(e["action"], e["actor"], e["detail"].get("method")) for e in ledger.audit_log()]
+    assert ("sign_in", "operator:alice@example.com", "oidc") in actions
+    assert ("sign_in_refused", "operator:mallory@example.com", "oidc") in actions
+    assert ("sign_in_refused", "operator:bob", "password") in actions
+
+
+def test_a_mistyped_mode_refuses_to_start_rather_than_open_up(
+    session: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATOR_MODE", "hostd")
+    at = session()
+    assert [e.value for e in at.error] == ["MIGRATOR_MODE must be 'local' or 'hosted'; got 'hostd'."]
+    assert not at.title and not at.text_input and not at.button
