@@ -14,13 +14,15 @@ ratios taken within one run on this machine, each against its goal:
    exactly the same pages with a bare sequential httpx loop, same process (goal <= 1.25).
 4. ``peak_memory_mb``: peak resident memory of a full migration of the ``large`` clinic
    into the local store, in a child process (goal < 500).
-5. ``destination_writes``: writes per window / the destination's limit, for a Cliniko
-   destination (goal >= 0.95); reported as not measurable until that destination exists.
+5. ``destination_writes``: a Cliniko-to-Cliniko transfer with both keys limited to L
+   requests per window and both clients paced at L; the destination key's requests per
+   window over its writing phase (first write to last) / L (goal >= 0.95), and the 429s
+   it got after its first window (goal 0).
 6. ``latency_hiding``: budget use again with the sandbox adding 300 ms to every answer
    (goal >= 0.95).
 
-``--quick`` shrinks everything (small clinics, 3-second windows) so that the whole
-benchmark runs in about a minute; CI runs it as a smoke test of its output only.
+``--quick`` shrinks everything (small clinics, 2- and 3-second windows) so that the whole
+benchmark runs in about half a minute; CI runs it as a smoke test of its output only.
 The full run takes 10 to 15 minutes. Each figure is printed with its goal and the
 command that reproduces it; ``--json`` prints them all as one object.
 """
@@ -327,16 +329,138 @@ def _migrate_only(info_json: str) -> None:
 # --- 5: destination writes --------------------------------------------------------------------
 
 
-def destination_writes() -> Figure:
-    """Not measurable yet: the Cliniko destination adapter does not exist."""
-    return Figure(
-        "destination_writes",
-        None,
-        ">= 0.95",
-        None,
-        "",
-        {"why": "writing into a Cliniko destination is not built yet, so there are no writes to measure"},
-    )
+class _Recorder(httpx.BaseTransport):
+    """An inner transport that notes when each request left and what status answered it.
+
+    It sits under the client's pacing and retries, so it sees every attempt, 429s included.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.sent: list[tuple[float, str, int]] = []  # (monotonic send time, method, status)
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.monotonic()
+        response = self.inner.handle_request(request)
+        with self._lock:
+            self.sent.append((started, request.method.upper(), response.status_code))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def destination_writes(
+    *, size: str | int, limit: int, window: float, workers: int = 4, latency_ms: float = 0
+) -> list[Figure]:
+    """Destination requests per window / the limit, over the writing phase of a Cliniko-to-Cliniko transfer.
+
+    The sandbox limits every key to ``limit`` requests per ``window``; the source and the
+    destination clients are both paced at that limit (separate keys, separate budgets;
+    the destination's writes dominate). Practitioners missing from the destination are
+    reassigned to the first mapped one, so their appointments are written too.
+
+    The writing phase runs from the send time of the destination key's first write
+    (a request other than GET) to that of its last; neither the setup before it
+    (connecting, pre-flight, mapping) nor anything after it is counted. Every request of
+    the destination key the sandbox served in that phase counts (its reads, such as an
+    attachment's upload form or a duplicate check, spend the same budget), 429s do not;
+    the rate is (served - 1) / seconds, since n requests at a steady pace span n - 1
+    intervals. The client leaves two requests per window spare (``migrator.cliniko.pacing``),
+    so the ceiling is (L - 2) / L: 0.99 at 200, 0.98 at 100. The 429s are those the
+    destination key got from one window after its first request on (goal 0).
+    ``latency_ms`` makes the sandbox answer that much later (the benchmark uses 0).
+    """
+    from migrator.destinations.cliniko import ClinikoDestination, preflight
+    from migrator.workflow import auto_mapping, make_plan, run_plan, verify_source
+
+    with _Sandbox(size=size, rate_limit=limit, rate_window=window, latency_ms=latency_ms) as sandbox:
+        config = ClientConfig(
+            url_template=sandbox.info["url_template"], requests_per_minute=limit, rate_window=window
+        )
+        pool = httpx.Limits(
+            max_connections=config.concurrency + workers,
+            max_keepalive_connections=config.concurrency + workers,
+        )
+        recorder = _Recorder(httpx.HTTPTransport(limits=pool))
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            ClinikoClient(sandbox.account("source")["key"], config=config) as source,
+            ClinikoClient(
+                sandbox.account("destination")["key"], config=config, writable=True, transport=recorder
+            ) as client,
+        ):
+            ledger = Ledger(Path(tmp) / "workspace")
+            destination = ClinikoDestination.connect(client, ledger, source=source, workers=workers)
+            try:
+                preflight(source, destination).raise_for_refusal()
+                identity = verify_source(source)
+                rows = auto_mapping(source, destination)
+                stand_in = next(r for r in rows if r.entity == "practitioners" and r.action == "map")
+                rows = [
+                    r.model_copy(
+                        update={
+                            "action": "reassign",
+                            "target_id": stand_in.target_id,
+                            "target_name": stand_in.target_name,
+                        }
+                    )
+                    if r.action == "unresolved" and r.entity == "practitioners"
+                    else r
+                    for r in rows
+                ]
+                plan = make_plan(source, identity, destination, scope=Scope.parse("all"), mappings=rows)
+                result = run_plan(plan, source, destination, ledger)
+            finally:
+                destination.close()
+                ledger.close()
+        served_by_sandbox = _key_tally(sandbox, "destination")
+    sent = sorted(recorder.sent)
+    served = [(t, method) for t, method, status in sent if status != 429]
+    write_times = [t for t, method in served if method != "GET"]
+    if len(write_times) < 2:
+        raise RuntimeError("the destination_writes transfer wrote fewer than two records")
+    first, last = write_times[0], write_times[-1]
+    seconds = last - first
+    in_phase = [method for t, method in served if first <= t <= last]
+    ratio = round((len(in_phase) - 1) / seconds * window / limit, 3)
+    late_429 = sum(1 for t, _, status in sent if status == 429 and t >= sent[0][0] + window)
+    created = sum(e["created"] for e in result.entities.values())
+    detail = {
+        "size": size,
+        "limit_per_window": limit,
+        "window_seconds": window,
+        "workers": workers,
+        "latency_ms": latency_ms,
+        "writing_seconds": round(seconds, 1),
+        "windows": round(seconds / window, 2),
+        "requests_in_writing_phase": len(in_phase),
+        "writes_in_writing_phase": len(write_times),
+        "writes_only_ratio": round((len(write_times) - 1) / seconds * window / limit, 3),
+        "records_created": created,
+        "destination_requests": len(served),
+        "destination_429": len(sent) - len(served),
+        "sandbox_served": served_by_sandbox["requests"],
+        "sandbox_rate_limited": served_by_sandbox["rate_limited"],
+        "source_requests": result.requests,
+    }
+    return [
+        Figure("destination_writes", ratio, ">= 0.95", ratio >= 0.95, "", detail),
+        Figure("destination_writes_429_after_first_window", late_429, "0", late_429 == 0, "", {}),
+    ]
+
+
+def _key_tally(sandbox: _Sandbox, role: str) -> dict[str, Any]:
+    """The sandbox's own counts for one key role (served requests exclude 429s)."""
+    base = sandbox.info["url_template"].split("{shard}")[0].rstrip("/")
+    stats = httpx.get(f"{base}/_sandbox/stats", timeout=10).json()
+    account = sandbox.account(role)["name"]
+    found = [t for t in stats["keys"].values() if t.get("role") == role and t.get("account") == account]
+    return {
+        "requests": sum(int(t["requests"]) for t in found),
+        "rate_limited": sum(int(t["rate_limited"]) for t in found),
+    }
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -352,13 +476,18 @@ def run_benchmark(
             "efficiency": "tiny",
             "overhead": "tiny",
             "memory": "tiny",
+            "writes": "tiny",
         }
         limit, window = 30, 3.0
+        writes_limit, writes_window = 100, 2.0
     else:
         # 3,000 patients take about 1,500 requests: 2.5 windows of 600, so the run spans
         # more than two minutes at a real one-minute window.
-        sizes = {"budget": 3000, "efficiency": "demo", "overhead": "demo", "memory": "large"}
+        sizes = {"budget": 3000, "efficiency": "demo", "overhead": "demo", "memory": "large", "writes": 30}
         limit, window = 600, 60.0
+        # Cliniko's own 200 per window, in 20-second windows: a 30-patient clinic takes about
+        # 600 destination requests, three windows.
+        writes_limit, writes_window = 200, 20.0
     steps: dict[str, Callable[[], list[Figure]]] = {
         "budget_use": lambda: budget_use(
             size=sizes["budget"], limit=limit, window=window, latency_ms=0, name="budget_use", goal=0.97
@@ -368,7 +497,9 @@ def run_benchmark(
         ),
         "own_overhead": lambda: [own_overhead(size=sizes["overhead"])],
         "peak_memory": lambda: [peak_memory(size=sizes["memory"])],
-        "destination_writes": lambda: [destination_writes()],
+        "destination_writes": lambda: destination_writes(
+            size=sizes["writes"], limit=writes_limit, window=writes_window
+        ),
         "latency_hiding": lambda: budget_use(
             size=sizes["budget"],
             limit=limit,
@@ -395,8 +526,8 @@ def run_benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m migrator.bench",
-        description="Measure budget use, request efficiency, own overhead, memory and latency hiding "
-        "against the sandbox, each against its goal.",
+        description="Measure budget use, request efficiency, own overhead, memory, destination writes and "
+        "latency hiding against the sandbox, each against its goal.",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and short windows (a smoke test)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
