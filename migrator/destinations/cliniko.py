@@ -465,7 +465,7 @@ class ClinikoDestination:
                         w.state = "intended"
                 self._send_all(entity, [w for w in ambiguous if w.state == "intended"], retry=True)
         finally:
-            log_.created([w for w in writes if w.state == "created"], entity)
+            log_.created([w for w in writes if w.state in ("created", "completed")], entity)
             log_.refused([w for w in writes if w.state == "refused"])
         self._follow_up_all(entity, [w for w in writes if w.state == "created"])
         log_.completed([w for w in writes if w.state == "completed"])
@@ -498,9 +498,11 @@ class ClinikoDestination:
         """Find records a lost answer created: made since the intent, equal on the probe fields."""
         since = min(datetime.fromisoformat(w.intended_at or _now()) for w in writes) - _PROBE_SLACK
         taken = self._ours(entity)
-        candidates = [
+        created_since = [Filter("created_at", ">=", since.strftime("%Y-%m-%dT%H:%M:%SZ"))]
+        candidates = [  # archived ones too: a patient may have been archived right after its create
             r
-            for r in self._records(entity, [Filter("created_at", ">=", since.strftime("%Y-%m-%dT%H:%M:%SZ"))])
+            for route in self._routes(entity)
+            for r in self._records(entity, created_since, route=route)
             if str(r["id"]) not in taken
         ]
         for w in writes:
@@ -541,6 +543,11 @@ class ClinikoDestination:
                 w.state, w.refused = "refused", str(exc)
             except BaseException as exc:  # recorded, then raised on the engine's thread
                 errors.append(exc)
+            if w.state == "created":
+                try:
+                    self._follow_up(entity, w)
+                except BaseException as exc:  # the create stands; its follow-up is redone on resume
+                    errors.append(exc)
 
         list(self._executor().map(send, writes))
         if errors:
@@ -588,25 +595,30 @@ class ClinikoDestination:
         return str(created["id"])
 
     def _follow_up_all(self, entity: str, writes: list[_Write]) -> None:
-        """What a create cannot say: a cancellation, an archived patient. Idempotent, so safe to repeat."""
+        """Follow-ups of creates recorded by an interrupted run (a fresh create does its own at once)."""
+        list(self._executor().map(lambda w: self._follow_up(entity, w), writes))
 
-        def follow(w: _Write) -> None:
-            data = w.row.get("data") or {}
-            path = resource(entity).path
-            if entity in ("individual_appointments", "attendees") and data.get("cancelled_at"):
-                body = {
-                    "cancellation_reason": data.get("cancellation_reason") or 50,
-                    "cancellation_note": data.get("cancellation_note"),
-                }
-                try:
-                    _again(self.client.patch, f"{path}/{w.dest_id}/cancel", body)
-                except ValidationAPIError as exc:
-                    log.warning("could not cancel %s %s: %s", entity, w.dest_id, _refusal(exc))
-            if entity == "patients" and data.get("archived_at"):
-                _again(self.client.post, f"{path}/{w.dest_id}/archive", {})
-            w.state = "completed"
+    def _follow_up(self, entity: str, w: _Write) -> None:
+        """What a create cannot say: a cancellation, an archived patient. Idempotent, so safe to repeat.
 
-        list(self._executor().map(follow, writes))
+        Done by the worker right after the create, so the budget does not idle waiting for
+        the page; a crash in between is covered, as the create is looked up (archived
+        records included) and its follow-up done again on resume.
+        """
+        data = w.row.get("data") or {}
+        path = resource(entity).path
+        if entity in ("individual_appointments", "attendees") and data.get("cancelled_at"):
+            body = {
+                "cancellation_reason": data.get("cancellation_reason") or 50,
+                "cancellation_note": data.get("cancellation_note"),
+            }
+            try:
+                _again(self.client.patch, f"{path}/{w.dest_id}/cancel", body)
+            except ValidationAPIError as exc:
+                log.warning("could not cancel %s %s: %s", entity, w.dest_id, _refusal(exc))
+        if entity == "patients" and data.get("archived_at"):
+            _again(self.client.post, f"{path}/{w.dest_id}/archive", {})
+        w.state = "completed"
 
     def _body(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
         data: Mapping[str, Any] = row.get("data") or {}
@@ -885,7 +897,7 @@ def _appointment_key(record: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return str(record["starts_at"]), str(record["practitioner_id"]), str(record["patient_id"])
 
 
-def _again(call: Callable[..., Any], *args: Any, tries: int = 4) -> Any:
+def _again(call: Callable[..., Any], *args: Any, tries: int = 8) -> Any:
     """Send an idempotent write (a cancel, an archive, a PUT, a DELETE) again when its answer was lost.
 
     A DELETE whose first answer was lost answers 404 the second time: the caller counts that as done.
