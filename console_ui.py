@@ -21,12 +21,12 @@ from pydantic import SecretStr
 
 from migrator.background import RunRegistry
 from migrator.cliniko.client import ClinikoClient
-from migrator.console import ConsoleSettings, mode_from_env
+from migrator.console import ClinikoKeys, ConsoleSettings, mode_from_env
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping
 from migrator.mapping_editor import read_table
-from migrator.plan import ENTITIES, MappingRow, Scope, default_include
+from migrator.plan import ENTITIES, FINANCIAL_TYPES, MappingRow, Scope, default_include
 from migrator.scoped_preview import ScopedPreview, scoped_preview
 
 #: Session entries that hold keys or what was read with them: all dropped on disconnect.
@@ -46,6 +46,10 @@ CONNECTION_STATE = (
     "review_cache",
     "key_lease",
     "connection_tenant",
+    "note_keys",
+    "dest_check",
+    "dest_target",
+    "dest_references",
 )
 #: Remembered widget values that name the source account's records.
 CONNECTION_WIDGETS = ("scope_kind", "scope_businesses", "scope_practitioners")
@@ -195,6 +199,53 @@ def source_client() -> Iterator[ClinikoClient]:
         yield client
 
 
+def cliniko_target() -> str | None:
+    """The Cliniko destination this session writes into (``cliniko:<account id>``), once its pre-flight passed.
+
+    ``None``: runs go into the local clinic store (always so on a hosted instance).
+    """
+    if hosted():
+        return None
+    target = st.session_state.get("dest_target")
+    return str(target) if target and cliniko_keys() is not None else None
+
+
+def cliniko_keys() -> ClinikoKeys | None:
+    """The Cliniko destination's keys held by this session (``None`` when none is connected)."""
+    key = st.session_state.get("dest_key")
+    if not st.session_state.get("dest_target") or not isinstance(key, SecretStr):
+        return None
+    extra = tuple(k for k in st.session_state.get("note_keys") or () if isinstance(k, SecretStr))
+    return ClinikoKeys(key, extra)
+
+
+@contextmanager
+def open_destination(target: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """The ledger and a destination: ``target`` (a batch's), else the session's (Cliniko or the local store).
+
+    A Cliniko destination is opened with the session's destination keys, which must be that account's.
+    """
+    wanted = target or cliniko_target() or settings().store_target
+    with settings().open_destination(
+        wanted, cliniko_keys(), st.session_state.get("url_template"), source_key=source_key()
+    ) as opened:
+        yield opened
+
+
+def destination_references() -> dict[str, pl.DataFrame]:
+    """The destination side of the three mapping tables, read once per destination for this session."""
+    state = st.session_state
+    wanted = cliniko_target() or settings().store_target
+    cached = state.get("dest_references")
+    if not cached or cached[0] != wanted:
+        with open_destination() as (_, store):
+            cached = (wanted, {entity: store.reference(entity) for entity in ENTITIES})
+        if wanted.startswith("cliniko:"):  # the local store is cheap and changes as runs create records
+            state.dest_references = cached
+    references: dict[str, pl.DataFrame] = cached[1]
+    return references
+
+
 def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: Any) -> Any:
     """A widget whose value survives visits to other pages (Streamlit forgets widgets not drawn)."""
     kept: dict[str, Any] = st.session_state.setdefault("_kept", {})
@@ -214,11 +265,11 @@ def next_step(label: str, step: str, *, key: str) -> None:
 def plan_choices() -> tuple[Scope, list[str], bool]:
     """The scope, data types and archived-patients choice made on the Scope page (or the defaults)."""
     state = st.session_state
-    return (
-        state.get("plan_scope") or Scope(),
-        list(state.get("plan_include") or default_include(local=True)),
-        bool(state.get("plan_archived", True)),
-    )
+    local = cliniko_target() is None
+    include = list(state.get("plan_include") or default_include(local=local))
+    if not local:  # Cliniko cannot import financials
+        include = [t for t in include if t not in FINANCIAL_TYPES]
+    return (state.get("plan_scope") or Scope(), include, bool(state.get("plan_archived", True)))
 
 
 def mapping_rows() -> tuple[list[MappingRow], list[str]]:
@@ -281,19 +332,23 @@ def source_names(entity: str) -> dict[str, str]:
 
 
 def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
-    """The session's mapping tables, auto-matched against the local store on first use.
+    """The session's mapping tables, auto-matched against the destination on first use.
 
-    Rebuilt when the connected source account changes; edits live in the session until then.
+    The destination is the local store, or the connected Cliniko account (which cannot
+    create practitioners or businesses). Rebuilt when the source account or the destination
+    changes; edits live in the session until then.
     """
     state = st.session_state
-    account = state.source_identity.account or state.source_identity.user
+    account = (state.source_identity.account or state.source_identity.user, cliniko_target())
     if rebuild or state.get("mapping") is None or state.get("mapping_account") != account:
         with (
             st.spinner("Matching practitioners, businesses and appointment types by name…"),
             source_client() as client,
-            settings().open_store() as (_, store),
         ):
-            state.mapping = build_mapping(client, store.reference, can_create=True)
+            references = destination_references()
+            state.mapping = build_mapping(client, references.__getitem__, can_create=account[1] is None)
+        for entity in ENTITIES:  # the grids' pending edits were made against the old tables
+            state.pop(f"mapping_{entity}", None)
         state.mapping_account = account
     tables: dict[str, pl.DataFrame] = state.mapping
     return tables

@@ -23,6 +23,9 @@ Rules:
 - The source key (a ``SecretStr``) lives in the worker thread only while the run does;
   the handle never holds it, and the client holding it is closed when the run ends.
   ``on_end`` callbacks run when it ends, so a hosted session can drop its own copy then.
+- A plan into a Cliniko account (``cliniko:<id>``) needs the destination's keys
+  (:class:`~migrator.console.ClinikoKeys`, ``destination_keys=``); like the source key they
+  live in the worker thread only, which builds its own :class:`ClinikoDestination` there.
 - On a hosted instance every look-up takes the caller's ``tenant``: another tenant's runs
   are invisible (:func:`~migrator.ledger.batch_tenants`).
 """
@@ -33,10 +36,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -47,6 +52,9 @@ from migrator.ledger import Ledger, batch_tenants
 from migrator.plan import Plan
 from migrator.topup import TopUp
 from migrator.workflow import open_local_store, top_up_point, unfinished_batch
+
+if TYPE_CHECKING:
+    from migrator.console import ClinikoKeys
 
 __all__ = ["RunHandle", "RunRegistry", "plan_of"]
 
@@ -204,6 +212,7 @@ class RunRegistry:
         top_up: bool = False,
         wait: float = 30.0,
         on_end: Callable[[], None] | None = None,
+        destination_keys: ClinikoKeys | None = None,
     ) -> RunHandle:
         """Run ``plan`` in a background thread, or return the run already doing it.
 
@@ -222,6 +231,8 @@ class RunRegistry:
             role: who starts it (hosted instances), written on the run's audit rows.
             on_end: called once the run has ended (also when this call joins a run
                 already going): a hosted session drops its copy of the key then.
+            destination_keys: the keys of a Cliniko destination (a plan into ``cliniko:<id>``);
+                only the worker thread keeps them, while it runs.
 
         Raises:
             ConfigError: another run goes into the same destination right now (here or in
@@ -230,6 +241,11 @@ class RunRegistry:
             MappingError: a mapping row is unresolved.
         """
         plan.require_resolved()
+        if plan.destination.startswith("cliniko:") and destination_keys is None:
+            raise ConfigError(
+                f"This plan writes into Cliniko account {plan.destination.removeprefix('cliniko:')}: connect that "
+                "account's key as the destination first."
+            )
         wanted = _plan_key(plan)
         with self._lock:
             for handle in self._handles:
@@ -262,7 +278,10 @@ class RunRegistry:
             if on_end is not None:
                 handle.on_end(on_end)
             thread = threading.Thread(
-                target=_work, args=(handle, key, client_config), name="migration-run", daemon=True
+                target=_work,
+                args=(handle, key, client_config, destination_keys),
+                name="migration-run",
+                daemon=True,
             )
             handle._thread = thread
             self._handles.append(handle)
@@ -283,6 +302,7 @@ class RunRegistry:
         actor: str = "console",
         role: str | None = None,
         on_end: Callable[[], None] | None = None,
+        destination_keys: ClinikoKeys | None = None,
     ) -> RunHandle:
         """Resume a stopped, failed or killed batch with the plan it was started with.
 
@@ -310,6 +330,7 @@ class RunRegistry:
             role=role,
             resume=batch_id,
             on_end=on_end,
+            destination_keys=destination_keys,
         )
 
     def _batch_to_resume(self, plan: Plan, workspace: Path, resume: str | None) -> str | None:
@@ -344,14 +365,55 @@ class RunRegistry:
             self._handles.remove(handle)
 
 
-def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
-    """The worker thread: open its own ledger, store and client, run, record how it ended."""
+@contextmanager
+def _open_destination(
+    handle: RunHandle, source: ClinikoClient, config: ClientConfig, keys: ClinikoKeys | None
+) -> Iterator[tuple[Ledger, Any]]:
+    """The worker's own ledger and destination: the local store, or the plan's Cliniko account."""
+    plan = handle.plan
+    if not plan.destination.startswith("cliniko:"):
+        ledger, store = open_local_store(plan.destination, handle.workspace)
+        try:
+            yield ledger, store
+        finally:
+            ledger.close()
+        return
+    if keys is None:  # start() refuses this already
+        raise ConfigError("A run into a Cliniko account needs that account's key.")
+    from migrator.destinations.cliniko import ClinikoDestination
+
+    clients = [ClinikoClient(k, writable=True, config=config) for k in (keys.key, *keys.note_keys)]
+    ledger = Ledger(handle.workspace)
+    destination = None
+    try:
+        destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
+        if destination.describe() != plan.destination:
+            raise ConfigError(
+                f"The destination key belongs to Cliniko account {destination.account_id}, but the plan writes "
+                f"into account {plan.destination.removeprefix('cliniko:')}."
+            )
+        yield ledger, destination
+    finally:
+        if destination is not None:
+            destination.close()
+        for client in clients:
+            client.close()
+        ledger.close()
+
+
+def _work(handle: RunHandle, key: SecretStr, config: ClientConfig, keys: ClinikoKeys | None = None) -> None:
+    """The worker thread: open its own ledger, destination and clients, run, record how it ended."""
     handle.state = "running"
     try:
-        ledger, store = open_local_store(handle.plan.destination, handle.workspace)
-        ledger.audit_role = handle.role
-        try:
-            with ClinikoClient(key, config=config) as client:
+        with (
+            ClinikoClient(key, config=config) as client,
+            _open_destination(handle, client, config, keys) as (
+                ledger,
+                store,
+            ),
+        ):
+            ledger.audit_role = handle.role
+            try:
                 engine = Engine(
                     handle.plan,
                     client,
@@ -364,12 +426,11 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig) -> None:
                 handle._engine = engine
                 handle.result = engine.run(handle.resume_id)
                 handle._batch_id = engine.batch_id
-            handle.state = "completed"
-        finally:
-            engine_batch = handle.batch_id
-            handle._engine = None  # the engine holds the client, which holds the key
-            handle._batch_id = engine_batch
-            ledger.close()
+                handle.state = "completed"
+            finally:
+                engine_batch = handle.batch_id
+                handle._engine = None  # the engine holds the client, which holds the key
+                handle._batch_id = engine_batch
     except RunStopped:
         handle.state = "stopped"
     except MigratorError as exc:

@@ -27,9 +27,10 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import SecretStr
@@ -43,16 +44,26 @@ from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import DEFAULT_WORKSPACE, open_local_store
 
+if TYPE_CHECKING:  # the Cliniko destination loads only when one is used
+    from migrator.destinations.cliniko import ClinikoDestination, Preflight
+
 __all__ = [
     "API_URL_ENV",
+    "DEMO_SIZE_ENV",
     "MODES",
     "MODE_ENV",
     "RATE_ENV",
     "WORKSPACE_ENV",
+    "ClinikoKeys",
     "ConsoleSettings",
+    "DestinationCheck",
+    "batch_destination_problem",
     "batches_frame",
+    "check_cliniko_destination",
+    "demo_size_from_env",
     "entity_label",
     "export",
+    "go_live_sentence",
     "masked",
     "mode_from_env",
     "progress_frame",
@@ -63,6 +74,8 @@ WORKSPACE_ENV = "MIGRATOR_WORKSPACE"
 RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
 MODE_ENV = "MIGRATOR_MODE"
 API_URL_ENV = "MIGRATOR_API_URL"
+#: The demo clinic's size (``tiny``, ``demo``, ``large`` or a number of patients); for tests.
+DEMO_SIZE_ENV = "MIGRATOR_DEMO_SIZE"
 #: ``local``: the open console of one computer; ``hosted``: sign-in and one tenant per clinic.
 MODES = ("local", "hosted")
 _TENANT = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -93,6 +106,25 @@ def mode_from_env(environ: Mapping[str, str] | None = None) -> str:
     if mode not in MODES:
         raise ConfigError(f"{MODE_ENV} must be 'local' or 'hosted'; got {env.get(MODE_ENV)!r}.")
     return mode
+
+
+def demo_size_from_env(environ: Mapping[str, str] | None = None) -> str | int:
+    """The demo clinic's size, :data:`DEMO_SIZE_ENV` (``demo`` unset; tests choose ``tiny``).
+
+    Raises:
+        ConfigError: neither a named size nor a positive number of patients.
+    """
+    from migrator.sandbox.data import SIZES
+
+    env = os.environ if environ is None else environ
+    raw = (env.get(DEMO_SIZE_ENV) or "demo").strip().lower()
+    if raw in SIZES:
+        return raw
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    raise ConfigError(
+        f"{DEMO_SIZE_ENV} must be one of {', '.join(SIZES)} or a number of patients; got {raw!r}."
+    )
 
 
 def entity_label(entity: str) -> str:
@@ -181,6 +213,80 @@ class ConsoleSettings:
         """A read-only client for ``key`` (a ``SecretStr`` in the console)."""
         return ClinikoClient(key, config=self.client_config(url_template))
 
+    def writable_client(
+        self, key: str | SecretStr | ApiKey, url_template: str | None = None
+    ) -> ClinikoClient:
+        """A writable client for a destination key (a ``SecretStr`` in the console)."""
+        return ClinikoClient(key, writable=True, config=self.client_config(url_template))
+
+    @contextmanager
+    def open_cliniko(
+        self,
+        keys: ClinikoKeys,
+        url_template: str | None = None,
+        *,
+        source_key: SecretStr | None = None,
+    ) -> Iterator[tuple[Ledger, ClinikoDestination]]:
+        """The ledger and the Cliniko destination of ``keys``, closed afterwards (clients and all).
+
+        ``source_key`` gives the destination a read-only source client (attachments' files).
+
+        Raises:
+            ConfigError: a note author's key is another account's or no active practitioner's.
+            APIError: a key is refused by Cliniko.
+        """
+        from migrator.destinations.cliniko import ClinikoDestination
+
+        clients = [self.writable_client(k, url_template) for k in (keys.key, *keys.note_keys)]
+        source = self.client(source_key, url_template) if source_key is not None else None
+        ledger = Ledger(self.workspace)
+        destination = None
+        try:
+            destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
+            yield ledger, destination
+        finally:
+            if destination is not None:
+                destination.close()
+            for client in clients:
+                client.close()
+            if source is not None:
+                source.close()
+            ledger.close()
+
+    @contextmanager
+    def open_destination(
+        self,
+        target: str | None = None,
+        keys: ClinikoKeys | None = None,
+        url_template: str | None = None,
+        *,
+        source_key: SecretStr | None = None,
+    ) -> Iterator[tuple[Ledger, Any]]:
+        """The ledger and a batch's destination: the local store of ``target`` or, for ``cliniko:<id>``, ``keys``' account.
+
+        Raises:
+            ConfigError: a Cliniko destination without its keys, or keys of another account (one sentence
+                naming the account whose key is needed).
+        """
+        target = target or self.store_target
+        if not target.startswith("cliniko:"):
+            with self.open_store(target) as opened:
+                yield opened
+            return
+        if keys is None:
+            raise ConfigError(
+                f"This batch wrote into Cliniko account {target.removeprefix('cliniko:')}: connect a key of that "
+                "account as the destination on the Connect page first."
+            )
+        with self.open_cliniko(keys, url_template, source_key=source_key) as (ledger, destination):
+            if destination.describe() != target:
+                raise ConfigError(
+                    f"This batch wrote into Cliniko account {target.removeprefix('cliniko:')}, but the connected "
+                    f"destination key belongs to account {destination.account_id}; connect a key of account "
+                    f"{target.removeprefix('cliniko:')} on the Connect page."
+                )
+            yield ledger, destination
+
     @contextmanager
     def open_ledger(self) -> Iterator[Ledger]:
         """A ledger connection of this caller's own, closed afterwards."""
@@ -198,6 +304,91 @@ class ConsoleSettings:
             yield ledger, store
         finally:
             ledger.close()
+
+
+@dataclass(frozen=True, repr=False)
+class ClinikoKeys:
+    """A Cliniko destination's keys: an administrator-practitioner's, and other practitioners' for notes.
+
+    Held in the session's memory (and a run's thread) only; its repr names no key.
+    """
+
+    key: SecretStr
+    note_keys: tuple[SecretStr, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        return f"ClinikoKeys(<{1 + len(self.note_keys)} keys>)"
+
+
+@dataclass(frozen=True)
+class DestinationCheck:
+    """What Connect shows about a Cliniko destination: its account, the pre-flight, the note authors.
+
+    Attributes:
+        target: the destination as a plan names it, ``cliniko:<account id>``.
+        account_name: the account's name.
+        preflight: the pre-flight's refusals, warnings and counts.
+        note_authors: how many extra practitioners' keys author their own notes.
+    """
+
+    target: str
+    account_name: str | None
+    preflight: Preflight
+    note_authors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.preflight.ok
+
+
+def check_cliniko_destination(
+    settings: ConsoleSettings, source_key: SecretStr, keys: ClinikoKeys, url_template: str | None = None
+) -> DestinationCheck:
+    """Verify a Cliniko destination's keys and run the pre-flight against the connected source.
+
+    Raises:
+        ConfigError, APIError: a key is refused, or a note author's key is not a practitioner of the
+            destination's account (one sentence, never a key).
+    """
+    from migrator.destinations.cliniko import preflight
+
+    with (
+        settings.client(source_key, url_template) as source,
+        settings.open_cliniko(keys, url_template) as (_, destination),
+    ):
+        check = preflight(source, destination)
+        return DestinationCheck(
+            destination.describe(), destination.account_name, check, len(destination.note_authors)
+        )
+
+
+def batch_destination_problem(batch_destination: str, connected_target: str | None) -> str | None:
+    """Why this session cannot open a batch's destination (one sentence), or ``None`` when it can."""
+    if not batch_destination.startswith("cliniko:"):
+        return None
+    account = batch_destination.removeprefix("cliniko:")
+    if connected_target is None:
+        return (
+            f"This batch wrote into Cliniko account {account}: connect a key of that account as the destination "
+            "on the Connect page first."
+        )
+    if connected_target != batch_destination:
+        return (
+            f"This batch wrote into Cliniko account {account}, but the connected destination is account "
+            f"{connected_target.removeprefix('cliniko:')}; connect a key of account {account} on the Connect page."
+        )
+    return None
+
+
+def go_live_sentence(result: Any) -> str:
+    """What :func:`~migrator.destinations.cliniko.go_live` did, in one sentence (a ``GoLiveResult``)."""
+    return (
+        f"Batch {result.batch_id} is live: reminder and confirmation preferences restored for "
+        f"{result.restored:,} patients"
+        + (f" ({result.already:,} already were)" if result.already else "")
+        + (f"; {len(result.gone):,} patients are no longer in the destination" if result.gone else "")
+        + "."
+    )
 
 
 def setup_store_from(settings: ConsoleSettings, client: ClinikoClient) -> dict[str, int]:

@@ -87,11 +87,15 @@ def editor_table(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def targetless_actions(entity: str, *, can_create: bool = True) -> list[str]:
-    """The decisions that need no target, offered to settle every undecided row at once."""
+    """The decisions that need no target, offered to settle every undecided row at once.
+
+    A destination that cannot create records (Cliniko) cannot create the generic Former
+    practitioner either, so ``former`` then needs a target and is not offered here.
+    """
     return [
         a
         for a in allowed_actions(entity, can_create=can_create)
-        if a not in TARGETED_ACTIONS and a != "unresolved"
+        if a not in TARGETED_ACTIONS and a != "unresolved" and (can_create or a != "former")
     ]
 
 

@@ -6,9 +6,9 @@ import polars as pl
 import streamlit as st
 from pydantic import SecretStr
 
-from console_ui import forget_typed_keys, principal, settings, tenant_scope
+from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
 from migrator.batches import delete_batch, deletion_plan
-from migrator.console import batches_frame, entity_label
+from migrator.console import batch_destination_problem, batches_frame, entity_label
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
 
@@ -38,9 +38,13 @@ def delete(batch_id: str, destination: str) -> None:
                 return
             done = delete_as(config, who, batch_id, SecretStr(typed))
         else:
-            with config.open_store(destination) as (ledger, store):
+            with open_destination(destination) as (ledger, store):
                 done = delete_batch(ledger, store, batch_id, actor="console")
-        state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed."
+        state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed" + (
+            "; its patients are archived in the Cliniko account, not deleted (Cliniko's API cannot delete patients)."
+            if destination.startswith("cliniko:")
+            else "."
+        )
     except MigratorError as exc:
         state.delete_error = str(exc)
 
@@ -99,8 +103,13 @@ chosen = st.selectbox(
 )
 batch = candidates[chosen]
 st.caption(batch.deletable()[1])
+to_cliniko = batch.destination.startswith("cliniko:")
+problem = batch_destination_problem(batch.destination, cliniko_target()) if who is None else None
+if problem:
+    st.info(problem.replace("This batch", f"Batch {chosen}") + " Deleting it needs that account's key.")
+    st.stop()
 try:
-    with config.open_store(batch.destination) as (ledger, store):
+    with open_destination(batch.destination) as (ledger, store):
         summary = deletion_plan(ledger, store, chosen).as_dict()
 except MigratorError as exc:
     st.error(str(exc))
@@ -126,6 +135,13 @@ st.dataframe(
     hide_index=True,
     height="content",
 )
+if to_cliniko:
+    st.warning(
+        "Cliniko's API cannot delete patients: this batch's patients are **archived**, not deleted, and everything "
+        "else it created in the Cliniko account is deleted. Records the clinic added since for those patients stay, "
+        "attached to the archived patient.",
+        icon=":material/inventory_2:",
+    )
 st.warning(
     "Deleting a batch cannot be undone. Deleting its patients also deletes everything created for those "
     "patients since the import, such as appointments, treatment notes and invoices, even if someone added "

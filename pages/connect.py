@@ -5,21 +5,32 @@ from __future__ import annotations
 import streamlit as st
 from pydantic import SecretStr
 
-from console_ui import drop_connection, next_step, remembered, settings
+from console_ui import drop_connection, next_step, remembered, settings, source_key
 from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
-from migrator.console import masked, setup_store_from
+from migrator.console import (
+    ClinikoKeys,
+    DestinationCheck,
+    check_cliniko_destination,
+    demo_size_from_env,
+    masked,
+    setup_store_from,
+)
 from migrator.errors import ConfigError, MigratorError
 
 
 @st.cache_resource(show_spinner="Starting the demo clinic…")
-def demo_clinic(rate_limit: int):  # -> Sandbox, imported lazily so the page loads fast
-    """The built-in demo sandbox, started once per console process (and pace) and shared by its sessions."""
+def _demo_clinic(rate_limit: int, size: str | int):  # -> Sandbox, imported lazily so the page loads fast
     from migrator.sandbox import Sandbox
 
-    sandbox = Sandbox(size="demo", seed=1, rate_limit=rate_limit)
+    sandbox = Sandbox(size=size, seed=1, rate_limit=rate_limit)
     sandbox.start()
     return sandbox
+
+
+def demo_clinic(rate_limit: int):  # -> Sandbox
+    """The built-in demo sandbox, started once per console process (pace and size) and shared by its sessions."""
+    return _demo_clinic(rate_limit, demo_size_from_env())
 
 
 def verify(key: SecretStr, url_template: str | None) -> Identity:
@@ -79,6 +90,61 @@ def show_setup(added: dict[str, int] | None, account: str) -> None:
         )
 
 
+state = st.session_state
+
+
+def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
+    """Verify a destination key (and note authors' keys) and run the pre-flight; keep them only if it passes."""
+    source = source_key()
+    if source is None or state.get("source_identity") is None:
+        raise ConfigError("Connect the source account first: the pre-flight checks both accounts.")
+    state.dest_identity = verify(key, state.url_template)
+    check = check_cliniko_destination(
+        settings(), source, ClinikoKeys(key, tuple(note_keys)), state.url_template
+    )
+    state.dest_check = check
+    if check.ok:
+        state.dest_key, state.note_keys, state.dest_target = key, note_keys, check.target
+        state.pop("dest_references", None)
+    else:
+        state.pop("dest_target", None)
+
+
+def add_note_key() -> None:
+    """Check one more practitioner's key with the destination's (a callback: it empties the box)."""
+    typed = str(state.get("note_key_input") or "").strip()
+    state.note_key_input = ""
+    if not typed or not isinstance(state.get("dest_key"), SecretStr):
+        return
+    try:
+        check_destination(state.dest_key, [*(state.get("note_keys") or []), SecretStr(typed)])
+    except MigratorError as exc:
+        state.note_key_error = str(exc)
+
+
+def forget_note_keys() -> None:
+    state.note_keys = []
+
+
+def show_check(check: DestinationCheck) -> None:
+    """The pre-flight: refusals as errors, warnings, and what the destination holds."""
+    for refusal in check.preflight.refusals:
+        st.error(refusal)
+    for warning in check.preflight.warnings:
+        st.warning(warning)
+    held = ", ".join(f"{n:,} {entity.replace('_', ' ')}" for entity, n in check.preflight.counts.items())
+    st.caption(f"The destination account holds {held}.")
+    if check.ok:
+        st.success(
+            f"Pre-flight passed: runs go into **{check.account_name or check.target}** through Cliniko's API."
+        )
+        st.info(
+            "No patient is messaged: patients are created with reminders and confirmation emails off, until "
+            "you press **Go live** on the Run page after the transfer. Invoices and payments stay in the source; "
+            "the Review page lists each patient's opening balance instead."
+        )
+
+
 st.title("Move a clinic's data out of Cliniko")
 st.markdown(
     "This console copies a clinic's patients, appointments, notes, files and invoices out of a Cliniko "
@@ -100,7 +166,6 @@ with st.expander(
         "Each page ends with a button to the next one."
     )
 
-state = st.session_state
 state.setdefault("url_template", None)
 
 if st.button("Use the demo clinic", key="use_demo", type="primary", icon=":material/science:"):
@@ -153,29 +218,60 @@ destination = remembered(
     help="The local clinic store keeps everything the API exposes, invoices and balances included.",
 )
 if destination == "Another Cliniko account":
-    typed_dest = st.text_input("Destination API key", type="password", key="dest_key_input")
+    st.caption(
+        "The data is written into that account through Cliniko's API. The key must belong to an administrator "
+        "who is also an active practitioner: Cliniko makes that practitioner the author of every note."
+    )
+    typed_dest = st.text_input(
+        "Destination API key",
+        type="password",
+        key="dest_key_input",
+        placeholder="leave empty to use the demo destination account"
+        if state.get("demo")
+        else "the destination account's key",
+        help="Kept in this browser session's memory only, never saved.",
+    )
     show_shard(typed_dest)
     if st.button(
-        "Verify the destination key", key="verify_dest", disabled=not (typed_dest or state.get("demo"))
+        "Use the demo destination account"
+        if state.get("demo") and not typed_dest
+        else "Verify the destination key and run the pre-flight",
+        key="verify_dest",
+        disabled=not (typed_dest or state.get("demo")),
     ):
         try:
-            key = SecretStr(typed_dest.strip()) if typed_dest else state.dest_key
-            state.dest_identity = verify(key, state.url_template)
-            state.dest_key = key
-            if state.dest_identity.is_admin and state.dest_identity.is_practitioner:
-                state.store_setup = set_up_store_from(key, state.url_template)
+            if typed_dest:
+                key = SecretStr(typed_dest.strip())
+            else:
+                key = SecretStr(demo_clinic(int(settings().requests_per_minute)).key("destination"))
+            check_destination(key, [])
         except MigratorError as exc:
-            state.pop("dest_identity", None)
+            for name in ("dest_identity", "dest_check", "dest_target"):
+                state.pop(name, None)
             st.error(str(exc))
     if state.get("dest_identity") is not None:
         show_identity(state.dest_identity, needs_practitioner=True)
-        st.info(
-            "Writing into a Cliniko account through its API comes in a later version: for now every run goes "
-            "into the local clinic store, set up with this account's practitioners, businesses and "
-            "appointment types so that the mapping matches them."
+    if state.get("dest_check") is not None:
+        show_check(state.dest_check)
+    if state.get("dest_target"):
+        st.text_input(
+            "Another destination practitioner's API key (optional, for notes' authorship)",
+            type="password",
+            key="note_key_input",
+            help="Notes written by this practitioner at the source are then written with their own key, so "
+            "Cliniko shows them as the author. Add one key at a time; each is checked.",
         )
-        show_setup(state.get("store_setup"), state.dest_identity.account or "the destination account")
+        st.button("Add this practitioner's key", key="add_note_key", on_click=add_note_key)
+        if error := state.pop("note_key_error", None):
+            st.error(error)
+        if state.get("note_keys"):
+            st.caption(
+                f"{len(state.note_keys)} practitioners' keys held for notes' authorship, in this session's "
+                "memory only."
+            )
+            st.button("Forget these keys", key="forget_note_keys", on_click=forget_note_keys)
 else:
+    state.pop("dest_target", None)
     st.caption(f"Runs go into the local clinic store at `{settings().store_target.removeprefix('sqlite:')}`.")
     if state.get("demo"):
         show_setup(state.get("store_setup"), "the demo destination clinic")

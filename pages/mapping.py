@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from console_ui import ensure_mapping, next_step, require_source, settings
+from console_ui import cliniko_target, destination_references, ensure_mapping, next_step, require_source
 from migrator.errors import MigratorError
 from migrator.mapping import validate
 from migrator.mapping_editor import (
@@ -49,11 +49,19 @@ if st.button("Match again from the source", key="mapping_rebuild", icon=":materi
     for entity in ENTITIES:
         state.pop(f"mapping_{entity}", None)
     state.pop("mapping", None)
+    state.pop("dest_references", None)
+
+can_create = cliniko_target() is None
+if not can_create:
+    st.info(
+        "The destination is a Cliniko account: its API cannot create practitioners or businesses, so each is "
+        "mapped to one the clinic set up there (or, for practitioners, reassigned, a former practitioner or "
+        "excluded)."
+    )
 
 try:
     tables = ensure_mapping()
-    with settings().open_store() as (_, store):
-        references = {entity: store.reference(entity) for entity in ENTITIES}
+    references = destination_references()
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -86,7 +94,7 @@ for entity in ENTITIES:
             "action": st.column_config.SelectboxColumn(
                 "Action",
                 width="medium",
-                options=list(allowed_actions(entity, can_create=True)),
+                options=list(allowed_actions(entity, can_create=can_create)),
                 format_func=lambda a: ACTION_LABELS.get(str(a), str(a)),
                 required=True,
             ),
@@ -104,7 +112,7 @@ for entity in ENTITIES:
     pending = unresolved_sentence(rows)
     if pending:
         st.warning(f"{pending} {HINTS[entity]}", icon=":material/priority_high:")
-        choices = targetless_actions(entity)
+        choices = targetless_actions(entity, can_create=can_create)
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         with left:
             action = st.selectbox(
@@ -123,7 +131,7 @@ for entity in ENTITIES:
                     st.error(str(exc))
     for problem in problems:
         st.warning(problem, icon=":material/priority_high:")
-    for problem in validate(rows, references.__getitem__, can_create=True):
+    for problem in validate(rows, references.__getitem__, can_create=can_create):
         st.warning(problem, icon=":material/priority_high:")
 
 st.subheader("Save or load")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from console_ui import current_preview, next_step, require_source, scope_sentence, settings
+from console_ui import cliniko_target, current_preview, next_step, require_source, scope_sentence, settings
 from migrator.console import entity_label
 from migrator.errors import MigratorError
 
@@ -46,4 +46,9 @@ if not result.exact:
         "the share of appointments in scope; the run reports the exact figures."
     )
 st.caption("Reading costs one request per 100 records, and at least one per list.")
+if cliniko_target() is not None:
+    from migrator.destinations.cliniko import NOT_TRANSFERABLE
+
+    st.subheader("Not transferred into a Cliniko account")
+    st.markdown("\n".join(f"- **{entity_label(e)}**: {why}" for e, why in NOT_TRANSFERABLE.items()))
 next_step("Next: check the mapping", "mapping", key="next_mapping")

@@ -5,8 +5,18 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from console_ui import connected, hosted, next_step, settings, source_client, tenant_scope, work_tenant
-from migrator.console import entity_label, export
+from console_ui import (
+    cliniko_target,
+    connected,
+    hosted,
+    next_step,
+    open_destination,
+    settings,
+    source_client,
+    tenant_scope,
+    work_tenant,
+)
+from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
 from migrator.reconcile import balances, counts, skipped
 
@@ -103,15 +113,26 @@ with right:
         disabled=not same_source,
         help=None if same_source else f"Connect {batch.source_account}'s key to count at the source.",
     )
+to_cliniko = batch.destination.startswith("cliniko:")
+unreachable = batch_destination_problem(batch.destination, cliniko_target())
 try:
-    with config.open_store(batch.destination) as (ledger, store):
-        if fresh:
-            with st.spinner("Counting at the source…"), source_client() as client:
-                cache[(batch_id, "counts")] = counts(ledger, batch_id, store=store, source=client)
-        count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
-        if count_frame is None:
-            count_frame = counts(ledger, batch_id, store=store)
-        skipped_frame = skipped(ledger, batch_id)
+    if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
+        st.caption(f"{unreachable} Until then the counts below are the ledger's only.")
+        with config.open_ledger() as ledger:
+            count_frame = counts(ledger, batch_id)
+            skipped_frame = skipped(ledger, batch_id)
+    else:
+        with open_destination(batch.destination) as (ledger, store):
+            if fresh:
+                with st.spinner("Counting at the source…"), source_client() as client:
+                    cache[(batch_id, "counts")] = counts(ledger, batch_id, store=store, source=client)
+            count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
+            if count_frame is None:
+                with st.spinner("Counting in the destination…"):
+                    count_frame = counts(ledger, batch_id, store=store)
+                if to_cliniko and batch.status != "running":  # API counts: once per batch and session
+                    cache[(batch_id, "counts")] = count_frame
+            skipped_frame = skipped(ledger, batch_id)
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -174,6 +195,62 @@ else:
     downloads(view, f"{batch_id}-skipped")
 
 # --- balances ------------------------------------------------------------------------------
+if to_cliniko:
+    st.subheader("Opening balances: what each patient still owes")
+    st.caption(
+        "Cliniko cannot import financials, so invoices and payments stay in the source account: enter each "
+        "patient's outstanding balance below as an opening balance in the new account."
+    )
+    if not same_source:
+        st.info(f"Connect {batch.source_account}'s key (on the Connect page) to list the opening balances.")
+    elif st.button(
+        "List the opening balances",
+        key="review_opening_balances",
+        help="Reads the source's invoices in scope: one request per 100 invoices.",
+    ):
+        from migrator.opening_balance import opening_balances
+
+        try:
+            with st.spinner("Reading the source's invoices…"), source_client() as client:
+                if unreachable:
+                    with config.open_ledger() as ledger:
+                        frame = opening_balances(ledger, batch_id, source=client)
+                else:
+                    with open_destination(batch.destination) as (ledger, store):
+                        frame = opening_balances(ledger, batch_id, source=client, destination=store)
+            cache[(batch_id, "opening_balances")] = frame
+        except MigratorError as exc:
+            st.error(str(exc))
+    opening = cache.get((batch_id, "opening_balances"))
+    if opening is not None:
+        total = opening["outstanding"].sum() if opening.height else 0
+        cols = st.columns(2)
+        cols[0].metric("Patients with an opening balance", f"{opening.height:,}")
+        cols[1].metric("Outstanding in all", f"{total:,.2f}")
+        st.dataframe(
+            opening.rename(
+                {
+                    "source_patient_id": "Source id",
+                    "destination_patient_id": "Destination id",
+                    "patient": "Patient",
+                    "open_invoices": "Open invoices",
+                    "outstanding": "Outstanding",
+                }
+            ),
+            hide_index=True,
+        )
+        st.download_button(
+            "Download the opening balances (CSV)",
+            data=export(opening, "csv"),
+            file_name=f"{batch_id}-opening-balances.csv",
+            mime="text/csv",
+            key=f"download_{batch_id}-opening-balances_csv",
+            on_click="ignore",
+            icon=":material/download:",
+        )
+    next_step("Next: the batches", "batches", key="next_batches")
+    st.stop()
+
 st.subheader("Patient balances: what each patient owes, at the source and here")
 if "invoices" not in (batch.plan.get("include") or []):
     st.caption("This batch did not bring invoices, so there are no balances to compare.")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
+from pydantic import ValidationError
 
 from console_ui import (
     actor,
+    cliniko_keys,
+    cliniko_target,
     connected,
     current_preview,
     hosted,
     mapping_rows,
     next_step,
+    open_destination,
     plan_choices,
     principal,
     run_registry,
@@ -23,7 +27,7 @@ from console_ui import (
     work_tenant,
 )
 from migrator.background import plan_of
-from migrator.console import progress_frame
+from migrator.console import batch_destination_problem, go_live_sentence, progress_frame
 from migrator.errors import ConfigError, MigratorError
 from migrator.hosted import KeyLease, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
@@ -62,16 +66,20 @@ def start(*, top_up: bool = False) -> None:
     scope, include, archived = plan_choices()
     with source_client() as client:
         identity = verify_source(client)
-        with config.open_store() as (_, store):
-            plan = make_plan(
-                client,
-                identity,
-                store,
-                scope=scope,
-                include=include,
-                mappings=rows,
-                include_archived_patients=archived,
-            )
+        with open_destination() as (_, store):
+            try:
+                plan = make_plan(
+                    client,
+                    identity,
+                    store,
+                    scope=scope,
+                    include=include,
+                    mappings=rows,
+                    include_archived_patients=archived,
+                )
+            except ValidationError as exc:  # a mapping this destination cannot carry out
+                first = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{first}; change it on the Mapping page.") from None
     expected = current_preview().expected()
     held, key = lease(), source_key()
     if key is None:
@@ -91,6 +99,7 @@ def start(*, top_up: bool = False) -> None:
         actor=who,
         role=role,
         on_end=held.drop if held is not None else None,  # a hosted session's key goes when the run ends
+        destination_keys=cliniko_keys() if plan.destination.startswith("cliniko:") else None,
     )
     state.run_batch = handle.batch_id
     if handle.error:
@@ -125,6 +134,9 @@ def resume(batch_id: str) -> None:
     key = source_key()
     if key is None:
         raise ConfigError("Connect the source account again: its key is no longer held by this session.")
+    problem = batch_destination_problem(plan.destination, cliniko_target())
+    if problem:
+        raise ConfigError(problem)
     handle = registry.resume(
         batch_id,
         key,
@@ -132,6 +144,7 @@ def resume(batch_id: str) -> None:
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,
+        destination_keys=cliniko_keys() if plan.destination.startswith("cliniko:") else None,
     )
     state.run_batch = handle.batch_id
 
@@ -174,10 +187,13 @@ if connected():
     rows, problems = mapping_rows()
     undecided = [r for r in rows if r.action == "unresolved"]
     source = state.source_identity
-    st.markdown(
-        f"From **{source.account or source.user}** into the local clinic store "
-        f"`{config.store_target.removeprefix('sqlite:')}`  \n{scope_sentence()}."
+    check = state.get("dest_check")
+    into = (
+        f"the Cliniko account **{check.account_name or check.target}**, through its API"
+        if cliniko_target() is not None and check is not None
+        else f"the local clinic store `{config.store_target.removeprefix('sqlite:')}`"
     )
+    st.markdown(f"From **{source.account or source.user}** into {into}  \n{scope_sentence()}.")
     blocked = None
     if not rows:
         blocked = "Open the Mapping page first: the run needs every practitioner, business and appointment type decided."
@@ -235,6 +251,45 @@ except MigratorError as exc:
     state.pop("run_batch", None)
     st.error(str(exc))
     st.stop()
+
+
+def go_live_section(batch: Batch) -> None:
+    """After a transfer into Cliniko: no patient is messaged until Go live restores their preferences."""
+    with config.open_ledger() as ledger:
+        done = any(a["action"] == "go_live" for a in ledger.audit_log(batch.id))
+    if message := state.pop("go_live_message", None):
+        st.success(message)
+    elif done:
+        st.success("This batch is live: its patients' reminder and confirmation preferences are restored.")
+    if done:
+        return
+    st.info(
+        "No patient is messaged yet: every patient this batch created has reminders and confirmation emails off. "
+        "Go live once the clinic starts working in the new account: that restores each patient's own preferences."
+    )
+    problem = batch_destination_problem(batch.destination, cliniko_target())
+    if problem:
+        st.caption(problem)
+        return
+    sure = st.checkbox(
+        "Turn each transferred patient's reminders and confirmations back on", key="go_live_confirm"
+    )
+    if st.button("Go live", key="go_live", type="primary", icon=":material/campaign:", disabled=not sure):
+        from migrator.destinations.cliniko import go_live
+
+        try:
+            with (
+                st.spinner("Restoring patients' preferences…"),
+                open_destination(batch.destination) as (
+                    ledger,
+                    destination,
+                ),
+            ):
+                result = go_live(ledger, destination, batch.id, actor=who)
+            state.go_live_message = go_live_sentence(result)
+            st.rerun(scope="app")
+        except MigratorError as exc:
+            st.error(str(exc))
 
 
 @st.fragment(run_every=1.0 if live(first) else None)
@@ -327,6 +382,8 @@ def follow(batch_id: str, was_live: bool) -> None:
                     else "."
                 )
             )
+        if batch.destination.startswith("cliniko:"):
+            go_live_section(batch)
         next_step("Next: review it", "review", key="next_review")
     if was_live and not (here or elsewhere):
         st.rerun(scope="app")  # the run ended: redraw the page without the timer

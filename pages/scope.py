@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from console_ui import ensure_mapping, next_step, remembered, require_source
+from console_ui import cliniko_target, ensure_mapping, next_step, remembered, require_source
 from migrator.console import entity_label
 from migrator.errors import MigratorError
 from migrator.plan import CORE_TYPES, OPTIONAL_TYPES, TYPE_DESCRIPTIONS, Scope, close_include
@@ -80,8 +80,15 @@ if kind != "all":
         st.warning(f"Choose at least one of the {entity}, or the filter 'All data'.")
 
 st.subheader("Data types")
+to_cliniko = cliniko_target() is not None
+groups = GROUPS[:2] if to_cliniko else GROUPS
+if to_cliniko:
+    st.caption(
+        "The destination is a Cliniko account, which cannot import invoices or payments: the Review page "
+        "lists each patient's opening balance instead."
+    )
 ticked: list[str] = []
-for column, (title, note, types) in zip(st.columns(3), GROUPS, strict=True):
+for column, (title, note, types) in zip(st.columns(3), groups, strict=False):
     with column:
         st.markdown(f"**{title}**")
         st.caption(note)
