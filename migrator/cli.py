@@ -75,15 +75,18 @@ def _note_clients() -> list[ClinikoClient]:
     ]
 
 
-def _cliniko_destination(workspace: str, source: ClinikoClient, *, check: bool) -> tuple[Any, Any]:
-    """The ledger and the Cliniko destination of ``MIGRATOR_DEST_KEY``; pre-flight first when ``check``."""
+def _cliniko_destination(workspace: str, source: ClinikoClient | None, *, check: bool) -> tuple[Any, Any]:
+    """The ledger and the Cliniko destination of ``MIGRATOR_DEST_KEY``; pre-flight first when ``check``.
+
+    ``source`` (the source's client) is needed to copy attachments' files and for the pre-flight.
+    """
     from migrator.destinations.cliniko import preflight
     from migrator.workflow import open_cliniko_destination
 
     ledger, dest = open_cliniko_destination(
         _client(True, writable=True), workspace, source=source, note_keys=_note_clients()
     )
-    if check:
+    if check and source is not None:
         result = preflight(source, dest)
         result.raise_for_refusal()
         for warning in result.warnings:
@@ -108,21 +111,13 @@ def _batch_store(workspace: str, batch_id: str, source: ClinikoClient | None = N
     batch = Ledger(workspace).batch(batch_id)
     if batch.destination.startswith("sqlite:"):
         return open_local_store(batch.destination, workspace)
-    ledger, dest = (
-        _cliniko_destination(workspace, source, check=False) if source else _cliniko_only(workspace)
-    )
+    ledger, dest = _cliniko_destination(workspace, source, check=False)
     if dest.describe() != batch.destination:
         raise ConfigError(
             f"Batch {batch_id} wrote into Cliniko account {batch.destination.removeprefix('cliniko:')}, but "
             f"{DEST_KEY_ENV} belongs to account {dest.account_id}; set it to a key of that account."
         )
     return ledger, dest
-
-
-def _cliniko_only(workspace: str) -> tuple[Any, Any]:
-    from migrator.workflow import open_cliniko_destination
-
-    return open_cliniko_destination(_client(True, writable=True), workspace)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

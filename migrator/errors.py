@@ -17,6 +17,8 @@ Every message is one sentence meant for a person, and none ever contains an API 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APIError",
     "AccessError",
@@ -97,4 +99,12 @@ class FatalAPIError(APIError):
 
 
 class RetriableAPIError(APIError):
-    """429, 5xx, a timeout or a dropped connection, still failing after every retry."""
+    """429, 5xx, a timeout or a dropped connection, still failing after every retry.
+
+    ``unconfirmed`` is true for a write whose request left but whose answer was lost:
+    Cliniko may or may not have applied it, so it must be looked up before being sent again.
+    """
+
+    def __init__(self, message: str, *, unconfirmed: bool = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.unconfirmed = unconfirmed

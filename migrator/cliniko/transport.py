@@ -162,7 +162,7 @@ class ResilientTransport(httpx.BaseTransport):
             message = (
                 f"Cliniko could not answer {request.method} {path} after {tries} tries (last: {reason})."
             )
-        return RetriableAPIError(message, method=request.method, path=path)
+        return RetriableAPIError(message, method=request.method, path=path, unconfirmed=may_have_happened)
 
 
 def _describe(exc: httpx.TransportError) -> str:

@@ -404,13 +404,7 @@ class ClinikoDestination:
 
     def created_by(self, batch_id: str, entity: str) -> list[str]:
         """Destination ids of ``entity`` this batch created, from the ledger."""
-        with self.ledger.lock:
-            rows = self.ledger.conn.execute(
-                "SELECT dest_id FROM items WHERE batch_id = ? AND entity = ? AND action = 'created' "
-                "AND dest_id IS NOT NULL ORDER BY rowid",
-                (batch_id, entity),
-            ).fetchall()
-        return [str(r[0]) for r in rows]
+        return [i.dest_id for i in self.ledger.items(batch_id, entity, action="created") if i.dest_id]
 
     def dependents_of_patients(self, patient_ids: Iterable[str]) -> dict[str, list[str]]:
         """Nothing: patients are archived, not deleted, so what hangs off them stays."""
@@ -534,8 +528,8 @@ class ClinikoDestination:
                 w.state = "created"
             except ValidationAPIError as exc:
                 w.state, w.refused = "refused", _refusal(exc)
-            except APIError as exc:
-                if exc.method not in (None, "GET") and "may or may not" in str(exc) and not retry:
+            except RetriableAPIError as exc:
+                if exc.unconfirmed and not retry:
                     w.unconfirmed = True
                 else:
                     errors.append(exc)
