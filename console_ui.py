@@ -4,9 +4,10 @@ UI only: everything computed comes from ``migrator``. Keys stay in ``st.session_
 ``SecretStr`` (this browser session's memory), never in a URL, a log or a file.
 
 On a hosted instance (``MIGRATOR_MODE=hosted``, :mod:`migrator.hosted`) the session holds
-who is signed in (``principal``), the tenant it works on, and the source key only inside
-a :class:`~migrator.hosted.KeyLease` that the run drops as it ends; every look-up passes
-:func:`tenant_scope` to the library.
+who is signed in (``principal``), the tenant it works on, and keys only inside
+:class:`~migrator.hosted.KeyLease` objects that the run drops as it ends: the source's
+(``key_lease``) and a Cliniko destination's with its note authors' (``dest_lease``); every
+look-up passes :func:`tenant_scope` to the library.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import streamlit as st
 from pydantic import SecretStr
 
 from migrator.background import RunRegistry
-from migrator.cliniko.client import ClinikoClient
-from migrator.console import ClinikoKeys, ConsoleSettings, mode_from_env
+from migrator.cliniko.client import ClinikoClient, Identity
+from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, mode_from_env
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping
@@ -45,6 +46,8 @@ CONNECTION_STATE = (
     "plan_scope_incomplete",
     "review_cache",
     "key_lease",
+    "dest_lease",
+    "setup_identity",
     "connection_tenant",
     "note_keys",
     "dest_check",
@@ -199,21 +202,32 @@ def source_client() -> Iterator[ClinikoClient]:
         yield client
 
 
+def destination_lease() -> KeyLease | None:
+    """A hosted session's lease of the Cliniko destination's keys, while it holds them."""
+    lease = st.session_state.get("dest_lease")
+    return lease if isinstance(lease, KeyLease) and not lease.dropped else None
+
+
 def cliniko_target() -> str | None:
     """The Cliniko destination this session writes into (``cliniko:<account id>``), once its pre-flight passed.
 
-    ``None``: runs go into the local clinic store (always so on a hosted instance).
+    ``None``: runs go into the local clinic store. On a hosted instance the destination's
+    keys are leased like the source's, so the target goes when its run ends.
     """
-    if hosted():
-        return None
     target = st.session_state.get("dest_target")
     return str(target) if target and cliniko_keys() is not None else None
 
 
 def cliniko_keys() -> ClinikoKeys | None:
     """The Cliniko destination's keys held by this session (``None`` when none is connected)."""
+    if not st.session_state.get("dest_target"):
+        return None
+    if hosted():
+        lease = destination_lease()
+        key = lease.key if lease is not None else None
+        return ClinikoKeys(key, lease.extra) if key is not None and lease is not None else None
     key = st.session_state.get("dest_key")
-    if not st.session_state.get("dest_target") or not isinstance(key, SecretStr):
+    if not isinstance(key, SecretStr):
         return None
     extra = tuple(k for k in st.session_state.get("note_keys") or () if isinstance(k, SecretStr))
     return ClinikoKeys(key, extra)
@@ -287,9 +301,10 @@ def mapping_rows() -> tuple[list[MappingRow], list[str]]:
 
 def drop_connection() -> None:
     """Forget the keys and everything read with them (the run registry keeps running batches)."""
-    lease = st.session_state.get("key_lease")
-    if isinstance(lease, KeyLease):
-        lease.drop()
+    for name in ("key_lease", "dest_lease"):
+        lease = st.session_state.get(name)
+        if isinstance(lease, KeyLease):
+            lease.drop()
     for name in CONNECTION_STATE:
         st.session_state.pop(name, None)
     kept = st.session_state.get("_kept", {})
@@ -357,10 +372,10 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
 def sign_out_now() -> None:
     """Audit the sign-out, drop the key and forget the whole session (a button callback)."""
     who = principal()
-    lease = st.session_state.get("key_lease")
+    leases = [st.session_state.get(name) for name in ("key_lease", "dest_lease")]
     if who is not None:
         with settings().open_ledger() as ledger:
-            sign_out(ledger, who, lease if isinstance(lease, KeyLease) else None)
+            sign_out(ledger, who, *(lease for lease in leases if isinstance(lease, KeyLease)))
     for name in list(st.session_state):
         del st.session_state[name]
     if who is not None and who.method == "oidc":
@@ -370,3 +385,45 @@ def sign_out_now() -> None:
 def forget_typed_keys() -> None:
     """Have the next run start with a rerun (see app.py): a key was just taken out of a widget."""
     st.session_state.forget_typed_keys = True
+
+
+# --- shown by both Connect pages ---------------------------------------------------------
+
+
+def show_identity(identity: Identity, *, needs_practitioner: bool) -> None:
+    """Whose key it is, with a warning for rights a migration lacks (a destination also needs a practitioner)."""
+    st.success(
+        f"Connected to **{identity.account or 'the account'}** on {identity.shard} as **{identity.user}**."
+    )
+    cols = st.columns(3)
+    cols[0].metric("Administrator", "yes" if identity.is_admin else "no")
+    cols[1].metric("Active practitioner", "yes" if identity.is_practitioner else "no")
+    cols[2].metric("Shard", identity.shard)
+    if not identity.is_admin:
+        st.warning(
+            "This key's user is not an administrator: Cliniko gives such keys too few rights for a migration."
+        )
+    if needs_practitioner and not identity.is_practitioner:
+        st.warning(
+            "A destination key must belong to an administrator who is also an active practitioner: "
+            "Cliniko makes that practitioner the author of every note the transfer writes."
+        )
+
+
+def show_check(check: DestinationCheck) -> None:
+    """The pre-flight: refusals as errors, warnings, and what the destination holds."""
+    for refusal in check.preflight.refusals:
+        st.error(refusal)
+    for warning in check.preflight.warnings:
+        st.warning(warning)
+    held = ", ".join(f"{n:,} {entity.replace('_', ' ')}" for entity, n in check.preflight.counts.items())
+    st.caption(f"The destination account holds {held}.")
+    if check.ok:
+        st.success(
+            f"Pre-flight passed: runs go into **{check.account_name or check.target}** through Cliniko's API."
+        )
+        st.info(
+            "No patient is messaged: patients are created with reminders and confirmation emails off, until "
+            "you press **Go live** on the Run page after the transfer. Invoices and payments stay in the source; "
+            "the Review page lists each patient's opening balance instead."
+        )

@@ -71,6 +71,24 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     return DeletionPlan(batch_id, created, dependents)
 
 
+def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
+    """What deleting a batch that wrote into a Cliniko account removes, from the ledger alone (no key needed).
+
+    What :func:`deletion_plan` gives with that account's destination: Cliniko's patients
+    are archived rather than deleted, so what was added since for them stays, and the
+    batch's own records are all the ledger needs to name.
+    """
+    from migrator.destinations.cliniko import DELETE_ORDER
+
+    if not ledger.batch(batch_id).destination.startswith("cliniko:"):
+        raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
+    created = {
+        entity: [i.dest_id for i in ledger.items(batch_id, entity, action="created") if i.dest_id]
+        for entity in DELETE_ORDER
+    }
+    return DeletionPlan(batch_id, created, {})
+
+
 def delete_batch(
     ledger: Ledger, store: Any, batch_id: str, *, actor: str = "cli", now: datetime | None = None
 ) -> DeletionPlan:

@@ -28,9 +28,17 @@ ledger, the audit trail, logs and error messages never see it; an administrator'
 typed to delete a batch is used for that one check and dropped.
 
 Every action is audited with the tenant, the role and the time: ``sign_in``,
-``sign_in_refused``, ``sign_out``, ``connect``, ``run``, ``stop_requested`` /
-``stop``, ``resume``, ``delete`` / ``deleted``, ``delete_refused`` (and ``go_live``,
-``complete``, ``fail``, written by the engine with the run's role).
+``sign_in_refused``, ``sign_out``, ``connect``, ``preflight``, ``run``,
+``stop_requested`` / ``stop``, ``resume``, ``delete`` / ``deleted``, ``delete_refused``,
+``go_live`` / ``go_live_refused`` (and ``complete``, ``fail``, written by the engine with the
+run's role).
+
+**Into another Cliniko account.** A clinic (or an operator for it) may write into another
+Cliniko account whose administrator-practitioner key it holds
+(:func:`connect_cliniko_destination`); the batch then belongs to both accounts. Going live
+(:func:`go_live_as`) and deleting (:func:`delete_as`) take an administrator's key of the
+destination account at that moment, as deleting from the clinic store takes one of the
+clinic's.
 
 Create an operator's secrets entry with ``python -m migrator.hosted hash-password NAME``.
 """
@@ -46,7 +54,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +63,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, check_cliniko_destination
 from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Batch, Ledger
 from migrator.plan import Plan
@@ -62,7 +71,7 @@ from migrator.plan import Plan
 if TYPE_CHECKING:
     from migrator.background import RunHandle, RunRegistry
     from migrator.batches import DeletionPlan
-    from migrator.console import ConsoleSettings
+    from migrator.destinations.cliniko import GoLiveResult
 
 __all__ = [
     "CLINIC",
@@ -77,9 +86,12 @@ __all__ = [
     "SignInRefused",
     "SignInThrottle",
     "audit_frame",
+    "connect_cliniko_destination",
     "connect_destination",
     "connect_source",
     "delete_as",
+    "drop_all",
+    "go_live_as",
     "hash_password",
     "oidc_operator",
     "plan_for_tenant",
@@ -184,15 +196,17 @@ def record(
 
 
 class KeyLease:
-    """A clinic's key, held in the session only while a run may need it.
+    """Keys of one account, held in the session only while a run may need them.
 
     The session keeps the lease, never the bare key; :meth:`drop` forgets it (sign-out,
     disconnect), and :meth:`until_run_ends` has the run drop it as it ends, whichever
-    thread that happens in and whether or not a page is open.
+    thread that happens in and whether or not a page is open. A Cliniko destination's
+    lease also holds its note authors' keys (``extra``), dropped with the main one.
     """
 
-    def __init__(self, key: SecretStr, tenant: str) -> None:
+    def __init__(self, key: SecretStr, tenant: str, extra: Iterable[SecretStr] = ()) -> None:
         self._key: SecretStr | None = key
+        self._extra: tuple[SecretStr, ...] = tuple(extra)
         self.tenant = tenant
         self._lock = threading.Lock()
 
@@ -203,20 +217,38 @@ class KeyLease:
             return self._key
 
     @property
+    def extra(self) -> tuple[SecretStr, ...]:
+        """The other keys held with it (empty once dropped)."""
+        with self._lock:
+            return self._extra
+
+    @property
     def dropped(self) -> bool:
         return self.key is None
 
     def drop(self) -> None:
-        """Forget the key (idempotent)."""
+        """Forget the keys (idempotent)."""
         with self._lock:
             self._key = None
+            self._extra = ()
 
     def until_run_ends(self, handle: RunHandle) -> None:
-        """Drop the key when ``handle``'s run ends (at once if it already has)."""
+        """Drop the keys when ``handle``'s run ends (at once if it already has)."""
         handle.on_end(self.drop)
 
     def __repr__(self) -> str:
-        return f"KeyLease(tenant={self.tenant!r}, held={not self.dropped})"
+        return f"KeyLease(tenant={self.tenant!r}, held={not self.dropped}, extra={len(self.extra)})"
+
+
+def drop_all(*leases: KeyLease | None) -> Callable[[], None]:
+    """One callback that drops every given lease: what a run calls as it ends."""
+    held = [lease for lease in leases if lease is not None]
+
+    def drop() -> None:
+        for lease in held:
+            lease.drop()
+
+    return drop
 
 
 # --- operators: password hashes and OIDC allow-list ------------------------------------------
@@ -420,10 +452,9 @@ def oidc_operator(
     return principal
 
 
-def sign_out(ledger: Ledger, principal: Principal, lease: KeyLease | None = None) -> None:
-    """Audit the sign-out and drop the session's key."""
-    if lease is not None:
-        lease.drop()
+def sign_out(ledger: Ledger, principal: Principal, *leases: KeyLease | None) -> None:
+    """Audit the sign-out and drop the session's keys."""
+    drop_all(*leases)()
     record(ledger, principal, "sign_out")
 
 
@@ -559,6 +590,56 @@ def connect_destination(
     return connection
 
 
+def connect_cliniko_destination(
+    settings: ConsoleSettings,
+    principal: Principal,
+    source: KeyLease,
+    key: SecretStr,
+    note_keys: Iterable[SecretStr] = (),
+) -> tuple[DestinationCheck, KeyLease | None]:
+    """Verify another Cliniko account's key as the destination and run the pre-flight against the leased source.
+
+    Audited as ``connect`` (``as: destination``) and ``preflight``, both under the source's
+    tenant. The batches written there then belong to that account too, so its own clinic
+    users see them. ``note_keys`` are the destination practitioners' keys that author
+    their own notes.
+
+    Returns:
+        The pre-flight's :class:`~migrator.console.DestinationCheck` and, only when it passed,
+        a lease holding the keys (tenant: the destination's account id) for the run to drop.
+
+    Raises:
+        ConfigError: the source's key is no longer held, or a note author's key is not an active
+            practitioner's of the destination account.
+        AuthError, APIError: Cliniko refused a key or could not be reached.
+    """
+    source_key = source.key
+    if source_key is None:
+        raise ConfigError(
+            "Enter the clinic's own API key again above first: the pre-flight reads both accounts."
+        )
+    extra = tuple(note_keys)
+    with settings.open_ledger() as ledger:
+        connection = connect_destination(
+            ledger, principal, key, settings.client_config(), tenant=source.tenant
+        )
+    check = check_cliniko_destination(settings, source_key, ClinikoKeys(key, extra))
+    with settings.open_ledger() as ledger:
+        record(
+            ledger,
+            principal,
+            "preflight",
+            tenant=source.tenant,
+            detail={
+                "destination": check.target,
+                "ok": check.ok,
+                "refusals": len(check.preflight.refusals),
+                "note_authors": check.note_authors,
+            },
+        )
+    return check, (KeyLease(key, connection.tenant, extra) if check.ok else None)
+
+
 def plan_for_tenant(plan: Plan, tenant: str) -> Plan:
     """The plan with its source named by account id (the tenant), as every hosted batch is."""
     return plan.model_copy(update={"source_account": tenant})
@@ -603,14 +684,17 @@ def resume_as(
     workspace: str | Path,
     client_config: ClientConfig,
     expected: Mapping[str, int] | None = None,
+    destination: KeyLease | None = None,
 ) -> RunHandle:
     """Resume a stopped, failed or interrupted batch as ``principal`` with the leased key of its source account.
 
-    The lease is dropped when the resumed run ends. The engine audits ``resume`` with this role.
+    A batch that writes into a Cliniko account needs that account's keys too (``destination``,
+    from :func:`connect_cliniko_destination`). Both leases are dropped when the resumed run
+    ends. The engine audits ``resume`` with this role.
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
-        ConfigError: the key is dropped or another account's, or the batch cannot be resumed.
+        ConfigError: a key is dropped or another account's, or the batch cannot be resumed.
     """
     batch = visible_batch(ledger, principal, batch_id)
     key = lease.key
@@ -618,7 +702,15 @@ def resume_as(
         raise ConfigError(
             "Enter the source account's API key again on the Connect page to resume this batch."
         )
-    handle = registry.resume(
+    keys = None
+    if batch.destination.startswith("cliniko:"):
+        keys = _leased_keys(destination)
+        if keys is None or destination is None or f"cliniko:{destination.tenant}" != batch.destination:
+            raise ConfigError(
+                f"Batch {batch.id} writes into Cliniko account {batch.destination.removeprefix('cliniko:')}: "
+                "connect that account's key as the destination on the Connect page to resume it."
+            )
+    return registry.resume(
         batch.id,
         key,
         source_account=lease.tenant,
@@ -627,9 +719,15 @@ def resume_as(
         expected=expected,
         actor=principal.actor,
         role=principal.role,
-        on_end=lease.drop,
+        on_end=drop_all(lease, destination),
+        destination_keys=keys,
     )
-    return handle
+
+
+def _leased_keys(lease: KeyLease | None) -> ClinikoKeys | None:
+    """A destination lease's keys while it holds them."""
+    key = lease.key if lease is not None else None
+    return ClinikoKeys(key, lease.extra) if key is not None and lease is not None else None
 
 
 def deletion_account(batch: Batch) -> str:
@@ -639,6 +737,42 @@ def deletion_account(batch: Batch) -> str:
     """
     tenants = batch.tenants
     return tenants[-1]
+
+
+def _admin_of_batch_account(
+    settings: ConsoleSettings,
+    principal: Principal,
+    batch: Batch,
+    admin_key: SecretStr,
+    *,
+    what: str,
+    refused: str,
+    client_config: ClientConfig | None,
+) -> None:
+    """Check with Cliniko, now, that ``admin_key`` is an administrator's of the account ``batch`` wrote into.
+
+    A refusal is audited as ``refused`` (never with the key) and raised.
+    """
+    owner = deletion_account(batch)
+    try:
+        connection = _verify(admin_key, client_config or settings.client_config())
+        if connection.tenant != owner:
+            raise NotAllowed(
+                f"This key belongs to another Cliniko account; {what} needs an administrator's key of the "
+                "account it was imported into."
+            )
+        _admin(connection, what)
+    except MigratorError as exc:
+        with settings.open_ledger() as ledger:
+            record(
+                ledger,
+                principal,
+                refused,
+                batch_id=batch.id,
+                tenant=batch.source_account,
+                detail={"why": type(exc).__name__},
+            )
+        raise
 
 
 def delete_as(
@@ -651,7 +785,8 @@ def delete_as(
 ) -> DeletionPlan:
     """Delete a batch on a hosted instance: ``admin_key`` must be an administrator's of the batch's account.
 
-    The key is checked against Cliniko at this moment (seed 000) and not kept. Refusals
+    The key is checked against Cliniko at this moment (seed 000) and, for a batch that
+    wrote into a Cliniko account, also does the deletion there; it is not kept. Refusals
     are audited as ``delete_refused``; the deletion itself as ``delete`` and ``deleted``.
 
     Raises:
@@ -663,29 +798,65 @@ def delete_as(
 
     with settings.open_ledger() as ledger:
         batch = visible_batch(ledger, principal, batch_id)
-    owner = deletion_account(batch)
-    try:
-        connection = _verify(admin_key, client_config or settings.client_config())
-        if connection.tenant != owner:
-            raise NotAllowed(
-                f"This key belongs to another Cliniko account; deleting batch {batch.id} needs an "
-                "administrator's key of the account it was imported into."
-            )
-        _admin(connection, f"deleting batch {batch.id}")
-    except MigratorError as exc:
-        with settings.open_ledger() as ledger:
-            record(
-                ledger,
-                principal,
-                "delete_refused",
-                batch_id=batch.id,
-                tenant=batch.source_account,
-                detail={"why": type(exc).__name__},
-            )
-        raise
-    with settings.open_store(batch.destination) as (ledger, store):
+    _admin_of_batch_account(
+        settings,
+        principal,
+        batch,
+        admin_key,
+        what=f"deleting batch {batch.id}",
+        refused="delete_refused",
+        client_config=client_config,
+    )
+    url_template = client_config.url_template if client_config is not None else None
+    with settings.open_destination(batch.destination, ClinikoKeys(admin_key), url_template) as (
+        ledger,
+        store,
+    ):
         ledger.audit_role = principal.role
         return delete_batch(ledger, store, batch.id, actor=principal.actor)
+
+
+def go_live_as(
+    settings: ConsoleSettings,
+    principal: Principal,
+    batch_id: str,
+    admin_key: SecretStr,
+    *,
+    client_config: ClientConfig | None = None,
+) -> GoLiveResult:
+    """Go live with a batch that wrote into a Cliniko account: its patients' own reminder preferences come back.
+
+    ``admin_key`` must be an administrator's of that account, checked with Cliniko now
+    and used for the go-live's writes only, then dropped. Refusals are audited as
+    ``go_live_refused``; the go-live itself as ``go_live``, with this role.
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        ConfigError: the batch wrote into the local clinic store (nothing to go live with).
+        NotAllowed: the key is not an administrator's of the batch's Cliniko account.
+    """
+    from migrator.destinations.cliniko import go_live
+
+    with settings.open_ledger() as ledger:
+        batch = visible_batch(ledger, principal, batch_id)
+    if not batch.destination.startswith("cliniko:"):
+        raise ConfigError(f"Batch {batch.id} went into the clinic store: there is nothing to go live with.")
+    _admin_of_batch_account(
+        settings,
+        principal,
+        batch,
+        admin_key,
+        what=f"going live with batch {batch.id}",
+        refused="go_live_refused",
+        client_config=client_config,
+    )
+    url_template = client_config.url_template if client_config is not None else None
+    with settings.open_destination(batch.destination, ClinikoKeys(admin_key), url_template) as (
+        ledger,
+        destination,
+    ):
+        ledger.audit_role = principal.role
+        return go_live(ledger, destination, batch.id, actor=principal.actor)
 
 
 # --- the audit trail -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
-from migrator.batches import delete_batch, deletion_plan
+from migrator.batches import delete_batch, deletion_plan, ledger_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, entity_label
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
@@ -109,8 +109,12 @@ if problem:
     st.info(problem.replace("This batch", f"Batch {chosen}") + " Deleting it needs that account's key.")
     st.stop()
 try:
-    with open_destination(batch.destination) as (ledger, store):
-        summary = deletion_plan(ledger, store, chosen).as_dict()
+    if to_cliniko and who is not None:  # hosted: the account's key comes with the deletion itself
+        with config.open_ledger() as ledger:
+            summary = ledger_deletion_plan(ledger, chosen).as_dict()
+    else:
+        with open_destination(batch.destination) as (ledger, store):
+            summary = deletion_plan(ledger, store, chosen).as_dict()
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -150,7 +154,10 @@ st.warning(
 )
 if who is not None:
     st.text_input(
-        "An administrator's API key of this clinic's account",
+        f"An administrator's API key of Cliniko account {batch.destination.removeprefix('cliniko:')}, "
+        "which the batch wrote into"
+        if to_cliniko
+        else "An administrator's API key of this clinic's account",
         type="password",
         key="delete_admin_key",
         help="Checked with Cliniko when you press delete, used for that check only and never kept.",

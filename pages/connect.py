@@ -5,12 +5,11 @@ from __future__ import annotations
 import streamlit as st
 from pydantic import SecretStr
 
-from console_ui import drop_connection, next_step, remembered, settings, source_key
+from console_ui import drop_connection, next_step, remembered, settings, show_check, show_identity, source_key
 from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
 from migrator.console import (
     ClinikoKeys,
-    DestinationCheck,
     check_cliniko_destination,
     demo_size_from_env,
     masked,
@@ -54,25 +53,6 @@ def show_shard(raw: str) -> None:
         st.error(str(exc))
         return
     st.caption(f"Shard **{key.shard}** · {key.region}")
-
-
-def show_identity(identity: Identity, *, needs_practitioner: bool) -> None:
-    st.success(
-        f"Connected to **{identity.account or 'the account'}** on {identity.shard} as **{identity.user}**."
-    )
-    cols = st.columns(3)
-    cols[0].metric("Administrator", "yes" if identity.is_admin else "no")
-    cols[1].metric("Active practitioner", "yes" if identity.is_practitioner else "no")
-    cols[2].metric("Shard", identity.shard)
-    if not identity.is_admin:
-        st.warning(
-            "This key's user is not an administrator: Cliniko gives such keys too few rights for a migration."
-        )
-    if needs_practitioner and not identity.is_practitioner:
-        st.warning(
-            "A destination key must belong to an administrator who is also an active practitioner: "
-            "Cliniko makes that practitioner the author of every note the transfer writes."
-        )
 
 
 def show_setup(added: dict[str, int] | None, account: str) -> None:
@@ -124,25 +104,6 @@ def add_note_key() -> None:
 
 def forget_note_keys() -> None:
     state.note_keys = []
-
-
-def show_check(check: DestinationCheck) -> None:
-    """The pre-flight: refusals as errors, warnings, and what the destination holds."""
-    for refusal in check.preflight.refusals:
-        st.error(refusal)
-    for warning in check.preflight.warnings:
-        st.warning(warning)
-    held = ", ".join(f"{n:,} {entity.replace('_', ' ')}" for entity, n in check.preflight.counts.items())
-    st.caption(f"The destination account holds {held}.")
-    if check.ok:
-        st.success(
-            f"Pre-flight passed: runs go into **{check.account_name or check.target}** through Cliniko's API."
-        )
-        st.info(
-            "No patient is messaged: patients are created with reminders and confirmation emails off, until "
-            "you press **Go live** on the Run page after the transfer. Invoices and payments stay in the source; "
-            "the Review page lists each patient's opening balance instead."
-        )
 
 
 st.title("Move a clinic's data out of Cliniko")

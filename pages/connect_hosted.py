@@ -2,7 +2,8 @@
 
 Before anyone signs in, this page is the sign-in form (:func:`hosted_ui.sign_in_form`). The
 source key lives in a :class:`~migrator.hosted.KeyLease` only until the run it is lent to
-ends; the destination key is used to set the clinic store up and dropped at once.
+ends. A Cliniko destination's keys (after a passed pre-flight) live in a lease of their own,
+dropped with the source's; a key used only to set the clinic store up is dropped at once.
 """
 
 from __future__ import annotations
@@ -11,22 +12,27 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import (
+    destination_lease,
     drop_connection,
     forget_typed_keys,
     next_step,
     principal,
     remembered,
     settings,
+    show_check,
+    show_identity,
     sign_out_now,
     source_key,
     work_tenant,
 )
 from hosted_ui import sign_in_form
-from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
 from migrator.console import masked, setup_store_from
 from migrator.errors import MigratorError
-from migrator.hosted import KeyLease, connect_destination, connect_source
+from migrator.hosted import KeyLease, connect_cliniko_destination, connect_destination, connect_source
+
+STORE = "The clinic store on this instance"
+CLINIKO = "Another Cliniko account"
 
 state = st.session_state
 who = principal()
@@ -60,10 +66,10 @@ def verify_source() -> None:
     state.source_identity = connection.identity
 
 
-def verify_destination() -> None:
-    """Verify a destination key and set the clinic store up with its account's records; the key is not kept."""
-    typed = str(state.get("dest_key_input") or "").strip()
-    state.dest_key_input = ""
+def set_up_store() -> None:
+    """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept."""
+    typed = str(state.get("setup_key_input") or "").strip()
+    state.setup_key_input = ""
     forget_typed_keys()
     if not typed or who is None:
         return
@@ -72,28 +78,67 @@ def verify_destination() -> None:
     try:
         with config.open_ledger() as ledger:
             connection = connect_destination(ledger, who, key, config.client_config(), tenant=work_tenant())
-        state.dest_identity = connection.identity
-        if connection.identity.is_admin and connection.identity.is_practitioner:
-            with config.client(key) as client:
-                state.store_setup = setup_store_from(config, client)
+        state.setup_identity = connection.identity
+        with config.client(key) as client:
+            state.store_setup = setup_store_from(config, client)
     except MigratorError as exc:
-        state.pop("dest_identity", None)
+        state.pop("setup_identity", None)
         state.connect_error = str(exc)
 
 
-def show_identity(identity: Identity, *, needs_practitioner: bool) -> None:
-    st.success(
-        f"Connected to **{identity.account or 'the account'}** on {identity.shard} as **{identity.user}**."
-    )
-    cols = st.columns(3)
-    cols[0].metric("Administrator", "yes" if identity.is_admin else "no")
-    cols[1].metric("Active practitioner", "yes" if identity.is_practitioner else "no")
-    cols[2].metric("Shard", identity.shard)
-    if needs_practitioner and not (identity.is_admin and identity.is_practitioner):
-        st.warning(
-            "A destination key must belong to an administrator who is also an active practitioner: "
-            "Cliniko makes that practitioner the author of every note the transfer writes."
+def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
+    """Verify a Cliniko destination's keys and run the pre-flight; lease them only if it passes."""
+    source = state.get("key_lease")
+    if who is None or not isinstance(source, KeyLease):
+        state.connect_error = (
+            "Verify the clinic's own API key above first: the pre-flight reads both accounts."
         )
+        return
+    try:
+        check, lease = connect_cliniko_destination(settings(), who, source, key, note_keys)
+    except MigratorError as exc:
+        state.connect_error = str(exc)
+        return
+    forget_destination()
+    state.dest_check = check
+    if lease is not None:
+        state.dest_lease, state.dest_target = lease, check.target
+
+
+def verify_cliniko_destination() -> None:
+    """The destination key box's callback: it is emptied before anything else."""
+    typed = str(state.get("dest_key_input") or "").strip()
+    state.dest_key_input = ""
+    forget_typed_keys()
+    if typed:
+        check_destination(SecretStr(typed), [])
+
+
+def add_note_key() -> None:
+    """Check one more destination practitioner's key with the destination's (a callback: it empties the box)."""
+    typed = str(state.get("note_key_input") or "").strip()
+    state.note_key_input = ""
+    forget_typed_keys()
+    lease = destination_lease()
+    key = lease.key if lease is not None else None
+    if typed and lease is not None and key is not None:
+        check_destination(key, [*lease.extra, SecretStr(typed)])
+
+
+def forget_note_keys() -> None:
+    lease = destination_lease()
+    key = lease.key if lease is not None else None
+    if lease is not None and key is not None:
+        check_destination(key, [])
+
+
+def forget_destination() -> None:
+    """Drop the Cliniko destination's keys and what was checked with them."""
+    lease = state.get("dest_lease")
+    if isinstance(lease, KeyLease):
+        lease.drop()
+    for name in ("dest_lease", "dest_target", "dest_check", "dest_references"):
+        state.pop(name, None)
 
 
 st.title("Connect")
@@ -129,23 +174,74 @@ st.subheader("Destination")
 destination = remembered(
     st.radio,
     key="destination_choice",
-    default="The clinic store on this instance",
+    default=STORE,
     label="Where should the data go?",
-    options=["The clinic store on this instance", "Another Cliniko account"],
-    help="Each clinic has a clinic store of its own here; no other clinic can read it.",
+    options=[STORE, CLINIKO],
+    help="Each clinic has a clinic store of its own here; no other clinic can read it. Another Cliniko "
+    "account is written through Cliniko's API.",
 )
-if destination == "Another Cliniko account":
-    st.text_input("Destination API key", type="password", key="dest_key_input")
-    st.button("Verify the destination key", key="verify_dest", on_click=verify_destination)
-    if state.get("dest_identity") is not None:
-        show_identity(state.dest_identity, needs_practitioner=True)
-        st.info(
-            "Runs go into this clinic's store on this instance, set up with that account's practitioners, "
-            "businesses and appointment types so that the mapping matches them. The key was used once and "
-            "is not kept."
+if destination == CLINIKO:
+    st.caption(
+        "The data is written into that account through Cliniko's API. The key must belong to an administrator "
+        "who is also an active practitioner: Cliniko makes that practitioner the author of every note. Batches "
+        "written there belong to that account too: its own users see them here."
+    )
+    lease = destination_lease()
+    if lease is None:
+        st.text_input(
+            "Destination API key",
+            type="password",
+            key="dest_key_input",
+            help="Kept in this session's memory only until the run that needs it ends, never saved.",
         )
-elif work_tenant() is not None:
-    st.caption("Runs go into this clinic's own store on this instance.")
+        st.button(
+            "Verify the destination key and run the pre-flight",
+            key="verify_dest",
+            on_click=verify_cliniko_destination,
+            disabled=key is None,
+            help=None if key is not None else "Verify the clinic's own key first: the pre-flight reads both.",
+        )
+        if state.get("dest_target"):  # a pre-flight passed, and its run has ended since
+            st.info(
+                "The destination's key was dropped when the last run ended: enter it again to run into it."
+            )
+    check = state.get("dest_check")
+    if check is not None:
+        show_identity(check.preflight.destination, needs_practitioner=True)
+        show_check(check)
+    if lease is not None:
+        st.text_input(
+            "Another destination practitioner's API key (optional, for notes' authorship)",
+            type="password",
+            key="note_key_input",
+            help="Notes written by this practitioner at the source are then written with their own key, so "
+            "Cliniko shows them as the author. Add one key at a time; each is checked.",
+        )
+        st.button("Add this practitioner's key", key="add_note_key", on_click=add_note_key)
+        if lease.extra:
+            st.caption(
+                f"{len(lease.extra)} practitioners' keys held for notes' authorship, until the run ends."
+            )
+            st.button("Forget these keys", key="forget_note_keys", on_click=forget_note_keys)
+        st.button("Use the clinic store instead", key="forget_dest", on_click=forget_destination)
+else:
+    if destination_lease() is not None or state.get("dest_target"):
+        forget_destination()  # a key not needed any more is not held
+    if work_tenant() is not None:
+        st.caption("Runs go into this clinic's own store on this instance.")
+    with st.expander("Set the clinic store up from the account you will work in (optional)"):
+        st.markdown(
+            "A new clinic sets up its practitioners, businesses and appointment types before an import. "
+            "Give a key of the account whose set-up you want, and the mapping matches against it."
+        )
+        st.text_input("That account's API key", type="password", key="setup_key_input")
+        st.button("Set the clinic store up", key="set_up_store", on_click=set_up_store)
+        if state.get("setup_identity") is not None:
+            identity = state.setup_identity
+            st.success(
+                f"The clinic store is set up from **{identity.account or 'the account'}**; the key was used "
+                "once and is not kept."
+            )
 
 if key is not None and state.get("source_identity") is not None:
     left, right = st.columns([1, 1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from console_ui import (
     actor,
@@ -12,6 +12,8 @@ from console_ui import (
     cliniko_target,
     connected,
     current_preview,
+    destination_lease,
+    forget_typed_keys,
     hosted,
     mapping_rows,
     next_step,
@@ -29,7 +31,7 @@ from console_ui import (
 from migrator.background import plan_of
 from migrator.console import batch_destination_problem, go_live_sentence, progress_frame
 from migrator.errors import ConfigError, MigratorError
-from migrator.hosted import KeyLease, plan_for_tenant, resume_as, stop_as
+from migrator.hosted import KeyLease, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
 from migrator.scoped_preview import plan_entities, scoped_preview
 from migrator.workflow import make_plan, verify_source
@@ -98,7 +100,8 @@ def start(*, top_up: bool = False) -> None:
         top_up=top_up,
         actor=who,
         role=role,
-        on_end=held.drop if held is not None else None,  # a hosted session's key goes when the run ends
+        # A hosted session's keys (the source's, a Cliniko destination's) go when the run ends.
+        on_end=drop_all(held, destination_lease()) if held is not None else None,
         destination_keys=cliniko_keys() if plan.destination.startswith("cliniko:") else None,
     )
     state.run_batch = handle.batch_id
@@ -128,6 +131,7 @@ def resume(batch_id: str) -> None:
                 workspace=config.workspace,
                 client_config=config.client_config(),
                 expected=expected,
+                destination=destination_lease(),
             )
         state.run_batch = handle.batch_id
         return
@@ -267,6 +271,9 @@ def go_live_section(batch: Batch) -> None:
         "No patient is messaged yet: every patient this batch created has reminders and confirmation emails off. "
         "Go live once the clinic starts working in the new account: that restores each patient's own preferences."
     )
+    if hosted():
+        hosted_go_live(batch)
+        return
     problem = batch_destination_problem(batch.destination, cliniko_target())
     if problem:
         st.caption(problem)
@@ -290,6 +297,46 @@ def go_live_section(batch: Batch) -> None:
             st.rerun(scope="app")
         except MigratorError as exc:
             st.error(str(exc))
+
+
+def go_live_with_key(batch_id: str) -> None:
+    """Go live on a hosted instance (a callback: the key box is emptied whatever happens)."""
+    typed = str(state.get("go_live_admin_key") or "").strip()
+    state.go_live_admin_key = ""
+    forget_typed_keys()
+    signed_in = principal()
+    if not typed or signed_in is None:
+        state.go_live_error = "Enter an administrator's API key of the destination account to go live."
+        return
+    try:
+        result = go_live_as(config, signed_in, batch_id, SecretStr(typed))
+        state.go_live_message = go_live_sentence(result)
+    except MigratorError as exc:
+        state.go_live_error = str(exc)
+
+
+def hosted_go_live(batch: Batch) -> None:
+    """Go live on a hosted instance: an administrator's key of the destination account, checked now, not kept."""
+    if error := state.pop("go_live_error", None):
+        st.error(error)
+    sure = st.checkbox(
+        "Turn each transferred patient's reminders and confirmations back on", key="go_live_confirm"
+    )
+    st.text_input(
+        "An administrator's API key of the destination account",
+        type="password",
+        key="go_live_admin_key",
+        help="Checked with Cliniko when you press Go live, used for that step only and never kept.",
+    )
+    st.button(
+        "Go live",
+        key="go_live",
+        type="primary",
+        icon=":material/campaign:",
+        disabled=not sure,
+        on_click=go_live_with_key,
+        args=(batch.id,),
+    )
 
 
 @st.fragment(run_every=1.0 if live(first) else None)

@@ -288,3 +288,80 @@ def test_a_mistyped_mode_refuses_to_start_rather_than_open_up(
     at = session()
     assert [e.value for e in at.error] == ["MIGRATOR_MODE must be 'local' or 'hosted'; got 'hostd'."]
     assert not at.title and not at.text_input and not at.button
+
+
+def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_step(
+    session: Callable[..., AppTest], clinics: Clinics, workspace: Path, tmp_path: Path
+) -> None:
+    key, dest_key = clinics.key(3), clinics.key(3, "destination")
+    admin_only = clinics.key(3, "destination_admin_not_practitioner")
+    at = sign_in(session(), key)
+    at.run()
+
+    # Connect: the destination's key is checked with the pre-flight and leased, never kept bare.
+    at.radio(key="destination_choice").set_value("Another Cliniko account").run()
+    at.text_input(key="dest_key_input").input(dest_key)
+    at.button(key="verify_dest").click().run()
+    at.run()  # the rerun app.py asks for once a box is emptied
+    assert not at.error, [e.value for e in at.error]
+    assert any("Pre-flight passed" in s.value for s in at.success)
+    target = at.session_state["dest_target"]
+    dest_lease = at.session_state["dest_lease"]
+    assert isinstance(dest_lease, KeyLease) and target == f"cliniko:{dest_lease.tenant}"
+    assert dest_key not in repr(at.session_state._state._state)
+
+    # Mapping: practitioners and businesses the account lacks cannot be created there: exclude them.
+    goto(at, "mapping")
+    for entity in ("businesses", "practitioners", "appointment_types"):
+        decide = [s for s in at.selectbox if s.key == f"decide_{entity}"]
+        if decide:
+            decide[0].set_value("create" if entity == "appointment_types" else "exclude").run()
+            at.button(key=f"decide_{entity}_apply").click().run()
+    assert "Every row is decided." in [s.value for s in at.success]
+    goto(at, "run")
+    assert "through its API" in texts(at)
+    at.button(key="run_start").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert "completed" in wait_for_status(at, "completed", "failed", timeout=120)
+    batch_id = str(at.session_state["run_batch"])
+    deadline = time.monotonic() + 10
+    while not (lease(at).dropped and dest_lease.dropped):  # both go when the run ends
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert key not in session_values(at) and dest_key not in session_values(at)
+    with Ledger(workspace) as ledger:
+        assert ledger.batch(batch_id).destination == target
+        created = ledger.counts(batch_id)["patients"]["created"]
+    assert created > 0
+
+    # Go live: an administrator's key of the destination account, checked then and not kept.
+    at.checkbox(key="go_live_confirm").check().run()
+    at.text_input(key="go_live_admin_key").input(key)  # the clinic's own key: another account
+    at.button(key="go_live").click().run()
+    (error,) = [e.value for e in at.error]
+    assert "another Cliniko account" in error and at.text_input(key="go_live_admin_key").value == ""
+    at.checkbox(key="go_live_confirm").check().run()
+    at.text_input(key="go_live_admin_key").input(admin_only)
+    at.button(key="go_live").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert f"reminder and confirmation preferences restored for {created:,} patients." in texts(at)
+
+    # Batches: what goes is listed from the ledger; deleting takes the destination's administrator key.
+    goto(at, "batches")
+    assert "archived" in texts(at)
+    at.text_input(key="delete_admin_key").input(admin_only)
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert "its patients are archived in the Cliniko account, not deleted" in texts(at)
+    at.run()
+    for secret in (key, dest_key, admin_only):
+        assert secret not in session_values(at)
+        for form in forms(secret):
+            for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+                assert form not in path.read_bytes(), (path, form[:4])
+    with Ledger(workspace) as ledger:
+        assert ledger.batch(batch_id).status == "deleted"
+        actions = [e["action"] for e in ledger.audit_log(tenant=tenant_of(3))]
+    for action in ("preflight", "run", "complete", "go_live_refused", "go_live", "delete", "deleted"):
+        assert action in actions, action
