@@ -427,3 +427,21 @@ def show_check(check: DestinationCheck) -> None:
             "you press **Go live** on the Run page after the transfer. Invoices and payments stay in the source; "
             "the Review page lists each patient's opening balance instead."
         )
+
+
+def note_author_keys(held: int, *, add: Callable[[], None], forget: Callable[[], None], kept: str) -> None:
+    """The box for destination practitioners' keys (notes keep their author), with how many are ``held``."""
+    st.text_input(
+        "Another destination practitioner's API key (optional, for notes' authorship)",
+        type="password",
+        key="note_key_input",
+        help="Notes written by this practitioner at the source are then written with their own key, so "
+        "Cliniko shows them as the author. Add one key at a time; each is checked.",
+    )
+    st.button("Add this practitioner's key", key="add_note_key", on_click=add)
+    if error := st.session_state.pop("note_key_error", None):
+        st.error(error)
+    if held:
+        whose = "practitioner's key" if held == 1 else "practitioners' keys"
+        st.caption(f"{held} {whose} held for notes' authorship, {kept}.")
+        st.button("Forget these keys", key="forget_note_keys", on_click=forget)

@@ -54,7 +54,8 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -739,7 +740,8 @@ def deletion_account(batch: Batch) -> str:
     return tenants[-1]
 
 
-def _admin_of_batch_account(
+@contextmanager
+def _as_administrator(
     settings: ConsoleSettings,
     principal: Principal,
     batch: Batch,
@@ -748,15 +750,17 @@ def _admin_of_batch_account(
     what: str,
     refused: str,
     client_config: ClientConfig | None,
-) -> None:
-    """Check with Cliniko, now, that ``admin_key`` is an administrator's of the account ``batch`` wrote into.
+) -> Iterator[tuple[Ledger, Any]]:
+    """The ledger and ``batch``'s destination, once Cliniko says, now, that ``admin_key`` is an administrator's of its account.
 
-    A refusal is audited as ``refused`` (never with the key) and raised.
+    The account is the one ``batch`` wrote into (:func:`deletion_account`); a Cliniko
+    destination is opened with ``admin_key`` itself. A refusal is audited as ``refused``
+    (never with the key) and raised; what is done inside is audited with this role.
     """
-    owner = deletion_account(batch)
+    config = client_config or settings.client_config()
     try:
-        connection = _verify(admin_key, client_config or settings.client_config())
-        if connection.tenant != owner:
+        connection = _verify(admin_key, config)
+        if connection.tenant != deletion_account(batch):
             raise NotAllowed(
                 f"This key belongs to another Cliniko account; {what} needs an administrator's key of the "
                 "account it was imported into."
@@ -773,6 +777,12 @@ def _admin_of_batch_account(
                 detail={"why": type(exc).__name__},
             )
         raise
+    with settings.open_destination(batch.destination, ClinikoKeys(admin_key), config.url_template) as (
+        ledger,
+        destination,
+    ):
+        ledger.audit_role = principal.role
+        yield ledger, destination
 
 
 def delete_as(
@@ -798,7 +808,7 @@ def delete_as(
 
     with settings.open_ledger() as ledger:
         batch = visible_batch(ledger, principal, batch_id)
-    _admin_of_batch_account(
+    with _as_administrator(
         settings,
         principal,
         batch,
@@ -806,13 +816,7 @@ def delete_as(
         what=f"deleting batch {batch.id}",
         refused="delete_refused",
         client_config=client_config,
-    )
-    url_template = client_config.url_template if client_config is not None else None
-    with settings.open_destination(batch.destination, ClinikoKeys(admin_key), url_template) as (
-        ledger,
-        store,
-    ):
-        ledger.audit_role = principal.role
+    ) as (ledger, store):
         return delete_batch(ledger, store, batch.id, actor=principal.actor)
 
 
@@ -841,7 +845,7 @@ def go_live_as(
         batch = visible_batch(ledger, principal, batch_id)
     if not batch.destination.startswith("cliniko:"):
         raise ConfigError(f"Batch {batch.id} went into the clinic store: there is nothing to go live with.")
-    _admin_of_batch_account(
+    with _as_administrator(
         settings,
         principal,
         batch,
@@ -849,13 +853,7 @@ def go_live_as(
         what=f"going live with batch {batch.id}",
         refused="go_live_refused",
         client_config=client_config,
-    )
-    url_template = client_config.url_template if client_config is not None else None
-    with settings.open_destination(batch.destination, ClinikoKeys(admin_key), url_template) as (
-        ledger,
-        destination,
-    ):
-        ledger.audit_role = principal.role
+    ) as (ledger, destination):
         return go_live(ledger, destination, batch.id, actor=principal.actor)
 
 

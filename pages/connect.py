@@ -5,7 +5,16 @@ from __future__ import annotations
 import streamlit as st
 from pydantic import SecretStr
 
-from console_ui import drop_connection, next_step, remembered, settings, show_check, show_identity, source_key
+from console_ui import (
+    drop_connection,
+    next_step,
+    note_author_keys,
+    remembered,
+    settings,
+    show_check,
+    show_identity,
+    source_key,
+)
 from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
 from migrator.console import (
@@ -215,22 +224,12 @@ if destination == "Another Cliniko account":
     if state.get("dest_check") is not None:
         show_check(state.dest_check)
     if state.get("dest_target"):
-        st.text_input(
-            "Another destination practitioner's API key (optional, for notes' authorship)",
-            type="password",
-            key="note_key_input",
-            help="Notes written by this practitioner at the source are then written with their own key, so "
-            "Cliniko shows them as the author. Add one key at a time; each is checked.",
+        note_author_keys(
+            len(state.get("note_keys") or []),
+            add=add_note_key,
+            forget=forget_note_keys,
+            kept="in this session's memory only",
         )
-        st.button("Add this practitioner's key", key="add_note_key", on_click=add_note_key)
-        if error := state.pop("note_key_error", None):
-            st.error(error)
-        if state.get("note_keys"):
-            st.caption(
-                f"{len(state.note_keys)} practitioners' keys held for notes' authorship, in this session's "
-                "memory only."
-            )
-            st.button("Forget these keys", key="forget_note_keys", on_click=forget_note_keys)
 else:
     state.pop("dest_target", None)
     st.caption(f"Runs go into the local clinic store at `{settings().store_target.removeprefix('sqlite:')}`.")

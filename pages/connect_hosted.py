@@ -16,6 +16,7 @@ from console_ui import (
     drop_connection,
     forget_typed_keys,
     next_step,
+    note_author_keys,
     principal,
     remembered,
     settings,
@@ -210,19 +211,9 @@ if destination == CLINIKO:
         show_identity(check.preflight.destination, needs_practitioner=True)
         show_check(check)
     if lease is not None:
-        st.text_input(
-            "Another destination practitioner's API key (optional, for notes' authorship)",
-            type="password",
-            key="note_key_input",
-            help="Notes written by this practitioner at the source are then written with their own key, so "
-            "Cliniko shows them as the author. Add one key at a time; each is checked.",
+        note_author_keys(
+            len(lease.extra), add=add_note_key, forget=forget_note_keys, kept="until the run ends"
         )
-        st.button("Add this practitioner's key", key="add_note_key", on_click=add_note_key)
-        if lease.extra:
-            st.caption(
-                f"{len(lease.extra)} practitioners' keys held for notes' authorship, until the run ends."
-            )
-            st.button("Forget these keys", key="forget_note_keys", on_click=forget_note_keys)
         st.button("Use the clinic store instead", key="forget_dest", on_click=forget_destination)
 else:
     if destination_lease() is not None or state.get("dest_target"):

@@ -309,6 +309,14 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     dest_lease = at.session_state["dest_lease"]
     assert isinstance(dest_lease, KeyLease) and target == f"cliniko:{dest_lease.tenant}"
     assert dest_key not in repr(at.session_state._state._state)
+    # A practitioner's own key, so that their notes keep their author: checked, held in a new lease.
+    at.text_input(key="note_key_input").input(clinics.key(3, "destination_practitioner"))
+    at.button(key="add_note_key").click().run()
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    assert dest_lease.dropped  # replaced, not kept beside the new one
+    dest_lease = at.session_state["dest_lease"]
+    assert len(dest_lease.extra) == 1 and "1 practitioner's key held" in texts(at)
 
     # Mapping: practitioners and businesses the account lacks cannot be created there: exclude them.
     goto(at, "mapping")
