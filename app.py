@@ -22,25 +22,33 @@ st.set_page_config(page_title="Cliniko migrator", page_icon=":material/move_up:"
 
 
 def oidc_principal() -> None:
-    """An operator back from the identity provider (``st.login``) becomes this session's principal."""
+    """An operator back from the identity provider (``st.login``) becomes this session's principal.
+
+    Someone the provider vouches for who is not an operator is refused once per session, and the
+    sign-in form says why (and offers to sign out of the provider). Not ``st.logout()`` here: it
+    leaves for the provider at once, and the new session that comes back has lost the sentence.
+    """
     if "principal" in st.session_state or not console_ui.oidc_configured():
         return
     user = dict(st.user.to_dict())
     if not user.get("is_logged_in"):
+        return
+    email = str(user.get("email") or "")
+    if st.session_state.get("oidc_refused") == email:
         return
     try:
         with console_ui.settings().open_ledger() as ledger:
             st.session_state.principal = oidc_operator(
                 ledger,
                 console_ui.operator_directory(),
-                email=str(user.get("email") or ""),
+                email=email,
                 email_verified=user.get("email_verified")
                 if isinstance(user.get("email_verified"), bool)
                 else None,
             )
     except MigratorError as exc:
         st.session_state.sign_in_error = str(exc)
-        st.logout()
+        st.session_state.oidc_refused = email
 
 
 hosted = console_ui.hosted()

@@ -88,6 +88,12 @@ def sign_in_form() -> None:
         "Sign in with the identity provider", key="sign_in_oidc", icon=":material/badge:"
     ):
         st.login(directory.oidc_provider) if directory.oidc_provider else st.login()
+    if (
+        oidc_configured()
+        and st.user.is_logged_in
+        and st.button("Sign out of the identity provider", key="sign_out_oidc", icon=":material/logout:")
+    ):
+        st.logout()  # the provider's account was refused (app.py): leave it, or sign in with another above
     if directory.has_passwords:
         st.text_input("Operator name", key="operator_name")
         st.text_input("Password", type="password", key="operator_password")

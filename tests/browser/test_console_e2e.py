@@ -12,48 +12,17 @@ Without Chromium the test is skipped, except in CI (``$CI`` set), where it fails
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from playwright.sync_api import Page, expect
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("MIGRATOR_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser.conftest import ROOT, click, running_console, settle
+
 # Fast enough for a test, paced all the same: the demo clinic enforces the same limit.
 PACE = "3000"
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: .ci/run installs Debian's chromium package.")
-    pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium package)", allow_module_level=True)
-
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-
-# A cold first page (Python imports, the demo clinic starting) takes more than 5 s.
-expect.set_options(timeout=60_000)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -64,78 +33,10 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 def console(workspace: Path, tmp_path: Path) -> Iterator[str]:
     """``streamlit run app.py`` on a free loopback port; yields its URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
-    env.update(MIGRATOR_WORKSPACE=str(workspace), MIGRATOR_REQUESTS_PER_MINUTE=PACE)
-    log = (tmp_path / "streamlit.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"streamlit exited with {process.returncode}: {(tmp_path / 'streamlit.log').read_text()}"
-                )
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not answer within 60 s")
-            time.sleep(0.25)
+    with running_console(
+        workspace, tmp_path / "streamlit.log", env={"MIGRATOR_REQUESTS_PER_MINUTE": PACE}
+    ) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
-            timeout=60_000,
-        )
-        try:
-            tab = context.pages[0] if context.pages else context.new_page()
-            tab.set_default_timeout(60_000)
-            yield tab
-        finally:
-            context.close()
 
 
 def screenshots(tmp_path: Path) -> Path:
@@ -144,12 +45,6 @@ def screenshots(tmp_path: Path) -> Path:
         folder = ROOT / folder
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def settle(page: Page) -> None:
-    """Wait until Streamlit has finished the script run the last click started."""
-    page.wait_for_timeout(300)
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
 
 
 def shoot(page: Page, folder: Path, name: str, last: str | None = None) -> None:
@@ -171,11 +66,6 @@ def shoot(page: Page, folder: Path, name: str, last: str | None = None) -> None:
     page.screenshot(path=folder / f"{name}.png")
     page.set_viewport_size({"width": 1400, "height": 1000})
     assert (folder / f"{name}.png").stat().st_size > 10_000
-
-
-def click(page: Page, name: str) -> None:
-    page.get_by_role("button", name=name).click()
-    settle(page)
 
 
 def ledger_counts(workspace: Path) -> tuple[str, str, dict[str, int]]:
