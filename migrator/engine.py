@@ -39,6 +39,7 @@ plan's last completed batch, and applies deletions at the source.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sqlite3
@@ -86,6 +87,45 @@ _SINGULAR = {
     "invoices": "invoice",
     "contacts": "contact",
 }
+
+
+class _CollectorPacing:
+    """While runs are under way, CPython's cyclic garbage collector passes less often.
+
+    A run allocates millions of short-lived containers (parsed pages, models, rows) that
+    reference counting frees on its own. At the default thresholds (a pass every 700
+    allocations, and now and then one over the whole heap, which a migration's imports
+    make large) the collector took a fifth of a run's time. With each generation's
+    threshold raised to at least ``minimum`` the rare cycles are still collected, only
+    later. The thresholds are the process's, so concurrent runs count themselves in and
+    out and the last one out restores what the first one found. A collector switched off
+    (first threshold 0) stays off.
+    """
+
+    def __init__(self, minimum: tuple[int, int, int]) -> None:
+        self.minimum = minimum
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._saved: tuple[int, int, int] = gc.get_threshold()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._runs == 0:
+                self._saved = gc.get_threshold()
+                if self._saved[0]:
+                    first, second, third = (max(t, m) for t, m in zip(self._saved, self.minimum, strict=True))
+                    gc.set_threshold(first, second, third)
+            self._runs += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._runs -= 1
+            if self._runs == 0:
+                gc.set_threshold(*self._saved)
+
+
+#: A young pass every 10,000 allocations, a whole-heap one at most every 10 million.
+_COLLECTOR = _CollectorPacing(minimum=(10_000, 10, 100))
 
 
 class RunStopped(MigratorError):
@@ -208,6 +248,7 @@ class Engine:
         self._earlier_batches: list[str] | None = None
         self.top_up = top_up
         self.batch_id = ""
+        self._referenced = _ReferencedItems(ledger, "")
         # A destination written through an API (Cliniko) commits its own writes; the
         # local store's rows commit with their ledger items.
         self._transactional = getattr(store, "transactional", True)
@@ -244,7 +285,8 @@ class Engine:
             self.ledger.set_status(batch_id, "running", actor=self.actor, detail={"resumed": True})
             self.top_up = self._recorded_top_up(batch_id)
         self.batch_id = batch_id
-        self._load_counters()
+        self._referenced = _ReferencedItems(self.ledger, batch_id)
+        self._load_counters(self.ledger.counts(batch_id) if resumed else {})
         self._any_earlier = self.top_up is not None or self.ledger.has_earlier_batch(
             self.destination, source_account=self.account, before=batch_id
         )
@@ -253,7 +295,7 @@ class Engine:
             return {"requests": self.source.stats.requests - requests_before}
 
         try:
-            with self._group:
+            with _COLLECTOR, self._group:
                 self._run_stages()
                 if self.top_up is not None:
                     self._apply_deletions()
@@ -270,12 +312,12 @@ class Engine:
             if self._staging is not None:
                 self._staging.close()
                 self._staging = None
-        self.ledger.save_counts(batch_id)
+        counts = self.ledger.save_counts(batch_id)
         self.ledger.set_status(batch_id, "completed", actor=self.actor, detail=spent())
         self._drop_staging()
         return RunResult(
             batch_id=batch_id,
-            entities=self._entity_counts(),
+            entities=self._entity_counts(counts),
             requests=spent()["requests"],
             seconds=time.monotonic() - started,
             resumed=resumed,
@@ -294,16 +336,15 @@ class Engine:
         included = set(self.plan.include) | set(MAPPED)
         return [s for s in STAGES if s.entity in included]
 
-    def _entity_counts(self) -> dict[str, dict[str, int]]:
-        counts = self.ledger.counts(self.batch_id)
+    def _entity_counts(self, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
         for stage in self._stages():
             row = {action: counts.get(stage.entity, {}).get(action, 0) for action in ACTIONS}
             result[stage.entity] = {"in_scope": sum(row.values()), **row}
         return result
 
-    def _load_counters(self) -> None:
-        counts = self.ledger.counts(self.batch_id)
+    def _load_counters(self, counts: dict[str, dict[str, int]]) -> None:
+        """Start each stage's counters from the batch's items so far (none for a new batch)."""
         for stage in STAGES:
             counter = _Counter()
             for action, n in counts.get(stage.entity, {}).items():
@@ -597,17 +638,16 @@ class Engine:
             updates = [(d.dest_id, d.update) for d in decisions if d.update is not None and d.dest_id]
             if updates:
                 self.store.update(stage.entity, updates, source_account=self.account)
-            self.ledger.record_items(
-                self.batch_id,
-                [
-                    Item(stage.entity, d.source_id, d.dest_id, d.action, d.reason_code, d.reason)
-                    for d in decisions
-                ],
-            )
+            items = [
+                Item(stage.entity, d.source_id, d.dest_id, d.action, d.reason_code, d.reason)
+                for d in decisions
+            ]
+            self.ledger.record_items(self.batch_id, items)
             for d in decisions:
                 counter.by_action[d.action] += 1
             counter.done += len(decisions)
             self._report(stage.entity)
+        self._referenced.remember(stage.entity, items)
         self._group.commit_if_due()
 
     def _insert(self, entity: str, creates: list[_Decision]) -> None:
@@ -667,6 +707,8 @@ class Engine:
                     counter.done += 1
                 self.ledger.record_items(self.batch_id, group)
                 self._report(child)
+        for child, group in by_entity.items():
+            self._referenced.remember(child, group)
         self._group.commit_if_due()
 
     def _report(self, entity: str, *, final: bool = False) -> None:
@@ -696,8 +738,10 @@ class Engine:
         out: list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]] = []
         for raw in raws:
             source_id = str(raw.get("id"))
+            # The list's route is ours, not Cliniko's; parse_record copies what it keeps anyway.
+            data = raw if "_route" not in raw else {k: v for k, v in raw.items() if k != "_route"}
             try:
-                out.append((raw, parse_record(entity, {k: v for k, v in raw.items() if k != "_route"}), None))
+                out.append((raw, parse_record(entity, data), None))
             except ValidationError as exc:
                 error = exc.errors()[0]
                 where = ".".join(str(p) for p in error.get("loc", ())) or "the record"
@@ -798,9 +842,7 @@ class Engine:
                 value = getattr(record, fk, None)
                 if value:
                     wanted.setdefault(target, set()).add(str(value))
-        resolved = {
-            target: self.ledger.items_for(self.batch_id, target, ids) for target, ids in wanted.items()
-        }
+        resolved = {target: self._referenced.get(target, ids) for target, ids in wanted.items()}
         if self._any_earlier:
             # What this batch did not read again (a top-up reads only changes) an earlier batch may have brought.
             for target, ids in wanted.items():
@@ -970,6 +1012,57 @@ class Engine:
         if stage.entity == "practitioners":
             row["active"] = raw.get("_route") != "inactive"
         return row
+
+
+class _ReferencedItems:
+    """The batch's items of entities that records refer to, as the ledger has them, for one run.
+
+    Appointments, notes and invoices refer page after page to the same practitioners,
+    businesses and patients, and invoices to the appointments just written. The run keeps
+    the items it writes of such entities (:meth:`remember`, next to every write) and
+    those it had to read (an earlier run of the batch wrote them), so most references are
+    resolved without asking the ledger; an id not known is asked each time, as the batch
+    may deal with it yet. At most ``limit`` items are kept: past that the memory starts
+    afresh, so a large clinic's run stays within bounds.
+    """
+
+    #: The entities some stage refers to; only their items are kept.
+    TARGETS = frozenset(target for stage in STAGES for target in stage.fks.values())
+
+    def __init__(self, ledger: Ledger, batch_id: str, limit: int = 20_000) -> None:
+        self.ledger = ledger
+        self.batch_id = batch_id
+        self.limit = limit
+        self._items: dict[str, dict[str, Item]] = {}
+        self._size = 0
+
+    def get(self, entity: str, source_ids: Iterable[str]) -> dict[str, Item]:
+        """This batch's items of ``entity`` for these source ids: ``{source_id: item}`` (a new dict)."""
+        known = self._items.get(entity, {})
+        found: dict[str, Item] = {}
+        missing: list[str] = []
+        for source_id in source_ids:
+            item = known.get(source_id)
+            if item is None:
+                missing.append(source_id)
+            else:
+                found[source_id] = item
+        if missing:
+            fetched = self.ledger.items_for(self.batch_id, entity, missing)
+            self._keep(entity, fetched)
+            found.update(fetched)
+        return found
+
+    def remember(self, entity: str, items: list[Item]) -> None:
+        """Keep items just written for ``entity`` (replacing what was kept of the same records)."""
+        if entity in self.TARGETS:
+            self._keep(entity, {item.source_id: item for item in items})
+
+    def _keep(self, entity: str, items: dict[str, Item]) -> None:
+        if self._size + len(items) > self.limit:
+            self._items, self._size = {}, 0
+        self._items.setdefault(entity, {}).update(items)
+        self._size += len(items)
 
 
 def _skip_for(source_id: str, fk: str, target: str, value: object, hit: Item | None) -> _Decision:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +16,8 @@ import pytest
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.destinations.local import LocalStore
-from migrator.engine import Engine, RunResult
-from migrator.ledger import Ledger
+from migrator.engine import Engine, RunResult, RunStopped, _ReferencedItems
+from migrator.ledger import Item, Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import MappingRow, Plan, Scope
 from migrator.preview import list_key
@@ -340,3 +342,55 @@ def test_reassigning_a_former_practitioner(env: Env) -> None:
     assert theirs
     moved = [r for r in env.rows("individual_appointments") if r["source_id"] in theirs]
     assert len(moved) == len(theirs) and {r["practitioner_id"] for r in moved} == {int(target.target_id)}
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector_however_it_ends(env: Env) -> None:
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    stop = threading.Event()
+
+    def watch(event: Any) -> None:
+        during.append(gc.get_threshold())
+        if event.stage == "patients":
+            stop.set()
+
+    with pytest.raises(RunStopped):
+        Engine(env.plan(), env.source, env.store, env.ledger, progress=watch, stop=stop).run()
+    assert during and all(young >= 10_000 and oldest >= 100 for young, _, oldest in during)
+    assert gc.get_threshold() == before
+    env.run(env.plan())  # the stopped batch, resumed to the end
+    assert gc.get_threshold() == before
+
+
+def test_referenced_items_are_asked_of_the_ledger_once_and_kept_within_a_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = Ledger(tmp_path / "workspace")
+    batch = ledger.create_batch(source_account="40117", destination="sqlite:x", plan={})
+    earlier = [Item("patients", str(n), str(100 + n), "created") for n in range(3)]
+    ledger.record_items(batch.id, earlier)
+    asked: list[list[str]] = []
+    items_for = ledger.items_for
+
+    def counted(batch_id: str, entity: str, source_ids: list[str]) -> dict[str, Item]:
+        asked.append(sorted(source_ids))
+        return items_for(batch_id, entity, source_ids)
+
+    monkeypatch.setattr(ledger, "items_for", counted)
+    referenced = _ReferencedItems(ledger, batch.id, limit=3)
+    # Written by an earlier run of the batch: asked once; an id the batch has not dealt with, every time.
+    assert referenced.get("patients", ["0", "1", "9"]) == {"0": earlier[0], "1": earlier[1]}
+    assert referenced.get("patients", ["1", "0", "9"]) == {"0": earlier[0], "1": earlier[1]}
+    assert asked == [["0", "1", "9"], ["9"]]
+    # What the run writes is known as written, replacing what was kept.
+    skipped = Item("patients", "1", None, "skipped", "deleted_at_source", "Deleted in Cliniko.")
+    referenced.remember("patients", [skipped])
+    assert referenced.get("patients", ["1"]) == {"1": skipped}
+    referenced.remember(
+        "invoice_items", [Item("invoice_items", "5", "5", "created")]
+    )  # nothing refers to them
+    # Past the limit the memory starts afresh, and the ledger answers again.
+    referenced.remember("practitioners", [Item("practitioners", "7", "70", "linked")] * 2)
+    asked.clear()
+    assert referenced.get("patients", ["2"]) == {"2": earlier[2]}
+    assert asked == [["2"]]

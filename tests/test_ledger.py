@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from migrator.destinations import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import (
+    CACHE_KIB,
     MIGRATIONS,
     Batch,
     BatchNotFound,
@@ -334,6 +335,54 @@ def test_nested_transactions_are_savepoints_of_the_outer_one(ledger: Ledger) -> 
         assert ledger.conn.in_transaction
     assert not ledger.conn.in_transaction
     assert ledger.done_source_ids(batch.id, "patients") == {"1", "3"}
+
+
+def test_savepoints_nest_deeply_and_repeat_at_each_depth(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    with ledger.transaction():
+        for n in ("1", "2"):  # sibling blocks reuse their depth's savepoint name
+            with ledger.transaction(), ledger.transaction():
+                ledger.record_items(batch.id, [Item("patients", n, n, "created")])
+        with ledger.transaction():
+            ledger.record_items(batch.id, [Item("patients", "3", "3", "created")])
+            with pytest.raises(KeyError), ledger.transaction():
+                ledger.record_items(batch.id, [Item("patients", "4", "4", "created")])
+                raise KeyError("the innermost block only")
+            ledger.record_items(batch.id, [Item("patients", "5", "5", "created")])
+    assert ledger.done_source_ids(batch.id, "patients") == {"1", "2", "3", "5"}
+    with ledger.transaction(), ledger.transaction():  # a new transaction starts from the first depth again
+        ledger.record_items(batch.id, [Item("patients", "6", "6", "created")])
+    assert len(ledger.done_source_ids(batch.id, "patients")) == 5
+
+
+def test_both_databases_cache_a_commit_group_s_pages(ledger: Ledger, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "clinic.db", ledger)
+    for schema in ("main", "clinic"):  # large enough that a group never spills mid-transaction
+        assert ledger.conn.execute(f"PRAGMA {schema}.cache_size").fetchone()[0] == -CACHE_KIB
+    store.close()
+
+
+def test_a_commit_group_keeps_savepoint_journals_in_memory_only_while_open(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+
+    def temp_store() -> int:
+        return int(ledger.conn.execute("PRAGMA temp_store").fetchone()[0])
+
+    with ledger.commit_group(3600) as group:
+        group.open()
+        with ledger.transaction():
+            ledger.record_items(batch.id, [Item("patients", "1", "1", "created")])
+            assert temp_store() == 2  # memory
+        group.commit()
+        assert temp_store() == 0  # the default: files
+        with pytest.raises(KeyError):
+            group.open()
+            raise KeyError("a failure inside the group")
+    assert not ledger.conn.in_transaction and temp_store() == 0
+    with ledger.transaction(), pytest.raises(sqlite3.OperationalError):
+        ledger.commit_group(0).open()  # never inside another transaction
+    assert temp_store() == 0
+    assert ledger.done_source_ids(batch.id, "patients") == {"1"}
 
 
 def test_a_commit_group_commits_whole_blocks_together_and_on_the_way_out(ledger: Ledger) -> None:

@@ -288,6 +288,29 @@ def test_insert_refuses_bad_rows(ledger: Ledger, store: LocalStore) -> None:
     assert store.count("patients") == 2
 
 
+def test_a_table_adapts_a_row_as_its_columns_do_one_by_one() -> None:
+    samples: dict[str, list[Any]] = {
+        "text": ["Ann", 7, "", None],
+        "int": [3, "4", None, ""],
+        "fk": ["12", 5, "", None],
+        "bool": [True, 0, None, ""],
+        "decimal": ["1.50", Decimal("2"), "", None],
+        "date": ["2024-02-29", date(2024, 1, 1), None, ""],
+        "datetime": [
+            "2024-01-01T00:00:00Z",
+            datetime(2024, 1, 1, tzinfo=UTC),
+            "2024-01-01T10:00:00+10:00",
+            None,
+        ],
+    }
+    for spec in TABLES.values():
+        for n in range(4):
+            row = {c.name: samples[c.kind][n] for c in spec.columns if not c.computed}
+            assert spec.adapt(row) == {c.name: c.adapt(row.get(c.name)) for c in spec.columns}, spec.name
+    with pytest.raises(ValueError, match=r"^price: cannot store 9.99 as decimal"):
+        TABLES["billable_items"].adapt({"price": 9.99})
+
+
 def test_row_from_record_takes_keys_only_from_the_translated_map() -> None:
     record = parse_record(
         "individual_appointments",

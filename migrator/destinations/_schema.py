@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -108,7 +109,10 @@ class Column:
         try:
             return _ADAPTERS[self.kind](value)
         except (ValueError, TypeError, InvalidOperation) as exc:
-            raise ValueError(f"{self.name}: cannot store {value!r} as {self.kind} ({exc})") from None
+            raise self._refusal(value, exc) from None
+
+    def _refusal(self, value: Any, exc: Exception) -> ValueError:
+        return ValueError(f"{self.name}: cannot store {value!r} as {self.kind} ({exc})")
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,35 @@ class Table:
     def foreign_keys(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.references)
 
+    @cached_property
+    def settable(self) -> frozenset[str]:
+        """What a caller's row may hold: ``source_id``, ``data`` and every column not computed."""
+        return frozenset({"source_id", "data", *(c.name for c in self.columns if not c.computed)})
+
+    @cached_property
+    def _adapters(self) -> tuple[tuple[str, Callable[[Any], Any], Any, Column], ...]:
+        return tuple((c.name, _ADAPTERS[c.kind], c.default, c) for c in self.columns)
+
+    def adapt(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Every own column's value in ``row`` as stored (:meth:`Column.adapt`), computed ones at their default.
+
+        The same as ``{c.name: c.adapt(row.get(c.name)) for c in self.columns}``, without
+        a call per column: it runs for every column of every record a run writes.
+        Raises ``ValueError`` for a wrong value, as :meth:`Column.adapt` does.
+        """
+        values: dict[str, Any] = {}
+        get = row.get
+        for name, convert, default, column in self._adapters:
+            value = get(name)
+            if value is None or value == "":
+                values[name] = default
+                continue
+            try:
+                values[name] = convert(value)
+            except (ValueError, TypeError, InvalidOperation) as exc:
+                raise column._refusal(value, exc) from None
+        return values
+
     def ddl(self, since: int = 1) -> list[str]:
         """The statements creating this table as migration ``since`` first made it."""
         own = [c.ddl() for c in self.columns if c.since <= since]
@@ -155,6 +188,10 @@ class Table:
         indexes += list(self.indexes)
         out += [f"CREATE INDEX idx_{self.name}_{name} ON {self.name} ({expr})" for name, expr in indexes]
         return out
+
+
+def _to_text(value: Any) -> str:
+    return value if type(value) is str else str(value)
 
 
 def _to_int(value: Any) -> int:
@@ -204,7 +241,7 @@ def utc_text(value: datetime | str) -> str:
 
 
 _ADAPTERS: dict[str, Any] = {
-    "text": lambda v: v if isinstance(v, str) else str(v),
+    "text": _to_text,
     "int": _to_int,
     "fk": _to_int,
     "bool": _to_bool,

@@ -68,7 +68,7 @@ from migrator.destinations._schema import (
     utc_text,
 )
 from migrator.errors import ConfigError
-from migrator.ledger import Ledger, SchemaMigrations, apply_migrations
+from migrator.ledger import CACHE_KIB, Ledger, SchemaMigrations, apply_migrations
 
 __all__ = [
     "CLINIC_MIGRATIONS",
@@ -178,6 +178,7 @@ class LocalStore:
                 raise ConfigError(f"This ledger already writes to the clinic store at {attached[SCHEMA]}.")
             # Atomic commits across attached databases need a rollback journal on both.
             ledger.conn.execute(f"PRAGMA {SCHEMA}.journal_mode = DELETE")
+            ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
 
     @staticmethod
     def parse_target(target: str) -> Path:
@@ -570,8 +571,7 @@ class LocalStore:
     ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         """A row's source id, its column values as stored (computed ones filled in) and its ``data``."""
         entity = spec.name
-        allowed = {"source_id", "data", *(c.name for c in spec.columns if not c.computed)}
-        unknown = row.keys() - allowed
+        unknown = row.keys() - spec.settable
         if unknown:
             raise ValueError(f"{entity} rows have no columns {sorted(unknown)} a caller may set")
         source_id = row.get("source_id")
@@ -579,8 +579,10 @@ class LocalStore:
             raise ValueError(f"an imported {entity} row needs its source_id")
         if not imported and source_id is not None:
             raise ValueError(f"{entity} set up by the clinic have no source_id")
-        data = dict(row.get("data") or {})
-        values = {c.name: c.adapt(row.get(c.name)) for c in spec.columns}
+        data = row.get("data") or {}
+        if type(data) is not dict:
+            data = dict(data)
+        values = spec.adapt(row)
         if entity == "patients":
             values["name_key"] = name_key(values["first_name"], values["last_name"])
         elif entity == "invoices":
