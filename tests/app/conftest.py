@@ -61,13 +61,20 @@ def texts(at: AppTest) -> str:
 
 
 def wait_for_status(at: AppTest, *words: str, timeout: float = 120) -> str:
-    """Rerun the Run page (its fragment's timer, by hand) until the batch status reads one of ``words``."""
+    """Rerun the Run page (its fragment's timer, by hand) until the batch status reads one of ``words``.
+
+    A run's thread ends a moment after the ledger says ``completed`` (or ``failed``,
+    ``stopped``): until then the page keeps its start buttons disabled, as a person would
+    see for that moment, so a finished status is returned only once they are enabled again.
+    """
     deadline = time.monotonic() + timeout
     while True:
         at.run()
         assert not at.exception, at.exception
         status = next((m.value for m in at.markdown if m.value.startswith("Status:")), "")
-        if any(word in status for word in words):
+        finished = not any(word in status for word in ("running", "being deleted"))
+        starts = [b for b in at.button if b.key in ("run_start", "run_top_up")]
+        if any(word in status for word in words) and not (finished and any(b.disabled for b in starts)):
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"the run did not reach {words} in {timeout} s: {status!r}")
