@@ -387,6 +387,18 @@ def forget_typed_keys() -> None:
     st.session_state.forget_typed_keys = True
 
 
+def take_typed_key(widget: str) -> SecretStr | None:
+    """What was typed into a hosted console's key box, which is emptied now, whatever happens next.
+
+    For a callback: the box's value goes from the session, and :func:`forget_typed_keys`
+    has Streamlit's own copy of it replaced too. ``None`` when the box was empty.
+    """
+    typed = str(st.session_state.get(widget) or "").strip()
+    st.session_state[widget] = ""
+    forget_typed_keys()
+    return SecretStr(typed) if typed else None
+
+
 # --- shown by both Connect pages ---------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ by the callback that reads it.
 from __future__ import annotations
 
 import streamlit as st
-from pydantic import SecretStr
 
 from console_ui import (
     forget_typed_keys,
@@ -16,6 +15,7 @@ from console_ui import (
     operator_directory,
     settings,
     sign_in_throttle,
+    take_typed_key,
 )
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, sign_in_clinic, sign_in_operator
@@ -23,12 +23,9 @@ from migrator.hosted import KeyLease, sign_in_clinic, sign_in_operator
 
 def clinic_sign_in() -> None:
     """Verify the typed key and bind the session to its account (a callback: the box is emptied first)."""
-    typed = str(st.session_state.get("sign_in_key") or "").strip()
-    st.session_state.sign_in_key = ""  # the widget's copy of the key goes now, whatever happens next
-    forget_typed_keys()
-    if not typed:
+    key = take_typed_key("sign_in_key")
+    if key is None:
         return
-    key = SecretStr(typed)
     config = settings()
     try:
         with config.open_ledger() as ledger:

@@ -51,10 +51,10 @@ from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Ledger, batch_tenants
 from migrator.plan import Plan
 from migrator.topup import TopUp
-from migrator.workflow import open_local_store, top_up_point, unfinished_batch
+from migrator.workflow import cliniko_destination, open_local_store, top_up_point, unfinished_batch
 
 if TYPE_CHECKING:
-    from migrator.console import ClinikoKeys
+    from migrator.workflow import ClinikoKeys
 
 __all__ = ["RunHandle", "RunRegistry", "plan_of"]
 
@@ -380,25 +380,13 @@ def _open_destination(
         return
     if keys is None:  # start() refuses this already
         raise ConfigError("A run into a Cliniko account needs that account's key.")
-    from migrator.destinations.cliniko import ClinikoDestination
-
-    clients = [ClinikoClient(k, writable=True, config=config) for k in (keys.key, *keys.note_keys)]
-    ledger = Ledger(handle.workspace)
-    destination = None
-    try:
-        destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
+    with cliniko_destination(keys, config, handle.workspace, source=source) as (ledger, destination):
         if destination.describe() != plan.destination:
             raise ConfigError(
                 f"The destination key belongs to Cliniko account {destination.account_id}, but the plan writes "
                 f"into account {plan.destination.removeprefix('cliniko:')}."
             )
         yield ledger, destination
-    finally:
-        if destination is not None:
-            destination.close()
-        for client in clients:
-            client.close()
-        ledger.close()
 
 
 def _work(handle: RunHandle, key: SecretStr, config: ClientConfig, keys: ClinikoKeys | None = None) -> None:

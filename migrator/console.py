@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
 from migrator.setup import copy_clinic_setup
-from migrator.workflow import DEFAULT_WORKSPACE, open_local_store
+from migrator.workflow import DEFAULT_WORKSPACE, ClinikoKeys, cliniko_destination, open_local_store
 
 if TYPE_CHECKING:  # the Cliniko destination loads only when one is used
     from migrator.destinations.cliniko import ClinikoDestination, Preflight
@@ -213,12 +213,6 @@ class ConsoleSettings:
         """A read-only client for ``key`` (a ``SecretStr`` in the console)."""
         return ClinikoClient(key, config=self.client_config(url_template))
 
-    def writable_client(
-        self, key: str | SecretStr | ApiKey, url_template: str | None = None
-    ) -> ClinikoClient:
-        """A writable client for a destination key (a ``SecretStr`` in the console)."""
-        return ClinikoClient(key, writable=True, config=self.client_config(url_template))
-
     @contextmanager
     def open_cliniko(
         self,
@@ -227,7 +221,7 @@ class ConsoleSettings:
         *,
         source_key: SecretStr | None = None,
     ) -> Iterator[tuple[Ledger, ClinikoDestination]]:
-        """The ledger and the Cliniko destination of ``keys``, closed afterwards (clients and all).
+        """The ledger and the Cliniko destination of ``keys`` (:func:`~migrator.workflow.cliniko_destination`).
 
         ``source_key`` gives the destination a read-only source client (attachments' files).
 
@@ -235,23 +229,15 @@ class ConsoleSettings:
             ConfigError: a note author's key is another account's or no active practitioner's.
             APIError: a key is refused by Cliniko.
         """
-        from migrator.destinations.cliniko import ClinikoDestination
-
-        clients = [self.writable_client(k, url_template) for k in (keys.key, *keys.note_keys)]
         source = self.client(source_key, url_template) if source_key is not None else None
-        ledger = Ledger(self.workspace)
-        destination = None
         try:
-            destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
-            yield ledger, destination
+            with cliniko_destination(
+                keys, self.client_config(url_template), self.workspace, source=source
+            ) as opened:
+                yield opened
         finally:
-            if destination is not None:
-                destination.close()
-            for client in clients:
-                client.close()
             if source is not None:
                 source.close()
-            ledger.close()
 
     @contextmanager
     def open_destination(
@@ -304,20 +290,6 @@ class ConsoleSettings:
             yield ledger, store
         finally:
             ledger.close()
-
-
-@dataclass(frozen=True, repr=False)
-class ClinikoKeys:
-    """A Cliniko destination's keys: an administrator-practitioner's, and other practitioners' for notes.
-
-    Held in the session's memory (and a run's thread) only; its repr names no key.
-    """
-
-    key: SecretStr
-    note_keys: tuple[SecretStr, ...] = field(default=())
-
-    def __repr__(self) -> str:
-        return f"ClinikoKeys(<{1 + len(self.note_keys)} keys>)"
 
 
 @dataclass(frozen=True)

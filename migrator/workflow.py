@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator.cliniko.client import ClinikoClient, Identity
+from pydantic import SecretStr
+
+from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
@@ -36,7 +40,9 @@ if TYPE_CHECKING:  # the engine loads only when a run starts
 __all__ = [
     "DEFAULT_STORE",
     "DEFAULT_WORKSPACE",
+    "ClinikoKeys",
     "auto_mapping",
+    "cliniko_destination",
     "last_completed_batch",
     "make_plan",
     "open_cliniko_destination",
@@ -70,6 +76,53 @@ def open_local_store(
     """The workspace's ledger and the local clinic store ``sqlite:PATH`` attached to it."""
     ledger = Ledger(workspace)
     return ledger, LocalStore(LocalStore.parse_target(target), ledger)
+
+
+@dataclass(frozen=True, repr=False)
+class ClinikoKeys:
+    """A Cliniko destination's keys: an administrator-practitioner's, and other practitioners' for notes.
+
+    Held in the session's memory (and a run's thread) only; its repr names no key.
+    """
+
+    key: SecretStr
+    note_keys: tuple[SecretStr, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        return f"ClinikoKeys(<{1 + len(self.note_keys)} keys>)"
+
+
+@contextmanager
+def cliniko_destination(
+    keys: ClinikoKeys,
+    config: ClientConfig,
+    workspace: str | Path = DEFAULT_WORKSPACE,
+    *,
+    source: ClinikoClient | None = None,
+) -> Iterator[tuple[Ledger, ClinikoDestination]]:
+    """The workspace's ledger and the Cliniko destination of ``keys``, closed afterwards (their clients too).
+
+    Every key gets a writable client of ``config``; ``source`` (not closed here) downloads
+    attachments' files.
+
+    Raises:
+        ConfigError: a note author's key is another account's or no active practitioner's.
+        APIError: a key is refused by Cliniko.
+    """
+    from migrator.destinations.cliniko import ClinikoDestination
+
+    clients = [ClinikoClient(k, writable=True, config=config) for k in (keys.key, *keys.note_keys)]
+    ledger = Ledger(workspace)
+    try:
+        destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
+        try:
+            yield ledger, destination
+        finally:
+            destination.close()
+    finally:
+        ledger.close()
+        for client in clients:
+            client.close()
 
 
 def open_cliniko_destination(

@@ -14,7 +14,6 @@ from pydantic import SecretStr
 from console_ui import (
     destination_lease,
     drop_connection,
-    forget_typed_keys,
     next_step,
     note_author_keys,
     principal,
@@ -24,6 +23,7 @@ from console_ui import (
     show_identity,
     sign_out_now,
     source_key,
+    take_typed_key,
     work_tenant,
 )
 from hosted_ui import sign_in_form
@@ -44,12 +44,9 @@ if who is None:
 
 def verify_source() -> None:
     """Verify the typed source key for this session (a callback: the box is emptied first)."""
-    typed = str(state.get("source_key_input") or "").strip()
-    state.source_key_input = ""
-    forget_typed_keys()
-    if not typed or who is None:
+    key = take_typed_key("source_key_input")
+    if key is None or who is None:
         return
-    key = SecretStr(typed)
     config = settings()
     try:
         with config.open_ledger() as ledger:
@@ -69,12 +66,9 @@ def verify_source() -> None:
 
 def set_up_store() -> None:
     """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept."""
-    typed = str(state.get("setup_key_input") or "").strip()
-    state.setup_key_input = ""
-    forget_typed_keys()
-    if not typed or who is None:
+    key = take_typed_key("setup_key_input")
+    if key is None or who is None:
         return
-    key = SecretStr(typed)
     config = settings()
     try:
         with config.open_ledger() as ledger:
@@ -108,22 +102,18 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
 
 def verify_cliniko_destination() -> None:
     """The destination key box's callback: it is emptied before anything else."""
-    typed = str(state.get("dest_key_input") or "").strip()
-    state.dest_key_input = ""
-    forget_typed_keys()
-    if typed:
-        check_destination(SecretStr(typed), [])
+    key = take_typed_key("dest_key_input")
+    if key is not None:
+        check_destination(key, [])
 
 
 def add_note_key() -> None:
     """Check one more destination practitioner's key with the destination's (a callback: it empties the box)."""
-    typed = str(state.get("note_key_input") or "").strip()
-    state.note_key_input = ""
-    forget_typed_keys()
+    typed = take_typed_key("note_key_input")
     lease = destination_lease()
     key = lease.key if lease is not None else None
-    if typed and lease is not None and key is not None:
-        check_destination(key, [*lease.extra, SecretStr(typed)])
+    if typed is not None and lease is not None and key is not None:
+        check_destination(key, [*lease.extra, typed])
 
 
 def forget_note_keys() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from console_ui import (
     actor,
@@ -13,7 +13,6 @@ from console_ui import (
     connected,
     current_preview,
     destination_lease,
-    forget_typed_keys,
     hosted,
     mapping_rows,
     next_step,
@@ -25,6 +24,7 @@ from console_ui import (
     settings,
     source_client,
     source_key,
+    take_typed_key,
     tenant_scope,
     work_tenant,
 )
@@ -301,15 +301,13 @@ def go_live_section(batch: Batch) -> None:
 
 def go_live_with_key(batch_id: str) -> None:
     """Go live on a hosted instance (a callback: the key box is emptied whatever happens)."""
-    typed = str(state.get("go_live_admin_key") or "").strip()
-    state.go_live_admin_key = ""
-    forget_typed_keys()
+    typed = take_typed_key("go_live_admin_key")
     signed_in = principal()
-    if not typed or signed_in is None:
+    if typed is None or signed_in is None:
         state.go_live_error = "Enter an administrator's API key of the destination account to go live."
         return
     try:
-        result = go_live_as(config, signed_in, batch_id, SecretStr(typed))
+        result = go_live_as(config, signed_in, batch_id, typed)
         state.go_live_message = go_live_sentence(result)
     except MigratorError as exc:
         state.go_live_error = str(exc)

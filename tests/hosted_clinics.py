@@ -7,7 +7,8 @@ budget at the sandbox, which limits per account and user. Keys differ per seed a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,11 @@ def hosted_plan(clinics: Clinics, seed: int, workspace: Path, who: Principal | N
         ]
         plan = make_plan(client, verify_source(client), store, scope=Scope.parse("all"), mappings=rows)
     return plan_for_tenant(plan, tenant)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds (a run's own thread drops its keys as it ends), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from migrator.hosted import (
     visible_batches,
 )
 from migrator.ledger import BatchNotFound, Ledger
-from tests.hosted_clinics import Clinics, hosted_plan, running_clinics, tenant_of
+from tests.hosted_clinics import Clinics, hosted_plan, running_clinics, tenant_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple"
@@ -231,13 +230,6 @@ def test_a_clinic_signs_in_with_its_key_and_is_bound_to_its_account(clinics: Cli
         ("connect", tenant_of(4), OPERATOR),
     ]
     assert all(e["at"] for e in log)
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_another_clinic_can_neither_see_nor_stop_resume_or_delete_a_batch(

@@ -6,7 +6,6 @@ hosted session does (the library calls the Connect, Run and Batches pages make).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from migrator.hosted import (
 from migrator.ledger import Ledger
 from migrator.plan import Scope
 from migrator.workflow import auto_mapping, make_plan, verify_source
-from tests.hosted_clinics import Clinics, running_clinics, tenant_of
+from tests.hosted_clinics import Clinics, running_clinics, tenant_of, wait_until
 
 SOURCE = 3
 
@@ -42,13 +41,6 @@ SOURCE = 3
 def clinics() -> Iterator[Clinics]:
     with running_clinics((SOURCE, 4)) as running:
         yield running
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_clinic_transfers_into_another_cliniko_account_goes_live_and_deletes(
