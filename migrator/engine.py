@@ -54,7 +54,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.cliniko.models import ClinikoRecord, parse_record
+from migrator.cliniko.models import ClinikoRecord, model_for
 from migrator.cliniko.readahead import ReadAhead
 from migrator.cliniko.resources import resource as registry_entry
 from migrator.destinations import row_from_record
@@ -616,8 +616,9 @@ class Engine:
         counter = self._counters[stage.entity]
         if not raws:
             return
-        done = self._recorded(stage.entity, [str(r.get("id")) for r in raws])
-        fresh = [r for r in raws if str(r.get("id")) not in done]
+        ids = [str(r.get("id")) for r in raws]
+        done = self._recorded(stage.entity, ids)
+        fresh = [r for r, source_id in zip(raws, ids, strict=True) if source_id not in done] if done else raws
         counter.total = max(counter.total, counter.done + len(fresh))
         if not fresh:
             return
@@ -736,13 +737,15 @@ class Engine:
         self, entity: str, raws: list[dict[str, Any]]
     ) -> list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]]:
         out: list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]] = []
+        # parse_record's validation, called straight (once per record of every page).
+        validate = model_for(entity).__pydantic_validator__.validate_python
         for raw in raws:
-            source_id = str(raw.get("id"))
-            # The list's route is ours, not Cliniko's; parse_record copies what it keeps anyway.
+            # The list's route is ours, not Cliniko's; validation copies what it keeps anyway.
             data = raw if "_route" not in raw else {k: v for k, v in raw.items() if k != "_route"}
             try:
-                out.append((raw, parse_record(entity, data), None))
+                out.append((raw, validate(data), None))
             except ValidationError as exc:
+                source_id = str(raw.get("id"))
                 error = exc.errors()[0]
                 where = ".".join(str(p) for p in error.get("loc", ())) or "the record"
                 out.append(
@@ -855,15 +858,16 @@ class Engine:
         stored = self._stored(stage.entity, earlier.values())
 
         decisions: list[_Decision] = []
+        lookups = [(fk, target, resolved.get(target, {})) for fk, target in stage.fks.items()]
         for raw, record, invalid in validated:
             if record is None:
                 decisions.append(invalid or _Decision(str(raw.get("id")), "skipped", reason_code="invalid"))
                 continue
             fk_dest: dict[str, str | None] = {}
             skip: _Decision | None = None
-            for fk, target in stage.fks.items():
+            for fk, target, found in lookups:
                 value = getattr(record, fk, None)
-                hit = resolved.get(target, {}).get(str(value)) if value else None
+                hit = found.get(str(value)) if value else None
                 if hit is not None and hit.action != "skipped":
                     fk_dest[fk] = hit.dest_id
                     continue
@@ -1008,7 +1012,10 @@ class Engine:
         self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
     ) -> dict[str, Any]:
         """The store's row: its columns from the record, foreign keys as destination ids."""
-        row = row_from_record(stage.entity, record.model_dump(mode="json"), fk_dest)
+        # record.model_dump(mode="json"), without its wrapper: this runs for every record written.
+        row = row_from_record(
+            stage.entity, record.__pydantic_serializer__.to_python(record, mode="json"), fk_dest
+        )
         if stage.entity == "practitioners":
             row["active"] = raw.get("_route") != "inactive"
         return row

@@ -102,6 +102,30 @@ def test_a_page_that_links_to_itself_is_refused(concurrency: int) -> None:
     assert len(asked) <= 2 + concurrency
 
 
+def test_links_spelled_differently_keep_the_prefetch() -> None:
+    # The same page with its query in another order (and absolute): still the expected link.
+    def reordered(page: int, per_page: int, last: int) -> str | None:
+        return f"{BASE}/patients?per_page={per_page}&page={page + 1}" if page < last else None
+
+    handler, asked = paging_server(1234, next_for=reordered)
+    with make_client(handler, 4) as client:
+        ids = [r["id"] for p in client.pages("patients") for r in p.records]
+    assert len(ids) == 1234 and len(set(ids)) == 1234
+    assert len(asked) == 13  # no page asked for twice: the guesses held
+
+
+def test_a_link_back_to_a_prefetched_page_is_refused() -> None:
+    # Pages 2 to 5 come from guessed links; page 5 then points back at page 3.
+    def back(page: int, per_page: int, last: int) -> str | None:
+        target = 3 if page == 5 else page + 1
+        return f"{BASE}/patients?page={target}&per_page={per_page}" if page < last else None
+
+    handler, asked = paging_server(1000, next_for=back)
+    with make_client(handler, 4) as client, pytest.raises(FatalAPIError, match="already read"):
+        list(client.pages("patients"))
+    assert len(asked) == len(set(asked))  # refused at once, not after reading pages 3 to 5 again
+
+
 def test_a_link_back_to_page_one_is_refused() -> None:
     handler, _ = paging_server(
         300, next_for=lambda page, pp, last: f"http://elsewhere.test/au2/v1/patients?page=1&per_page={pp}"

@@ -143,18 +143,23 @@ def _prefetched(
         if number is not None:
             pending.append((number, executor.submit(fetch, guessed[number], None)))
 
+    fetched: list[str] = []  # guessed links read so far; added to `seen` only if we fall back
     try:
         for _ in range(prefetch):
             submit_next()
         while pending:
             number, future = pending.popleft()
             page = _to_page(number, future.result(), collection, guessed[number])
-            seen.add(_normalise(guessed[number]))
+            fetched.append(guessed[number])
             submit_next()
             yield page
             expected = guessed.get(number + 1)
-            if (page.next_url and _normalise(page.next_url)) != (expected and _normalise(expected)):
+            # The same text is the same page; only links spelled differently need parsing.
+            if page.next_url != expected and (page.next_url and _normalise(page.next_url)) != (
+                expected and _normalise(expected)
+            ):
                 # The server's pagination is not what page 1 suggested: trust its link.
+                seen.update(_normalise(url) for url in fetched)
                 return page.next_url
         return None
     finally:

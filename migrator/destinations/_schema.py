@@ -104,7 +104,7 @@ class Column:
 
     def adapt(self, value: Any) -> Any:
         """A Python value as this column stores it; raises ``ValueError`` for a wrong one."""
-        if value is None or value == "":
+        if value is None or (isinstance(value, str) and not value):
             return self.default
         try:
             return _ADAPTERS[self.kind](value)
@@ -145,6 +145,13 @@ class Table:
         return frozenset({"source_id", "data", *(c.name for c in self.columns if not c.computed)})
 
     @cached_property
+    def record_columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The foreign-key columns, and the other columns a source record fills (not computed ones)."""
+        keys = tuple(c.name for c in self.columns if c.references)
+        plain = tuple(c.name for c in self.columns if not c.references and not c.computed)
+        return keys, plain
+
+    @cached_property
     def _adapters(self) -> tuple[tuple[str, Callable[[Any], Any], Any, Column], ...]:
         return tuple((c.name, _ADAPTERS[c.kind], c.default, c) for c in self.columns)
 
@@ -159,7 +166,7 @@ class Table:
         get = row.get
         for name, convert, default, column in self._adapters:
             value = get(name)
-            if value is None or value == "":
+            if value is None or (isinstance(value, str) and not value):  # None or "": the default
                 values[name] = default
                 continue
             try:
@@ -502,11 +509,12 @@ def row_from_record(
     translated to destination ids (``{"patient_id": "12"}``): a source id must never
     land in a destination key column. Absent keys are NULL.
     """
-    spec = table(entity)
+    keys, plain = table(entity).record_columns
     row: dict[str, Any] = {"source_id": str(record["id"]), "data": dict(record)}
-    for column in spec.columns:
-        if column.references:
-            row[column.name] = (fks or {}).get(column.name)
-        elif not column.computed and column.name in record:
-            row[column.name] = record[column.name]
+    fks = fks or {}
+    for name in keys:
+        row[name] = fks.get(name)
+    for name in plain:
+        if name in record:
+            row[name] = record[name]
     return row

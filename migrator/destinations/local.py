@@ -571,8 +571,8 @@ class LocalStore:
     ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         """A row's source id, its column values as stored (computed ones filled in) and its ``data``."""
         entity = spec.name
-        unknown = row.keys() - spec.settable
-        if unknown:
+        if not spec.settable.issuperset(row):
+            unknown = row.keys() - spec.settable
             raise ValueError(f"{entity} rows have no columns {sorted(unknown)} a caller may set")
         source_id = row.get("source_id")
         if imported and source_id in (None, ""):
