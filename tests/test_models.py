@@ -454,6 +454,7 @@ def test_arrays_of_ids_accept_both_forms_and_refuse_floats() -> None:
         "http://api.au1.cliniko.test:3000/v1/patients/1001/",
         "https://api.au1.cliniko.com/v1/patients/1001/?page=1&per_page=100",
         "https://api.au1.cliniko.com/v1/patients/1001#top",
+        "https://api.au1.cliniko.com/v1/patients/1001?from=/v1/patients/2",  # a slash in the query
         "/v1/patients/1001",
         "http://127.0.0.1:8765/v1/patients/1001",
     ],

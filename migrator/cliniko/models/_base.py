@@ -105,13 +105,24 @@ def _link_url(rel: str, link: Any) -> str | None:
 
 def _link_id(rel: str, link: Any) -> str | None:
     """The id a relationship object points at; ``None`` for a null relation."""
-    url = _link_url(rel, link)
-    if url is None:
+    if link is None:
         return None
-    # id_from_url inlined: this runs for every relation of every record.
+    try:
+        # _link_url inlined for the usual link (this runs for every relation of every record).
+        url = link["links"]["self"]
+    except (TypeError, KeyError):
+        url = _link_url(rel, link)  # raises the sentence for a malformed link
+    if type(url) is not str:
+        url = _link_url(rel, link)  # None, or raises for a self that is not a URL
+        if url is None:
+            return None
+    # id_from_url inlined, with a shortcut for a plain ".../patients/123" link.
+    segment = url.rpartition("/")[2]
+    if segment.isdigit() and segment.isascii() and "?" not in url and "#" not in url:
+        return segment  # the field's ClinikoId validator still canonicalises it
     segment = url.partition("?")[0].partition("#")[0].rstrip("/").rpartition("/")[2]
     if segment.isdigit() and segment.isascii():
-        return segment  # the field's ClinikoId validator still canonicalises it
+        return segment
     raise ValueError(f"{rel}: cannot read an id from the link {url!r}")
 
 
