@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 FIGURES = {
     "budget_use",
@@ -54,3 +55,21 @@ def test_quick_benchmark_reports_every_figure_with_its_goal_and_command() -> Non
     assert writes["records_created"] > 0
     assert 0 < writes["writes_in_writing_phase"] <= writes["requests_in_writing_phase"]
     assert writes["sandbox_served"] == writes["destination_requests"]  # the sandbox agrees with the client
+
+
+def test_engine_replay_runs_the_same_migration_from_memory() -> None:
+    # The tool behind hot-path comparisons (README, Benchmarks): it must replay the very
+    # migration it recorded, not a lighter one.
+    done = subprocess.run(
+        [sys.executable, "tools/engine_replay.py", "--size", "tiny", "--runs", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["runs"] == 2 and len(figures["main_thread_cpu_seconds"]) == 2
+    recorded, *replayed = figures["in_scope_per_run"]
+    assert recorded > 100 and replayed == [recorded, recorded]
+    assert figures["records"] >= recorded
