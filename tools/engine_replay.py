@@ -6,10 +6,10 @@ The ``own_overhead`` benchmark times the engine against a bare fetch, and on a s
 machine one pair of such timings swings by a fifth. To compare two versions of the
 engine's hot path, this script reads the sandbox's pages once, then runs the same
 migration ``--runs`` times into fresh stores, each from those pages (no HTTP, no reader
-threads), and prints the main thread's CPU seconds per run. Under valgrind the count of
-instructions is steadier still (about 1% apart between runs)::
+threads), and prints the main thread's CPU seconds per run. Under valgrind, with the hash
+seed fixed, the count of instructions is steadier still (1-2% apart between runs)::
 
-    valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
+    PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
         .venv/bin/python tools/engine_replay.py --runs 1
     # ... and again with --runs 2: the difference is one run's instructions.
 """
