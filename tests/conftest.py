@@ -15,6 +15,7 @@ import pytest
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.transport import RetryPolicy
 from migrator.sandbox import start_subprocess
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,12 +76,7 @@ def _start(**options: Any) -> Iterator[RunningSandbox]:
     try:
         yield RunningSandbox(process, info)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
 
 
 @pytest.fixture(scope="session")
