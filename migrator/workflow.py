@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -109,20 +109,17 @@ def cliniko_destination(
         ConfigError: a note author's key is another account's or no active practitioner's.
         APIError: a key is refused by Cliniko.
     """
-    from migrator.destinations.cliniko import ClinikoDestination
-
-    clients = [ClinikoClient(k, writable=True, config=config) for k in (keys.key, *keys.note_keys)]
-    ledger = Ledger(workspace)
-    try:
-        destination = ClinikoDestination.connect(clients[0], ledger, source=source, note_keys=clients[1:])
-        try:
-            yield ledger, destination
-        finally:
-            destination.close()
-    finally:
-        ledger.close()
-        for client in clients:
-            client.close()
+    with ExitStack() as opened:  # closed in reverse: the destination, the ledger, the clients
+        clients = [
+            opened.enter_context(ClinikoClient(k, writable=True, config=config))
+            for k in (keys.key, *keys.note_keys)
+        ]
+        ledger, destination = open_cliniko_destination(
+            clients[0], workspace, source=source, note_keys=clients[1:]
+        )
+        opened.callback(ledger.close)
+        opened.callback(destination.close)
+        yield ledger, destination
 
 
 def open_cliniko_destination(
@@ -140,7 +137,11 @@ def open_cliniko_destination(
     from migrator.destinations.cliniko import ClinikoDestination
 
     ledger = Ledger(workspace)
-    return ledger, ClinikoDestination.connect(client, ledger, source=source, note_keys=note_keys)
+    try:
+        return ledger, ClinikoDestination.connect(client, ledger, source=source, note_keys=note_keys)
+    except BaseException:
+        ledger.close()  # a refused key leaves no connection open
+        raise
 
 
 def auto_mapping(client: ClinikoClient, store: Destination) -> list[MappingRow]:
