@@ -128,6 +128,57 @@ def test_a_transfer_lands_in_the_destination_and_a_rerun_creates_nothing(transfe
     assert {e: transfer.total(e) for e in WRITTEN} == {e: before[e] + entities[e]["created"] for e in WRITTEN}
 
 
+def _answers(custom: dict[str, Any] | None, definition: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """A patient's custom-field answers by (section, field) name, choices by their names."""
+    options = {
+        o["token"]: o["name"]
+        for s in definition["sections"]
+        for f in s["fields"]
+        for o in f.get("options") or []
+    }
+    out: dict[tuple[str, str], Any] = {}
+    for section in (custom or {}).get("sections") or []:
+        for f in section["fields"]:
+            chosen = sorted(options[o["token"]] for o in f.get("options") or [] if o.get("selected"))
+            out[(section["name"].casefold(), f["name"].casefold())] = f.get("value") or chosen
+    return out
+
+
+def test_patients_custom_fields_and_referral_source_come_across(transfer: Transfer) -> None:
+    definitions = {
+        role: transfer.client(role).get("/settings/public")["patient_custom_fields_definition"]
+        for role in ("source", "destination")
+    }
+    # The two accounts name their fields alike but not the same ("Health fund" / "Health Fund"),
+    # with tokens of their own; everything matches, so the preflight has nothing to warn about.
+    assert definitions["source"]["sections"][0]["token"] != definitions["destination"]["sections"][0]["token"]
+    assert not any("custom field" in w for w in preflight(transfer.source, transfer.dest).warnings)
+    result = transfer.run()
+    created = {
+        i.source_id: i.dest_id
+        for i in transfer.ledger.items(result.batch_id, "patients")
+        if i.action == "created"
+    }
+    source = {str(p["id"]): p for page in transfer.source.pages("patients") for p in page.records}
+    source.update(
+        {
+            str(p["id"]): p
+            for page in transfer.source.pages("patients", route="archived")
+            for p in page.records
+        }
+    )
+    answered = referred = 0
+    for source_id, dest_id in created.items():
+        before = source[source_id]
+        after = transfer.dest_client.get(f"/patients/{dest_id}")
+        expected = _answers(before.get("custom_fields"), definitions["source"])
+        assert _answers(after.get("custom_fields"), definitions["destination"]) == expected, source_id
+        assert (after.get("referral_source") or "") == (before.get("referral_source") or ""), source_id
+        answered += bool(expected)
+        referred += bool(before.get("referral_source"))
+    assert answered >= 3 and referred >= 3  # the tiny clinic has both, so the comparison is not empty
+
+
 def test_attendance_cancellations_and_archived_patients_come_across(transfer: Transfer) -> None:
     transfer.run()
     source = {r["id"]: r for p in transfer.source.pages("individual_appointments") for r in p.records}

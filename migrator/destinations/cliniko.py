@@ -7,8 +7,9 @@
 It implements the engine's destination interface (:class:`migrator.destinations.Destination`)
 with what Cliniko's API can do (``CLINIKO_API.md`` §4):
 
-- **What it takes**: patients, individual and group appointments with their attendees,
-  unavailable blocks, attendance (arrived, did not arrive, cancelled with its reason),
+- **What it takes**: patients (with their custom fields, matched to the destination's
+  by name: :mod:`migrator.destinations.custom_fields`), individual and group
+  appointments with their attendees, unavailable blocks, attendance (arrived, did not arrive, cancelled with its reason),
   treatment notes, patient attachments (downloaded from the source, uploaded through
   Cliniko's presigned S3 form), medical alerts; and optionally contacts, products,
   billable items, taxes, appointment types and treatment-note templates. Reference
@@ -64,6 +65,7 @@ from migrator.cliniko.client import ClinikoClient, Identity
 from migrator.cliniko.filters import Filter
 from migrator.cliniko.models import parse_record
 from migrator.cliniko.resources import resource
+from migrator.destinations.custom_fields import CustomFields
 from migrator.errors import (
     APIError,
     ConfigError,
@@ -106,7 +108,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "post_code", "country", "patient_phone_numbers", "emergency_contact", "occupation", "notes",
         "appointment_notes", "medicare", "medicare_reference_number", "dva_card_number",
         "invoice_default_to", "invoice_email", "invoice_extra_information", "old_reference_id",
-        "accepted_privacy_policy", "accepted_email_marketing", "accepted_sms_marketing", "time_zone",
+        "referral_source", "accepted_privacy_policy", "accepted_email_marketing",
+        "accepted_sms_marketing", "time_zone",
     ),
     "individual_appointments": ("starts_at", "ends_at", "notes", "patient_arrived", "did_not_arrive"),
     "group_appointments": ("starts_at", "ends_at", "max_attendees", "notes"),
@@ -212,7 +215,8 @@ class ClinikoDestination:
             an active practitioner: see :func:`preflight`).
         ledger: the workspace's ledger (``writes`` and ``patient_preferences`` live there).
         account_id, account_name: the destination account, from its ``/settings``.
-        source: the source's read-only client, to download attachments' files.
+        source: the source's read-only client, to download attachments' files and read
+            its custom-field definitions.
         note_authors: destination practitioner id -> a writable client of that
             practitioner's own key, so their notes keep their author.
         workers: creates of one page in flight at once.
@@ -248,6 +252,7 @@ class ClinikoDestination:
         self._index: dict[str, dict[Any, list[str]]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._uploads = httpx.Client(timeout=client.config.timeout)
+        self._custom_fields: CustomFields | None = None
 
     @classmethod
     def connect(
@@ -293,6 +298,22 @@ class ClinikoDestination:
             note_authors=authors,
             workers=workers,
         )
+
+    @property
+    def custom_fields(self) -> CustomFields:
+        """The source's patient custom fields matched by name to the destination's (read once).
+
+        Both definitions come from ``/settings/public``, which any user may read.
+        Without a source client only the names in each patient's answer are known, so
+        checkbox and radio choices (which Cliniko names by token alone) are left out.
+        """
+        if self._custom_fields is None:
+            source = self.source.get("/settings/public") if self.source is not None else {}
+            dest = self.client.get("/settings/public")
+            self._custom_fields = CustomFields(
+                source.get("patient_custom_fields_definition"), dest.get("patient_custom_fields_definition")
+            )
+        return self._custom_fields
 
     def describe(self) -> str:
         """The destination as a batch records it: ``cliniko:<account id>`` (never a key)."""
@@ -623,6 +644,9 @@ class ClinikoDestination:
         if entity == "patients":
             body["reminder_type"] = "None"
             body["receives_confirmation_emails"] = False
+            custom = self.custom_fields.translate(data.get("custom_fields"))
+            if custom is not None:
+                body["custom_fields"] = custom
         elif entity == "products" and "price_ex_tax" in body:
             body["price"] = body.pop("price_ex_tax")  # products take price, answer price_ex_tax
         elif entity == "treatment_notes":
@@ -834,7 +858,8 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     Refused: a source key whose user is not an administrator; a destination key whose user
     is not an administrator *and* an active practitioner; a destination without
     practitioners or businesses (mapping needs them). Warned: the destination already
-    holds patients (equal ones are linked, not duplicated), with the counts.
+    holds patients (equal ones are linked, not duplicated), with the counts; the source
+    has patient custom fields (or choices of them) the destination has no match for.
     """
     src = source.identity()
     dst = destination.client.identity()
@@ -862,6 +887,13 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
                 f"The destination account has no {what} yet; set them up first (seed 001's checklist) so the "
                 "mapping has something to map to."
             )
+    if destination.custom_fields.unmatched:
+        check.warnings.append(
+            "The destination has no patient custom field matching "
+            + "; ".join(destination.custom_fields.unmatched)
+            + ", so patients' answers there stay in the source; add them in the destination's settings "
+            "(same section, name and type) to bring them across."
+        )
     if check.counts["patients"]:
         check.warnings.append(
             f"The destination already holds {check.counts['patients']} patients: a patient with the same name "

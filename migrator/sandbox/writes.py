@@ -271,6 +271,80 @@ def parse_id(value: Any) -> int | None:
     return None
 
 
+def custom_fields(value: Any, definition: dict[str, Any]) -> dict[str, Any] | None:
+    """A patient's ``custom_fields`` checked against the account's definition, as stored.
+
+    The rules of ``CLINIKO_API.md`` §3.1: every token must be one the account defines;
+    ``value`` (not empty; ``YYYY-MM-DD`` for dates) only for text, paragraph and date
+    fields; ``options`` and ``other`` only for checkboxes and radio buttons, a radio
+    field with at most one option selected and none when ``other`` is; ``other`` only
+    where the definition enables it, its ``value`` (at most 255 characters) only when
+    selected. The stored form has each section's and field's ``name`` and ``type`` from
+    the definition, as Cliniko answers. Raises ``ValueError`` with the first problem.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("sections"), list):
+        raise ValueError("must be an object with a list of sections")
+    known = {s.get("token"): s for s in definition.get("sections") or []}
+    sections = []
+    for section in value["sections"]:
+        spec = known.get(section.get("token")) if isinstance(section, dict) else None
+        if spec is None:
+            raise ValueError(f"has a section token the account does not define: {section!r}")
+        fields_spec = {f.get("token"): f for f in spec.get("fields") or []}
+        fields = []
+        for entry in section.get("fields") or []:
+            field_spec = fields_spec.get(entry.get("token")) if isinstance(entry, dict) else None
+            if field_spec is None:
+                raise ValueError(f"has a field token section {spec.get('name')!r} does not define: {entry!r}")
+            fields.append(_custom_field(entry, field_spec))
+        sections.append({"token": spec["token"], "name": spec.get("name"), "fields": fields})
+    return {"sections": sections}
+
+
+def _custom_field(entry: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    kind, name = spec.get("type"), spec.get("name")
+    out: dict[str, Any] = {"token": spec["token"], "name": name, "type": kind}
+    if kind in ("text", "paragraph", "date"):
+        if "options" in entry or "other" in entry:
+            raise ValueError(f"field {name!r} is {kind}: it takes a value, not options")
+        value = entry.get("value")
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"field {name!r} has an empty value (leave the field out instead)")
+        if kind == "date" and not _is_date(value):
+            raise ValueError(f"field {name!r} is a date: YYYY-MM-DD, got {value!r}")
+        out["value"] = value
+        return out
+    if "value" in entry:
+        raise ValueError(f"field {name!r} is {kind}: it takes options, not a value")
+    option_tokens = {o.get("token") for o in spec.get("options") or []}
+    selected = []
+    for option in entry.get("options") or []:
+        if not isinstance(option, dict) or option.get("token") not in option_tokens:
+            raise ValueError(f"field {name!r} has an option token it does not define: {option!r}")
+        if option.get("selected"):
+            selected.append({"token": option["token"], "selected": True})
+    out["options"] = selected
+    other = entry.get("other")
+    if other is not None:
+        if not isinstance(other, dict):
+            raise ValueError(f"field {name!r}: other must be an object")
+        if other.get("selected") and not (spec.get("other") or {}).get("enabled"):
+            raise ValueError(f"field {name!r} does not enable other")
+        if "value" in other and not other.get("selected"):
+            raise ValueError(f"field {name!r}: other's value is only allowed when other is selected")
+        if len(str(other.get("value") or "")) > 255:
+            raise ValueError(f"field {name!r}: other's value is longer than 255 characters")
+        out["other"] = {
+            "selected": bool(other.get("selected")),
+            **({"value": other["value"]} if "value" in other else {}),
+        }
+    if kind == "radiobuttons" and (len(selected) > 1 or (selected and (other or {}).get("selected"))):
+        raise ValueError(f"field {name!r} is radio buttons: one choice at most")
+    return out
+
+
 class Writer:
     """Applies writes to one account's store; raises :class:`WriteError` on refusal."""
 
@@ -355,6 +429,12 @@ class Writer:
                     errors.setdefault(key, []).append("is not a date (YYYY-MM-DD)")
                 else:
                     rec[key] = value
+            elif key == "custom_fields":
+                definition = self.ctx.settings.get("patient_custom_fields_definition") or {}
+                try:
+                    rec[key] = custom_fields(value, definition)
+                except ValueError as exc:
+                    errors.setdefault(key, []).append(str(exc))
             elif key == "reminder_type" and value not in REMINDER_TYPES:
                 errors.setdefault(key, []).append(f"must be one of {', '.join(REMINDER_TYPES)}")
             else:
