@@ -7,11 +7,12 @@
 It implements the engine's destination interface (:class:`migrator.destinations.Destination`)
 with what Cliniko's API can do (``CLINIKO_API.md`` §4):
 
-- **What it takes**: patients (with their custom fields, matched to the destination's
-  by name: :mod:`migrator.destinations.custom_fields`), individual and group
-  appointments with their attendees, unavailable blocks, attendance (arrived, did not arrive, cancelled with its reason),
-  treatment notes, patient attachments (downloaded from the source, uploaded through
-  Cliniko's presigned S3 form), medical alerts; and optionally contacts, products,
+- **What it takes**: patients (with their referral source, and their custom fields
+  matched to the destination's by name: :mod:`migrator.destinations.custom_fields`),
+  individual and group appointments with their attendees, unavailable blocks,
+  attendance (arrived, did not arrive, cancelled with its reason), treatment notes,
+  patient attachments (downloaded from the source, uploaded through Cliniko's
+  presigned S3 form), medical alerts; and optionally contacts, products,
   billable items, taxes, appointment types and treatment-note templates. Reference
   records (templates, taxes, items, products, concession types) with the same name as
   one already in the destination are linked to it, not duplicated. Concession types
