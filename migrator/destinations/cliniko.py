@@ -221,6 +221,8 @@ class ClinikoDestination:
         note_authors: destination practitioner id -> a writable client of that
             practitioner's own key, so their notes keep their author.
         workers: creates of one page in flight at once.
+        custom_fields_definition: the destination's ``patient_custom_fields_definition``
+            when the caller has read its settings already (else read when first needed).
     """
 
     DELETE_ORDER = DELETE_ORDER
@@ -237,6 +239,7 @@ class ClinikoDestination:
         source: ClinikoClient | None = None,
         note_authors: Mapping[str, ClinikoClient] | None = None,
         workers: int = 4,
+        custom_fields_definition: Mapping[str, Any] | None = None,
     ) -> None:
         if not client.writable:
             raise ConfigError("A Cliniko destination needs a writable client of the destination key.")
@@ -254,6 +257,7 @@ class ClinikoDestination:
         self._pool: ThreadPoolExecutor | None = None
         self._uploads = httpx.Client(timeout=client.config.timeout)
         self._custom_fields: CustomFields | None = None
+        self._custom_fields_definition = custom_fields_definition
 
     @classmethod
     def connect(
@@ -270,7 +274,8 @@ class ClinikoDestination:
         Raises:
             ConfigError: a note key belongs to another account or to no active practitioner.
         """
-        account = client.get("/settings/public").get("account") or {}  # any user may read it
+        settings = client.get("/settings/public")  # any user may read it
+        account = settings.get("account") or {}
         account_id = str(account.get("id") or "")
         if not account_id:
             raise ConfigError("The destination's /settings has no account id; is this a Cliniko key?")
@@ -298,6 +303,7 @@ class ClinikoDestination:
             source=source,
             note_authors=authors,
             workers=workers,
+            custom_fields_definition=settings.get("patient_custom_fields_definition") or {},
         )
 
     @property
@@ -310,10 +316,10 @@ class ClinikoDestination:
         """
         if self._custom_fields is None:
             source = self.source.get("/settings/public") if self.source is not None else {}
-            dest = self.client.get("/settings/public")
-            self._custom_fields = CustomFields(
-                source.get("patient_custom_fields_definition"), dest.get("patient_custom_fields_definition")
-            )
+            dest = self._custom_fields_definition
+            if dest is None:
+                dest = self.client.get("/settings/public").get("patient_custom_fields_definition")
+            self._custom_fields = CustomFields(source.get("patient_custom_fields_definition"), dest)
         return self._custom_fields
 
     def describe(self) -> str:
