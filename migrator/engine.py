@@ -32,7 +32,8 @@ in scope without reading the appointments twice.
 A record an earlier batch brought is compared with its stored copy: when the source
 changed it (a new address, a cancellation, an invoice paid), the destination record is
 rewritten in place and the item is ``already_present`` with reason code ``updated``
-(``cancelled``); records the clinic set up or linked to are never rewritten. A
+(``cancelled``; ``update_refused`` and why, when the destination cannot take the change);
+records the clinic set up or linked to are never rewritten. A
 *top-up* (``top_up=``, see :mod:`migrator.topup`) reads only what changed since the
 plan's last completed batch, and applies deletions at the source.
 """
@@ -626,19 +627,22 @@ class Engine:
             self._decide_mapped(stage, fresh) if stage.entity in MAPPED else self._decide(stage, fresh)
         )
         creates = [d for d in decisions if d.action == "created" and d.row is not None]
-        if creates and not self._transactional:
+        updates = [d for d in decisions if d.update is not None and d.dest_id]
+        if (creates or updates) and not self._transactional:
             # Writes through an API cannot join the ledger's transaction: the destination
             # commits its own intents and ids, so nothing pending may be held open around it.
             self._group.commit()
-            self._insert(stage.entity, creates)
-            creates = []
+            if creates:
+                self._insert(stage.entity, creates)
+            if updates:
+                self._update(stage.entity, updates)
+            creates, updates = [], []
         self._group.open()
         with self.ledger.transaction():
             if creates:
                 self._insert(stage.entity, creates)
-            updates = [(d.dest_id, d.update) for d in decisions if d.update is not None and d.dest_id]
             if updates:
-                self.store.update(stage.entity, updates, source_account=self.account)
+                self._update(stage.entity, updates)
             items = [
                 Item(stage.entity, d.source_id, d.dest_id, d.action, d.reason_code, d.reason)
                 for d in decisions
@@ -662,6 +666,18 @@ class Engine:
                 decision.reason_code, decision.reason = "destination_refused", str(dest_id)
             else:
                 decision.dest_id = dest_id
+
+    def _update(self, entity: str, updates: list[_Decision]) -> None:
+        """Rewrite records the source changed; one the destination refuses keeps its item, with why."""
+        outcomes = self.store.update(
+            entity, [(d.dest_id, d.update) for d in updates], source_account=self.account
+        )
+        for decision, outcome in zip(updates, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                decision.reason_code = "update_refused"
+                decision.reason = (
+                    f"Changed in Cliniko since an earlier batch brought it, but not updated: {outcome}"
+                )
 
     # -- a top-up's deletions -------------------------------------------------------------
 

@@ -19,8 +19,9 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
              skipped, updated_at)  PK (batch_id, stage)
     audit(id PK, at, actor, action, batch_id -> batches, detail JSON, tenant, role)
     writes(batch_id -> batches, entity, source_id, state, dest_id, intended_at, completed_at,
-           probe JSON)  PK (batch_id, entity, source_id): creates in a Cliniko destination,
-           intended -> created -> completed (or refused); see migrator.destinations.cliniko
+           probe JSON, sent JSON)  PK (batch_id, entity, source_id), indexed (entity, dest_id):
+           creates in a Cliniko destination, intended -> created -> completed (or refused), and
+           what the record last received from us; see migrator.destinations.cliniko
     patient_preferences(batch_id -> batches, dest_id, source_id, reminder_type,
            receives_confirmation_emails, restored_at)  PK (batch_id, dest_id): what go-live restores
     migrations(id PK, migration_set, name, applied_at)
@@ -270,6 +271,14 @@ def _audit_tenant_role(db: sqlite_utils.Database) -> None:
     db.table("audit").add_column("role", str)
     db.table("audit").create_index(["tenant"])
     db.table("batches").create_index(["source_account"])
+
+
+@MIGRATIONS(name="007_writes_sent")
+def _writes_sent(db: sqlite_utils.Database) -> None:
+    # What a record created in a Cliniko destination last received from us (its fields and
+    # its cancelled or archived state), so a later run rewrites only what changed at the source.
+    db.table("writes").add_column("sent", str)
+    db.table("writes").create_index(["entity", "dest_id"])
 
 
 #: A Cliniko destination names its account: ``cliniko:<account id>``.

@@ -19,7 +19,7 @@ from migrator.destinations.cliniko import ClinikoDestination, go_live, preflight
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger
 from migrator.opening_balance import opening_balances
-from migrator.plan import MappingRow, Scope
+from migrator.plan import MappingRow, Plan, Scope
 from migrator.reconcile import counts as reconcile_counts
 from migrator.sandbox import Sandbox
 from migrator.workflow import auto_mapping, make_plan, run_plan, verify_source
@@ -50,15 +50,17 @@ class Transfer:
             for r in rows
         ]
 
-    def run(self, **kwargs: Any) -> Any:
-        plan = make_plan(
+    def plan(self) -> Plan:
+        return make_plan(
             self.source,
             verify_source(self.source),
             self.dest,
             scope=Scope.parse("all"),
             mappings=self.mappings(),
         )
-        return run_plan(plan, self.source, self.dest, self.ledger, **kwargs)
+
+    def run(self, plan: Plan | None = None, **kwargs: Any) -> Any:
+        return run_plan(plan or self.plan(), self.source, self.dest, self.ledger, **kwargs)
 
     def total(self, entity: str, client: ClinikoClient | None = None) -> int:
         """Every live record of ``entity`` in the destination, archived ones included."""
@@ -204,6 +206,77 @@ def test_attendance_cancellations_and_archived_patients_come_across(transfer: Tr
     archived_source = transfer.source.count("patients", route="archived")
     assert archived_source > 0
     assert transfer.dest_client.count("patients", route="archived") == archived_source
+
+
+def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_edits(
+    transfer: Transfer,
+) -> None:
+    plan = (
+        transfer.plan()
+    )  # kept, as the console and `run --mapping FILE` keep it: a top-up needs the same plan
+    first = transfer.run(plan)
+    created = {
+        e: {i.source_id: i.dest_id for i in transfer.ledger.items(first.batch_id, e, action="created")}
+        for e in ("patients", "individual_appointments", "treatment_notes")
+    }
+    live = [
+        r for p in transfer.source.pages("patients") for r in p.records if str(r["id"]) in created["patients"]
+    ]
+    booked = [
+        r
+        for p in transfer.source.pages("individual_appointments")
+        for r in p.records
+        if str(r["id"]) in created["individual_appointments"] and not r["cancelled_at"]
+    ]
+    moved, kept, archived = (str(r["id"]) for r in live[:3])
+    cancelled, gone = (str(r["id"]) for r in booked[:2])
+    note = next(iter(created["treatment_notes"]))
+    dest = transfer.dest_client
+
+    with transfer.client("source", writable=True) as clinic:  # the clinic at work in the source account
+        clinic.put(f"/patients/{moved}", {"email": "moved@example.com", "city": "Ballarat"})
+        clinic.post(f"/patients/{archived}/archive", {})
+        clinic.patch(f"/individual_appointments/{cancelled}/cancel", {"cancellation_reason": 10})
+        clinic.put(f"/individual_appointments/{gone}", {"notes": "Bring the referral"})
+        clinic.put(f"/treatment_notes/{note}", {"title": "Revised after review"})
+    # Meanwhile in the destination: the moved patient's name corrected there, an appointment deleted.
+    dest.put(f"/patients/{created['patients'][moved]}", {"first_name": "Corrected"})
+    dest.delete(f"/individual_appointments/{created['individual_appointments'][gone]}")
+
+    top_up = transfer.run(plan, top_up=True)
+    assert all(row["created"] == 0 for row in top_up.entities.values())
+    reasons = {
+        (i.entity, i.source_id): (i.reason_code, i.reason)
+        for i in transfer.ledger.items(top_up.batch_id)
+        if i.reason_code != "earlier_batch"
+    }
+    assert {k: code for k, (code, _) in reasons.items()} == {
+        ("patients", moved): "updated",
+        ("patients", archived): "updated",
+        ("individual_appointments", cancelled): "cancelled",
+        ("individual_appointments", gone): "update_refused",
+        ("treatment_notes", note): "updated",
+    }
+    assert "deleted from the destination since" in reasons[("individual_appointments", gone)][1]
+
+    patient = dest.get(f"/patients/{created['patients'][moved]}")
+    assert (patient["email"], patient["city"]) == ("moved@example.com", "Ballarat")
+    assert patient["first_name"] == "Corrected"  # only what changed at the source was sent
+    assert dest.get(f"/patients/{created['patients'][archived]}")["archived_at"]
+    assert not dest.get(f"/patients/{created['patients'][kept]}")["archived_at"]
+    appointment = dest.get(f"/individual_appointments/{created['individual_appointments'][cancelled]}")
+    assert appointment["cancelled_at"] and appointment["cancellation_reason"] == 10
+    assert dest.get(f"/treatment_notes/{created['treatment_notes'][note]}")["title"] == "Revised after review"
+
+    # What was rewritten is now what the destination holds: a full re-run changes nothing more,
+    # and the appointment the clinic deleted is still reported, not brought back.
+    again = transfer.run(plan)
+    rewritten = Counter(
+        i.reason_code
+        for i in transfer.ledger.items(again.batch_id, action="already_present")
+        if i.reason_code != "earlier_batch"
+    )
+    assert rewritten == Counter({"update_refused": 1})
 
 
 def test_no_patient_is_messaged_until_go_live(transfer: Transfer) -> None:

@@ -33,6 +33,7 @@ ALL_MIGRATIONS = [
     "004_batch_worker",
     "005_destination_writes",
     "006_audit_tenant_role",
+    "007_writes_sent",
 ]
 
 

@@ -4,6 +4,9 @@
 written through the API (:class:`~migrator.destinations.cliniko.ClinikoDestination`,
 ``cliniko:ACCOUNT_ID``) implements the same :class:`Destination` protocol. A destination
 whose writes cannot join the ledger's transaction says so with ``transactional = False``.
+Both also rewrite records an earlier batch brought when the source changed them
+(``stored_rows``, ``stored_form`` and ``update``); the engine leaves such records as they are
+in a destination without those three.
 """
 
 from __future__ import annotations

@@ -43,8 +43,17 @@ with what Cliniko's API can do (``CLINIKO_API.md`` §4):
   stay, attached to the archived patient.
 
 Re-runs link nothing twice and create nothing twice (the ledger says what came
-across); unlike the local store, a record changed at the source since an earlier
-batch is not rewritten in the destination.
+across). A record an earlier batch created and the source has changed since is rewritten
+(``writes.sent`` keeps what each record last received): only the fields that changed at
+the source are sent, in a partial ``PUT``, so a field the clinic has corrected in the
+destination meanwhile stays as they set it unless the source changed it too; a
+cancellation or an archive at the source follows with its own request. What Cliniko
+cannot do is reported on the record's item (``update_refused``): updating unavailable
+blocks or attachments, undoing a cancellation, or rewriting a record the clinic has
+deleted from the destination (it is not brought back). Records linked to, not created,
+are never rewritten. A ``PUT`` is idempotent, so a run killed mid-update simply sends it
+again on resume; killed after the update was recorded but before the page's items, the
+resumed batch reports the record as ``earlier_batch`` rather than ``updated``.
 """
 
 from __future__ import annotations
@@ -173,6 +182,13 @@ _BY_NAME: dict[str, str] = {
     "taxes": "name",
     "billable_items": "name",
     "products": "name",
+}
+
+#: What a create's follow-up requests set, kept with what a record received (see ``stored_form``).
+_STATES: dict[str, tuple[str, ...]] = {
+    "individual_appointments": ("cancelled_at",),
+    "attendees": ("cancelled_at",),
+    "patients": ("archived_at",),
 }
 
 #: Reverse dependency order for deleting a batch.
@@ -490,7 +506,9 @@ class ClinikoDestination:
             log_.created([w for w in writes if w.state in ("created", "completed")], entity)
             log_.refused([w for w in writes if w.state == "refused"])
         self._follow_up_all(entity, [w for w in writes if w.state == "created"])
-        log_.completed([w for w in writes if w.state == "completed"])
+        log_.completed(
+            [w for w in writes if w.state == "completed"], lambda w: self.stored_form(entity, w.row)
+        )
         return [w.dest_id if w.dest_id is not None else WriteRefused(w.refused or "refused") for w in writes]
 
     def _settle_recorded(self, entity: str, writes: list[_Write], log_: _WriteLog) -> None:
@@ -574,14 +592,17 @@ class ClinikoDestination:
         list(self._executor().map(send, writes))
         if errors:
             raise errors[0]
+        self._raise_if_stopped()
+
+    def _raise_if_stopped(self) -> None:
         if self.stop is not None and self.stop.is_set():
             from migrator.engine import RunStopped
 
             raise RunStopped("The run was stopped; run it again to resume.")
 
-    def _client_for(self, entity: str, w: _Write) -> ClinikoClient:
+    def _client_for(self, entity: str, row: Mapping[str, Any]) -> ClinikoClient:
         if entity == "treatment_notes":
-            author = self.note_authors.get(str(w.row.get("practitioner_id")))
+            author = self.note_authors.get(str(row.get("practitioner_id")))
             if author is not None:
                 return author
         return self.client
@@ -590,7 +611,7 @@ class ClinikoDestination:
         if entity == "patient_attachments":
             return self._attach(w)
         path = resource(entity).path
-        created = self._client_for(entity, w).post(path, w.body)
+        created = self._client_for(entity, w.row).post(path, w.body)
         return str(created["id"])
 
     def _attach(self, w: _Write) -> str:
@@ -660,11 +681,133 @@ class ClinikoDestination:
             body["content"] = _with_provenance(data)
         return body
 
+    # -- rewriting what changed at the source ---------------------------------------------------
+
+    def stored_form(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What a record receives from us: its request body and its cancelled or archived state.
+
+        The engine compares it with what :meth:`stored_rows` says the record last received,
+        so a record is rewritten only when something we send changed at the source.
+        """
+        form = self._body(entity, row)
+        data: Mapping[str, Any] = row.get("data") or {}
+        for key in _STATES.get(entity, ()):
+            form[key] = data.get(key) or None
+        return _canonical(form)
+
+    def stored_rows(
+        self, entity: str, ids: Iterable[str], *, source_account: str
+    ) -> dict[str, dict[str, Any] | None]:
+        """What each of these records last received from a batch of ``source_account``.
+
+        ``None`` for a record no batch of that account created here (linked to, never
+        rewritten), and for one created before the ledger kept what it sent.
+        """
+        wanted = [str(i) for i in ids]
+        out: dict[str, dict[str, Any] | None] = dict.fromkeys(wanted)
+        if not wanted:
+            return out
+        with self.ledger.lock:
+            rows = self.ledger.conn.execute(
+                "SELECT w.dest_id, w.sent FROM writes w JOIN batches b ON b.id = w.batch_id"
+                " WHERE b.destination = ? AND b.source_account = ? AND w.entity = ? AND w.state = 'completed'"
+                " AND w.sent IS NOT NULL AND w.dest_id IN (SELECT value FROM json_each(?))",
+                (self.describe(), source_account, entity, json.dumps(wanted)),
+            ).fetchall()
+        for dest_id, sent in rows:
+            out[str(dest_id)] = json.loads(sent)
+        return out
+
     def update(
         self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
-    ) -> int:
-        """Changed records are not rewritten in a Cliniko destination (the engine never asks)."""
-        return 0
+    ) -> list[WriteRefused | None]:
+        """Rewrite records an earlier batch created from a fresh copy of their source.
+
+        Only the fields that changed at the source since the record last received them are
+        sent (a partial ``PUT``), so what the clinic has since changed in other fields stays;
+        a cancellation or an archive at the source is applied with its own request. Returns,
+        per row, ``None`` (rewritten) or why not: Cliniko refused it, it cannot update that
+        type or undo a cancellation, or the record was deleted from the destination. Like
+        :meth:`insert`, it must be called outside a ledger transaction, and raises the run's
+        errors (a revoked key, Cliniko down beyond retries) after recording what went.
+        """
+        before = self.stored_rows(entity, [dest_id for dest_id, _ in rows], source_account=source_account)
+        errors: list[BaseException] = []
+
+        def rewrite(pair: tuple[str, Mapping[str, Any]]) -> tuple[WriteRefused | None, dict[str, Any] | None]:
+            dest_id, row = pair
+            if self.stop is not None and self.stop.is_set():
+                return None, None
+            after = self.stored_form(entity, row)
+            try:
+                self._rewrite(entity, dest_id, row, before.get(dest_id) or {}, after)
+            except WriteRefused as exc:
+                return exc, None
+            except ValidationAPIError as exc:
+                return WriteRefused(_refusal(exc)), None
+            except NotFoundError:
+                return WriteRefused(
+                    "It was deleted from the destination since, so it was not rewritten."
+                ), None
+            except BaseException as exc:  # recorded below, then raised on the engine's thread
+                errors.append(exc)
+                return WriteRefused(str(exc)), None
+            return None, after
+
+        outcomes = list(self._executor().map(rewrite, rows))
+        sent = [(dest_id, form) for (dest_id, _), (_, form) in zip(rows, outcomes, strict=True) if form]
+        if sent:
+            with self.ledger.transaction():
+                self.ledger.conn.executemany(
+                    "UPDATE writes SET sent = ? WHERE entity = ? AND dest_id = ? AND state = 'completed'"
+                    " AND batch_id IN (SELECT id FROM batches WHERE destination = ?)",
+                    [(json.dumps(form), entity, dest_id, self.describe()) for dest_id, form in sent],
+                )
+        if errors:
+            raise errors[0]
+        self._raise_if_stopped()
+        return [refused for refused, _ in outcomes]
+
+    def _rewrite(
+        self,
+        entity: str,
+        dest_id: str,
+        row: Mapping[str, Any],
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+    ) -> None:
+        """The requests that bring one record from ``before`` to ``after`` (both :meth:`stored_form`)."""
+        states = _STATES.get(entity, ())
+        changes = {
+            k: after.get(k) for k in {*before, *after} if k not in states and after.get(k) != before.get(k)
+        }
+        if entity == "products":
+            changes.pop("stock_level", None)  # PUT cannot change it (CLINIKO_API.md §3.19)
+        entry = resource(entity)
+        path = f"{entry.path}/{dest_id}"
+        if changes:
+            if "update" not in entry.writes:
+                raise WriteRefused(
+                    f"Cliniko's API cannot update {entity.replace('_', ' ')}, so the destination keeps the "
+                    "version an earlier batch brought."
+                )
+            _again(self._client_for(entity, row).put, path, changes)
+        data: Mapping[str, Any] = row.get("data") or {}
+        if "cancelled_at" in states and bool(after.get("cancelled_at")) != bool(before.get("cancelled_at")):
+            if not after.get("cancelled_at"):
+                raise WriteRefused(
+                    "Cliniko's API cannot undo a cancellation, so it stays cancelled in the destination."
+                )
+            body = {
+                "cancellation_reason": data.get("cancellation_reason") or 50,
+                "cancellation_note": data.get("cancellation_note"),
+            }
+            try:
+                _again(self.client.patch, f"{path}/cancel", body)
+            except ValidationAPIError as exc:  # as on create: an individual appointment's attendee
+                log.warning("could not cancel %s %s: %s", entity, dest_id, _refusal(exc))
+        if "archived_at" in states and bool(after.get("archived_at")) != bool(before.get("archived_at")):
+            _again(self.client.post, f"{path}/{'archive' if after.get('archived_at') else 'unarchive'}", {})
 
     def delete(self, entity: str, ids: Iterable[str]) -> int:
         """Delete records (archive patients); an id already gone counts as done."""
@@ -757,14 +900,15 @@ class _WriteLog:
                     [(self.batch_id, self.entity, w.source_id) for w in writes],
                 )
 
-    def completed(self, writes: list[_Write]) -> None:
+    def completed(self, writes: list[_Write], sent: Callable[[_Write], dict[str, Any]]) -> None:
+        """Mark writes done, with what each record received (``sent``: its stored form)."""
         if writes:
             at = _now()
             with self.ledger.transaction():
                 self.ledger.conn.executemany(
-                    "UPDATE writes SET state = 'completed', completed_at = ? WHERE batch_id = ? AND entity = ? "
-                    "AND source_id = ?",
-                    [(at, self.batch_id, self.entity, w.source_id) for w in writes],
+                    "UPDATE writes SET state = 'completed', completed_at = ?, sent = ? WHERE batch_id = ? "
+                    "AND entity = ? AND source_id = ?",
+                    [(at, json.dumps(sent(w)), self.batch_id, self.entity, w.source_id) for w in writes],
                 )
 
 
@@ -942,6 +1086,12 @@ def _again(call: Callable[..., Any], *args: Any, tries: int = 8) -> Any:
             if attempt == tries:
                 raise
     return None
+
+
+def _canonical(form: Mapping[str, Any]) -> dict[str, Any]:
+    """``form`` as it reads back from the ledger's JSON, so a fresh form and a stored one compare equal."""
+    loaded: dict[str, Any] = json.loads(json.dumps(form, default=str, sort_keys=True))
+    return loaded
 
 
 def _same(found: Any, sent: Any) -> bool:

@@ -67,7 +67,7 @@ from migrator.destinations._schema import (
     table,
     utc_text,
 )
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import CACHE_KIB, Ledger, SchemaMigrations, apply_migrations
 
 __all__ = [
@@ -593,7 +593,7 @@ class LocalStore:
 
     def update(
         self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
-    ) -> int:
+    ) -> list[MigratorError | None]:
         """Rewrite imported records in place from a fresh copy of their source (a top-up's changes).
 
         Args:
@@ -604,22 +604,21 @@ class LocalStore:
 
         The record keeps its id, source id and the batch that created it (so deleting that
         batch still removes it); computed columns (``outstanding``, ``name_key``) are
-        recomputed. Returns how many records were rewritten. Raises as :meth:`insert`.
+        recomputed. Returns, per row, ``None`` (rewritten) or why not (the record is no
+        longer in the store, or not that account's). Raises as :meth:`insert`.
         """
         spec = table(entity)
         params = []
         for dest_id, row in rows:
             sid, values, data = self._prepare(spec, row, imported=True)
             params.append((*values.values(), json_text(data), int(dest_id), sid, source_account))
-        if not params:
-            return 0
         sets = ", ".join(f"{c.name} = ?" for c in spec.columns)
         sql = (
             f"UPDATE {SCHEMA}.{spec.name} SET {sets}, data = ?"
             " WHERE id = ? AND source_id = ? AND source_account = ?"
         )
-        changed = 0
+        gone = MigratorError(
+            f"It is no longer in the clinic store as a record imported from {source_account}."
+        )
         with self.ledger.transaction():
-            for p in params:
-                changed += self.ledger.conn.execute(sql, p).rowcount
-        return changed
+            return [None if self.ledger.conn.execute(sql, p).rowcount else gone for p in params]
