@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,6 +180,60 @@ def test_patients_custom_fields_and_referral_source_come_across(transfer: Transf
         answered += bool(expected)
         referred += bool(before.get("referral_source"))
     assert answered >= 3 and referred >= 3  # the tiny clinic has both, so the comparison is not empty
+
+
+def _reconnect(transfer: Transfer) -> None:
+    """A new console session: the destination's settings (its custom fields) read afresh."""
+    transfer.dest.close()
+    transfer.dest = ClinikoDestination.connect(transfer.dest_client, transfer.ledger, source=transfer.source)
+
+
+def test_answers_to_a_custom_field_the_clinic_adds_after_the_transfer_follow_on_the_next_run(
+    transfer: Transfer,
+) -> None:
+    def define(definition: dict[str, Any]) -> None:  # what the clinic does in the destination's settings
+        change = {"account": "destination", "settings": {"patient_custom_fields_definition": definition}}
+        httpx.post(f"{transfer.sandbox.origin}/_sandbox/settings", json=change).raise_for_status()
+        _reconnect(transfer)
+
+    source_def, full = (
+        transfer.client(role).get("/settings/public")["patient_custom_fields_definition"]
+        for role in ("source", "destination")
+    )
+    trimmed = copy.deepcopy(full)
+    missing = trimmed["sections"][0]["fields"].pop(0)
+    define(trimmed)
+    assert any(missing["name"] in w for w in preflight(transfer.source, transfer.dest).warnings)
+    plan = transfer.plan()
+    first = transfer.run(plan)
+    created = {
+        i.source_id: i.dest_id for i in transfer.ledger.items(first.batch_id, "patients", action="created")
+    }
+    source = {
+        str(p["id"]): p
+        for route in (None, "archived")
+        for page in transfer.source.pages("patients", route=route)
+        for p in page.records
+    }
+    key = (full["sections"][0]["name"].casefold(), missing["name"].casefold())
+    answered = {sid for sid in created if key in _answers(source[sid].get("custom_fields"), source_def)}
+    assert answered
+    for sid in answered:
+        assert key not in _answers(
+            transfer.dest_client.get(f"/patients/{created[sid]}")["custom_fields"], full
+        )
+
+    define(full)
+    again = transfer.run(plan)
+    updated = {
+        i.source_id for i in transfer.ledger.items(again.batch_id, "patients") if i.reason_code == "updated"
+    }
+    assert updated == answered
+    for sid, dest_id in created.items():
+        expected = _answers(source[sid].get("custom_fields"), source_def)
+        assert (
+            _answers(transfer.dest_client.get(f"/patients/{dest_id}")["custom_fields"], full) == expected
+        ), sid
 
 
 def test_attendance_cancellations_and_archived_patients_come_across(transfer: Transfer) -> None:

@@ -1043,7 +1043,7 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
             "The destination has no patient custom field matching "
             + "; ".join(destination.custom_fields.unmatched)
             + ", so patients' answers there stay in the source; add them in the destination's settings "
-            "(same section, name and type) to bring them across."
+            "(same section, name and type) before the run, or after it and run in full again, to bring them across."
         )
     if check.counts["patients"]:
         check.warnings.append(

@@ -26,7 +26,10 @@ as the clinic would in Cliniko's own screens, including what the API cannot writ
 (invoices): a JSON body ``{"account": NAME or key ROLE, "resource": ..., "record":
 {...}}`` with an internal record (``<rel>_id`` fields, see ``accounts.py``); a record
 whose ``id`` exists is merged into it, any other is created with a fresh id; either way
-``updated_at`` becomes now unless the record gives it. Answers the stored record. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
+``updated_at`` becomes now unless the record gives it. Answers the stored record. ``POST
+/_sandbox/settings`` changes an account's settings as its settings screens would (custom
+fields, for one): ``{"account": NAME or key ROLE, "settings": {...}}`` replaces those top-level
+keys and answers the settings. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
 answers 201 with XML) and is open to any client, as S3 is.
 """
 
@@ -253,33 +256,39 @@ class SandboxApp:
         elif name == "reset_stats" and method == "POST":
             self.stats.reset()
             payload = {"ok": True}
-        elif name == "records" and method == "POST":
+        elif name in ("records", "settings") and method == "POST":
             body = await _read_body(receive, _MAX_BODY)
+            change = self._put_record if name == "records" else self._put_settings
             try:
-                payload = self._put_record(json.loads(body or b"null"))
+                payload = change(json.loads(body or b"null"))
             except (ValueError, KeyError, TypeError) as exc:
-                await _send(send, error_response(400, f"Bad sandbox record: {exc}"))
+                await _send(send, error_response(400, f"Bad sandbox {name}: {exc}"))
                 return
         else:
             await _send(send, error_response(404, "Unknown sandbox endpoint."))
             return
         await _send(send, ApiResponse.json(200, payload))
 
+    def _account_named(self, wanted: str) -> Any:
+        """The account with this name, or holding a key of this role."""
+        for account in self.accounts.values():
+            if account.seed.name == wanted or any(k.role == wanted for k in account.seed.keys):
+                return account
+        raise KeyError(f"no account named or with a key role {wanted!r}")
+
+    def _put_settings(self, request: Any) -> dict[str, Any]:
+        """Replace top-level keys of an account's settings (``POST /_sandbox/settings``)."""
+        if not isinstance(request, dict) or not isinstance(request.get("settings"), dict):
+            raise ValueError("send {'account': ..., 'settings': {...}}")
+        settings: dict[str, Any] = self._account_named(str(request.get("account"))).seed.settings
+        settings.update(json.loads(json.dumps(request["settings"])))
+        return settings
+
     def _put_record(self, request: Any) -> dict[str, Any]:
         """Create or change one record of an account (``POST /_sandbox/records``)."""
         if not isinstance(request, dict) or not isinstance(request.get("record"), dict):
             raise ValueError("send {'account': ..., 'resource': ..., 'record': {...}}")
-        wanted = str(request.get("account"))
-        account = next(
-            (
-                a
-                for a in self.accounts.values()
-                if a.seed.name == wanted or any(k.role == wanted for k in a.seed.keys)
-            ),
-            None,
-        )
-        if account is None:
-            raise KeyError(f"no account named or with a key role {wanted!r}")
+        account = self._account_named(str(request.get("account")))
         name = str(request.get("resource"))
         store = account.store
         table = store.table(name)
