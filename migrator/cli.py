@@ -270,7 +270,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     _print_reconciliation(result)
     if files:
         print(
-            f"Wrote {len(files)} files to {args.out}: counts, balances, skipped, skipped_summary (CSV and Parquet)."
+            f"Wrote {len(files)} files to {args.out}: counts, balances, skipped, skipped_summary, flagged "
+            "(CSV and Parquet)."
         )
     if result.ok:
         print("Everything reconciles.")
@@ -313,6 +314,15 @@ def _print_reconciliation(result: Any) -> None:
         f"{r['count']:,} {r['entity']} ({r['reason_code']})" for r in summary.iter_rows(named=True)
     )
     print(f"Skipped: {result.skipped.height:,} records" + (f": {reasons}." if reasons else "."))
+    flagged = result.flagged
+    if flagged.height:
+        by_reason = flagged.group_by("entity", "reason_code").len(name="count").sort("count", descending=True)
+        listed = ", ".join(
+            f"{r['count']:,} {r['entity']} ({r['reason_code']})" for r in by_reason.iter_rows(named=True)
+        )
+        print(
+            f"Flagged for review: {flagged.height:,} records that came across: {listed} (see flagged.csv with --out)."
+        )
 
 
 def cmd_batches(args: argparse.Namespace) -> int:

@@ -281,6 +281,12 @@ def _writes_sent(db: sqlite_utils.Database) -> None:
     db.table("writes").create_index(["entity", "dest_id"])
 
 
+#: Reason codes of records that came across but want a person's look, besides every
+#: ``review_*`` code (near-matches created, not linked: see :mod:`migrator.engine`): a
+#: change at the source the destination could not take, and a record deleted at the
+#: source but kept because the clinic has added to it (:mod:`migrator.topup`).
+FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept")
+
 #: A Cliniko destination names its account: ``cliniko:<account id>``.
 CLINIKO_DESTINATION = "cliniko:"
 # The batches a tenant may see, as SQL over ``batches`` (one parameter, twice: the tenant).
@@ -1083,6 +1089,23 @@ class Ledger:
             (batch_id,),
         )
         schema = dict.fromkeys(("entity", "source_id", "reason_code", "reason"), pl.String)
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
+    def flagged_frame(self, batch_id: str) -> pl.DataFrame:
+        """A batch's records that came across but want a person's look (:data:`FLAGGED_REASONS`).
+
+        Columns: entity, source_id, dest_id, action, reason_code, reason.
+        """
+        marks = ", ".join("?" * len(FLAGGED_REASONS))
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items"
+            f" WHERE batch_id = ? AND action != 'skipped' AND (reason_code LIKE 'review\\_%' ESCAPE '\\'"
+            f" OR reason_code IN ({marks})) ORDER BY rowid",
+            (batch_id, *FLAGGED_REASONS),
+        )
+        schema = dict.fromkeys(
+            ("entity", "source_id", "dest_id", "action", "reason_code", "reason"), pl.String
+        )
         return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
     # --- across batches: top-ups and reconciliation ------------------------------------------

@@ -47,6 +47,13 @@ in amount or status shows up as that patient's difference.
 
 **Skipped** (:func:`skipped`, :func:`skipped_summary`): every record the batch did not
 bring, with its reason code and sentence, and a count by reason.
+
+**Flagged** (:func:`flagged`): records that came across but want a person's look, each
+with its reason: near-matches created rather than linked (``review_*``: the same name and
+date of birth more than once, a shared email), a change at the source the destination
+could not take (``update_refused``), a record deleted at the source but kept because the
+clinic has added to it (``deleted_at_source_kept``). They do not count against
+reconciliation.
 """
 
 from __future__ import annotations
@@ -390,6 +397,13 @@ def skipped_summary(ledger: Ledger, batch_id: str) -> pl.DataFrame:
     )
 
 
+def flagged(ledger: Ledger, batch_id: str) -> pl.DataFrame:
+    """Records the batch brought that want a look: ``entity``, ``source_id``, ``dest_id``, ``action``,
+    ``reason_code``, ``reason``."""
+    ledger.batch(batch_id)
+    return ledger.flagged_frame(batch_id)
+
+
 # --- all three ----------------------------------------------------------------------------
 
 
@@ -402,6 +416,7 @@ class Reconciliation:
     balances: pl.DataFrame
     skipped: pl.DataFrame
     skipped_summary: pl.DataFrame
+    flagged: pl.DataFrame
 
     @property
     def balance_diffs(self) -> pl.DataFrame:
@@ -458,6 +473,7 @@ class Reconciliation:
                 for row in self.balance_diffs.to_dicts()
             ],
             "skipped": self.skipped.height,
+            "flagged": self.flagged.height,
             "problems": self.problems,
         }
 
@@ -466,7 +482,7 @@ class Reconciliation:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in ("counts", "balances", "skipped", "skipped_summary"):
+        for name in ("counts", "balances", "skipped", "skipped_summary", "flagged"):
             frame: pl.DataFrame = getattr(self, name)
             csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
             frame.write_csv(csv)
@@ -491,4 +507,5 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
         balances=balances(ledger, batch_id, source=source, store=store),
         skipped=skipped(ledger, batch_id),
         skipped_summary=skipped_summary(ledger, batch_id),
+        flagged=flagged(ledger, batch_id),
     )

@@ -18,7 +18,7 @@ from console_ui import (
 )
 from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
-from migrator.reconcile import balances, counts, skipped
+from migrator.reconcile import balances, counts, flagged, skipped
 
 COLUMN_NAMES = {
     "entity": "Data type",
@@ -121,6 +121,7 @@ try:
         with config.open_ledger() as ledger:
             count_frame = counts(ledger, batch_id)
             skipped_frame = skipped(ledger, batch_id)
+            flagged_frame = flagged(ledger, batch_id)
     else:
         with open_destination(batch.destination) as (ledger, store):
             if fresh:
@@ -133,6 +134,7 @@ try:
                 if to_cliniko and batch.status != "running":  # API counts: once per batch and session
                     cache[(batch_id, "counts")] = count_frame
             skipped_frame = skipped(ledger, batch_id)
+            flagged_frame = flagged(ledger, batch_id)
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -193,6 +195,17 @@ else:
     st.caption(f"{view.height:,} of {skipped_frame.height:,} skipped records shown.")
     st.dataframe(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
     downloads(view, f"{batch_id}-skipped")
+
+# --- flagged -------------------------------------------------------------------------------
+if not flagged_frame.is_empty():
+    st.subheader("Records that came across but want a look")
+    st.caption(
+        "Near-matches created rather than linked (the same name and date of birth more than once, a shared "
+        "email), changes at the source the destination could not take, and records deleted at the source but "
+        "kept because the clinic has added to them. They do not count against reconciliation."
+    )
+    st.dataframe(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+    downloads(flagged_frame, f"{batch_id}-flagged")
 
 # --- balances ------------------------------------------------------------------------------
 if to_cliniko:

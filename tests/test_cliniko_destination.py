@@ -22,6 +22,7 @@ from migrator.ledger import Ledger
 from migrator.opening_balance import opening_balances
 from migrator.plan import MappingRow, Plan, Scope
 from migrator.reconcile import counts as reconcile_counts
+from migrator.reconcile import flagged
 from migrator.sandbox import Sandbox
 from migrator.workflow import auto_mapping, make_plan, run_plan, verify_source
 
@@ -313,6 +314,9 @@ def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_
         ("treatment_notes", note): "updated",
     }
     assert "deleted from the destination since" in reasons[("individual_appointments", gone)][1]
+    assert flagged(transfer.ledger, top_up.batch_id).select("entity", "source_id", "reason_code").rows() == [
+        ("individual_appointments", gone, "update_refused")
+    ]
 
     patient = dest.get(f"/patients/{created['patients'][moved]}")
     assert (patient["email"], patient["city"]) == ("moved@example.com", "Ballarat")

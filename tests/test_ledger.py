@@ -220,6 +220,38 @@ def test_items_upsert_on_batch_entity_source_and_count(ledger: Ledger) -> None:
     assert ledger.batch(batch.id).counts == expected
 
 
+def test_flagged_items_are_the_ones_that_came_across_but_want_a_look(ledger: Ledger) -> None:
+    batch = _batch(ledger)
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", "10", "created"),
+            Item("patients", "2", "11", "created", "review_shared_email", "Shares an email with patient 10."),
+            Item(
+                "patients", "3", "12", "already_present", "updated", "Changed in Cliniko; updated in place."
+            ),
+            Item("patients", "4", "13", "already_present", "update_refused", "Cliniko refused it."),
+            Item(
+                "treatment_notes", "5", "14", "already_present", "deleted_at_source_kept", "Kept: added to."
+            ),
+            Item("patients", "6", None, "skipped", "review_like_but_skipped", "Skipped."),
+            Item("patients", "7", "15", "created", "reviewed", "Not a review_ code: no underscore."),
+        ],
+    )
+    other = _batch(ledger)
+    ledger.record_items(
+        other.id, [Item("patients", "2", "11", "created", "review_ambiguous_match", "Twice.")]
+    )
+    frame = ledger.flagged_frame(batch.id)
+    assert frame.columns == ["entity", "source_id", "dest_id", "action", "reason_code", "reason"]
+    assert frame.select("source_id", "reason_code").rows() == [
+        ("2", "review_shared_email"),
+        ("4", "update_refused"),
+        ("5", "deleted_at_source_kept"),
+    ]
+    assert ledger.flagged_frame(other.id)["reason_code"].to_list() == ["review_ambiguous_match"]
+
+
 def test_items_are_checked_before_anything_is_written(ledger: Ledger) -> None:
     batch = _batch(ledger)
     with pytest.raises(ValueError, match="unknown item action"):

@@ -265,7 +265,11 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert clean.returncode == 0, clean.stderr
     report = json.loads(clean.stdout)
     assert {"counts", "balance_diffs", "skipped"} <= set(report)
-    assert report["balance_diffs"] == [] and report["skipped"] == 0 and report["reconciled"] is True
+    assert (
+        report["balance_diffs"] == []
+        and report["skipped"] == report["flagged"] == 0
+        and report["reconciled"] is True
+    )
     assert {r["entity"] for r in report["counts"]} >= {"patients", "invoices", "invoice_items"}
     assert all(r["difference"] == 0 and r["source_difference"] == 0 for r in report["counts"])
 
@@ -292,7 +296,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert Decimal(report["balance_diffs"][0]["difference"]) < 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{name}.{ext}"
-        for name in ("counts", "balances", "skipped", "skipped_summary")
+        for name in ("counts", "balances", "skipped", "skipped_summary", "flagged")
         for ext in ("csv", "parquet")
     )
     balances = pl.read_parquet(tmp_path / "out" / "balances.parquet")

@@ -258,8 +258,12 @@ def test_deletions_at_the_source_are_applied_and_what_the_clinic_added_is_kept(e
     assert removed == {"individual_appointments": 1, "invoices": 1, "invoice_items": items}
     assert all(r["difference"] == 0 for r in first_check.counts.iter_rows(named=True))
     # The top-up flags the one patient the destination keeps although Cliniko deleted them.
-    problems = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store).problems
-    assert len(problems) == 1 and problems[0].startswith("patients: the source lists 397 now")
+    check = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store)
+    assert len(check.problems) == 1 and check.problems[0].startswith("patients: the source lists 397 now")
+    # ... and lists that patient among the records that want a look.
+    assert check.flagged.select("entity", "source_id", "reason_code").rows() == [
+        ("patients", kept_source, "deleted_at_source_kept")
+    ]
 
 
 def test_a_business_top_up_brings_a_patient_who_entered_the_scope_with_their_history(env: Env) -> None:

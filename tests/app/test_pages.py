@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from migrator.ledger import Ledger
+from migrator.destinations.local import LocalStore
+from migrator.ledger import Item, Ledger
+from migrator.plan import Plan, Scope
 from tests.app.conftest import PAGES, goto, texts
 
 NEEDS_A_SOURCE = {"preview", "mapping", "scope"}
@@ -113,3 +115,34 @@ def test_an_old_batch_says_why_it_cannot_be_deleted(console: Callable[[], AppTes
     assert f"Why not {batch.id}:" in shown and "only be deleted within 48 hours" in shown
     assert "No batch can be deleted now." in shown
     assert "delete_go" not in [b.key for b in at.button]
+
+
+def test_review_lists_the_records_that_came_across_but_want_a_look(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger = Ledger(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    plan = Plan(
+        source_account="Harbourside",
+        source_shard="au1",
+        destination=store.describe(),
+        scope=Scope.parse("all"),
+    )
+    batch = ledger.create_batch(
+        source_account="Harbourside", destination=store.describe(), plan=plan.model_dump(mode="json")
+    )
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", None, "skipped", "invalid", "Failed validation on field email."),
+            Item("patients", "2", "1", "created", "review_shared_email", "Shares an email with patient 1."),
+        ],
+    )
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert "Records that came across but want a look" in [s.value for s in at.subheader]
+    shown = at.dataframe[-1].value
+    assert shown["reason_code"].tolist() == ["review_shared_email"]
+    assert shown["Data type"].tolist() == ["Patients"]
