@@ -283,6 +283,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _print_reconciliation(result: Any) -> None:
+    from migrator.reconcile import by_reason
+
     counts = result.counts
     width = max(len(e) for e in counts["entity"])
     headers = ("in scope", "created", "linked", "present", "skipped", "in dest", "diff", "source", "src diff")
@@ -309,20 +311,20 @@ def _print_reconciliation(result: Any) -> None:
             f"  {row['patient'] or 'patient'} ({row['patient_id']}): Cliniko {row['source_outstanding']}, "
             f"destination {row['destination_outstanding']}, difference {row['difference']:+}"
         )
-    summary = result.skipped_summary
-    reasons = ", ".join(
+    reasons = _listed(result.skipped_summary)
+    print(f"Skipped: {result.skipped.height:,} records" + (f": {reasons}." if reasons else "."))
+    if result.flagged.height:
+        print(
+            f"Flagged for review: {result.flagged.height:,} records that came across: "
+            f"{_listed(by_reason(result.flagged))} (see flagged.csv with --out)."
+        )
+
+
+def _listed(summary: Any) -> str:
+    """A count-by-reason frame as ``12 patients (invalid), 3 invoices (...)``."""
+    return ", ".join(
         f"{r['count']:,} {r['entity']} ({r['reason_code']})" for r in summary.iter_rows(named=True)
     )
-    print(f"Skipped: {result.skipped.height:,} records" + (f": {reasons}." if reasons else "."))
-    flagged = result.flagged
-    if flagged.height:
-        by_reason = flagged.group_by("entity", "reason_code").len(name="count").sort("count", descending=True)
-        listed = ", ".join(
-            f"{r['count']:,} {r['entity']} ({r['reason_code']})" for r in by_reason.iter_rows(named=True)
-        )
-        print(
-            f"Flagged for review: {flagged.height:,} records that came across: {listed} (see flagged.csv with --out)."
-        )
 
 
 def cmd_batches(args: argparse.Namespace) -> int:

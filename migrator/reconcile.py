@@ -388,7 +388,11 @@ def skipped(ledger: Ledger, batch_id: str) -> pl.DataFrame:
 
 def skipped_summary(ledger: Ledger, batch_id: str) -> pl.DataFrame:
     """Skipped records counted by entity and reason: ``entity``, ``reason_code``, ``count`` (most first)."""
-    frame = skipped(ledger, batch_id)
+    return by_reason(skipped(ledger, batch_id))
+
+
+def by_reason(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``frame`` (skipped or flagged) counted by entity and reason: ``entity``, ``reason_code``, ``count``."""
     return (
         frame.group_by("entity", "reason_code")
         .len(name="count")

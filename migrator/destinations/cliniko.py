@@ -648,19 +648,7 @@ class ClinikoDestination:
         the page; a crash in between is covered, as the create is looked up (archived
         records included) and its follow-up done again on resume.
         """
-        data = w.row.get("data") or {}
-        path = resource(entity).path
-        if entity in ("individual_appointments", "attendees") and data.get("cancelled_at"):
-            body = {
-                "cancellation_reason": data.get("cancellation_reason") or 50,
-                "cancellation_note": data.get("cancellation_note"),
-            }
-            try:
-                _again(self.client.patch, f"{path}/{w.dest_id}/cancel", body)
-            except ValidationAPIError as exc:
-                log.warning("could not cancel %s %s: %s", entity, w.dest_id, _refusal(exc))
-        if entity == "patients" and data.get("archived_at"):
-            _again(self.client.post, f"{path}/{w.dest_id}/archive", {})
+        self._set_state(entity, str(w.dest_id), w.row.get("data") or {}, {})
         w.state = "completed"
 
     def _body(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -792,9 +780,19 @@ class ClinikoDestination:
                     "version an earlier batch brought."
                 )
             _again(self._client_for(entity, row).put, path, changes)
-        data: Mapping[str, Any] = row.get("data") or {}
-        if "cancelled_at" in states and bool(after.get("cancelled_at")) != bool(before.get("cancelled_at")):
-            if not after.get("cancelled_at"):
+        self._set_state(entity, dest_id, row.get("data") or {}, before)
+
+    def _set_state(
+        self, entity: str, dest_id: str, data: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> None:
+        """Cancel, archive or unarchive a record whose state at the source (``data``) differs from ``before``.
+
+        ``before`` is what the record last received (:meth:`stored_form`; empty for a fresh create).
+        """
+        states = _STATES.get(entity, ())
+        path = f"{resource(entity).path}/{dest_id}"
+        if "cancelled_at" in states and bool(data.get("cancelled_at")) != bool(before.get("cancelled_at")):
+            if not data.get("cancelled_at"):
                 raise WriteRefused(
                     "Cliniko's API cannot undo a cancellation, so it stays cancelled in the destination."
                 )
@@ -804,10 +802,10 @@ class ClinikoDestination:
             }
             try:
                 _again(self.client.patch, f"{path}/cancel", body)
-            except ValidationAPIError as exc:  # as on create: an individual appointment's attendee
+            except ValidationAPIError as exc:  # an individual appointment's attendee cannot be cancelled
                 log.warning("could not cancel %s %s: %s", entity, dest_id, _refusal(exc))
-        if "archived_at" in states and bool(after.get("archived_at")) != bool(before.get("archived_at")):
-            _again(self.client.post, f"{path}/{'archive' if after.get('archived_at') else 'unarchive'}", {})
+        if "archived_at" in states and bool(data.get("archived_at")) != bool(before.get("archived_at")):
+            _again(self.client.post, f"{path}/{'archive' if data.get('archived_at') else 'unarchive'}", {})
 
     def delete(self, entity: str, ids: Iterable[str]) -> int:
         """Delete records (archive patients); an id already gone counts as done."""
