@@ -1,4 +1,4 @@
-"""SIGKILL a run at several points, start it again, and compare with a clean run row for row."""
+"""SIGKILL a run (a full one, a top-up, a deletion) at several points, start it again, and compare with a clean one."""
 
 from __future__ import annotations
 
@@ -88,12 +88,14 @@ def canonical(db: Path) -> dict[str, set[tuple[Any, ...]]]:
 PACE = "3000"
 
 
-def run_cli(sandbox: RunningSandbox, workspace: Path, mapping: Path, *extra: str) -> subprocess.Popen[str]:
+def run_cli(
+    sandbox: RunningSandbox, workspace: Path, mapping: Path, *extra: str, pace: str = PACE
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
     env.update(
         MIGRATOR_API_URL=sandbox.url_template,
         MIGRATOR_SOURCE_KEY=sandbox.key("source"),
-        MIGRATOR_REQUESTS_PER_MINUTE=PACE,
+        MIGRATOR_REQUESTS_PER_MINUTE=pace,
     )
     return subprocess.Popen(
         [
@@ -308,3 +310,144 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     conn.close()
     # Both attempts and the end are in the audit trail.
     assert [a for a in actions if a.startswith("delete")] == ["delete", "delete", "deleted"]
+
+
+def _batch_ids(workspace: Path) -> list[str]:
+    """The ledger's batch ids, oldest first (read-only; [] while the file is locked)."""
+    try:
+        conn = sqlite3.connect(f"file:{workspace / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
+        try:
+            return [r[0] for r in conn.execute("SELECT id FROM batches ORDER BY created_at, id")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+
+
+def _sweep_items(workspace: Path) -> int:
+    """How many items the ledger's second batch (the sweep) holds; -1 before it exists."""
+    batches = _batch_ids(workspace)
+    if len(batches) < 2:
+        return -1
+    try:
+        conn = sqlite3.connect(f"file:{workspace / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
+        try:
+            return int(
+                conn.execute("SELECT count(*) FROM items WHERE batch_id = ?", (batches[1],)).fetchone()[0]
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return -1
+
+
+def _outcomes(workspace: Path, batch_id: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    conn = sqlite3.connect(workspace / "ledger.db")
+    try:
+        return {
+            (entity, source_id): (action, reason)
+            for entity, source_id, action, reason in conn.execute(
+                "SELECT entity, source_id, action, reason_code FROM items WHERE batch_id = ?", (batch_id,)
+            )
+        }
+    finally:
+        conn.close()
+
+
+def _change_the_source(sandbox: Any) -> None:
+    """What a clinic does in Cliniko between the first transfer and the sweep before go-live."""
+    import httpx
+
+    from migrator.cliniko.client import ClientConfig, ClinikoClient
+
+    def put_record(resource_name: str, record: dict[str, Any]) -> dict[str, Any]:
+        answer = httpx.post(
+            f"{sandbox.origin}/_sandbox/records",
+            json={"account": "source", "resource": resource_name, "record": record},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    config = ClientConfig(url_template=sandbox.url_template, requests_per_minute=0)
+    with ClinikoClient(sandbox.key("source"), config=config, writable=True) as writer:
+        patient = writer.post(
+            "/patients", {"first_name": "Nova", "last_name": "Late", "date_of_birth": "1990-02-03"}
+        )
+        page = next(iter(writer.pages("individual_appointments", sort="starts_at", order="desc")))
+        moved, cancelled, deleted = [a for a in page.records if not a.get("cancelled_at")][:3]
+        writer.put(f"/individual_appointments/{moved['id']}", {"notes": "Moved to the morning"})
+        writer.patch(f"/individual_appointments/{cancelled['id']}/cancel", {"cancellation_reason": 50})
+        writer.delete(f"/individual_appointments/{deleted['id']}")
+        some = next(iter(writer.pages("patients"))).records[5]
+        writer.put(f"/patients/{some['id']}", {"email": "moved.house@example.com", "city": "Geelong"})
+        put_record(
+            "invoices",
+            {
+                "number": 99001, "issue_date": "2026-11-21", "status": 10, "status_description": "Open",
+                "total_amount": "85.00", "tax_amount": "0.00", "net_amount": "85.00", "discounted_amount": "0.00",
+                "notes": None, "invoice_to": "", "patient_extra_information": None, "closed_at": None,
+                "appointment_id": None, "business_id": None, "practitioner_id": None,
+                "patient_id": int(patient["id"]),
+            },
+        )  # fmt: skip
+        invoice = next(iter(writer.pages("invoices"))).records[0]
+        put_record("invoices", {"id": int(invoice["id"]), "deleted_at": "2026-11-21T10:00:00Z"})
+
+
+def test_sigkill_during_a_top_up_then_resume_equals_a_clean_top_up(tmp_path: Path) -> None:
+    """Updates, cancellations and deletions at the source survive a killed sweep as creates do."""
+    from migrator.sandbox import Sandbox
+
+    with Sandbox(size="demo", seed=1, rate_limit=0) as sandbox:
+        workspaces = {name: tmp_path / name for name in ("clean", "killed")}
+        mappings = {}
+        for name, workspace in workspaces.items():
+            workspace.mkdir()
+            mappings[name] = setup_workspace(sandbox, workspace)  # type: ignore[arg-type]
+            first = run_cli(sandbox, workspace, mappings[name])  # type: ignore[arg-type]
+            _, err = first.communicate(timeout=600)
+            assert first.returncode == 0, err
+        _change_the_source(sandbox)
+
+        clean = run_cli(sandbox, workspaces["clean"], mappings["clean"], "--top-up", pace="600")  # type: ignore[arg-type]
+        out, err = clean.communicate(timeout=600)
+        assert clean.returncode == 0, err
+        clean_result = json.loads(out)
+        clean_outcomes = _outcomes(workspaces["clean"], clean_result["batch_id"])
+        # The sweep saw every kind of change, so each kind is interrupted somewhere below.
+        assert {reason for _, reason in clean_outcomes.values()} >= {
+            None,
+            "updated",
+            "cancelled",
+            "deleted_at_source",
+        }
+
+        killed = workspaces["killed"]
+        # The first attempt is killed early in the sweep; each later one as soon as it has committed
+        # more than the attempts before it, so the kills step through the sweep's commits.
+        written: list[int] = []
+        for attempt in range(8):
+            process = run_cli(sandbox, killed, mappings["killed"], "--top-up", pace="600")  # type: ignore[arg-type]
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:
+                count = _sweep_items(killed)
+                if (attempt == 0 and count >= 0) or count > max(written, default=0):
+                    break
+                time.sleep(0.005)
+            if attempt == 0:
+                time.sleep(0.3)
+            if process.poll() is not None:
+                break  # the sweep finished before this attempt could be killed
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+            written.append(_sweep_items(killed))
+        else:
+            pytest.fail(f"eight attempts did not finish the sweep: {written}")
+        # Killed at least twice part-way through, with some of the sweep's records written and some not.
+        assert len(written) >= 2 and any(0 < n < len(clean_outcomes) for n in written), written
+        assert process.returncode == 0, process.communicate(timeout=60)[1]
+    batches = _batch_ids(killed)
+    assert len(batches) == 2  # the interrupted sweep was resumed each time, never started afresh
+    assert canonical(killed / "clinic.db") == canonical(workspaces["clean"] / "clinic.db")
+    assert _outcomes(killed, batches[1]) == clean_outcomes
