@@ -186,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             include=include,
             mappings=args.mapping,
             include_archived_patients=not args.no_archived_patients,
+            ledger=ledger,
         )
         resume = unfinished_batch(ledger, plan)
         progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
@@ -507,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
     run.add_argument(
-        "--mapping", metavar="FILE", help="mapping tables from 'mapping --out' (default: auto-matched)"
+        "--mapping",
+        metavar="FILE",
+        help="mapping tables from 'mapping --out' (default: the mapping of the last batch with the same "
+        "filter and data types, else auto-matched)",
     )
     run.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
     run.add_argument(

@@ -187,7 +187,9 @@ def run(
         scope: ``"all"``, ``"business:ID[,ID...]"`` or ``"practitioner:ID[,ID...]"``.
         include: data types (``"patients,invoices"``, ``"core"``...); default everything.
         mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file; by
-            default auto-matched, which refuses to run while any row is unresolved.
+            default the mapping of the workspace's last batch with the same scope and
+            data types (so a re-run or top-up continues it), else auto-matched, which
+            refuses to run while any row is unresolved.
         top_up: read only what changed since the plan's last completed batch.
         progress: ``True`` for a bar per stage (:class:`ProgressBar`), a callable to
             receive each :class:`~migrator.ledger.StageProgress`, or ``None``.
@@ -210,6 +212,7 @@ def run(
             include=parse_include(include) if isinstance(include, str) else include,
             mappings=_mapping_rows(mapping),
             include_archived_patients=include_archived_patients,
+            ledger=ledger,
         )
         return run_plan(plan, source, store, ledger, top_up=top_up, progress=listener, actor="notebook")
     finally:

@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -43,6 +43,7 @@ __all__ = [
     "ClinikoKeys",
     "auto_mapping",
     "cliniko_destination",
+    "earlier_mapping",
     "last_completed_batch",
     "make_plan",
     "open_cliniko_destination",
@@ -159,17 +160,22 @@ def make_plan(
     include: Sequence[str] | None = None,
     mappings: Sequence[MappingRow] | str | Path | None = None,
     include_archived_patients: bool = True,
+    ledger: Ledger | None = None,
 ) -> Plan:
-    """A plan for this source and store; ``mappings`` are rows, a JSON file's path, or auto-matched.
+    """A plan for this source and store; ``mappings`` are rows, a JSON file's path, or chosen for you.
+
+    With no ``mappings``, a plan whose filter and data types an earlier batch in
+    ``ledger`` already ran (not one since deleted) takes that batch's mapping, so a
+    re-run, a resumed run or a top-up continues the same plan: matching afresh would
+    now map the practitioners, businesses and appointment types that batch created,
+    making a new plan with nothing to resume or top up. Otherwise they are auto-matched.
 
     Raises:
         MappingError: a mapping row is still unresolved (the message lists them).
     """
-    if mappings is None:
-        rows = auto_mapping(client, store)
-    elif isinstance(mappings, str | Path):
+    if isinstance(mappings, str | Path):
         rows = load_mapping(mappings)
-    else:
+    elif mappings is not None:
         rows = list(mappings)
     destination = store.describe()
     local = destination.startswith("sqlite:")
@@ -177,18 +183,47 @@ def make_plan(
     if not local and "treatment_notes" in chosen and "treatment_note_templates" not in chosen:
         # Cliniko needs a note's template; templates of the same name are linked, not duplicated.
         chosen.append("treatment_note_templates")
-    plan = Plan(
-        source_account=identity.account or identity.user,
-        source_shard=client.key.shard,
-        destination=destination,
-        destination_account=getattr(store, "account_name", None),
-        scope=scope,
-        mappings=rows,
-        include_archived_patients=include_archived_patients,
-        include=chosen,
-    )
+    fields: dict[str, Any] = {
+        "source_account": identity.account or identity.user,
+        "source_shard": client.key.shard,
+        "destination": destination,
+        "destination_account": getattr(store, "account_name", None),
+        "scope": scope,
+        "include_archived_patients": include_archived_patients,
+        "include": chosen,
+    }
+    if mappings is None:
+        earlier = earlier_mapping(ledger, Plan(**fields, mappings=[])) if ledger is not None else None
+        rows = earlier if earlier is not None else auto_mapping(client, store)
+    plan = Plan(**fields, mappings=rows)
     plan.require_resolved()
     return plan
+
+
+def earlier_mapping(ledger: Ledger, plan: Plan) -> list[MappingRow] | None:
+    """The mapping of the newest batch (not deleted) that ran ``plan`` but for its mapping, if any."""
+    wanted = _comparable(json.loads(plan.to_json()), mappings=False)
+    for batch in ledger.batches():
+        if batch.status in ("deleting", "deleted") or batch.source_account != plan.source_account:
+            continue
+        if batch.destination == plan.destination and _comparable(batch.plan, mappings=False) == wanted:
+            return Plan.model_validate(batch.plan).mappings
+    return None
+
+
+def _comparable(plan_json: dict[str, Any], *, mappings: bool = True) -> dict[str, Any]:
+    """What makes a plan another plan: its JSON without the tool's version, each mapping row cut to its decision.
+
+    Names and notes describe a row (a practitioner renamed at the source, a note matched
+    afresh); they do not change what a run does, so they do not make another plan.
+    """
+    out = {k: v for k, v in plan_json.items() if k not in ("created_with", "mappings")}
+    if mappings:
+        out["mappings"] = sorted(
+            (r["entity"], str(r["source_id"]), r["action"], r.get("target_id") or "")
+            for r in plan_json.get("mappings") or ()
+        )
+    return out
 
 
 def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
@@ -215,8 +250,7 @@ def same_plan(batch: Batch, plan: Plan) -> bool:
     """Whether a batch ran this plan: same source, destination, scope, data types and mappings."""
     if batch.destination != plan.destination or batch.source_account != plan.source_account:
         return False
-    wanted = {k: v for k, v in json.loads(plan.to_json()).items() if k != "created_with"}
-    return {k: v for k, v in batch.plan.items() if k != "created_with"} == wanted
+    return _comparable(batch.plan) == _comparable(json.loads(plan.to_json()))
 
 
 def plan_batches(ledger: Ledger, plan: Plan, *, statuses: Sequence[str] = ("completed",)) -> list[Batch]:

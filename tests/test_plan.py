@@ -393,3 +393,28 @@ def test_require_resolved_lists_the_unresolved_rows() -> None:
     resolved = make_plan(mappings=[r for r in rows() if r.action != "unresolved"])
     resolved.require_resolved()  # nothing to say
     assert resolved.unresolved() == []
+
+
+def test_names_and_notes_do_not_make_another_plan_but_decisions_do(tmp_path: Any) -> None:
+    from migrator.ledger import Ledger
+    from migrator.workflow import earlier_mapping, same_plan
+
+    first = make_plan()
+    with Ledger(tmp_path) as ledger:
+        batch = ledger.create_batch(
+            source_account=first.source_account,
+            destination=first.destination,
+            plan=json.loads(first.to_json()),
+        )
+        renamed = [
+            r.model_copy(update={"source_name": r.source_name + " (renamed)", "note": "x"}) for r in rows()
+        ]
+        assert same_plan(batch, make_plan(mappings=list(reversed(renamed))))
+        decided = [r.model_copy(update={"action": "exclude"}) if r.source_id == "5" else r for r in rows()]
+        assert not same_plan(batch, make_plan(mappings=decided))
+        assert not same_plan(batch, make_plan(include_archived_patients=True))
+        # A plan that differs only in its mapping takes the batch's; another filter has none to take.
+        assert earlier_mapping(ledger, make_plan(mappings=[])) == first.mappings
+        assert earlier_mapping(ledger, make_plan(mappings=[], scope=Scope.parse("all"))) is None
+        ledger.set_status(batch.id, "deleted")
+        assert earlier_mapping(ledger, make_plan(mappings=[])) is None

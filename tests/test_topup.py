@@ -393,3 +393,39 @@ def test_top_up_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Pa
     )
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         assert conn.execute("SELECT count(*) FROM batches WHERE status = 'completed'").fetchone() == (3,)
+
+
+def test_without_a_mapping_a_top_up_continues_the_plan_of_the_last_batch(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    edited = json.loads(mapping.read_text())["mappings"]
+    assert any(row["action"] == "former" for row in edited)  # a decision auto-matching cannot make
+    target = ("--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path))
+    key = tiny_sandbox.key("source")
+    first = cli(tiny_sandbox, "run", *target, "--mapping", str(mapping), "--json", key=key)
+    assert first.returncode == 0, first.stderr
+    batch = json.loads(first.stdout)["batch_id"]
+
+    # No --mapping: the sweep takes the first batch's (matching afresh would now map what that batch
+    # created, and leave the former practitioners undecided).
+    top = cli(tiny_sandbox, "run", *target, "--top-up", "--json", key=key)
+    assert top.returncode == 0, top.stderr
+    assert json.loads(top.stdout)["top_up"]["of"] == batch
+    again = cli(tiny_sandbox, "run", *target, "--json", key=key)
+    assert again.returncode == 0, again.stderr
+    assert all(row["created"] == 0 for row in json.loads(again.stdout)["entities"].values())
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        plans = [json.loads(p)["mappings"] for (p,) in conn.execute("SELECT plan FROM batches ORDER BY id")]
+    assert plans == [edited] * 3
+
+    # Another filter is another plan: its mapping is matched afresh, and undecided rows stop it.
+    other = cli(
+        tiny_sandbox, "run", *target, "--filter", f"business:{_first_business(tiny_sandbox)}", key=key
+    )
+    assert other.returncode == 2 and "is unresolved: practitioners Liam Murphy" in other.stderr
+
+
+def _first_business(sandbox: RunningSandbox) -> str:
+    with sandbox.client() as client:
+        return str(next(iter(client.pages("businesses"))).records[0]["id"])
