@@ -26,9 +26,10 @@ from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, mod
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping
-from migrator.mapping_editor import read_table
+from migrator.mapping_editor import apply_rows, read_table
 from migrator.plan import ENTITIES, FINANCIAL_TYPES, MappingRow, Scope, default_include
 from migrator.scoped_preview import ScopedPreview, scoped_preview
+from migrator.workflow import last_mapping
 
 #: Session entries that hold keys or what was read with them: all dropped on disconnect.
 CONNECTION_STATE = (
@@ -40,6 +41,8 @@ CONNECTION_STATE = (
     "url_template",
     "mapping",
     "mapping_account",
+    "mapping_fresh",
+    "mapping_message",
     "previews",
     "store_setup",
     "plan_scope",
@@ -362,6 +365,20 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
         ):
             references = destination_references()
             state.mapping = build_mapping(client, references.__getitem__, can_create=account[1] is None)
+        state.pop("mapping_message", None)
+        if state.get("mapping_fresh") != account:
+            # A clinic back for its top-up finds its decisions again: matching afresh would map what its
+            # run created, and a changed mapping is a new plan with nothing to top up.
+            with settings().open_ledger() as ledger:
+                found = last_mapping(
+                    ledger, account[0], account[1] or settings().store_target, tenant=tenant_scope()
+                )
+            if found is not None:
+                state.mapping, applied, _ = apply_rows(state.mapping, found[1])
+                state.mapping_message = (
+                    f"Took {applied} decisions from batch {found[0].id}, so running it again or topping it up "
+                    "continues that batch's plan. 'Match again from the source' starts afresh."
+                )
         for entity in ENTITIES:  # the grids' pending edits were made against the old tables
             state.pop(f"mapping_{entity}", None)
         state.mapping_account = account

@@ -45,6 +45,7 @@ __all__ = [
     "cliniko_destination",
     "earlier_mapping",
     "last_completed_batch",
+    "last_mapping",
     "make_plan",
     "open_cliniko_destination",
     "open_local_store",
@@ -203,12 +204,33 @@ def make_plan(
 def earlier_mapping(ledger: Ledger, plan: Plan) -> list[MappingRow] | None:
     """The mapping of the newest batch (not deleted) that ran ``plan`` but for its mapping, if any."""
     wanted = _comparable(json.loads(plan.to_json()), mappings=False)
-    for batch in ledger.batches():
-        if batch.status in ("deleting", "deleted") or batch.source_account != plan.source_account:
-            continue
-        if batch.destination == plan.destination and _comparable(batch.plan, mappings=False) == wanted:
+    for batch in _live_batches(ledger, plan.source_account, plan.destination):
+        if _comparable(batch.plan, mappings=False) == wanted:
             return Plan.model_validate(batch.plan).mappings
     return None
+
+
+def last_mapping(
+    ledger: Ledger, source_account: str, destination: str, *, tenant: str | None = None
+) -> tuple[Batch, list[MappingRow]] | None:
+    """The newest batch (not deleted) from this source account into this destination, and its mapping.
+
+    The console starts its mapping tables from it, whatever that batch's filter, so a
+    clinic coming back for the top-up finds the decisions it made, not a fresh matching.
+    """
+    for batch in _live_batches(ledger, source_account, destination, tenant=tenant):
+        return batch, Plan.model_validate(batch.plan).mappings
+    return None
+
+
+def _live_batches(
+    ledger: Ledger, source_account: str, destination: str, *, tenant: str | None = None
+) -> Iterator[Batch]:
+    for batch in ledger.batches(tenant=tenant):
+        if batch.status in ("deleting", "deleted"):
+            continue
+        if batch.source_account == source_account and batch.destination == destination:
+            yield batch
 
 
 def _comparable(plan_json: dict[str, Any], *, mappings: bool = True) -> dict[str, Any]:

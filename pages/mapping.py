@@ -46,6 +46,8 @@ st.markdown(
 )
 
 if st.button("Match again from the source", key="mapping_rebuild", icon=":material/refresh:"):
+    # Afresh: not from the last batch's decisions either (see ensure_mapping).
+    state.mapping_fresh = (state.source_identity.account or state.source_identity.user, cliniko_target())
     for entity in ENTITIES:
         state.pop(f"mapping_{entity}", None)
     state.pop("mapping", None)

@@ -314,3 +314,30 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
         f"Top-up of batch {first.id}: {top_up_requests:,} requests, "
         f"{first_requests - top_up_requests:,} fewer than the full run's {first_requests:,}."
     ) in [i.value for i in at.info]
+
+    # The next day, in a new session: the Mapping page starts from the last batch's decisions (matching
+    # afresh would map what the run created, a new plan with nothing to top up), so the sweep still works.
+    later = console()
+    later.button(key="use_demo").click().run()
+    goto(later, "mapping")
+    assert (
+        f"Took 19 decisions from batch {top_up.id}, so running it again or topping it up continues that "
+        "batch's plan. 'Match again from the source' starts afresh."
+    ) in [s.value for s in later.success]
+    assert "Every row is decided." in [s.value for s in later.success]
+    goto(later, "run")
+    later.button(key="run_top_up").click().run()
+    assert not later.error, [e.value for e in later.error]
+    assert "completed" in wait_for_status(later, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        assert [b.id for b in ledger.batches()][1:] == [top_up.id, first.id]
+        decisions = [
+            [(r["source_id"], r["action"], r["target_id"]) for r in b.plan["mappings"]]
+            for b in (ledger.batches()[0], first)
+        ]
+        assert decisions[0] == decisions[1]
+    # Matching afresh forgets them: the two former practitioners need a decision again.
+    goto(later, "mapping")
+    later.button(key="mapping_rebuild").click().run()
+    table = later.data_editor(key="mapping_practitioners").value
+    assert table["status"].str.contains("needs a decision").sum() == 2
