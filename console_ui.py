@@ -27,7 +27,16 @@ from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping
 from migrator.mapping_editor import apply_rows, read_table
-from migrator.plan import ENTITIES, FINANCIAL_TYPES, MappingRow, Scope, default_include
+from migrator.plan import (
+    CORE_TYPES,
+    ENTITIES,
+    FINANCIAL_TYPES,
+    OPTIONAL_TYPES,
+    MappingRow,
+    Plan,
+    Scope,
+    default_include,
+)
 from migrator.scoped_preview import ScopedPreview, scoped_preview
 from migrator.workflow import last_mapping
 
@@ -375,15 +384,35 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
                 )
             if found is not None:
                 state.mapping, applied, _ = apply_rows(state.mapping, found[1])
+                _choose_scope_of(Plan.model_validate(found[0].plan))
                 state.mapping_message = (
-                    f"Took {applied} decisions from batch {found[0].id}, so running it again or topping it up "
-                    "continues that batch's plan. 'Match again from the source' starts afresh."
+                    f"Took {applied} decisions and the scope from batch {found[0].id}, so running it again or "
+                    "topping it up continues that batch's plan. 'Match again from the source' starts afresh."
                 )
         for entity in ENTITIES:  # the grids' pending edits were made against the old tables
             state.pop(f"mapping_{entity}", None)
         state.mapping_account = account
     tables: dict[str, pl.DataFrame] = state.mapping
     return tables
+
+
+def _choose_scope_of(plan: Plan) -> None:
+    """Preset the Scope page (its filter, data types and archived-patients box) to a plan's choices."""
+    state = st.session_state
+    kept: dict[str, Any] = state.setdefault("_kept", {})
+    kept["scope_kind"] = plan.scope.kind
+    if plan.scope.kind != "all":
+        kept[f"scope_{'businesses' if plan.scope.kind == 'business' else 'practitioners'}"] = list(
+            plan.scope.ids
+        )
+    for data_type in (*CORE_TYPES, *OPTIONAL_TYPES, *FINANCIAL_TYPES):
+        kept[f"include_{data_type}"] = data_type in plan.include
+    kept["include_archived"] = plan.include_archived_patients
+    for key in kept:
+        if key.startswith(("scope_", "include_")):
+            state.pop(key, None)  # drawn next from what is kept (see remembered)
+    state.plan_scope, state.plan_include = plan.scope, list(plan.include)
+    state.plan_archived = plan.include_archived_patients
 
 
 def sign_out_now() -> None:

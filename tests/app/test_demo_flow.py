@@ -321,7 +321,7 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
     later.button(key="use_demo").click().run()
     goto(later, "mapping")
     assert (
-        f"Took 19 decisions from batch {top_up.id}, so running it again or topping it up continues that "
+        f"Took 19 decisions and the scope from batch {top_up.id}, so running it again or topping it up continues that "
         "batch's plan. 'Match again from the source' starts afresh."
     ) in [s.value for s in later.success]
     assert "Every row is decided." in [s.value for s in later.success]
@@ -341,3 +341,40 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
     later.button(key="mapping_rebuild").click().run()
     table = later.data_editor(key="mapping_practitioners").value
     assert table["status"].str.contains("needs a decision").sum() == 2
+
+
+def test_a_new_session_starts_from_the_last_batchs_decisions_and_scope(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    at = console()
+    connect_and_decide(at)
+    goto(at, "scope")
+    at.radio(key="scope_kind").set_value("business").run()
+    businesses = at.multiselect(key="scope_businesses")
+    businesses.select(businesses.options[0]).run()
+    at.checkbox(key="include_invoices").uncheck().run()
+    chosen = (at.session_state["plan_scope"], list(at.session_state["plan_include"]))
+    assert "invoices" not in chosen[1]
+    goto(at, "run")
+    at.button(key="run_start").click().run()
+    assert "completed" in wait_for_status(at, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        (first,) = ledger.batches()
+
+    later = console()
+    later.button(key="use_demo").click().run()
+    goto(later, "mapping")
+    assert "Every row is decided." in [s.value for s in later.success]
+    goto(later, "scope")
+    assert later.radio(key="scope_kind").value == "business"
+    assert later.multiselect(key="scope_businesses").value == chosen[0].ids
+    assert later.checkbox(key="include_invoices").value is False
+    assert (later.session_state["plan_scope"], list(later.session_state["plan_include"])) == chosen
+    goto(later, "run")
+    later.button(key="run_top_up").click().run()
+    assert not later.error, [e.value for e in later.error]
+    assert "completed" in wait_for_status(later, "completed", "failed")
+    with Ledger(workspace) as ledger:
+        top_up = ledger.batches()[0]
+        assert any(e["action"] == "top_up" for e in ledger.audit_log(top_up.id))
+        assert top_up.plan["scope"] == first.plan["scope"] and top_up.plan["include"] == first.plan["include"]
