@@ -656,16 +656,26 @@ class Engine:
         self._group.commit_if_due()
 
     def _insert(self, entity: str, creates: list[_Decision]) -> None:
-        """Create the records of these decisions; one the destination refuses becomes a skip."""
+        """Create the records of these decisions; one the destination refuses becomes a skip.
+
+        One created without part of its record (a patient's answers to custom fields the
+        Cliniko account lacks) keeps its item, flagged ``custom_fields_left`` with what stayed.
+        """
         ids = self.store.insert(
             entity, [d.row for d in creates], batch_id=self.batch_id, source_account=self.account
         )
+        left_behind = getattr(self.store, "left_behind", None)
         for decision, dest_id in zip(creates, ids, strict=True):
             if isinstance(dest_id, Exception):
                 decision.action, decision.row = "skipped", None
                 decision.reason_code, decision.reason = "destination_refused", str(dest_id)
-            else:
-                decision.dest_id = dest_id
+                continue
+            decision.dest_id = dest_id
+            missing = left_behind(entity, decision.row) if left_behind is not None else None
+            if missing:  # created, but part of it stayed in the source: flagged for a look
+                why = f"Created without the answers the destination has no custom field for: {'; '.join(missing)}."
+                decision.reason_code = decision.reason_code or "custom_fields_left"
+                decision.reason = f"{decision.reason} {why}" if decision.reason else why
 
     def _update(self, entity: str, updates: list[_Decision]) -> None:
         """Rewrite records the source changed; one the destination refuses keeps its item, with why."""

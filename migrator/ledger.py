@@ -283,9 +283,10 @@ def _writes_sent(db: sqlite_utils.Database) -> None:
 
 #: Reason codes of records that came across but want a person's look, besides every
 #: ``review_*`` code (near-matches created, not linked: see :mod:`migrator.engine`): a
-#: change at the source the destination could not take, and a record deleted at the
-#: source but kept because the clinic has added to it (:mod:`migrator.topup`).
-FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept")
+#: change at the source the destination could not take, a record deleted at the source
+#: but kept because the clinic has added to it (:mod:`migrator.topup`), and a patient
+#: created in a Cliniko account without the custom fields some of their answers need.
+FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept", "custom_fields_left")
 
 #: A Cliniko destination names its account: ``cliniko:<account id>``.
 CLINIKO_DESTINATION = "cliniko:"

@@ -223,6 +223,19 @@ def test_answers_to_a_custom_field_the_clinic_adds_after_the_transfer_follow_on_
         assert key not in _answers(
             transfer.dest_client.get(f"/patients/{created[sid]}")["custom_fields"], full
         )
+    # Each of those patients is flagged, naming the field their answer needs; no one else is.
+    flagged = {
+        i.source_id: i.reason
+        for i in transfer.ledger.items(first.batch_id, "patients")
+        if i.reason_code == "custom_fields_left"
+    }
+    assert set(flagged) == answered
+    label = f"{full['sections'][0]['name']} › {missing['name']}".casefold()  # the source's spelling differs
+    assert all(f"has no custom field for: {label}." in (r or "").casefold() for r in flagged.values()), (
+        flagged
+    )
+    listed = transfer.ledger.flagged_frame(first.batch_id)
+    assert set(listed.filter(listed["reason_code"] == "custom_fields_left")["source_id"]) == answered
 
     define(full)
     again = transfer.run(plan)

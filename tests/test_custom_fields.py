@@ -123,6 +123,31 @@ def test_fields_match_by_name_and_type_and_options_by_name() -> None:
         "Health fund › Interests: Running",
         "Health fund › Locker number (text)",
     ]
+    # ... and so is what one patient answered there, for their item; a field left empty is not.
+    left = fields.left_behind(
+        answer(
+            {"token": "s-since", "name": "Member since", "type": "date", "value": "2019-03-01"},
+            {
+                "token": "s-int",
+                "name": "Interests",
+                "type": "checkboxes",
+                "options": [{"token": "s-pil", "selected": True}, {"token": "s-run", "selected": True}],
+            },
+            {"token": "s-locker", "name": "Locker number", "type": "text", "value": " "},
+            {
+                "token": "s-heard",
+                "name": "How did you hear about us?",
+                "type": "radiobuttons",
+                "options": [],
+                "other": {"selected": True, "value": "Radio ad"},
+            },
+        )
+    )
+    assert left == ["Health fund › Member since", "Health fund › Interests: Running"]
+    assert CustomFields(SOURCE, {"sections": []}).left_behind(answer(
+        {"token": "s-heard", "name": "How did you hear about us?", "type": "radiobuttons",
+         "options": [], "other": {"selected": True, "value": "Radio ad"}}
+    )) == ["Health fund › How did you hear about us?"]  # fmt: skip
     # The destination's definition is checked as Cliniko checks it: the translation passes.
     assert sandbox_check(written, DESTINATION) is not None
 

@@ -669,6 +669,13 @@ class ClinikoDestination:
             body["content"] = _with_provenance(data)
         return body
 
+    def left_behind(self, entity: str, row: Mapping[str, Any]) -> list[str]:
+        """What of a created row's source record this account has no place for (a patient's custom answers)."""
+        if entity != "patients":
+            return []
+        data: Mapping[str, Any] = row.get("data") or {}
+        return self.custom_fields.left_behind(data.get("custom_fields"))
+
     # -- rewriting what changed at the source ---------------------------------------------------
 
     def stored_form(self, entity: str, row: Mapping[str, Any]) -> dict[str, Any]:

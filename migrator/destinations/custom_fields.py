@@ -25,7 +25,7 @@ another, and the API cannot create definitions (settings are read-only, ``CLINIK
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,48 @@ class CustomFields:
     def translate(self, values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """A source patient's ``custom_fields`` as the destination takes them; ``None`` if nothing is left."""
         sections: dict[str, list[dict[str, Any]]] = {}
+        for entry, source, target, _ in self._entries(values):
+            if target is None:
+                continue
+            written = self._field(entry, source, target)
+            if written is not None:
+                sections.setdefault(target.section_token, []).append(written)
+        if not sections:
+            return None
+        return {"sections": [{"token": token, "fields": fields} for token, fields in sections.items()]}
+
+    def left_behind(self, values: Mapping[str, Any] | None) -> list[str]:
+        """A source patient's answers the destination has no place for, named as :attr:`unmatched` names them.
+
+        ``"Section › Field"`` for an answered field the destination lacks, ``"Section ›
+        Field: Option"`` for a chosen option it lacks, ``"...: other"`` for free text it
+        does not enable. Unanswered fields are not named: nothing of the patient's is lost.
+        """
+        out: list[str] = []
+        for entry, source, target, label in self._entries(values):
+            chosen = [o for o in entry.get("options") or [] if o.get("selected")]
+            other = bool((entry.get("other") or {}).get("selected"))
+            value = entry.get("value")
+            if not (chosen or other or (isinstance(value, str) and value.strip())):
+                continue
+            if target is None:
+                out.append(label)
+                continue
+            names = {normalise_name(n) for n in target.options.values()}
+            for option in chosen:
+                name = (source.options.get(str(option.get("token"))) if source else None) or option.get(
+                    "name"
+                )
+                if normalise_name(str(name or "")) not in names:
+                    out.append(f"{label}: {name}")
+            if other and not target.other:
+                out.append(f"{label}: other")
+        return out
+
+    def _entries(
+        self, values: Mapping[str, Any] | None
+    ) -> Iterator[tuple[Mapping[str, Any], _Field | None, _Field | None, str]]:
+        """Each answer of a patient's ``custom_fields``: its source field, its match here, and its label."""
         for section in (values or {}).get("sections") or []:
             for entry in section.get("fields") or []:
                 source = self._source.get(str(entry.get("token")))
@@ -111,15 +153,12 @@ class CustomFields:
                 section_name = source.section if source else str(section.get("name") or "")
                 name = source.name if source else str(entry.get("name") or "")
                 kind = source.type if source else str(entry.get("type") or "")
-                target = self._targets.get(_key(section_name, name, kind))
-                if target is None:
-                    continue
-                written = self._field(entry, source, target)
-                if written is not None:
-                    sections.setdefault(target.section_token, []).append(written)
-        if not sections:
-            return None
-        return {"sections": [{"token": token, "fields": fields} for token, fields in sections.items()]}
+                yield (
+                    entry,
+                    source,
+                    self._targets.get(_key(section_name, name, kind)),
+                    f"{section_name} › {name}",
+                )
 
     @staticmethod
     def _field(entry: Mapping[str, Any], source: _Field | None, target: _Field) -> dict[str, Any] | None:
