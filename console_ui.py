@@ -376,8 +376,8 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
             state.mapping = build_mapping(client, references.__getitem__, can_create=account[1] is None)
         state.pop("mapping_message", None)
         if state.get("mapping_fresh") != account:
-            # A clinic back for its top-up finds its decisions again: matching afresh would map what its
-            # run created, and a changed mapping is a new plan with nothing to top up.
+            # A clinic back for its top-up finds its decisions again: matching afresh leaves its former
+            # practitioners undecided, and a changed mapping is a new plan with nothing to top up.
             with settings().open_ledger() as ledger:
                 found = last_mapping(
                     ledger, account[0], account[1] or settings().store_target, tenant=tenant_scope()

@@ -167,9 +167,10 @@ def make_plan(
 
     With no ``mappings``, a plan whose filter and data types an earlier batch in
     ``ledger`` already ran (not one since deleted) takes that batch's mapping, so a
-    re-run, a resumed run or a top-up continues the same plan: matching afresh would
-    now map the practitioners, businesses and appointment types that batch created,
-    making a new plan with nothing to resume or top up. Otherwise they are auto-matched.
+    re-run, a resumed run or a top-up continues the same plan. Matching afresh would
+    lose the decisions auto-matching cannot make (former practitioners) and, against a
+    Cliniko account, map what that batch created: a new plan, with nothing to resume or
+    top up. Otherwise they are auto-matched.
 
     Raises:
         MappingError: a mapping row is still unresolved (the message lists them).
