@@ -457,6 +457,36 @@ def test_a_write_whose_answer_was_lost_is_found_not_sent_again(transfer: Transfe
     assert transfer.total("patients") == before
 
 
+def test_records_a_killed_run_created_are_never_linked_to_as_the_clinics_own(transfer: Transfer) -> None:
+    from migrator.destinations.cliniko import _Write, _WriteLog
+
+    batch = transfer.ledger.create_batch(source_account="x", destination=transfer.dest.describe(), plan={})
+    rows = [
+        {"source_id": sid, "data": {"first_name": name, "last_name": "Killed", "date_of_birth": "1990-02-03"}}
+        for sid, name in (("801", "Recorded"), ("802", "Lost"))
+    ]
+    writes = [_Write(r["source_id"], r, transfer.dest._body("patients", r)) for r in rows]
+    log_ = _WriteLog(transfer.ledger, batch.id, "patients")
+    log_.intend(writes, {w.source_id: transfer.dest._probe_of("patients", w) for w in writes})
+    sent = [transfer.dest_client.post("/patients", w.body) for w in writes]
+    # The first create's id was recorded, the second's answer was lost; the run died before either's item.
+    writes[0].dest_id = str(sent[0]["id"])
+    log_.created([writes[0]], "patients")
+    before = transfer.total("patients")
+
+    # The resumed run looks for the clinic's own patients of these names and birth dates: neither is one,
+    # so each is created (found, not sent again) rather than linked.
+    for row in rows:
+        data = row["data"]
+        found = transfer.dest.find_patients(
+            data["first_name"], data["last_name"], data["date_of_birth"], exclude_source_account="x"
+        )
+        assert found == [], data["first_name"]
+    ids = transfer.dest.insert("patients", rows, batch_id=batch.id, source_account="x")
+    assert ids == [str(p["id"]) for p in sent]
+    assert transfer.total("patients") == before
+
+
 def test_dropped_answers_to_writes_never_duplicate_a_record(tmp_path: Path) -> None:
     # A fifth of the answers are lost after Cliniko applied the request (the "drop" fault).
     for t in _transfer(tmp_path, faults=0.2, fault_kinds=("drop",)):

@@ -366,17 +366,39 @@ class ClinikoDestination:
         return sum(self.client.count(entity, route=route) for route in self._routes(entity))
 
     def _ours(self, entity: str, source_account: str | None = None) -> set[str]:
-        """Destination ids of ``entity`` that batches into this account created (from one source)."""
-        sql = (
-            "SELECT i.dest_id FROM items i JOIN batches b ON b.id = i.batch_id "
-            "WHERE b.destination = ? AND i.entity = ? AND i.action = 'created' AND i.dest_id IS NOT NULL"
-        )
+        """Destination ids of ``entity`` that batches into this account created (from one source).
+
+        From the batches' items, and from their writes: a run killed after a create's id
+        was recorded but before its page's items still created that record.
+        """
+        where = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL"
         params: list[Any] = [self.describe(), entity]
         if source_account is not None:
-            sql += " AND b.source_account = ?"
+            where += " AND b.source_account = ?"
             params.append(source_account)
+        sql = (
+            "SELECT i.dest_id FROM items i JOIN batches b ON b.id = i.batch_id "
+            f"WHERE i.action = 'created' AND {where.format(t='i')} "
+            f"UNION SELECT w.dest_id FROM writes w JOIN batches b ON b.id = w.batch_id WHERE {where.format(t='w')}"
+        )
         with self.ledger.lock:
-            return {str(r[0]) for r in self.ledger.conn.execute(sql, params)}
+            return {str(r[0]) for r in self.ledger.conn.execute(sql, params * 2)}
+
+    def _lost_creates(self, entity: str, source_account: str) -> set[str]:
+        """Records that creates from this source made although their answers were lost (a run killed
+        mid-request), found by their probes: not yet recorded, but not the clinic's own either."""
+        with self.ledger.lock:
+            rows = self.ledger.conn.execute(
+                "SELECT w.source_id, w.intended_at, w.probe FROM writes w JOIN batches b ON b.id = w.batch_id "
+                "WHERE b.destination = ? AND b.source_account = ? AND b.status NOT IN ('deleting', 'deleted') "
+                "AND w.entity = ? AND w.state = 'intended' AND w.dest_id IS NULL",
+                (self.describe(), source_account, entity),
+            ).fetchall()
+        if not rows:
+            return set()
+        writes = [_Write(r[0], {}, json.loads(r[2] or "{}"), intended_at=r[1]) for r in rows]
+        self._look_up(entity, writes, count=False)
+        return {w.dest_id for w in writes if w.dest_id is not None}
 
     def has_foreign(self, entity: str, *, source_account: str) -> bool:
         """Whether the account holds records of ``entity`` that no batch from this source created."""
@@ -401,7 +423,7 @@ class ClinikoDestination:
         """
         if name not in self._index:
             entity = name.split("_by_")[0]
-            ours = self._ours(entity, foreign_of)
+            ours = self._ours(entity, foreign_of) | self._lost_creates(entity, foreign_of)
             index: dict[Any, list[str]] = {}
             for route in self._routes(entity):
                 for record in self._records(entity, route=route):
@@ -534,8 +556,11 @@ class ClinikoDestination:
     def _probe_of(self, entity: str, w: _Write) -> dict[str, Any]:
         return {f: w.body.get(f) for f in _PROBE.get(entity, ("name",)) if w.body.get(f) is not None}
 
-    def _look_up(self, entity: str, writes: list[_Write]) -> None:
-        """Find records a lost answer created: made since the intent, equal on the probe fields."""
+    def _look_up(self, entity: str, writes: list[_Write], *, count: bool = True) -> None:
+        """Find records a lost answer created: made since the intent, equal on the probe fields.
+
+        ``count``: add what is found to :attr:`recovered` (not when only looking).
+        """
         since = min(datetime.fromisoformat(w.intended_at or _now()) for w in writes) - _PROBE_SLACK
         taken = self._ours(entity)
         created_since = [Filter("created_at", ">=", since.strftime("%Y-%m-%dT%H:%M:%SZ"))]
@@ -552,8 +577,9 @@ class ClinikoDestination:
                     w.dest_id, w.state = str(record["id"]), "created"
                     candidates.remove(record)
                     taken.add(w.dest_id)
-                    self.recovered += 1
-                    log.info("found %s %s created before an interruption", entity, w.dest_id)
+                    if count:
+                        self.recovered += 1
+                        log.info("found %s %s created before an interruption", entity, w.dest_id)
                     break
 
     def _executor(self) -> ThreadPoolExecutor:
