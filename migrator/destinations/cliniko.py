@@ -385,8 +385,11 @@ class ClinikoDestination:
             return {str(r[0]) for r in self.ledger.conn.execute(sql, params * 2)}
 
     def _lost_creates(self, entity: str, source_account: str) -> set[str]:
-        """Records that creates from this source made although their answers were lost (a run killed
-        mid-request), found by their probes: not yet recorded, but not the clinic's own either."""
+        """Records this source's creates made though their answers were lost (a run killed mid-request).
+
+        Found by their probes, as a resumed create finds them: not recorded yet, but not the
+        clinic's own either, so never a natural-key match.
+        """
         with self.ledger.lock:
             rows = self.ledger.conn.execute(
                 "SELECT w.source_id, w.intended_at, w.probe FROM writes w JOIN batches b ON b.id = w.batch_id "
