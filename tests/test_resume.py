@@ -148,15 +148,21 @@ def setup_workspace(sandbox: RunningSandbox, workspace: Path) -> Path:
     return workspace / "mapping.json"
 
 
-def items_written(workspace: Path) -> int:
+def peek(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]] | None:
+    """A query's rows, read-only while a run writes; ``None`` while the file is locked or missing."""
     try:
-        conn = sqlite3.connect(f"file:{workspace / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2)
         try:
-            return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
-        return 0
+        return None
+
+
+def items_written(workspace: Path) -> int:
+    rows = peek(workspace / "ledger.db", "SELECT count(*) FROM items")
+    return rows[0][0] if rows else 0
 
 
 @pytest.mark.parametrize("scope", ["all", "practitioner"])
@@ -230,15 +236,9 @@ def _first_practitioner(sandbox: RunningSandbox) -> str:
 
 
 def _batch_rows_left(workspace: Path) -> int:
-    """Store rows of any batch still present (read-only; 0 while the file is locked)."""
-    try:
-        conn = sqlite3.connect(f"file:{workspace / 'clinic.db'}?mode=ro", uri=True, timeout=0.2)
-        try:
-            return conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
+    """Store rows of any batch still present (read-only; -1 while the file is locked)."""
+    rows = peek(workspace / "clinic.db", "SELECT count(*) FROM patients WHERE batch_id IS NOT NULL")
+    return rows[0][0] if rows else -1
 
 
 def test_sigkill_mid_deletion_then_delete_again_finishes_it(
@@ -276,13 +276,8 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     # Patients go last (reverse dependency order): wait until the deletion is under way.
     status = None
     while process.poll() is None and time.monotonic() < deadline:
-        conn = sqlite3.connect(f"file:{tmp_path / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
-        try:
-            status = conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()[0]
-        except sqlite3.Error:
-            status = None
-        finally:
-            conn.close()
+        rows = peek(tmp_path / "ledger.db", "SELECT status FROM batches WHERE id = ?", batch_id)
+        status = rows[0][0] if rows else None
         if status == "deleting":
             break
         time.sleep(0.002)
@@ -314,14 +309,9 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
 
 def _batch_ids(workspace: Path) -> list[str]:
     """The ledger's batch ids, oldest first (read-only; [] while the file is locked)."""
-    try:
-        conn = sqlite3.connect(f"file:{workspace / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
-        try:
-            return [r[0] for r in conn.execute("SELECT id FROM batches ORDER BY created_at, id")]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return []
+    return [
+        r[0] for r in peek(workspace / "ledger.db", "SELECT id FROM batches ORDER BY created_at, id") or ()
+    ]
 
 
 def _sweep_items(workspace: Path) -> int:
@@ -329,16 +319,8 @@ def _sweep_items(workspace: Path) -> int:
     batches = _batch_ids(workspace)
     if len(batches) < 2:
         return -1
-    try:
-        conn = sqlite3.connect(f"file:{workspace / 'ledger.db'}?mode=ro", uri=True, timeout=0.2)
-        try:
-            return int(
-                conn.execute("SELECT count(*) FROM items WHERE batch_id = ?", (batches[1],)).fetchone()[0]
-            )
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
+    rows = peek(workspace / "ledger.db", "SELECT count(*) FROM items WHERE batch_id = ?", batches[1])
+    return int(rows[0][0]) if rows else -1
 
 
 def _outcomes(workspace: Path, batch_id: str) -> dict[tuple[str, str], tuple[str, str | None]]:
