@@ -219,9 +219,8 @@ def last_mapping(
     The console starts its mapping tables from it, whatever that batch's filter, so a
     clinic coming back for the top-up finds the decisions it made, not a fresh matching.
     """
-    for batch in _live_batches(ledger, source_account, destination, tenant=tenant):
-        return batch, Plan.model_validate(batch.plan).mappings
-    return None
+    batch = next(_live_batches(ledger, source_account, destination, tenant=tenant), None)
+    return None if batch is None else (batch, Plan.model_validate(batch.plan).mappings)
 
 
 def _live_batches(
