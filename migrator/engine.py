@@ -664,21 +664,20 @@ class Engine:
         ids = self.store.insert(
             entity, [d.row for d in creates], batch_id=self.batch_id, source_account=self.account
         )
-        left_behind = getattr(self.store, "left_behind", None)
         for decision, dest_id in zip(creates, ids, strict=True):
             if isinstance(dest_id, Exception):
                 decision.action, decision.row = "skipped", None
                 decision.reason_code, decision.reason = "destination_refused", str(dest_id)
                 continue
             decision.dest_id = dest_id
-            missing = left_behind(entity, decision.row) if left_behind is not None else None
-            if missing:  # created, but part of it stayed in the source: flagged for a look
-                why = f"Created without the answers the destination has no custom field for: {'; '.join(missing)}."
-                decision.reason_code = decision.reason_code or "custom_fields_left"
-                decision.reason = f"{decision.reason} {why}" if decision.reason else why
+            self._flag_left_behind(entity, decision, decision.row, "Created")
 
     def _update(self, entity: str, updates: list[_Decision]) -> None:
-        """Rewrite records the source changed; one the destination refuses keeps its item, with why."""
+        """Rewrite records the source changed; one the destination refuses keeps its item, with why.
+
+        One rewritten without part of it (answers to custom fields the Cliniko account still
+        lacks) is flagged ``custom_fields_left``, like a create.
+        """
         outcomes = self.store.update(
             entity, [(d.dest_id, d.update) for d in updates], source_account=self.account
         )
@@ -688,6 +687,25 @@ class Engine:
                 decision.reason = (
                     f"Changed in Cliniko since an earlier batch brought it, but not updated: {outcome}"
                 )
+            else:
+                self._flag_left_behind(entity, decision, decision.update, "Updated")
+
+    def _flag_left_behind(
+        self, entity: str, decision: _Decision, row: dict[str, Any] | None, done: str
+    ) -> None:
+        """Flag ``custom_fields_left`` a record written without part of it, naming what stayed.
+
+        A create keeps a ``review_*`` code it already has; a rewrite's ``updated`` gives way
+        (its sentence still says it was updated), so the flagged list shows it either way.
+        """
+        left_behind = getattr(self.store, "left_behind", None)
+        missing = left_behind(entity, row) if left_behind is not None and row is not None else None
+        if not missing:
+            return
+        why = f"{done} without the answers the destination has no custom field for: {'; '.join(missing)}."
+        if decision.reason_code in (None, "updated"):
+            decision.reason_code = "custom_fields_left"
+        decision.reason = f"{decision.reason} {why}" if decision.reason else why
 
     # -- a top-up's deletions -------------------------------------------------------------
 

@@ -52,9 +52,9 @@ bring, with its reason code and sentence, and a count by reason.
 with its reason: near-matches created rather than linked (``review_*``: the same name and
 date of birth more than once, a shared email), a change at the source the destination
 could not take (``update_refused``), a record deleted at the source but kept because the
-clinic has added to it (``deleted_at_source_kept``), a patient created in a Cliniko
-account without the answers it has no custom field for (``custom_fields_left``). They do
-not count against reconciliation.
+clinic has added to it (``deleted_at_source_kept``), a patient created or rewritten in a
+Cliniko account without the answers it has no custom field for (``custom_fields_left``).
+They do not count against reconciliation.
 """
 
 from __future__ import annotations

@@ -237,6 +237,22 @@ def test_answers_to_a_custom_field_the_clinic_adds_after_the_transfer_follow_on_
     listed = transfer.ledger.flagged_frame(first.batch_id)
     assert set(listed.filter(listed["reason_code"] == "custom_fields_left")["source_id"]) == answered
 
+    # One of them moves house before the field exists: the top-up's rewrite is flagged as well.
+    moved = sorted(answered)[0]
+    with transfer.client("source", writable=True) as clinic:
+        clinic.put(f"/patients/{moved}", {"city": "Ballarat"})
+    top_up = transfer.run(plan, top_up=True)
+    rewritten = {
+        i.source_id: (i.reason_code, i.reason)
+        for i in transfer.ledger.items(top_up.batch_id, "patients")
+        if i.reason_code != "earlier_batch"
+    }
+    assert list(rewritten) == [moved]
+    code, reason = rewritten[moved]
+    assert code == "custom_fields_left"
+    assert "updated in place" in reason and f"has no custom field for: {label}." in reason.casefold()
+    assert transfer.dest_client.get(f"/patients/{created[moved]}")["city"] == "Ballarat"
+
     define(full)
     again = transfer.run(plan)
     updated = {

@@ -699,7 +699,7 @@ class ClinikoDestination:
         return body
 
     def left_behind(self, entity: str, row: Mapping[str, Any]) -> list[str]:
-        """What of a created row's source record this account has no place for (a patient's custom answers)."""
+        """What of a created or rewritten row's source record this account has no place for (custom answers)."""
         if entity != "patients":
             return []
         data: Mapping[str, Any] = row.get("data") or {}
