@@ -679,7 +679,10 @@ class Engine:
         lacks) is flagged ``custom_fields_left``, like a create.
         """
         outcomes = self.store.update(
-            entity, [(d.dest_id, d.update) for d in updates], source_account=self.account
+            entity,
+            [(d.dest_id, d.update) for d in updates],
+            source_account=self.account,
+            batch_id=self.batch_id,
         )
         for decision, outcome in zip(updates, outcomes, strict=True):
             if isinstance(outcome, Exception):
@@ -938,7 +941,7 @@ class Engine:
         if not hasattr(self.store, "stored_rows"):  # a destination that cannot compare: leave them be
             return dict.fromkeys(ids)
         stored: dict[str, dict[str, Any] | None] = self.store.stored_rows(
-            entity, ids, source_account=self.account
+            entity, ids, source_account=self.account, batch_id=self.batch_id
         )
         return stored
 

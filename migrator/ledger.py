@@ -19,9 +19,10 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
              skipped, updated_at)  PK (batch_id, stage)
     audit(id PK, at, actor, action, batch_id -> batches, detail JSON, tenant, role)
     writes(batch_id -> batches, entity, source_id, state, dest_id, intended_at, completed_at,
-           probe JSON, sent JSON)  PK (batch_id, entity, source_id), indexed (entity, dest_id):
-           creates in a Cliniko destination, intended -> created -> completed (or refused), and
-           what the record last received from us; see migrator.destinations.cliniko
+           probe JSON, sent JSON, sent_before JSON, rewritten_by)  PK (batch_id, entity, source_id),
+           indexed (entity, dest_id): creates in a Cliniko destination, intended -> created ->
+           completed (or refused), what the record last received from us, and the batch that
+           last rewrote it with what it held before; see migrator.destinations.cliniko
     patient_preferences(batch_id -> batches, dest_id, source_id, reminder_type,
            receives_confirmation_emails, restored_at)  PK (batch_id, dest_id): what go-live restores
     migrations(id PK, migration_set, name, applied_at)
@@ -281,11 +282,20 @@ def _writes_sent(db: sqlite_utils.Database) -> None:
     db.table("writes").create_index(["entity", "dest_id"])
 
 
+@MIGRATIONS(name="008_writes_rewritten")
+def _writes_rewritten(db: sqlite_utils.Database) -> None:
+    # The batch that last rewrote a record (``rewritten_by``) and what the record held
+    # before that batch's rewrite (``sent_before``), so a batch killed after a rewrite but
+    # before its items were written still reports the record as updated when resumed.
+    db.table("writes").add_column("sent_before", str)
+    db.table("writes").add_column("rewritten_by", str)
+
+
 #: Reason codes of records that came across but want a person's look, besides every
 #: ``review_*`` code (near-matches created, not linked: see :mod:`migrator.engine`): a
 #: change at the source the destination could not take, a record deleted at the source
 #: but kept because the clinic has added to it (:mod:`migrator.topup`), and a patient
-#: created in a Cliniko account without the custom fields some of their answers need.
+#: created or rewritten in a Cliniko account without the custom fields some of their answers need.
 FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept", "custom_fields_left")
 
 #: A Cliniko destination names its account: ``cliniko:<account id>``.

@@ -18,7 +18,7 @@ from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.transport import RetryPolicy
 from migrator.destinations.cliniko import ClinikoDestination, go_live, preflight
 from migrator.errors import ConfigError
-from migrator.ledger import Ledger
+from migrator.ledger import Item, Ledger
 from migrator.opening_balance import opening_balances
 from migrator.plan import MappingRow, Plan, Scope
 from migrator.reconcile import counts as reconcile_counts
@@ -365,6 +365,58 @@ def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_
         if i.reason_code != "earlier_batch"
     )
     assert rewritten == Counter({"update_refused": 1})
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL: the run stops dead where it is raised."""
+
+
+def test_a_top_up_killed_between_a_rewrite_and_its_items_still_reports_it_updated(
+    transfer: Transfer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = transfer.plan()
+    first = transfer.run(plan)
+    created = {i.source_id: i.dest_id for i in transfer.ledger.items(first.batch_id, "patients", "created")}
+    moved = sorted(created)[0]
+    with transfer.client("source", writable=True) as clinic:
+        clinic.put(f"/patients/{moved}", {"city": "Ballarat"})
+
+    # The rewrite reaches Cliniko and `writes`; the run dies before the page's items, and
+    # again where it dies the second time (resumed, it rewrites the record once more).
+    record_items = transfer.ledger.record_items
+
+    def dies_on_the_rewritten_page(batch_id: str, items: list[Item]) -> None:
+        if any(i.entity == "patients" and i.source_id == moved for i in items):
+            raise _Killed
+        record_items(batch_id, items)
+
+    monkeypatch.setattr(transfer.ledger, "record_items", dies_on_the_rewritten_page)
+    for _ in range(2):
+        with pytest.raises(_Killed):
+            transfer.run(plan, top_up=True)
+    assert transfer.dest_client.get(f"/patients/{created[moved]}")["city"] == "Ballarat"
+    monkeypatch.setattr(transfer.ledger, "record_items", record_items)
+
+    httpx.post(f"{transfer.sandbox.origin}/_sandbox/reset_stats").raise_for_status()
+    resumed = transfer.run(plan, top_up=True)
+    assert resumed.resumed
+    reported = {
+        i.source_id: (i.action, i.reason_code, i.reason)
+        for i in transfer.ledger.items(resumed.batch_id, "patients")
+        if i.reason_code != "earlier_batch"
+    }
+    assert reported == {
+        moved: (
+            "already_present",
+            "updated",
+            "Changed in Cliniko since an earlier batch brought it (city); updated in place.",
+        )
+    }
+    stats = httpx.get(f"{transfer.sandbox.origin}/_sandbox/stats").json()
+    assert sum(a["writes"] for a in stats["accounts"].values()) == 0, "nothing is sent twice"
+    # A later batch finds it as it is now: nothing to rewrite.
+    again = transfer.run(plan, top_up=True)
+    assert {i.reason_code for i in transfer.ledger.items(again.batch_id, "patients")} <= {"earlier_batch"}
 
 
 def test_no_patient_is_messaged_until_go_live(transfer: Transfer) -> None:

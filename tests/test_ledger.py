@@ -34,6 +34,7 @@ ALL_MIGRATIONS = [
     "005_destination_writes",
     "006_audit_tenant_role",
     "007_writes_sent",
+    "008_writes_rewritten",
 ]
 
 

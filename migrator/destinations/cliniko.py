@@ -53,7 +53,8 @@ blocks or attachments, undoing a cancellation, or rewriting a record the clinic 
 deleted from the destination (it is not brought back). Records linked to, not created,
 are never rewritten. A ``PUT`` is idempotent, so a run killed mid-update simply sends it
 again on resume; killed after the update was recorded but before the page's items, the
-resumed batch reports the record as ``earlier_batch`` rather than ``updated``.
+resumed batch reports the record ``updated`` as a clean run would, and sends nothing
+again (``writes.sent_before`` keeps what the record held before the batch's rewrite).
 """
 
 from __future__ import annotations
@@ -720,12 +721,15 @@ class ClinikoDestination:
         return _canonical(form)
 
     def stored_rows(
-        self, entity: str, ids: Iterable[str], *, source_account: str
+        self, entity: str, ids: Iterable[str], *, source_account: str, batch_id: str | None = None
     ) -> dict[str, dict[str, Any] | None]:
         """What each of these records last received from a batch of ``source_account``.
 
         ``None`` for a record no batch of that account created here (linked to, never
-        rewritten), and for one created before the ledger kept what it sent.
+        rewritten), and for one created before the ledger kept what it sent. A record
+        ``batch_id`` itself rewrote gives what it held before: the batch, resumed after a
+        kill between its rewrite and its items, then decides ``updated`` again, as it did
+        (and :meth:`update` finds nothing left to send).
         """
         wanted = [str(i) for i in ids]
         out: dict[str, dict[str, Any] | None] = dict.fromkeys(wanted)
@@ -733,17 +737,24 @@ class ClinikoDestination:
             return out
         with self.ledger.lock:
             rows = self.ledger.conn.execute(
-                "SELECT w.dest_id, w.sent FROM writes w JOIN batches b ON b.id = w.batch_id"
+                "SELECT w.dest_id, CASE WHEN w.rewritten_by = ? AND w.sent_before IS NOT NULL"
+                " THEN w.sent_before ELSE w.sent END"
+                " FROM writes w JOIN batches b ON b.id = w.batch_id"
                 " WHERE b.destination = ? AND b.source_account = ? AND w.entity = ? AND w.state = 'completed'"
                 " AND w.sent IS NOT NULL AND w.dest_id IN (SELECT value FROM json_each(?))",
-                (self.describe(), source_account, entity, json.dumps(wanted)),
+                (batch_id, self.describe(), source_account, entity, json.dumps(wanted)),
             ).fetchall()
         for dest_id, sent in rows:
             out[str(dest_id)] = json.loads(sent)
         return out
 
     def update(
-        self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
+        self,
+        entity: str,
+        rows: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        source_account: str,
+        batch_id: str | None = None,
     ) -> list[WriteRefused | None]:
         """Rewrite records an earlier batch created from a fresh copy of their source.
 
@@ -753,7 +764,8 @@ class ClinikoDestination:
         per row, ``None`` (rewritten) or why not: Cliniko refused it, it cannot update that
         type or undo a cancellation, or the record was deleted from the destination. Like
         :meth:`insert`, it must be called outside a ledger transaction, and raises the run's
-        errors (a revoked key, Cliniko down beyond retries) after recording what went.
+        errors (a revoked key, Cliniko down beyond retries) after recording what went, with
+        the rewriting ``batch_id`` and what each record held before it (see :meth:`stored_rows`).
         """
         before = self.stored_rows(entity, [dest_id for dest_id, _ in rows], source_account=source_account)
         errors: list[BaseException] = []
@@ -782,10 +794,17 @@ class ClinikoDestination:
         sent = [(dest_id, form) for (dest_id, _), (_, form) in zip(rows, outcomes, strict=True) if form]
         if sent:
             with self.ledger.transaction():
+                # Right-hand sides read the row as it was: a batch's second rewrite of a
+                # record (after a resume) keeps what the record held before the first.
                 self.ledger.conn.executemany(
-                    "UPDATE writes SET sent = ? WHERE entity = ? AND dest_id = ? AND state = 'completed'"
+                    "UPDATE writes SET sent = ?, rewritten_by = ?,"
+                    " sent_before = CASE WHEN rewritten_by IS ? THEN sent_before ELSE sent END"
+                    " WHERE entity = ? AND dest_id = ? AND state = 'completed'"
                     " AND batch_id IN (SELECT id FROM batches WHERE destination = ?)",
-                    [(json.dumps(form), entity, dest_id, self.describe()) for dest_id, form in sent],
+                    [
+                        (json.dumps(form), batch_id, batch_id, entity, dest_id, self.describe())
+                        for dest_id, form in sent
+                    ],
                 )
         if errors:
             raise errors[0]

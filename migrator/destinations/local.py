@@ -368,14 +368,15 @@ class LocalStore:
         return set(self.provenance(entity, ids))
 
     def stored_rows(
-        self, entity: str, ids: Iterable[str], *, source_account: str
+        self, entity: str, ids: Iterable[str], *, source_account: str, batch_id: str | None = None
     ) -> dict[str, dict[str, Any] | None]:
         """The stored form (:meth:`stored_form`) of records, to compare with a fresh copy of their source.
 
         Returns ``{id: stored form}`` for records imported from ``source_account``,
         ``{id: None}`` for records that exist but are not that account's (set up by the
         clinic, or from another account: linked to, never rewritten); ids with no
-        record are absent.
+        record are absent. ``batch_id`` (the rewriting batch) is not needed here: a
+        rewrite commits in the same transaction as its items.
         """
         spec = table(entity)
         own = [c.name for c in spec.columns if not c.computed]
@@ -592,7 +593,12 @@ class LocalStore:
         return (None if source_id is None else str(source_id)), values, data
 
     def update(
-        self, entity: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, source_account: str
+        self,
+        entity: str,
+        rows: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        source_account: str,
+        batch_id: str | None = None,
     ) -> list[MigratorError | None]:
         """Rewrite imported records in place from a fresh copy of their source (a top-up's changes).
 
@@ -601,6 +607,7 @@ class LocalStore:
                 ``source_id`` as the stored record.
             source_account: only records imported from this account are touched: a
                 record the clinic set up itself, or one from another account, is never rewritten.
+            batch_id: the rewriting batch; unused, as in :meth:`stored_rows`.
 
         The record keeps its id, source id and the batch that created it (so deleting that
         batch still removes it); computed columns (``outstanding``, ``name_key``) are
