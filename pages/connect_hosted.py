@@ -4,6 +4,7 @@ Before anyone signs in, this page is the sign-in form (:func:`hosted_ui.sign_in_
 source key lives in a :class:`~migrator.hosted.KeyLease` only until the run it is lent to
 ends. A Cliniko destination's keys (after a passed pre-flight) live in a lease of their own,
 dropped with the source's; a key used only to set the clinic store up is dropped at once.
+A key refused is answered in one sentence under the box it was typed in.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def verify_source() -> None:
         with config.open_ledger() as ledger:
             connection = connect_source(ledger, who, key, config.client_config())
     except MigratorError as exc:
-        state.connect_error = str(exc)
+        state.source_error = str(exc)
         return
     if who.operator and connection.tenant != work_tenant():
         drop_connection()  # another clinic: nothing read with the last key may carry over
@@ -78,21 +79,22 @@ def set_up_store() -> None:
             state.store_setup = setup_store_from(config, client)
     except MigratorError as exc:
         state.pop("setup_identity", None)
-        state.connect_error = str(exc)
+        state.setup_error = str(exc)
 
 
-def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
-    """Verify a Cliniko destination's keys and run the pre-flight; lease them only if it passes."""
+def check_destination(key: SecretStr, note_keys: list[SecretStr], *, error_key: str = "dest_error") -> None:
+    """Verify a Cliniko destination's keys and run the pre-flight; lease them only if it passes.
+
+    A refusal is kept in ``state[error_key]``, for the box whose key it was to show.
+    """
     source = state.get("key_lease")
     if who is None or not isinstance(source, KeyLease):
-        state.connect_error = (
-            "Verify the clinic's own API key above first: the pre-flight reads both accounts."
-        )
+        state[error_key] = "Verify the clinic's own API key above first: the pre-flight reads both accounts."
         return
     try:
         check, lease = connect_cliniko_destination(settings(), who, source, key, note_keys)
     except MigratorError as exc:
-        state.connect_error = str(exc)
+        state[error_key] = str(exc)
         return
     forget_destination()
     state.dest_check = check
@@ -113,14 +115,14 @@ def add_note_key() -> None:
     lease = destination_lease()
     key = lease.key if lease is not None else None
     if typed is not None and lease is not None and key is not None:
-        check_destination(key, [*lease.extra, typed])
+        check_destination(key, [*lease.extra, typed], error_key="note_key_error")
 
 
 def forget_note_keys() -> None:
     lease = destination_lease()
     key = lease.key if lease is not None else None
     if lease is not None and key is not None:
-        check_destination(key, [])
+        check_destination(key, [], error_key="note_key_error")
 
 
 def forget_destination() -> None:
@@ -133,8 +135,6 @@ def forget_destination() -> None:
 
 
 st.title("Connect")
-if error := state.pop("connect_error", None):
-    st.error(error)
 
 st.subheader("Source account")
 if who.operator:
@@ -160,6 +160,8 @@ else:
         help="Kept in this session's memory only while a step needs it, never saved.",
     )
     st.button("Verify the key", key="verify_source", on_click=verify_source)
+if error := state.pop("source_error", None):  # under the box its key was typed in
+    st.error(error)
 
 st.subheader("Destination")
 destination = remembered(
@@ -192,6 +194,8 @@ if destination == CLINIKO:
             disabled=key is None,
             help=None if key is not None else "Verify the clinic's own key first: the pre-flight reads both.",
         )
+        if error := state.pop("dest_error", None):
+            st.error(error)
         if state.get("dest_target"):  # a pre-flight passed, and its run has ended since
             st.info(
                 "The destination's key was dropped when the last run ended: enter it again to run into it."
@@ -210,13 +214,18 @@ else:
         forget_destination()  # a key not needed any more is not held
     if work_tenant() is not None:
         st.caption("Runs go into this clinic's own store on this instance.")
-    with st.expander("Set the clinic store up from the account you will work in (optional)"):
+    setup_error = state.pop("setup_error", None)
+    with st.expander(
+        "Set the clinic store up from the account you will work in (optional)", expanded=bool(setup_error)
+    ):
         st.markdown(
             "A new clinic sets up its practitioners, businesses and appointment types before an import. "
             "Give a key of the account whose set-up you want, and the mapping matches against it."
         )
         st.text_input("That account's API key", type="password", key="setup_key_input")
         st.button("Set the clinic store up", key="set_up_store", on_click=set_up_store)
+        if setup_error:
+            st.error(setup_error)
         if state.get("setup_identity") is not None:
             identity = state.setup_identity
             st.success(

@@ -79,3 +79,15 @@ def wait_for_status(at: AppTest, *words: str, timeout: float = 120) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"the run did not reach {words} in {timeout} s: {status!r}")
         time.sleep(0.5)
+
+
+def errors_below(at: AppTest, widget_key: str) -> list[str]:
+    """The error messages the page shows below the widget with this key (in the order read)."""
+    found, out = False, []
+    for element in at.main:
+        if getattr(element, "key", None) == widget_key:
+            found = True
+        elif found and type(element).__name__ == "Error":
+            out.append(str(element.value))
+    assert found, f"no widget {widget_key!r} on the page"
+    return out

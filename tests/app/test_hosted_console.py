@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from migrator.hosted import KeyLease, hash_password
 from migrator.ledger import Ledger
-from tests.app.conftest import goto, texts, wait_for_status
+from tests.app.conftest import errors_below, goto, texts, wait_for_status
 from tests.hosted_clinics import Clinics, running_clinics, tenant_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,6 +229,16 @@ def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
     assert [t.value for t in operator.title] == ["Connect"]
     operator.run()  # the rerun app.py asks for once a box is emptied
     assert PASSWORD not in repr(operator.session_state._state._state)
+    # A mistyped key is answered in one sentence under the box it was typed in.
+    malformed = "The API key has 2 '-' separators; a Cliniko key has at most one"
+    operator.text_input(key="source_key_input").input("not-a-key")
+    operator.button(key="verify_source").click().run()
+    assert [e.value[: len(malformed)] for e in operator.error] == [malformed]
+    assert len(errors_below(operator, "verify_source")) == 1
+    operator.text_input(key="setup_key_input").input("not-a-key")
+    operator.button(key="set_up_store").click().run()
+    assert [e[: len(malformed)] for e in errors_below(operator, "set_up_store")] == [malformed]
+    assert len(operator.error) == 1
     goto(operator, "batches")
     assert operator.dataframe[0].value["Batch"].tolist() == [batch_id]
     goto(operator, "audit")
@@ -317,6 +327,15 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     assert dest_lease.dropped  # replaced, not kept beside the new one
     dest_lease = at.session_state["dest_lease"]
     assert len(dest_lease.extra) == 1 and "1 practitioner's key held" in texts(at)
+    # A key of another account is refused under its own box; what was checked before stays.
+    at.text_input(key="note_key_input").input(key)
+    at.button(key="add_note_key").click().run()
+    assert errors_below(at, "add_note_key") == [
+        "A note author's key belongs to another Cliniko account than the destination key."
+    ]
+    assert len(at.error) == 1 and at.text_input(key="note_key_input").value == ""
+    at.run()
+    assert at.session_state["dest_lease"] is dest_lease and not dest_lease.dropped
 
     # Mapping: practitioners and businesses the account lacks cannot be created there: exclude them.
     goto(at, "mapping")
