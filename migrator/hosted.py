@@ -857,6 +857,46 @@ def go_live_as(
         return go_live(ledger, destination, batch.id, actor=principal.actor)
 
 
+def count_as(
+    settings: ConsoleSettings,
+    principal: Principal,
+    batch_id: str,
+    key: SecretStr,
+    *,
+    client_config: ClientConfig | None = None,
+) -> pl.DataFrame:
+    """A batch's counts (:func:`migrator.reconcile.counts`) with the Cliniko account it wrote into counted now.
+
+    A session's keys go when its run ends, so the Review page asks for one for this
+    count. ``key`` may be any user's of that account (counting only reads), is checked
+    with Cliniko now, used for this count (one request per 100 records of each list
+    the batch wrote) and not kept.
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        ConfigError: the batch went into the clinic store (count it without a key).
+        NotAllowed: the key belongs to another account.
+    """
+    from migrator.reconcile import counts
+
+    with settings.open_ledger() as ledger:
+        batch = visible_batch(ledger, principal, batch_id)
+    account = batch.destination.removeprefix("cliniko:")
+    if account == batch.destination:
+        raise ConfigError(f"Batch {batch.id} went into the clinic store: its counts need no key.")
+    config = client_config or settings.client_config()
+    if _verify(key, config).tenant != account:
+        raise NotAllowed(
+            f"This key belongs to another Cliniko account; counting what batch {batch.id} brought needs a key "
+            f"of account {account}, which it wrote into."
+        )
+    with settings.open_destination(batch.destination, ClinikoKeys(key), config.url_template) as (
+        ledger,
+        destination,
+    ):
+        return counts(ledger, batch.id, store=destination)
+
+
 # --- the audit trail -----------------------------------------------------------------------
 
 

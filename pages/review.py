@@ -11,13 +11,16 @@ from console_ui import (
     hosted,
     next_step,
     open_destination,
+    principal,
     settings,
     source_client,
+    take_typed_key,
     tenant_scope,
     work_tenant,
 )
 from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
+from migrator.hosted import count_as
 from migrator.reconcile import balances, counts, flagged, skipped
 
 COLUMN_NAMES = {
@@ -61,6 +64,19 @@ def downloads(frame: pl.DataFrame, name: str) -> None:
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+def count_with_key(batch_id: str) -> None:
+    """Count a batch's Cliniko destination with a key typed for it (hosted; a callback: the box is emptied)."""
+    typed = take_typed_key("review_dest_key")
+    signed_in = principal()
+    if typed is None or signed_in is None:
+        state.review_count_error = "Enter an API key of the destination account to count there."
+        return
+    try:
+        cache[(batch_id, "counts")] = count_as(config, signed_in, batch_id, typed)
+    except MigratorError as exc:
+        state.review_count_error = str(exc)
 
 
 def labelled(frame: pl.DataFrame) -> pl.DataFrame:
@@ -117,9 +133,35 @@ to_cliniko = batch.destination.startswith("cliniko:")
 unreachable = batch_destination_problem(batch.destination, cliniko_target())
 try:
     if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
-        st.caption(f"{unreachable} Until then the counts below are the ledger's only.")
+        count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
+        if hosted():  # keys go when a run ends: one is asked for this count only
+            if count_frame is None:
+                st.caption(
+                    f"This batch wrote into Cliniko account {batch.destination.removeprefix('cliniko:')}, and "
+                    "this session holds no key of it now: until you give one, the counts below are the "
+                    "ledger's only."
+                )
+            key_box, count_button = st.columns([3, 2], vertical_alignment="bottom")
+            key_box.text_input(
+                "An API key of the destination account",
+                type="password",
+                key="review_dest_key",
+                help="Any user's key of that account: used for this count only, never kept.",
+            )
+            count_button.button(
+                "Count in the destination",
+                key="review_dest_count",
+                on_click=count_with_key,
+                args=(batch_id,),
+                help="Reads the destination's lists: one request per 100 records.",
+            )
+            if error := state.pop("review_count_error", None):
+                st.error(error)
+        else:
+            st.caption(f"{unreachable} Until then the counts below are the ledger's only.")
         with config.open_ledger() as ledger:
-            count_frame = counts(ledger, batch_id)
+            if count_frame is None:
+                count_frame = counts(ledger, batch_id)
             skipped_frame = skipped(ledger, batch_id)
             flagged_frame = flagged(ledger, batch_id)
     else:
@@ -140,7 +182,9 @@ except MigratorError as exc:
     st.stop()
 
 differing = count_frame.filter(pl.col("difference").fill_null(0) != 0)
-if differing.height:
+if count_frame["in_destination"].null_count() == count_frame.height:
+    st.info("Not counted in the destination yet: the ledger's side only.")
+elif differing.height:
     st.warning(
         "Not everything the ledger says arrived is in the destination: "
         + "; ".join(

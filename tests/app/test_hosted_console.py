@@ -373,6 +373,25 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     assert not at.error, [e.value for e in at.error]
     assert f"reminder and confirmation preferences restored for {created:,} patients." in texts(at)
 
+    # Review: the session holds no key of the destination now; one is asked for the count only.
+    goto(at, "review")
+    assert "Not counted in the destination yet" in texts(at)
+    assert "Every record the batch brought is in the destination." not in texts(at)
+    at.text_input(key="review_dest_key").input(key)  # the clinic's own key: another account
+    at.button(key="review_dest_count").click().run()
+    assert errors_below(at, "review_dest_count") == [
+        f"This key belongs to another Cliniko account; counting what batch {batch_id} brought needs a key "
+        f"of account {target.removeprefix('cliniko:')}, which it wrote into."
+    ]
+    assert at.text_input(key="review_dest_key").value == ""
+    at.text_input(key="review_dest_key").input(admin_only)  # any user's key of the account will do
+    at.button(key="review_dest_count").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert "Every record the batch brought is in the destination." in texts(at)
+    shown = at.dataframe[0].value.set_index("Data type")
+    assert shown.loc["Patients", "In the destination"] == created
+    assert (shown["Difference"] == 0).all()
+
     # Batches: what goes is listed from the ledger; deleting takes the destination's administrator key.
     goto(at, "batches")
     assert "archived" in texts(at)
