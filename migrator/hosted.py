@@ -857,6 +857,37 @@ def go_live_as(
         return go_live(ledger, destination, batch.id, actor=principal.actor)
 
 
+@contextmanager
+def source_as(
+    settings: ConsoleSettings,
+    principal: Principal,
+    batch_id: str,
+    key: SecretStr,
+    *,
+    client_config: ClientConfig | None = None,
+) -> Iterator[tuple[Batch, ClinikoClient]]:
+    """The batch and a client of the account it read from, once Cliniko says ``key`` is that account's.
+
+    For the Review page's reads at the source after the session's key has gone with its
+    run (opening balances, balances): any user's key of that account, checked now, used
+    inside the ``with`` and not kept.
+
+    Raises:
+        BatchNotFound: unknown, or another tenant's.
+        NotAllowed: the key belongs to another account.
+    """
+    with settings.open_ledger() as ledger:
+        batch = visible_batch(ledger, principal, batch_id)
+    config = client_config or settings.client_config()
+    with ClinikoClient(key, config=config) as client:
+        if account_id(client) != batch.source_account:
+            raise NotAllowed(
+                f"This key belongs to another Cliniko account; batch {batch.id} read from account "
+                f"{batch.source_account}, so it needs a key of that account."
+            )
+        yield batch, client
+
+
 def count_as(
     settings: ConsoleSettings,
     principal: Principal,

@@ -20,7 +20,8 @@ from console_ui import (
 )
 from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
-from migrator.hosted import count_as
+from migrator.hosted import count_as, source_as
+from migrator.opening_balance import opening_balances
 from migrator.reconcile import balances, counts, flagged, skipped
 
 COLUMN_NAMES = {
@@ -77,6 +78,40 @@ def count_with_key(batch_id: str) -> None:
         cache[(batch_id, "counts")] = count_as(config, signed_in, batch_id, typed)
     except MigratorError as exc:
         state.review_count_error = str(exc)
+
+
+def read_at_source(batch_id: str, what: str, box: str) -> None:
+    """Opening balances or balances with a key of the source typed in ``box`` (hosted; a callback)."""
+    typed = take_typed_key(box)
+    signed_in = principal()
+    if typed is None or signed_in is None:
+        state[f"{box}_error"] = "Enter an API key of the source account to read its invoices."
+        return
+    try:
+        with source_as(config, signed_in, batch_id, typed) as (batch, client):
+            if what == "opening_balances":
+                with config.open_ledger() as ledger:
+                    cache[(batch_id, what)] = opening_balances(ledger, batch_id, source=client)
+            else:
+                with config.open_store(batch.destination) as (ledger, store):
+                    cache[(batch_id, what)] = balances(ledger, batch_id, source=client, store=store)
+    except MigratorError as exc:
+        state[f"{box}_error"] = str(exc)
+
+
+def ask_source_key(batch_id: str, what: str, *, label: str, button: str, why: str) -> None:
+    """A hosted session's key went with its run: a key of the source, asked for this read only."""
+    box = f"{button}_key"
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    left.text_input(
+        "An API key of the source account",
+        type="password",
+        key=box,
+        help="Any user's key of that account: used for this read only, never kept.",
+    )
+    right.button(label, key=button, on_click=read_at_source, args=(batch_id, what, box), help=why)
+    if error := state.pop(f"{box}_error", None):
+        st.error(error)
 
 
 def labelled(frame: pl.DataFrame) -> pl.DataFrame:
@@ -258,15 +293,21 @@ if to_cliniko:
         "Cliniko cannot import financials, so invoices and payments stay in the source account: enter each "
         "patient's outstanding balance below as an opening balance in the new account."
     )
-    if not same_source:
+    if not same_source and hosted():
+        ask_source_key(
+            batch_id,
+            "opening_balances",
+            label="List the opening balances",
+            button="review_opening_balances",
+            why="Reads the source's invoices in scope: one request per 100 invoices.",
+        )
+    elif not same_source:
         st.info(f"Connect {batch.source_account}'s key (on the Connect page) to list the opening balances.")
     elif st.button(
         "List the opening balances",
         key="review_opening_balances",
         help="Reads the source's invoices in scope: one request per 100 invoices.",
     ):
-        from migrator.opening_balance import opening_balances
-
         try:
             with st.spinner("Reading the source's invoices…"), source_client() as client:
                 if unreachable:
@@ -311,10 +352,18 @@ if to_cliniko:
 st.subheader("Patient balances: what each patient owes, at the source and here")
 if "invoices" not in (batch.plan.get("include") or []):
     st.caption("This batch did not bring invoices, so there are no balances to compare.")
-elif not same_source:
+elif not same_source and not hosted():
     st.info(f"Connect {batch.source_account}'s key (on the Connect page) to compare balances with Cliniko.")
 else:
-    if st.button(
+    if not same_source:
+        ask_source_key(
+            batch_id,
+            "balances",
+            label="Compare balances with Cliniko",
+            button="review_balances",
+            why="Reads the source's invoices in scope: one request per 100 invoices.",
+        )
+    elif st.button(
         "Compare balances with Cliniko",
         key="review_balances",
         help="Reads the source's invoices in scope: one request per 100 invoices.",

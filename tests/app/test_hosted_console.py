@@ -10,6 +10,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ import pytest
 from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
+from migrator.cliniko.client import ClinikoClient
 from migrator.hosted import KeyLease, hash_password
 from migrator.ledger import Ledger
+from migrator.opening_balance import opening_balances
 from tests.app.conftest import errors_below, goto, texts, wait_for_status
 from tests.hosted_clinics import Clinics, running_clinics, tenant_of
 
@@ -153,6 +156,19 @@ def test_a_clinics_whole_flow_leaves_its_key_nowhere(
     assert key not in session_values(at)
     goto(at, "connect_hosted")
     assert "This session holds no key now" in texts(at)
+
+    # Review compares balances with a key of the clinic's account given for that read only.
+    goto(at, "review")
+    at.text_input(key="review_balances_key").input(key)
+    at.button(key="review_balances").click().run()
+    assert not at.error, [e.value for e in at.error]
+    shown = {m.label: m.value for m in at.metric}
+    with Ledger(workspace) as ledger:
+        patients = ledger.counts(batch_id)["patients"]
+    assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
+    assert shown["Balances that differ"] == "0"
+    at.run()  # the rerun app.py asks for once a box is emptied
+    assert key not in session_values(at)
 
     # Deleting needs an administrator's key of this account, checked now; a staff key is refused.
     goto(at, "batches")
@@ -391,6 +407,22 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     shown = at.dataframe[0].value.set_index("Data type")
     assert shown.loc["Patients", "In the destination"] == created
     assert (shown["Difference"] == 0).all()
+    # The opening balances read the source's invoices: a key of the source account, for that read only.
+    at.text_input(key="review_opening_balances_key").input(admin_only)  # the destination's: refused
+    at.button(key="review_opening_balances").click().run()
+    assert errors_below(at, "review_opening_balances") == [
+        f"This key belongs to another Cliniko account; batch {batch_id} read from account {tenant_of(3)}, "
+        "so it needs a key of that account."
+    ]
+    at.text_input(key="review_opening_balances_key").input(key)
+    at.button(key="review_opening_balances").click().run()
+    assert not at.error, [e.value for e in at.error]
+    with Ledger(workspace) as ledger, ClinikoClient(SecretStr(key), config=clinics.config()) as source:
+        expected = opening_balances(ledger, batch_id, source=source)
+    assert expected.height > 0
+    listed = at.dataframe[-1].value
+    assert listed["Source id"].tolist() == expected["source_patient_id"].to_list()
+    assert [Decimal(str(v)) for v in listed["Outstanding"]] == expected["outstanding"].to_list()
 
     # Batches: what goes is listed from the ledger; deleting takes the destination's administrator key.
     goto(at, "batches")
