@@ -38,7 +38,9 @@ Cliniko account whose administrator-practitioner key it holds
 (:func:`connect_cliniko_destination`); the batch then belongs to both accounts. Going live
 (:func:`go_live_as`) and deleting (:func:`delete_as`) take an administrator's key of the
 destination account at that moment, as deleting from the clinic store takes one of the
-clinic's.
+clinic's. After a run has taken the keys with it, the Review page's reads take any user's
+key of the account concerned, for that read only: counting the destination
+(:func:`count_as`), reading the source's invoices for balances (:func:`source_as`).
 
 Create an operator's secrets entry with ``python -m migrator.hosted hash-password NAME``.
 """
