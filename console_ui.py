@@ -445,6 +445,25 @@ def take_typed_key(widget: str) -> SecretStr | None:
     return SecretStr(typed) if typed else None
 
 
+def use_typed_key(
+    box: str, *, error: str, missing: str, step: Callable[[Principal, SecretStr], None]
+) -> None:
+    """A hosted callback's one step with the key typed in ``box`` (emptied whatever happens).
+
+    ``step`` gets who is signed in and the key; the sentence of a refusal, or ``missing``
+    when the box was empty, goes to ``st.session_state[error]`` for the page to show.
+    """
+    typed = take_typed_key(box)
+    signed_in = principal()
+    if typed is None or signed_in is None:
+        st.session_state[error] = missing
+        return
+    try:
+        step(signed_in, typed)
+    except MigratorError as exc:
+        st.session_state[error] = str(exc)
+
+
 # --- shown by both Connect pages ---------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
+from pydantic import SecretStr
 
 from console_ui import (
     cliniko_target,
@@ -11,16 +12,15 @@ from console_ui import (
     hosted,
     next_step,
     open_destination,
-    principal,
     settings,
     source_client,
-    take_typed_key,
     tenant_scope,
+    use_typed_key,
     work_tenant,
 )
 from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
-from migrator.hosted import count_as, source_as
+from migrator.hosted import Principal, count_as, source_as
 from migrator.opening_balance import opening_balances
 from migrator.reconcile import balances, counts, flagged, skipped
 
@@ -69,34 +69,36 @@ def downloads(frame: pl.DataFrame, name: str) -> None:
 
 def count_with_key(batch_id: str) -> None:
     """Count a batch's Cliniko destination with a key typed for it (hosted; a callback: the box is emptied)."""
-    typed = take_typed_key("review_dest_key")
-    signed_in = principal()
-    if typed is None or signed_in is None:
-        state.review_count_error = "Enter an API key of the destination account to count there."
-        return
-    try:
-        cache[(batch_id, "counts")] = count_as(config, signed_in, batch_id, typed)
-    except MigratorError as exc:
-        state.review_count_error = str(exc)
+
+    def count(who: Principal, key: SecretStr) -> None:
+        cache[(batch_id, "counts")] = count_as(config, who, batch_id, key)
+
+    use_typed_key(
+        "review_dest_key",
+        error="review_count_error",
+        missing="Enter an API key of the destination account to count there.",
+        step=count,
+    )
 
 
 def read_at_source(batch_id: str, what: str, box: str) -> None:
     """Opening balances or balances with a key of the source typed in ``box`` (hosted; a callback)."""
-    typed = take_typed_key(box)
-    signed_in = principal()
-    if typed is None or signed_in is None:
-        state[f"{box}_error"] = "Enter an API key of the source account to read its invoices."
-        return
-    try:
-        with source_as(config, signed_in, batch_id, typed) as (batch, client):
+
+    def read(who: Principal, key: SecretStr) -> None:
+        with source_as(config, who, batch_id, key) as (batch, client):
             if what == "opening_balances":
                 with config.open_ledger() as ledger:
                     cache[(batch_id, what)] = opening_balances(ledger, batch_id, source=client)
             else:
                 with config.open_store(batch.destination) as (ledger, store):
                     cache[(batch_id, what)] = balances(ledger, batch_id, source=client, store=store)
-    except MigratorError as exc:
-        state[f"{box}_error"] = str(exc)
+
+    use_typed_key(
+        box,
+        error=f"{box}_error",
+        missing="Enter an API key of the source account to read its invoices.",
+        step=read,
+    )
 
 
 def ask_source_key(batch_id: str, what: str, *, label: str, button: str, why: str) -> None:

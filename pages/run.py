@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from console_ui import (
     actor,
@@ -24,14 +24,14 @@ from console_ui import (
     settings,
     source_client,
     source_key,
-    take_typed_key,
     tenant_scope,
+    use_typed_key,
     work_tenant,
 )
 from migrator.background import plan_of
 from migrator.console import batch_destination_problem, go_live_sentence, progress_frame
 from migrator.errors import ConfigError, MigratorError
-from migrator.hosted import KeyLease, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
+from migrator.hosted import KeyLease, Principal, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
 from migrator.scoped_preview import plan_entities, scoped_preview
 from migrator.workflow import make_plan, verify_source
@@ -301,16 +301,16 @@ def go_live_section(batch: Batch) -> None:
 
 def go_live_with_key(batch_id: str) -> None:
     """Go live on a hosted instance (a callback: the key box is emptied whatever happens)."""
-    typed = take_typed_key("go_live_admin_key")
-    signed_in = principal()
-    if typed is None or signed_in is None:
-        state.go_live_error = "Enter an administrator's API key of the destination account to go live."
-        return
-    try:
-        result = go_live_as(config, signed_in, batch_id, typed)
-        state.go_live_message = go_live_sentence(result)
-    except MigratorError as exc:
-        state.go_live_error = str(exc)
+
+    def go_live(who: Principal, key: SecretStr) -> None:
+        state.go_live_message = go_live_sentence(go_live_as(config, who, batch_id, key))
+
+    use_typed_key(
+        "go_live_admin_key",
+        error="go_live_error",
+        missing="Enter an administrator's API key of the destination account to go live.",
+        step=go_live,
+    )
 
 
 def hosted_go_live(batch: Batch) -> None:
