@@ -30,8 +30,8 @@ typed to delete a batch is used for that one check and dropped.
 Every action is audited with the tenant, the role and the time: ``sign_in``,
 ``sign_in_refused``, ``sign_out``, ``connect``, ``preflight``, ``run``,
 ``stop_requested`` / ``stop``, ``resume``, ``delete`` / ``deleted``, ``delete_refused``,
-``go_live`` / ``go_live_refused`` (and ``complete``, ``fail``, written by the engine with the
-run's role).
+``go_live`` / ``go_live_refused``, ``review_read`` / ``review_read_refused`` (and
+``complete``, ``fail``, written by the engine with the run's role).
 
 **Into another Cliniko account.** A clinic (or an operator for it) may write into another
 Cliniko account whose administrator-practitioner key it holds
@@ -40,7 +40,8 @@ Cliniko account whose administrator-practitioner key it holds
 destination account at that moment, as deleting from the clinic store takes one of the
 clinic's. After a run has taken the keys with it, the Review page's reads take any user's
 key of the account concerned, for that read only: counting the destination
-(:func:`count_as`), reading the source's invoices for balances (:func:`source_as`).
+(:func:`count_as`), counting at the source or reading its invoices for balances
+(:func:`source_as`).
 
 Create an operator's secrets entry with ``python -m migrator.hosted hash-password NAME``.
 """
@@ -57,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -860,33 +861,69 @@ def go_live_as(
 
 
 @contextmanager
+def _audited_read(settings: ConsoleSettings, principal: Principal, batch: Batch, read: str) -> Iterator[None]:
+    """Audit the key check of a Review read: ``review_read_refused`` if the block raises, else ``review_read``.
+
+    A read is no change, but it is a key's access to a clinic's records, so a hosted
+    instance keeps a line of it (tenant: the batch's source account), as of a deletion.
+    """
+    try:
+        yield
+    except MigratorError as exc:
+        with settings.open_ledger() as ledger:
+            record(
+                ledger,
+                principal,
+                "review_read_refused",
+                batch_id=batch.id,
+                tenant=batch.source_account,
+                detail={"read": read, "why": type(exc).__name__},
+            )
+        raise
+    with settings.open_ledger() as ledger:
+        record(
+            ledger,
+            principal,
+            "review_read",
+            batch_id=batch.id,
+            tenant=batch.source_account,
+            detail={"read": read},
+        )
+
+
+@contextmanager
 def source_as(
     settings: ConsoleSettings,
     principal: Principal,
     batch_id: str,
     key: SecretStr,
     *,
+    read: str,
     client_config: ClientConfig | None = None,
 ) -> Iterator[tuple[Batch, ClinikoClient]]:
     """The batch and a client of the account it read from, once Cliniko says ``key`` is that account's.
 
     For the Review page's reads at the source after the session's key has gone with its
-    run (opening balances, balances): any user's key of that account, checked now, used
-    inside the ``with`` and not kept.
+    run (counts, opening balances, balances): any user's key of that account, checked
+    now, used inside the ``with`` and not kept. ``read`` names the read for the audit
+    trail (``review_read``, or ``review_read_refused`` when the key is refused).
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
         NotAllowed: the key belongs to another account.
+        AuthError, APIError: Cliniko refused the key or could not be reached.
     """
     with settings.open_ledger() as ledger:
         batch = visible_batch(ledger, principal, batch_id)
     config = client_config or settings.client_config()
-    with ClinikoClient(key, config=config) as client:
-        if account_id(client) != batch.source_account:
-            raise NotAllowed(
-                f"This key belongs to another Cliniko account; batch {batch.id} read from account "
-                f"{batch.source_account}, so it needs a key of that account."
-            )
+    with ExitStack() as stack:
+        with _audited_read(settings, principal, batch, read):
+            client = stack.enter_context(ClinikoClient(key, config=config))
+            if account_id(client) != batch.source_account:
+                raise NotAllowed(
+                    f"This key belongs to another Cliniko account; batch {batch.id} read from account "
+                    f"{batch.source_account}, so it needs a key of that account."
+                )
         yield batch, client
 
 
@@ -903,12 +940,13 @@ def count_as(
     A session's keys go when its run ends, so the Review page asks for one for this
     count. ``key`` may be any user's of that account (counting only reads), is checked
     with Cliniko now, used for this count (one request per 100 records of each list
-    the batch wrote) and not kept.
+    the batch wrote) and not kept. Audited as ``review_read`` (or ``review_read_refused``).
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
         ConfigError: the batch went into the clinic store (count it without a key).
         NotAllowed: the key belongs to another account.
+        AuthError, APIError: Cliniko refused the key or could not be reached.
     """
     from migrator.reconcile import counts
 
@@ -918,11 +956,12 @@ def count_as(
     if account == batch.destination:
         raise ConfigError(f"Batch {batch.id} went into the clinic store: its counts need no key.")
     config = client_config or settings.client_config()
-    if _verify(key, config).tenant != account:
-        raise NotAllowed(
-            f"This key belongs to another Cliniko account; counting what batch {batch.id} brought needs a key "
-            f"of account {account}, which it wrote into."
-        )
+    with _audited_read(settings, principal, batch, "destination counts"):
+        if _verify(key, config).tenant != account:
+            raise NotAllowed(
+                f"This key belongs to another Cliniko account; counting what batch {batch.id} brought needs a "
+                f"key of account {account}, which it wrote into."
+            )
     with settings.open_destination(batch.destination, ClinikoKeys(key), config.url_template) as (
         ledger,
         destination,

@@ -82,6 +82,7 @@ __all__ = [
     "Reconciliation",
     "balances",
     "counts",
+    "merged_counts",
     "reconcile",
     "skipped",
     "skipped_summary",
@@ -227,6 +228,29 @@ def counts(
             row["source_difference"] = row["in_scope_total"] - fresh[entity]
         rows.append(row)
     return pl.DataFrame(rows, schema=COUNT_SCHEMA, orient="row")
+
+
+def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
+    """``new`` :func:`counts` of a batch, with what only ``old`` had counted kept.
+
+    Counting at the source without a destination, or in the destination without the
+    source, leaves the other's columns empty: where ``new`` has no value for an entity,
+    ``old``'s stands, so one count does not wipe out the other.
+
+    >>> old = pl.DataFrame({"entity": ["patients"], "in_destination": [5], "source_count": [None]})
+    >>> new = pl.DataFrame({"entity": ["patients"], "in_destination": [None], "source_count": [6]})
+    >>> merged_counts(new, old).row(0)
+    ('patients', 5, 6)
+    """
+    if old is None:
+        return new
+    columns = [c for c in new.columns if c != "entity"]
+    earlier = old.select("entity", *[pl.col(c).alias(f"{c}__earlier") for c in columns if c in old.columns])
+    joined = new.join(earlier, on="entity", how="left", maintain_order="left")
+    return joined.select(
+        "entity",
+        *[pl.coalesce(c, f"{c}__earlier").alias(c) if c in old.columns else pl.col(c) for c in columns],
+    )
 
 
 def _presence(

@@ -18,11 +18,13 @@ from console_ui import (
     use_typed_key,
     work_tenant,
 )
+from migrator.cliniko.client import ClinikoClient
 from migrator.console import batch_destination_problem, entity_label, export
 from migrator.errors import MigratorError
 from migrator.hosted import Principal, count_as, source_as
+from migrator.ledger import Batch
 from migrator.opening_balance import opening_balances
-from migrator.reconcile import balances, counts, flagged, skipped
+from migrator.reconcile import balances, counts, flagged, merged_counts, skipped
 
 COLUMN_NAMES = {
     "entity": "Data type",
@@ -71,7 +73,9 @@ def count_with_key(batch_id: str) -> None:
     """Count a batch's Cliniko destination with a key typed for it (hosted; a callback: the box is emptied)."""
 
     def count(who: Principal, key: SecretStr) -> None:
-        cache[(batch_id, "counts")] = count_as(config, who, batch_id, key)
+        cache[(batch_id, "counts")] = merged_counts(
+            count_as(config, who, batch_id, key), cache.get((batch_id, "counts"))
+        )
 
     use_typed_key(
         "review_dest_key",
@@ -81,12 +85,25 @@ def count_with_key(batch_id: str) -> None:
     )
 
 
+def count_at_source(batch: Batch, client: ClinikoClient) -> None:
+    """Count again at the source; a Cliniko destination this session holds no key of keeps its last count."""
+    if batch_destination_problem(batch.destination, cliniko_target()):
+        with config.open_ledger() as ledger:
+            fresh = counts(ledger, batch.id, source=client)
+        cache[(batch.id, "counts")] = merged_counts(fresh, cache.get((batch.id, "counts")))
+    else:
+        with open_destination(batch.destination) as (ledger, store):
+            cache[(batch.id, "counts")] = counts(ledger, batch.id, store=store, source=client)
+
+
 def read_at_source(batch_id: str, what: str, box: str) -> None:
-    """Opening balances or balances with a key of the source typed in ``box`` (hosted; a callback)."""
+    """Counts, opening balances or balances with a key of the source typed in ``box`` (hosted; a callback)."""
 
     def read(who: Principal, key: SecretStr) -> None:
-        with source_as(config, who, batch_id, key) as (batch, client):
-            if what == "opening_balances":
+        with source_as(config, who, batch_id, key, read=what.replace("_", " ")) as (batch, client):
+            if what == "source_counts":
+                count_at_source(batch, client)
+            elif what == "opening_balances":
                 with config.open_ledger() as ledger:
                     cache[(batch_id, what)] = opening_balances(ledger, batch_id, source=client)
             else:
@@ -96,7 +113,7 @@ def read_at_source(batch_id: str, what: str, box: str) -> None:
     use_typed_key(
         box,
         error=f"{box}_error",
-        missing="Enter an API key of the source account to read its invoices.",
+        missing="Enter an API key of the source account to read it.",
         step=read,
     )
 
@@ -153,14 +170,24 @@ if batch.status == "running":
 
 # --- counts --------------------------------------------------------------------------------
 st.subheader("Counts: did every record arrive?")
-left, right = st.columns([3, 2], vertical_alignment="bottom")
-with left:
-    st.caption(
-        "What the batch found in scope at the source, what became of each record, and how many of the records "
-        "it brought are in the destination now. A fresh count at the source costs one request per list."
+COUNTS_CAPTION = (
+    "What the batch found in scope at the source, what became of each record, and how many of the records "
+    "it brought are in the destination now. A fresh count at the source costs one request per list."
+)
+fresh = False
+if hosted() and not same_source:  # keys go when a run ends: one is asked for this count only
+    st.caption(COUNTS_CAPTION)
+    ask_source_key(
+        batch_id,
+        "source_counts",
+        label="Count again at the source",
+        button="review_source_counts",
+        why="Reads each list's total at the source: one request per list.",
     )
-with right:
-    fresh = st.button(
+else:
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    left.caption(COUNTS_CAPTION)
+    fresh = right.button(
         "Count again at the source",
         key="review_source_counts",
         disabled=not same_source,
@@ -169,6 +196,9 @@ with right:
 to_cliniko = batch.destination.startswith("cliniko:")
 unreachable = batch_destination_problem(batch.destination, cliniko_target())
 try:
+    if fresh:
+        with st.spinner("Counting at the source…"), source_client() as client:
+            count_at_source(batch, client)
     if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
         count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
         if hosted():  # keys go when a run ends: one is asked for this count only
@@ -203,9 +233,6 @@ try:
             flagged_frame = flagged(ledger, batch_id)
     else:
         with open_destination(batch.destination) as (ledger, store):
-            if fresh:
-                with st.spinner("Counting at the source…"), source_client() as client:
-                    cache[(batch_id, "counts")] = counts(ledger, batch_id, store=store, source=client)
             count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
             if count_frame is None:
                 with st.spinner("Counting in the destination…"):

@@ -25,7 +25,15 @@ from migrator.destinations.local import LocalStore
 from migrator.ledger import Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import Plan, Scope
-from migrator.reconcile import COUNT_SCHEMA, Reconciliation, counts, reconcile, skipped, skipped_summary
+from migrator.reconcile import (
+    COUNT_SCHEMA,
+    Reconciliation,
+    counts,
+    merged_counts,
+    reconcile,
+    skipped,
+    skipped_summary,
+)
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import run_plan
 from tests.conftest import ROOT, RunningSandbox
@@ -248,6 +256,23 @@ def test_counts_without_a_store_or_a_source_leave_those_columns_empty(copy: Copy
     assert (
         frame["in_scope"] == frame["created"] + frame["linked"] + frame["already_present"] + frame["skipped"]
     ).all()
+
+
+def test_a_count_on_one_side_keeps_the_other_sides_last_count(copy: Copy, source: ClinikoClient) -> None:
+    at_destination = counts(copy.ledger, copy.batch_id, store=copy.store)
+    at_source = counts(copy.ledger, copy.batch_id, source=source)
+    both = merged_counts(at_source, at_destination)
+    assert both.columns == list(COUNT_SCHEMA) and both["entity"].to_list() == at_source["entity"].to_list()
+    for column in ("in_destination", "difference", "in_destination_total"):
+        assert both[column].to_list() == at_destination[column].to_list(), column
+    for column in ("source_count", "source_difference"):
+        assert both[column].to_list() == at_source[column].to_list(), column
+    assert both["in_destination"].null_count() == 0 and both["source_count"].null_count() == 0
+    # The newer count wins where both have one; nothing to merge with leaves it as it is.
+    assert (
+        merged_counts(at_destination, both)["source_count"].to_list() == at_source["source_count"].to_list()
+    )
+    assert merged_counts(at_source, None).equals(at_source)
 
 
 def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path: Path) -> None:

@@ -123,6 +123,25 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     opening = at.dataframe[-1].value
     assert {"Patient", "Outstanding", "Open invoices"} <= set(opening.columns)
     assert f"download_{batch.id}-opening-balances_csv" in {b.key for b in at.download_button}
+    counted = at.dataframe[0].value.set_index("Data type")
+    assert counted.loc["Patients", "In the destination"] == created
+
+    # Without the destination's key, a fresh count at the source keeps the destination's last count.
+    goto(at, "connect")
+    at.radio(key="destination_choice").set_value("The local clinic store (on this computer)").run()
+    goto(at, "review")
+    assert "connect a key of that account as the destination" in texts(at)
+    at.button(key="review_source_counts").click().run()
+    assert not at.error, [e.value for e in at.error]
+    recounted = at.dataframe[0].value.set_index("Data type")
+    assert recounted.loc["Patients", "In the destination"] == created
+    assert (
+        recounted.loc["Patients", "At the source now"] == recounted.loc["Patients", "In scope, all runs"] > 0
+    )
+    assert (recounted["Source difference"] == 0).all()
+    goto(at, "connect")
+    connect_cliniko(at)
+    assert at.session_state["dest_target"] == target
 
     # 7. Batches: deleted with the session's destination; patients archived, not deleted.
     goto(at, "batches")

@@ -167,6 +167,12 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         patients = ledger.counts(batch.id)["patients"]
     assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
     assert shown["Balances that differ"] == "0"
+    # A fresh count at the source: nothing changed there, so each list holds what the batch found.
+    at.button(key="review_source_counts").click().run()
+    assert not at.error, [e.value for e in at.error]
+    recounted = at.dataframe[0].value.set_index("Data type")
+    assert recounted.loc["Appointments", "At the source now"] == source_counts(at)["individual_appointments"]
+    assert (recounted["Source difference"] == 0).all() and (recounted["Difference"] == 0).all()
     assert {b.key for b in at.download_button} >= {
         f"download_{batch.id}-counts_csv",
         f"download_{batch.id}-counts_parquet",

@@ -167,6 +167,15 @@ def test_a_clinics_whole_flow_leaves_its_key_nowhere(
         patients = ledger.counts(batch_id)["patients"]
     assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
     assert shown["Balances that differ"] == "0"
+    # So does a fresh count at the source: nothing changed there, and every record is in the store.
+    at.text_input(key="review_source_counts_key").input(key)
+    at.button(key="review_source_counts").click().run()
+    assert not at.error, [e.value for e in at.error]
+    recounted = at.dataframe[0].value.set_index("Data type")
+    assert (
+        recounted.loc["Patients", "At the source now"] == recounted.loc["Patients", "In scope, all runs"] > 0
+    )
+    assert (recounted["Source difference"] == 0).all() and (recounted["Difference"] == 0).all()
     at.run()  # the rerun app.py asks for once a box is emptied
     assert key not in session_values(at)
 
@@ -407,6 +416,22 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     shown = at.dataframe[0].value.set_index("Data type")
     assert shown.loc["Patients", "In the destination"] == created
     assert (shown["Difference"] == 0).all()
+    # Counting again at the source takes a key of the source, and keeps the destination's count.
+    at.text_input(key="review_source_counts_key").input(admin_only)  # the destination's: refused
+    at.button(key="review_source_counts").click().run()
+    assert errors_below(at, "review_source_counts") == [
+        f"This key belongs to another Cliniko account; batch {batch_id} read from account {tenant_of(3)}, "
+        "so it needs a key of that account."
+    ]
+    at.text_input(key="review_source_counts_key").input(key)
+    at.button(key="review_source_counts").click().run()
+    assert not at.error, [e.value for e in at.error]
+    recounted = at.dataframe[0].value.set_index("Data type")
+    assert recounted.loc["Patients", "In the destination"] == created
+    assert (
+        recounted.loc["Patients", "At the source now"] == recounted.loc["Patients", "In scope, all runs"] > 0
+    )
+    assert (recounted["Source difference"] == 0).all() and (recounted["Difference"] == 0).all()
     # The opening balances read the source's invoices: a key of the source account, for that read only.
     at.text_input(key="review_opening_balances_key").input(admin_only)  # the destination's: refused
     at.button(key="review_opening_balances").click().run()
@@ -440,6 +465,17 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
                 assert form not in path.read_bytes(), (path, form[:4])
     with Ledger(workspace) as ledger:
         assert ledger.batch(batch_id).status == "deleted"
-        actions = [e["action"] for e in ledger.audit_log(tenant=tenant_of(3))]
+        trail = ledger.audit_log(tenant=tenant_of(3))
+    actions = [e["action"] for e in trail]
     for action in ("preflight", "run", "complete", "go_live_refused", "go_live", "delete", "deleted"):
         assert action in actions, action
+    # Each read the Review page made with a key given for it, and each key it refused, has its line.
+    reads = sorted((e["action"], e["detail"]["read"]) for e in trail if e["action"].startswith("review_read"))
+    assert reads == [
+        ("review_read", "destination counts"),
+        ("review_read", "opening balances"),
+        ("review_read", "source counts"),
+        ("review_read_refused", "destination counts"),
+        ("review_read_refused", "opening balances"),
+        ("review_read_refused", "source counts"),
+    ]
