@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -91,3 +92,15 @@ def errors_below(at: AppTest, widget_key: str) -> list[str]:
             out.append(str(element.value))
     assert found, f"no widget {widget_key!r} on the page"
     return out
+
+
+def recounted_at_the_source(at: AppTest) -> Any:
+    """The Review page's counts after a fresh count at the source, which found nothing changed there.
+
+    Returns the counts table (a pandas frame indexed by data type) for further checks.
+    """
+    assert not at.error, [e.value for e in at.error]
+    counted = at.dataframe[0].value.set_index("Data type")
+    assert counted.loc["Patients", "At the source now"] == counted.loc["Patients", "In scope, all runs"] > 0
+    assert (counted["Source difference"] == 0).all()
+    return counted
