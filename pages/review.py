@@ -113,7 +113,7 @@ def read_at_source(batch_id: str, what: str, box: str) -> None:
     use_typed_key(
         box,
         error=f"{box}_error",
-        missing="Enter an API key of the source account to read it.",
+        missing="Enter an API key of the source account for this read.",
         step=read,
     )
 
