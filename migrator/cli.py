@@ -148,10 +148,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
     width = max(len(name) for name in result.counts)
     for name, count in result.counts.items():
         print(f"{name:<{width}}  {count:>9,}")
-    print(
-        f"Reading everything takes {result.requests:,} requests: about {result.estimated_minutes} minutes "
-        f"at {result.requests_per_minute:g} requests per minute."
+    pace = (
+        f"about {result.estimated_minutes} minutes at {result.requests_per_minute:g} requests per minute"
+        if result.requests_per_minute > 0
+        else "unpaced, as fast as Cliniko answers"
     )
+    print(f"Reading everything takes {result.requests:,} requests: {pace}.")
     return 0
 
 

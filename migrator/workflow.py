@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, NotFoundError
 from migrator.ledger import Batch, Ledger, StageProgress
 from migrator.mapping import build_mapping, load_mapping, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include
@@ -172,7 +172,12 @@ def make_plan(
     Cliniko account, map what that batch created: a new plan, with nothing to resume or
     top up. Otherwise they are auto-matched.
 
+    A business or practitioner filter must name records of the source account: ids the
+    mapping lists are known, any other is looked up (one request each), so a mistyped id
+    is refused rather than run as a migration that brings nothing.
+
     Raises:
+        ConfigError: the filter names a business or practitioner the source does not have.
         MappingError: a mapping row is still unresolved (the message lists them).
     """
     if isinstance(mappings, str | Path):
@@ -197,9 +202,32 @@ def make_plan(
     if mappings is None:
         earlier = earlier_mapping(ledger, Plan(**fields, mappings=[])) if ledger is not None else None
         rows = earlier if earlier is not None else auto_mapping(client, store)
+    _check_scope(client, scope, rows, fields["source_account"])
     plan = Plan(**fields, mappings=rows)
     plan.require_resolved()
     return plan
+
+
+def _check_scope(client: ClinikoClient, scope: Scope, rows: Sequence[MappingRow], account: str) -> None:
+    """Refuse a filter naming a business or practitioner that ``account`` does not have."""
+    if scope.kind == "all":
+        return
+    entity = f"{scope.kind}es" if scope.kind == "business" else f"{scope.kind}s"
+    known = {row.source_id for row in rows if row.entity == entity}
+    missing = []
+    for source_id in scope.ids:
+        if source_id in known:
+            continue
+        try:
+            client.get(f"{entity}/{source_id}")
+        except NotFoundError:
+            missing.append(source_id)
+    if missing:
+        which = f"{scope.kind} with the id" if len(missing) == 1 else f"{entity} with the ids"
+        raise ConfigError(
+            f"{account} has no {which} {', '.join(missing)}, so the filter would bring nothing; "
+            f"the mapping lists its {entity} with their ids."
+        )
 
 
 def earlier_mapping(ledger: Ledger, plan: Plan) -> list[MappingRow] | None:

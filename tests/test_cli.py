@@ -25,7 +25,17 @@ def test_preview_counts_equal_the_sandbox_totals(demo_sandbox: RunningSandbox) -
 def test_preview_human_output(demo_sandbox: RunningSandbox) -> None:
     result = demo_sandbox.cli("preview", key=demo_sandbox.key("source"))
     assert result.returncode == 0, result.stderr
-    assert "patients" in result.stdout and "requests" in result.stdout and "minutes" in result.stdout
+    totals = demo_sandbox.totals()
+    requests = sum(max(1, math.ceil(totals[list_key(r, route)] / 100)) for r, route in SOURCE_LISTS)
+    assert "patients" in result.stdout
+    minutes = math.ceil(requests / 200 * 10) / 10
+    assert result.stdout.splitlines()[-1] == (
+        f"Reading everything takes {requests:,} requests: about {minutes} minutes at 200 requests per minute."
+    )
+    unpaced = demo_sandbox.cli("preview", key=demo_sandbox.key("source"), pace="0")
+    assert unpaced.stdout.splitlines()[-1] == (
+        f"Reading everything takes {requests:,} requests: unpaced, as fast as Cliniko answers."
+    )
 
 
 def test_connect_json_for_source_and_destination(demo_sandbox: RunningSandbox) -> None:

@@ -72,3 +72,63 @@ def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox,
         not (tmp_path / "ledger.db").exists()
         or sqlite3.connect(tmp_path / "ledger.db").execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     )
+
+
+def test_a_filter_naming_no_record_of_the_source_is_refused(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A mistyped id is bad input, not a migration that brings nothing."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    rows = json.loads(mapping.read_text())["mappings"]
+    real = next(r["source_id"] for r in rows if r["entity"] == "practitioners")
+    target = (
+        "--to",
+        f"sqlite:{tmp_path / 'clinic.db'}",
+        "--workspace",
+        str(tmp_path),
+        "--mapping",
+        str(mapping),
+    )
+
+    typo = cli(tiny_sandbox, "run", *target, "--filter", f"practitioner:{real},1")
+    assert typo.returncode == 2, typo.stderr
+    assert typo.stderr.count("\n") == 1
+    assert (
+        "Harbourside Physio has no practitioner with the id 1, so the filter would bring nothing"
+        in typo.stderr
+    )
+    assert real not in typo.stderr and tiny_sandbox.key("source") not in typo.stderr
+    two = cli(tiny_sandbox, "run", *target, "--filter", "business:1,2")
+    assert two.returncode == 2 and "businesses with the ids 1, 2," in two.stderr
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+
+
+def test_a_filter_id_the_mapping_does_not_list_is_looked_up(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Ids the mapping lists cost nothing; another one costs one request, and a real one is accepted."""
+    from migrator.plan import Scope
+    from migrator.workflow import make_plan, open_local_store, verify_source
+
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    rows = json.loads(mapping.read_text())["mappings"]
+    businesses = [r["source_id"] for r in rows if r["entity"] == "businesses"]
+    ledger, store = open_local_store(f"sqlite:{tmp_path / 'clinic.db'}", tmp_path)
+    with tiny_sandbox.client() as client:
+        identity = verify_source(client)
+        before = client.stats.requests
+        plan = make_plan(
+            client, identity, store, scope=Scope.parse(f"business:{businesses[0]}"), mappings=mapping
+        )
+        assert client.stats.requests == before
+        assert plan.scope.ids == [businesses[0]]
+
+        fewer = [r for r in rows if r["source_id"] != businesses[1]]
+        mapping.write_text(json.dumps({"version": 1, "mappings": fewer}))
+        plan = make_plan(
+            client, identity, store, scope=Scope.parse(f"business:{businesses[1]}"), mappings=mapping
+        )
+        assert client.stats.requests == before + 1
+        assert plan.scope.ids == [businesses[1]]
+    ledger.close()
