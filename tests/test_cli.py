@@ -62,6 +62,7 @@ def assert_one_clean_line(stderr: str, *secrets: str) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ")
+    assert ".." not in lines[0] and lines[0].endswith(".")
     assert "Traceback" not in stderr
     for secret in secrets:
         assert secret not in stderr

@@ -393,7 +393,8 @@ def _error_for(response: httpx.Response, key: ApiKey) -> APIError:
     except ValueError:
         api_message = response.text[:200] or None
     status = response.status_code
-    said = f": {api_message}" if api_message else ""
+    # Cliniko's own sentence ends with a full stop; ours goes on after it.
+    said = f": {str(api_message).strip().rstrip('.')}" if api_message else ""
     kind: type[APIError]
     if status == 401:
         kind, message = (
