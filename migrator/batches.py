@@ -6,6 +6,12 @@ batch's patients also deletes what was since created for them (appointments,
 notes, invoices... added later by hand or by another batch): the preview lists
 those separately so the person confirming sees them.
 
+A batch whose records others rely on is not deleted: when a later batch's appointments
+use a practitioner or an appointment type this batch created, deleting it would leave
+them pointing at nothing, so :func:`delete_batch` refuses, naming those batches (delete
+them first). Records created since for the batch's patients are not such a case: they
+go with their patients.
+
 Deletion runs in reverse dependency order, one entity at a time, each chunk in
 one transaction; the batch is ``deleting`` while it runs, so an interrupted
 deletion is finished by running it again, and ``deleted`` when done.
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from migrator.destinations.local import KeptLink, LocalStore
 from migrator.errors import MigratorError
 from migrator.ledger import Ledger
 
@@ -37,15 +44,37 @@ class DeletionPlan:
         created: records the batch created, by entity.
         dependents: records created since for the batch's patients (not by this
             batch), by entity: seed 000's warning.
+        kept_links: records that would stay while linking to one that goes (local
+            store only); while there are any, the batch is not deleted (:attr:`blocker`).
     """
 
     batch_id: str
     created: dict[str, list[str]]
     dependents: dict[str, list[str]]
+    kept_links: tuple[KeptLink, ...] = ()
 
     @property
     def total(self) -> int:
         return sum(len(v) for v in self.created.values()) + sum(len(v) for v in self.dependents.values())
+
+    @property
+    def blocker(self) -> str | None:
+        """Why the batch cannot be deleted while others rely on it, in one sentence; ``None`` if nothing does."""
+        if not self.kept_links:
+            return None
+        relying = "; ".join(
+            f"{_records(link.records, link.entity)} "
+            f"{'of batch ' + link.batch_id if link.batch_id else 'the clinic set up itself'} "
+            f"would lose {'its' if link.records == 1 else 'their'} {link.column.removesuffix('_id').replace('_', ' ')}"
+            for link in self.kept_links
+        )
+        batches = sorted({link.batch_id for link in self.kept_links if link.batch_id})
+        advice = (
+            f"delete {'batch' if len(batches) == 1 else 'batches'} {', '.join(batches)} first, or keep this one"
+            if batches
+            else "keep this batch"
+        )
+        return f"Batch {self.batch_id} cannot be deleted while other records rely on what it created ({relying}): {advice}."
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +82,16 @@ class DeletionPlan:
             "created": {k: len(v) for k, v in self.created.items() if v},
             "created_since_for_its_patients": {k: len(v) for k, v in self.dependents.items() if v},
             "total": self.total,
+            "blocked_by": self.blocker,
         }
+
+
+def _records(count: int, entity: str) -> str:
+    """``"2 individual appointments"``, ``"1 unavailable block"``, ``"1 business"``."""
+    words = entity.replace("_", " ")
+    if count == 1:
+        words = words.removesuffix("es") if words.endswith(("sses", "xes")) else words.removesuffix("s")
+    return f"{count:,} {words}"
 
 
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
@@ -68,7 +106,11 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
             others = [i for i in ids if i not in mine]
             if others:
                 dependents[entity] = others
-    return DeletionPlan(batch_id, created, dependents)
+    links: tuple[KeptLink, ...] = ()
+    if isinstance(store, LocalStore):
+        removing = {e: created.get(e, []) + dependents.get(e, []) for e in store.DELETE_ORDER}
+        links = tuple(store.links_into(removing))
+    return DeletionPlan(batch_id, created, dependents, links)
 
 
 def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
@@ -96,12 +138,15 @@ def delete_batch(
 
     Raises:
         BatchNotFound: no such batch.
-        BatchNotDeletable: older than 48 hours, already deleted, or still running.
+        BatchNotDeletable: older than 48 hours, already deleted, still running, or other
+            records rely on what it created (:attr:`DeletionPlan.blocker`).
     """
     allowed, why = ledger.batch(batch_id).deletable(now)
     if not allowed:
         raise BatchNotDeletable(why)
     plan = deletion_plan(ledger, store, batch_id)
+    if plan.blocker:
+        raise BatchNotDeletable(plan.blocker)
     ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())
     for entity in store.DELETE_ORDER:
         ids = plan.dependents.get(entity, []) + plan.created.get(entity, [])

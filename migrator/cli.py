@@ -366,7 +366,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_batch(args: argparse.Namespace) -> int:
-    from migrator.batches import delete_batch, deletion_plan
+    from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
 
     ledger, store = _batch_store(args.workspace, args.batch_id)
     plan = deletion_plan(ledger, store, args.batch_id)
@@ -382,7 +382,11 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     for entity, n in summary["created_since_for_its_patients"].items():
         print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
     if args.dry_run:
+        if plan.blocker:
+            print(plan.blocker)
         return 0
+    if plan.blocker:
+        raise BatchNotDeletable(plan.blocker)
     if not args.yes:
         raise ConfigError("Deleting a batch cannot be undone: add --yes to confirm (try --dry-run first).")
     delete_batch(ledger, store, args.batch_id)

@@ -139,6 +139,9 @@ st.dataframe(
     hide_index=True,
     height="content",
 )
+if summary.get("blocked_by"):
+    st.error(summary["blocked_by"], icon=":material/link:")
+    st.stop()
 if to_cliniko:
     st.warning(
         "Cliniko's API cannot delete patients: this batch's patients are **archived**, not deleted, and everything "

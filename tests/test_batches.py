@@ -78,3 +78,40 @@ def test_the_48_hour_boundary(env: Env) -> None:  # noqa: F811
     assert env.store.count("patients") == 0
     with pytest.raises(BatchNotDeletable, match="already"):
         delete_batch(env.ledger, env.store, result.batch_id)
+
+
+def test_a_batch_whose_records_a_later_batch_uses_is_not_deleted(env: Env) -> None:  # noqa: F811
+    """Deleting the first batch would leave the second's appointments without practitioner or type."""
+    first = env.run(env.plan(include=["appointment_types"]))
+    created_types = first.entities["appointment_types"]["created"]
+    assert created_types > 0 and first.entities["practitioners"]["created"] == 1  # "Former practitioner"
+    second = env.run(env.plan(include=["appointment_types", "patients", "individual_appointments"]))
+    appointments = env.rows("individual_appointments")
+    type_ids = {str(r["id"]) for r in env.rows("appointment_types") if r["batch_id"] == first.batch_id}
+    former = next(r["id"] for r in env.rows("practitioners") if r["batch_id"] == first.batch_id)
+    using_types = sum(1 for r in appointments if str(r["appointment_type_id"]) in type_ids)
+    using_former = sum(1 for r in appointments if r["practitioner_id"] == former)
+    assert using_types > 0 and using_former > 0
+
+    plan = deletion_plan(env.ledger, env.store, first.batch_id)
+    assert {(k.entity, k.column, k.batch_id): k.records for k in plan.kept_links} == {
+        ("individual_appointments", "practitioner_id", second.batch_id): using_former,
+        ("individual_appointments", "appointment_type_id", second.batch_id): using_types,
+    }
+    assert plan.blocker == (
+        f"Batch {first.batch_id} cannot be deleted while other records rely on what it created "
+        f"({using_former:,} individual appointments of batch {second.batch_id} would lose their practitioner; "
+        f"{using_types:,} individual appointments of batch {second.batch_id} would lose their appointment type): "
+        f"delete batch {second.batch_id} first, or keep this one."
+    )
+    with pytest.raises(BatchNotDeletable) as refused:
+        delete_batch(env.ledger, env.store, first.batch_id)
+    assert str(refused.value) == plan.blocker
+    assert env.ledger.batch(first.batch_id).status == "completed"
+    assert env.rows("individual_appointments") == appointments  # nothing touched
+    assert len(type_ids) == created_types
+
+    delete_batch(env.ledger, env.store, second.batch_id)
+    assert deletion_plan(env.ledger, env.store, first.batch_id).blocker is None
+    delete_batch(env.ledger, env.store, first.batch_id)
+    assert not [r for r in env.rows("appointment_types") if r["batch_id"] is not None]

@@ -132,3 +132,41 @@ def test_a_filter_id_the_mapping_does_not_list_is_looked_up(
         assert client.stats.requests == before + 1
         assert plan.scope.ids == [businesses[1]]
     ledger.close()
+
+
+def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    from migrator.destinations.local import LocalStore
+    from migrator.ledger import Ledger
+
+    ledger = Ledger(tmp_path)
+    store = LocalStore(tmp_path / "clinic.db", ledger)
+    first = ledger.create_batch(source_account="H", destination=store.describe(), plan={}).id
+    later = ledger.create_batch(source_account="H", destination=store.describe(), plan={}).id
+    with ledger.transaction():
+        (former,) = store.insert(
+            "practitioners", [{"source_id": "9", "first_name": "Former"}], batch_id=first, source_account="H"
+        )
+        store.insert(
+            "unavailable_blocks",
+            [{"source_id": "1", "practitioner_id": former}],
+            batch_id=later,
+            source_account="H",
+        )
+    for batch_id in (first, later):
+        ledger.set_status(batch_id, "completed")
+    ledger.close()
+
+    sentence = (
+        f"Batch {first} cannot be deleted while other records rely on what it created (1 unavailable block of "
+        f"batch {later} would lose its practitioner): delete batch {later} first, or keep this one."
+    )
+    dry = cli(tiny_sandbox, "delete-batch", first, "--dry-run", "--workspace", str(tmp_path))
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == sentence
+    refused = cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path))
+    assert refused.returncode == 1 and refused.stderr == f"error: {sentence}\n"
+    with sqlite3.connect(tmp_path / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM practitioners").fetchone()[0] == 1
+    assert cli(tiny_sandbox, "delete-batch", later, "--yes", "--workspace", str(tmp_path)).returncode == 0
+    assert cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path)).returncode == 0

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 import sqlite_utils
@@ -74,6 +74,7 @@ __all__ = [
     "CLINIC_MIGRATIONS",
     "DELETE_ORDER",
     "INSERT_ORDER",
+    "KeptLink",
     "LocalStore",
     "name_key",
     "outstanding_amount",
@@ -117,6 +118,16 @@ def name_key(first_name: str | None, last_name: str | None) -> str | None:
     """The key patients are matched on: both names folded, or ``None`` if either is blank."""
     first, last = _fold(first_name), _fold(last_name)
     return f"{first}\x1f{last}" if first and last else None
+
+
+class KeptLink(NamedTuple):
+    """``records`` rows of ``entity``, created by ``batch_id`` (``None``: the clinic's own), whose
+    ``column`` points at a record a deletion would remove (:meth:`LocalStore.links_into`)."""
+
+    entity: str
+    column: str
+    batch_id: str | None
+    records: int
 
 
 # name, active: how reference() reads each mapping table.
@@ -350,6 +361,30 @@ class LocalStore:
             if rows:
                 found[child] = [r[0] for r in rows]
         return {e: [str(i) for i in found[e]] for e in DELETE_ORDER if e in found and e != entity}
+
+    def links_into(self, removing: Mapping[str, Sequence[str]]) -> list[KeptLink]:
+        """Records that would stay while linking to one of ``removing`` (``{entity: [ids]}``).
+
+        Deleting a batch must not leave a record of another batch (or of the clinic)
+        pointing at nothing: a later batch's appointments that use a practitioner or an
+        appointment type this batch created would lose them. One :class:`KeptLink` per
+        entity, link column and batch that created the staying records (``None``: the
+        clinic's own), in table order.
+        """
+        gone = {e: json.dumps([int(i) for i in ids]) for e, ids in removing.items() if ids}
+        links: list[KeptLink] = []
+        for name, spec in TABLES.items():
+            for column in spec.foreign_keys:
+                if column.references not in gone:
+                    continue
+                rows = self._rows(
+                    f"SELECT batch_id, count(*) FROM {SCHEMA}.{name} WHERE {column.name} IN "
+                    "(SELECT value FROM json_each(?)) AND id NOT IN (SELECT value FROM json_each(?)) "
+                    "GROUP BY batch_id ORDER BY batch_id",
+                    (gone[column.references or ""], gone.get(name, "[]")),
+                )
+                links += [KeptLink(name, column.name, batch_id, count) for batch_id, count in rows]
+        return links
 
     def provenance(self, entity: str, ids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
         """Where records came from: ``{id: (source_id, source_account)}``, both ``None`` for the clinic's own.

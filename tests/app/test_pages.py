@@ -117,6 +117,50 @@ def test_an_old_batch_says_why_it_cannot_be_deleted(console: Callable[[], AppTes
     assert "delete_go" not in [b.key for b in at.button]
 
 
+def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger = Ledger(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    made = {}
+    for name in ("types", "appointments"):
+        batch = ledger.create_batch(source_account="Harbourside", destination=store.describe(), plan={})
+        made[name] = batch.id
+    with ledger.transaction():
+        (kind,) = store.insert(
+            "appointment_types",
+            [{"source_id": "7", "name": "Massage"}],
+            batch_id=made["types"],
+            source_account="H",
+        )
+        (patient,) = store.insert(
+            "patients",
+            [{"source_id": "1", "first_name": "Ana"}],
+            batch_id=made["appointments"],
+            source_account="H",
+        )
+        store.insert(
+            "individual_appointments",
+            [{"source_id": str(n), "patient_id": patient, "appointment_type_id": kind} for n in (1, 2)],
+            batch_id=made["appointments"],
+            source_account="H",
+        )
+    for batch_id in made.values():
+        ledger.set_status(batch_id, "completed")
+    ledger.close()
+
+    at = goto(console(), "batches")
+    at.selectbox(key="delete_batch").select(made["types"]).run()
+    assert [e.value for e in at.error] == [
+        f"Batch {made['types']} cannot be deleted while other records rely on what it created (2 individual "
+        f"appointments of batch {made['appointments']} would lose their appointment type): delete batch "
+        f"{made['appointments']} first, or keep this one."
+    ]
+    assert "delete_confirm" not in [t.key for t in at.text_input]
+    at.selectbox(key="delete_batch").select(made["appointments"]).run()
+    assert not at.error and "delete_confirm" in [t.key for t in at.text_input]
+
+
 def test_review_lists_the_records_that_came_across_but_want_a_look(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
