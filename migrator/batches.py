@@ -26,6 +26,7 @@ from typing import Any
 from migrator.destinations.local import KeptLink, LocalStore
 from migrator.errors import MigratorError
 from migrator.ledger import Ledger
+from migrator.plan import records_of
 
 __all__ = ["BatchNotDeletable", "DeletionPlan", "delete_batch", "deletion_plan"]
 
@@ -63,7 +64,7 @@ class DeletionPlan:
         if not self.kept_links:
             return None
         relying = "; ".join(
-            f"{_records(link.records, link.entity)} "
+            f"{records_of(link.entity, link.records)} "
             f"{'of batch ' + link.batch_id if link.batch_id else 'the clinic set up itself'} "
             f"would lose {'its' if link.records == 1 else 'their'} {link.column.removesuffix('_id').replace('_', ' ')}"
             for link in self.kept_links
@@ -84,14 +85,6 @@ class DeletionPlan:
             "total": self.total,
             "blocked_by": self.blocker,
         }
-
-
-def _records(count: int, entity: str) -> str:
-    """``"2 individual appointments"``, ``"1 unavailable block"``, ``"1 business"``."""
-    words = entity.replace("_", " ")
-    if count == 1:
-        words = words.removesuffix("es") if words.endswith(("sses", "xes")) else words.removesuffix("s")
-    return f"{count:,} {words}"
 
 
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:

@@ -59,6 +59,7 @@ __all__ = [
     "close_include",
     "default_include",
     "parse_include",
+    "records_of",
     "validation_sentence",
 ]
 
@@ -216,6 +217,27 @@ TYPE_DESCRIPTIONS: dict[str, str] = {
     "invoices": "Invoices with their items and status, so that each patient's balance can be reconciled; only the local store can take them.",
     "invoice_items": "The lines of each invoice; they always come with the invoices.",
 }
+
+#: One record of a data type, as a sentence names it, where dropping the plural's "s" is not enough.
+_SINGULAR: dict[str, str] = {
+    "individual_appointments": "appointment",
+    "patient_attachments": "attachment",
+    "businesses": "business",
+    "taxes": "tax",
+}
+
+
+def records_of(entity: str, count: int | None = None) -> str:
+    """A data type's records as a sentence names them: one record without ``count``, else ``count`` of them.
+
+    >>> records_of("unavailable_blocks"), records_of("taxes"), records_of("patients", 1), records_of("patients", 2)
+    ('unavailable block', 'tax', '1 patient', '2 patients')
+    """
+    if count is not None and count != 1:
+        return f"{count:,} {entity.replace('_', ' ')}"
+    one = _SINGULAR.get(entity) or entity.removesuffix("s").replace("_", " ")
+    return one if count is None else f"1 {one}"
+
 
 #: Everything, for the local store.
 DEFAULT_INCLUDE: tuple[str, ...] = DATA_TYPES

@@ -43,6 +43,7 @@ from typing import Any
 
 from migrator.cliniko.filters import Filter
 from migrator.ledger import Item, Ledger
+from migrator.plan import records_of
 
 __all__ = [
     "DELETED_AT_SOURCE",
@@ -57,24 +58,6 @@ __all__ = [
 TOP_UP_OVERLAP = timedelta(minutes=5)
 #: The reason code of records deleted at the source since an earlier batch.
 DELETED_AT_SOURCE = "deleted_at_source"
-
-_SINGULAR = {
-    "patients": "patient",
-    "individual_appointments": "appointment",
-    "group_appointments": "group appointment",
-    "invoices": "invoice",
-    "invoice_items": "invoice item",
-    "treatment_notes": "treatment note",
-    "treatment_note_templates": "treatment note template",
-    "medical_alerts": "medical alert",
-    "unavailable_blocks": "unavailable block",
-    "attendees": "attendee",
-    "patient_attachments": "attachment",
-}
-
-
-def _thing(entity: str) -> str:
-    return _SINGULAR.get(entity, entity.rstrip("s").replace("_", " "))
 
 
 @dataclass(frozen=True)
@@ -155,7 +138,7 @@ def remove_deleted(
     hits = ledger.dest_ids_for(destination, entity, source_ids, source_account=source_account)
     if not hits:
         return []
-    thing = _thing(entity)
+    thing = records_of(entity)
     origin = store.provenance(entity, [dest for _, dest in hits.values()])
     items: list[Item] = []
     for source_id, (_, dest_id) in hits.items():

@@ -139,7 +139,7 @@ st.dataframe(
     hide_index=True,
     height="content",
 )
-if summary.get("blocked_by"):
+if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()
 if to_cliniko:
