@@ -270,7 +270,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0 if result.ok else 1
-    _print_reconciliation(result)
+    _print_reconciliation(result, batch)
     if files:
         print(
             f"Wrote {len(files)} files to {args.out}: counts, balances, skipped, skipped_summary, flagged "
@@ -285,7 +285,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1
 
 
-def _print_reconciliation(result: Any) -> None:
+def _print_reconciliation(result: Any, batch: Any) -> None:
     from migrator.reconcile import by_reason
 
     counts = result.counts
@@ -306,9 +306,18 @@ def _print_reconciliation(result: Any) -> None:
         )
         print(f"{row['entity']:<{width}}  " + " ".join(f"{'-' if c is None else f'{c:,}':>8}" for c in cells))
     diffs = result.balance_diffs
-    print(
-        f"Balances: {result.balances.height:,} patients checked against Cliniko's invoices; {diffs.height:,} differ."
-    )
+    if "invoices" in (batch.plan.get("include") or ()):
+        print(
+            f"Balances: {result.balances.height:,} patients checked against Cliniko's invoices; "
+            f"{diffs.height:,} differ."
+        )
+    elif batch.destination.startswith("cliniko:"):
+        print(
+            "Balances: not compared, as a Cliniko account cannot take invoices; "
+            f"`opening-balances {batch.id}` lists what each patient owes."
+        )
+    else:
+        print("Balances: not compared, as the batch's plan does not include invoices.")
     for row in diffs.head(20).iter_rows(named=True):
         print(
             f"  {row['patient'] or 'patient'} ({row['patient_id']}): Cliniko {row['source_outstanding']}, "

@@ -266,11 +266,15 @@ def auto_match(
         .agg(pl.len().alias("n_same"), pl.col("dst_name").first().alias("same_name"))
     )
     former = named.filter(pl.col("key").is_in(list(_FORMER_NAMES)))
-    former_hint = (
-        f" (the destination has {former['dst_name'][0]!r}, id {former['dst_id'][0]})"
-        if former.height == 1
-        else ""
-    )
+    if former.height == 1:
+        former_hint = f" (the destination has {former['dst_name'][0]!r}, id {former['dst_id'][0]})"
+    elif can_create:
+        former_hint = ""
+    else:  # the run cannot make one: say what 'former' then needs
+        former_hint = (
+            " (Cliniko's API cannot create one: add an inactive practitioner named Former practitioner "
+            "to the destination account and give its id as target_id)"
+        )
 
     table = (
         src.join(by_source, on="source_id", how="left", maintain_order="left")

@@ -428,8 +428,8 @@ def _check_rows(rows: Iterable[MappingRow], *, can_create: bool | None) -> None:
             )
         if row.action == "former" and row.target_id is None and not can_create:
             raise ValueError(
-                f"{row.label()}: a Cliniko destination cannot create the generic 'Former practitioner'; "
-                "create it in the destination account and give its id as target_id"
+                f"{row.label()}: a Cliniko destination cannot create the generic 'Former practitioner', so "
+                "'former' needs its id as target_id (add one to the destination account if it has none)"
             )
 
 

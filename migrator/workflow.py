@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations import Destination
@@ -30,7 +30,7 @@ from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError, NotFoundError
 from migrator.ledger import Batch, Ledger, StageProgress
 from migrator.mapping import build_mapping, load_mapping, to_rows
-from migrator.plan import MappingRow, Plan, Scope, default_include
+from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.topup import TOP_UP_OVERLAP, TopUp
 
 if TYPE_CHECKING:  # the engine loads only when a run starts
@@ -177,7 +177,9 @@ def make_plan(
     is refused rather than run as a migration that brings nothing.
 
     Raises:
-        ConfigError: the filter names a business or practitioner the source does not have.
+        ConfigError: the filter names a business or practitioner the source does not have,
+            or the destination cannot carry out a mapping row or a data type (a Cliniko
+            account cannot take invoices, nor create practitioners).
         MappingError: a mapping row is still unresolved (the message lists them).
     """
     if isinstance(mappings, str | Path):
@@ -200,12 +202,20 @@ def make_plan(
         "include": chosen,
     }
     if mappings is None:
-        earlier = earlier_mapping(ledger, Plan(**fields, mappings=[])) if ledger is not None else None
+        earlier = earlier_mapping(ledger, _plan(fields, [])) if ledger is not None else None
         rows = earlier if earlier is not None else auto_mapping(client, store)
     _check_scope(client, scope, rows, fields["source_account"])
-    plan = Plan(**fields, mappings=rows)
+    plan = _plan(fields, rows)
     plan.require_resolved()
     return plan
+
+
+def _plan(fields: dict[str, Any], rows: Sequence[MappingRow]) -> Plan:
+    """The plan, or one sentence saying what in it this destination cannot carry out."""
+    try:
+        return Plan(**fields, mappings=list(rows))
+    except ValidationError as exc:
+        raise ConfigError(f"This plan cannot run: {validation_sentence(exc)}.") from None
 
 
 def _check_scope(client: ClinikoClient, scope: Scope, rows: Sequence[MappingRow], account: str) -> None:

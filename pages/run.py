@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import streamlit as st
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from console_ui import (
     actor,
@@ -69,19 +69,15 @@ def start(*, top_up: bool = False) -> None:
     with source_client() as client:
         identity = verify_source(client)
         with open_destination() as (_, store):
-            try:
-                plan = make_plan(
-                    client,
-                    identity,
-                    store,
-                    scope=scope,
-                    include=include,
-                    mappings=rows,
-                    include_archived_patients=archived,
-                )
-            except ValidationError as exc:  # a mapping this destination cannot carry out
-                first = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                raise ConfigError(f"{first}; change it on the Mapping page.") from None
+            plan = make_plan(
+                client,
+                identity,
+                store,
+                scope=scope,
+                include=include,
+                mappings=rows,
+                include_archived_patients=archived,
+            )
     expected = current_preview().expected()
     held, key = lease(), source_key()
     if key is None:

@@ -131,6 +131,19 @@ def test_a_transfer_lands_in_the_destination_and_a_rerun_creates_nothing(transfe
     assert all(row["created"] == 0 for row in again.entities.values())
     assert {e: transfer.total(e) for e in WRITTEN} == {e: before[e] + entities[e]["created"] for e in WRITTEN}
 
+    # The patients the batches brought (an archived one among them) are not the clinic's own: no
+    # warning, and nothing there to match a source patient against, until the clinic adds one.
+    account = transfer.plan().source_account
+    assert entities["patients"]["created"] > transfer.dest_client.count("patients")  # one came archived
+    assert not [w for w in preflight(transfer.source, transfer.dest).warnings if "already holds" in w]
+    assert not transfer.dest.has_foreign("patients", source_account=account)
+    transfer.dest_client.post("/patients", {"first_name": "Walk", "last_name": "In"})
+    assert transfer.dest.has_foreign("patients", source_account=account)
+    assert [w for w in preflight(transfer.source, transfer.dest).warnings if "already holds" in w] == [
+        f"The destination already holds 1 patient that no batch from {account} brought: a patient with the same "
+        "name and date of birth is linked instead of duplicated, and anyone else is created."
+    ]
+
 
 def _answers(custom: dict[str, Any] | None, definition: dict[str, Any]) -> dict[tuple[str, str], Any]:
     """A patient's custom-field answers by (section, field) name, choices by their names."""
@@ -734,6 +747,18 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         == 0
     )
     rows = load_mapping(mapping)
+    former = next(r for r in rows if r.entity == "practitioners" and not r.source_active)
+    assert "Cliniko's API cannot create one" in former.note and "target_id" in former.note
+    # 'former' as written for a local store: refused in one sentence saying what it needs, before any batch.
+    save_mapping(mapping, [r.model_copy(update={"action": "former"}) if r is former else r for r in rows])
+    targetless = sb.cli(
+        "run", "--to", "cliniko", "--mapping", str(mapping), "--workspace", ws, key=source, dest_key=dest
+    )
+    assert targetless.returncode == 2
+    assert targetless.stderr.count("\n") == 1 and "Traceback" not in targetless.stderr
+    assert f"{former.source_name!r} (source id {former.source_id})" in targetless.stderr
+    assert "'former' needs its id as target_id" in targetless.stderr
+    assert sb.cli("batches", "--json", "--workspace", ws).stdout.strip() == "[]"
     save_mapping(
         mapping, [r.model_copy(update={"action": "exclude"}) if r.action == "unresolved" else r for r in rows]
     )
@@ -752,6 +777,12 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     assert ran.returncode == 0, ran.stderr
     batch_id = json.loads(ran.stdout)["batch_id"]
 
+    checked = sb.cli("reconcile", batch_id, "--workspace", ws, key=source, dest_key=dest, pace="0")
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        "Balances: not compared, as a Cliniko account cannot take invoices; "
+        f"`opening-balances {batch_id}` lists what each patient owes."
+    ) in checked.stdout
     report = tmp_path / "balances.csv"
     balances = sb.cli(
         "opening-balances", batch_id, "--out", str(report), "--workspace", ws, key=source, dest_key=dest

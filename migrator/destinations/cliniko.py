@@ -408,7 +408,15 @@ class ClinikoDestination:
         """Whether the account holds records of ``entity`` that no batch from this source created."""
         if entity not in _FIELDS and entity not in _BY_NAME:
             return False
-        return self.client.count(entity) > len(self._ours(entity, source_account))
+        return self.foreign_count(entity, source_account=source_account) > 0
+
+    def foreign_count(self, entity: str, *, source_account: str) -> int:
+        """How many records of ``entity`` the account holds that no batch from this source created.
+
+        Archived ones count on both sides: the source's archived patients come across
+        archived, and a deleted batch's patients stay archived.
+        """
+        return max(0, self.count(entity) - len(self._ours(entity, source_account)))
 
     def _records(self, entity: str, filters: Sequence[Filter] = (), route: str | None = None) -> list[dict]:
         out: list[dict[str, Any]] = []
@@ -1062,8 +1070,9 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     Refused: a source key whose user is not an administrator; a destination key whose user
     is not an administrator *and* an active practitioner; a destination without
     practitioners or businesses (mapping needs them). Warned: the destination already
-    holds patients (equal ones are linked, not duplicated), with the counts; the source
-    has patient custom fields (or choices of them) the destination has no match for.
+    holds patients no earlier batch from this source brought (equal ones are linked, not
+    duplicated), with the counts; the source has patient custom fields (or choices of
+    them) the destination has no match for.
     """
     src = source.identity()
     dst = destination.client.identity()
@@ -1098,10 +1107,17 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
             + ", so patients' answers there stay in the source; add them in the destination's settings "
             "(same section, name and type) before the run, or after it and run in full again, to bring them across."
         )
-    if check.counts["patients"]:
+    # Patients earlier batches from this source brought are found already present, not matched again.
+    others = (
+        destination.foreign_count("patients", source_account=src.account or src.user)
+        if check.counts["patients"]
+        else 0
+    )
+    if others:
         check.warnings.append(
-            f"The destination already holds {check.counts['patients']} patients: a patient with the same name "
-            "and date of birth is linked instead of duplicated, and anyone else is created."
+            f"The destination already holds {others} patient{'s' if others > 1 else ''} that no batch from "
+            f"{src.account or src.user} brought: a patient with the same name and date of birth is linked "
+            "instead of duplicated, and anyone else is created."
         )
     return check
 
