@@ -10,7 +10,9 @@ A batch whose records others rely on is not deleted: when a later batch's appoin
 use a practitioner or an appointment type this batch created, deleting it would leave
 them pointing at nothing, so :func:`delete_batch` refuses, naming those batches (delete
 them first). Records created since for the batch's patients are not such a case: they
-go with their patients.
+go with their patients. In a Cliniko account the check reads what later batches' creates
+sent (the ledger's ``writes``), so it needs no key; records the clinic made there by hand
+are not seen, and patients, archived rather than deleted, keep what uses them.
 
 Deletion runs in reverse dependency order, one entity at a time, each chunk in
 one transaction; the batch is ``deleting`` while it runs, so an interrupted
@@ -45,8 +47,9 @@ class DeletionPlan:
         created: records the batch created, by entity.
         dependents: records created since for the batch's patients (not by this
             batch), by entity: seed 000's warning.
-        kept_links: records that would stay while linking to one that goes (local
-            store only); while there are any, the batch is not deleted (:attr:`blocker`).
+        kept_links: records that would stay while linking to one that goes (in a Cliniko
+            account, those other batches created, as the ledger has them); while there are
+            any, the batch is not deleted (:attr:`blocker`).
     """
 
     batch_id: str
@@ -103,6 +106,10 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     if isinstance(store, LocalStore):
         removing = {e: created.get(e, []) + dependents.get(e, []) for e in store.DELETE_ORDER}
         links = tuple(store.links_into(removing))
+    elif ledger.batch(batch_id).destination.startswith("cliniko:"):
+        from migrator.destinations.cliniko import links_into as cliniko_links_into
+
+        links = tuple(cliniko_links_into(ledger, batch_id, created))
     return DeletionPlan(batch_id, created, dependents, links)
 
 
@@ -114,6 +121,7 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
     batch's own records are all the ledger needs to name.
     """
     from migrator.destinations.cliniko import DELETE_ORDER
+    from migrator.destinations.cliniko import links_into as cliniko_links_into
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
@@ -121,7 +129,7 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
         entity: [i.dest_id for i in ledger.items(batch_id, entity, action="created") if i.dest_id]
         for entity in DELETE_ORDER
     }
-    return DeletionPlan(batch_id, created, {})
+    return DeletionPlan(batch_id, created, {}, tuple(cliniko_links_into(ledger, batch_id, created)))
 
 
 def delete_batch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from migrator.batches import delete_batch, deletion_plan
+from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan, ledger_deletion_plan
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.transport import RetryPolicy
 from migrator.destinations.cliniko import ClinikoDestination, go_live, preflight
+from migrator.destinations.local import KeptLink
 from migrator.errors import ConfigError
 from migrator.ledger import Item, Ledger
 from migrator.opening_balance import opening_balances
@@ -601,6 +603,58 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
     assert transfer.total("treatment_note_templates") == templates
 
 
+def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(transfer: Transfer) -> None:
+    def run(include: list[str]) -> Any:
+        plan = make_plan(
+            transfer.source,
+            verify_source(transfer.source),
+            transfer.dest,
+            scope=Scope.parse("all"),
+            include=include,
+            mappings=transfer.mappings(),
+        )
+        return transfer.run(plan)
+
+    first = run(["appointment_types"])  # the clinic's setup first: the types it lacks are created
+    created = first.entities["appointment_types"]["created"]
+    assert created > 0
+    later = run(["patients", "individual_appointments"])
+    assert later.entities["individual_appointments"]["created"] > 0
+    using = sum(
+        1
+        for w in transfer.ledger.conn.execute(
+            "SELECT sent FROM writes WHERE batch_id = ? AND entity = 'individual_appointments'",
+            (later.batch_id,),
+        )
+        if json.loads(w[0])["appointment_type_id"]
+        in deletion_plan(transfer.ledger, transfer.dest, first.batch_id).created["appointment_types"]
+    )
+    assert using > 0
+
+    for plan in (
+        deletion_plan(transfer.ledger, transfer.dest, first.batch_id),
+        ledger_deletion_plan(transfer.ledger, first.batch_id),  # a hosted instance's, with no key
+    ):
+        assert plan.kept_links == (
+            KeptLink("individual_appointments", "appointment_type_id", later.batch_id, using),
+        )
+        assert plan.blocker == (
+            f"Batch {first.batch_id} cannot be deleted while other records rely on what it created ({using} "
+            f"individual appointments of batch {later.batch_id} would lose their appointment type): delete batch "
+            f"{later.batch_id} first, or keep this one."
+        )
+    types = transfer.total("appointment_types")
+    with pytest.raises(BatchNotDeletable):
+        delete_batch(transfer.ledger, transfer.dest, first.batch_id)
+    assert transfer.total("appointment_types") == types
+    assert transfer.ledger.batch(first.batch_id).status == "completed"
+
+    delete_batch(transfer.ledger, transfer.dest, later.batch_id)
+    assert deletion_plan(transfer.ledger, transfer.dest, first.batch_id).blocker is None
+    delete_batch(transfer.ledger, transfer.dest, first.batch_id)
+    assert transfer.total("appointment_types") == types - created
+
+
 def test_the_opening_balance_report_equals_the_sources_balances(transfer: Transfer) -> None:
     result = transfer.run()
     frame = opening_balances(
@@ -635,7 +689,6 @@ def _writes(workspace: Path) -> int:
 
 
 def test_sigkill_during_writes_then_resume_duplicates_nothing(sandbox_factory: Any, tmp_path: Path) -> None:
-    import json
     import os
     import signal
     import subprocess
@@ -718,7 +771,6 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     sandbox_factory: Any, tmp_path: Path
 ) -> None:
     import csv
-    import json
 
     from migrator.mapping import load_mapping, save_mapping
 

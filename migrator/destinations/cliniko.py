@@ -77,6 +77,7 @@ from migrator.cliniko.filters import Filter
 from migrator.cliniko.models import parse_record
 from migrator.cliniko.resources import resource
 from migrator.destinations.custom_fields import CustomFields
+from migrator.destinations.local import KeptLink
 from migrator.errors import (
     APIError,
     ConfigError,
@@ -87,6 +88,7 @@ from migrator.errors import (
 )
 from migrator.ledger import Ledger
 from migrator.mapping import normalise_name, reference_from_client
+from migrator.stages import STAGES
 
 __all__ = [
     "DELETE_ORDER",
@@ -96,6 +98,7 @@ __all__ = [
     "Preflight",
     "WriteRefused",
     "go_live",
+    "links_into",
     "preflight",
 ]
 
@@ -887,6 +890,40 @@ class ClinikoDestination:
                 pass
             done += 1
         return done
+
+
+def links_into(ledger: Ledger, batch_id: str, created: Mapping[str, Sequence[str]]) -> list[KeptLink]:
+    """Records other batches created in the batch's Cliniko account that use one deleting it removes.
+
+    The counterpart of :meth:`LocalStore.links_into <migrator.destinations.local.LocalStore.links_into>`,
+    read from what each create sent (the ledger's ``writes``), so it needs no key: a later
+    batch's appointments using an appointment type ``batch_id`` created, its notes using a
+    template, its items using a tax. ``created`` is the batch's records by entity. Patients
+    are archived, not deleted, so what uses them stays whole; records the clinic made by hand
+    in the account are not seen, nor creates from before the ledger kept what it sent.
+    """
+    destination = ledger.batch(batch_id).destination
+    removing = {
+        entity: json.dumps([str(i) for i in ids])
+        for entity, ids in created.items()
+        if ids and "delete" in resource(entity).writes
+    }
+    links: list[KeptLink] = []
+    for stage in STAGES:
+        for fk, target in stage.fks.items():
+            if target not in removing or fk not in _FKS.get(stage.entity, ()):
+                continue
+            with ledger.lock:
+                rows = ledger.conn.execute(
+                    "SELECT w.batch_id, count(*) FROM writes w JOIN batches b ON b.id = w.batch_id"
+                    " WHERE b.destination = ? AND b.status != 'deleted' AND w.batch_id != ? AND w.entity = ?"
+                    " AND w.state = 'completed' AND w.dest_id IS NOT NULL"
+                    " AND CAST(json_extract(w.sent, ?) AS TEXT) IN (SELECT value FROM json_each(?))"
+                    " GROUP BY w.batch_id ORDER BY w.batch_id",
+                    (destination, batch_id, stage.entity, f"$.{fk}", removing[target]),
+                ).fetchall()
+            links += [KeptLink(stage.entity, fk, str(other), count) for other, count in rows]
+    return links
 
 
 # -- the ledger's record of writes ------------------------------------------------------------
