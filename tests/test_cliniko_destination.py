@@ -602,6 +602,16 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
     # What the batch linked to (the template set up by the clinic) stays; what it created goes.
     assert transfer.total("treatment_note_templates") == templates
 
+    # Run again: the clinic's own reference records are linked to again, not duplicated.
+    again = transfer.run().entities
+    for entity in ("treatment_note_templates", "billable_items", "products", "taxes"):
+        first = result.entities[entity]
+        assert (again[entity]["linked"], again[entity]["created"]) == (
+            first["linked"],
+            first["created"],
+        ), entity
+    assert any(result.entities[e]["linked"] for e in ("treatment_note_templates", "billable_items"))
+
 
 def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(transfer: Transfer) -> None:
     def run(include: list[str]) -> Any:

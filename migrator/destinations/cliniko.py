@@ -369,13 +369,16 @@ class ClinikoDestination:
             return len(self.created_by(batch_id, entity))
         return sum(self.client.count(entity, route=route) for route in self._routes(entity))
 
-    def _ours(self, entity: str, source_account: str | None = None) -> set[str]:
+    def _ours(self, entity: str, source_account: str | None = None, *, standing: bool = False) -> set[str]:
         """Destination ids of ``entity`` that batches into this account created (from one source).
 
         From the batches' items, and from their writes: a run killed after a create's id
-        was recorded but before its page's items still created that record.
+        was recorded but before its page's items still created that record. ``standing``
+        leaves out what deleted batches deleted (their patients stay, archived).
         """
         where = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL"
+        if standing and "delete" in resource(entity).writes:
+            where += " AND b.status != 'deleted'"
         params: list[Any] = [self.describe(), entity]
         if source_account is not None:
             where += " AND b.source_account = ?"
@@ -417,9 +420,20 @@ class ClinikoDestination:
         """How many records of ``entity`` the account holds that no batch from this source created.
 
         Archived ones count on both sides: the source's archived patients come across
-        archived, and a deleted batch's patients stay archived.
+        archived, and a deleted batch's patients stay archived, while what it deleted does
+        not count as ours. Reference lists linked by name (templates, taxes, items...) are
+        short, so their ids are read and compared; for the rest the account's count less
+        ours is the figure, which a record of ours the clinic deleted by hand makes too low.
         """
-        return max(0, self.count(entity) - len(self._ours(entity, source_account)))
+        ours = self._ours(entity, source_account, standing=True)
+        if entity in _BY_NAME:
+            return sum(
+                str(raw.get("id")) not in ours
+                for route in self._routes(entity)
+                for page in self.client.pages(entity, route=route)
+                for raw in page.records
+            )
+        return max(0, self.count(entity) - len(ours))
 
     def _records(self, entity: str, filters: Sequence[Filter] = (), route: str | None = None) -> list[dict]:
         out: list[dict[str, Any]] = []
