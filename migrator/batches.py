@@ -92,7 +92,7 @@ class DeletionPlan:
 
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     """List what :func:`delete_batch` would remove, without removing anything."""
-    ledger.batch(batch_id)  # raises BatchNotFound with a sentence
+    batch = ledger.batch(batch_id)  # raises BatchNotFound with a sentence
     created = {entity: store.created_by(batch_id, entity) for entity in store.DELETE_ORDER}
     patients = created.get("patients", [])
     dependents: dict[str, list[str]] = {}
@@ -106,7 +106,7 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     if isinstance(store, LocalStore):
         removing = {e: created.get(e, []) + dependents.get(e, []) for e in store.DELETE_ORDER}
         links = tuple(store.links_into(removing))
-    elif ledger.batch(batch_id).destination.startswith("cliniko:"):
+    elif batch.destination.startswith("cliniko:"):
         from migrator.destinations.cliniko import links_into as cliniko_links_into
 
         links = tuple(cliniko_links_into(ledger, batch_id, created))

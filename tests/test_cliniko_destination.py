@@ -54,12 +54,13 @@ class Transfer:
             for r in rows
         ]
 
-    def plan(self) -> Plan:
+    def plan(self, include: list[str] | None = None) -> Plan:
         return make_plan(
             self.source,
             verify_source(self.source),
             self.dest,
             scope=Scope.parse("all"),
+            include=include,
             mappings=self.mappings(),
         )
 
@@ -614,30 +615,22 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
 
 
 def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(transfer: Transfer) -> None:
-    def run(include: list[str]) -> Any:
-        plan = make_plan(
-            transfer.source,
-            verify_source(transfer.source),
-            transfer.dest,
-            scope=Scope.parse("all"),
-            include=include,
-            mappings=transfer.mappings(),
-        )
-        return transfer.run(plan)
-
-    first = run(["appointment_types"])  # the clinic's setup first: the types it lacks are created
+    # The clinic's setup first: the types it lacks are created.
+    first = transfer.run(transfer.plan(["appointment_types"]))
     created = first.entities["appointment_types"]["created"]
     assert created > 0
-    later = run(["patients", "individual_appointments"])
+    later = transfer.run(transfer.plan(["patients", "individual_appointments"]))
     assert later.entities["individual_appointments"]["created"] > 0
+    its_types = set(
+        deletion_plan(transfer.ledger, transfer.dest, first.batch_id).created["appointment_types"]
+    )
     using = sum(
         1
         for w in transfer.ledger.conn.execute(
             "SELECT sent FROM writes WHERE batch_id = ? AND entity = 'individual_appointments'",
             (later.batch_id,),
         )
-        if json.loads(w[0])["appointment_type_id"]
-        in deletion_plan(transfer.ledger, transfer.dest, first.batch_id).created["appointment_types"]
+        if json.loads(w[0])["appointment_type_id"] in its_types
     )
     assert using > 0
 
