@@ -27,10 +27,10 @@ from typing import Any
 
 from migrator.destinations.local import KeptLink, LocalStore
 from migrator.errors import MigratorError
-from migrator.ledger import Ledger
+from migrator.ledger import Batch, Ledger
 from migrator.plan import records_of
 
-__all__ = ["BatchNotDeletable", "DeletionPlan", "delete_batch", "deletion_plan"]
+__all__ = ["BatchNotDeletable", "DeletionPlan", "blocker", "deletable", "delete_batch", "deletion_plan"]
 
 _CHUNK = 500
 
@@ -130,6 +130,36 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
         for entity in DELETE_ORDER
     }
     return DeletionPlan(batch_id, created, {}, tuple(cliniko_links_into(ledger, batch_id, created)))
+
+
+def blocker(ledger: Ledger, batch: Batch) -> str | None:
+    """Why other records keep ``batch`` from being deleted (:attr:`DeletionPlan.blocker`), from the workspace alone.
+
+    A batch into a Cliniko account is checked from the ledger, with no key; one into a local
+    store through a connection of its own to the workspace and that store (so ``ledger`` may
+    have another store attached). A store no longer on disk has nothing left relying on it.
+    """
+    if batch.destination.startswith("cliniko:"):
+        return ledger_deletion_plan(ledger, batch.id).blocker
+    path = LocalStore.parse_target(batch.destination)
+    if not path.exists():
+        return None
+    with Ledger(ledger.workspace) as own:
+        return deletion_plan(own, LocalStore(path, own), batch.id).blocker
+
+
+def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tuple[bool, str]:
+    """Whether :func:`delete_batch` would delete ``batch`` now, and the sentence saying why (or why not).
+
+    :meth:`Batch.deletable <migrator.ledger.Batch.deletable>` (the 48 hours, the status), then
+    :func:`blocker`: what lists batches (the console, ``batches``) says no for a batch a later
+    one relies on, rather than let it be chosen and refused.
+    """
+    allowed, why = batch.deletable(now)
+    if not allowed:
+        return False, why
+    relied_on = blocker(ledger, batch)
+    return (False, relied_on) if relied_on else (True, why)
 
 
 def delete_batch(

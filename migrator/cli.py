@@ -340,10 +340,12 @@ def _listed(summary: Any) -> str:
 
 
 def cmd_batches(args: argparse.Namespace) -> int:
+    from migrator.batches import deletable
     from migrator.ledger import Ledger
 
     ledger = Ledger(args.workspace)
     batches = ledger.batches()
+    verdicts = {b.id: deletable(ledger, b) for b in batches}
     if args.json:
         print(
             json.dumps(
@@ -355,7 +357,8 @@ def cmd_batches(args: argparse.Namespace) -> int:
                         "source_account": b.source_account,
                         "destination": b.destination,
                         "counts": b.counts,
-                        "deletable": b.deletable()[0],
+                        "deletable": verdicts[b.id][0],
+                        "why": verdicts[b.id][1],
                     }
                     for b in batches
                 ]
@@ -365,7 +368,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
     if not batches:
         print("No batches yet.")
     for b in batches:
-        allowed, why = b.deletable()
+        allowed, why = verdicts[b.id]
         print(
             f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.status:<10} {b.source_account} -> {b.destination}"
         )
@@ -550,8 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     workspace(rec)
     rec.set_defaults(func=cmd_reconcile)
 
-    batches = commands.add_parser("batches", help="list every batch with its status")
-    batches.add_argument("--json", action="store_true", help="print JSON")
+    batches = commands.add_parser(
+        "batches", help="list every batch with its status, and why one cannot be deleted now"
+    )
+    batches.add_argument(
+        "--json",
+        action="store_true",
+        help='print [{"id", "created_at", "status", "source_account", "destination", "counts", "deletable", "why"}]',
+    )
     workspace(batches)
     batches.set_defaults(func=cmd_batches)
 

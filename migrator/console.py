@@ -397,11 +397,15 @@ def _age(batch: Batch, now: datetime) -> str:
     return f"{hours} h ago" if hours < 72 else f"{hours // 24} days ago"
 
 
-def batches_frame(batches: Sequence[Batch], now: datetime | None = None) -> pl.DataFrame:
+def batches_frame(
+    batches: Sequence[Batch], now: datetime | None = None, *, blocked: Mapping[str, str] | None = None
+) -> pl.DataFrame:
     """Every batch with its age, status, counts and whether (or why not) it can be deleted.
 
     Columns: batch, started, age, status, source, created, linked, already_present,
     skipped (records, summed over entities), deletable, why (the sentence saying so).
+    ``blocked`` maps batches that other records rely on to the sentence saying so
+    (:func:`migrator.batches.blocker`); they are not deletable, whatever their age.
     """
     moment = now or datetime.now(UTC)
     rows = []
@@ -411,6 +415,8 @@ def batches_frame(batches: Sequence[Batch], now: datetime | None = None) -> pl.D
             for action, n in per_action.items():
                 totals[action] = totals.get(action, 0) + n
         allowed, why = batch.deletable(moment)
+        if allowed and blocked and batch.id in blocked:
+            allowed, why = False, blocked[batch.id]
         rows.append(
             {
                 "batch": batch.id,

@@ -248,13 +248,16 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
 
     Columns: ``id``, ``created_at``, ``status``, ``kind`` (``full`` or ``top-up``),
     ``source_account``, ``destination``, ``requests``, the ``created`` / ``linked`` /
-    ``already_present`` / ``skipped`` totals, ``deletable`` and ``why`` (a sentence).
+    ``already_present`` / ``skipped`` totals, ``deletable`` and ``why`` (a sentence; a batch a
+    later one relies on is not deletable, and says so).
     """
+    from migrator.batches import deletable
+
     ledger = Ledger(workspace)
     try:
         rows = []
         for b in ledger.batches():
-            allowed, why = b.deletable()
+            allowed, why = deletable(ledger, b)
             totals = {
                 a: sum(c.get(a, 0) for c in b.counts.values())
                 for a in ("created", "linked", "already_present", "skipped")

@@ -7,7 +7,7 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
-from migrator.batches import delete_batch, deletion_plan, ledger_deletion_plan
+from migrator.batches import blocker, delete_batch, deletion_plan, ledger_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, entity_label
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
@@ -62,6 +62,8 @@ if error := state.pop("delete_error", None):
 try:
     with config.open_ledger() as ledger:
         batches = ledger.batches(tenant=scope)
+        # Batches a later one relies on say so here, rather than once chosen below.
+        blocked = {b.id: why for b in batches if b.deletable()[0] and (why := blocker(ledger, b))}
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -69,7 +71,7 @@ if not batches:
     st.info("No batches yet: start one on the Run page.")
     st.stop()
 
-frame = batches_frame(batches)
+frame = batches_frame(batches, blocked=blocked)
 st.dataframe(
     frame.select(
         pl.col("batch").alias("Batch"),
@@ -87,7 +89,7 @@ st.dataframe(
 for row in frame.filter(~pl.col("deletable") & (pl.col("status") != "deleted")).iter_rows(named=True):
     st.caption(f"Why not {row['batch']}: {row['why']}")
 
-candidates = {b.id: b for b in batches if b.deletable()[0]}
+candidates = {b.id: b for b in batches if b.deletable()[0] and b.id not in blocked}
 st.subheader("Delete a batch")
 if not candidates:
     st.caption("No batch can be deleted now.")

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
+from migrator import steps
+from migrator.batches import BatchNotDeletable, deletable, delete_batch, deletion_plan
 from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
 
 
@@ -110,8 +111,16 @@ def test_a_batch_whose_records_a_later_batch_uses_is_not_deleted(env: Env) -> No
     assert env.ledger.batch(first.batch_id).status == "completed"
     assert env.rows("individual_appointments") == appointments  # nothing touched
     assert len(type_ids) == created_types
+    # Listings say so before anyone picks it: the library, and the notebook's frame.
+    assert deletable(env.ledger, env.ledger.batch(first.batch_id)) == (False, plan.blocker)
+    assert deletable(env.ledger, env.ledger.batch(second.batch_id))[0] is True
+    listed = {
+        r["id"]: (r["deletable"], r["why"]) for r in steps.batches(env.ledger.workspace).iter_rows(named=True)
+    }
+    assert listed[first.batch_id] == (False, plan.blocker) and listed[second.batch_id][0] is True
 
     delete_batch(env.ledger, env.store, second.batch_id)
     assert deletion_plan(env.ledger, env.store, first.batch_id).blocker is None
+    assert deletable(env.ledger, env.ledger.batch(first.batch_id))[0] is True
     delete_batch(env.ledger, env.store, first.batch_id)
     assert not [r for r in env.rows("appointment_types") if r["batch_id"] is not None]

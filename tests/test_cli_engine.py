@@ -162,6 +162,11 @@ def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
         f"Batch {first} cannot be deleted while other records rely on what it created (1 unavailable block of "
         f"batch {later} would lose its practitioner): delete batch {later} first, or keep this one."
     )
+    listed = cli(tiny_sandbox, "batches", "--json", "--workspace", str(tmp_path))
+    verdicts = {b["id"]: (b["deletable"], b["why"]) for b in json.loads(listed.stdout)}
+    assert verdicts[first] == (False, sentence) and verdicts[later][0] is True
+    human = cli(tiny_sandbox, "batches", "--workspace", str(tmp_path)).stdout.splitlines()
+    assert f"    {sentence}" in human and len(human) == 3  # the two batches, and why the first is kept
     dry = cli(tiny_sandbox, "delete-batch", first, "--dry-run", "--workspace", str(tmp_path))
     assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == sentence
     refused = cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path))

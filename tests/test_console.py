@@ -68,6 +68,15 @@ def test_batches_say_their_age_and_why_they_cannot_be_deleted(tmp_path: Path) ->
     assert (row["age"], row["status"], row["deletable"]) == ("3 h ago", "completed", True)
     old = batches_frame(batches, now=batches[0].created_at + timedelta(days=3)).row(0, named=True)
     assert old["deletable"] is False and "within 48 hours" in old["why"] and old["age"] == "3 days ago"
+    relied_on = batches_frame(
+        batches, now=batches[0].created_at + timedelta(hours=3), blocked={fresh.id: "Others rely on it."}
+    ).row(0, named=True)
+    assert (relied_on["deletable"], relied_on["why"]) == (False, "Others rely on it.")
+    # Too old says so first: a blocker only matters to a batch that could otherwise go.
+    too_old = batches_frame(
+        batches, now=batches[0].created_at + timedelta(days=3), blocked={fresh.id: "Others rely on it."}
+    ).row(0, named=True)
+    assert "within 48 hours" in too_old["why"]
 
 
 def test_exports_keep_the_frame() -> None:
