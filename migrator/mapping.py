@@ -16,7 +16,9 @@ How :func:`auto_match` decides, per source record:
    hyphens, apostrophes and a leading "Dr" do not matter). One destination record of
    that name: ``map``. Several: the one active among them if exactly one is, otherwise
    ``unresolved`` with a note ("2 destination records are named ...").
-3. **No match.** Appointment types: ``create`` (both destinations can). Businesses and
+3. **No match.** Appointment types: ``create`` (both destinations can; into a Cliniko
+   account an archived one arrives active, as its API cannot archive them, and the note
+   says so). Businesses and
    active practitioners: ``create`` when the destination can (the local store),
    otherwise ``unresolved`` (Cliniko's API cannot create them; the clinic sets them up,
    seed 001). Practitioners inactive at the source (former staff): always ``unresolved``
@@ -212,7 +214,8 @@ def auto_match(
             (``LocalStore.reference`` or :func:`reference_from_client`).
         entity: ``"practitioners"``, ``"businesses"`` or ``"appointment_types"``.
         can_create: the destination can create practitioners and businesses (the local
-            store can; Cliniko's API cannot). Appointment types can always be created.
+            store can; Cliniko's API cannot). Appointment types can always be created
+            (into a Cliniko account an archived one arrives active, which its note says).
 
     Returns:
         One row per source record, in source order, with :data:`MAPPING_COLUMNS`.
@@ -320,6 +323,14 @@ def auto_match(
                 f"to a generic Former practitioner{former_hint}, 'reassign' to give them to an active "
                 "practitioner, or 'exclude' to skip them"
                 + (", or 'create' to add them as an inactive practitioner." if can_create else ".")
+            )
+        )
+        .when(create & pl.lit(entity == "appointment_types" and not can_create) & ~pl.col("source_active"))
+        .then(
+            pl.lit(
+                "An archived appointment type not found in the destination: it will be created, and active, as "
+                "Cliniko's API cannot archive appointment types; archive it in the destination account after "
+                "the transfer, or map it to an existing type."
             )
         )
         .when(create)

@@ -202,6 +202,20 @@ def test_auto_match_appointment_types_may_be_created_in_cliniko() -> None:
         "Hydrotherapy Group": ("create", None),
         "Remedial Massage (old)": ("create", None),
     }
+    said = notes(table)
+    assert (
+        said["Hydrotherapy Group"]
+        == "No appointment type of this name in the destination: it will be created."
+    )
+    # Cliniko's API cannot archive one: the archived type arrives active, and its row says so.
+    assert said["Remedial Massage (old)"] == (
+        "An archived appointment type not found in the destination: it will be created, and active, as Cliniko's "
+        "API cannot archive appointment types; archive it in the destination account after the transfer, or map "
+        "it to an existing type."
+    )
+    # The local store keeps it archived: the plain note.
+    local = notes(auto_match(source, destination, "appointment_types", can_create=True))
+    assert local["Remedial Massage (old)"] == local["Hydrotherapy Group"]
 
 
 def test_auto_match_links_records_an_earlier_run_created() -> None:
