@@ -47,8 +47,9 @@ class DeletionPlan:
         created: records the batch created, by entity.
         dependents: records created since for the batch's patients (not by this
             batch), by entity: seed 000's warning.
-        kept_links: records that would stay while linking to one that goes (in a Cliniko
-            account, those other batches created, as the ledger has them); while there are
+        kept_links: records that would stay while linking to one that goes: other batches'
+            and the clinic's own (in a Cliniko account, as the account has them when read
+            with its key, else as the ledger has other batches' creates); while there are
             any, the batch is not deleted (:attr:`blocker`).
     """
 
@@ -68,17 +69,21 @@ class DeletionPlan:
             return None
         relying = "; ".join(
             f"{records_of(link.entity, link.records)} "
-            f"{'of batch ' + link.batch_id if link.batch_id else 'the clinic set up itself'} "
+            f"{'of batch ' + link.batch_id if link.batch_id else 'the clinic made itself'} "
             f"would lose {'its' if link.records == 1 else 'their'} {link.column.removesuffix('_id').replace('_', ' ')}"
             for link in self.kept_links
         )
         batches = sorted({link.batch_id for link in self.kept_links if link.batch_id})
-        advice = (
-            f"delete {'batch' if len(batches) == 1 else 'batches'} {', '.join(batches)} first, or keep this one"
-            if batches
-            else "keep this batch"
+        steps = (
+            [f"delete {'batch' if len(batches) == 1 else 'batches'} {', '.join(batches)}"] if batches else []
         )
-        return f"Batch {self.batch_id} cannot be deleted while other records rely on what it created ({relying}): {advice}."
+        if any(link.batch_id is None for link in self.kept_links):
+            steps.append("change or delete the clinic's own records")
+        advice = " and ".join(steps)
+        return (
+            f"Batch {self.batch_id} cannot be deleted while other records rely on what it created ({relying}): "
+            f"{advice} first, or keep this one."
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,9 +112,8 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
         removing = {e: created.get(e, []) + dependents.get(e, []) for e in store.DELETE_ORDER}
         links = tuple(store.links_into(removing))
     elif batch.destination.startswith("cliniko:"):
-        from migrator.destinations.cliniko import links_into as cliniko_links_into
-
-        links = tuple(cliniko_links_into(ledger, batch_id, created))
+        # The account itself, read with its key: records the clinic made there by hand too.
+        links = tuple(store.account_links_into(batch_id, created))
     return DeletionPlan(batch_id, created, dependents, links)
 
 

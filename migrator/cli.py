@@ -564,7 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     workspace(batches)
     batches.set_defaults(func=cmd_batches)
 
-    delete = commands.add_parser("delete-batch", help="delete what a batch created, within 48 hours")
+    delete = commands.add_parser(
+        "delete-batch",
+        help="delete what a batch created, within 48 hours",
+        description="Delete what a batch created, within 48 hours of its start. Refused while other records "
+        "rely on what it created: a later batch's, or (in a Cliniko account, read with its key first) ones the "
+        "clinic made there by hand since.",
+    )
     delete.add_argument("batch_id", metavar="ID")
     delete.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     delete.add_argument("--yes", action="store_true", help="confirm: deletion cannot be undone")

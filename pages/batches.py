@@ -111,7 +111,10 @@ if problem:
     st.info(problem.replace("This batch", f"Batch {chosen}") + " Deleting it needs that account's key.")
     st.stop()
 try:
-    if to_cliniko and who is not None:  # hosted: the account's key comes with the deletion itself
+    if to_cliniko:
+        # From the ledger: reading the account on every render would spend its rate limit. Deleting
+        # reads it once (records the clinic made there by hand) and refuses with the sentence if need be.
+        # Hosted, the account's key only comes with the deletion itself.
         with config.open_ledger() as ledger:
             summary = ledger_deletion_plan(ledger, chosen).as_dict()
     else:
@@ -148,7 +151,9 @@ if to_cliniko:
     st.warning(
         "Cliniko's API cannot delete patients: this batch's patients are **archived**, not deleted, and everything "
         "else it created in the Cliniko account is deleted. Records the clinic added since for those patients stay, "
-        "attached to the archived patient.",
+        "attached to the archived patient. Deleting first reads the account for records made there since that use "
+        "what the batch created (an appointment booked with one of its appointment types, say); while there are "
+        "any, nothing is deleted and the message names them.",
         icon=":material/inventory_2:",
     )
 st.warning(

@@ -658,6 +658,47 @@ def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(trans
     assert transfer.total("appointment_types") == types - created
 
 
+def test_a_batch_whose_records_the_clinic_used_by_hand_is_not_deleted(transfer: Transfer) -> None:
+    batch = transfer.run(transfer.plan(["appointment_types", "patients", "individual_appointments"]))
+    plan = deletion_plan(transfer.ledger, transfer.dest, batch.batch_id)
+    assert plan.blocker is None  # nothing but the batch's own records uses what it created
+    its_type, its_patient = plan.created["appointment_types"][0], plan.created["patients"][0]
+    # The clinic, at work in the account since: it books one of the batch's appointment types by hand.
+    practitioner = next(transfer.dest_client.records("practitioners")).id
+    business = next(transfer.dest_client.records("businesses")).id
+    booked = transfer.dest_client.post(
+        "/individual_appointments",
+        {
+            "starts_at": "2026-12-01T09:00:00Z",
+            "patient_id": its_patient,
+            "practitioner_id": practitioner,
+            "appointment_type_id": its_type,
+            "business_id": business,
+        },
+    )
+
+    plan = deletion_plan(transfer.ledger, transfer.dest, batch.batch_id)
+    assert plan.kept_links == (KeptLink("individual_appointments", "appointment_type_id", None, 1),)
+    assert plan.blocker == (
+        f"Batch {batch.batch_id} cannot be deleted while other records rely on what it created (1 appointment "
+        "the clinic made itself would lose its appointment type): change or delete the clinic's "
+        "own records first, or keep this one."
+    )
+    # Without the account's key (a listing, a hosted preview) only the ledger is read, which cannot see it.
+    assert ledger_deletion_plan(transfer.ledger, batch.batch_id).blocker is None
+    types = transfer.total("appointment_types")
+    with pytest.raises(BatchNotDeletable, match="1 appointment the clinic made itself"):
+        delete_batch(transfer.ledger, transfer.dest, batch.batch_id)
+    assert transfer.total("appointment_types") == types
+    assert transfer.ledger.batch(batch.batch_id).status == "completed"
+
+    # Once the clinic has moved its booking elsewhere, the batch goes.
+    transfer.dest_client.delete(f"/individual_appointments/{booked['id']}")
+    delete_batch(transfer.ledger, transfer.dest, batch.batch_id)
+    assert transfer.total("appointment_types") == types - len(plan.created["appointment_types"])
+    assert transfer.ledger.batch(batch.batch_id).status == "deleted"
+
+
 def test_the_opening_balance_report_equals_the_sources_balances(transfer: Transfer) -> None:
     result = transfer.run()
     frame = opening_balances(

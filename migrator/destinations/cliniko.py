@@ -505,6 +505,77 @@ class ClinikoDestination:
         """Nothing: patients are archived, not deleted, so what hangs off them stays."""
         return {}
 
+    def account_links_into(self, batch_id: str, created: Mapping[str, Sequence[str]]) -> list[KeptLink]:
+        """Records in the account that use one deleting ``batch_id`` removes, read from the account.
+
+        What :func:`links_into` (the module's, from the ledger) cannot see: records the
+        clinic made or changed by hand since the batch began (an appointment booked with an
+        appointment type the batch created, a note on one of its appointments, an invoice
+        for one), and other batches' creates from before the ledger kept what each sent.
+        Every list that can refer to a record going is read for what changed since the
+        batch began (its own records included, so about as many requests as the batch has
+        pages of such records). Each record found is put down to the batch whose items or
+        writes have it, else to the clinic (``batch_id=None``). Invoice items are not
+        counted: an invoice keeps what was sold on it when an item is deleted (seed 000).
+        Patients are archived, not deleted, so nothing using them is counted either.
+        """
+        removing = {
+            e: set(map(str, ids)) for e, ids in created.items() if ids and "delete" in resource(e).writes
+        }
+        if not removing:
+            return []
+        since = [Filter("updated_at", ">", self.ledger.batch(batch_id).created_at - _PROBE_SLACK)]
+        using: dict[tuple[str, str], set[str]] = {}
+        for stage in STAGES:
+            fks = {fk: target for fk, target in stage.fks.items() if target in removing}
+            if not fks or stage.entity == "invoice_items":
+                continue
+            own = set(map(str, created.get(stage.entity, ())))  # archived patients included: they go with it
+            for route in self._routes(stage.entity):
+                for page in self.client.pages(stage.entity, since, route=route):
+                    for raw in page.records:
+                        try:
+                            record = parse_record(stage.entity, raw)
+                        except ValueError:
+                            log.warning("could not read %s %s to check it", stage.entity, raw.get("id"))
+                            continue
+                        if record.id in own:
+                            continue
+                        for fk, target in fks.items():
+                            if getattr(record, fk, None) in removing[target]:
+                                using.setdefault((stage.entity, fk), set()).add(record.id)
+        links: list[KeptLink] = []
+        for stage in STAGES:  # in the order the module's links_into gives them
+            for fk in stage.fks:
+                ids = using.get((stage.entity, fk))
+                if not ids:
+                    continue
+                owners = self._creators(stage.entity, ids)
+                by_batch: dict[str | None, int] = {}
+                for dest_id in ids:
+                    by_batch[owners.get(dest_id)] = by_batch.get(owners.get(dest_id), 0) + 1
+                links += [
+                    KeptLink(stage.entity, fk, owner, count)
+                    for owner, count in sorted(by_batch.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+                ]
+        return links
+
+    def _creators(self, entity: str, dest_ids: Iterable[str]) -> dict[str, str]:
+        """Which standing batch into this account created each of these records (from items and writes)."""
+        where = (
+            "b.destination = ? AND b.status != 'deleted' AND {t}.entity = ?"
+            " AND {t}.dest_id IN (SELECT value FROM json_each(?))"
+        )
+        params = [self.describe(), entity, json.dumps(sorted(dest_ids))]
+        sql = (
+            "SELECT i.dest_id, i.batch_id FROM items i JOIN batches b ON b.id = i.batch_id"
+            f" WHERE i.action = 'created' AND {where.format(t='i')}"
+            f" UNION SELECT w.dest_id, w.batch_id FROM writes w JOIN batches b ON b.id = w.batch_id"
+            f" WHERE {where.format(t='w')}"
+        )
+        with self.ledger.lock:
+            return {str(d): str(b) for d, b in self.ledger.conn.execute(sql, params * 2)}
+
     def _routes(self, entity: str) -> tuple[str | None, ...]:
         """The lists that together hold every live record of ``entity`` (archived ones included)."""
         return (None, "archived") if "archived" in resource(entity).list_routes else (None,)
@@ -914,7 +985,8 @@ def links_into(ledger: Ledger, batch_id: str, created: Mapping[str, Sequence[str
     batch's appointments using an appointment type ``batch_id`` created, its notes using a
     template, its items using a tax. ``created`` is the batch's records by entity. Patients
     are archived, not deleted, so what uses them stays whole; records the clinic made by hand
-    in the account are not seen, nor creates from before the ledger kept what it sent.
+    in the account are not seen, nor creates from before the ledger kept what it sent: with
+    the account's key, :meth:`ClinikoDestination.account_links_into` sees those too.
     """
     destination = ledger.batch(batch_id).destination
     removing = {
