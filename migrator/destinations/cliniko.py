@@ -63,6 +63,7 @@ import json
 import logging
 import threading
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -551,9 +552,7 @@ class ClinikoDestination:
                 if not ids:
                     continue
                 owners = self._creators(stage.entity, ids)
-                by_batch: dict[str | None, int] = {}
-                for dest_id in ids:
-                    by_batch[owners.get(dest_id)] = by_batch.get(owners.get(dest_id), 0) + 1
+                by_batch = Counter(owners.get(dest_id) for dest_id in ids)  # None: the clinic's own
                 links += [
                     KeptLink(stage.entity, fk, owner, count)
                     for owner, count in sorted(by_batch.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
