@@ -10,9 +10,11 @@ A batch whose records others rely on is not deleted: when a later batch's appoin
 use a practitioner or an appointment type this batch created, deleting it would leave
 them pointing at nothing, so :func:`delete_batch` refuses, naming those batches (delete
 them first). Records created since for the batch's patients are not such a case: they
-go with their patients. In a Cliniko account the check reads what later batches' creates
-sent (the ledger's ``writes``), so it needs no key; records the clinic made there by hand
-are not seen, and patients, archived rather than deleted, keep what uses them.
+go with their patients. In a Cliniko account, deleting (and :func:`deletion_plan`) reads
+the account with its key, so it also sees records the clinic made there by hand; listings
+(:func:`blocker`, :func:`ledger_deletion_plan`) hold no key and read what later batches'
+creates sent (the ledger's ``writes``). Patients, archived rather than deleted, keep what
+uses them.
 
 Deletion runs in reverse dependency order, one entity at a time, each chunk in
 one transaction; the batch is ``deleting`` while it runs, so an interrupted

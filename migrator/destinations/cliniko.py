@@ -373,24 +373,33 @@ class ClinikoDestination:
     def _ours(self, entity: str, source_account: str | None = None, *, standing: bool = False) -> set[str]:
         """Destination ids of ``entity`` that batches into this account created (from one source).
 
-        From the batches' items, and from their writes: a run killed after a create's id
-        was recorded but before its page's items still created that record. ``standing``
-        leaves out what deleted batches deleted (their patients stay, archived).
+        ``standing`` leaves out what deleted batches deleted (their patients stay, archived).
         """
-        where = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL"
+        where, params = "", []
         if standing and "delete" in resource(entity).writes:
             where += " AND b.status != 'deleted'"
-        params: list[Any] = [self.describe(), entity]
         if source_account is not None:
             where += " AND b.source_account = ?"
             params.append(source_account)
+        return {dest_id for dest_id, _ in self._creates(entity, where, params)}
+
+    def _creates(self, entity: str, where: str = "", params: Sequence[Any] = ()) -> set[tuple[str, str]]:
+        """``(destination id, batch id)`` of the records of ``entity`` batches into this account created.
+
+        From the batches' items, and from their writes: a run killed after a create's id
+        was recorded but before its page's items still created that record. ``where`` (with
+        its ``params``) narrows both; ``b`` is the batch and ``{t}`` the item's or write's table.
+        """
+        cond = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL" + where
         sql = (
-            "SELECT i.dest_id FROM items i JOIN batches b ON b.id = i.batch_id "
-            f"WHERE i.action = 'created' AND {where.format(t='i')} "
-            f"UNION SELECT w.dest_id FROM writes w JOIN batches b ON b.id = w.batch_id WHERE {where.format(t='w')}"
+            "SELECT i.dest_id, i.batch_id FROM items i JOIN batches b ON b.id = i.batch_id "
+            f"WHERE i.action = 'created' AND {cond.format(t='i')} "
+            f"UNION SELECT w.dest_id, w.batch_id FROM writes w JOIN batches b ON b.id = w.batch_id "
+            f"WHERE {cond.format(t='w')}"
         )
         with self.ledger.lock:
-            return {str(r[0]) for r in self.ledger.conn.execute(sql, params * 2)}
+            rows = self.ledger.conn.execute(sql, [self.describe(), entity, *params] * 2)
+            return {(str(dest_id), str(batch_id)) for dest_id, batch_id in rows}
 
     def _lost_creates(self, entity: str, source_account: str) -> set[str]:
         """Records this source's creates made though their answers were lost (a run killed mid-request).
@@ -560,20 +569,9 @@ class ClinikoDestination:
         return links
 
     def _creators(self, entity: str, dest_ids: Iterable[str]) -> dict[str, str]:
-        """Which standing batch into this account created each of these records (from items and writes)."""
-        where = (
-            "b.destination = ? AND b.status != 'deleted' AND {t}.entity = ?"
-            " AND {t}.dest_id IN (SELECT value FROM json_each(?))"
-        )
-        params = [self.describe(), entity, json.dumps(sorted(dest_ids))]
-        sql = (
-            "SELECT i.dest_id, i.batch_id FROM items i JOIN batches b ON b.id = i.batch_id"
-            f" WHERE i.action = 'created' AND {where.format(t='i')}"
-            f" UNION SELECT w.dest_id, w.batch_id FROM writes w JOIN batches b ON b.id = w.batch_id"
-            f" WHERE {where.format(t='w')}"
-        )
-        with self.ledger.lock:
-            return {str(d): str(b) for d, b in self.ledger.conn.execute(sql, params * 2)}
+        """Which standing batch into this account created each of these records."""
+        where = " AND b.status != 'deleted' AND {t}.dest_id IN (SELECT value FROM json_each(?))"
+        return dict(self._creates(entity, where, [json.dumps(sorted(dest_ids))]))
 
     def _routes(self, entity: str) -> tuple[str | None, ...]:
         """The lists that together hold every live record of ``entity`` (archived ones included)."""
