@@ -54,14 +54,14 @@ class Transfer:
             for r in rows
         ]
 
-    def plan(self, include: list[str] | None = None) -> Plan:
+    def plan(self, include: list[str] | None = None, mappings: list[MappingRow] | None = None) -> Plan:
         return make_plan(
             self.source,
             verify_source(self.source),
             self.dest,
             scope=Scope.parse("all"),
             include=include,
-            mappings=self.mappings(),
+            mappings=self.mappings() if mappings is None else mappings,
         )
 
     def run(self, plan: Plan | None = None, **kwargs: Any) -> Any:
@@ -140,6 +140,17 @@ def test_a_transfer_lands_in_the_destination_and_a_rerun_creates_nothing(transfe
     assert entities["patients"]["created"] > transfer.dest_client.count("patients")  # one came archived
     assert not [w for w in preflight(transfer.source, transfer.dest).warnings if "already holds" in w]
     assert not transfer.dest.has_foreign("patients", source_account=account)
+    # The clinic deletes one of them in Cliniko's screens (the API cannot), then adds a walk-in:
+    # one patient is still its own, though the account holds no more than the batches brought.
+    gone = next(i.dest_id for i in transfer.ledger.items(result.batch_id, "patients", action="created"))
+    httpx.post(
+        f"{transfer.sandbox.origin}/_sandbox/records",
+        json={
+            "account": "destination",
+            "resource": "patients",
+            "record": {"id": int(gone), "deleted_at": "2026-11-22T09:00:00Z"},
+        },
+    ).raise_for_status()
     transfer.dest_client.post("/patients", {"first_name": "Walk", "last_name": "In"})
     assert transfer.dest.has_foreign("patients", source_account=account)
     assert [w for w in preflight(transfer.source, transfer.dest).warnings if "already holds" in w] == [
@@ -697,6 +708,70 @@ def test_a_batch_whose_records_the_clinic_used_by_hand_is_not_deleted(transfer: 
     delete_batch(transfer.ledger, transfer.dest, batch.batch_id)
     assert transfer.total("appointment_types") == types - len(plan.created["appointment_types"])
     assert transfer.ledger.batch(batch.batch_id).status == "deleted"
+
+
+def test_appointments_the_clinic_deleted_do_not_hide_one_it_booked_twice(transfer: Transfer) -> None:
+    """Cutover week: reception deletes some transferred appointments, and books one by hand that the
+    source holds too. The next batch links to that booking rather than duplicate it, though the
+    account holds no more appointments than the batches created."""
+    entities = ["appointment_types", "patients", "individual_appointments"]
+    account = transfer.plan().source_account
+    rows = transfer.mappings()
+    held_back = next(r for r in rows if r.entity == "practitioners" and r.action == "map")
+    first = transfer.run(
+        transfer.plan(
+            entities, [r.model_copy(update={"action": "exclude"}) if r == held_back else r for r in rows]
+        )
+    )
+    waiting = [
+        i for i in transfer.ledger.items(first.batch_id, "individual_appointments") if i.action == "skipped"
+    ]
+    assert waiting and {i.reason_code for i in waiting} == {"practitioner_excluded"}
+    assert transfer.dest.foreign_count("individual_appointments", source_account=account) == 0
+
+    # The clinic deletes two of the batch's appointments and books one of the held-back ones itself.
+    created = [
+        i.dest_id for i in transfer.ledger.items(first.batch_id, "individual_appointments", action="created")
+    ]
+    for dest_id in created[:2]:
+        transfer.dest_client.delete(f"/individual_appointments/{dest_id}")
+    source = transfer.source.get(f"/individual_appointments/{waiting[0].source_id}")
+    dest_of = {
+        (e, i.source_id): i.dest_id
+        for e in ("patients", "appointment_types")
+        for i in transfer.ledger.items(first.batch_id, e)
+    }
+
+    def source_id(link: str) -> str:
+        return str(source[link]["links"]["self"]).rsplit("/", 1)[-1]
+
+    booked = transfer.dest_client.post(
+        "/individual_appointments",
+        {
+            "starts_at": source["starts_at"],
+            "patient_id": dest_of[("patients", source_id("patient"))],
+            "practitioner_id": held_back.target_id,
+            "appointment_type_id": dest_of[("appointment_types", source_id("appointment_type"))],
+            "business_id": next(transfer.dest_client.records("businesses")).id,
+        },
+    )
+    assert transfer.total("individual_appointments") == len(created) - 1  # fewer than the batches made
+    assert transfer.dest.foreign_count("individual_appointments", source_account=account) == 1
+
+    second = transfer.run(transfer.plan(entities, rows))
+    item = next(
+        i
+        for i in transfer.ledger.items(second.batch_id, "individual_appointments")
+        if i.source_id == waiting[0].source_id
+    )
+    assert (item.action, item.dest_id, item.reason_code) == (
+        "linked",
+        str(booked["id"]),
+        "same_start_practitioner_patient",
+    )
+    # What the clinic deleted stays deleted; the rest of the held-back appointments are created once.
+    assert second.entities["individual_appointments"]["created"] == len(waiting) - 1
+    assert transfer.total("individual_appointments") == len(created) - 1 + len(waiting) - 1
 
 
 def test_the_opening_balance_report_equals_the_sources_balances(transfer: Transfer) -> None:

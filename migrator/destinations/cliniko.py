@@ -75,7 +75,7 @@ import polars as pl
 
 from migrator.cliniko.client import ClinikoClient, Identity
 from migrator.cliniko.filters import Filter
-from migrator.cliniko.models import parse_record
+from migrator.cliniko.models import id_from_url, parse_record
 from migrator.cliniko.resources import resource
 from migrator.destinations.custom_fields import CustomFields
 from migrator.destinations.local import KeptLink
@@ -432,8 +432,11 @@ class ClinikoDestination:
         Archived ones count on both sides: the source's archived patients come across
         archived, and a deleted batch's patients stay archived, while what it deleted does
         not count as ours. Reference lists linked by name (templates, taxes, items...) are
-        short, so their ids are read and compared; for the rest the account's count less
-        ours is the figure, which a record of ours the clinic deleted by hand makes too low.
+        short, so their ids are read and compared. For the rest the figure is the account's
+        count less ours still in it: records of ours the clinic has deleted by hand are
+        found in the list's ``/deleted`` route (only what changed since this source's first
+        batch into the account, so usually one request), or else two appointments of ours
+        the clinic deleted would hide two it booked itself, and matching would be skipped.
         """
         ours = self._ours(entity, source_account, standing=True)
         if entity in _BY_NAME:
@@ -443,7 +446,29 @@ class ClinikoDestination:
                 for page in self.client.pages(entity, route=route)
                 for raw in page.records
             )
-        return max(0, self.count(entity) - len(ours))
+        gone = self._deleted_by_hand(entity, ours, source_account) if ours else set()
+        return max(0, self.count(entity) - len(ours - gone))
+
+    def _deleted_by_hand(self, entity: str, ours: set[str], source_account: str) -> set[str]:
+        """Which of ``ours`` the account's ``/deleted`` list holds: deleted by the clinic by hand
+        (or by a batch deletion cut short)."""
+        if "deleted" not in resource(entity).list_routes:
+            return set()
+        with self.ledger.lock:
+            (first,) = self.ledger.conn.execute(
+                "SELECT min(created_at) FROM batches WHERE destination = ? AND source_account = ?",
+                (self.describe(), source_account),
+            ).fetchone()
+        if first is None:
+            return set()
+        # A record of ours was made after its batch began, so whatever touched it last did too.
+        since = [Filter("updated_at", ">", datetime.fromisoformat(first) - _PROBE_SLACK)]
+        listed = (
+            _listed_id(raw)
+            for page in self.client.pages(entity, since, route="deleted")
+            for raw in page.records
+        )
+        return ours.intersection(listed)
 
     def _records(self, entity: str, filters: Sequence[Filter] = (), route: str | None = None) -> list[dict]:
         out: list[dict[str, Any]] = []
@@ -1243,6 +1268,17 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _listed_id(raw: Mapping[str, Any]) -> str:
+    """A listed record's id (``/patients/deleted`` gives only a self link); ``""`` if it has none."""
+    if raw.get("id") is not None:
+        return str(raw["id"])
+    links = raw.get("links")
+    try:
+        return id_from_url(links["self"]) if isinstance(links, dict) else ""
+    except (KeyError, TypeError, ValueError):
+        return ""
 
 
 def _patient_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
