@@ -31,6 +31,11 @@ class RunningSandbox:
     def url_template(self) -> str:
         return self.info["url_template"]
 
+    @property
+    def origin(self) -> str:
+        """Where its ``/_sandbox/`` test endpoints are."""
+        return self.url_template.split("/{shard}")[0]
+
     def account(self, role: str) -> dict[str, Any]:
         return next(a for a in self.info["accounts"] if a["role"] == role)
 

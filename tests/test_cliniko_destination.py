@@ -794,6 +794,12 @@ def test_the_opening_balance_report_equals_the_sources_balances(transfer: Transf
     assert frame["patient"].null_count() == 0
 
 
+def _live(client: ClinikoClient, entity: str) -> int:
+    """Every live record of ``entity`` in an account, archived ones included."""
+    routes = (None, "archived") if entity in ("patients", "appointment_types") else (None,)
+    return sum(client.count(entity, route=route) for route in routes)
+
+
 def _writes(workspace: Path) -> int:
     import sqlite3
 
@@ -847,22 +853,53 @@ def test_sigkill_during_writes_then_resume_duplicates_nothing(sandbox_factory: A
             for r in rows
         ],
     )
+    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+    dest = ClinikoClient(sb.key("destination"), config=config)
+    account = sb.account("destination")["name"]
+
+    def held() -> int:
+        stats = httpx.get(f"{sb.origin}/_sandbox/stats").json()
+        return int(stats["accounts"].get(account, {}).get("faults", {}).get("hold", 0))
+
+    def made_but_unrecorded() -> int:
+        """Records in the account beyond those the ledger knows it created (lost answers)."""
+        import sqlite3
+
+        conn = sqlite3.connect(workspace / "ledger.db", timeout=5)
+        try:
+            recorded = dict(
+                conn.execute("SELECT entity, count(dest_id) FROM writes GROUP BY entity").fetchall()
+            )
+        finally:
+            conn.close()
+        return sum(_live(dest, entity) - before.get(entity, 0) - n for entity, n in recorded.items())
+
+    before = {entity: _live(dest, entity) for entity in (*WRITTEN, "appointment_types", "taxes")}
     run = ("run", "--to", "cliniko", "--mapping", str(mapping), "--json")
-    for kill_after in (30, 150):
+    # First, killed while Cliniko holds the answer to a create it has made (the run cannot know its
+    # id); then after 150 writes, wherever the run happens to be.
+    for kill_after in (5, 150):
         process = cli(*run)
         deadline = time.monotonic() + 60
         while _writes(workspace) < kill_after and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+        if kill_after == 5:
+            httpx.post(
+                f"{sb.origin}/_sandbox/hold_creates", json={"count": 1, "seconds": 60}
+            ).raise_for_status()
+            while not held() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert held() == 1
         assert process.poll() is None, "the run ended before it could be killed"
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        if kill_after == 5:
+            assert made_but_unrecorded() >= 1, "one create was made whose id the run never learnt"
     final = cli(*run)
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
     result = json.loads(out)
 
-    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
-    dest = ClinikoClient(sb.key("destination"), config=config)
     ledger = Ledger(workspace)
     batch = ledger.batch(result["batch_id"])
     assert [b.id for b in ledger.batches()] == [batch.id], "one batch, resumed twice"

@@ -722,6 +722,25 @@ def test_stats_count_requests_and_writes_per_key(sandbox: Sandbox) -> None:
     assert httpx.get(f"{sandbox.origin}/_sandbox/health").json()["ok"] is True
 
 
+def test_a_held_create_is_applied_though_its_answer_never_comes() -> None:
+    with (
+        Sandbox(accounts=fixture_accounts(), rate_limit=0) as sb,
+        client(sb, "destination", timeout=0.5) as c,
+    ):
+        held = httpx.post(f"{sb.origin}/_sandbox/hold_creates", json={"count": 1, "seconds": 3})
+        assert held.json() == {"count": 1, "seconds": 3.0}
+        assert c.get("/patients").status_code == 200  # reads are never held
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/patients", json={"first_name": "Held", "last_name": "Answer"})
+        made = c.get("/patients", params=q("last_name:=Answer")).json()["patients"]
+        assert [p["first_name"] for p in made] == ["Held"]  # created, though the client never heard
+        assert c.post("/patients", json={"first_name": "Next", "last_name": "One"}).status_code == 201
+        stats = httpx.get(f"{sb.origin}/_sandbox/stats").json()
+        assert stats["accounts"]["Fixture Destination"]["faults"] == {"hold": 1}
+        bad = httpx.post(f"{sb.origin}/_sandbox/hold_creates", json={"count": -1, "seconds": 1})
+        assert bad.status_code == 400
+
+
 def test_latency_is_added_to_api_responses() -> None:
     with Sandbox(accounts=fixture_accounts(), rate_limit=0, latency_ms=300) as sb, client(sb) as c:
         c.get("/user")  # connection set-up out of the way

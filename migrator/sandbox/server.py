@@ -29,7 +29,10 @@ whose ``id`` exists is merged into it, any other is created with a fresh id; eit
 ``updated_at`` becomes now unless the record gives it. Answers the stored record. ``POST
 /_sandbox/settings`` changes an account's settings as its settings screens would (custom
 fields, for one): ``{"account": NAME or key ROLE, "settings": {...}}`` replaces those top-level
-keys and answers the settings. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
+keys and answers the settings. ``POST /_sandbox/hold_creates`` with ``{"count": N, "seconds":
+S}`` makes the next N creates (requests answered 201) apply, then hold their answers S seconds,
+each counted as a ``hold`` fault in the stats: a client killed meanwhile has made a record it
+never learns the id of. ``POST /_sandbox/uploads`` stands in for S3 (multipart,
 answers 201 with XML) and is open to any client, as S3 is.
 """
 
@@ -116,6 +119,7 @@ class SandboxApp:
         self.limiter = RateLimiter(rate_limit, rate_window)
         self.injector = FaultInjector(faults, seed, tuple(fault_kinds))
         self.stall = stall
+        self._holds, self._hold_seconds = 0, 0.0  # POST /_sandbox/hold_creates
         self.latency = latency_ms / 1000.0
         self.stats = Stats()
         self.accounts: dict[str, Account] = {}
@@ -212,6 +216,11 @@ class SandboxApp:
         if fault in ("drop", "truncate"):
             await _send_broken(send, response, truncate=fault == "truncate")
             return
+        if self._holds and response.status == 201:
+            # Applied, and its answer held: a client killed meanwhile never learns what it made.
+            self._holds -= 1
+            self.stats.fault(fp, account.seed.name, "hold")
+            await asyncio.sleep(self._hold_seconds)
         await _send(send, response)
 
     def _authenticate(self, header: str | None, shard: str) -> tuple[Account, KeySeed] | None:
@@ -256,9 +265,11 @@ class SandboxApp:
         elif name == "reset_stats" and method == "POST":
             self.stats.reset()
             payload = {"ok": True}
-        elif name in ("records", "settings") and method == "POST":
+        elif name in ("records", "settings", "hold_creates") and method == "POST":
             body = await _read_body(receive, _MAX_BODY)
-            change = self._put_record if name == "records" else self._put_settings
+            change = {"records": self._put_record, "settings": self._put_settings}.get(
+                name, self._hold_creates
+            )
             try:
                 payload = change(json.loads(body or b"null"))
             except (ValueError, KeyError, TypeError) as exc:
@@ -275,6 +286,16 @@ class SandboxApp:
             if account.seed.name == wanted or any(k.role == wanted for k in account.seed.keys):
                 return account
         raise KeyError(f"no account named or with a key role {wanted!r}")
+
+    def _hold_creates(self, request: Any) -> dict[str, Any]:
+        """Hold the answers of the next creates (``POST /_sandbox/hold_creates``)."""
+        if not isinstance(request, dict):
+            raise ValueError("send {'count': N, 'seconds': S}")
+        count, seconds = int(request["count"]), float(request["seconds"])
+        if count < 0 or not 0 <= seconds <= 600:
+            raise ValueError("count must be at least 0 and seconds between 0 and 600")
+        self._holds, self._hold_seconds = count, seconds
+        return {"count": count, "seconds": seconds}
 
     def _put_settings(self, request: Any) -> dict[str, Any]:
         """Replace top-level keys of an account's settings (``POST /_sandbox/settings``)."""
