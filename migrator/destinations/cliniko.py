@@ -433,10 +433,10 @@ class ClinikoDestination:
         archived, and a deleted batch's patients stay archived, while what it deleted does
         not count as ours. Reference lists linked by name (templates, taxes, items...) are
         short, so their ids are read and compared. For the rest the figure is the account's
-        count less ours still in it: records of ours the clinic has deleted by hand are
-        found in the list's ``/deleted`` route (only what changed since this source's first
-        batch into the account, so usually one request), or else two appointments of ours
-        the clinic deleted would hide two it booked itself, and matching would be skipped.
+        count less ours still in it. Records of ours the clinic has deleted by hand are read
+        from the list's ``/deleted`` route (what changed since this source's first batch into
+        the account: usually one request); counted as still there, each would hide one the
+        clinic made itself, and at zero the engine would not look for equal records at all.
         """
         ours = self._ours(entity, source_account, standing=True)
         if entity in _BY_NAME:
@@ -450,8 +450,10 @@ class ClinikoDestination:
         return max(0, self.count(entity) - len(ours - gone))
 
     def _deleted_by_hand(self, entity: str, ours: set[str], source_account: str) -> set[str]:
-        """Which of ``ours`` the account's ``/deleted`` list holds: deleted by the clinic by hand
-        (or by a batch deletion cut short)."""
+        """Which of ``ours`` the account's ``/deleted`` list holds.
+
+        The clinic deleted them by hand (or a batch deletion was cut short).
+        """
         if "deleted" not in resource(entity).list_routes:
             return set()
         with self.ledger.lock:
