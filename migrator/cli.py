@@ -7,7 +7,7 @@ flag, so they stay out of shell history and process lists.
 
 Exit codes: 0 success, 1 Cliniko refused or failed (401, 403, unreachable...) or, for
 ``reconcile``, something does not reconcile; 2 bad input (a malformed key, a missing key,
-a bad option).
+a bad option, a path the file system refuses).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -103,13 +104,23 @@ def _destination(args: argparse.Namespace, source: ClinikoClient, *, check: bool
     return open_local_store(args.to, args.workspace)
 
 
-def _batch_store(workspace: str, batch_id: str, source: ClinikoClient | None = None) -> tuple[Any, Any]:
-    """The ledger and the destination a batch wrote into (a Cliniko one needs ``MIGRATOR_DEST_KEY``)."""
+def _batch_store(
+    workspace: str, batch_id: str, source: ClinikoClient | None = None, *, cliniko_only: str | None = None
+) -> tuple[Any, Any]:
+    """The ledger and the destination a batch wrote into (a Cliniko one needs ``MIGRATOR_DEST_KEY``).
+
+    ``cliniko_only``: why the command makes no sense for a batch into the local clinic
+    store, said (as a :class:`ConfigError`) when the batch is one.
+    """
     from migrator.ledger import Ledger
     from migrator.workflow import open_local_store
 
     batch = Ledger(workspace).batch(batch_id)
     if batch.destination.startswith("sqlite:"):
+        if cliniko_only:
+            raise ConfigError(
+                f"Batch {batch_id} went into the local clinic store, not a Cliniko account: {cliniko_only}"
+            )
         return open_local_store(batch.destination, workspace)
     ledger, dest = _cliniko_destination(workspace, source, check=False)
     if dest.describe() != batch.destination:
@@ -429,7 +440,11 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 def cmd_go_live(args: argparse.Namespace) -> int:
     from migrator.destinations.cliniko import go_live
 
-    ledger, dest = _batch_store(args.workspace, args.batch_id)
+    ledger, dest = _batch_store(
+        args.workspace,
+        args.batch_id,
+        cliniko_only="going live turns reminders back on in Cliniko, and the local store sends none.",
+    )
     if not args.yes:
         raise ConfigError(
             "Going live turns each transferred patient's reminders and confirmations back on: add --yes to confirm."
@@ -448,9 +463,16 @@ def cmd_opening_balances(args: argparse.Namespace) -> int:
     from migrator.opening_balance import opening_balances
 
     with _client(False) as client:
-        ledger, dest = _batch_store(args.workspace, args.batch_id, client)
+        ledger, dest = _batch_store(
+            args.workspace,
+            args.batch_id,
+            client,
+            cliniko_only=f"the store keeps the invoices themselves, with what is outstanding "
+            f"(reconcile {args.batch_id} compares the balances with the source).",
+        )
         frame = opening_balances(ledger, args.batch_id, source=client, destination=dest)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         frame.write_csv(args.out)
     if args.json:
         print(json.dumps([{**r, "outstanding": str(r["outstanding"])} for r in frame.to_dicts()]))
@@ -627,6 +649,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigratorError as exc:  # APIError and the rest: Cliniko refused or failed
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path the file system refuses: --out, --workspace, --to sqlite:PATH
+        print(f"error: {_path_refused(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing was changed.", file=sys.stderr)
         return 130
+
+
+def _path_refused(exc: OSError) -> str:
+    """One sentence for a file or folder the file system refused (no traceback)."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if isinstance(exc, FileExistsError):
+        return f"Cannot use {where}: a file is already there where a folder is needed."
+    reason = (exc.strerror or type(exc).__name__).rstrip(".")
+    return f"Cannot use {where}: {reason[:1].lower()}{reason[1:]}."

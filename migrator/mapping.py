@@ -441,8 +441,12 @@ def to_frames(rows: Iterable[MappingRow]) -> dict[str, pl.DataFrame]:
 
 
 def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow]) -> None:
-    """Write rows as ``{"version": 1, "mappings": [...]}`` (UTF-8 JSON; replaced atomically)."""
+    """Write rows as ``{"version": 1, "mappings": [...]}`` (UTF-8 JSON; replaced atomically).
+
+    The file's folder is made if missing, as ``reconcile --out`` makes its own.
+    """
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(
         {"version": MAPPING_FILE_VERSION, "mappings": [row.model_dump(mode="json") for row in rows]},
         ensure_ascii=False,

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.conftest import RunningSandbox
+from tests.test_cli import assert_one_clean_line
 from tests.test_resume import setup_workspace
 
 
@@ -55,6 +56,55 @@ def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandb
     assert "within 48 hours" in old.stderr and old.stderr.count("\n") == 1
     with sqlite3.connect(tmp_path / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0] > 0
+
+
+def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A path the file system refuses, or a Cliniko-only step on a local batch: a sentence, no traceback."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    workspace = ("--workspace", str(tmp_path))
+    done = cli(
+        tiny_sandbox, "run", "--to", f"sqlite:{tmp_path / 'clinic.db'}", *workspace, "--mapping", str(mapping)
+    )
+    assert done.returncode == 0, done.stderr
+    (batch,) = json.loads(cli(tiny_sandbox, "batches", *workspace, "--json").stdout)
+
+    for command, said in (
+        (("go-live", batch["id"], "--yes"), "the local store sends none"),
+        (("opening-balances", batch["id"]), f"reconcile {batch['id']} compares the balances"),
+    ):
+        refused = cli(tiny_sandbox, *command, *workspace)
+        assert refused.returncode == 2, refused.stderr
+        assert (
+            f"Batch {batch['id']} went into the local clinic store" in refused.stderr
+            and said in refused.stderr
+        )
+        assert_one_clean_line(refused.stderr)
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for command, said in (
+        (("reconcile", batch["id"], "--out", str(a_file), *workspace), "a file is already there"),
+        (("batches", "--workspace", str(a_file / "ws")), "not a directory"),
+        (
+            ("run", "--to", f"sqlite:{a_file / 'clinic.db'}", *workspace, "--mapping", str(mapping)),
+            "a file is already there",
+        ),
+    ):
+        refused = cli(tiny_sandbox, *command)
+        assert refused.returncode == 2, refused.stderr
+        assert f"Cannot use {a_file}" in refused.stderr and said in refused.stderr
+        assert_one_clean_line(refused.stderr)
+    assert a_file.read_text() == "not a folder"
+
+    # An output file's missing folder is made, as reconcile --out makes its own.
+    deep = tmp_path / "for" / "review" / "mapping.json"
+    wrote = cli(
+        tiny_sandbox, "mapping", "--out", str(deep), "--to", f"sqlite:{tmp_path / 'clinic.db'}", *workspace
+    )
+    assert wrote.returncode == 0, wrote.stderr
+    assert len(json.loads(deep.read_text())["mappings"]) == len(json.loads(mapping.read_text())["mappings"])
 
 
 def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
