@@ -392,6 +392,9 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
 
     ledger, store = _batch_store(args.workspace, args.batch_id)
+    allowed, why = ledger.batch(args.batch_id).deletable()
+    if not allowed:  # too old, deleted or running: no plan to show (nor an account to read for one)
+        raise BatchNotDeletable(why)
     plan = deletion_plan(ledger, store, args.batch_id)
     summary = plan.as_dict()
     removes = (
@@ -594,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
         "clinic made there by hand since.",
     )
     delete.add_argument("batch_id", metavar="ID")
-    delete.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    delete.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only list what would be deleted (or say why the batch cannot be)",
+    )
     delete.add_argument("--yes", action="store_true", help="confirm: deletion cannot be undone")
     workspace(delete)
     delete.set_defaults(func=cmd_delete_batch)

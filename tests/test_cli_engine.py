@@ -51,9 +51,10 @@ def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandb
     # Age the batch past 48 hours: deletion is refused with the reason, nothing is touched.
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         conn.execute("UPDATE batches SET created_at = '2020-01-01T00:00:00+00:00'")
-    old = cli(tiny_sandbox, "delete-batch", result["batch_id"], "--yes", "--workspace", str(tmp_path))
-    assert old.returncode == 1, old.stderr  # refused, not bad input
-    assert "within 48 hours" in old.stderr and old.stderr.count("\n") == 1
+    for confirm in ("--yes", "--dry-run"):  # a dry run of a deletion that cannot happen says so, too
+        old = cli(tiny_sandbox, "delete-batch", result["batch_id"], confirm, "--workspace", str(tmp_path))
+        assert old.returncode == 1, old.stderr  # refused, not bad input
+        assert "within 48 hours" in old.stderr and old.stderr.count("\n") == 1 and old.stdout == ""
     with sqlite3.connect(tmp_path / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0] > 0
 
@@ -225,3 +226,9 @@ def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
         assert conn.execute("SELECT count(*) FROM practitioners").fetchone()[0] == 1
     assert cli(tiny_sandbox, "delete-batch", later, "--yes", "--workspace", str(tmp_path)).returncode == 0
     assert cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path)).returncode == 0
+    again = cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path))
+    assert (again.returncode, again.stdout, again.stderr) == (
+        1,
+        "",
+        f"error: Batch {first} has already been deleted.\n",
+    )
