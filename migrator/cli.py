@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import parse_key
+from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError
 from migrator.preview import preview
 from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE
@@ -38,7 +39,6 @@ __all__ = ["main"]
 SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
 DEST_KEY_ENV = "MIGRATOR_DEST_KEY"
 NOTE_KEYS_ENV = "MIGRATOR_NOTE_KEYS"
-RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
 
 
 def _read_key(env: str, what: str) -> SecretStr:
@@ -51,13 +51,7 @@ def _read_key(env: str, what: str) -> SecretStr:
 
 
 def _config() -> ClientConfig:
-    raw = os.environ.get(RATE_ENV)
-    if raw is None:
-        return ClientConfig()
-    try:
-        return ClientConfig(requests_per_minute=float(raw))
-    except ValueError:
-        raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+    return ClientConfig(requests_per_minute=pace_from_env())
 
 
 def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:

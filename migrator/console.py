@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import ApiKey
-from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE
+from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, RATE_ENV, pace_from_env
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 WORKSPACE_ENV = "MIGRATOR_WORKSPACE"
-RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
 MODE_ENV = "MIGRATOR_MODE"
 API_URL_ENV = "MIGRATOR_API_URL"
 #: The demo clinic's size (``tiny``, ``demo``, ``large`` or a number of patients); for tests.
@@ -172,16 +171,7 @@ class ConsoleSettings:
         workspace = Path(env.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
         mode = mode_from_env(env)
         api_url = (env.get(API_URL_ENV) or None) if mode == "hosted" else None
-        raw = env.get(RATE_ENV)
-        if raw is None or not raw.strip():
-            return cls(workspace, mode=mode, api_url=api_url)
-        try:
-            pace = float(raw)
-        except ValueError:
-            raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
-        if pace < 0:
-            raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
-        return cls(workspace, pace, mode=mode, api_url=api_url)
+        return cls(workspace, pace_from_env(env), mode=mode, api_url=api_url)
 
     def for_tenant(self, tenant: str | None) -> ConsoleSettings:
         """These settings on ``tenant``'s own clinic store (hosted mode; ``None``: no tenant yet).

@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
-from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE
+from migrator.cliniko.pacing import pace_from_env
 from migrator.destinations.local import LocalStore
 from migrator.engine import RunResult
 from migrator.errors import ConfigError
@@ -49,7 +49,6 @@ from migrator.workflow import (
 __all__ = ["ProgressBar", "batches", "connect", "mapping", "reconcile", "run"]
 
 SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
-RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
 
 # Who each connected client's key belongs to, so later steps need not ask Cliniko again.
 _IDENTITIES: weakref.WeakKeyDictionary[ClinikoClient, Identity] = weakref.WeakKeyDictionary()
@@ -78,11 +77,7 @@ def connect(
     if not secret:
         raise ConfigError(f"No source API key: pass one, or set {SOURCE_KEY_ENV} in the environment.")
     if requests_per_minute is None:
-        raw = os.environ.get(RATE_ENV)
-        try:
-            requests_per_minute = float(raw) if raw else DEFAULT_REQUESTS_PER_MINUTE
-        except ValueError:
-            raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+        requests_per_minute = pace_from_env()
     config = ClientConfig(url_template=url_template, requests_per_minute=requests_per_minute)
     client = ClinikoClient(secret, config=config)
     try:

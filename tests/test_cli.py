@@ -93,6 +93,15 @@ def test_a_malformed_key_is_refused_before_any_request(demo_sandbox: RunningSand
     assert_one_clean_line(result.stderr, "MSabcdefgh0123456789")
 
 
+def test_a_pace_that_is_not_a_number_of_requests_is_refused(demo_sandbox: RunningSandbox) -> None:
+    """A negative or non-finite pace once meant "unpaced" here, hammering Cliniko; now it is bad input."""
+    for pace, said in (("-5", "cannot be negative"), ("nan", "0 for unpaced"), ("fast", "got 'fast'")):
+        result = demo_sandbox.cli("preview", key=demo_sandbox.key("source"), pace=pace)
+        assert result.returncode == 2 and result.stdout == "", pace
+        assert said in result.stderr
+        assert_one_clean_line(result.stderr)
+
+
 def test_no_key_and_no_terminal_says_which_variable(demo_sandbox: RunningSandbox) -> None:
     result = demo_sandbox.cli("connect", "--dest")
     assert result.returncode == 2

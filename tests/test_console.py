@@ -24,6 +24,8 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "fast"})
     with pytest.raises(ConfigError, match="cannot be negative"):
         ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "-5"})
+    with pytest.raises(ConfigError, match="0 for unpaced"):
+        ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "nan"})
 
 
 def test_a_masked_key_shows_no_character_of_the_secret() -> None:

@@ -13,13 +13,43 @@ that was refused.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-__all__ = ["DEFAULT_REQUESTS_PER_MINUTE", "RateLimiter", "limiter_for"]
+from migrator.errors import ConfigError
+
+__all__ = ["DEFAULT_REQUESTS_PER_MINUTE", "RATE_ENV", "RateLimiter", "limiter_for", "pace_from_env"]
 
 DEFAULT_REQUESTS_PER_MINUTE = 200
+
+#: The environment variable that sets each key's pace, for the CLI, the console and notebooks alike.
+RATE_ENV = "MIGRATOR_REQUESTS_PER_MINUTE"
+
+
+def pace_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """Each key's pace from :data:`RATE_ENV`: requests per minute, ``0`` for unpaced (the sandbox).
+
+    Unset or blank, Cliniko's published limit (:data:`DEFAULT_REQUESTS_PER_MINUTE`).
+
+    Raises:
+        ConfigError: not a number, negative, or not finite.
+    """
+    raw = (os.environ if environ is None else environ).get(RATE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_REQUESTS_PER_MINUTE
+    try:
+        pace = float(raw)
+    except ValueError:
+        raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+    if pace < 0:
+        raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
+    if not math.isfinite(pace):
+        raise ConfigError(f"{RATE_ENV} must be a number of requests per minute (0 for unpaced); got {raw!r}.")
+    return pace
+
 
 #: Requests per window left unused as a guard against window-edge jitter.
 SPARE_PER_WINDOW = 2
