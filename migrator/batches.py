@@ -124,17 +124,17 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
 
     What :func:`deletion_plan` gives with that account's destination: Cliniko's patients
     are archived rather than deleted, so what was added since for them stays, and the
-    batch's own records are all the ledger needs to name.
+    batch's own records are all the ledger needs to name. All but one kind: a create whose
+    answer was lost (a run killed mid-request) has no id in the ledger, and only the
+    account's key finds its record (:meth:`ClinikoDestination.created_by
+    <migrator.destinations.cliniko.ClinikoDestination.created_by>`).
     """
-    from migrator.destinations.cliniko import DELETE_ORDER
+    from migrator.destinations.cliniko import DELETE_ORDER, batch_creates
     from migrator.destinations.cliniko import links_into as cliniko_links_into
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
-    created = {
-        entity: [i.dest_id for i in ledger.items(batch_id, entity, action="created") if i.dest_id]
-        for entity in DELETE_ORDER
-    }
+    created = {entity: batch_creates(ledger, batch_id, entity) for entity in DELETE_ORDER}
     return DeletionPlan(batch_id, created, {}, tuple(cliniko_links_into(ledger, batch_id, created)))
 
 

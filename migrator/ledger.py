@@ -408,10 +408,12 @@ class Batch:
         """Whether the batch may be deleted now, and a sentence saying why (or why not).
 
         A batch may be deleted while it is younger than :data:`DELETE_WINDOW` (48 hours,
-        exclusive) and not running (stop it first). A ``deleting`` batch, whose deletion
-        was interrupted, may always be deleted again so that the deletion finishes, even
-        past 48 hours: half a deletion is worse than either outcome. A ``deleted`` one
-        may not.
+        exclusive) and not running (stop it first). A ``running`` batch whose process is
+        gone (killed, crashed: not :meth:`running_elsewhere`) is interrupted, not running,
+        and may be deleted as a stopped one may; one this process runs counts as running.
+        A ``deleting`` batch, whose deletion was interrupted, may always be deleted again
+        so that the deletion finishes, even past 48 hours: half a deletion is worse than
+        either outcome. A ``deleted`` one may not.
 
         >>> batch.deletable()   # doctest: +SKIP
         (False, 'Batch b20261121-135301-3f9a was created 3 days ago; batches can only be deleted within 48 hours of their import.')
@@ -426,9 +428,12 @@ class Batch:
                 False,
                 f"Batch {self.id} was created {_ago(age)}; batches can only be deleted within 48 hours of their import.",
             )
+        left = f"can be deleted for another {_span(DELETE_WINDOW - age)}"
         if self.status == "running":
-            return False, f"Batch {self.id} is still running; stop it before deleting it."
-        return True, f"Batch {self.id} can be deleted for another {_span(DELETE_WINDOW - age)}."
+            if self.worker in (None, this_worker()) or self.running_elsewhere():
+                return False, f"Batch {self.id} is still running; stop it before deleting it."
+            return True, f"Batch {self.id} was interrupted (its run is no longer running); it {left}."
+        return True, f"Batch {self.id} {left}."
 
 
 @dataclass(frozen=True, slots=True)

@@ -582,6 +582,57 @@ def test_records_a_killed_run_created_are_never_linked_to_as_the_clinics_own(tra
     assert transfer.total("patients") == before
 
 
+def test_a_killed_run_deleted_without_resuming_leaves_none_of_its_records(transfer: Transfer) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from migrator.destinations.cliniko import _Write, _WriteLog
+
+    batch = transfer.ledger.create_batch(source_account="x", destination=transfer.dest.describe(), plan={})
+    rows = [
+        {
+            "source_id": sid,
+            "data": {"first_name": name, "last_name": "Deleted", "date_of_birth": "1990-02-03"},
+        }
+        for sid, name in (("901", "Itemised"), ("902", "Recorded"), ("903", "Lost"))
+    ]
+    writes = [_Write(r["source_id"], r, transfer.dest._body("patients", r)) for r in rows]
+    log_ = _WriteLog(transfer.ledger, batch.id, "patients")
+    log_.intend(writes, {w.source_id: transfer.dest._probe_of("patients", w) for w in writes})
+    live = transfer.dest_client.count("patients")
+    ids = [str(transfer.dest_client.post("/patients", w.body)["id"]) for w in writes]
+    # The first page's item was written; the second create's id was recorded, the third's answer lost;
+    # then the process died, leaving the batch "running".
+    for w, dest_id in zip(writes[:2], ids, strict=False):
+        w.dest_id = dest_id
+    log_.created(writes[:2], "patients")
+    with transfer.ledger.transaction():
+        transfer.ledger.record_items(batch.id, [Item("patients", "901", ids[0], "created")])
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    transfer.ledger.conn.execute(
+        "UPDATE batches SET worker = ? WHERE id = ?",
+        (f"{socket.gethostname()}:{gone.stdout.strip()}", batch.id),
+    )
+    ok, why = transfer.ledger.batch(batch.id).deletable()
+    assert ok and "was interrupted" in why
+
+    # Without a key the ledger names what it recorded; with the key the lost create is found too.
+    assert ledger_deletion_plan(transfer.ledger, batch.id).created["patients"] == ids[:2]
+    assert deletion_plan(transfer.ledger, transfer.dest, batch.id).created["patients"] == ids
+    delete_batch(transfer.ledger, transfer.dest, batch.id)
+    assert transfer.ledger.batch(batch.id).status == "deleted"
+    assert transfer.dest_client.count("patients") == live  # all three archived: none left behind
+    archived = {
+        str(r["id"])
+        for page in transfer.dest_client.pages("patients", route="archived")
+        for r in page.records
+    }
+    assert set(ids) <= archived
+
+
 def test_dropped_answers_to_writes_never_duplicate_a_record(tmp_path: Path) -> None:
     # A fifth of the answers are lost after Cliniko applied the request (the "drop" fault).
     for t in _transfer(tmp_path, faults=0.2, fault_kinds=("drop",)):

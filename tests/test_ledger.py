@@ -562,12 +562,24 @@ def test_a_running_batch_records_its_process_and_only_a_live_other_process_count
     assert not batch.running_elsewhere()  # this process: its own callers know
     host = socket.gethostname()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    still = (False, f"Batch {batch.id} is still running; stop it before deleting it.")
+    assert batch.deletable() == still
     try:
         ledger.conn.execute("UPDATE batches SET worker = ? WHERE id = ?", (f"{host}:{child.pid}", batch.id))
         assert ledger.batch(batch.id).running_elsewhere()
+        assert ledger.batch(batch.id).deletable() == still
     finally:
         child.kill()
         child.wait()
     assert not ledger.batch(batch.id).running_elsewhere()  # killed: resumable
+    ok, why = ledger.batch(batch.id).deletable()  # ... and deletable, without resuming it first
+    assert ok and why.startswith(
+        f"Batch {batch.id} was interrupted (its run is no longer running); it can be"
+    )
+    old = ledger.batch(batch.id).deletable(now=batch.created_at + timedelta(hours=49))
+    assert old == (
+        False,
+        f"Batch {batch.id} was created 49 hours ago; batches can only be deleted within 48 hours of their import.",
+    )
     assert ledger.set_status(batch.id, "stopped").worker is None
     assert not ledger.batch(batch.id).running_elsewhere()

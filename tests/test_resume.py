@@ -235,6 +235,17 @@ def _first_practitioner(sandbox: RunningSandbox) -> str:
         return str(read_all(client, "practitioners")[1]["id"])
 
 
+def delete_cli(workspace: Path, batch_id: str) -> subprocess.Popen[str]:
+    """``delete-batch ID --yes`` in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrator", "delete-batch", batch_id, "--yes", "--workspace", str(workspace)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _batch_rows_left(workspace: Path) -> int:
     """Store rows of any batch still present (read-only; -1 while the file is locked)."""
     rows = peek(workspace / "clinic.db", "SELECT count(*) FROM patients WHERE batch_id IS NOT NULL")
@@ -253,25 +264,7 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     patients = _batch_rows_left(tmp_path)
     assert patients > 100
 
-    def delete() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "migrator",
-                "delete-batch",
-                batch_id,
-                "--yes",
-                "--workspace",
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    process = delete()
+    process = delete_cli(tmp_path, batch_id)
     deadline = time.monotonic() + 120
     # Patients go last (reverse dependency order): wait until the deletion is under way.
     status = None
@@ -289,7 +282,7 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     assert conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone() == ("deleting",)
     conn.close()
     # The interrupted deletion left the store consistent (whole chunks), and running it again finishes.
-    again = delete()
+    again = delete_cli(tmp_path, batch_id)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert f"Batch {batch_id} is deleted." in out
@@ -305,6 +298,47 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     conn.close()
     # Both attempts and the end are in the audit trail.
     assert [a for a in actions if a.startswith("delete")] == ["delete", "delete", "deleted"]
+
+
+def test_a_killed_run_is_deleted_without_resuming_it_then_runs_again_from_nothing(
+    demo_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    mapping = setup_workspace(demo_sandbox, tmp_path)
+    setup = canonical(tmp_path / "clinic.db")
+    process = run_cli(demo_sandbox, tmp_path, mapping)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and items_written(tmp_path) < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    ((batch_id, status),) = peek(tmp_path / "ledger.db", "SELECT id, status FROM batches") or []
+    assert status == "running"  # what a killed process leaves behind
+    assert _batch_rows_left(tmp_path) > 0
+
+    deleted = delete_cli(tmp_path, batch_id)
+    out, err = deleted.communicate(timeout=300)
+    assert deleted.returncode == 0, err
+    assert f"Batch {batch_id} is deleted." in out
+    # Exactly what the killed run had committed is gone; the clinic's own set-up stays, and so does
+    # the generic Former practitioner the run set up for it (seed 001), as after any deletion.
+    after = canonical(tmp_path / "clinic.db")
+    assert {t: rows for t, rows in after.items() if t != "practitioners"} == {
+        t: rows for t, rows in setup.items() if t != "practitioners"
+    }
+    added = after["practitioners"] - setup["practitioners"]
+    assert setup["practitioners"] <= after["practitioners"]
+    assert [(dict(r)["first_name"], dict(r)["source_id"]) for r in added] == [("Former", None)]
+    assert peek(tmp_path / "ledger.db", "SELECT status FROM batches") == [("deleted",)]
+
+    # Started again, the plan is not resumed into the deleted batch: a new one brings everything.
+    again = run_cli(demo_sandbox, tmp_path, mapping, pace="0")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    result = json.loads(out)
+    assert result["batch_id"] != batch_id
+    assert all(e["already_present"] == 0 for e in result["entities"].values())
+    assert result["entities"]["patients"]["created"] == result["entities"]["patients"]["in_scope"] > 100
 
 
 def _batch_ids(workspace: Path) -> list[str]:

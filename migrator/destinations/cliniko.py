@@ -384,22 +384,8 @@ class ClinikoDestination:
         return {dest_id for dest_id, _ in self._creates(entity, where, params)}
 
     def _creates(self, entity: str, where: str = "", params: Sequence[Any] = ()) -> set[tuple[str, str]]:
-        """``(destination id, batch id)`` of the records of ``entity`` batches into this account created.
-
-        From the batches' items, and from their writes: a run killed after a create's id
-        was recorded but before its page's items still created that record. ``where`` (with
-        its ``params``) narrows both; ``b`` is the batch and ``{t}`` the item's or write's table.
-        """
-        cond = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL" + where
-        sql = (
-            "SELECT i.dest_id, i.batch_id FROM items i JOIN batches b ON b.id = i.batch_id "
-            f"WHERE i.action = 'created' AND {cond.format(t='i')} "
-            f"UNION SELECT w.dest_id, w.batch_id FROM writes w JOIN batches b ON b.id = w.batch_id "
-            f"WHERE {cond.format(t='w')}"
-        )
-        with self.ledger.lock:
-            rows = self.ledger.conn.execute(sql, [self.describe(), entity, *params] * 2)
-            return {(str(dest_id), str(batch_id)) for dest_id, batch_id in rows}
+        """``(destination id, batch id)`` of the records of ``entity`` batches into this account created (:func:`_recorded_creates`)."""
+        return _recorded_creates(self.ledger, self.describe(), entity, where, params)
 
     def _lost_creates(self, entity: str, source_account: str) -> set[str]:
         """Records this source's creates made though their answers were lost (a run killed mid-request).
@@ -407,12 +393,22 @@ class ClinikoDestination:
         Found by their probes, as a resumed create finds them: not recorded yet, but not the
         clinic's own either, so never a natural-key match.
         """
+        return self._found_unanswered(
+            entity, " AND b.source_account = ? AND b.status NOT IN ('deleting', 'deleted')", [source_account]
+        )
+
+    def _found_unanswered(self, entity: str, where: str, params: Sequence[Any]) -> set[str]:
+        """Destination ids of the records that creates whose answers were lost made, looked up by probe.
+
+        The creates are the ``writes`` still ``intended`` with no id, of the batches ``where``
+        (``b``, with its ``params``) picks; nothing is recorded.
+        """
         with self.ledger.lock:
             rows = self.ledger.conn.execute(
                 "SELECT w.source_id, w.intended_at, w.probe FROM writes w JOIN batches b ON b.id = w.batch_id "
-                "WHERE b.destination = ? AND b.source_account = ? AND b.status NOT IN ('deleting', 'deleted') "
-                "AND w.entity = ? AND w.state = 'intended' AND w.dest_id IS NULL",
-                (self.describe(), source_account, entity),
+                "WHERE b.destination = ? AND w.entity = ? AND w.state = 'intended' AND w.dest_id IS NULL"
+                + where,
+                (self.describe(), entity, *params),
             ).fetchall()
         if not rows:
             return set()
@@ -535,8 +531,16 @@ class ClinikoDestination:
         return list(index.get(normalise_name(name), []))
 
     def created_by(self, batch_id: str, entity: str) -> list[str]:
-        """Destination ids of ``entity`` this batch created, from the ledger."""
-        return [i.dest_id for i in self.ledger.items(batch_id, entity, action="created") if i.dest_id]
+        """Destination ids of ``entity`` this batch created: what the ledger recorded, and what it lost.
+
+        Recorded: the batch's ``created`` items, and its writes with an id (a run killed or
+        failed mid-page made those before their items). Lost: creates whose answers never
+        came back, found in the account by their probes as a resumed run finds them. So a
+        batch deleted without being resumed leaves nothing of itself behind.
+        """
+        recorded = batch_creates(self.ledger, batch_id, entity)
+        lost = self._found_unanswered(entity, " AND b.id = ?", [batch_id])  # no request if none was lost
+        return recorded + sorted(lost - set(recorded), key=_id_order)
 
     def dependents_of_patients(self, patient_ids: Iterable[str]) -> dict[str, list[str]]:
         """Nothing: patients are archived, not deleted, so what hangs off them stays."""
@@ -999,6 +1003,43 @@ class ClinikoDestination:
                 pass
             done += 1
         return done
+
+
+def _recorded_creates(
+    ledger: Ledger, destination: str, entity: str, where: str = "", params: Sequence[Any] = ()
+) -> set[tuple[str, str]]:
+    """``(destination id, batch id)`` of the records of ``entity`` batches into ``destination`` created.
+
+    From the batches' items, and from their writes: a run killed after a create's id was
+    recorded but before its page's items still created that record. ``where`` (with its
+    ``params``) narrows both; ``b`` is the batch and ``{t}`` the item's or write's table.
+    """
+    cond = "b.destination = ? AND {t}.entity = ? AND {t}.dest_id IS NOT NULL" + where
+    sql = (
+        "SELECT i.dest_id, i.batch_id FROM items i JOIN batches b ON b.id = i.batch_id "
+        f"WHERE i.action = 'created' AND {cond.format(t='i')} "
+        f"UNION SELECT w.dest_id, w.batch_id FROM writes w JOIN batches b ON b.id = w.batch_id "
+        f"WHERE {cond.format(t='w')}"
+    )
+    with ledger.lock:
+        rows = ledger.conn.execute(sql, [destination, entity, *params] * 2)
+        return {(str(dest_id), str(batch_id)) for dest_id, batch_id in rows}
+
+
+def _id_order(dest_id: str) -> tuple[int, str]:
+    return (int(dest_id), "") if dest_id.isdigit() else (0, dest_id)
+
+
+def batch_creates(ledger: Ledger, batch_id: str, entity: str) -> list[str]:
+    """Destination ids of ``entity`` that ``batch_id`` is recorded to have created, oldest first (no key needed).
+
+    Its ``created`` items and its writes with an id (:func:`_recorded_creates`). Creates
+    whose answers were lost are not in the ledger; with the account's key,
+    :meth:`ClinikoDestination.created_by` finds those too.
+    """
+    destination = ledger.batch(batch_id).destination
+    found = _recorded_creates(ledger, destination, entity, " AND b.id = ?", [batch_id])
+    return sorted({dest_id for dest_id, _ in found}, key=_id_order)
 
 
 def links_into(ledger: Ledger, batch_id: str, created: Mapping[str, Sequence[str]]) -> list[KeptLink]:
