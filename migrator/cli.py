@@ -181,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from migrator.workflow import make_plan, run_plan, unfinished_batch, verify_source
 
     scope = Scope.parse(args.filter)
-    include = parse_include(args.include, local=args.to != "cliniko") if args.include else None
+    include = parse_include(args.include, local=args.to != "cliniko") if args.include is not None else None
     with _client(False) as client:
         identity = verify_source(client)
         ledger, store = _destination(args, client)

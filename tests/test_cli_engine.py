@@ -83,6 +83,15 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
         )
         assert_one_clean_line(refused.stderr)
 
+    # An empty list of data types (a shell variable that was never set) is refused, not read as "all".
+    for empty in ("", ","):
+        refused = cli(
+            tiny_sandbox, "run", "--to", f"sqlite:{tmp_path / 'clinic.db'}", *workspace, "--include", empty
+        )
+        assert refused.returncode == 2 and "Choose at least one data type" in refused.stderr, refused.stderr
+        assert_one_clean_line(refused.stderr)
+    assert len(json.loads(cli(tiny_sandbox, "batches", *workspace, "--json").stdout)) == 1
+
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     for command, said in (
