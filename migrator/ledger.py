@@ -472,6 +472,29 @@ class StageProgress:
         return min(1.0, self.done / self.total) if self.total else 1.0
 
 
+#: Rows per multi-row ``INSERT`` (:func:`insert_rows`): a page is usually 100.
+_ROWS_PER_STATEMENT = 500
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (...), (...), ... tail`` over ``rows``: one statement per up to 500 rows.
+
+    One statement per row (``executemany``) costs SQLite a statement's start and end per
+    row (with ``AUTOINCREMENT``, a read and a write of ``sqlite_sequence`` each time), and
+    the interpreter is given away and taken back around every one of them, so a reader
+    thread can hold the writer up at each row. Rows go in order, as ``executemany`` would
+    send them; a later row conflicting with an earlier one of the same statement meets
+    ``tail``'s ``ON CONFLICT`` as it would in its own.
+    """
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        sql = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
 def _check_item(item: Item) -> None:
     if item.action not in ACTIONS:
         raise ValueError(f"unknown item action {item.action!r}; expected one of {', '.join(ACTIONS)}")
@@ -842,13 +865,13 @@ class Ledger:
                 )
             )
         with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO items (batch_id, entity, source_id, dest_id, action, reason_code, reason, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            insert_rows(
+                self.conn,
+                "INSERT INTO items (batch_id, entity, source_id, dest_id, action, reason_code, reason, at)",
+                params,
                 " ON CONFLICT (batch_id, entity, source_id) DO UPDATE SET dest_id = excluded.dest_id,"
                 " action = excluded.action, reason_code = excluded.reason_code, reason = excluded.reason,"
                 " at = excluded.at",
-                params,
             )
         return len(params)
 

@@ -221,6 +221,27 @@ def test_items_upsert_on_batch_entity_source_and_count(ledger: Ledger) -> None:
     assert ledger.batch(batch.id).counts == expected
 
 
+def test_many_items_in_one_call_land_in_order_and_a_repeated_record_keeps_its_last_outcome(
+    ledger: Ledger,
+) -> None:
+    # More rows than one statement takes (500), and one source record twice within a statement.
+    batch = _batch(ledger)
+    items = [Item("patients", str(n), str(1000 + n), "created") for n in range(1, 1202)]
+    items.insert(700, Item("patients", "650", None, "skipped", "invalid", "The patient has no name."))
+    assert ledger.record_items(batch.id, items) == 1202
+    rows = ledger.conn.execute("SELECT source_id, dest_id, action FROM items ORDER BY rowid").fetchall()
+    assert len(rows) == 1201
+    assert rows[:2] == [("1", "1001", "created"), ("2", "1002", "created")]
+    assert rows[649] == ("650", None, "skipped")  # the later of the two, in the first's place
+    assert rows[-1] == ("1201", "2201", "created")
+    assert ledger.counts(batch.id)["patients"] == {
+        "created": 1200,
+        "linked": 0,
+        "already_present": 0,
+        "skipped": 1,
+    }
+
+
 def test_flagged_items_are_the_ones_that_came_across_but_want_a_look(ledger: Ledger) -> None:
     batch = _batch(ledger)
     ledger.record_items(

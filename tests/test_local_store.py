@@ -242,6 +242,16 @@ def test_ids_are_never_reused_after_a_delete(ledger: Ledger, store: LocalStore) 
     ids = _insert(store, batch, "contacts", *({"source_id": str(n)} for n in range(3)))
     assert store.delete("contacts", ids[1:]) == 2
     assert _insert(store, batch, "contacts", {"source_id": "9"}) == ["4"]
+    # More rows than one statement takes (500): ids stay in the rows' order, and stay unused once deleted.
+    many = _insert(store, batch, "contacts", *({"source_id": f"m{n}"} for n in range(1201)))
+    assert many == [str(n) for n in range(5, 1206)]
+    assert _clinic(store, "SELECT id, source_id FROM clinic.contacts WHERE id IN (5, 505, 1205)") == [
+        (5, "m0"),
+        (505, "m500"),
+        (1205, "m1200"),
+    ]
+    assert store.delete("contacts", many[-1:]) == 1
+    assert _insert(store, batch, "contacts", {"source_id": "10"}) == ["1206"]
 
 
 def test_foreign_key_violations_and_missing_owners_raise_and_write_nothing(

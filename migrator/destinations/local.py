@@ -68,7 +68,7 @@ from migrator.destinations._schema import (
     utc_text,
 )
 from migrator.errors import ConfigError, MigratorError
-from migrator.ledger import CACHE_KIB, Ledger, SchemaMigrations, apply_migrations
+from migrator.ledger import CACHE_KIB, Ledger, SchemaMigrations, apply_migrations, insert_rows
 
 __all__ = [
     "CLINIC_MIGRATIONS",
@@ -589,7 +589,7 @@ class LocalStore:
             sid, values, data = self._prepare(spec, row, imported=imported)
             params.append((sid, source_account, batch_id, *values.values(), json_text(data)))
         names = spec.column_names
-        sql = f"INSERT INTO {SCHEMA}.{spec.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        head = f"INSERT INTO {SCHEMA}.{spec.name} ({', '.join(names)})"
         with self.ledger.transaction():
             # Ids are allocated here, under the write lock, so they can be returned in order
             # from one executemany; they continue AUTOINCREMENT's sequence, never reusing one.
@@ -598,7 +598,7 @@ class LocalStore:
                 f" coalesce((SELECT max(id) FROM {SCHEMA}.{spec.name}), 0)) + 1",
                 (spec.name,),
             ).fetchone()
-            self.ledger.conn.executemany(sql, [(start + n, *p) for n, p in enumerate(params)])
+            insert_rows(self.ledger.conn, head, [(start + n, *p) for n, p in enumerate(params)])
         return [str(start + n) for n in range(len(params))]
 
     @staticmethod
