@@ -592,7 +592,7 @@ class LocalStore:
         head = f"INSERT INTO {SCHEMA}.{spec.name} ({', '.join(names)})"
         with self.ledger.transaction():
             # Ids are allocated here, under the write lock, so they can be returned in order
-            # from one executemany; they continue AUTOINCREMENT's sequence, never reusing one.
+            # from insert_rows; they continue AUTOINCREMENT's sequence, never reusing one.
             (start,) = self.ledger.conn.execute(
                 f"SELECT max(coalesce((SELECT seq FROM {SCHEMA}.sqlite_sequence WHERE name = ?), 0),"
                 f" coalesce((SELECT max(id) FROM {SCHEMA}.{spec.name}), 0)) + 1",
