@@ -384,7 +384,7 @@ class ClinikoDestination:
         return {dest_id for dest_id, _ in self._creates(entity, where, params)}
 
     def _creates(self, entity: str, where: str = "", params: Sequence[Any] = ()) -> set[tuple[str, str]]:
-        """``(destination id, batch id)`` of the records of ``entity`` batches into this account created (:func:`_recorded_creates`)."""
+        """``(destination id, batch id)`` of what batches into this account created (:func:`_recorded_creates`)."""
         return _recorded_creates(self.ledger, self.describe(), entity, where, params)
 
     def _lost_creates(self, entity: str, source_account: str) -> set[str]:

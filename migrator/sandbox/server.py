@@ -267,9 +267,11 @@ class SandboxApp:
             payload = {"ok": True}
         elif name in ("records", "settings", "hold_creates") and method == "POST":
             body = await _read_body(receive, _MAX_BODY)
-            change = {"records": self._put_record, "settings": self._put_settings}.get(
-                name, self._hold_creates
-            )
+            change = {
+                "records": self._put_record,
+                "settings": self._put_settings,
+                "hold_creates": self._hold_creates,
+            }[name]
             try:
                 payload = change(json.loads(body or b"null"))
             except (ValueError, KeyError, TypeError) as exc:
