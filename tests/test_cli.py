@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 from migrator.preview import SOURCE_LISTS, list_key
-from tests.conftest import RunningSandbox
+from tests.conftest import ROOT, RunningSandbox
 
 
 def test_preview_counts_equal_the_sandbox_totals(demo_sandbox: RunningSandbox) -> None:
@@ -118,3 +121,24 @@ def test_no_key_in_verbose_logs_even_when_requests_are_retried(sandbox_factory) 
     basic = base64.b64encode(f"{key}:".encode()).decode()
     for secret in (key, key.split("-")[0], basic):
         assert secret not in result.stderr and secret not in result.stdout
+
+
+def test_the_cli_starts_without_pandas_and_leaves_it_importable(tmp_path: Path) -> None:
+    """sqlite-utils would import pandas and numpy, about a second of every command's start;
+    the CLI loads it with them hidden, and they import as usual afterwards."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['migrator', 'batches', '--workspace', {str(tmp_path)!r}, '--json']\n"
+        "try:\n"
+        "    runpy.run_module('migrator', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "loaded = sorted({'pandas', 'numpy'} & set(sys.modules))\n"
+        "import pandas\n"
+        "print(loaded, pandas.DataFrame({'a': [1, 2]}).shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed, result = done.stdout.strip().splitlines()
+    assert json.loads(listed) == []  # the command ran: no batches in a new workspace
+    assert result == "[] (2, 1)"
