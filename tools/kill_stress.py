@@ -74,13 +74,11 @@ def _killed_until_done(
     raise AssertionError("unreachable")
 
 
-def _counts(workspace: Path) -> dict[str, dict[str, int]]:
-    ledger = Ledger(workspace)
-    try:
-        (batch,) = ledger.batches()
-        return ledger.counts(batch.id)
-    finally:
-        ledger.close()
+def _ledger_outcome(workspace: Path) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """The statuses of the workspace's batches, and the first batch's counts per data type."""
+    with Ledger(workspace) as ledger:
+        batches = ledger.batches()
+        return [b.status for b in batches], ledger.counts(batches[0].id)
 
 
 def local_rounds(rounds: int, kills: int, rng: random.Random, root: Path) -> Iterator[tuple[bool, str]]:
@@ -89,7 +87,7 @@ def local_rounds(rounds: int, kills: int, rng: random.Random, root: Path) -> Ite
         clean_ws.mkdir()
         mapping = setup_workspace(sandbox, clean_ws)
         _killed_until_done(partial(run_cli, sandbox, clean_ws, mapping), rng, 0, 0, 0)
-        clean_store, clean_counts = canonical(clean_ws / "clinic.db"), _counts(clean_ws)
+        clean_store, (_, clean_counts) = canonical(clean_ws / "clinic.db"), _ledger_outcome(clean_ws)
         for n in range(rounds):
             workspace = root / f"killed-{n}"
             workspace.mkdir()
@@ -97,9 +95,9 @@ def local_rounds(rounds: int, kills: int, rng: random.Random, root: Path) -> Ite
             _, killed = _killed_until_done(
                 partial(run_cli, sandbox, workspace, mapping), rng, kills, 0.3, 4.0
             )
-            statuses = [b.status for b in Ledger(workspace).batches()]
+            statuses, counts = _ledger_outcome(workspace)
             same_store = canonical(workspace / "clinic.db") == clean_store
-            same_counts = _counts(workspace) == clean_counts
+            same_counts = counts == clean_counts
             ok = same_store and same_counts and statuses == ["completed"]
             yield (
                 ok,
@@ -147,6 +145,7 @@ def _transfer(
 
 
 def _cli(sandbox: RunningSandbox, workspace: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m migrator ARGS --workspace W`` with both keys, paced at 25 requests a second."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
     env.update(
         MIGRATOR_API_URL=sandbox.url_template,
