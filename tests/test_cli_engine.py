@@ -12,7 +12,8 @@ from tests.test_resume import setup_workspace
 
 
 def cli(sandbox: RunningSandbox, *args: str):
-    return sandbox.cli(*args, key=sandbox.key("source"))
+    """The CLI with the source key, unpaced: the sandbox has no rate limit, and pacing has tests of its own."""
+    return sandbox.cli(*args, key=sandbox.key("source"), pace="0")
 
 
 def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:

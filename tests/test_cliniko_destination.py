@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -982,6 +983,11 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     from migrator.mapping import load_mapping, save_mapping
 
     sb = sandbox_factory(size="tiny", seed=1, rate_limit=0)
+
+    def cli(*args: str, **keys: str) -> subprocess.CompletedProcess[str]:
+        """Unpaced, as the sandbox has no rate limit (pacing has tests of its own)."""
+        return sb.cli(*args, **keys, pace="0")
+
     ws = str(tmp_path / "ws")
     source, dest, wrong = (
         sb.key("source"),
@@ -989,18 +995,18 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         sb.key("destination_admin_not_practitioner"),
     )
 
-    refused = sb.cli("preflight", "--workspace", ws, key=source, dest_key=wrong, pace="0")
+    refused = cli("preflight", "--workspace", ws, key=source, dest_key=wrong)
     assert refused.returncode == 2
     assert "not an active practitioner" in refused.stdout
     assert wrong not in refused.stdout + refused.stderr
-    passed = sb.cli("preflight", "--json", "--workspace", ws, key=source, dest_key=dest, pace="0")
+    passed = cli("preflight", "--json", "--workspace", ws, key=source, dest_key=dest)
     assert passed.returncode == 0 and json.loads(passed.stdout)["ok"]
-    blocked = sb.cli("run", "--to", "cliniko", "--workspace", ws, key=source, dest_key=wrong, pace="0")
+    blocked = cli("run", "--to", "cliniko", "--workspace", ws, key=source, dest_key=wrong)
     assert blocked.returncode == 2 and "administrator who is also a practitioner" in blocked.stderr
 
     mapping = tmp_path / "mapping.json"
     assert (
-        sb.cli(
+        cli(
             "mapping", "--to", "cliniko", "--out", str(mapping), "--workspace", ws, key=source, dest_key=dest
         ).returncode
         == 0
@@ -1010,18 +1016,18 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     assert "Cliniko's API cannot create one" in former.note and "target_id" in former.note
     # 'former' as written for a local store: refused in one sentence saying what it needs, before any batch.
     save_mapping(mapping, [r.model_copy(update={"action": "former"}) if r is former else r for r in rows])
-    targetless = sb.cli(
+    targetless = cli(
         "run", "--to", "cliniko", "--mapping", str(mapping), "--workspace", ws, key=source, dest_key=dest
     )
     assert targetless.returncode == 2
     assert targetless.stderr.count("\n") == 1 and "Traceback" not in targetless.stderr
     assert f"{former.source_name!r} (source id {former.source_id})" in targetless.stderr
     assert "'former' needs its id as target_id" in targetless.stderr
-    assert sb.cli("batches", "--json", "--workspace", ws).stdout.strip() == "[]"
+    assert cli("batches", "--json", "--workspace", ws).stdout.strip() == "[]"
     save_mapping(
         mapping, [r.model_copy(update={"action": "exclude"}) if r.action == "unresolved" else r for r in rows]
     )
-    ran = sb.cli(
+    ran = cli(
         "run",
         "--to",
         "cliniko",
@@ -1036,14 +1042,14 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     assert ran.returncode == 0, ran.stderr
     batch_id = json.loads(ran.stdout)["batch_id"]
 
-    checked = sb.cli("reconcile", batch_id, "--workspace", ws, key=source, dest_key=dest, pace="0")
+    checked = cli("reconcile", batch_id, "--workspace", ws, key=source, dest_key=dest)
     assert checked.returncode == 0, checked.stderr
     assert (
         "Balances: not compared, as a Cliniko account cannot take invoices; "
         f"`opening-balances {batch_id}` lists what each patient owes."
     ) in checked.stdout
     report = tmp_path / "balances.csv"
-    balances = sb.cli(
+    balances = cli(
         "opening-balances", batch_id, "--out", str(report), "--workspace", ws, key=source, dest_key=dest
     )
     assert balances.returncode == 0, balances.stderr
@@ -1058,19 +1064,15 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     }
     assert f"{len(lines)} patients have an opening balance" in balances.stdout
 
-    assert (
-        sb.cli("go-live", batch_id, "--workspace", ws, dest_key=dest, pace="0").returncode == 2
-    )  # needs --yes
-    live = sb.cli("go-live", batch_id, "--yes", "--workspace", ws, dest_key=dest, pace="0")
+    assert cli("go-live", batch_id, "--workspace", ws, dest_key=dest).returncode == 2  # needs --yes
+    live = cli("go-live", batch_id, "--yes", "--workspace", ws, dest_key=dest)
     assert live.returncode == 0 and "restored for" in live.stdout
 
-    other = sb.cli(
-        "delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=sb.key("source"), pace="0"
-    )
+    other = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=sb.key("source"))
     assert other.returncode == 2 and "set it to a key of that account" in other.stderr
-    dry = sb.cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest, pace="0")
+    dry = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest)
     assert dry.returncode == 0 and "patients are archived" in dry.stdout
-    gone = sb.cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest, pace="0")
+    gone = cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest)
     assert gone.returncode == 0, gone.stderr
     config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
     assert ClinikoClient(dest, config=config).count("patients") == 0
