@@ -10,7 +10,6 @@ from the key's pace.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from migrator.cliniko.client import ClinikoClient
@@ -82,11 +81,11 @@ def preview(client: ClinikoClient, lists: tuple[tuple[str, str | None], ...] = S
         the minutes that takes at the client's pace (rounded up to a tenth).
 
     Raises:
-        APIError: a count failed (a 401 or 403 says the key cannot read this account).
+        APIError: a count failed (a 401 or 403 says the key cannot read this account);
+            the counts not yet sent are not sent.
     """
-    with ThreadPoolExecutor(max(1, client.config.concurrency)) as pool:
-        futures = {list_key(r, route): pool.submit(client.count, r, route=route) for r, route in lists}
-        counts = {name: future.result() for name, future in futures.items()}
+    totals = client.counts([(r, (), route) for r, route in lists])
+    counts = {list_key(r, route): n for (r, route), n in zip(lists, totals, strict=True)}
     requests = sum(read_requests(n) for n in counts.values())
     pace = client.config.requests_per_minute
     minutes = math.ceil(requests / pace * 10) / 10 if pace > 0 else 0.0

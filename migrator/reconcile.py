@@ -60,7 +60,6 @@ They do not count against reconciliation.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -300,10 +299,7 @@ def _source_counts(source: ClinikoClient, plan: Plan, entities: list[str]) -> di
     """A fresh count per entity at the source, the lists counted concurrently."""
     lists = {e: _count_lists(plan, e) for e in entities}
     jobs = [(e, q) for e, queries in lists.items() for q in queries or ()]
-    with ThreadPoolExecutor(max(1, min(source.config.concurrency, len(jobs) or 1))) as pool:
-        totals = list(
-            pool.map(lambda job: source.count(job[1].resource, job[1].filters, route=job[1].route), jobs)
-        )
+    totals = source.counts([(q.resource, q.filters, q.route) for _, q in jobs])
     out: dict[str, int | None] = {e: (None if q is None else 0) for e, q in lists.items()}
     for (entity, _), total in zip(jobs, totals, strict=True):
         out[entity] = (out[entity] or 0) + total

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -135,10 +134,9 @@ def scoped_preview(
     if scope.kind != "all":
         direct = [e for e in _DIRECT[scope.kind] if e in entities or e == "individual_appointments"]
         jobs = [(entity, q) for entity in direct for q in direct_queries(entity, scope.kind, scope.ids)]
-        with ThreadPoolExecutor(max(1, client.config.concurrency)) as pool:
-            futures = [(entity, pool.submit(client.count, q.resource, q.filters)) for entity, q in jobs]
-            for entity, future in futures:
-                filtered.setdefault(entity, []).append(future.result())
+        totals = client.counts([(q.resource, q.filters, q.route) for _, q in jobs])
+        for (entity, _), n in zip(jobs, totals, strict=True):
+            filtered.setdefault(entity, []).append(n)
 
     def share(entity: str) -> float:
         total = whole.get(list_key(entity, None), 0)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from migrator.preview import SOURCE_LISTS, list_key
 from tests.conftest import ROOT, RunningSandbox
 
@@ -83,10 +85,18 @@ def test_a_key_on_the_wrong_shard_is_refused_in_one_line(demo_sandbox: RunningSa
 
 def test_an_unknown_key_is_refused(demo_sandbox: RunningSandbox) -> None:
     unknown = "MSthisKeyDoesNotExistAnywhere0123456789-au2"
+    sent_before = sandbox_requests(demo_sandbox)
     result = demo_sandbox.cli("preview", "--json", key=unknown)
     assert result.returncode == 1
     assert result.stdout == ""
     assert_one_clean_line(result.stderr, unknown.split("-")[0])
+    # It stopped at the first 401: the counts under way (4 at a time), not one per list.
+    assert sandbox_requests(demo_sandbox) - sent_before <= 5 < len(SOURCE_LISTS)
+
+
+def sandbox_requests(sandbox: RunningSandbox) -> int:
+    """Every request the sandbox has answered so far."""
+    return int(httpx.get(f"{sandbox.origin}/_sandbox/stats", timeout=10).json()["total_requests"])
 
 
 def test_a_malformed_key_is_refused_before_any_request(demo_sandbox: RunningSandbox) -> None:

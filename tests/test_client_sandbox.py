@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.filters import Filter, ids_in
 from migrator.cliniko.models import parse_record
+from migrator.errors import AuthError
 from migrator.preview import SOURCE_LISTS, list_key
 from tests.conftest import RunningSandbox
 
@@ -119,6 +121,22 @@ def test_count_matches_a_full_read(demo_sandbox: RunningSandbox) -> None:
         assert client.count("individual_appointments", flt) == len(
             read_all(client, "individual_appointments", filters=flt)
         )
+
+
+def test_counts_of_many_lists_stop_at_the_first_refusal(demo_sandbox: RunningSandbox) -> None:
+    """Counting every list with a key Cliniko refuses costs one round of requests, not one per list."""
+    lists = [(name, (), route) for name, route in SOURCE_LISTS]
+    with demo_sandbox.client() as client:
+        assert client.counts(lists) == [demo_sandbox.totals()[list_key(n, r)] for n, _, r in lists]
+
+    shard = demo_sandbox.account("source")["shard"]
+    unknown = f"MSthisKeyDoesNotExistAnywhere0123456789-{shard}"
+    config = ClientConfig(url_template=demo_sandbox.url_template)  # paced at Cliniko's 200 a minute
+    with ClinikoClient(unknown, config=config) as client, pytest.raises(AuthError):
+        client.counts(lists)
+    # The lists already taken up when the first 401 came back (one per worker, and one more
+    # taken by the worker that got it), never the other 17.
+    assert client.stats.requests <= config.concurrency + 1 < len(lists)
 
 
 def test_a_client_paced_at_the_limit_is_not_refused(sandbox_factory) -> None:

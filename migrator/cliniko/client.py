@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,6 +280,25 @@ class ClinikoClient:
             raise FatalAPIError(
                 f"Cliniko's answer for {path} has no usable total_entries.", path=path
             ) from None
+
+    def counts(self, lists: Sequence[tuple[str, Iterable[Filter], str | None]]) -> list[int]:
+        """:meth:`count` of each ``(resource, filters, route)``, up to ``concurrency`` at once.
+
+        The first failure stops the rest: a count not yet sent is never sent, so a key
+        Cliniko refuses costs a few requests rather than one per list. That error is
+        raised once the counts already under way have ended.
+        """
+        pool = self._pool()
+        if pool is None or len(lists) < 2:
+            return [self.count(name, filters, route=route) for name, filters, route in lists]
+        futures = [pool.submit(self.count, name, filters, route=route) for name, filters, route in lists]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # a failure, or Ctrl+C while waiting: send nothing more
+            for future in futures:
+                future.cancel()
+            wait(futures)
+        return [future.result() for future in futures]  # raises the first failure, in the lists' order
 
     def pages(
         self,
