@@ -25,7 +25,7 @@ from migrator.cliniko.client import ClinikoClient, Identity
 from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, mode_from_env
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
-from migrator.mapping import build_mapping
+from migrator.mapping import build_mapping, validate
 from migrator.mapping_editor import apply_rows, read_table
 from migrator.plan import (
     CORE_TYPES,
@@ -55,7 +55,7 @@ CONNECTION_STATE = (
     "previews",
     "store_setup",
     "plan_scope",
-    "plan_scope_incomplete",
+    "plan_incomplete",
     "review_cache",
     "key_lease",
     "dest_lease",
@@ -299,7 +299,11 @@ def plan_choices() -> tuple[Scope, list[str], bool]:
 
 
 def mapping_rows() -> tuple[list[MappingRow], list[str]]:
-    """The session's mapping tables as rows, with a sentence for each row not valid yet."""
+    """The session's mapping tables as rows, with a sentence for each row not valid yet.
+
+    A row the destination cannot honour (a record it does not have, a create it cannot
+    do) is not valid yet either: the run would refuse it (:func:`migrator.mapping.validate`).
+    """
     tables: dict[str, pl.DataFrame] = st.session_state.get("mapping") or {}
     rows: list[MappingRow] = []
     problems: list[str] = []
@@ -308,7 +312,18 @@ def mapping_rows() -> tuple[list[MappingRow], list[str]]:
             got, bad = read_table(tables[entity])
             rows += got
             problems += bad
+    if rows:
+        try:
+            references = destination_references()
+            problems += validate(rows, references.__getitem__, can_create=cliniko_target() is None)
+        except MigratorError as exc:
+            problems.append(str(exc))
     return rows, problems
+
+
+def rows_to_decide(count: int) -> str:
+    """``1 row still needs`` / ``3 rows still need``: the start of the sentence saying so."""
+    return f"{count} row still needs" if count == 1 else f"{count} rows still need"
 
 
 def drop_connection() -> None:

@@ -59,8 +59,9 @@ from migrator.cliniko.models import ClinikoRecord, model_for
 from migrator.cliniko.readahead import ReadAhead
 from migrator.cliniko.resources import resource as registry_entry
 from migrator.destinations import row_from_record
-from migrator.errors import MigratorError
+from migrator.errors import MappingError, MigratorError
 from migrator.ledger import Item, Ledger, StageProgress
+from migrator.mapping import validate as mapping_problems
 from migrator.plan import MappingRow, Plan
 from migrator.scope import Query, by_ids, changed_since, cheapest, direct_queries
 from migrator.stages import MAPPED, STAGES, Stage
@@ -262,11 +263,13 @@ class Engine:
         """Run the plan as a new batch, or resume ``batch_id``.
 
         Raises:
-            MappingError: a mapping row is unresolved (nothing is written).
+            MappingError: a mapping row is unresolved, or points at a destination record that
+                is not there (nothing is written).
             RunStopped: :attr:`stop` was set; the batch is ``stopped`` and resumable.
             APIError: Cliniko failed beyond retries; the batch is ``failed`` and resumable.
         """
         self.plan.require_resolved()
+        self._require_targets()
         started = time.monotonic()
         requests_before = self.source.stats.requests
         resumed = batch_id is not None
@@ -325,6 +328,24 @@ class Engine:
             top_up=self.top_up,
             batch_requests=self.ledger.batch_requests(batch_id),
         )
+
+    def _require_targets(self) -> None:
+        """Refuse a mapping the destination cannot honour, before a batch begins or resumes.
+
+        A row mapped or reassigned to a record the destination does not have (a hand-edited
+        file, a record deleted since) would otherwise stop the run part-way: the local store's
+        foreign keys refuse the first appointment that uses it. Only the entities that rows
+        point into are read.
+        """
+        problems = mapping_problems(
+            self.plan.mappings, self.store.reference, can_create=not self.destination.startswith("cliniko:")
+        )
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise MappingError(
+                f"The mapping does not fit the destination{more}: {problems[0].rstrip('.')}. "
+                "Change it on the Mapping page or in the mapping file, then run again."
+            )
 
     def _recorded_top_up(self, batch_id: str) -> TopUp | None:
         """What a batch was started as: a top-up (its audit trail says from when) or a full run."""

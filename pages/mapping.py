@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from console_ui import cliniko_target, destination_references, ensure_mapping, next_step, require_source
+from console_ui import (
+    cliniko_target,
+    destination_references,
+    ensure_mapping,
+    next_step,
+    require_source,
+    rows_to_decide,
+)
 from migrator.errors import MigratorError
 from migrator.mapping import validate
 from migrator.mapping_editor import (
@@ -69,6 +76,7 @@ except MigratorError as exc:
     st.stop()
 
 all_rows = []
+unfit_rows = 0  # decided, but not in a way the destination can honour
 for entity in ENTITIES:
     key = f"mapping_{entity}"
     st.subheader(TITLES[entity])
@@ -133,7 +141,9 @@ for entity in ENTITIES:
                     st.error(str(exc))
     for problem in problems:
         st.warning(problem, icon=":material/priority_high:")
-    for problem in validate(rows, references.__getitem__, can_create=can_create):
+    unfit = validate(rows, references.__getitem__, can_create=can_create)
+    unfit_rows += len(unfit)
+    for problem in unfit:
         st.warning(problem, icon=":material/priority_high:")
 
 st.subheader("Save or load")
@@ -171,8 +181,10 @@ with right:
 
 undecided = sum(1 for r in all_rows if r.action == "unresolved")
 invalid = sum(t.height for t in tables.values()) - len(all_rows)
-if undecided or invalid:
-    st.info(f"{undecided + invalid} rows still need a decision; the run waits for every row to be decided.")
+if undecided or invalid or unfit_rows:
+    st.info(
+        f"{rows_to_decide(undecided + invalid + unfit_rows)} a decision; the run waits for every row to be decided."
+    )
 else:
     st.success("Every row is decided.")
 next_step("Next: choose the scope", "scope", key="next_scope")

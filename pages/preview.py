@@ -12,6 +12,9 @@ from migrator.errors import MigratorError
 st.title("Preview: what the run will read")
 require_source("the preview counts the source account's records.")
 
+if st.session_state.get("plan_incomplete"):
+    st.info(f"{st.session_state.plan_incomplete} The preview counts what a run would read once it is done.")
+    st.stop()
 st.caption(f"{scope_sentence()}. Change these on the Scope page; the counts follow.")
 recount = st.button("Count again", key="recount", icon=":material/refresh:")
 try:

@@ -19,6 +19,7 @@ from console_ui import (
     open_destination,
     plan_choices,
     principal,
+    rows_to_decide,
     run_registry,
     scope_sentence,
     settings,
@@ -62,7 +63,9 @@ def start(*, top_up: bool = False) -> None:
     """Make the plan from the session's choices and start it (or join the run already doing it)."""
     rows, problems = mapping_rows()
     if problems:
-        raise ConfigError(f"A mapping row is not valid yet ({problems[0]}); fix it on the Mapping page.")
+        raise ConfigError(
+            f"A mapping row is not valid yet ({problems[0].rstrip('.')}); fix it on the Mapping page."
+        )
     if not rows:
         raise ConfigError("There is no mapping yet: open the Mapping page first.")
     scope, include, archived = plan_choices()
@@ -198,9 +201,9 @@ if connected():
     if not rows:
         blocked = "Open the Mapping page first: the run needs every practitioner, business and appointment type decided."
     elif undecided or problems:
-        blocked = f"{len(undecided) + len(problems)} mapping rows still need a decision on the Mapping page."
-    elif state.get("plan_scope_incomplete"):
-        blocked = "Finish the filter on the Scope page: choose at least one business or practitioner."
+        blocked = f"{rows_to_decide(len(undecided) + len(problems))} a decision on the Mapping page."
+    elif state.get("plan_incomplete"):
+        blocked = str(state.plan_incomplete)
     if blocked:
         st.info(blocked)
     if st.button(

@@ -119,7 +119,15 @@ else:
         )
     state.plan_include = include
 state.plan_archived = archived
-state.plan_scope_incomplete = scope is None
+# What holds the run back (the Run and Preview pages say it), or None once the choice is whole.
+state.plan_incomplete = (
+    "Finish the filter on the Scope page: choose at least one business or practitioner."
+    if scope is None
+    else None
+    if ticked
+    else "Tick at least one data type on the Scope page."
+)
 if scope is not None:
     state.plan_scope = scope
+if state.plan_incomplete is None:
     next_step("Next: run it", "run", key="next_run")

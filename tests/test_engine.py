@@ -255,6 +255,31 @@ def test_unresolved_mapping_refuses_to_start(env: Env) -> None:
     assert env.ledger.batches() == []
 
 
+def test_a_mapping_to_a_record_the_destination_lacks_refuses_to_start(env: Env) -> None:
+    """A hand-edited target id, or a record deleted since: one sentence before any batch, not a failure part-way."""
+    from migrator.errors import MappingError
+
+    rows = env.mapping()
+    mapped = next(r for r in rows if r.entity == "practitioners" and r.action == "map")
+    rows = [r.model_copy(update={"target_id": "999"}) if r is mapped else r for r in rows]
+    with pytest.raises(MappingError) as refused:
+        env.run(env.plan(mappings=rows))
+    assert str(refused.value) == (
+        f"The mapping does not fit the destination: Practitioners {mapped.source_name!r} (source id "
+        f"{mapped.source_id}) points at destination id 999, which does not exist among the destination's "
+        "practitioners. Change it on the Mapping page or in the mapping file, then run again."
+    )
+    assert env.ledger.batches() == [] and env.rows("patients") == []
+
+    # Resuming is checked too: a business the batch was mapped to has since gone from the store.
+    plan = env.plan(include=["patients"])
+    target = next(r for r in plan.mappings if r.entity == "businesses" and r.action == "map")
+    first = env.run(plan)
+    env.ledger.conn.execute("DELETE FROM clinic.businesses WHERE id = ?", (int(target.target_id),))
+    with pytest.raises(MappingError, match=f"points at destination id {target.target_id}, which does not"):
+        env.run(plan, first.batch_id)
+
+
 def test_items_are_one_per_record(env: Env) -> None:
     result = env.run(env.plan(include=["patients", "medical_alerts"]))
     keys = Counter(

@@ -384,3 +384,45 @@ def test_a_new_session_starts_from_the_last_batchs_decisions_and_scope(
         top_up = ledger.batches()[0]
         assert any(e["action"] == "top_up" for e in ledger.audit_log(top_up.id))
         assert top_up.plan["scope"] == first.plan["scope"] and top_up.plan["include"] == first.plan["include"]
+
+
+def test_a_mapping_to_a_record_the_store_lacks_holds_the_run_back(console: Callable[[], AppTest]) -> None:
+    """A loaded file mapping a practitioner to an id the store does not have is not "decided"."""
+    at = console()
+    connect_and_decide(at)
+    rows: list = []
+    for frame in at.session_state["mapping"].values():
+        rows += read_table(frame)[0]
+    mapped = next(r for r in rows if r.entity == "practitioners" and r.action == "map")
+    edited = [r.model_copy(update={"target_id": "999"}) if r is mapped else r for r in rows]
+    at.file_uploader(key="mapping_upload").upload("edited.json", mapping_json(edited).encode()).run()
+
+    assert "Every row is decided." not in [s.value for s in at.success]
+    assert f"{mapped.source_name!r} (source id {mapped.source_id}) points at destination id 999" in texts(at)
+    assert "1 row still needs a decision; the run waits for every row to be decided." in texts(at)
+    goto(at, "run")
+    assert "1 row still needs a decision on the Mapping page." in texts(at)
+    assert at.button(key="run_start").disabled and at.button(key="run_top_up").disabled
+
+
+def test_with_no_data_type_ticked_nothing_runs(console: Callable[[], AppTest]) -> None:
+    """Unticking every data type once ran the types ticked before; now the run waits, saying why."""
+    at = console()
+    connect_and_decide(at)
+    goto(at, "scope")
+    for box in at.checkbox:
+        if box.key.startswith("include_") and box.key != "include_archived" and box.value:
+            box.uncheck().run()
+    assert "Tick at least one data type." in texts(at) and "next_run" not in [b.key for b in at.button]
+
+    goto(at, "preview")
+    assert "Tick at least one data type on the Scope page." in texts(at) and not at.metric
+    goto(at, "run")
+    assert "Tick at least one data type on the Scope page." in texts(at)
+    assert at.button(key="run_start").disabled and at.button(key="run_top_up").disabled
+
+    goto(at, "scope")
+    at.checkbox(key="include_patients").check().run()
+    assert "next_run" in [b.key for b in at.button]
+    goto(at, "run")
+    assert not at.button(key="run_start").disabled
