@@ -1,4 +1,8 @@
-"""The operator console: navigation and the shared frame only; each step is a page in pages/.
+"""The operator console: navigation and the shared frame only; each step is a page in ``views/``.
+
+Not ``pages/``: Streamlit serves a ``pages/`` folder's scripts as pages of their own, so an
+address such as ``/batches`` (a bookmark, a refresh) would run that script without this file:
+no frame, no sign-in gate.
 
 With ``MIGRATOR_MODE=hosted`` nobody sees a step before signing in (``hosted_ui.sign_in_form``,
 on the Connect page's address): a clinic with its API key, an operator with the identity
@@ -64,19 +68,19 @@ signed_in = console_ui.principal()
 
 steps = [
     st.Page(console_ui.page("connect"), title="1 · Connect", icon=":material/key:", default=True),
-    st.Page("pages/preview.py", title="2 · Preview", icon=":material/query_stats:"),
-    st.Page("pages/mapping.py", title="3 · Mapping", icon=":material/join:"),
-    st.Page("pages/scope.py", title="4 · Scope", icon=":material/filter_alt:"),
-    st.Page("pages/run.py", title="5 · Run", icon=":material/play_circle:"),
-    st.Page("pages/review.py", title="6 · Review", icon=":material/fact_check:"),
-    st.Page("pages/batches.py", title="7 · Batches", icon=":material/inventory_2:"),
+    st.Page("views/preview.py", title="2 · Preview", icon=":material/query_stats:"),
+    st.Page("views/mapping.py", title="3 · Mapping", icon=":material/join:"),
+    st.Page("views/scope.py", title="4 · Scope", icon=":material/filter_alt:"),
+    st.Page("views/run.py", title="5 · Run", icon=":material/play_circle:"),
+    st.Page("views/review.py", title="6 · Review", icon=":material/fact_check:"),
+    st.Page("views/batches.py", title="7 · Batches", icon=":material/inventory_2:"),
 ]
 if hosted and signed_in is None:
     # Connect's page shows the sign-in form until someone signs in: signing in lands on Connect,
     # signing out comes back to the form, at the same address.
     steps = [st.Page(console_ui.page("connect"), title="Sign in", icon=":material/login:", default=True)]
 elif hosted and signed_in is not None and signed_in.operator:
-    steps.append(st.Page("pages/audit.py", title="Audit trail", icon=":material/policy:"))
+    steps.append(st.Page("views/audit.py", title="Audit trail", icon=":material/policy:"))
 navigation = st.navigation(steps)
 
 
@@ -98,12 +102,11 @@ def hosted_frame() -> None:
         st.caption(masked(parse_key(key)) + ", held until the run ends or you sign out.")
     else:
         st.caption("No API key held: Connect asks for it when a step needs it.")
-    st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=console_ui.sign_out_now)
 
 
 def frame() -> None:
     """The sidebar: who is connected (the key masked) and where the workspace is."""
-    with st.sidebar:
+    with sidebar.container():
         st.markdown("### Cliniko migrator")
         if hosted:
             hosted_frame()
@@ -118,6 +121,12 @@ def frame() -> None:
             st.caption(f"Workspace: `{ConsoleSettings.from_env().workspace}`")
 
 
+# Drawn before the page and again after it, in the same place: a page that ends early
+# (``st.stop()``) keeps the first, and one that connects or disconnects shows the second.
+sidebar = st.sidebar.empty()
+frame()
+if hosted and signed_in is not None:  # a widget, so drawn once: below the frame, outside it
+    st.sidebar.button("Sign out", key="sign_out", icon=":material/logout:", on_click=console_ui.sign_out_now)
 try:
     navigation.run()
 except MigratorError as exc:  # every page catches its own; this is the net under them
@@ -128,5 +137,4 @@ except Exception as exc:
         f"Something unexpected went wrong on this page ({type(exc).__name__}); reload the page to try again "
         "(the console's log has the details)."
     )
-finally:  # drawn after the page, so that it shows what the page just did (a connection, a disconnection)
-    frame()
+frame()  # not reached when the page stops early or reruns (Streamlit's own exceptions): the first stays

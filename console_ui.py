@@ -70,17 +70,17 @@ CONNECTION_STATE = (
 CONNECTION_WIDGETS = ("scope_kind", "scope_businesses", "scope_practitioners")
 
 PAGES = {
-    "connect": "pages/connect.py",
-    "preview": "pages/preview.py",
-    "mapping": "pages/mapping.py",
-    "scope": "pages/scope.py",
-    "run": "pages/run.py",
-    "review": "pages/review.py",
-    "batches": "pages/batches.py",
+    "connect": "views/connect.py",
+    "preview": "views/preview.py",
+    "mapping": "views/mapping.py",
+    "scope": "views/scope.py",
+    "run": "views/run.py",
+    "review": "views/review.py",
+    "batches": "views/batches.py",
 }
 
 
-HOSTED_PAGES = {"connect": "pages/connect_hosted.py"}
+HOSTED_PAGES = {"connect": "views/connect_hosted.py"}
 
 
 def page(name: str) -> str:

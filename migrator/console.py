@@ -1,6 +1,6 @@
 """What the operator console needs from the library besides the workflow: settings and read models.
 
-The console (``app.py`` and ``pages/``) is a thin Streamlit layer; everything it shows is
+The console (``app.py`` and ``views/``) is a thin Streamlit layer; everything it shows is
 computed here, without Streamlit, so notebooks and tests get the same answers.
 
 >>> settings = ConsoleSettings.from_env()                 # doctest: +SKIP

@@ -38,7 +38,7 @@ def console(workspace: Path) -> Callable[[], AppTest]:
 
 def goto(at: AppTest, page: str) -> AppTest:
     """Open a page (AppTest forgets a page reached by ``st.switch_page`` on its next run)."""
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 

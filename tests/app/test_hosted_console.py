@@ -131,8 +131,8 @@ def test_only_sign_in_shows_before_signing_in(session: Callable[..., AppTest]) -
     assert [t.value for t in at.title] == ["Sign in"]
     assert "sign_in_key" in [t.key for t in at.text_input]
     assert "No operator sign-in is configured" in texts(at)
-    with pytest.raises(ValueError, match=r"Known pages: \['[^']*pages/connect_hosted\.py'\]"):
-        at.switch_page("pages/batches.py")  # the only page before sign-in is the sign-in page
+    with pytest.raises(ValueError, match=r"Known pages: \['[^']*views/connect_hosted\.py'\]"):
+        at.switch_page("views/batches.py")  # the only page before sign-in is the sign-in page
 
 
 def test_a_clinics_whole_flow_leaves_its_key_nowhere(

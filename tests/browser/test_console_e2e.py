@@ -163,3 +163,22 @@ def test_a_newcomer_clicks_through_the_demo_clinic(
             0,
         )
     shoot(page, shots, "8-deleted")
+
+
+def test_an_address_of_a_step_opens_it_within_the_console(console: str, page: Page) -> None:
+    """A bookmark or a refresh on a step's address goes through app.py: its navigation and its frame.
+
+    The steps once lived in ``pages/``, which Streamlit also served as pages of their own, so
+    ``/preview`` ran that script alone: a list of file names for navigation and no frame. And a
+    page that stops early (``st.stop``, as Preview does here without a connection) kept no frame.
+    """
+    page.goto(f"{console}/preview")
+    expect(
+        page.get_by_text("Connect a source account (or the demo clinic) first", exact=False)
+    ).to_be_visible()
+    settle(page)
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text("Not connected yet.")).to_be_visible()
+    expect(sidebar.get_by_text("Workspace:", exact=False)).to_be_visible()
+    expect(sidebar.get_by_text("2 · Preview")).to_be_visible()
+    expect(sidebar.get_by_text("connect hosted")).to_have_count(0)
