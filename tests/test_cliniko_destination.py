@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -502,6 +505,38 @@ def test_preflight_refuses_keys_without_the_rights_before_any_write(transfer: Tr
     assert any("not an administrator" in r for r in refused.refusals)
     stats = httpx.get(f"{transfer.sandbox.origin}/_sandbox/stats").json()
     assert "POST" not in repr(stats), "a refused pre-flight must send no write"
+
+
+def test_the_source_account_is_refused_as_the_destination(transfer: Transfer, tmp_path: Path) -> None:
+    """The source's own key given as the destination's: pre-flight refuses, and no run opens it to write."""
+    own = transfer.client("source", writable=True)
+    said = "The destination key belongs to the source account itself (Harbourside Physio)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        ClinikoDestination.connect(own, transfer.ledger, source=transfer.source)
+    as_the_console_opens_it = ClinikoDestination.connect(own, transfer.ledger)
+    check = preflight(transfer.source, as_the_console_opens_it)
+    assert not check.ok and check.refusals[0].startswith(said)
+
+    before = transfer.total("individual_appointments", transfer.source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+    env.update(
+        MIGRATOR_API_URL=transfer.sandbox.url_template,
+        MIGRATOR_SOURCE_KEY=transfer.sandbox.key("source"),
+        MIGRATOR_DEST_KEY=transfer.sandbox.key("source"),
+        MIGRATOR_REQUESTS_PER_MINUTE="0",
+    )
+    for command in (["preflight"], ["run", "--to", "cliniko"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "migrator", *command, "--workspace", str(tmp_path / "ws")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 2 and said in done.stdout + done.stderr, command
+    assert transfer.total("individual_appointments", transfer.source) == before
+    assert transfer.ledger.batches() == []
 
 
 def test_notes_keep_their_author_with_a_practitioners_own_key(transfer: Transfer, tmp_path: Path) -> None:

@@ -300,6 +300,8 @@ class ClinikoDestination:
         account_id = str(account.get("id") or "")
         if not account_id:
             raise ConfigError("The destination's /settings has no account id; is this a Cliniko key?")
+        if source is not None and _account_id(source) == account_id:
+            raise ConfigError(_same_account(account.get("name") or account_id))
         authors: dict[str, ClinikoClient] = {}
         for extra in note_keys:
             other = str((extra.get("/settings/public").get("account") or {}).get("id") or "")
@@ -1255,7 +1257,8 @@ class Preflight:
 def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflight:
     """Seed 001's checks, with the reason for each refusal.
 
-    Refused: a source key whose user is not an administrator; a destination key whose user
+    Refused: a destination key of the source account itself (nothing else is checked then);
+    a source key whose user is not an administrator; a destination key whose user
     is not an administrator *and* an active practitioner; a destination without
     practitioners or businesses (mapping needs them). Warned: the destination already
     holds patients no earlier batch from this source brought (equal ones are linked, not
@@ -1265,6 +1268,9 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     src = source.identity()
     dst = destination.client.identity()
     check = Preflight(src, dst)
+    if _account_id(source) == destination.account_id:
+        check.refusals.append(_same_account(destination.account_name or destination.account_id))
+        return check  # nothing else to check: the run would write into the account it reads
     if not src.is_admin:
         check.refusals.append(
             f"The source key belongs to {src.user}, who is not an administrator; Cliniko only gives an "
@@ -1311,6 +1317,18 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _account_id(client: ClinikoClient) -> str:
+    """The account a key belongs to (``/settings/public``, which any user may read)."""
+    return str((client.get("/settings/public").get("account") or {}).get("id") or "")
+
+
+def _same_account(name: str) -> str:
+    return (
+        f"The destination key belongs to the source account itself ({name}): a transfer copies into another "
+        "Cliniko account and never writes into the one it reads, so give a key of the destination account."
+    )
 
 
 def _listed_id(raw: Mapping[str, Any]) -> str:
