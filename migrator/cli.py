@@ -654,8 +654,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_path_refused(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was changed.", file=sys.stderr)
+        if args.command in _WRITING:
+            print(
+                "error: interrupted part-way; what was done so far is kept and recorded: run the same "
+                "command again to finish it.",
+                file=sys.stderr,
+            )
+        else:
+            print("error: interrupted; nothing was changed.", file=sys.stderr)
         return 130
+
+
+#: Commands that write (a store, an account, the ledger): Ctrl+C leaves them part-way, to finish.
+_WRITING = frozenset({"run", "delete-batch", "go-live", "setup-store"})
 
 
 def _path_refused(exc: OSError) -> str:

@@ -307,6 +307,12 @@ class Engine:
             self.ledger.save_counts(batch_id)
             self.ledger.set_status(batch_id, "stopped", actor=self.actor, detail=spent())
             raise
+        except KeyboardInterrupt:  # Ctrl+C: stopped by the person running it, as the console's Stop does
+            self.ledger.save_counts(batch_id)
+            self.ledger.set_status(
+                batch_id, "stopped", actor=self.actor, detail={"interrupted": True, **spent()}
+            )
+            raise
         except BaseException as exc:
             self.ledger.save_counts(batch_id)
             detail = {"error": str(exc)} if isinstance(exc, MigratorError) else {"error": type(exc).__name__}

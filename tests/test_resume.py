@@ -481,3 +481,33 @@ def test_sigkill_during_a_top_up_then_resume_equals_a_clean_top_up(tmp_path: Pat
     assert len(batches) == 2  # the interrupted sweep was resumed each time, never started afresh
     assert canonical(killed / "clinic.db") == canonical(workspaces["clean"] / "clinic.db")
     assert _outcomes(killed, batches[1]) == clean_outcomes
+
+
+def test_ctrl_c_stops_a_run_says_so_and_the_same_command_finishes_it(
+    demo_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Ctrl+C once said "nothing was changed" after thousands of records, and left the batch failed."""
+    from migrator.ledger import Ledger
+
+    mapping = setup_workspace(demo_sandbox, tmp_path)
+    process = run_cli(demo_sandbox, tmp_path, mapping)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and items_written(tmp_path) < 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "error: interrupted part-way; what was done so far is kept and recorded: run the same command again "
+        "to finish it."
+    )
+    with Ledger(tmp_path) as ledger:
+        (batch,) = ledger.batches()
+        kept = sum(ledger.counts(batch.id).get(e, {}).get("created", 0) for e in ledger.counts(batch.id))
+    assert batch.status == "stopped" and kept >= 1000
+
+    again = run_cli(demo_sandbox, tmp_path, mapping)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert json.loads(out)["batch_id"] == batch.id  # resumed, not started afresh
