@@ -698,6 +698,11 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
     # Patients cannot be deleted through the API: they are archived.
     assert transfer.dest_client.count("patients") == 0
     assert transfer.dest_client.count("patients", route="archived") == result.entities["patients"]["created"]
+    # Going live would turn the archived patients' reminders back on: refused, and nobody is messaged.
+    with pytest.raises(ConfigError, match=f"Batch {result.batch_id} has been deleted"):
+        go_live(transfer.ledger, transfer.dest, result.batch_id)
+    archived = [r for p in transfer.dest_client.pages("patients", route="archived") for r in p.records]
+    assert archived and all(p["reminder_type"] == "None" for p in archived)
     # What the batch linked to (the template set up by the clinic) stays; what it created goes.
     assert transfer.total("treatment_note_templates") == templates
 

@@ -1187,11 +1187,16 @@ def go_live(
 
     Until then every patient the batch created has reminders and confirmations off, so
     nothing the transfer wrote messages anyone. Resumable: patients already restored are
-    passed over.
+    passed over. Refused for a deleted batch (its patients are archived, and stay quiet).
     """
     batch = ledger.batch(batch_id)
     if batch.destination != destination.describe():
         raise ConfigError(f"Batch {batch_id} did not write into this Cliniko account.")
+    if batch.status in ("deleting", "deleted"):
+        raise ConfigError(
+            f"Batch {batch_id} has been deleted (or is being deleted), its patients archived: going live would "
+            "turn their reminders back on, so it is refused."
+        )
     with ledger.lock:
         rows = ledger.conn.execute(
             "SELECT dest_id, reminder_type, receives_confirmation_emails, restored_at FROM patient_preferences "
