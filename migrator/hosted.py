@@ -471,11 +471,10 @@ def account_id(client: ClinikoClient) -> str:
     Raises:
         ConfigError: the answer has no account id.
     """
-    settings = client.get("/settings/public")
-    value = (settings.get("account") or {}).get("id")
-    if value in (None, ""):
+    value = client.account_id()
+    if not value:
         raise ConfigError("Cliniko did not say which account this key belongs to; try again.")
-    return str(value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -621,7 +621,6 @@ def test_records_a_killed_run_created_are_never_linked_to_as_the_clinics_own(tra
 def test_a_killed_run_deleted_without_resuming_leaves_none_of_its_records(transfer: Transfer) -> None:
     import socket
     import subprocess
-    import sys
 
     from migrator.destinations.cliniko import _Write, _WriteLog
 
@@ -906,10 +905,8 @@ def _writes(workspace: Path) -> int:
 
 
 def test_sigkill_during_writes_then_resume_duplicates_nothing(sandbox_factory: Any, tmp_path: Path) -> None:
-    import os
     import signal
     import subprocess
-    import sys
     import time
 
     from migrator.mapping import load_mapping, save_mapping

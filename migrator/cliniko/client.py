@@ -353,6 +353,12 @@ class ClinikoClient:
 
     # -- who am I --------------------------------------------------------------------
 
+    def account_id(self) -> str:
+        """The key's account id, from ``/settings/public`` (which any user may read); ``""`` if it names none."""
+        settings = self.get("/settings/public")
+        value = (settings.get("account") or {}).get("id")
+        return "" if value is None else str(value)
+
     def identity(self) -> Identity:
         """Verify the key with real requests and say whose it is.
 

@@ -300,12 +300,11 @@ class ClinikoDestination:
         account_id = str(account.get("id") or "")
         if not account_id:
             raise ConfigError("The destination's /settings has no account id; is this a Cliniko key?")
-        if source is not None and _account_id(source) == account_id:
+        if source is not None and source.account_id() == account_id:
             raise ConfigError(_same_account(account.get("name") or account_id))
         authors: dict[str, ClinikoClient] = {}
         for extra in note_keys:
-            other = str((extra.get("/settings/public").get("account") or {}).get("id") or "")
-            if other != account_id:
+            if extra.account_id() != account_id:
                 raise ConfigError(
                     "A note author's key belongs to another Cliniko account than the destination key."
                 )
@@ -1273,7 +1272,7 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     src = source.identity()
     dst = destination.client.identity()
     check = Preflight(src, dst)
-    if _account_id(source) == destination.account_id:
+    if source.account_id() == destination.account_id:
         check.refusals.append(_same_account(destination.account_name or destination.account_id))
         return check  # nothing else to check: the run would write into the account it reads
     if not src.is_admin:
@@ -1322,11 +1321,6 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _account_id(client: ClinikoClient) -> str:
-    """The account a key belongs to (``/settings/public``, which any user may read)."""
-    return str((client.get("/settings/public").get("account") or {}).get("id") or "")
 
 
 def _same_account(name: str) -> str:
