@@ -41,7 +41,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MappingError
 from migrator.plan import ENTITIES, MappingRow, allowed_actions, validation_sentence
 
 __all__ = [
@@ -471,7 +471,7 @@ def load_mapping(path: str | os.PathLike[str]) -> list[MappingRow]:
     """
     where = Path(path)
     try:
-        data = json.loads(where.read_text(encoding="utf-8"))
+        data = json.loads(where.read_text(encoding="utf-8-sig"))  # a BOM, as some editors write
     except FileNotFoundError:
         raise ConfigError(f"There is no mapping file at {where}.") from None
     except UnicodeDecodeError:
@@ -507,6 +507,48 @@ def _row(data: Any, where: str) -> MappingRow:
         raise ConfigError(
             f"{where[0].upper()}{where[1:]} is not valid: {validation_sentence(exc)}."
         ) from None
+
+
+# --- checking against the source -------------------------------------------------
+
+
+def require_complete(
+    client: ClinikoClient, rows: Iterable[MappingRow], where: str, *, limit: int = 8
+) -> None:
+    """Refuse mapping rows that leave out a practitioner, business or appointment type of the source.
+
+    A run treats a record with no row as one that appeared after the mapping was made
+    and skips what depends on it (``unmapped``, ``business_skipped``). For a file handed
+    to a run that is almost always a row deleted by hand, or a file made for another
+    account, so it is refused before anything is read. It costs the source's three lists
+    (one or two requests each). Rows for records the source no longer has are harmless.
+
+    Raises:
+        MappingError: one sentence naming ``where`` and the records without a row.
+    """
+    listed = {(row.entity, row.source_id) for row in rows}
+    missing: list[tuple[str, str]] = []
+    for entity in ENTITIES:
+        frame = source_frame(client, entity)
+        missing.extend(
+            (entity, name)
+            for source_id, name in zip(frame["source_id"], frame["source_name"], strict=True)
+            if (entity, source_id) not in listed
+        )
+    if not missing:
+        return
+    shown = missing[:limit]
+    groups = [
+        f"{entity.replace('_', ' ')} {', '.join(name for e, name in shown if e == entity)}"
+        for entity in ENTITIES
+        if any(e == entity for e, _ in shown)
+    ]
+    more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+    count = "1 record" if len(missing) == 1 else f"{len(missing)} records"
+    raise MappingError(
+        f"{_cap(where)} has no row for {count} of the source: {'; '.join(groups)}{more}. Add a row for "
+        "each (or write a fresh file with 'mapping --out'), so nothing is skipped unasked."
+    )
 
 
 # --- checking against the destination --------------------------------------------

@@ -29,7 +29,7 @@ from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError, NotFoundError
 from migrator.ledger import Batch, Ledger, StageProgress
-from migrator.mapping import build_mapping, load_mapping, to_rows
+from migrator.mapping import build_mapping, load_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.topup import TOP_UP_OVERLAP, TopUp
 
@@ -172,6 +172,11 @@ def make_plan(
     Cliniko account, map what that batch created: a new plan, with nothing to resume or
     top up. Otherwise they are auto-matched.
 
+    A mapping file must have a row for every practitioner, business and appointment type
+    of the source (read to check, one or two requests each): a missing row would skip
+    records unasked. Rows handed over as a list are taken as they are; a record without
+    one is skipped as ``unmapped``, as one that appears after the mapping was made is.
+
     A business or practitioner filter must name records of the source account: ids the
     mapping lists are known, any other is looked up (one request each), so a mistyped id
     is refused rather than run as a migration that brings nothing.
@@ -180,10 +185,12 @@ def make_plan(
         ConfigError: the filter names a business or practitioner the source does not have,
             or the destination cannot carry out a mapping row or a data type (a Cliniko
             account cannot take invoices, nor create practitioners).
-        MappingError: a mapping row is still unresolved (the message lists them).
+        MappingError: a mapping row is still unresolved, or a mapping file lacks a row
+            for a source record (the message lists them).
     """
     if isinstance(mappings, str | Path):
         rows = load_mapping(mappings)
+        require_complete(client, rows, f"the mapping file {mappings}")
     elif mappings is not None:
         rows = list(mappings)
     destination = store.describe()

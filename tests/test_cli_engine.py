@@ -169,30 +169,58 @@ def test_a_filter_id_the_mapping_does_not_list_is_looked_up(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     """Ids the mapping lists cost nothing; another one costs one request, and a real one is accepted."""
-    from migrator.plan import Scope
+    from migrator.plan import MappingRow, Scope
     from migrator.workflow import make_plan, open_local_store, verify_source
 
     mapping = setup_workspace(tiny_sandbox, tmp_path)
-    rows = json.loads(mapping.read_text())["mappings"]
-    businesses = [r["source_id"] for r in rows if r["entity"] == "businesses"]
+    rows = [MappingRow.model_validate(r) for r in json.loads(mapping.read_text())["mappings"]]
+    businesses = [r.source_id for r in rows if r.entity == "businesses"]
     ledger, store = open_local_store(f"sqlite:{tmp_path / 'clinic.db'}", tmp_path)
     with tiny_sandbox.client() as client:
         identity = verify_source(client)
         before = client.stats.requests
         plan = make_plan(
-            client, identity, store, scope=Scope.parse(f"business:{businesses[0]}"), mappings=mapping
+            client, identity, store, scope=Scope.parse(f"business:{businesses[0]}"), mappings=rows
         )
         assert client.stats.requests == before
         assert plan.scope.ids == [businesses[0]]
 
-        fewer = [r for r in rows if r["source_id"] != businesses[1]]
-        mapping.write_text(json.dumps({"version": 1, "mappings": fewer}))
+        fewer = [r for r in rows if r.source_id != businesses[1]]  # rows as a list are taken as they are
         plan = make_plan(
-            client, identity, store, scope=Scope.parse(f"business:{businesses[1]}"), mappings=mapping
+            client, identity, store, scope=Scope.parse(f"business:{businesses[1]}"), mappings=fewer
         )
         assert client.stats.requests == before + 1
         assert plan.scope.ids == [businesses[1]]
     ledger.close()
+
+
+def test_a_mapping_file_missing_a_source_record_is_refused(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A row deleted by hand would skip that business's appointments unasked: refused, naming it."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    data = json.loads(mapping.read_text())
+    business = next(r for r in data["mappings"] if r["entity"] == "businesses")
+    others = [r for r in data["mappings"] if r is not business]
+    target = ("--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path), "--mapping")
+
+    for rows, what in (
+        (others, f"has no row for 1 record of the source: businesses {business['source_name']}."),
+        ([], f"has no row for {len(data['mappings'])} records of the source: businesses"),
+    ):
+        mapping.write_text(json.dumps({"version": 1, "mappings": rows}))
+        refused = cli(tiny_sandbox, "run", *target, str(mapping))
+        assert refused.returncode == 2, refused.stderr
+        assert f"The mapping file {mapping} {what}" in refused.stderr and "mapping --out" in refused.stderr
+        assert_one_clean_line(refused.stderr)
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+
+    # The whole file, as an editor that writes a byte-order mark saves it, runs.
+    mapping.write_text(json.dumps(data), encoding="utf-8-sig")
+    done = cli(tiny_sandbox, "run", *target, str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["entities"]["businesses"]["skipped"] == 0
 
 
 def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
