@@ -304,6 +304,34 @@ CLINIKO_DESTINATION = "cliniko:"
 _TENANT_BATCHES = "(source_account = ? OR destination = 'cliniko:' || ?)"
 
 
+@contextmanager
+def opening_database(path: Path, what: str) -> Iterator[None]:
+    """Turn SQLite's refusal to open or use ``path`` as a database into one sentence.
+
+    A folder, a file of another kind or a place no file can be made (``/proc``) would
+    otherwise surface as ``sqlite3`` errors with no path in them. Other database errors (a
+    lock held too long, a full disk) pass through unchanged.
+
+    Raises:
+        ConfigError: ``Cannot use PATH as WHAT: why.``
+    """
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        message = str(exc)
+        if path.is_dir():
+            why = "it is a folder, not a database file"
+        elif "file is not a database" in message:
+            why = "it is a file of another kind, not a SQLite database"
+        elif "unable to open database file" in message:
+            why = "no database file can be opened or made there"
+        elif "readonly database" in message:
+            why = "the file cannot be written"
+        else:
+            raise
+        raise ConfigError(f"Cannot use {path} as {what}: {why}.") from None
+
+
 def batch_tenants(source_account: str, destination: str) -> tuple[str, ...]:
     """The tenants (account ids) a batch belongs to: its source, and a Cliniko destination's account.
 
@@ -619,6 +647,7 @@ class Ledger:
         path, workspace: where it lives.
 
     Raises:
+        ConfigError: ``ledger.db`` is a folder or a file that is not a SQLite database.
         MigratorError: the database cannot be put in rollback-journal mode.
     """
 
@@ -632,19 +661,24 @@ class Ledger:
         self.path = self.workspace / "ledger.db"
         self.lock = threading.RLock()
         self._savepoints = 0  # savepoints open inside the current transaction
-        self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout = 10000")
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        (mode,) = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()
-        if mode != "delete":
-            self.conn.close()
-            raise MigratorError(
-                f"The ledger {self.path} could not leave {mode} journal mode; close the other programs using it."
-            )
-        self.db = sqlite_utils.Database(self.conn)
-        with self.lock:
-            apply_migrations(self.db, MIGRATIONS)
+        with opening_database(self.path, "the ledger"):
+            self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            try:
+                self.conn.execute("PRAGMA busy_timeout = 10000")
+                self.conn.execute("PRAGMA foreign_keys = ON")
+                self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                (mode,) = self.conn.execute("PRAGMA journal_mode = DELETE").fetchone()
+                if mode != "delete":
+                    raise MigratorError(
+                        f"The ledger {self.path} could not leave {mode} journal mode; close the other programs "
+                        "using it."
+                    )
+                self.db = sqlite_utils.Database(self.conn)
+                with self.lock:
+                    apply_migrations(self.db, MIGRATIONS)
+            except BaseException:
+                self.conn.close()
+                raise
 
     def close(self) -> None:
         """Close the connection (and with it any attached clinic store)."""

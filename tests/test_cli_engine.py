@@ -109,6 +109,26 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
         assert_one_clean_line(refused.stderr)
     assert a_file.read_text() == "not a folder"
 
+    # A store or ledger path that names a folder, another kind of file or a place no file can be made.
+    (tmp_path / "ws" / "ledger.db").mkdir(parents=True)
+    for command, said in (
+        (
+            ("run", "--to", f"sqlite:{a_file}", *workspace),
+            f"{a_file} as the clinic store: it is a file of another",
+        ),
+        (
+            ("mapping", "--out", str(tmp_path / "m.json"), "--to", f"sqlite:{tmp_path}", *workspace),
+            "a folder",
+        ),
+        (("run", "--to", "sqlite:/proc/clinic.db", *workspace), "no database file can be opened"),
+        (("batches", "--workspace", str(tmp_path / "ws")), "ledger.db as the ledger: it is a folder"),
+    ):
+        refused = cli(tiny_sandbox, *command)
+        assert refused.returncode == 2, refused.stderr
+        assert said in refused.stderr
+        assert_one_clean_line(refused.stderr)
+    assert a_file.read_text() == "not a folder"
+
     # An output file's missing folder is made, as reconcile --out makes its own.
     deep = tmp_path / "for" / "review" / "mapping.json"
     wrote = cli(

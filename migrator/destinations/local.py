@@ -68,7 +68,14 @@ from migrator.destinations._schema import (
     utc_text,
 )
 from migrator.errors import ConfigError, MigratorError
-from migrator.ledger import CACHE_KIB, Ledger, SchemaMigrations, apply_migrations, insert_rows
+from migrator.ledger import (
+    CACHE_KIB,
+    Ledger,
+    SchemaMigrations,
+    apply_migrations,
+    insert_rows,
+    opening_database,
+)
 
 __all__ = [
     "CLINIC_MIGRATIONS",
@@ -149,13 +156,14 @@ _FRAME_TYPES: dict[str, Any] = {
 
 def _migrate(path: Path) -> None:
     """Apply the store's migrations on a connection of its own (before it is attached)."""
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = DELETE")
-        apply_migrations(sqlite_utils.Database(conn), CLINIC_MIGRATIONS)
-    finally:
-        conn.close()
+    with opening_database(path, "the clinic store"):
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = DELETE")
+            apply_migrations(sqlite_utils.Database(conn), CLINIC_MIGRATIONS)
+        finally:
+            conn.close()
 
 
 class LocalStore:
@@ -167,8 +175,8 @@ class LocalStore:
             ``clinic``, and every write happens in ``ledger.transaction()``.
 
     Raises:
-        ConfigError: the path is the ledger's own file, or the ledger already has
-            another store attached.
+        ConfigError: the path is the ledger's own file, a folder or a file that is not a
+            SQLite database, or the ledger already has another store attached.
     """
 
     INSERT_ORDER = INSERT_ORDER
