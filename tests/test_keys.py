@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import SecretStr
 
@@ -69,3 +71,10 @@ def test_base_url_from_template_and_environment(monkeypatch: pytest.MonkeyPatch)
     assert base_url_for("au2") == "http://127.0.0.1:8765/au2/v1"
     with pytest.raises(ConfigError, match="must contain"):
         base_url_for("au1", "http://example.test/v1")
+    for template, said in (
+        ("http://[::1/{shard}", "is not a valid URL"),  # a bracket left open
+        ("ftp://files.test/{shard}", "must be an http(s) address"),
+        ("{shard}", "must be an http(s) address"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            base_url_for("au1", template)

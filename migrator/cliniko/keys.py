@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import httpx
 from pydantic import SecretStr
 
 from migrator.errors import ConfigError
@@ -132,4 +133,14 @@ def base_url_for(shard: str, template: str | None = None) -> str:
             f"The API URL template must contain '{{shard}}' (got {template!r}), "
             "for example 'http://127.0.0.1:8765/{shard}/v1'."
         )
-    return template.replace("{shard}", shard).rstrip("/")
+    url = template.replace("{shard}", shard).rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"The API URL template {template!r} is not a valid URL ({exc}).") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(
+            f"The API URL template {template!r} must be an http(s) address with a host, "
+            "for example 'http://127.0.0.1:8765/{shard}/v1'."
+        )
+    return url
