@@ -96,7 +96,8 @@ def test_retries_are_bounded_and_end_in_a_typed_error() -> None:
     assert KEY not in str(info.value)
 
 
-def test_429_waits_until_the_reset_time_then_retries() -> None:
+def test_429_waits_until_the_reset_time_then_retries(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="migrator")
     reset = int(time.time()) + 1
     handler, seen = scripted(httpx.Response(429, headers={"X-RateLimit-Reset": str(reset)}), OK)
     with client_with(handler) as client:
@@ -105,6 +106,8 @@ def test_429_waits_until_the_reset_time_then_retries() -> None:
         assert len(seen) == 2
         assert client.stats.rate_limited == 1
         assert client.stats.retries == 0  # a rate-limit wait is not a failure
+    # -v shows the wait, so a long silent pause has its reason on the terminal.
+    assert "rate limited (429) on GET /uk1/v1/patients: every request of this key waits" in caplog.text
 
 
 @pytest.mark.parametrize(

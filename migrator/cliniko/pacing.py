@@ -97,8 +97,11 @@ class RateLimiter:
             self.waited += delay
         return max(delay, 0.0)
 
-    def pause_until_epoch(self, reset_epoch: float) -> None:
-        """Hold every caller until ``reset_epoch`` (UNIX seconds, as in ``X-RateLimit-Reset``)."""
+    def pause_until_epoch(self, reset_epoch: float) -> float:
+        """Hold every caller until ``reset_epoch`` (UNIX seconds, as in ``X-RateLimit-Reset``).
+
+        Returns the seconds of the pause (clamped as below).
+        """
         # A reset in the past or absurdly far ahead (clock skew, a bad header) is
         # clamped: wait at least a moment and at most one window.
         delay = min(max(reset_epoch - time.time(), 0.05), self.window)
@@ -106,6 +109,7 @@ class RateLimiter:
             until = self._clock() + delay
             self._paused_until = max(self._paused_until, until)
             self._next_slot = max(self._next_slot, until)
+        return delay
 
 
 _LIMITERS: dict[tuple[str, float, float], RateLimiter] = {}

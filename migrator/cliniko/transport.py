@@ -125,7 +125,13 @@ class ResilientTransport(httpx.BaseTransport):
                     with self.stats._lock:
                         self.stats.rate_limited += 1
                     rate_waits += 1
-                    self.limiter.pause_until_epoch(_reset_epoch(response))
+                    pause = self.limiter.pause_until_epoch(_reset_epoch(response))
+                    log.info(
+                        "rate limited (429) on %s %s: every request of this key waits %.1fs for the limit to reset",
+                        method,
+                        request.url.path,
+                        pause,
+                    )
                     continue
                 if status in _RETRY_STATUSES and (method in _SAFE_METHODS or status == 503):
                     reason = f"HTTP {status}"
