@@ -109,6 +109,10 @@ def _batch_store(
     from migrator.ledger import Ledger
     from migrator.workflow import open_local_store
 
+    if not (Path(workspace) / "ledger.db").exists():
+        raise ConfigError(
+            f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check --workspace."
+        )
     batch = Ledger(workspace).batch(batch_id)
     if batch.destination.startswith("sqlite:"):
         if cliniko_only:
@@ -348,6 +352,9 @@ def cmd_batches(args: argparse.Namespace) -> int:
     from migrator.batches import deletable
     from migrator.ledger import Ledger
 
+    if not (Path(args.workspace) / "ledger.db").exists():  # listing makes no workspace
+        print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
+        return 0
     ledger = Ledger(args.workspace)
     batches = ledger.batches()
     verdicts = {b.id: deletable(ledger, b) for b in batches}
@@ -489,6 +496,11 @@ def cmd_setup_store(args: argparse.Namespace) -> int:
     with _client(True) as client:
         _, store = open_local_store(args.to, args.workspace)
         added = copy_clinic_setup(store, client)
+    if not added:
+        print(
+            f"Nothing to set up: {store.describe()} already has its businesses, practitioners and appointment types."
+        )
+        return 0
     print("Set up " + ", ".join(f"{n} {entity}" for entity, n in added.items()) + f" in {store.describe()}.")
     return 0
 

@@ -457,6 +457,9 @@ def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow]) -> No
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text + "\n")
         os.replace(tmp, target)
+    except OSError as exc:  # name the user's file, not the temporary one beside it
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

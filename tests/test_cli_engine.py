@@ -97,7 +97,10 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
     a_file.write_text("not a folder")
     for command, said in (
         (("reconcile", batch["id"], "--out", str(a_file), *workspace), "a file is already there"),
-        (("batches", "--workspace", str(a_file / "ws")), "not a directory"),
+        (
+            ("mapping", "--out", str(tmp_path / "m.json"), "--workspace", str(a_file / "ws")),
+            "not a directory",
+        ),
         (
             ("run", "--to", f"sqlite:{a_file / 'clinic.db'}", *workspace, "--mapping", str(mapping)),
             "a file is already there",
@@ -128,6 +131,44 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
         assert said in refused.stderr
         assert_one_clean_line(refused.stderr)
     assert a_file.read_text() == "not a folder"
+
+    # A mistyped workspace is not made by reading it.
+    nowhere = tmp_path / "mistyped"
+    listed = cli(tiny_sandbox, "batches", "--workspace", str(nowhere))
+    assert listed.returncode == 0 and "holds no ledger" in listed.stdout, listed.stderr
+    refused = cli(tiny_sandbox, "delete-batch", batch["id"], "--dry-run", "--workspace", str(nowhere))
+    assert (
+        refused.returncode == 2
+        and f"There is no batch {batch['id']}: {nowhere} holds no ledger" in refused.stderr
+    )
+    assert not nowhere.exists()
+
+    # Setting up a store that has its set-up already adds nothing, and says so.
+    again = tiny_sandbox.cli(
+        "setup-store",
+        "--to",
+        f"sqlite:{tmp_path / 'clinic.db'}",
+        *workspace,
+        dest_key=tiny_sandbox.key("destination"),
+        pace="0",
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Nothing to set up: sqlite:") and "already has" in again.stdout
+
+    # A mapping written over a folder names that folder, not the temporary file beside it.
+    refused = cli(
+        tiny_sandbox,
+        "mapping",
+        "--out",
+        str(tmp_path),
+        "--to",
+        f"sqlite:{tmp_path / 'clinic.db'}",
+        *workspace,
+    )
+    assert refused.returncode == 2 and f"Cannot use {tmp_path}: is a directory." in refused.stderr, (
+        refused.stderr
+    )
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))
 
     # An output file's missing folder is made, as reconcile --out makes its own.
     deep = tmp_path / "for" / "review" / "mapping.json"
