@@ -41,6 +41,7 @@ from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, RATE_ENV, pace_
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
+from migrator.scoped_preview import plan_entities
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import DEFAULT_WORKSPACE, ClinikoKeys, cliniko_destination, open_local_store
 
@@ -68,6 +69,7 @@ __all__ = [
     "mode_from_env",
     "progress_frame",
     "setup_store_from",
+    "unfinished_sentence",
 ]
 
 WORKSPACE_ENV = "MIGRATOR_WORKSPACE"
@@ -430,6 +432,30 @@ def batches_frame(
         "why": pl.String,
     }
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def unfinished_sentence(batch: Batch, progress: Sequence[StageProgress], *, running: bool) -> str | None:
+    """What the Review page says above a batch that stopped part-way; ``None`` for any other.
+
+    A failed, stopped or interrupted batch (``running`` in the ledger, but no process
+    runs it: pass ``running=False``) has counts only for the stages it reached, so
+    "nothing was skipped" or "every record arrived" would say more than it knows.
+    """
+    if batch.status not in ("failed", "stopped", "running") or running:
+        return None
+    how = {"failed": "failed", "stopped": "was stopped"}.get(
+        batch.status, "was interrupted (its process ended)"
+    )
+    reached = {p.stage for p in progress}
+    missing = [entity_label(e).lower() for e in plan_entities(batch.plan.get("include")) if e not in reached]
+    never = ""
+    if missing:
+        listed = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        never = f"; it never reached {listed}"
+    return (
+        f"Batch {batch.id} {how} before it finished, so the figures below cover only what it got to{never}. "
+        "Resume it on the Run page to finish it."
+    )
 
 
 def progress_frame(

@@ -12,6 +12,7 @@ from console_ui import (
     hosted,
     next_step,
     open_destination,
+    run_registry,
     settings,
     source_client,
     tenant_scope,
@@ -19,7 +20,7 @@ from console_ui import (
     work_tenant,
 )
 from migrator.cliniko.client import ClinikoClient
-from migrator.console import batch_destination_problem, entity_label, export
+from migrator.console import batch_destination_problem, entity_label, export, unfinished_sentence
 from migrator.errors import MigratorError
 from migrator.hosted import Principal, count_as, source_as
 from migrator.ledger import Batch
@@ -165,8 +166,15 @@ if hosted():  # hosted batches name their source by account id: the tenant
     same_source = connected() and work_tenant() == batch.source_account
 else:
     same_source = connected() and (identity.account or identity.user) == batch.source_account
-if batch.status == "running":
+handle = run_registry().get(batch.id, tenant=tenant_scope())
+running = (handle is not None and handle.running) or batch.running_elsewhere()
+with config.open_ledger() as ledger:
+    stopped_part_way = unfinished_sentence(batch, ledger.progress(batch.id), running=running)
+if stopped_part_way:
+    st.warning(stopped_part_way)
+elif batch.status == "running":
     st.info("This batch is still running: the figures below are as far as it has got.")
+so_far = " so far" if stopped_part_way or batch.status == "running" else ""
 
 # --- counts --------------------------------------------------------------------------------
 st.subheader("Counts: did every record arrive?")
@@ -257,7 +265,7 @@ elif differing.height:
         + "."
     )
 else:
-    st.success("Every record the batch brought is in the destination.")
+    st.success(f"Every record the batch brought{so_far} is in the destination.")
 source_gaps = count_frame.filter(pl.col("source_difference").fill_null(0) != 0)
 if source_gaps.height:
     st.warning(
@@ -282,7 +290,10 @@ downloads(count_frame, f"{batch_id}-counts")
 # --- skipped -------------------------------------------------------------------------------
 st.subheader("Skipped records, each with its reason")
 if skipped_frame.is_empty():
-    st.success("Nothing was skipped: every record in scope came across.")
+    if so_far:
+        st.success("Nothing was skipped so far.")
+    else:
+        st.success("Nothing was skipped: every record in scope came across.")
 else:
     summary = skipped_frame.group_by("reason_code").len(name="records").sort("records", descending=True)
     st.bar_chart(summary, x="reason_code", y="records", horizontal=True, height=60 + 30 * summary.height)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -193,3 +194,46 @@ def test_review_lists_the_records_that_came_across_but_want_a_look(
     shown = at.dataframe[-1].value
     assert shown["reason_code"].tolist() == ["review_shared_email"]
     assert shown["Data type"].tolist() == ["Patients"]
+
+
+@pytest.mark.parametrize(
+    ("status", "how"), [("failed", "failed"), ("stopped", "was stopped"), ("running", "was interrupted")]
+)
+def test_review_of_a_batch_that_stopped_part_way_says_so(
+    console: Callable[[], AppTest], workspace: Path, status: str, how: str
+) -> None:
+    """Counts of the stages reached are no proof that everything came across."""
+    ledger = Ledger(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    plan = Plan(
+        source_account="Harbourside",
+        source_shard="au1",
+        destination=store.describe(),
+        scope=Scope.parse("all"),
+        include=["patients", "individual_appointments"],
+    )
+    batch = ledger.create_batch(
+        source_account="Harbourside", destination=store.describe(), plan=plan.model_dump(mode="json")
+    )
+    for stage in ("businesses", "practitioners", "appointment_types"):
+        ledger.update_progress(
+            batch.id, stage, done=0, total=0, created=0, linked=0, already_present=0, skipped=0
+        )
+    if status == "running":  # a process that died without a word: another pid on this host
+        ledger.conn.execute(
+            "UPDATE batches SET worker = ? WHERE id = ?", (f"{socket.gethostname()}:999999", batch.id)
+        )
+    else:
+        ledger.set_status(batch.id, status)
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert at.warning[0].value == (
+        f"Batch {batch.id} {how}{' (its process ended)' if status == 'running' else ''} before it finished, so "
+        "the figures below cover only what it got to; it never reached patients and appointments. "
+        "Resume it on the Run page to finish it."
+    )
+    shown = [s.value for s in at.success]
+    assert "Nothing was skipped so far." in shown
+    assert "Nothing was skipped: every record in scope came across." not in shown
+    assert "This batch is still running" not in texts(at)
