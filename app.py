@@ -56,7 +56,7 @@ def oidc_principal() -> None:
 
 
 hosted = console_ui.hosted()
-if hosted and st.session_state.pop("forget_typed_keys", False):
+if st.session_state.pop("forget_typed_keys", False):
     # A callback took a key out of its box: rerun at once, so that Streamlit's own copy of the
     # box's last value is replaced by the emptied one before anything else happens.
     st.rerun()

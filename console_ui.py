@@ -449,7 +449,7 @@ def forget_typed_keys() -> None:
 
 
 def take_typed_key(widget: str) -> SecretStr | None:
-    """What was typed into a hosted console's key box, which is emptied now, whatever happens next.
+    """What was typed into a key box, which is emptied now, whatever happens next.
 
     For a callback: the box's value goes from the session, and :func:`forget_typed_keys`
     has Streamlit's own copy of it replaced too. ``None`` when the box was empty.

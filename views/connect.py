@@ -7,6 +7,7 @@ from pydantic import SecretStr
 
 from console_ui import (
     drop_connection,
+    forget_typed_keys,
     next_step,
     note_author_keys,
     remembered,
@@ -14,6 +15,7 @@ from console_ui import (
     show_check,
     show_identity,
     source_key,
+    take_typed_key,
 )
 from migrator.cliniko.client import Identity
 from migrator.cliniko.keys import parse_key
@@ -52,16 +54,20 @@ def set_up_store_from(key: SecretStr, url_template: str | None) -> dict[str, int
         return setup_store_from(settings(), client)
 
 
-def show_shard(raw: str) -> None:
-    """The shard and region, read from the key as it is typed: no request needed."""
+def show_shard(raw: str) -> bool:
+    """The shard and region, read from the key as it is typed (no request); whether it is a key at all.
+
+    A malformed key is said here, once: the button that would verify it stays disabled.
+    """
     if not raw:
-        return
+        return False
     try:
         key = parse_key(raw)
     except ConfigError as exc:
         st.error(str(exc))
-        return
+        return False
     st.caption(f"Shard **{key.shard}** · {key.region}")
+    return True
 
 
 def show_setup(added: dict[str, int] | None, account: str) -> None:
@@ -97,6 +103,62 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
         state.pop("dest_references", None)
     else:
         state.pop("dest_target", None)
+
+
+def clear_key_boxes() -> None:
+    """Empty the key boxes (a callback): a key leaves the page once it is taken, or the connection goes."""
+    for box in ("source_key_input", "dest_key_input", "note_key_input"):
+        state[box] = ""
+    forget_typed_keys()
+
+
+def use_demo() -> None:
+    """Connect the demo clinic (a callback); whatever was typed into a key box goes."""
+    clear_key_boxes()
+    try:
+        sandbox = demo_clinic(int(settings().requests_per_minute))
+        drop_connection()
+        state.url_template = sandbox.url_template
+        state.source_key = SecretStr(sandbox.key("source"))
+        state.dest_key = SecretStr(sandbox.key("destination"))
+        state.source_identity = verify(state.source_key, state.url_template)
+        state.demo = True
+        state.store_setup = set_up_store_from(state.dest_key, state.url_template)
+    except MigratorError as exc:
+        state.demo_error = str(exc)
+
+
+def verify_typed_source() -> None:
+    """Verify the typed source key (a callback: the box is emptied, whatever the answer)."""
+    key = take_typed_key("source_key_input")
+    if key is None:
+        return
+    try:
+        identity = verify(key, None)
+    except MigratorError as exc:
+        drop_connection()
+        state.source_error = str(exc)
+        return
+    drop_connection()
+    state.source_key, state.source_identity, state.demo = key, identity, False
+
+
+def verify_typed_destination() -> None:
+    """Verify the typed destination key (or the demo's) and run the pre-flight (a callback: the box is emptied)."""
+    typed = take_typed_key("dest_key_input")
+    try:
+        key = typed or SecretStr(demo_clinic(int(settings().requests_per_minute)).key("destination"))
+        check_destination(key, [])
+    except MigratorError as exc:
+        for name in ("dest_identity", "dest_check", "dest_target"):
+            state.pop(name, None)
+        state.dest_error = str(exc)
+
+
+def disconnect() -> None:
+    """Forget the keys, what was read with them and what was typed (a callback)."""
+    clear_key_boxes()
+    drop_connection()
 
 
 def add_note_key() -> None:
@@ -138,18 +200,9 @@ with st.expander(
 
 state.setdefault("url_template", None)
 
-if st.button("Use the demo clinic", key="use_demo", type="primary", icon=":material/science:"):
-    try:
-        sandbox = demo_clinic(int(settings().requests_per_minute))
-        drop_connection()
-        state.url_template = sandbox.url_template
-        state.source_key = SecretStr(sandbox.key("source"))
-        state.dest_key = SecretStr(sandbox.key("destination"))
-        state.source_identity = verify(state.source_key, state.url_template)
-        state.demo = True
-        state.store_setup = set_up_store_from(state.dest_key, state.url_template)
-    except MigratorError as exc:
-        st.error(str(exc))
+st.button("Use the demo clinic", key="use_demo", type="primary", icon=":material/science:", on_click=use_demo)
+if error := state.pop("demo_error", None):
+    st.error(error)
 
 st.subheader("Source account")
 if state.get("demo"):
@@ -163,16 +216,10 @@ typed = st.text_input(
     else "paste the key from Cliniko › My info › Manage API keys",
     help="Kept in this browser session's memory only, never saved. The shard is read from its suffix (-au1, -uk1…).",
 )
-show_shard(typed)
-if st.button("Verify the key", key="verify_source", disabled=not typed):
-    try:
-        key = SecretStr(typed.strip())
-        identity = verify(key, None)
-        drop_connection()
-        state.source_key, state.source_identity, state.demo = key, identity, False
-    except MigratorError as exc:
-        drop_connection()
-        st.error(str(exc))
+well_formed = show_shard(typed)
+st.button("Verify the key", key="verify_source", disabled=not well_formed, on_click=verify_typed_source)
+if error := state.pop("source_error", None):
+    st.error(error)
 
 if state.get("source_identity") is not None:
     show_identity(state.source_identity, needs_practitioner=False)
@@ -201,24 +248,17 @@ if destination == "Another Cliniko account":
         else "the destination account's key",
         help="Kept in this browser session's memory only, never saved.",
     )
-    show_shard(typed_dest)
-    if st.button(
+    dest_well_formed = show_shard(typed_dest)
+    st.button(
         "Use the demo destination account"
         if state.get("demo") and not typed_dest
         else "Verify the destination key and run the pre-flight",
         key="verify_dest",
-        disabled=not (typed_dest or state.get("demo")),
-    ):
-        try:
-            if typed_dest:
-                key = SecretStr(typed_dest.strip())
-            else:
-                key = SecretStr(demo_clinic(int(settings().requests_per_minute)).key("destination"))
-            check_destination(key, [])
-        except MigratorError as exc:
-            for name in ("dest_identity", "dest_check", "dest_target"):
-                state.pop(name, None)
-            st.error(str(exc))
+        disabled=not (dest_well_formed or (state.get("demo") and not typed_dest)),
+        on_click=verify_typed_destination,
+    )
+    if error := state.pop("dest_error", None):
+        st.error(error)
     if state.get("dest_identity") is not None:
         show_identity(state.dest_identity, needs_practitioner=True)
     if state.get("dest_check") is not None:
@@ -241,6 +281,4 @@ if state.get("source_identity") is not None:
     with left:
         next_step("Next: preview what will be read", "preview", key="next_preview")
     with right:
-        if st.button("Disconnect", key="disconnect", icon=":material/logout:"):
-            drop_connection()
-            st.rerun()
+        st.button("Disconnect", key="disconnect", icon=":material/logout:", on_click=disconnect)

@@ -54,3 +54,31 @@ def test_shard_is_shown_as_the_key_is_typed_and_errors_are_sentences(app: AppTes
     assert "not a Cliniko shard" in app.error[0].value
     assert "MS0123456789abcdef" not in app.error[0].value
     assert not app.exception
+
+
+def test_a_typed_key_leaves_its_box_and_a_malformed_one_is_said_once(app: AppTest) -> None:
+    """The eye icon of a password box shows whatever is left in it: a key must not linger there."""
+    typed = "MS0123456789abcdefABCDEF-uk1"
+    app.text_input(key="source_key_input").input(typed).run()
+    app.button(key="use_demo").click().run()
+    assert not app.exception and not app.error
+    assert app.text_input(key="source_key_input").value == ""
+
+    app.text_input(key="source_key_input").input(typed).run()
+    app.radio(key="destination_choice").set_value("Another Cliniko account").run()
+    app.text_input(key="dest_key_input").input(typed).run()
+    app.button(key="disconnect").click().run()
+    assert app.text_input(key="source_key_input").value == ""
+    assert [t.value for t in app.text_input if t.key in ("source_key_input", "dest_key_input")] == ["", ""]
+
+    # A verified key is held (masked) in the session, not in the box.
+    app.button(key="use_demo").click().run()
+    demo_key = app.session_state["source_key"].get_secret_value()
+    app.button(key="disconnect").click().run()
+    app.text_input(key="source_key_input").input(demo_key).run()
+    app.button(key="verify_source").click().run()
+    assert app.text_input(key="source_key_input").value == ""
+
+    app.text_input(key="source_key_input").input("MS0123456789abcdef-unitedkingdom").run()
+    assert [e.value for e in app.error] == [app.error[0].value] and "not a Cliniko shard" in app.error[0].value
+    assert app.button(key="verify_source").disabled
