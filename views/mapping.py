@@ -121,7 +121,14 @@ for entity in ENTITIES:
     all_rows += rows
     pending = unresolved_sentence(rows)
     if pending:
-        st.warning(f"{pending} {HINTS[entity]}", icon=":material/priority_high:")
+        hint = HINTS[entity]
+        if entity == "practitioners" and not can_create:  # Cliniko's API cannot make the generic one
+            hint = hint.replace(
+                "a generic Former practitioner,",
+                "a generic Former practitioner (one the clinic has set up in that account, picked as the "
+                "destination record),",
+            )
+        st.warning(f"{pending} {hint}", icon=":material/priority_high:")
         choices = targetless_actions(entity, can_create=can_create)
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         with left:

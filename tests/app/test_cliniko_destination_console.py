@@ -71,6 +71,10 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     # 3. Mapping: against the Cliniko account; practitioners and businesses cannot be created there.
     goto(at, "mapping")
     assert not at.error, [e.value for e in at.error]
+    assert any(
+        "a generic Former practitioner (one the clinic has set up in that account" in w.value
+        for w in at.warning
+    )
     for entity in ("businesses", "practitioners", "appointment_types"):
         decide = [s for s in at.selectbox if s.key == f"decide_{entity}"]
         if not decide:

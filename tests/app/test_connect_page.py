@@ -80,5 +80,7 @@ def test_a_typed_key_leaves_its_box_and_a_malformed_one_is_said_once(app: AppTes
     assert app.text_input(key="source_key_input").value == ""
 
     app.text_input(key="source_key_input").input("MS0123456789abcdef-unitedkingdom").run()
-    assert [e.value for e in app.error] == [app.error[0].value] and "not a Cliniko shard" in app.error[0].value
+    assert [e.value for e in app.error] == [app.error[0].value] and "not a Cliniko shard" in app.error[
+        0
+    ].value
     assert app.button(key="verify_source").disabled
