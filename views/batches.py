@@ -172,7 +172,7 @@ if who is not None:
         key="delete_admin_key",
         help="Checked with Cliniko when you press delete, used for that check only and never kept.",
     )
-typed = st.text_input(f"Type {CONFIRM_WORD} to confirm", key="delete_confirm", placeholder=CONFIRM_WORD)
+typed = st.text_input(f"Type {CONFIRM_WORD} to confirm", key="delete_confirm")
 st.button(
     f"Delete batch {chosen}",
     key="delete_go",

@@ -412,7 +412,11 @@ def follow(batch_id: str, was_live: bool) -> None:
         )
     if batch.status == "completed":
         seconds = (batch.finished_at - batch.created_at).total_seconds() if batch.finished_at else None
+        with config.open_ledger() as ledger:
+            resumed = sum(e["action"] == "resume" for e in ledger.audit_log(batch.id))
         took = f" in {seconds:,.0f} s" if seconds is not None else ""
+        if resumed and seconds is not None:  # the time it sat stopped is in there too
+            took = f", {seconds:,.0f} s after it started (resumed {resumed} {'time' if resumed == 1 else 'times'})"
         st.success(f"Batch {batch.id} is complete{took}: {sum(totals.values()):,} source records handled.")
         result = handle.result if handle is not None else None
         if result is not None and result.top_up is not None:

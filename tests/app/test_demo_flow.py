@@ -242,6 +242,12 @@ def test_a_new_tab_follows_the_run_and_neither_stops_nor_doubles_it(
         assert [b.id for b in ledger.batches()] == [batch_id]
         counts = ledger.counts(batch_id)
         assert [a["action"] for a in ledger.audit_log(batch_id)][-3:] == ["stop", "resume", "complete"]
+    first.run()
+    assert any(
+        s.value.startswith(f"Batch {batch_id} is complete, ")
+        and "s after it started (resumed 1 time)" in s.value
+        for s in first.success
+    ), [s.value for s in first.success]
     ledger, store = open_local_store(f"sqlite:{workspace / 'clinic.db'}", workspace)
     with ledger:
         created = counts["patients"]["created"]
