@@ -356,7 +356,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
         print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
         return 0
     ledger = Ledger(args.workspace)
-    batches = ledger.batches()
+    batches = ledger.batches(current_counts=True)
     verdicts = {b.id: deletable(ledger, b) for b in batches}
     if args.json:
         print(

@@ -56,6 +56,7 @@ across attached databases atomically in rollback-journal mode. So one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -822,13 +823,25 @@ class Ledger:
             raise BatchNotFound(f"There is no batch {batch_id} in the ledger at {self.path}.")
         return self._batch(rows[0])
 
-    def batches(self, *, tenant: str | None = None) -> list[Batch]:
-        """Every batch, newest first; with ``tenant``, only that tenant's (:func:`batch_tenants`)."""
+    def batches(self, *, tenant: str | None = None, current_counts: bool = False) -> list[Batch]:
+        """Every batch, newest first; with ``tenant``, only that tenant's (:func:`batch_tenants`).
+
+        ``counts`` are those saved when a run last ended; with ``current_counts``, a
+        ``running`` batch's (one going now, or one whose process was killed) are counted
+        from its items instead, as listings show them.
+        """
         order = " ORDER BY created_at DESC, id DESC"
         if tenant is None:
-            return [self._batch(r) for r in self._rows("SELECT * FROM batches" + order)]
-        rows = self._rows(f"SELECT * FROM batches WHERE {_TENANT_BATCHES}" + order, (tenant, tenant))
-        return [self._batch(r) for r in rows]
+            rows = self._rows("SELECT * FROM batches" + order)
+        else:
+            rows = self._rows(f"SELECT * FROM batches WHERE {_TENANT_BATCHES}" + order, (tenant, tenant))
+        batches = [self._batch(r) for r in rows]
+        if current_counts:
+            batches = [
+                dataclasses.replace(b, counts=self.counts(b.id)) if b.status == "running" else b
+                for b in batches
+            ]
+        return batches
 
     def set_status(
         self, batch_id: str, status: str, *, actor: str = "cli", detail: dict[str, Any] | None = None

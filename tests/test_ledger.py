@@ -145,6 +145,20 @@ def test_batches_are_listed_newest_first_and_unknown_ones_raise(ledger: Ledger) 
         ledger.set_status(first.id, "paused")
 
 
+def test_a_listing_counts_a_killed_run_from_its_items(ledger: Ledger) -> None:
+    """A run killed before it saved its counts still shows what it created (what its deletion would take)."""
+    killed, ended = _batch(ledger), _batch(ledger)
+    for batch in (killed, ended):
+        ledger.record_items(
+            batch.id, [Item("patients", "1", "10", "created"), Item("patients", "2", "11", "created")]
+        )
+    ledger.set_status(ended.id, "stopped")  # saved counts are what a finished listing shows
+    ledger.save_counts(ended.id)
+    assert {b.id: b.counts for b in ledger.batches()}[killed.id] == {}
+    listed = {b.id: b.counts for b in ledger.batches(current_counts=True)}
+    assert listed[killed.id]["patients"]["created"] == 2 == listed[ended.id]["patients"]["created"]
+
+
 def test_the_48_hour_window_is_exclusive(ledger: Ledger) -> None:
     batch = ledger.set_status(_batch(ledger).id, "completed")
     at = batch.created_at

@@ -61,7 +61,7 @@ if error := state.pop("delete_error", None):
 
 try:
     with config.open_ledger() as ledger:
-        batches = ledger.batches(tenant=scope)
+        batches = ledger.batches(tenant=scope, current_counts=True)
         # Batches a later one relies on say so here, rather than once chosen below.
         blocked = {b.id: why for b in batches if b.deletable()[0] and (why := blocker(ledger, b))}
 except MigratorError as exc:
