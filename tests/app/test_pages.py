@@ -6,12 +6,13 @@ import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from migrator.destinations.local import LocalStore
-from migrator.ledger import Item, Ledger
+from migrator.ledger import Batch, Item, Ledger
 from migrator.plan import Plan, Scope
 from tests.app.conftest import PAGES, goto, texts
 
@@ -165,20 +166,27 @@ def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
     assert "delete_confirm" in [t.key for t in at.text_input]
 
 
-def test_review_lists_the_records_that_came_across_but_want_a_look(
-    console: Callable[[], AppTest], workspace: Path
-) -> None:
+def batch_into_store(workspace: Path, **plan: Any) -> tuple[Ledger, Batch]:
+    """A running batch of an all-data plan (and ``plan``'s fields) into the workspace's clinic store."""
     ledger = Ledger(workspace)
     store = LocalStore(workspace / "clinic.db", ledger)
-    plan = Plan(
+    fields = Plan(
         source_account="Harbourside",
         source_shard="au1",
         destination=store.describe(),
         scope=Scope.parse("all"),
+        **plan,
     )
     batch = ledger.create_batch(
-        source_account="Harbourside", destination=store.describe(), plan=plan.model_dump(mode="json")
+        source_account="Harbourside", destination=store.describe(), plan=fields.model_dump(mode="json")
     )
+    return ledger, batch
+
+
+def test_review_lists_the_records_that_came_across_but_want_a_look(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
     ledger.record_items(
         batch.id,
         [
@@ -203,18 +211,7 @@ def test_review_of_a_batch_that_stopped_part_way_says_so(
     console: Callable[[], AppTest], workspace: Path, status: str, how: str
 ) -> None:
     """Counts of the stages reached are no proof that everything came across."""
-    ledger = Ledger(workspace)
-    store = LocalStore(workspace / "clinic.db", ledger)
-    plan = Plan(
-        source_account="Harbourside",
-        source_shard="au1",
-        destination=store.describe(),
-        scope=Scope.parse("all"),
-        include=["patients", "individual_appointments"],
-    )
-    batch = ledger.create_batch(
-        source_account="Harbourside", destination=store.describe(), plan=plan.model_dump(mode="json")
-    )
+    ledger, batch = batch_into_store(workspace, include=["patients", "individual_appointments"])
     for stage in ("businesses", "practitioners", "appointment_types"):
         ledger.update_progress(
             batch.id, stage, done=0, total=0, created=0, linked=0, already_present=0, skipped=0
