@@ -109,7 +109,7 @@ def _batch_store(
     from migrator.ledger import Ledger
     from migrator.workflow import open_local_store
 
-    if not (Path(workspace) / "ledger.db").exists():
+    if not Ledger.file_in(workspace).exists():
         raise ConfigError(
             f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check --workspace."
         )
@@ -352,7 +352,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
     from migrator.batches import deletable
     from migrator.ledger import Ledger
 
-    if not (Path(args.workspace) / "ledger.db").exists():  # listing makes no workspace
+    if not Ledger.file_in(args.workspace).exists():  # listing makes no workspace
         print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
         return 0
     ledger = Ledger(args.workspace)

@@ -659,7 +659,7 @@ class Ledger:
     def __init__(self, workspace: str | Path = "workspace") -> None:
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
-        self.path = self.workspace / "ledger.db"
+        self.path = self.file_in(self.workspace)
         self.lock = threading.RLock()
         self._savepoints = 0  # savepoints open inside the current transaction
         with opening_database(self.path, "the ledger"):
@@ -680,6 +680,11 @@ class Ledger:
             except BaseException:
                 self.conn.close()
                 raise
+
+    @staticmethod
+    def file_in(workspace: str | Path) -> Path:
+        """Where a workspace keeps its ledger (``ledger.db``), whether or not it exists yet."""
+        return Path(workspace) / "ledger.db"
 
     def close(self) -> None:
         """Close the connection (and with it any attached clinic store)."""

@@ -163,12 +163,11 @@ def disconnect() -> None:
 
 def add_note_key() -> None:
     """Check one more practitioner's key with the destination's (a callback: it empties the box)."""
-    typed = str(state.get("note_key_input") or "").strip()
-    state.note_key_input = ""
-    if not typed or not isinstance(state.get("dest_key"), SecretStr):
+    typed = take_typed_key("note_key_input")
+    if typed is None or not isinstance(state.get("dest_key"), SecretStr):
         return
     try:
-        check_destination(state.dest_key, [*(state.get("note_keys") or []), SecretStr(typed)])
+        check_destination(state.dest_key, [*(state.get("note_keys") or []), typed])
     except MigratorError as exc:
         state.note_key_error = str(exc)
 
