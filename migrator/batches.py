@@ -16,14 +16,17 @@ the account with its key, so it also sees records the clinic made there by hand;
 creates sent (the ledger's ``writes``). Patients, archived rather than deleted, keep what
 uses them.
 
-Deletion runs in reverse dependency order, one entity at a time, each chunk in
-one transaction; the batch is ``deleting`` while it runs, so an interrupted
-deletion is finished by running it again, and ``deleted`` when done.
+Deletion runs in reverse dependency order, one entity at a time, chunk by chunk; the
+ledger notes each chunk removed (``deletions``: in the same transaction as a local
+store's delete, after the requests for a Cliniko account, which holds no ledger
+transaction open across them). The batch is ``deleting`` while it runs, so an
+interrupted deletion is finished by running it again, and its plan (a dry-run) lists
+only what is left, with what is already gone counted apart; ``deleted`` when done.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +38,9 @@ from migrator.plan import records_of
 __all__ = ["BatchNotDeletable", "DeletionPlan", "blocker", "deletable", "delete_batch", "deletion_plan"]
 
 _CHUNK = 500
+#: Records deleted in a Cliniko account between two notes in the ledger: at most this many
+#: are deleted again (an id already gone counts as done) after an interruption.
+_REQUESTS_PER_CHUNK = 20
 
 
 class BatchNotDeletable(MigratorError):
@@ -53,12 +59,15 @@ class DeletionPlan:
             and the clinic's own (in a Cliniko account, as the account has them when read
             with its key, else as the ledger has other batches' creates); while there are
             any, the batch is not deleted (:attr:`blocker`).
+        already_deleted: how many records of each entity an interrupted deletion of the
+            batch has removed already (not in ``created`` or ``dependents``).
     """
 
     batch_id: str
     created: dict[str, list[str]]
     dependents: dict[str, list[str]]
     kept_links: tuple[KeptLink, ...] = ()
+    already_deleted: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -93,6 +102,7 @@ class DeletionPlan:
             "created": {k: len(v) for k, v in self.created.items() if v},
             "created_since_for_its_patients": {k: len(v) for k, v in self.dependents.items() if v},
             "total": self.total,
+            "already_deleted": {k: n for k, n in self.already_deleted.items() if n},
             "blocked_by": self.blocker,
         }
 
@@ -100,12 +110,16 @@ class DeletionPlan:
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     """List what :func:`delete_batch` would remove, without removing anything."""
     batch = ledger.batch(batch_id)  # raises BatchNotFound with a sentence
-    created = {entity: store.created_by(batch_id, entity) for entity in store.DELETE_ORDER}
+    gone = {entity: ledger.deleted_by(batch_id, entity) for entity in store.DELETE_ORDER}
+    created = {
+        entity: [i for i in store.created_by(batch_id, entity) if i not in gone[entity]]
+        for entity in store.DELETE_ORDER
+    }
     patients = created.get("patients", [])
     dependents: dict[str, list[str]] = {}
     if patients:
         for entity, ids in store.dependents_of_patients(patients).items():
-            mine = set(created.get(entity, []))
+            mine = set(created.get(entity, [])) | gone.get(entity, set())
             others = [i for i in ids if i not in mine]
             if others:
                 dependents[entity] = others
@@ -116,7 +130,7 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     elif batch.destination.startswith("cliniko:"):
         # The account itself, read with its key: records the clinic made there by hand too.
         links = tuple(store.account_links_into(batch_id, created))
-    return DeletionPlan(batch_id, created, dependents, links)
+    return DeletionPlan(batch_id, created, dependents, links, {e: len(ids) for e, ids in gone.items()})
 
 
 def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
@@ -134,8 +148,13 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
-    created = {entity: batch_creates(ledger, batch_id, entity) for entity in DELETE_ORDER}
-    return DeletionPlan(batch_id, created, {}, tuple(cliniko_links_into(ledger, batch_id, created)))
+    gone = {entity: ledger.deleted_by(batch_id, entity) for entity in DELETE_ORDER}
+    created = {
+        entity: [i for i in batch_creates(ledger, batch_id, entity) if i not in gone[entity]]
+        for entity in DELETE_ORDER
+    }
+    links = tuple(cliniko_links_into(ledger, batch_id, created))
+    return DeletionPlan(batch_id, created, {}, links, {e: len(ids) for e, ids in gone.items()})
 
 
 def blocker(ledger: Ledger, batch: Batch) -> str | None:
@@ -185,10 +204,18 @@ def delete_batch(
     if plan.blocker:
         raise BatchNotDeletable(plan.blocker)
     ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())
+    local = getattr(store, "transactional", True)
+    chunk = _CHUNK if local else _REQUESTS_PER_CHUNK
     for entity in store.DELETE_ORDER:
         ids = plan.dependents.get(entity, []) + plan.created.get(entity, [])
-        for start in range(0, len(ids), _CHUNK):
-            with ledger.transaction():
-                store.delete(entity, ids[start : start + _CHUNK])
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            if local:
+                with ledger.transaction():
+                    store.delete(entity, part)
+                    ledger.record_deletions(batch_id, entity, part)
+            else:  # requests: no ledger transaction held open across them
+                store.delete(entity, part)
+                ledger.record_deletions(batch_id, entity, part)
     ledger.set_status(batch_id, "deleted", actor=actor, detail=plan.as_dict())
     return plan

@@ -28,6 +28,7 @@ from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import parse_key
 from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError
+from migrator.plan import records_of
 from migrator.preview import preview
 from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE
 
@@ -403,11 +404,14 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
         if not store.describe().startswith("sqlite:")
         else "removes"
     )
-    print(f"Deleting batch {args.batch_id} {removes} {summary['total']:,} records:")
+    print(f"Deleting batch {args.batch_id} {removes} {records_of('records', summary['total'])}:")
     for entity, n in summary["created"].items():
         print(f"  {entity}: {n:,} created by the batch")
     for entity, n in summary["created_since_for_its_patients"].items():
         print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
+    if summary["already_deleted"]:
+        done = ", ".join(records_of(entity, n) for entity, n in summary["already_deleted"].items())
+        print(f"Already deleted before the last deletion stopped part-way: {done}.")
     if args.dry_run:
         if plan.blocker:
             print(plan.blocker)

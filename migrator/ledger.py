@@ -25,6 +25,8 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
            last rewrote it with what it held before; see migrator.destinations.cliniko
     patient_preferences(batch_id -> batches, dest_id, source_id, reminder_type,
            receives_confirmation_emails, restored_at)  PK (batch_id, dest_id): what go-live restores
+    deletions(batch_id -> batches, entity, dest_id, deleted_at)  PK (batch_id, entity, dest_id),
+           indexed (entity, dest_id): what deleting a batch has removed so far
     migrations(id PK, migration_set, name, applied_at)
 
 Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
@@ -290,6 +292,20 @@ def _writes_rewritten(db: sqlite_utils.Database) -> None:
     # before its items were written still reports the record as updated when resumed.
     db.table("writes").add_column("sent_before", str)
     db.table("writes").add_column("rewritten_by", str)
+
+
+@MIGRATIONS(name="009_deletions")
+def _deletions(db: sqlite_utils.Database) -> None:
+    # What deleting a batch has removed (patients in a Cliniko account: archived), chunk by
+    # chunk, so a resumed deletion's plan lists only what is left, and reconciliation counts a
+    # later batch's records that went with it as removed rather than missing.
+    db.table("deletions").create(
+        {"batch_id": str, "entity": str, "dest_id": str, "deleted_at": str},
+        pk=("batch_id", "entity", "dest_id"),
+        foreign_keys=[("batch_id", "batches", "id")],
+        not_null={"deleted_at"},
+    )
+    db.table("deletions").create_index(["entity", "dest_id"])
 
 
 #: Reason codes of records that came across but want a person's look, besides every
@@ -926,6 +942,44 @@ class Ledger:
                 " at = excluded.at",
             )
         return len(params)
+
+    # --- deletions ----------------------------------------------------------------------
+
+    def record_deletions(self, batch_id: str, entity: str, dest_ids: Iterable[str]) -> None:
+        """Note that deleting ``batch_id`` removed these destination records (again: no change).
+
+        Call it inside the :meth:`transaction` that deletes them from a local store, so both
+        commit together; after the requests, for a destination that cannot join it.
+        """
+        at = _iso(_now())
+        with self.transaction():
+            insert_rows(
+                self.conn,
+                "INSERT INTO deletions (batch_id, entity, dest_id, deleted_at)",
+                [(batch_id, entity, str(d), at) for d in dest_ids],
+                " ON CONFLICT (batch_id, entity, dest_id) DO NOTHING",
+            )
+
+    def deleted_by(self, batch_id: str, entity: str) -> set[str]:
+        """Destination ids of ``entity`` that deleting ``batch_id`` has removed so far."""
+        rows = self._rows(
+            "SELECT dest_id FROM deletions WHERE batch_id = ? AND entity = ?", (batch_id, entity)
+        )
+        return {r[0] for r in rows}
+
+    def removed_by_deletion(self, destination: str, entity: str, dest_ids: Iterable[str]) -> dict[str, str]:
+        """Which of these records of ``destination`` deleting a batch removed: ``{dest_id: that batch's id}``.
+
+        Deleting a batch also removes what later batches found already present or made
+        for its patients since (seed 000); those later batches' reconciliation counts such
+        records as removed, not missing.
+        """
+        rows = self._rows(
+            "SELECT d.dest_id, d.batch_id FROM deletions d JOIN batches b ON b.id = d.batch_id"
+            " WHERE d.entity = ? AND d.dest_id IN (SELECT value FROM json_each(?)) AND b.destination = ?",
+            (entity, json.dumps([str(d) for d in dest_ids]), destination),
+        )
+        return {r[0]: r[1] for r in rows}
 
     def item(self, batch_id: str, entity: str, source_id: str) -> Item | None:
         """The item of one source record in a batch, if there is one."""

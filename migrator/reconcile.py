@@ -11,8 +11,10 @@ Polars frames, for the console's Review page, ``python -m migrator reconcile`` a
 
 - ``in_scope``, ``created``, ``linked``, ``already_present``, ``skipped``: the batch's own
   ledger (``in_scope`` is their sum: what the engine found in scope at the source);
-- ``removed_since``: of the records the batch brought, those a later top-up removed
-  because Cliniko deleted them (they are no longer expected);
+- ``removed_since``: of the records the batch brought, those no longer expected: removed
+  by a later top-up because Cliniko deleted them, or by deleting a batch (this one; or an
+  earlier one whose records this batch found already present or added to, since deleting
+  a batch takes what was made for its patients with them, seed 000);
 - ``in_destination``: of the records the batch brought (created, linked or already
   present), how many are in the destination now, each looked up by its destination id;
 - ``difference`` = ``in_destination`` - (``created`` + ``linked`` + ``already_present`` -
@@ -214,7 +216,7 @@ def counts(
         row["in_scope"] = sum(
             by_action.get(a, 0) for a in ("created", "linked", "already_present", "skipped")
         )
-        present, removed = _presence(ledger, batch_id, entity, later, store)
+        present, removed = _presence(ledger, batch, entity, later, store)
         row["removed_since"] = removed
         if store is not None:
             expected = sum(row[a] for a in _BRINGS) - removed
@@ -253,14 +255,15 @@ def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
 
 
 def _presence(
-    ledger: Ledger, batch_id: str, entity: str, later: list[str], store: Any | None
+    ledger: Ledger, batch: Batch, entity: str, later: list[str], store: Any | None
 ) -> tuple[int, int]:
-    """``(in the destination now, removed since by a top-up)`` among the records the batch brought.
+    """``(in the destination now, removed since)`` among the records the batch brought.
 
     A later batch's word on a record wins: removed because Cliniko deleted it, or found
-    at another destination id (brought again after it went missing).
+    at another destination id (brought again after it went missing). A record deleting a
+    batch removed (:meth:`Ledger.removed_by_deletion`) is removed too.
     """
-    brought = {i.source_id: i.dest_id for i in ledger.items(batch_id, entity) if i.action in _BRINGS}
+    brought = {i.source_id: i.dest_id for i in ledger.items(batch.id, entity) if i.action in _BRINGS}
     if not brought:
         return 0, 0
     newer = ledger.latest_items(later, entity, brought) if later else {}
@@ -274,10 +277,13 @@ def _presence(
         for sid, dest in brought.items()
         if sid not in removed
     }
+    deleted = ledger.removed_by_deletion(batch.destination, entity, [d for d in where.values() if d])
+    where = {sid: dest for sid, dest in where.items() if dest not in deleted}
+    gone = len(brought) - len(where)
     if store is None:
-        return 0, len(removed)
+        return 0, gone
     existing = store.existing_ids(entity, [d for d in where.values() if d is not None])
-    return sum(1 for d in where.values() if d in existing), len(removed)
+    return sum(1 for d in where.values() if d in existing), gone
 
 
 def _count_lists(plan: Plan, entity: str) -> list[Query] | None:

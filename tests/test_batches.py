@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import polars as pl
 import pytest
 
 from migrator import steps
 from migrator.batches import BatchNotDeletable, deletable, delete_batch, deletion_plan
+from migrator.reconcile import counts
 from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
 
 
@@ -124,3 +126,27 @@ def test_a_batch_whose_records_a_later_batch_uses_is_not_deleted(env: Env) -> No
     assert deletable(env.ledger, env.ledger.batch(first.batch_id))[0] is True
     delete_batch(env.ledger, env.store, first.batch_id)
     assert not [r for r in env.rows("appointment_types") if r["batch_id"] is not None]
+
+
+def test_a_later_batchs_records_removed_with_a_deleted_batch_count_as_removed_not_missing(
+    env: Env,  # noqa: F811
+) -> None:
+    """Seed 000: deleting a batch takes what a later one found already present, and made for its patients."""
+    first = env.run(env.plan(include=["patients"]))
+    second = env.run(env.plan(include=["patients", "medical_alerts"]))
+    patients = first.entities["patients"]["created"]
+    alerts = second.entities["medical_alerts"]["created"]
+    assert second.entities["patients"]["already_present"] == patients and alerts > 0
+    delete_batch(env.ledger, env.store, first.batch_id)
+
+    later = counts(env.ledger, second.batch_id, store=env.store).filter(
+        pl.col("entity").is_in(["patients", "medical_alerts"])
+    )
+    assert later.select("entity", "in_destination", "removed_since", "difference").rows() == [
+        ("patients", 0, patients, 0),
+        ("medical_alerts", 0, alerts, 0),
+    ]
+    own = counts(env.ledger, first.batch_id, store=env.store).filter(pl.col("entity") == "patients")
+    assert own.select("created", "in_destination", "removed_since", "difference").rows() == [
+        (patients, 0, patients, 0)
+    ]

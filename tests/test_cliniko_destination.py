@@ -716,6 +716,62 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
     assert any(result.entities[e]["linked"] for e in ("treatment_note_templates", "billable_items"))
 
 
+def test_a_deletion_cut_short_lists_only_what_is_left_and_finishes_when_run_again(
+    transfer: Transfer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = transfer.total("individual_appointments")
+    result = transfer.run()
+    created = {e: n["created"] for e, n in result.entities.items() if n["created"]}
+    appointments = created["individual_appointments"]
+    assert appointments > 40
+    real_delete = transfer.dest.delete
+    deleted: list[str] = []
+
+    def cut_short(entity: str, ids: Any) -> int:
+        ids = list(ids)
+        if entity == "individual_appointments" and len(deleted) >= 40:
+            raise ConnectionError("the connection dropped")
+        deleted.extend(ids if entity == "individual_appointments" else [])
+        return real_delete(entity, ids)
+
+    monkeypatch.setattr(transfer.dest, "delete", cut_short)
+    with pytest.raises(ConnectionError):
+        delete_batch(transfer.ledger, transfer.dest, result.batch_id)
+    assert transfer.ledger.batch(result.batch_id).status == "deleting"
+    assert 0 < len(deleted) < appointments
+    assert transfer.total("individual_appointments") == before + appointments - len(deleted)
+
+    # The dry-run, with the account's key or from the ledger alone, lists what is left.
+    for plan in (
+        deletion_plan(transfer.ledger, transfer.dest, result.batch_id),
+        ledger_deletion_plan(transfer.ledger, result.batch_id),
+    ):
+        summary = plan.as_dict()
+        assert summary["created"]["individual_appointments"] == appointments - len(deleted)
+        assert summary["already_deleted"]["individual_appointments"] == len(deleted)
+        assert not set(plan.created["individual_appointments"]) & set(deleted)
+        assert summary["created"]["patients"] == created["patients"]
+
+    monkeypatch.setattr(transfer.dest, "delete", real_delete)
+    plan = delete_batch(transfer.ledger, transfer.dest, result.batch_id)
+    assert transfer.ledger.batch(result.batch_id).status == "deleted"
+    assert transfer.dest_client.count("patients", route="archived") == created["patients"]
+    assert plan.as_dict()["already_deleted"] == {
+        "individual_appointments": len(deleted),
+        **{
+            e: created[e]
+            for e in (
+                "patient_attachments",
+                "treatment_notes",
+                "unavailable_blocks",
+                "attendees",
+                "group_appointments",
+            )
+            if e in created
+        },
+    }
+
+
 def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(transfer: Transfer) -> None:
     # The clinic's setup first: the types it lacks are created.
     first = transfer.run(transfer.plan(["appointment_types"]))

@@ -35,6 +35,7 @@ ALL_MIGRATIONS = [
     "006_audit_tenant_role",
     "007_writes_sent",
     "008_writes_rewritten",
+    "009_deletions",
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from migrator.plan import records_of
 from tests.conftest import ROOT, RunningSandbox
 
 #: Tables and the foreign-key columns to translate into the referenced row's identity.
@@ -246,6 +247,12 @@ def delete_cli(workspace: Path, batch_id: str) -> subprocess.Popen[str]:
     )
 
 
+def _deletion_order(pair: tuple[str, int]) -> int:
+    from migrator.destinations.local import DELETE_ORDER
+
+    return DELETE_ORDER.index(pair[0])
+
+
 def _batch_rows_left(workspace: Path) -> int:
     """Store rows of any batch still present (read-only; -1 while the file is locked)."""
     rows = peek(workspace / "clinic.db", "SELECT count(*) FROM patients WHERE batch_id IS NOT NULL")
@@ -266,12 +273,10 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
 
     process = delete_cli(tmp_path, batch_id)
     deadline = time.monotonic() + 120
-    # Patients go last (reverse dependency order): wait until the deletion is under way.
-    status = None
+    # Patients go last (reverse dependency order): wait until the first chunk is deleted.
     while process.poll() is None and time.monotonic() < deadline:
-        rows = peek(tmp_path / "ledger.db", "SELECT status FROM batches WHERE id = ?", batch_id)
-        status = rows[0][0] if rows else None
-        if status == "deleting":
+        rows = peek(tmp_path / "ledger.db", "SELECT count(*) FROM deletions WHERE batch_id = ?", batch_id)
+        if rows and rows[0][0]:
             break
         time.sleep(0.002)
     assert process.poll() is None, "the deletion finished before it could be interrupted"
@@ -280,7 +285,39 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
 
     conn = sqlite3.connect(tmp_path / "ledger.db")
     assert conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone() == ("deleting",)
+    gone = dict(conn.execute("SELECT entity, count(*) FROM deletions GROUP BY entity"))
     conn.close()
+    store = sqlite3.connect(tmp_path / "clinic.db")
+    left = {
+        table: n
+        for table in before
+        if (n := store.execute(f"SELECT count(*) FROM {table} WHERE batch_id = ?", (batch_id,)).fetchone()[0])
+    }
+    store.close()
+    # A dry-run now lists what is left, and counts apart what the killed deletion removed.
+    dry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "delete-batch",
+            batch_id,
+            "--dry-run",
+            "--workspace",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert f"removes {records_of('records', sum(left.values()))}:" in dry.stdout
+    assert [line.strip() for line in dry.stdout.splitlines() if "created by the batch" in line] == [
+        f"{table}: {n:,} created by the batch" for table, n in sorted(left.items(), key=_deletion_order)
+    ]
+    done = ", ".join(records_of(entity, n) for entity, n in sorted(gone.items(), key=_deletion_order))
+    assert f"Already deleted before the last deletion stopped part-way: {done}." in dry.stdout
     # The interrupted deletion left the store consistent (whole chunks), and running it again finishes.
     again = delete_cli(tmp_path, batch_id)
     out, err = again.communicate(timeout=300)

@@ -11,6 +11,7 @@ from migrator.batches import blocker, delete_batch, deletion_plan, ledger_deleti
 from migrator.console import batch_destination_problem, batches_frame, entity_label
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
+from migrator.plan import records_of
 
 CONFIRM_WORD = "DELETE"
 
@@ -125,7 +126,7 @@ except MigratorError as exc:
     st.stop()
 
 entities = list(dict.fromkeys([*summary["created"], *summary["created_since_for_its_patients"]]))
-st.markdown(f"Deleting batch **{chosen}** removes **{summary['total']:,} records**:")
+st.markdown(f"Deleting batch **{chosen}** removes **{records_of('records', summary['total'])}**:")
 st.dataframe(
     pl.DataFrame(
         {
@@ -144,6 +145,9 @@ st.dataframe(
     hide_index=True,
     height="content",
 )
+if summary["already_deleted"]:
+    done = ", ".join(records_of(e, n) for e, n in summary["already_deleted"].items())
+    st.caption(f"Already deleted before the last deletion stopped part-way: {done}. Deleting finishes it.")
 if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from migrator.batches import delete_batch
 from migrator.destinations.local import LocalStore
 from migrator.ledger import Batch, Item, Ledger
 from migrator.plan import Plan, Scope
@@ -234,3 +235,41 @@ def test_review_of_a_batch_that_stopped_part_way_says_so(
     assert "Nothing was skipped so far." in shown
     assert "Nothing was skipped: every record in scope came across." not in shown
     assert "This batch is still running" not in texts(at)
+
+
+def test_a_deletion_cut_short_shows_what_is_left_and_what_is_gone(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    with ledger.transaction():
+        (patient,) = store.insert(
+            "patients", [{"source_id": "1", "first_name": "Ana"}], batch_id=batch.id, source_account="H"
+        )
+        store.insert(
+            "medical_alerts",
+            [{"source_id": str(n), "patient_id": patient, "name": "Latex"} for n in (1, 2, 3)],
+            batch_id=batch.id,
+            source_account="H",
+        )
+    ledger.set_status(batch.id, "completed")
+    real_delete = store.delete
+
+    def cut_short(entity: str, ids: Any) -> int:
+        if entity == "patients":
+            raise ConnectionError("the disk went away")
+        return real_delete(entity, ids)
+
+    store.delete = cut_short  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        delete_batch(ledger, store, batch.id)  # the alerts go, then it stops
+    ledger.close()
+
+    at = goto(console(), "batches")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="delete_batch").options == [f"{batch.id} · deleting"]
+    assert f"Deleting batch **{batch.id}** removes **1 record**:" in texts(at)
+    assert (
+        "Already deleted before the last deletion stopped part-way: 3 medical alerts. Deleting finishes it."
+        in (texts(at))
+    )
