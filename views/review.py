@@ -41,6 +41,12 @@ COLUMN_NAMES = {
     "in_scope_total": "In scope, all runs",
     "source_count": "At the source now",
     "source_difference": "Source difference",
+    # The skipped and flagged rows: the code is what the chart and the filter use, the sentence says it.
+    "source_id": "Source id",
+    "dest_id": "Destination id",
+    "action": "Came across as",
+    "reason_code": "Code",
+    "reason": "Reason",
 }
 
 state = st.session_state

@@ -201,7 +201,8 @@ def test_review_lists_the_records_that_came_across_but_want_a_look(
     at = goto(console(), "review")
     assert "Records that came across but want a look" in [s.value for s in at.subheader]
     shown = at.dataframe[-1].value
-    assert shown["reason_code"].tolist() == ["review_shared_email"]
+    assert shown["Code"].tolist() == ["review_shared_email"]
+    assert shown["Reason"].tolist() == ["Shares an email with patient 1."]
     assert shown["Data type"].tolist() == ["Patients"]
 
 
