@@ -25,6 +25,7 @@ from migrator.errors import MigratorError
 from migrator.hosted import Principal, count_as, source_as
 from migrator.ledger import Batch
 from migrator.opening_balance import opening_balances
+from migrator.plan import records_of
 from migrator.reconcile import balances, counts, flagged, merged_counts, skipped
 
 COLUMN_NAMES = {
@@ -271,7 +272,16 @@ elif differing.height:
         + "."
     )
 else:
-    st.success(f"Every record the batch brought{so_far} is in the destination.")
+    removed = int(count_frame["removed_since"].fill_null(0).sum())
+    st.success(
+        f"Every record the batch brought{so_far} is in the destination"
+        + (
+            f", but for {records_of('records', removed)} removed since (deleted in Cliniko and taken out by a "
+            "top-up, or deleted with a batch): see Removed since."
+            if removed
+            else "."
+        )
+    )
 source_gaps = count_frame.filter(pl.col("source_difference").fill_null(0) != 0)
 if source_gaps.height:
     st.warning(

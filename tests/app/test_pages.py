@@ -274,3 +274,32 @@ def test_a_deletion_cut_short_shows_what_is_left_and_what_is_gone(
         "Already deleted before the last deletion stopped part-way: 3 medical alerts. Deleting finishes it."
         in (texts(at))
     )
+
+
+def test_review_counts_what_went_with_a_deleted_batch_as_removed(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    """Seed 000: deleting the first batch took the patient the second one found already present."""
+    ledger, first = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    with ledger.transaction():
+        (patient,) = store.insert(
+            "patients", [{"source_id": "1", "first_name": "Ana"}], batch_id=first.id, source_account="H"
+        )
+        ledger.record_items(first.id, [Item("patients", "1", patient, "created")])
+    ledger.set_status(first.id, "completed")
+    _, second = batch_into_store(workspace)
+    ledger.record_items(second.id, [Item("patients", "1", patient, "already_present", "earlier_batch")])
+    ledger.set_status(second.id, "completed")
+    delete_batch(ledger, store, first.id)
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert not at.exception and not at.warning
+    assert at.success[0].value == (
+        "Every record the batch brought is in the destination, but for 1 record removed since (deleted in "
+        "Cliniko and taken out by a top-up, or deleted with a batch): see Removed since."
+    )
+    frame = at.dataframe[0].value
+    patients = frame[frame["Data type"] == "Patients"].iloc[0]
+    assert (patients["Already present"], patients["Removed since"], patients["Difference"]) == (1, 1, 0)
