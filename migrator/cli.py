@@ -300,7 +300,9 @@ def _print_reconciliation(result: Any, batch: Any) -> None:
 
     counts = result.counts
     width = max(len(e) for e in counts["entity"])
-    headers = ("in scope", "created", "linked", "present", "skipped", "in dest", "diff", "source", "src diff")
+    headers = (
+        "in scope", "created", "linked", "present", "skipped", "removed", "in dest", "diff", "source", "src diff"
+    )  # fmt: skip
     print(f"{'':<{width}}  " + " ".join(f"{h:>8}" for h in headers))
     for row in counts.iter_rows(named=True):
         cells = (
@@ -309,6 +311,7 @@ def _print_reconciliation(result: Any, batch: Any) -> None:
             row["linked"],
             row["already_present"],
             row["skipped"],
+            row["removed_since"],
             row["in_destination"],
             row["difference"],
             row["source_count"],

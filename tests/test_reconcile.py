@@ -329,6 +329,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert balances.filter(pl.col("difference") != 0)["patient_id"].to_list() == [patient]
     told = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=key)
     assert told.returncode == 1
+    assert "skipped  removed  in dest" in told.stdout.splitlines()[0]
     assert (
         f"Balances: {balances.height:,} patients checked against Cliniko's invoices; 1 differ." in told.stdout
     )
