@@ -26,8 +26,10 @@ only what is left, with what is already gone counted apart; ``deleted`` when don
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from migrator.destinations.local import KeptLink, LocalStore
@@ -110,11 +112,7 @@ class DeletionPlan:
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     """List what :func:`delete_batch` would remove, without removing anything."""
     batch = ledger.batch(batch_id)  # raises BatchNotFound with a sentence
-    gone = {entity: ledger.deleted_by(batch_id, entity) for entity in store.DELETE_ORDER}
-    created = {
-        entity: [i for i in store.created_by(batch_id, entity) if i not in gone[entity]]
-        for entity in store.DELETE_ORDER
-    }
+    created, gone = _left_to_delete(ledger, batch_id, store.DELETE_ORDER, store.created_by)
     patients = created.get("patients", [])
     dependents: dict[str, list[str]] = {}
     if patients:
@@ -133,6 +131,18 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     return DeletionPlan(batch_id, created, dependents, links, {e: len(ids) for e, ids in gone.items()})
 
 
+def _left_to_delete(
+    ledger: Ledger, batch_id: str, order: Sequence[str], created_by: Callable[[str, str], list[str]]
+) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """What the batch created (by ``created_by``) that no earlier attempt at deleting it removed, by
+    entity in ``order``; and what such attempts did remove."""
+    gone = ledger.deleted_by(batch_id)
+    created = {
+        entity: [i for i in created_by(batch_id, entity) if i not in gone.get(entity, ())] for entity in order
+    }
+    return created, gone
+
+
 def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
     """What deleting a batch that wrote into a Cliniko account removes, from the ledger alone (no key needed).
 
@@ -148,11 +158,7 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
-    gone = {entity: ledger.deleted_by(batch_id, entity) for entity in DELETE_ORDER}
-    created = {
-        entity: [i for i in batch_creates(ledger, batch_id, entity) if i not in gone[entity]]
-        for entity in DELETE_ORDER
-    }
+    created, gone = _left_to_delete(ledger, batch_id, DELETE_ORDER, partial(batch_creates, ledger))
     links = tuple(cliniko_links_into(ledger, batch_id, created))
     return DeletionPlan(batch_id, created, {}, links, {e: len(ids) for e, ids in gone.items()})
 

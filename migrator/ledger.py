@@ -960,12 +960,14 @@ class Ledger:
                 " ON CONFLICT (batch_id, entity, dest_id) DO NOTHING",
             )
 
-    def deleted_by(self, batch_id: str, entity: str) -> set[str]:
-        """Destination ids of ``entity`` that deleting ``batch_id`` has removed so far."""
-        rows = self._rows(
-            "SELECT dest_id FROM deletions WHERE batch_id = ? AND entity = ?", (batch_id, entity)
-        )
-        return {r[0] for r in rows}
+    def deleted_by(self, batch_id: str) -> dict[str, set[str]]:
+        """What deleting ``batch_id`` has removed so far: ``{entity: destination ids}``."""
+        removed: dict[str, set[str]] = {}
+        for entity, dest_id in self._rows(
+            "SELECT entity, dest_id FROM deletions WHERE batch_id = ?", (batch_id,)
+        ):
+            removed.setdefault(entity, set()).add(dest_id)
+        return removed
 
     def removed_by_deletion(self, destination: str, entity: str, dest_ids: Iterable[str]) -> dict[str, str]:
         """Which of these records of ``destination`` deleting a batch removed: ``{dest_id: that batch's id}``.
