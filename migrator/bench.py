@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -100,15 +101,23 @@ class _Sandbox:
         self.process.wait(timeout=30)
 
 
+class _Run(NamedTuple):
+    """What :func:`_migrate` did: its (closed) source client, whose ``stats`` count what the run
+    sent, the entity counts, and the run's wall and process-CPU seconds (all threads)."""
+
+    client: ClinikoClient
+    entities: dict[str, dict[str, int]]
+    seconds: float
+    cpu_seconds: float
+
+
 def _migrate(
     info: dict[str, Any], workdir: Path, *, scope: str = "all", config: ClientConfig | None = None
-) -> tuple[ClinikoClient, dict[str, dict[str, int]], float]:
-    """A full migration of the sandbox's source into a fresh local store.
-
-    Returns the (closed) source client of the run, whose ``stats`` count what the run
-    sent, the entity counts and the run's seconds. Every client uses ``config`` (the
-    setup's few reads spend the same paced budget as the run). The store is set up from the destination account and
-    every practitioner without a match maps to "Former practitioner", as an operator would.
+) -> _Run:
+    """A full migration of the sandbox's source into a fresh local store (see :class:`_Run`).
+    Every client uses ``config`` (the
+       setup's few reads spend the same paced budget as the run). The store is set up from the destination account and
+       every practitioner without a match maps to "Former practitioner", as an operator would.
     """
     source = next(a for a in info["accounts"] if a["role"] == "source")
     dest = next(a for a in info["accounts"] if a["role"] == "destination")
@@ -129,11 +138,11 @@ def _migrate(
         mappings=rows,
     )
     with ClinikoClient(source["key"], config=config) as client:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = Engine(plan, client, store, ledger).run()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     ledger.close()
-    return client, result.entities, seconds
+    return _Run(client, result.entities, seconds, cpu_seconds)
 
 
 def _scope_ids(client: ClinikoClient, scope: str) -> str:
@@ -160,7 +169,7 @@ def budget_use(
         with tempfile.TemporaryDirectory() as tmp:
 
             def run() -> None:
-                result["client"], result["entities"], result["seconds"] = _migrate(
+                result["client"], result["entities"], result["seconds"], _ = _migrate(
                     sandbox.info, Path(tmp), config=config
                 )
 
@@ -204,7 +213,7 @@ def request_efficiency(*, size: str | int, scopes: Sequence[str]) -> list[Figure
     with _Sandbox(size=size, rate_limit=0) as sandbox:
         for scope in scopes:
             with tempfile.TemporaryDirectory() as tmp:
-                client, entities, _ = _migrate(sandbox.info, Path(tmp), scope=scope)
+                client, entities, _, _ = _migrate(sandbox.info, Path(tmp), scope=scope)
             minimum = _minimum_requests(sandbox.info, entities, scope)
             ratio = round(client.stats.requests / minimum, 3)
             goal_met = ratio <= 1.05 if scope == "all" else None
@@ -255,17 +264,24 @@ def own_overhead(*, size: str | int, rounds: int = 5) -> Figure:
     The machine is shared, and one pair of timings swings by a fifth from one minute to
     the next, so ``rounds`` pairs are taken, each a bare fetch straight followed by a
     migration, and the figure is the median of the pairs' ratios; every pair is in the
-    detail.
+    detail. So is, for each migration, the CPU its process spent (all threads: about its wall
+    time, as the run is bound by one interpreter) and the machine's one-minute load average
+    before each pair: the ratio is lowest when the machine is busiest, since the bare loop
+    waits for the sandbox at every page and the engine, reading ahead, does not.
     """
     pairs: list[tuple[float, float]] = []
+    cpu: list[float] = []
+    load: list[float] = []
     with _Sandbox(size=size, rate_limit=0) as sandbox:
         source = sandbox.account("source")
         base = sandbox.info["url_template"].replace("{shard}", source["shard"])
         for _ in range(rounds):
+            load.append(os.getloadavg()[0])
             bare_requests, bare_seconds = _bare_fetch(base, source["key"])
             with tempfile.TemporaryDirectory() as tmp:
-                client, entities, seconds = _migrate(sandbox.info, Path(tmp))
+                client, entities, seconds, cpu_seconds = _migrate(sandbox.info, Path(tmp))
             pairs.append((bare_seconds, seconds))
+            cpu.append(cpu_seconds)
     ratios = sorted(engine / bare for bare, engine in pairs)
     ratio = round(statistics.median(ratios), 3)
     return Figure(
@@ -282,6 +298,8 @@ def own_overhead(*, size: str | int, rounds: int = 5) -> Figure:
             "ratios": [round(r, 3) for r in ratios],
             "bare_seconds": [round(bare, 2) for bare, _ in pairs],
             "engine_seconds": [round(engine, 2) for _, engine in pairs],
+            "engine_cpu_seconds": [round(c, 2) for c in cpu],
+            "load_average": [round(x, 2) for x in load],
         },
     )
 
@@ -326,7 +344,7 @@ def peak_memory(*, size: str | int) -> Figure:
 def _migrate_only(info_json: str) -> None:
     """The child of :func:`peak_memory`: migrate, then print what it did and its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        client, entities, seconds = _migrate(json.loads(info_json), Path(tmp))
+        client, entities, seconds, _ = _migrate(json.loads(info_json), Path(tmp))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     print(
         json.dumps(

@@ -45,10 +45,11 @@ def test_quick_benchmark_reports_every_figure_with_its_goal_and_command() -> Non
         assert isinstance(figure["value"], int | float), name
     # Sanity, not speed: the runs really happened and the counts add up.
     assert figures["request_efficiency_all"]["detail"]["requests"] > 0
-    assert (
-        figures["own_overhead"]["detail"]["engine_requests"]
-        == figures["own_overhead"]["detail"]["bare_requests"]
-    )
+    overhead = figures["own_overhead"]["detail"]
+    assert overhead["engine_requests"] == overhead["bare_requests"]
+    # Each pair's migration has its process CPU (the run really worked) and the load it ran under.
+    assert len(overhead["engine_cpu_seconds"]) == len(overhead["load_average"]) == overhead["rounds"]
+    assert all(cpu > 0 for cpu in overhead["engine_cpu_seconds"])
     assert figures["peak_memory_mb"]["value"] > 20
     assert figures["budget_use_429_after_first_window"]["value"] == 0
     writes = figures["destination_writes"]["detail"]
