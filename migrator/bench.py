@@ -115,9 +115,10 @@ def _migrate(
     info: dict[str, Any], workdir: Path, *, scope: str = "all", config: ClientConfig | None = None
 ) -> _Run:
     """A full migration of the sandbox's source into a fresh local store (see :class:`_Run`).
-    Every client uses ``config`` (the
-       setup's few reads spend the same paced budget as the run). The store is set up from the destination account and
-       every practitioner without a match maps to "Former practitioner", as an operator would.
+
+    Every client uses ``config`` (the setup's few reads spend the same paced budget as the
+    run). The store is set up from the destination account and every practitioner without
+    a match maps to "Former practitioner", as an operator would.
     """
     source = next(a for a in info["accounts"] if a["role"] == "source")
     dest = next(a for a in info["accounts"] if a["role"] == "destination")
