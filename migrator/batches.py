@@ -27,6 +27,7 @@ only what is left, with what is already gone counted apart; ``deleted`` when don
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -97,6 +98,12 @@ class DeletionPlan:
             f"Batch {self.batch_id} cannot be deleted while other records rely on what it created ({relying}): "
             f"{advice} first, or keep this one."
         )
+
+    @property
+    def already_deleted_note(self) -> str | None:
+        """What an interrupted deletion of the batch already removed, in one sentence; ``None`` if nothing."""
+        done = ", ".join(records_of(entity, n) for entity, n in self.already_deleted.items() if n)
+        return f"Already deleted before the last deletion stopped part-way: {done}." if done else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,11 +223,8 @@ def delete_batch(
         ids = plan.dependents.get(entity, []) + plan.created.get(entity, [])
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
-            if local:
-                with ledger.transaction():
-                    store.delete(entity, part)
-                    ledger.record_deletions(batch_id, entity, part)
-            else:  # requests: no ledger transaction held open across them
+            # A local store's delete and its note commit together; requests hold no ledger transaction open.
+            with ledger.transaction() if local else nullcontext():
                 store.delete(entity, part)
                 ledger.record_deletions(batch_id, entity, part)
     ledger.set_status(batch_id, "deleted", actor=actor, detail=plan.as_dict())

@@ -412,9 +412,8 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
         print(f"  {entity}: {n:,} created by the batch")
     for entity, n in summary["created_since_for_its_patients"].items():
         print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
-    if summary["already_deleted"]:
-        done = ", ".join(records_of(entity, n) for entity, n in summary["already_deleted"].items())
-        print(f"Already deleted before the last deletion stopped part-way: {done}.")
+    if plan.already_deleted_note:
+        print(plan.already_deleted_note)
     if args.dry_run:
         if plan.blocker:
             print(plan.blocker)

@@ -117,13 +117,14 @@ try:
         # reads it once (records the clinic made there by hand) and refuses with the sentence if need be.
         # Hosted, the account's key only comes with the deletion itself.
         with config.open_ledger() as ledger:
-            summary = ledger_deletion_plan(ledger, chosen).as_dict()
+            plan = ledger_deletion_plan(ledger, chosen)
     else:
         with open_destination(batch.destination) as (ledger, store):
-            summary = deletion_plan(ledger, store, chosen).as_dict()
+            plan = deletion_plan(ledger, store, chosen)
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
+summary = plan.as_dict()
 
 entities = list(dict.fromkeys([*summary["created"], *summary["created_since_for_its_patients"]]))
 st.markdown(f"Deleting batch **{chosen}** removes **{records_of('records', summary['total'])}**:")
@@ -145,9 +146,8 @@ st.dataframe(
     hide_index=True,
     height="content",
 )
-if summary["already_deleted"]:
-    done = ", ".join(records_of(e, n) for e, n in summary["already_deleted"].items())
-    st.caption(f"Already deleted before the last deletion stopped part-way: {done}. Deleting finishes it.")
+if plan.already_deleted_note:
+    st.caption(f"{plan.already_deleted_note} Deleting finishes it.")
 if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()

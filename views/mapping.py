@@ -35,7 +35,7 @@ TITLES = {
     "appointment_types": "Appointment types",
 }
 HINTS = {
-    "practitioners": "For someone no longer at the clinic, choose: a generic Former practitioner, another "
+    "practitioners": "For someone no longer at the clinic, choose: a generic Former practitioner{former}, another "
     "practitioner (then pick them as the destination record), or exclude (their appointments are skipped, "
     "each with that reason).",
     "businesses": "A business can map to one set up in the destination, be created, or be excluded "
@@ -121,13 +121,13 @@ for entity in ENTITIES:
     all_rows += rows
     pending = unresolved_sentence(rows)
     if pending:
-        hint = HINTS[entity]
-        if entity == "practitioners" and not can_create:  # Cliniko's API cannot make the generic one
-            hint = hint.replace(
-                "a generic Former practitioner,",
-                "a generic Former practitioner (one the clinic has set up in that account, picked as the "
-                "destination record),",
-            )
+        # Cliniko's API cannot make the generic one: the clinic sets it up in that account.
+        former = (
+            ""
+            if can_create
+            else " (one the clinic has set up in that account, picked as the destination record)"
+        )
+        hint = HINTS[entity].format(former=former)
         st.warning(f"{pending} {hint}", icon=":material/priority_high:")
         choices = targetless_actions(entity, can_create=can_create)
         left, right = st.columns([3, 1], vertical_alignment="bottom")
