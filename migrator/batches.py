@@ -64,6 +64,12 @@ class DeletionPlan:
             any, the batch is not deleted (:attr:`blocker`).
         already_deleted: how many records of each entity an interrupted deletion of the
             batch has removed already (not in ``created`` or ``dependents``).
+        matched: the ids in ``created`` that a Cliniko account's key found by their details
+            rather than from the ledger: the batch's creates whose answers were lost when a
+            run was interrupted (:meth:`ClinikoDestination.created_and_matched
+            <migrator.destinations.cliniko.ClinikoDestination.created_and_matched>`).
+        unanswered: without the key, how many such creates there are, by entity: deleting
+            looks for their records then (:func:`ledger_deletion_plan`).
     """
 
     batch_id: str
@@ -71,6 +77,8 @@ class DeletionPlan:
     dependents: dict[str, list[str]]
     kept_links: tuple[KeptLink, ...] = ()
     already_deleted: dict[str, int] = field(default_factory=dict)
+    matched: dict[str, list[str]] = field(default_factory=dict)
+    unanswered: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -105,6 +113,21 @@ class DeletionPlan:
         done = ", ".join(records_of(entity, n) for entity, n in self.already_deleted.items() if n)
         return f"Already deleted before the last deletion stopped part-way: {done}." if done else None
 
+    @property
+    def matched_note(self) -> str | None:
+        """Which records deleting takes on their details alone (creates whose answers were lost); ``None`` if none."""
+        if found := _listed(self.matched):
+            return (
+                f"Found in the account by their details, as the answers to the batch's creates of them were lost "
+                f"when a run was interrupted: {found}. Make sure none of them is a record the clinic made itself."
+            )
+        if lost := ", ".join(records_of(entity, n) for entity, n in self.unanswered.items() if n):
+            return (
+                f"The answers to the batch's creates of {lost} were lost when a run was interrupted: deleting "
+                "looks for those records in the account by their details, and removes what it finds with the rest."
+            )
+        return None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
@@ -112,6 +135,8 @@ class DeletionPlan:
             "created_since_for_its_patients": {k: len(v) for k, v in self.dependents.items() if v},
             "total": self.total,
             "already_deleted": {k: n for k, n in self.already_deleted.items() if n},
+            "found_by_matching": {k: len(v) for k, v in self.matched.items() if v},
+            "unanswered_creates": {k: n for k, n in self.unanswered.items() if n},
             "blocked_by": self.blocker,
         }
 
@@ -119,7 +144,18 @@ class DeletionPlan:
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     """List what :func:`delete_batch` would remove, without removing anything."""
     batch = ledger.batch(batch_id)  # raises BatchNotFound with a sentence
-    created, gone = _left_to_delete(ledger, batch_id, store.DELETE_ORDER, store.created_by)
+    found: dict[str, list[str]] = {}
+    split = getattr(store, "created_and_matched", None)  # a Cliniko account's: what was found by matching
+
+    def created_by(batch_id: str, entity: str) -> list[str]:
+        if split is None:
+            return store.created_by(batch_id, entity)
+        recorded, by_details = split(batch_id, entity)
+        found[entity] = by_details
+        return recorded + by_details
+
+    created, gone = _left_to_delete(ledger, batch_id, store.DELETE_ORDER, created_by)
+    matched = {e: left for e, ids in found.items() if (left := [i for i in ids if i not in gone.get(e, ())])}
     patients = created.get("patients", [])
     dependents: dict[str, list[str]] = {}
     if patients:
@@ -135,7 +171,20 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     elif batch.destination.startswith("cliniko:"):
         # The account itself, read with its key: records the clinic made there by hand too.
         links = tuple(store.account_links_into(batch_id, created))
-    return DeletionPlan(batch_id, created, dependents, links, {e: len(ids) for e, ids in gone.items()})
+    return DeletionPlan(
+        batch_id, created, dependents, links, {e: len(ids) for e, ids in gone.items()}, matched=matched
+    )
+
+
+def _listed(ids_by_entity: dict[str, list[str]], most: int = 5) -> str:
+    """``1 patient (id 7), 2 appointments (ids 8, 9)``: at most ``most`` ids each, then how many more."""
+    parts = []
+    for entity, ids in ids_by_entity.items():
+        if not ids:
+            continue
+        shown = ", ".join(ids[:most]) + (f" and {len(ids) - most:,} more" if len(ids) > most else "")
+        parts.append(f"{records_of(entity, len(ids))} ({'id' if len(ids) == 1 else 'ids'} {shown})")
+    return ", ".join(parts)
 
 
 def _left_to_delete(
@@ -158,16 +207,20 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
     batch's own records are all the ledger needs to name. All but one kind: a create whose
     answer was lost (a run killed mid-request) has no id in the ledger, and only the
     account's key finds its record (:meth:`ClinikoDestination.created_by
-    <migrator.destinations.cliniko.ClinikoDestination.created_by>`).
+    <migrator.destinations.cliniko.ClinikoDestination.created_by>`); the plan counts such
+    creates (:attr:`DeletionPlan.unanswered`).
     """
-    from migrator.destinations.cliniko import DELETE_ORDER, batch_creates
+    from migrator.destinations.cliniko import DELETE_ORDER, batch_creates, unanswered_creates
     from migrator.destinations.cliniko import links_into as cliniko_links_into
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
     created, gone = _left_to_delete(ledger, batch_id, DELETE_ORDER, partial(batch_creates, ledger))
     links = tuple(cliniko_links_into(ledger, batch_id, created))
-    return DeletionPlan(batch_id, created, {}, links, {e: len(ids) for e, ids in gone.items()})
+    gone_count = {e: len(ids) for e, ids in gone.items()}
+    return DeletionPlan(
+        batch_id, created, {}, links, gone_count, unanswered=unanswered_creates(ledger, batch_id)
+    )
 
 
 def blocker(ledger: Ledger, batch: Batch) -> str | None:

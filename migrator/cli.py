@@ -412,8 +412,9 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
         print(f"  {entity}: {n:,} created by the batch")
     for entity, n in summary["created_since_for_its_patients"].items():
         print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
-    if plan.already_deleted_note:
-        print(plan.already_deleted_note)
+    for note in (plan.already_deleted_note, plan.matched_note):
+        if note:
+            print(note)
     if args.dry_run:
         if plan.blocker:
             print(plan.blocker)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from migrator import steps
-from migrator.batches import BatchNotDeletable, deletable, delete_batch, deletion_plan
+from migrator.batches import BatchNotDeletable, DeletionPlan, deletable, delete_batch, deletion_plan
 from migrator.reconcile import counts
 from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
 
@@ -150,3 +150,17 @@ def test_a_later_batchs_records_removed_with_a_deleted_batch_count_as_removed_no
     assert own.select("created", "in_destination", "removed_since", "difference").rows() == [
         (patients, 0, patients, 0)
     ]
+
+
+def test_records_found_by_their_details_are_named_five_at_most() -> None:
+    found = [str(n) for n in range(1, 8)]
+    plan = DeletionPlan(
+        "b1", {"individual_appointments": found}, {}, matched={"individual_appointments": found}
+    )
+    assert plan.matched_note == (
+        "Found in the account by their details, as the answers to the batch's creates of them were lost when "
+        "a run was interrupted: 7 individual appointments (ids 1, 2, 3, 4, 5 and 2 more). Make sure none of "
+        "them is a record the clinic made itself."
+    )
+    assert plan.as_dict()["found_by_matching"] == {"individual_appointments": 7}
+    assert DeletionPlan("b1", {}, {}).matched_note is None

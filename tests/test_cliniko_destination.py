@@ -654,9 +654,23 @@ def test_a_killed_run_deleted_without_resuming_leaves_none_of_its_records(transf
     ok, why = transfer.ledger.batch(batch.id).deletable()
     assert ok and "was interrupted" in why
 
-    # Without a key the ledger names what it recorded; with the key the lost create is found too.
-    assert ledger_deletion_plan(transfer.ledger, batch.id).created["patients"] == ids[:2]
-    assert deletion_plan(transfer.ledger, transfer.dest, batch.id).created["patients"] == ids
+    # Without a key the ledger names what it recorded, and says a create lost its answer; with the key
+    # the lost create is found too, and the plan says which record was taken on its details alone.
+    keyless = ledger_deletion_plan(transfer.ledger, batch.id)
+    assert keyless.created["patients"] == ids[:2]
+    assert keyless.as_dict()["unanswered_creates"] == {"patients": 1}
+    assert keyless.matched_note == (
+        "The answers to the batch's creates of 1 patient were lost when a run was interrupted: deleting looks "
+        "for those records in the account by their details, and removes what it finds with the rest."
+    )
+    plan = deletion_plan(transfer.ledger, transfer.dest, batch.id)
+    assert plan.created["patients"] == ids
+    assert plan.matched == {"patients": [ids[2]]}
+    assert plan.as_dict()["found_by_matching"] == {"patients": 1}
+    assert plan.matched_note == (
+        "Found in the account by their details, as the answers to the batch's creates of them were lost when "
+        f"a run was interrupted: 1 patient (id {ids[2]}). Make sure none of them is a record the clinic made itself."
+    )
     delete_batch(transfer.ledger, transfer.dest, batch.id)
     assert transfer.ledger.batch(batch.id).status == "deleted"
     assert transfer.dest_client.count("patients") == live  # all three archived: none left behind
@@ -688,6 +702,7 @@ def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) 
     result = transfer.run()
     plan = deletion_plan(transfer.ledger, transfer.dest, result.batch_id)
     assert len(plan.created["patients"]) == result.entities["patients"]["created"]
+    assert plan.matched == {} and plan.matched_note is None  # every create's answer came back
     delete_batch(transfer.ledger, transfer.dest, result.batch_id)
     assert transfer.ledger.batch(result.batch_id).status == "deleted"
     for entity in WRITTEN:
@@ -1163,9 +1178,21 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
 
     other = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=sb.key("source"))
     assert other.returncode == 2 and "set it to a key of that account" in other.stderr
+    # A create whose answer was lost (a run killed mid-request): the dry run names the record it finds for it.
+    from migrator.destinations.cliniko import _Write, _WriteLog
+
+    body = {"first_name": "Lost", "last_name": "Answer", "date_of_birth": "1990-02-03"}
+    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+    lost_id = str(ClinikoClient(dest, writable=True, config=config).post("/patients", body)["id"])
+    with Ledger(Path(ws)) as ledger:
+        _WriteLog(ledger, batch_id, "patients").intend([_Write("lost-1", {}, body)], {"lost-1": body})
     dry = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest)
     assert dry.returncode == 0 and "patients are archived" in dry.stdout
+    assert (
+        "Found in the account by their details, as the answers to the batch's creates of them were lost when "
+        f"a run was interrupted: 1 patient (id {lost_id}). Make sure none of them is a record the clinic made "
+        "itself."
+    ) in dry.stdout
     gone = cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest)
     assert gone.returncode == 0, gone.stderr
-    config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
-    assert ClinikoClient(dest, config=config).count("patients") == 0
+    assert ClinikoClient(dest, config=config).count("patients") == 0  # the found one archived too

@@ -46,6 +46,8 @@ def delete(batch_id: str, destination: str) -> None:
             if destination.startswith("cliniko:")
             else "."
         )
+        if done.matched_note:
+            state.delete_message += " " + done.matched_note
     except MigratorError as exc:
         state.delete_error = str(exc)
 
@@ -148,6 +150,8 @@ st.dataframe(
 )
 if plan.already_deleted_note:
     st.caption(f"{plan.already_deleted_note} Deleting finishes it.")
+if plan.matched_note:
+    st.caption(plan.matched_note)
 if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()

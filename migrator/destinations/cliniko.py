@@ -539,9 +539,20 @@ class ClinikoDestination:
         came back, found in the account by their probes as a resumed run finds them. So a
         batch deleted without being resumed leaves nothing of itself behind.
         """
+        recorded, matched = self.created_and_matched(batch_id, entity)
+        return recorded + matched
+
+    def created_and_matched(self, batch_id: str, entity: str) -> tuple[list[str], list[str]]:
+        """:meth:`created_by` in two parts: what the ledger recorded, and what was found by matching.
+
+        The second part is the records that the batch's creates whose answers were lost made,
+        found by their details (a patient's names, date of birth and email; an appointment's
+        start, patient and practitioner...), so a deletion can say which records it took on
+        that evidence alone.
+        """
         recorded = batch_creates(self.ledger, batch_id, entity)
         lost = self._found_unanswered(entity, " AND b.id = ?", [batch_id])  # no request if none was lost
-        return recorded + sorted(lost - set(recorded), key=_id_order)
+        return recorded, sorted(lost - set(recorded), key=_id_order)
 
     def dependents_of_patients(self, patient_ids: Iterable[str]) -> dict[str, list[str]]:
         """Nothing: patients are archived, not deleted, so what hangs off them stays."""
@@ -1041,6 +1052,21 @@ def batch_creates(ledger: Ledger, batch_id: str, entity: str) -> list[str]:
     destination = ledger.batch(batch_id).destination
     found = _recorded_creates(ledger, destination, entity, " AND b.id = ?", [batch_id])
     return sorted({dest_id for dest_id, _ in found}, key=_id_order)
+
+
+def unanswered_creates(ledger: Ledger, batch_id: str) -> dict[str, int]:
+    """How many of ``batch_id``'s creates, by entity, had their answers lost (a run killed mid-request; no key needed).
+
+    Their records, if Cliniko made them, have no id in the ledger: with the account's key,
+    :meth:`ClinikoDestination.created_and_matched` finds them by their details.
+    """
+    with ledger.lock:
+        rows = ledger.conn.execute(
+            "SELECT entity, count(*) FROM writes WHERE batch_id = ? AND state = 'intended' AND dest_id IS NULL"
+            " GROUP BY entity",
+            (batch_id,),
+        ).fetchall()
+    return {str(entity): int(n) for entity, n in rows}
 
 
 def links_into(ledger: Ledger, batch_id: str, created: Mapping[str, Sequence[str]]) -> list[KeptLink]:

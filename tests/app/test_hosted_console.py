@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
 from migrator.cliniko.client import ClinikoClient
+from migrator.destinations.cliniko import _Write, _WriteLog
 from migrator.hosted import KeyLease, hash_password
 from migrator.ledger import Ledger
 from migrator.opening_balance import opening_balances
@@ -438,14 +439,36 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     assert listed["Source id"].tolist() == expected["source_patient_id"].to_list()
     assert [Decimal(str(v)) for v in listed["Outstanding"]] == expected["outstanding"].to_list()
 
+    # A create whose answer was lost, as a run killed mid-request leaves it: Cliniko made the patient,
+    # the ledger has no id for it.
+    body = {"first_name": "Lost", "last_name": "Answer", "date_of_birth": "1990-02-03"}
+    with ClinikoClient(SecretStr(dest_key), writable=True, config=clinics.config()) as dest:
+        lost_id = str(dest.post("/patients", body)["id"])
+    with Ledger(workspace) as ledger:
+        _WriteLog(ledger, batch_id, "patients").intend([_Write("lost-1", {}, body)], {"lost-1": body})
+
     # Batches: what goes is listed from the ledger; deleting takes the destination's administrator key.
     goto(at, "batches")
     assert "archived" in texts(at)
+    assert (
+        "The answers to the batch's creates of 1 patient were lost when a run was interrupted: deleting looks "
+        "for those records in the account by their details, and removes what it finds with the rest."
+    ) in texts(at)
     at.text_input(key="delete_admin_key").input(admin_only)
     at.text_input(key="delete_confirm").input("DELETE").run()
     at.button(key="delete_go").click().run()
     assert not at.error, [e.value for e in at.error]
-    assert "its patients are archived in the Cliniko account, not deleted" in texts(at)
+    (done,) = [s.value for s in at.success]
+    assert "its patients are archived in the Cliniko account, not deleted" in done
+    assert done.endswith(
+        "Found in the account by their details, as the answers to the batch's creates of them were lost when "
+        f"a run was interrupted: 1 patient (id {lost_id}). Make sure none of them is a record the clinic made "
+        "itself."
+    )
+    with ClinikoClient(SecretStr(dest_key), config=clinics.config()) as dest:
+        assert lost_id in {
+            str(r["id"]) for page in dest.pages("patients", route="archived") for r in page.records
+        }
     at.run()
     for secret in (key, dest_key, admin_only):
         assert secret not in session_values(at)
