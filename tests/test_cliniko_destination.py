@@ -1183,7 +1183,8 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
 
     body = {"first_name": "Lost", "last_name": "Answer", "date_of_birth": "1990-02-03"}
     config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
-    lost_id = str(ClinikoClient(dest, writable=True, config=config).post("/patients", body)["id"])
+    with ClinikoClient(dest, writable=True, config=config) as writer:
+        lost_id = str(writer.post("/patients", body)["id"])
     with Ledger(Path(ws)) as ledger:
         _WriteLog(ledger, batch_id, "patients").intend([_Write("lost-1", {}, body)], {"lost-1": body})
     dry = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest)
@@ -1195,4 +1196,5 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     ) in dry.stdout
     gone = cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest)
     assert gone.returncode == 0, gone.stderr
-    assert ClinikoClient(dest, config=config).count("patients") == 0  # the found one archived too
+    with ClinikoClient(dest, config=config) as reader:
+        assert reader.count("patients") == 0  # the found one archived too
