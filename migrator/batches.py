@@ -26,11 +26,10 @@ only what is left, with what is already gone counted apart; ``deleted`` when don
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from migrator.destinations.local import KeptLink, LocalStore
@@ -110,7 +109,7 @@ class DeletionPlan:
     @property
     def already_deleted_note(self) -> str | None:
         """What an interrupted deletion of the batch already removed, in one sentence; ``None`` if nothing."""
-        done = ", ".join(records_of(entity, n) for entity, n in self.already_deleted.items() if n)
+        done = _counted(self.already_deleted)
         return f"Already deleted before the last deletion stopped part-way: {done}." if done else None
 
     @property
@@ -121,7 +120,7 @@ class DeletionPlan:
                 f"Found in the account by their details, as the answers to the batch's creates of them were lost "
                 f"when a run was interrupted: {found}. Make sure none of them is a record the clinic made itself."
             )
-        if lost := ", ".join(records_of(entity, n) for entity, n in self.unanswered.items() if n):
+        if lost := _counted(self.unanswered):
             return (
                 f"The answers to the batch's creates of {lost} were lost when a run was interrupted: deleting "
                 "looks for those records in the account by their details, and removes what it finds with the rest."
@@ -144,18 +143,13 @@ class DeletionPlan:
 def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     """List what :func:`delete_batch` would remove, without removing anything."""
     batch = ledger.batch(batch_id)  # raises BatchNotFound with a sentence
-    found: dict[str, list[str]] = {}
-    split = getattr(store, "created_and_matched", None)  # a Cliniko account's: what was found by matching
-
-    def created_by(batch_id: str, entity: str) -> list[str]:
-        if split is None:
-            return store.created_by(batch_id, entity)
-        recorded, by_details = split(batch_id, entity)
-        found[entity] = by_details
-        return recorded + by_details
-
-    created, gone = _left_to_delete(ledger, batch_id, store.DELETE_ORDER, created_by)
-    matched = {e: left for e, ids in found.items() if (left := [i for i in ids if i not in gone.get(e, ())])}
+    parts = {entity: store.created_and_matched(batch_id, entity) for entity in store.DELETE_ORDER}
+    created, gone = _left_to_delete(
+        ledger, batch_id, {e: recorded + found for e, (recorded, found) in parts.items()}
+    )
+    matched = {
+        e: left for e, (_, found) in parts.items() if (left := [i for i in found if i not in gone.get(e, ())])
+    }
     patients = created.get("patients", [])
     dependents: dict[str, list[str]] = {}
     if patients:
@@ -176,6 +170,11 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
     )
 
 
+def _counted(counts: Mapping[str, int]) -> str:
+    """``3 medical alerts, 1 patient``: each entity's count, leaving out the zeros."""
+    return ", ".join(records_of(entity, n) for entity, n in counts.items() if n)
+
+
 def _listed(ids_by_entity: dict[str, list[str]], most: int = 5) -> str:
     """``1 patient (id 7), 2 appointments (ids 8, 9)``: at most ``most`` ids each, then how many more."""
     parts = []
@@ -188,15 +187,13 @@ def _listed(ids_by_entity: dict[str, list[str]], most: int = 5) -> str:
 
 
 def _left_to_delete(
-    ledger: Ledger, batch_id: str, order: Sequence[str], created_by: Callable[[str, str], list[str]]
+    ledger: Ledger, batch_id: str, created: Mapping[str, list[str]]
 ) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
-    """What the batch created (by ``created_by``) that no earlier attempt at deleting it removed, by
-    entity in ``order``; and what such attempts did remove."""
+    """What the batch ``created`` (by entity) that no earlier attempt at deleting it removed; and what such
+    attempts did remove."""
     gone = ledger.deleted_by(batch_id)
-    created = {
-        entity: [i for i in created_by(batch_id, entity) if i not in gone.get(entity, ())] for entity in order
-    }
-    return created, gone
+    left = {entity: [i for i in ids if i not in gone.get(entity, ())] for entity, ids in created.items()}
+    return left, gone
 
 
 def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
@@ -215,7 +212,9 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
 
     if not ledger.batch(batch_id).destination.startswith("cliniko:"):
         raise ValueError(f"batch {batch_id} went into a local store: use deletion_plan with the store")
-    created, gone = _left_to_delete(ledger, batch_id, DELETE_ORDER, partial(batch_creates, ledger))
+    created, gone = _left_to_delete(
+        ledger, batch_id, {e: batch_creates(ledger, batch_id, e) for e in DELETE_ORDER}
+    )
     links = tuple(cliniko_links_into(ledger, batch_id, created))
     gone_count = {e: len(ids) for e, ids in gone.items()}
     return DeletionPlan(

@@ -78,6 +78,10 @@ class Destination(Protocol):
         """Ids of the records of ``entity`` a batch created."""
         ...
 
+    def created_and_matched(self, batch_id: str, entity: str) -> tuple[list[str], list[str]]:
+        """:meth:`created_by` in two parts: the ids recorded, and those found only by matching details."""
+        ...
+
     def count(self, entity: str, batch_id: str | None = None) -> int:
         """How many records of ``entity`` there are (created by ``batch_id``, if given)."""
         ...

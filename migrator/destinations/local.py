@@ -322,6 +322,10 @@ class LocalStore:
             f"SELECT id FROM {SCHEMA}.{table(entity).name} WHERE batch_id = ? ORDER BY id", (batch_id,)
         )
 
+    def created_and_matched(self, batch_id: str, entity: str) -> tuple[list[str], list[str]]:
+        """:meth:`created_by`, and nothing found by matching: every row the store holds names its batch."""
+        return self.created_by(batch_id, entity), []
+
     def has_foreign(self, entity: str, *, source_account: str) -> bool:
         """Whether ``entity`` holds any record that did not come from ``source_account``.
 
