@@ -85,7 +85,8 @@ st.dataframe(
         pl.col("linked").alias("Linked"),
         pl.col("already_present").alias("Already present"),
         pl.col("skipped").alias("Skipped"),
-        pl.when(pl.col("deletable")).then(pl.lit("yes")).otherwise(pl.col("why")).alias("Can be deleted"),
+        # The reason is a sentence, too long for a cell: it is said under the table.
+        pl.when(pl.col("deletable")).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("Can be deleted"),
     ),
     hide_index=True,
 )
