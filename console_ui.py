@@ -82,6 +82,11 @@ PAGES = {
 
 HOSTED_PAGES = {"connect": "views/connect_hosted.py"}
 
+# Said while a callback reads Cliniko (Streamlit shows a callback's spinner at the top of the page):
+# at a slow pace a key check and the pre-flight take seconds.
+CHECKING_KEY = "Checking the key with Cliniko…"
+CHECKING_DESTINATION = "Checking the destination's keys and running the pre-flight (it reads both accounts)…"
+
 
 def page(name: str) -> str:
     """The file of a step's page (a hosted instance has its own Connect page)."""

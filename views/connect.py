@@ -6,6 +6,8 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import (
+    CHECKING_DESTINATION,
+    CHECKING_KEY,
     drop_connection,
     forget_typed_keys,
     next_step,
@@ -93,10 +95,11 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
     source = source_key()
     if source is None or state.get("source_identity") is None:
         raise ConfigError("Connect the source account first: the pre-flight checks both accounts.")
-    state.dest_identity = verify(key, state.url_template)
-    check = check_cliniko_destination(
-        settings(), source, ClinikoKeys(key, tuple(note_keys)), state.url_template
-    )
+    with st.spinner(CHECKING_DESTINATION):
+        state.dest_identity = verify(key, state.url_template)
+        check = check_cliniko_destination(
+            settings(), source, ClinikoKeys(key, tuple(note_keys)), state.url_template
+        )
     state.dest_check = check
     if check.ok:
         state.dest_key, state.note_keys, state.dest_target = key, note_keys, check.target
@@ -134,7 +137,8 @@ def verify_typed_source() -> None:
     if key is None:
         return
     try:
-        identity = verify(key, None)
+        with st.spinner(CHECKING_KEY):
+            identity = verify(key, None)
     except MigratorError as exc:
         drop_connection()
         state.source_error = str(exc)

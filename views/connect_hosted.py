@@ -13,6 +13,8 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import (
+    CHECKING_DESTINATION,
+    CHECKING_KEY,
     destination_lease,
     drop_connection,
     next_step,
@@ -50,7 +52,7 @@ def verify_source() -> None:
         return
     config = settings()
     try:
-        with config.open_ledger() as ledger:
+        with st.spinner(CHECKING_KEY), config.open_ledger() as ledger:
             connection = connect_source(ledger, who, key, config.client_config())
     except MigratorError as exc:
         state.source_error = str(exc)
@@ -72,11 +74,14 @@ def set_up_store() -> None:
         return
     config = settings()
     try:
-        with config.open_ledger() as ledger:
-            connection = connect_destination(ledger, who, key, config.client_config(), tenant=work_tenant())
-        state.setup_identity = connection.identity
-        with config.client(key) as client:
-            state.store_setup = setup_store_from(config, client)
+        with st.spinner("Reading the account's practitioners, businesses and appointment types…"):
+            with config.open_ledger() as ledger:
+                connection = connect_destination(
+                    ledger, who, key, config.client_config(), tenant=work_tenant()
+                )
+            state.setup_identity = connection.identity
+            with config.client(key) as client:
+                state.store_setup = setup_store_from(config, client)
     except MigratorError as exc:
         state.pop("setup_identity", None)
         state.setup_error = str(exc)
@@ -92,7 +97,8 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr], *, error_key: 
         state[error_key] = "Verify the clinic's own API key above first: the pre-flight reads both accounts."
         return
     try:
-        check, lease = connect_cliniko_destination(settings(), who, source, key, note_keys)
+        with st.spinner(CHECKING_DESTINATION):
+            check, lease = connect_cliniko_destination(settings(), who, source, key, note_keys)
     except MigratorError as exc:
         state[error_key] = str(exc)
         return

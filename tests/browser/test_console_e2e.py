@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import ROOT, click, running_console, settle
+from tests.conftest import RunningSandbox
 
 # Fast enough for a test, paced all the same: the demo clinic enforces the same limit.
 PACE = "3000"
@@ -182,3 +183,23 @@ def test_an_address_of_a_step_opens_it_within_the_console(console: str, page: Pa
     expect(sidebar.get_by_text("Workspace:", exact=False)).to_be_visible()
     expect(sidebar.get_by_text("2 · Preview")).to_be_visible()
     expect(sidebar.get_by_text("connect hosted")).to_have_count(0)
+
+
+def test_a_key_being_checked_at_a_slow_pace_says_so(
+    sandbox_factory: Callable[..., RunningSandbox], page: Page, tmp_path: Path
+) -> None:
+    """Checking a key reads Cliniko; while it does (here each answer takes 1.5 s), the page says what it is doing."""
+    sandbox = sandbox_factory(size="tiny", seed=3, rate_limit=0, latency_ms=1500)
+    with running_console(
+        tmp_path / "workspace", tmp_path / "streamlit.log", env={"MIGRATOR_API_URL": sandbox.url_template}
+    ) as url:
+        page.goto(url)
+        box = page.get_by_role("textbox", name="Source API key")
+        box.fill(sandbox.key("source"))
+        box.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Verify the key").click()
+        checking = page.get_by_text("Checking the key with Cliniko…")
+        expect(checking).to_be_visible(timeout=10_000)
+        expect(page.get_by_text("Connected to Harbourside Physio")).to_be_visible()
+        expect(checking).to_have_count(0)
