@@ -860,11 +860,16 @@ def go_live_as(
 
 
 @contextmanager
-def _audited_read(settings: ConsoleSettings, principal: Principal, batch: Batch, read: str) -> Iterator[None]:
-    """Audit the key check of a Review read: ``review_read_refused`` if the block raises, else ``review_read``.
+def audited_read(
+    settings: ConsoleSettings, principal: Principal, batch: Batch, read: str, *, key: str = "given"
+) -> Iterator[None]:
+    """Audit a Review read of Cliniko: ``review_read_refused`` if the block raises, else ``review_read``.
 
     A read is no change, but it is a key's access to a clinic's records, so a hosted
     instance keeps a line of it (tenant: the batch's source account), as of a deletion.
+    ``key`` says whose key read, in the line's detail: ``given`` for that read only
+    (:func:`source_as`, :func:`count_as`), ``session`` the one the session verified on
+    its Connect page.
     """
     try:
         yield
@@ -876,7 +881,7 @@ def _audited_read(settings: ConsoleSettings, principal: Principal, batch: Batch,
                 "review_read_refused",
                 batch_id=batch.id,
                 tenant=batch.source_account,
-                detail={"read": read, "why": type(exc).__name__},
+                detail={"read": read, "key": key, "why": type(exc).__name__},
             )
         raise
     with settings.open_ledger() as ledger:
@@ -886,7 +891,7 @@ def _audited_read(settings: ConsoleSettings, principal: Principal, batch: Batch,
             "review_read",
             batch_id=batch.id,
             tenant=batch.source_account,
-            detail={"read": read},
+            detail={"read": read, "key": key},
         )
 
 
@@ -916,7 +921,7 @@ def source_as(
         batch = visible_batch(ledger, principal, batch_id)
     config = client_config or settings.client_config()
     with ExitStack() as stack:
-        with _audited_read(settings, principal, batch, read):
+        with audited_read(settings, principal, batch, read):
             client = stack.enter_context(ClinikoClient(key, config=config))
             if account_id(client) != batch.source_account:
                 raise NotAllowed(
@@ -955,7 +960,7 @@ def count_as(
     if account == batch.destination:
         raise ConfigError(f"Batch {batch.id} went into the clinic store: its counts need no key.")
     config = client_config or settings.client_config()
-    with _audited_read(settings, principal, batch, "destination counts"):
+    with audited_read(settings, principal, batch, "destination counts"):
         if _verify(key, config).tenant != account:
             raise NotAllowed(
                 f"This key belongs to another Cliniko account; counting what batch {batch.id} brought needs a "

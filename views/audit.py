@@ -16,7 +16,7 @@ if who is None or not who.operator:
     st.info("The audit trail is for operators.")
     st.stop()
 st.markdown(
-    "Every sign-in, connection, run, stop, resume, deletion, go-live and read on Review with a key given for it, "
+    "Every sign-in, connection, run, stop, resume, deletion, go-live and read of Cliniko on the Review page, "
     "on this instance, newest first, with the clinic account it concerns (tenant), who acted and in which role. "
     "No key is ever recorded."
 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 import polars as pl
 import streamlit as st
 from pydantic import SecretStr
@@ -12,6 +15,7 @@ from console_ui import (
     hosted,
     next_step,
     open_destination,
+    principal,
     run_registry,
     settings,
     source_client,
@@ -22,7 +26,7 @@ from console_ui import (
 from migrator.cliniko.client import ClinikoClient
 from migrator.console import batch_destination_problem, entity_label, export, unfinished_sentence
 from migrator.errors import MigratorError
-from migrator.hosted import Principal, count_as, source_as
+from migrator.hosted import Principal, audited_read, count_as, source_as
 from migrator.ledger import Batch
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
@@ -75,6 +79,20 @@ def downloads(frame: pl.DataFrame, name: str) -> None:
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+@contextmanager
+def session_source(batch: Batch, read: str) -> Iterator[ClinikoClient]:
+    """A client of the source key this session verified; a hosted instance audits the read as ``review_read``.
+
+    A read with a key given for it is audited by :func:`source_as`; one with the session's
+    own key is a key's access to the clinic's records all the same.
+    """
+    who = principal()
+    with ExitStack() as stack:
+        if who is not None:
+            stack.enter_context(audited_read(config, who, batch, read, key="session"))
+        yield stack.enter_context(source_client())
 
 
 def count_with_key(batch_id: str) -> None:
@@ -212,7 +230,7 @@ to_cliniko = batch.destination.startswith("cliniko:")
 unreachable = batch_destination_problem(batch.destination, cliniko_target())
 try:
     if fresh:
-        with st.spinner("Counting at the source…"), source_client() as client:
+        with st.spinner("Counting at the source…"), session_source(batch, "source counts") as client:
             count_at_source(batch, client)
     if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
         count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
@@ -365,7 +383,10 @@ if to_cliniko:
         help="Reads the source's invoices in scope: one request per 100 invoices.",
     ):
         try:
-            with st.spinner("Reading the source's invoices…"), source_client() as client:
+            with (
+                st.spinner("Reading the source's invoices…"),
+                session_source(batch, "opening balances") as client,
+            ):
                 if unreachable:
                     with config.open_ledger() as ledger:
                         frame = opening_balances(ledger, batch_id, source=client)
@@ -427,7 +448,7 @@ else:
         try:
             with (
                 st.spinner("Reading the source's invoices…"),
-                source_client() as client,
+                session_source(batch, "balances") as client,
                 config.open_store(batch.destination) as (ledger, store),
             ):
                 cache[(batch_id, "balances")] = balances(ledger, batch_id, source=client, store=store)

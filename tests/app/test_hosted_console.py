@@ -232,6 +232,42 @@ def test_a_clinics_whole_flow_leaves_its_key_nowhere(
             assert form.decode() not in logs
 
 
+def test_reads_with_the_key_the_session_holds_are_audited_too(
+    session: Callable[..., AppTest], clinics: Clinics, workspace: Path
+) -> None:
+    key = clinics.key(3)
+    at = sign_in(session(), key)
+    batch_id = decide_and_run(at)
+    deadline = time.monotonic() + 10
+    while not lease(at).dropped:  # the run's end drops the key
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # The clinic verifies its key again: the Review page's reads then use it, with no key box.
+    goto(at, "connect_hosted")
+    at.text_input(key="source_key_input").input(key)
+    at.button(key="verify_source").click().run()
+    assert not at.error, [e.value for e in at.error]
+    goto(at, "review")
+    assert "review_balances_key" not in [t.key for t in at.text_input]
+    at.button(key="review_balances").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert {m.label: m.value for m in at.metric}["Balances that differ"] == "0"
+    at.button(key="review_source_counts").click().run()
+    assert (recounted_at_the_source(at)["Difference"] == 0).all()
+
+    with Ledger(workspace) as ledger:
+        trail = ledger.audit_log(tenant=tenant_of(3))
+    reads = sorted(
+        (e["action"], e["batch_id"], e["role"], e["detail"]["read"], e["detail"]["key"])
+        for e in trail
+        if e["action"].startswith("review_read")
+    )
+    assert reads == [
+        ("review_read", batch_id, "clinic", "balances", "session"),
+        ("review_read", batch_id, "clinic", "source counts", "session"),
+    ]
+
+
 def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
     session: Callable[..., AppTest], clinics: Clinics, workspace: Path
 ) -> None:
