@@ -244,6 +244,9 @@ class Engine:
         self.destination = store.describe()
         self.account = plan.source_account
         self._foreign: dict[str, bool] = {}
+        # The destination records this run linked to, with the source record each went to: a page's
+        # links reach the ledger only with the page, and two source records must never share one.
+        self._claimed: dict[tuple[str, str], str] = {}
         self._counters: dict[str, _Counter] = {}
         self._staging: sqlite3.Connection | None = None
         self._any_earlier = True
@@ -957,7 +960,10 @@ class Engine:
                 )
                 continue
             # Never brought, or its destination record is gone (removed by hand): it comes across anew.
-            decisions.append(self._link_or_create(stage, raw, record, fk_dest))
+            decision = self._link_or_create(stage, raw, record, fk_dest)
+            if decision.action == "linked" and decision.dest_id is not None:
+                self._claimed[(stage.entity, decision.dest_id)] = record.id
+            decisions.append(decision)
         return decisions
 
     def _stored(self, entity: str, dest_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
@@ -1068,6 +1074,15 @@ class Engine:
                     reason_code="review_ambiguous_match",
                     reason=f"{len(free)} patients in the destination share this name and date of birth; created anew for review.",
                 )
+            if matches:  # twins, or one person twice at the source: the match already went to another
+                return _Decision(
+                    record.id,
+                    "created",
+                    row=row,
+                    reason_code="review_ambiguous_match",
+                    reason="The destination's patient with this name and date of birth is already linked to another "
+                    "source patient; created anew for review.",
+                )
         email = getattr(record, "email", None)
         if email and self.store.find_patients_by_email(email, exclude_source_account=self.account):
             return _Decision(
@@ -1080,6 +1095,10 @@ class Engine:
         return _Decision(record.id, "created", row=row)
 
     def _linked_elsewhere(self, entity: str, dest_id: str, source_id: str) -> bool:
+        """Whether another source record is linked to ``dest_id``: earlier in this run, or in the ledger."""
+        claimed = self._claimed.get((entity, dest_id))
+        if claimed is not None and claimed != source_id:
+            return True
         return self.ledger.linked_elsewhere(self.destination, entity, dest_id, source_id=source_id)
 
     def _row(

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,21 @@ class Env:
             self.ledger.conn.row_factory = None
 
 
-@pytest.fixture
-def env(sandbox: Sandbox, tmp_path: Path) -> Iterator[Env]:
+@contextmanager
+def env_of(sandbox: Sandbox, tmp_path: Path) -> Iterator[Env]:
+    """A fresh workspace and store, set up from the sandbox's destination, and a client of its source."""
     ledger = Ledger(tmp_path / "workspace")
     store = LocalStore(tmp_path / "clinic.db", ledger)
     with client_for(sandbox, "destination") as dest:
         copy_clinic_setup(store, dest)
     with client_for(sandbox) as source:
         yield Env(sandbox, tmp_path / "workspace", ledger, store, source)
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, tmp_path: Path) -> Iterator[Env]:
+    with env_of(sandbox, tmp_path) as made:
+        yield made
 
 
 def source_totals(sandbox: Sandbox) -> dict[str, int]:
@@ -159,6 +167,54 @@ def test_a_second_run_of_the_same_plan_creates_nothing(env: Env) -> None:
         assert row["in_scope"] == first.entities[entity]["in_scope"], entity
     assert second.entities["patients"]["already_present"] == first.entities["patients"]["created"]
     assert {e: len(env.rows(e)) for e in first.entities} == counts_before
+
+
+@pytest.mark.parametrize(
+    "size, seed, same_page", [("demo", 1, False), ("tiny", 3, True)], ids=["two pages", "one page"]
+)
+def test_two_source_patients_never_become_one_destination_patient(
+    sandbox: Sandbox, tmp_path: Path, size: str, seed: int, same_page: bool
+) -> None:
+    """Twins at the source (same name and date of birth) and one such patient the clinic entered itself.
+
+    One twin is linked to the clinic's patient; the other is created and flagged for review,
+    whether the two come on one page (the tiny clinic) or on two (the demo clinic).
+    """
+    with ExitStack() as stack:
+        running = (
+            sandbox if size == "demo" else stack.enter_context(Sandbox(size=size, seed=seed, rate_limit=0))
+        )
+        env = stack.enter_context(env_of(running, tmp_path))
+        (own,) = env.store.setup_reference(
+            "patients",
+            [{"first_name": "John", "last_name": "Brown", "date_of_birth": "1970-01-15", "data": {}}],
+        )
+        twins = {
+            str(r["id"]): page.number
+            for page in env.source.pages("patients")
+            for r in page.records
+            if (r["first_name"], r["last_name"], r["date_of_birth"]) == ("John", "Brown", "1970-01-15")
+        }
+        assert len(twins) == 2 and (len(set(twins.values())) == 1) == same_page
+        result = env.run(env.plan(include=["patients"]))
+        items = sorted(
+            (i for i in env.ledger.items(result.batch_id, "patients") if i.source_id in twins),
+            key=lambda i: i.action,
+        )
+        assert [(i.action, i.reason_code) for i in items] == [
+            ("created", "review_ambiguous_match"),
+            ("linked", "same_name_and_birth_date"),
+        ]
+        assert items[1].dest_id == own and items[0].dest_id != own
+        assert "already linked to another source patient" in (items[0].reason or "")
+        stored = [r for r in env.rows("patients") if (r["first_name"], r["last_name"]) == ("John", "Brown")]
+        assert sorted(r["source_id"] or "" for r in stored if r["date_of_birth"] == "1970-01-15") == [
+            "",
+            items[0].source_id,
+        ]
+        # Running again changes nothing: the linked twin is already present, and so is the created one.
+        again = env.run(env.plan(include=["patients"]))
+        assert again.entities["patients"]["created"] == 0 and again.entities["patients"]["linked"] == 0
 
 
 def test_business_filter_matches_a_hand_computation(env: Env) -> None:
