@@ -30,7 +30,7 @@ from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError
 from migrator.plan import records_of
 from migrator.preview import preview
-from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE
+from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE, source_account_of
 
 if TYPE_CHECKING:  # the engine loads only for the commands that need it
     from migrator.engine import ProgressEvent
@@ -270,7 +270,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         ledger, store = _batch_store(args.workspace, args.batch_id, client)
         batch = ledger.batch(args.batch_id)
         identity = client.identity()
-        if (identity.account or identity.user) != batch.source_account:
+        if source_account_of(identity, ledger) != batch.source_account:
             raise ConfigError(
                 f"The source key belongs to {identity.account or identity.user}, but batch {batch.id} was read "
                 f"from {batch.source_account}; set {SOURCE_KEY_ENV} to that account's key."

@@ -449,7 +449,11 @@ class Plan(BaseModel):
     """Everything a run needs except the API keys. Plain JSON; unknown fields are refused.
 
     Attributes:
-        source_account: the source account's name, as the key's ``/settings`` reports it.
+        source_account: the name the source account's batches go by: its name as the key's
+            ``/settings`` reported it for the account's first batch in the workspace, kept through
+            a rename (:func:`migrator.workflow.source_account_of`); on a hosted instance its id.
+        source_account_id: the source account's id, when the key's settings give it: what
+            binds a renamed account to the name its batches go by (:func:`migrator.workflow.source_account_of`).
         source_shard: the source key's shard (``au1``, ``uk1``...).
         destination: ``"sqlite:PATH"`` (the local store) or ``"cliniko:ACCOUNT_ID"`` (a Cliniko
             account, as :meth:`ClinikoDestination.describe` names it; plain ``"cliniko"`` before
@@ -467,6 +471,7 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_account: str = Field(min_length=1)
+    source_account_id: str | None = None
     source_shard: str
     destination: str
     destination_account: str | None = None

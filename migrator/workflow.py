@@ -200,7 +200,8 @@ def make_plan(
         # Cliniko needs a note's template; templates of the same name are linked, not duplicated.
         chosen.append("treatment_note_templates")
     fields: dict[str, Any] = {
-        "source_account": identity.account or identity.user,
+        "source_account": source_account_of(identity, ledger),
+        "source_account_id": identity.account_id,
         "source_shard": client.key.shard,
         "destination": destination,
         "destination_account": getattr(store, "account_name", None),
@@ -215,6 +216,29 @@ def make_plan(
     plan = _plan(fields, rows)
     plan.require_resolved()
     return plan
+
+
+def source_account_of(identity: Identity, ledger: Ledger | None) -> str:
+    """The name batches from the key's account go by in this workspace (:attr:`Plan.source_account`).
+
+    It is what tells this account's records from the others' (already present, linked,
+    resumed), so it must not change with the account's name in Cliniko. Each plan records
+    the account's id as well, and the name is that of the account's newest batch in
+    ``ledger`` with the same id: a clinic renamed between its run and its top-up keeps
+    the name it had. Another account that goes by the same name here (a batch with another
+    id) makes this one ``"NAME (account ID)"``, so two clinics never share one. Without an
+    id from Cliniko, or a ledger, it is the account's name (or, lacking one, the user's).
+    """
+    name = identity.account or identity.user
+    if ledger is None or not identity.account_id:
+        return name
+    taken = False
+    for batch in ledger.batches():  # newest first
+        recorded = batch.plan.get("source_account_id")
+        if recorded == identity.account_id:
+            return batch.source_account
+        taken = taken or (batch.source_account == name and recorded is not None)
+    return f"{name} (account {identity.account_id})" if taken else name
 
 
 def _plan(fields: dict[str, Any], rows: Sequence[MappingRow]) -> Plan:
@@ -284,7 +308,8 @@ def _comparable(plan_json: dict[str, Any], *, mappings: bool = True) -> dict[str
     Names and notes describe a row (a practitioner renamed at the source, a note matched
     afresh); they do not change what a run does, so they do not make another plan.
     """
-    out = {k: v for k, v in plan_json.items() if k not in ("created_with", "mappings")}
+    # The account's id binds its name (source_account_of); plans written before it was recorded lack it.
+    out = {k: v for k, v in plan_json.items() if k not in ("created_with", "mappings", "source_account_id")}
     if mappings:
         out["mappings"] = sorted(
             (r["entity"], str(r["source_id"]), r["action"], r.get("target_id") or "")

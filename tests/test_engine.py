@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import sqlite3
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations.local import LocalStore
 from migrator.engine import Engine, RunResult, RunStopped, _ReferencedItems
 from migrator.ledger import Item, Ledger
@@ -24,6 +25,7 @@ from migrator.plan import MappingRow, Plan, Scope
 from migrator.preview import list_key
 from migrator.sandbox import Sandbox
 from migrator.setup import copy_clinic_setup
+from migrator.workflow import make_plan, source_account_of
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +217,58 @@ def test_two_source_patients_never_become_one_destination_patient(
         # Running again changes nothing: the linked twin is already present, and so is the created one.
         again = env.run(env.plan(include=["patients"]))
         assert again.entities["patients"]["created"] == 0 and again.entities["patients"]["linked"] == 0
+
+
+def test_a_renamed_source_account_keeps_the_name_its_batches_go_by(env: Env) -> None:
+    """The clinic renames its Cliniko account between its run and its re-run (a top-up, say).
+
+    Its records are told from others' by the name its batches go by, bound to the account's
+    id, so the re-run finds everything already present: nothing is created twice, and
+    nothing is linked to a copy the first run made.
+    """
+    identity = env.source.identity()
+    assert identity.account == "Harbourside Physio" and identity.account_id
+    include = ["patients", "individual_appointments", "invoices", "invoice_items"]
+    rows = env.mapping()
+
+    def plan_as(who: Identity) -> Plan:
+        return make_plan(
+            env.source, who, env.store, scope=Scope(), include=include, mappings=rows, ledger=env.ledger
+        )
+
+    first = env.run(plan_as(identity))
+    before = {e: len(env.rows(e)) for e in include}
+    renamed = plan_as(dataclasses.replace(identity, account="Harbourside Physio & Pilates"))
+    assert renamed.source_account == "Harbourside Physio"
+    assert renamed.source_account_id == identity.account_id
+    again = env.run(renamed)
+    for entity in include:
+        assert again.entities[entity]["created"] == 0, entity
+        assert again.entities[entity]["linked"] == 0, entity
+        assert again.entities[entity]["already_present"] == first.entities[entity]["created"], entity
+    assert {e: len(env.rows(e)) for e in include} == before
+
+
+def test_the_name_batches_go_by_is_bound_to_the_account_id(tmp_path: Path) -> None:
+    def who(name: str | None, account_id: str | None) -> Identity:
+        return Identity(
+            "au2", "https://api.au2.cliniko.com/v1", name, "Zoë Adams", "1", None, True, True, account_id
+        )
+
+    with Ledger(tmp_path / "workspace") as ledger:
+        assert source_account_of(who("Harbourside", "7"), ledger) == "Harbourside"  # a first batch
+        ledger.create_batch(
+            source_account="Harbourside", destination="sqlite:x", plan={"source_account_id": "7"}
+        )
+        assert source_account_of(who("Harbourside Pilates", "7"), ledger) == "Harbourside"  # renamed since
+        # Another account of the same name goes by its name and id, so the two never share records.
+        assert source_account_of(who("Harbourside", "8"), ledger) == "Harbourside (account 8)"
+        # A batch written before ids were recorded: the same name is taken to be the same account.
+        ledger.create_batch(source_account="Bayside", destination="sqlite:x", plan={})
+        assert source_account_of(who("Bayside", "9"), ledger) == "Bayside"
+        # Without an id from Cliniko (or a ledger), the account's name, or the user's when it has none.
+        assert source_account_of(who("Harbourside Pilates", None), ledger) == "Harbourside Pilates"
+        assert source_account_of(who(None, None), None) == "Zoë Adams"
 
 
 def test_business_filter_matches_a_hand_computation(env: Env) -> None:

@@ -31,6 +31,7 @@ from migrator.ledger import Batch
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
 from migrator.reconcile import balances, counts, flagged, merged_counts, skipped
+from migrator.workflow import source_account_of
 
 COLUMN_NAMES = {
     "entity": "Data type",
@@ -190,7 +191,8 @@ identity = state.get("source_identity")
 if hosted():  # hosted batches name their source by account id: the tenant
     same_source = connected() and work_tenant() == batch.source_account
 else:
-    same_source = connected() and (identity.account or identity.user) == batch.source_account
+    with config.open_ledger() as ledger:  # a renamed account goes by the name its batches have
+        same_source = connected() and source_account_of(identity, ledger) == batch.source_account
 handle = run_registry().get(batch.id, tenant=tenant_scope())
 running = (handle is not None and handle.running) or batch.running_elsewhere()
 with config.open_ledger() as ledger:

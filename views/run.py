@@ -35,7 +35,7 @@ from migrator.errors import ConfigError, MigratorError
 from migrator.hosted import KeyLease, Principal, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
 from migrator.scoped_preview import plan_entities, scoped_preview
-from migrator.workflow import make_plan, verify_source
+from migrator.workflow import make_plan, source_account_of, verify_source
 
 STATUS_WORDS = {
     "running": "running",
@@ -71,7 +71,7 @@ def start(*, top_up: bool = False) -> None:
     scope, include, archived = plan_choices()
     with source_client() as client:
         identity = verify_source(client)
-        with open_destination() as (_, store):
+        with open_destination() as (ledger, store):
             plan = make_plan(
                 client,
                 identity,
@@ -80,6 +80,7 @@ def start(*, top_up: bool = False) -> None:
                 include=include,
                 mappings=rows,
                 include_archived_patients=archived,
+                ledger=ledger,
             )
     expected = current_preview().expected()
     held, key = lease(), source_key()
@@ -113,11 +114,12 @@ def resume(batch_id: str) -> None:
     with config.open_ledger() as ledger:
         ledger.batch(batch_id, tenant=scope)  # another clinic's batch is "not found", as an unknown one
         plan = plan_of(ledger, batch_id)
-    with source_client() as client:
-        identity = verify_source(client)
-        expected = scoped_preview(
-            client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
-        ).expected()
+        with source_client() as client:
+            identity = verify_source(client)
+            expected = scoped_preview(
+                client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
+            ).expected()
+        account = source_account_of(identity, ledger)  # a renamed account goes by its batches' name
     held, signed_in = lease(), principal()
     if held is not None and signed_in is not None:
         with config.open_ledger() as ledger:
@@ -143,7 +145,7 @@ def resume(batch_id: str) -> None:
     handle = registry.resume(
         batch_id,
         key,
-        source_account=identity.account or identity.user,
+        source_account=account,
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,

@@ -97,6 +97,8 @@ class Identity:
     role: str | None
     is_admin: bool
     is_practitioner: bool
+    #: The account's id (``/settings`` ``account.id``): what stays when the account is renamed.
+    account_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -372,6 +374,7 @@ class ClinikoClient:
         except AccessError:
             settings = self.get("/settings/public")
         account = (settings.get("account") or {}).get("name")
+        account_id = (settings.get("account") or {}).get("id")
         practitioners = self.count("practitioners", [Filter("user_id", "=", user_id)])
         name = " ".join(p for p in (user.get("first_name"), user.get("last_name")) if p)
         role = user.get("role")
@@ -384,6 +387,7 @@ class ClinikoClient:
             role=role,
             is_admin=role == "administrator",
             is_practitioner=practitioners > 0,
+            account_id=None if account_id is None else str(account_id),
         )
 
 

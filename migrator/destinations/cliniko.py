@@ -1331,9 +1331,11 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
             + ", so patients' answers there stay in the source; add them in the destination's settings "
             "(same section, name and type) before the run, or after it and run in full again, to bring them across."
         )
+    from migrator.workflow import source_account_of  # the workflow builds on this module
+
     # Patients earlier batches from this source brought are found already present, not matched again.
     others = (
-        destination.foreign_count("patients", source_account=src.account or src.user)
+        destination.foreign_count("patients", source_account=source_account_of(src, destination.ledger))
         if check.counts["patients"]
         else 0
     )
