@@ -28,7 +28,8 @@ What each record becomes, with the ledger's four actions kept:
   items). A record the clinic has since added to in the destination (a note on a
   patient Cliniko deleted) is kept and flagged ``already_present`` /
   ``deleted_at_source_kept``; a record that was only linked to (the clinic's own) is
-  never removed.
+  never removed. In another Cliniko account nothing is removed: each such record is
+  kept and flagged ``deleted_at_source_kept`` for a person to remove there.
 
 Deleting a top-up batch removes what it created (and, as for any batch, what was
 created since for the patients it created); it does not undo the updates it made nor
@@ -139,6 +140,21 @@ def remove_deleted(
     if not hits:
         return []
     thing = records_of(entity)
+    if not hasattr(store, "provenance"):
+        # Another Cliniko account: what depends on the record there (the clinic's own bookings, notes,
+        # invoices) is not known from here, so nothing is removed; each is kept and flagged for a person.
+        return [
+            Item(
+                entity,
+                source_id,
+                dest_id,
+                "already_present",
+                f"{DELETED_AT_SOURCE}_kept",
+                f"Deleted in Cliniko at the source after an earlier batch brought it; a transfer into another "
+                f"Cliniko account does not remove records, so remove this {thing} there by hand if it should go.",
+            )
+            for source_id, (_, dest_id) in hits.items()
+        ]
     origin = store.provenance(entity, [dest for _, dest in hits.values()])
     items: list[Item] = []
     for source_id, (_, dest_id) in hits.items():

@@ -345,7 +345,7 @@ def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_
         if str(r["id"]) in created["individual_appointments"] and not r["cancelled_at"]
     ]
     moved, kept, archived = (str(r["id"]) for r in live[:3])
-    cancelled, gone = (str(r["id"]) for r in booked[:2])
+    cancelled, gone, removed = (str(r["id"]) for r in booked[:3])
     note = next(iter(created["treatment_notes"]))
     dest = transfer.dest_client
 
@@ -355,6 +355,7 @@ def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_
         clinic.patch(f"/individual_appointments/{cancelled}/cancel", {"cancellation_reason": 10})
         clinic.put(f"/individual_appointments/{gone}", {"notes": "Bring the referral"})
         clinic.put(f"/treatment_notes/{note}", {"title": "Revised after review"})
+        clinic.delete(f"/individual_appointments/{removed}")
     # Meanwhile in the destination: the moved patient's name corrected there, an appointment deleted.
     dest.put(f"/patients/{created['patients'][moved]}", {"first_name": "Corrected"})
     dest.delete(f"/individual_appointments/{created['individual_appointments'][gone]}")
@@ -372,11 +373,18 @@ def test_a_top_up_rewrites_what_changed_at_the_source_and_keeps_the_clinics_own_
         ("individual_appointments", cancelled): "cancelled",
         ("individual_appointments", gone): "update_refused",
         ("treatment_notes", note): "updated",
+        ("individual_appointments", removed): "deleted_at_source_kept",
     }
     assert "deleted from the destination since" in reasons[("individual_appointments", gone)][1]
-    assert flagged(transfer.ledger, top_up.batch_id).select("entity", "source_id", "reason_code").rows() == [
-        ("individual_appointments", gone, "update_refused")
-    ]
+    assert "remove this appointment there by hand" in reasons[("individual_appointments", removed)][1]
+    assert set(
+        flagged(transfer.ledger, top_up.batch_id).select("entity", "source_id", "reason_code").rows()
+    ) == {
+        ("individual_appointments", removed, "deleted_at_source_kept"),
+        ("individual_appointments", gone, "update_refused"),
+    }
+    # Deleted at the source, kept in the destination: another Cliniko account is not removed from.
+    assert dest.get(f"/individual_appointments/{created['individual_appointments'][removed]}")
 
     patient = dest.get(f"/patients/{created['patients'][moved]}")
     assert (patient["email"], patient["city"]) == ("moved@example.com", "Ballarat")
