@@ -38,7 +38,7 @@ from migrator.plan import (
     default_include,
 )
 from migrator.scoped_preview import ScopedPreview, scoped_preview
-from migrator.workflow import last_mapping
+from migrator.workflow import last_mapping, source_account_of
 
 #: Session entries that hold keys or what was read with them: all dropped on disconnect.
 CONNECTION_STATE = (
@@ -399,8 +399,10 @@ def ensure_mapping(*, rebuild: bool = False) -> dict[str, pl.DataFrame]:
             # A clinic back for its top-up finds its decisions again: matching afresh leaves its former
             # practitioners undecided, and a changed mapping is a new plan with nothing to top up.
             with settings().open_ledger() as ledger:
+                # A renamed account goes by the name its batches have (source_account_of).
+                source = source_account_of(state.source_identity, ledger)
                 found = last_mapping(
-                    ledger, account[0], account[1] or settings().store_target, tenant=tenant_scope()
+                    ledger, source, account[1] or settings().store_target, tenant=tenant_scope()
                 )
             if found is not None:
                 state.mapping, applied, _ = apply_rows(state.mapping, found[1])

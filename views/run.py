@@ -114,11 +114,12 @@ def resume(batch_id: str) -> None:
     with config.open_ledger() as ledger:
         ledger.batch(batch_id, tenant=scope)  # another clinic's batch is "not found", as an unknown one
         plan = plan_of(ledger, batch_id)
-        with source_client() as client:
-            identity = verify_source(client)
-            expected = scoped_preview(
-                client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
-            ).expected()
+    with source_client() as client:
+        identity = verify_source(client)
+        expected = scoped_preview(
+            client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
+        ).expected()
+    with config.open_ledger() as ledger:
         account = source_account_of(identity, ledger)  # a renamed account goes by its batches' name
     held, signed_in = lease(), principal()
     if held is not None and signed_in is not None:
