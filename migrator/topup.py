@@ -144,12 +144,10 @@ def remove_deleted(
         # Another Cliniko account: what depends on the record there (the clinic's own bookings, notes,
         # invoices) is not known from here, so nothing is removed; each is kept and flagged for a person.
         return [
-            Item(
+            _kept(
                 entity,
                 source_id,
                 dest_id,
-                "already_present",
-                f"{DELETED_AT_SOURCE}_kept",
                 f"Deleted in Cliniko at the source after an earlier batch brought it; a transfer into another "
                 f"Cliniko account does not remove records, so remove this {thing} there by hand if it should go.",
             )
@@ -176,12 +174,10 @@ def remove_deleted(
         )
         if added:
             items.append(
-                Item(
+                _kept(
                     entity,
                     source_id,
                     dest_id,
-                    "already_present",
-                    f"{DELETED_AT_SOURCE}_kept",
                     f"Deleted in Cliniko, but {added} record{'s' if added > 1 else ''} added in the "
                     f"destination since depend{'' if added > 1 else 's'} on this {thing}; kept for review.",
                 )
@@ -212,3 +208,8 @@ def remove_deleted(
             )
         )
     return items
+
+
+def _kept(entity: str, source_id: str, dest_id: str, why: str) -> Item:
+    """A record deleted at the source that stays in the destination, flagged for a person."""
+    return Item(entity, source_id, dest_id, "already_present", f"{DELETED_AT_SOURCE}_kept", why)
