@@ -30,7 +30,7 @@ from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError
 from migrator.plan import records_of
 from migrator.preview import preview
-from migrator.workflow import DEFAULT_STORE, DEFAULT_WORKSPACE, source_account_of
+from migrator.workflow import DEFAULT_WORKSPACE, source_account_of
 
 if TYPE_CHECKING:  # the engine loads only for the commands that need it
     from migrator.engine import ProgressEvent
@@ -415,12 +415,10 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     for note in (plan.already_deleted_note, plan.matched_note):
         if note:
             print(note)
-    if args.dry_run:
-        if plan.blocker:
-            print(plan.blocker)
-        return 0
-    if plan.blocker:
+    if plan.blocker:  # refused, dry run or not: exit 1 with the reason, as for a batch too old
         raise BatchNotDeletable(plan.blocker)
+    if args.dry_run:
+        return 0
     if not args.yes:
         raise ConfigError("Deleting a batch cannot be undone: add --yes to confirm (try --dry-run first).")
     delete_batch(ledger, store, args.batch_id)
@@ -537,15 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--workspace",
             default=DEFAULT_WORKSPACE,
             metavar="DIR",
-            help="where ledger.db lives (default ./workspace)",
+            help="where ledger.db (and, unless --to says otherwise, clinic.db) lives (default ./workspace)",
         )
 
     def to(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--to",
-            default=DEFAULT_STORE,
             metavar="sqlite:PATH|cliniko",
-            help=f"the destination: a local clinic store (default {DEFAULT_STORE}) or 'cliniko', the account of "
+            help="the destination: a local clinic store (default sqlite:DIR/clinic.db in --workspace DIR) or "
+            f"'cliniko', the account of "
             f"{DEST_KEY_ENV} (extra practitioners' keys for notes' authors in {NOTE_KEYS_ENV})",
         )
 
@@ -650,7 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
         "setup-store",
         help="give the local store the destination account's practitioners and businesses (MIGRATOR_DEST_KEY)",
     )
-    setup.add_argument("--to", default=DEFAULT_STORE, metavar="sqlite:PATH")
+    setup.add_argument(
+        "--to",
+        metavar="sqlite:PATH",
+        help="the local clinic store (default sqlite:DIR/clinic.db in --workspace DIR)",
+    )
     workspace(setup)
     setup.set_defaults(func=cmd_setup_store)
     return parser

@@ -38,7 +38,6 @@ from migrator.plan import MappingRow, Scope, parse_include
 from migrator.reconcile import Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
-    DEFAULT_STORE,
     DEFAULT_WORKSPACE,
     make_plan,
     open_local_store,
@@ -95,7 +94,7 @@ def _identity(client: ClinikoClient) -> Identity:
 
 
 def mapping(
-    source: ClinikoClient, *, to: str = DEFAULT_STORE, workspace: str | Path = DEFAULT_WORKSPACE
+    source: ClinikoClient, *, to: str | None = None, workspace: str | Path = DEFAULT_WORKSPACE
 ) -> pl.DataFrame:
     """The auto-matched mapping table for a run into the local store ``to``: one frame, every entity.
 
@@ -165,7 +164,7 @@ def _tqdm() -> Any:
 def run(
     source: ClinikoClient,
     *,
-    to: str = DEFAULT_STORE,
+    to: str | None = None,
     workspace: str | Path = DEFAULT_WORKSPACE,
     scope: str | Scope = "all",
     include: str | Sequence[str] | None = None,
@@ -178,7 +177,7 @@ def run(
 
     Args:
         source: from :func:`connect`.
-        to: ``sqlite:PATH``; workspace: where the ledger lives.
+        to: ``sqlite:PATH`` (default ``<workspace>/clinic.db``); workspace: where the ledger lives.
         scope: ``"all"``, ``"business:ID[,ID...]"`` or ``"practitioner:ID[,ID...]"``.
         include: data types (``"patients,invoices"``, ``"core"``...); default everything.
         mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file; by

@@ -43,6 +43,7 @@ __all__ = [
     "ClinikoKeys",
     "auto_mapping",
     "cliniko_destination",
+    "default_store",
     "earlier_mapping",
     "last_completed_batch",
     "last_mapping",
@@ -58,7 +59,17 @@ __all__ = [
 ]
 
 DEFAULT_WORKSPACE = "workspace"
+#: The local clinic store of the default workspace (:func:`default_store` of another one).
 DEFAULT_STORE = "sqlite:workspace/clinic.db"
+
+
+def default_store(workspace: str | Path = DEFAULT_WORKSPACE) -> str:
+    """A workspace's own local clinic store, as a destination: ``sqlite:<workspace>/clinic.db``.
+
+    >>> default_store("elsewhere")
+    'sqlite:elsewhere/clinic.db'
+    """
+    return f"sqlite:{Path(workspace) / 'clinic.db'}"
 
 
 def verify_source(client: ClinikoClient) -> Identity:
@@ -73,11 +84,21 @@ def verify_source(client: ClinikoClient) -> Identity:
 
 
 def open_local_store(
-    target: str = DEFAULT_STORE, workspace: str | Path = DEFAULT_WORKSPACE
+    target: str | None = None, workspace: str | Path = DEFAULT_WORKSPACE
 ) -> tuple[Ledger, LocalStore]:
-    """The workspace's ledger and the local clinic store ``sqlite:PATH`` attached to it."""
+    """The workspace's ledger and the local clinic store ``sqlite:PATH`` attached to it.
+
+    ``target`` defaults to the workspace's own store (:func:`default_store`).
+
+    Raises:
+        ConfigError: the store is not one this ledger may write (see :class:`LocalStore`).
+    """
     ledger = Ledger(workspace)
-    return ledger, LocalStore(LocalStore.parse_target(target), ledger)
+    try:
+        return ledger, LocalStore(LocalStore.parse_target(target or default_store(workspace)), ledger)
+    except BaseException:
+        ledger.close()
+        raise
 
 
 @dataclass(frozen=True, repr=False)

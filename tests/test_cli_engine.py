@@ -318,7 +318,8 @@ def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
     human = cli(tiny_sandbox, "batches", "--workspace", str(tmp_path)).stdout.splitlines()
     assert f"    {sentence}" in human and len(human) == 3  # the two batches, and why the first is kept
     dry = cli(tiny_sandbox, "delete-batch", first, "--dry-run", "--workspace", str(tmp_path))
-    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == sentence
+    assert (dry.returncode, dry.stderr) == (1, f"error: {sentence}\n")  # refused: says so, and exits 1
+    assert dry.stdout.startswith(f"Deleting batch {first} removes 1 record:")  # what it would remove, still
     refused = cli(tiny_sandbox, "delete-batch", first, "--yes", "--workspace", str(tmp_path))
     assert refused.returncode == 1 and refused.stderr == f"error: {sentence}\n"
     with sqlite3.connect(tmp_path / "clinic.db") as conn:
@@ -331,3 +332,28 @@ def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
         "",
         f"error: Batch {first} has already been deleted.\n",
     )
+
+
+def test_a_workspace_keeps_its_own_store_and_refuses_another_workspaces(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """``--workspace DIR`` alone puts the store in DIR; a second ledger on a store is refused, not crashed."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    mapping = setup_workspace(tiny_sandbox, first)
+    done = cli(tiny_sandbox, "run", "--workspace", str(first), "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)["entities"]["patients"]["created"]
+    with sqlite3.connect(first / "clinic.db") as conn:  # the store setup-store gave, in the workspace
+        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == created > 0
+
+    store = ("--to", f"sqlite:{first / 'clinic.db'}", "--workspace", str(second))
+    refused = cli(tiny_sandbox, "run", *store, "--mapping", str(mapping))
+    assert refused.returncode == 2
+    assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+    batch_id = json.loads(done.stdout)["batch_id"]
+    assert f"holds records of batch {batch_id}, which the ledger at" in refused.stderr
+    assert "belongs to another workspace" in refused.stderr
+    with sqlite3.connect(second / "ledger.db") as conn:  # no batch started, let alone a failed one
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    with sqlite3.connect(first / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == created

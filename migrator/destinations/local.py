@@ -176,7 +176,9 @@ class LocalStore:
 
     Raises:
         ConfigError: the path is the ledger's own file, a folder or a file that is not a
-            SQLite database, or the ledger already has another store attached.
+            SQLite database, the ledger already has another store attached, or the store
+            holds records of batches this ledger does not know (another workspace's store:
+            this ledger could not tell what is already there, nor delete them).
     """
 
     INSERT_ORDER = INSERT_ORDER
@@ -198,6 +200,25 @@ class LocalStore:
             # Atomic commits across attached databases need a rollback journal on both.
             ledger.conn.execute(f"PRAGMA {SCHEMA}.journal_mode = DELETE")
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
+            stranger = self._unknown_batch()
+        if stranger is not None:
+            self.close()
+            raise ConfigError(
+                f"The clinic store at {self.path} holds records of batch {stranger}, which the ledger at "
+                f"{ledger.path} does not know: it belongs to another workspace. Use that workspace "
+                "(--workspace), or another store."
+            )
+
+    def _unknown_batch(self) -> str | None:
+        """A batch whose records the store holds but the ledger does not know, if any (an index read per table)."""
+        written = " UNION ".join(
+            f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
+            for spec in TABLES.values()
+        )
+        row = self.ledger.conn.execute(
+            f"SELECT batch_id FROM ({written}) WHERE batch_id NOT IN (SELECT id FROM main.batches) LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def parse_target(target: str) -> Path:
