@@ -100,12 +100,19 @@ def _destination(args: argparse.Namespace, source: ClinikoClient, *, check: bool
 
 
 def _batch_store(
-    workspace: str, batch_id: str, source: ClinikoClient | None = None, *, cliniko_only: str | None = None
+    workspace: str,
+    batch_id: str,
+    source: ClinikoClient | None = None,
+    *,
+    cliniko_only: str | None = None,
+    admin_for: str | None = None,
 ) -> tuple[Any, Any]:
     """The ledger and the destination a batch wrote into (a Cliniko one needs ``MIGRATOR_DEST_KEY``).
 
     ``cliniko_only``: why the command makes no sense for a batch into the local clinic
-    store, said (as a :class:`ConfigError`) when the batch is one.
+    store, said (as a :class:`ConfigError`) when the batch is one. ``admin_for``: what
+    the command does to a Cliniko account, which only its administrator may (seed 000):
+    ``MIGRATOR_DEST_KEY``'s user is checked with Cliniko, now, before anything is read.
     """
     from migrator.ledger import Ledger
     from migrator.workflow import open_local_store
@@ -127,6 +134,13 @@ def _batch_store(
             f"Batch {batch_id} wrote into Cliniko account {batch.destination.removeprefix('cliniko:')}, but "
             f"{DEST_KEY_ENV} belongs to account {dest.account_id}; set it to a key of that account."
         )
+    if admin_for:
+        identity = dest.client.identity()
+        if not identity.is_admin:
+            raise ConfigError(
+                f"{DEST_KEY_ENV} belongs to {identity.user}, who is not an administrator of "
+                f"{identity.account or 'the account'}; {admin_for} needs an administrator's key."
+            )
     return ledger, dest
 
 
@@ -396,7 +410,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
 def cmd_delete_batch(args: argparse.Namespace) -> int:
     from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
 
-    ledger, store = _batch_store(args.workspace, args.batch_id)
+    ledger, store = _batch_store(args.workspace, args.batch_id, admin_for="deleting a batch")
     allowed, why = ledger.batch(args.batch_id).deletable()
     if not allowed:  # too old, deleted or running: no plan to show (nor an account to read for one)
         raise BatchNotDeletable(why)
@@ -453,6 +467,7 @@ def cmd_go_live(args: argparse.Namespace) -> int:
         args.workspace,
         args.batch_id,
         cliniko_only="going live turns reminders back on in Cliniko, and the local store sends none.",
+        admin_for="going live",
     )
     if not args.yes:
         raise ConfigError(

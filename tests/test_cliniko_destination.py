@@ -1181,6 +1181,15 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     assert f"{len(lines)} patients have an opening balance" in balances.stdout
 
     assert cli("go-live", batch_id, "--workspace", ws, dest_key=dest).returncode == 2  # needs --yes
+    # A practitioner's key of the same account may not turn reminders on, nor delete (seed 000): refused first.
+    staff = sb.key("destination_practitioner")
+    for command in (("go-live", batch_id, "--yes"), ("delete-batch", batch_id, "--dry-run")):
+        not_admin = cli(*command, "--workspace", ws, dest_key=staff)
+        assert not_admin.returncode == 2 and not_admin.stdout == "", not_admin.stderr
+        assert "who is not an administrator of" in not_admin.stderr and "needs an administrator's key" in (
+            not_admin.stderr
+        )
+        assert staff not in not_admin.stderr and not_admin.stderr.count("\n") == 1
     live = cli("go-live", batch_id, "--yes", "--workspace", ws, dest_key=dest)
     assert live.returncode == 0 and "restored for" in live.stdout
 
