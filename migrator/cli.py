@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import parse_key
 from migrator.cliniko.pacing import pace_from_env
-from migrator.errors import ConfigError, MappingError, MigratorError
+from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError
 from migrator.plan import records_of
 from migrator.preview import preview
 from migrator.workflow import DEFAULT_WORKSPACE, source_account_of
@@ -684,7 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MigratorError as exc:  # APIError and the rest: Cliniko refused or failed
-        print(f"error: {exc}", file=sys.stderr)
+        again = ""
+        if isinstance(exc, RetriableAPIError) and args.command in _WRITING:  # Cliniko down, not a refusal
+            again = " What was done so far is kept and recorded: run the same command again to go on from there."
+        print(f"error: {exc}{again}", file=sys.stderr)
         return 1
     except OSError as exc:  # a path the file system refuses: --out, --workspace, --to sqlite:PATH
         print(f"error: {_path_refused(exc)}", file=sys.stderr)

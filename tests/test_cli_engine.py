@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import RunningSandbox
 from tests.test_cli import assert_one_clean_line
@@ -357,3 +358,13 @@ def test_a_workspace_keeps_its_own_store_and_refuses_another_workspaces(
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     with sqlite3.connect(first / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == created
+
+
+def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
+    """Cliniko down beyond retries (every answer a gateway's 502 page): one sentence, no HTML, and what to do."""
+    down = sandbox_factory(size="tiny", seed=3, rate_limit=0, faults=1.0, fault_kinds=("502",))
+    failed = cli(down, "run", "--workspace", str(tmp_path))
+    assert failed.returncode == 1
+    assert_one_clean_line(failed.stderr, down.key("source"))
+    assert "<" not in failed.stderr and "(last: HTTP 502)" in failed.stderr
+    assert failed.stderr.rstrip().endswith("run the same command again to go on from there.")

@@ -704,6 +704,60 @@ def test_dropped_answers_to_writes_never_duplicate_a_record(tmp_path: Path) -> N
         assert max(keys.values()) == 1
 
 
+class _Gateway(httpx.HTTPTransport):
+    """A gateway in front of the destination that answers 502 to two creates of ``path``.
+
+    The first never reaches Cliniko; the second does, and its answer is lost behind the 502.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path, self.failed = path, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        bad = request.method == "POST" and request.url.path.endswith(self.path) and self.failed < 2
+        if not bad:
+            return super().handle_request(request)
+        self.failed += 1
+        if self.failed == 2:
+            super().handle_request(request).read()  # applied; the answer is lost
+        return httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>", request=request)
+
+
+def test_a_gateway_error_on_a_create_does_not_end_the_transfer_nor_duplicate(tmp_path: Path) -> None:
+    """A 502 to a create is looked up and sent again within the run: one run, no duplicate, nothing missing."""
+    with Sandbox(size="tiny", seed=1, rate_limit=0) as sb:
+        config = ClientConfig(url_template=sb.url_template, requests_per_minute=0, retry=RETRY)
+        gateway = _Gateway("/patients")
+        with (
+            ClinikoClient(sb.key("source"), config=config) as source,
+            ClinikoClient(
+                sb.key("destination"), writable=True, config=config, transport=gateway
+            ) as dest_client,
+            Ledger(tmp_path / "workspace") as ledger,
+        ):
+            dest = ClinikoDestination.connect(dest_client, ledger, source=source)
+            try:
+                t = Transfer(sb, source, dest_client, ledger, dest)
+                result = t.run(t.plan(include=["patients"]))
+            finally:
+                dest.close()
+            assert gateway.failed == 2 and dest.recovered == 1  # the applied one was found, not sent again
+            patients = [r for p in dest_client.pages("patients") for r in p.records]
+            patients += [r for p in dest_client.pages("patients", route="archived") for r in p.records]
+            created = result.entities["patients"]["created"]
+            assert len(patients) == created == t.total("patients", source)
+            people = Counter((p["first_name"], p["last_name"], p["date_of_birth"]) for p in patients)
+            at_source = Counter(
+                (p["first_name"], p["last_name"], p["date_of_birth"])
+                for route in (None, "archived")
+                for page in source.pages("patients", route=route)
+                for p in page.records
+            )
+            assert people == at_source  # each person once (the source's twins twice, as there)
+            assert ledger.batch(result.batch_id).status == "completed"
+
+
 def test_deleting_the_batch_removes_exactly_what_it_created(transfer: Transfer) -> None:
     before = {e: transfer.total(e) for e in WRITTEN}
     templates = transfer.total("treatment_note_templates")

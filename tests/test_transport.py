@@ -166,6 +166,28 @@ def test_a_write_whose_answer_was_lost_is_not_sent_twice() -> None:
     assert len(seen) == 1
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_on_a_write_is_unconfirmed_and_its_html_page_is_not_repeated(status: int) -> None:
+    page = "<html><body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>"
+    handler, seen = scripted(httpx.Response(status, text=page, headers={"Content-Type": "text/html"}), OK)
+    with client_with(handler, writable=True) as client, pytest.raises(RetriableAPIError) as raised:
+        client.post("/patients", {"first_name": "A", "last_name": "B"})
+    assert len(seen) == 1  # not sent again: the gateway may have passed it on
+    assert raised.value.unconfirmed  # so the migration looks for the record before sending it again
+    assert str(raised.value) == (
+        f"Cliniko answered POST /uk1/v1/patients with HTTP {status}, a gateway error; the write may or may not "
+        "have been applied, so it was not sent again."
+    )
+
+
+def test_a_plain_text_error_body_is_kept_as_clinikos_sentence() -> None:
+    handler, _ = scripted(httpx.Response(500, text="Something went wrong.\n"))
+    with client_with(handler, writable=True) as client, pytest.raises(RetriableAPIError) as raised:
+        client.put("/patients/1", {"first_name": "A"})
+    assert str(raised.value) == "Cliniko failed PUT /uk1/v1/patients/1 (HTTP 500): Something went wrong."
+    assert not raised.value.unconfirmed
+
+
 def test_a_write_that_never_connected_is_retried() -> None:
     handler, seen = scripted(httpx.ConnectError("refused"), httpx.Response(201, json={"id": 5}))
     with client_with(handler, writable=True) as client:

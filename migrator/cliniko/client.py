@@ -419,8 +419,9 @@ def _error_for(response: httpx.Response, key: ApiKey) -> APIError:
         if isinstance(body, dict):
             api_message = body.get("message") or body.get("error")
             errors = body.get("errors") or {}
-    except ValueError:
-        api_message = response.text[:200] or None
+    except ValueError:  # plain text is Cliniko's sentence; an HTML page (a gateway's) is not repeated
+        text = " ".join(response.text.split())
+        api_message = text[:200] if text and not text.startswith("<") else None
     status = response.status_code
     # Cliniko's own sentence ends with a full stop; ours goes on after it.
     said = f": {str(api_message).strip().rstrip('.')}" if api_message else ""
@@ -442,8 +443,25 @@ def _error_for(response: httpx.Response, key: ApiKey) -> APIError:
         fields = "; ".join(f"{name} {', '.join(msgs)}" for name, msgs in errors.items())
         detail = f" ({fields})" if fields else ""
         kind, message = ValidationAPIError, f"Cliniko refused {method} {path}{said}{detail}."
-    elif status == 429 or status >= 500:
-        kind, message = RetriableAPIError, f"Cliniko kept failing {method} {path} (HTTP {status}){said}."
+    elif status in _GATEWAY and method not in ("GET", "HEAD"):
+        # The gateway may have passed the write on before it failed: like a lost answer,
+        # the caller looks for the record before sending it again (the transport never resends).
+        return RetriableAPIError(
+            f"Cliniko answered {method} {path} with HTTP {status}, a gateway error{said}; the write may or may "
+            "not have been applied, so it was not sent again.",
+            status=status,
+            method=method,
+            path=path,
+            api_message=api_message,
+            unconfirmed=True,
+        )
+    elif status == 429 or status >= 500:  # a GET is retried first; a write is sent once
+        failed = "kept failing" if method == "GET" else "failed"
+        kind, message = RetriableAPIError, f"Cliniko {failed} {method} {path} (HTTP {status}){said}."
     else:
         kind, message = FatalAPIError, f"Cliniko refused {method} {path} (HTTP {status}){said}."
     return kind(message, status=status, method=method, path=path, api_message=api_message, errors=errors)
+
+
+#: Answers of a gateway in front of Cliniko: the request may or may not have reached it.
+_GATEWAY = frozenset({502, 504})
