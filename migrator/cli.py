@@ -686,7 +686,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigratorError as exc:  # APIError and the rest: Cliniko refused or failed
         again = ""
         if isinstance(exc, RetriableAPIError) and args.command in _WRITING:  # Cliniko down, not a refusal
-            again = " What was done so far is kept and recorded: run the same command again to go on from there."
+            again = (
+                " What was done so far is kept and recorded: run the same command again to go on from there."
+            )
         print(f"error: {exc}{again}", file=sys.stderr)
         return 1
     except OSError as exc:  # a path the file system refuses: --out, --workspace, --to sqlite:PATH

@@ -103,8 +103,12 @@ class RetriableAPIError(APIError):
 
     ``unconfirmed`` is true for a write whose request left but whose answer was lost:
     Cliniko may or may not have applied it, so it must be looked up before being sent again.
+    ``unreachable`` is true when no try could even connect (no network, or no such host).
     """
 
-    def __init__(self, message: str, *, unconfirmed: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, unconfirmed: bool = False, unreachable: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.unconfirmed = unconfirmed
+        self.unreachable = unreachable

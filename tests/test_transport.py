@@ -188,6 +188,29 @@ def test_a_plain_text_error_body_is_kept_as_clinikos_sentence() -> None:
     assert not raised.value.unconfirmed
 
 
+@pytest.mark.parametrize(("shard", "refused"), [("xx9", ConfigError), ("uk1", RetriableAPIError)])
+def test_a_host_never_reached_on_an_unlisted_shard_blames_the_key(shard: str, refused: type) -> None:
+    """A key cut short can end in a made-up shard: its host is never reached, and the sentence says why."""
+    key = f"MSunitTestKey0123456789abcdefghij-{shard}"
+    failing = [httpx.ConnectError("[Errno -2] Name or service not known")] * FAST.retry.attempts
+    handler, seen = scripted(*failing)
+    with (
+        ClinikoClient(key, config=FAST, transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(refused) as raised,
+    ):
+        client.get("/user")
+    assert len(seen) == FAST.retry.attempts
+    if shard == "xx9":
+        assert str(raised.value) == (
+            "http://cliniko.test/xx9/v1 could not be reached: the key ends in -xx9, a shard Cliniko does not "
+            "list. Check that the whole key was pasted (the part after its last '-' names the shard), or the "
+            "network if Cliniko has added that shard since."
+        )
+    else:  # a listed shard: Cliniko (or the network) is down, and a later try may work
+        assert "after 4 tries (last: could not connect)" in str(raised.value)
+    assert "abcdefghij" not in str(raised.value)
+
+
 def test_a_write_that_never_connected_is_retried() -> None:
     handler, seen = scripted(httpx.ConnectError("refused"), httpx.Response(201, json={"id": 5}))
     with client_with(handler, writable=True) as client:

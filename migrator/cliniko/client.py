@@ -28,7 +28,7 @@ import orjson
 from pydantic import SecretStr
 
 from migrator.cliniko.filters import Filter, query_params
-from migrator.cliniko.keys import ApiKey, base_url_for, parse_key
+from migrator.cliniko.keys import KNOWN_SHARDS, ApiKey, base_url_for, parse_key
 from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, limiter_for
 from migrator.cliniko.pagination import PER_PAGE, Page, iter_pages
 from migrator.cliniko.resources import resource
@@ -220,6 +220,14 @@ class ClinikoClient:
                 response = self._http.request(
                     method, path, params=tuple(params) if params else None, content=content, headers=headers
                 )
+            except RetriableAPIError as exc:
+                if exc.unreachable and self.key.shard not in KNOWN_SHARDS:
+                    raise ConfigError(
+                        f"{self.base_url} could not be reached: the key ends in -{self.key.shard}, a shard "
+                        "Cliniko does not list. Check that the whole key was pasted (the part after its last "
+                        "'-' names the shard), or the network if Cliniko has added that shard since."
+                    ) from exc
+                raise
             except httpx.TransportError as exc:  # the transport retries; only non-retried errors land here
                 raise RetriableAPIError(
                     f"Cliniko could not be reached for {method} {_path(path)} ({type(exc).__name__}).",

@@ -35,6 +35,7 @@ __all__ = ["ResilientTransport", "RetryPolicy", "TransportStats"]
 log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_NO_CONNECTION = "could not connect"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -168,7 +169,13 @@ class ResilientTransport(httpx.BaseTransport):
             message = (
                 f"Cliniko could not answer {request.method} {path} after {tries} tries (last: {reason})."
             )
-        return RetriableAPIError(message, method=request.method, path=path, unconfirmed=may_have_happened)
+        return RetriableAPIError(
+            message,
+            method=request.method,
+            path=path,
+            unconfirmed=may_have_happened,
+            unreachable=reason == _NO_CONNECTION,
+        )
 
 
 def _describe(exc: httpx.TransportError) -> str:
@@ -177,7 +184,7 @@ def _describe(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.RemoteProtocolError):
         return "connection dropped mid-response"
     if isinstance(exc, httpx.ConnectError):
-        return "could not connect"
+        return _NO_CONNECTION
     return type(exc).__name__
 
 
