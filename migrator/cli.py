@@ -63,12 +63,14 @@ def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
 
 def _note_clients() -> list[ClinikoClient]:
     """Writable clients of the extra destination practitioners' keys (``MIGRATOR_NOTE_KEYS``, comma-separated)."""
-    raw = os.environ.get(NOTE_KEYS_ENV, "")
-    return [
-        ClinikoClient(parse_key(SecretStr(part.strip())), writable=True, config=_config())
-        for part in raw.split(",")
-        if part.strip()
-    ]
+    parts = [part.strip() for part in os.environ.get(NOTE_KEYS_ENV, "").split(",") if part.strip()]
+    keys = []
+    for n, part in enumerate(parts, 1):
+        try:
+            keys.append(parse_key(SecretStr(part)))
+        except ConfigError as exc:  # which entry, never the key
+            raise ConfigError(f"{NOTE_KEYS_ENV}, key {n} of {len(parts)}: {exc}") from None
+    return [ClinikoClient(key, writable=True, config=_config()) for key in keys]
 
 
 def _cliniko_destination(workspace: str, source: ClinikoClient | None, *, check: bool) -> tuple[Any, Any]:

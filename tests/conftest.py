@@ -51,11 +51,17 @@ class RunningSandbox:
         return ClinikoClient(self.key(role), config=ClientConfig(url_template=self.url_template, **config))
 
     def cli(
-        self, *args: str, key: str | None = None, dest_key: str | None = None, pace: str | None = None
+        self,
+        *args: str,
+        key: str | None = None,
+        dest_key: str | None = None,
+        pace: str | None = None,
+        note_keys: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only.
 
         ``pace`` sets ``MIGRATOR_REQUESTS_PER_MINUTE`` (``"0"``: unpaced); otherwise Cliniko's 200.
+        ``note_keys`` sets ``MIGRATOR_NOTE_KEYS``.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env["MIGRATOR_API_URL"] = self.url_template
@@ -65,6 +71,8 @@ class RunningSandbox:
             env["MIGRATOR_SOURCE_KEY"] = key
         if dest_key is not None:
             env["MIGRATOR_DEST_KEY"] = dest_key
+        if note_keys is not None:
+            env["MIGRATOR_NOTE_KEYS"] = note_keys
         return subprocess.run(
             [sys.executable, "-m", "migrator", *args],
             cwd=ROOT,

@@ -1169,6 +1169,19 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     assert refused.returncode == 2
     assert "not an active practitioner" in refused.stdout
     assert wrong not in refused.stdout + refused.stderr
+    # Extra practitioners' keys: the one at fault is named by its place in MIGRATOR_NOTE_KEYS, never shown.
+    staff = sb.key("destination_practitioner")
+    for note_keys, said in (
+        (
+            f"{staff}, abcdefgh12345-x",
+            "MIGRATOR_NOTE_KEYS, key 2 of 2: The API key's suffix is not a Cliniko shard",
+        ),
+        (f"{staff},{source}", "Note author's key 2 of 2 belongs to another Cliniko account"),
+        (f"{wrong}", "A note author's key belongs to"),  # an administrator, but no practitioner
+    ):
+        bad = cli("preflight", "--workspace", ws, key=source, dest_key=dest, note_keys=note_keys)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"error: {said}"), bad.stderr
+        assert not any(k in bad.stderr for k in (staff, source, wrong)) and bad.stderr.count("\n") == 1
     passed = cli("preflight", "--json", "--workspace", ws, key=source, dest_key=dest)
     assert passed.returncode == 0 and json.loads(passed.stdout)["ok"]
     blocked = cli("run", "--to", "cliniko", "--workspace", ws, key=source, dest_key=wrong)

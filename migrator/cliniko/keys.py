@@ -104,7 +104,8 @@ def parse_key(raw: str | SecretStr) -> ApiKey:
         body, suffix = parts
         if not _SHARD.match(suffix.lower()):
             raise ConfigError(
-                f"The API key's suffix is not a Cliniko shard: it has {len(suffix)} characters after "
+                f"The API key's suffix is not a Cliniko shard: it has {len(suffix)} "
+                f"character{'s' if len(suffix) != 1 else ''} after "
                 "the '-', where a shard is two letters and one or two digits such as 'au1' or 'uk1'."
             )
         shard = suffix.lower()

@@ -303,17 +303,21 @@ class ClinikoDestination:
         if source is not None and source.account_id() == account_id:
             raise ConfigError(_same_account(account.get("name") or account_id))
         authors: dict[str, ClinikoClient] = {}
-        for extra in note_keys:
-            if extra.account_id() != account_id:
-                raise ConfigError(
-                    "A note author's key belongs to another Cliniko account than the destination key."
-                )
+        extras = list(note_keys)
+        for n, extra in enumerate(extras, 1):
+            which = "A note author's key" if len(extras) == 1 else f"Note author's key {n} of {len(extras)}"
+            try:
+                their_account = extra.account_id()
+            except APIError as exc:  # say which of the keys Cliniko refused
+                raise ConfigError(f"{which}: {exc}") from exc
+            if their_account != account_id:
+                raise ConfigError(f"{which} belongs to another Cliniko account than the destination key.")
             user = extra.get("/user")
             found = extra.get("/practitioners", [("q[]", f"user_id:={user.get('id')}")])
             practitioners = found.get("practitioners") or []
             if not practitioners:
                 raise ConfigError(
-                    f"A note author's key belongs to {user.get('first_name') or 'a user'}, who is not an "
+                    f"{which} belongs to {user.get('first_name') or 'a user'}, who is not an "
                     "active practitioner of the destination, so it cannot author notes."
                 )
             authors[str(practitioners[0]["id"])] = extra

@@ -402,7 +402,7 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     at.text_input(key="note_key_input").input(key)
     at.button(key="add_note_key").click().run()
     assert errors_below(at, "add_note_key") == [
-        "A note author's key belongs to another Cliniko account than the destination key."
+        "Note author's key 2 of 2 belongs to another Cliniko account than the destination key."
     ]
     assert len(at.error) == 1 and at.text_input(key="note_key_input").value == ""
     at.run()
