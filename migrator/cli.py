@@ -187,6 +187,11 @@ def cmd_mapping(args: argparse.Namespace) -> int:
     from migrator.mapping import save_mapping
     from migrator.workflow import auto_mapping, verify_source
 
+    if Path(args.out).is_file() and not args.force:  # before any request: it may hold a person's decisions
+        raise ConfigError(
+            f"{args.out} already exists, perhaps with decisions made in it: add --force to write over it, "
+            "or choose another --out."
+        )
     with _client(False) as client:
         verify_source(client)
         _, store = _destination(args, client, check=False)
@@ -568,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mapping", help="write the auto-matched mapping tables to a file for editing"
     )
     mapping.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
+    mapping.add_argument("--force", action="store_true", help="write over FILE if it exists")
     to(mapping)
     workspace(mapping)
     mapping.set_defaults(func=cmd_mapping)

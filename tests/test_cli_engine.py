@@ -73,6 +73,17 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
     assert done.returncode == 0, done.stderr
     (batch,) = json.loads(cli(tiny_sandbox, "batches", *workspace, "--json").stdout)
 
+    # The mapping file holds the decisions made in it: writing the auto-matched tables again needs --force.
+    edited = mapping.read_text()
+    again = ("mapping", "--out", str(mapping), "--to", f"sqlite:{tmp_path / 'clinic.db'}", *workspace)
+    kept = cli(tiny_sandbox, *again)
+    assert kept.returncode == 2 and "already exists, perhaps with decisions made in it" in kept.stderr
+    assert_one_clean_line(kept.stderr)
+    assert mapping.read_text() == edited
+    assert cli(tiny_sandbox, *again, "--force").returncode == 0
+    assert '"unresolved"' in mapping.read_text()  # auto-matched afresh: the former practitioners undecided
+    mapping.write_text(edited)
+
     for command, said in (
         (("go-live", batch["id"], "--yes"), "the local store sends none"),
         (("opening-balances", batch["id"]), f"reconcile {batch['id']} compares the balances"),
