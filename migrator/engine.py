@@ -33,7 +33,9 @@ A record an earlier batch brought is compared with its stored copy: when the sou
 changed it (a new address, a cancellation, an invoice paid), the destination record is
 rewritten in place and the item is ``already_present`` with reason code ``updated``
 (``cancelled``; ``update_refused`` and why, when the destination cannot take the change);
-records the clinic set up or linked to are never rewritten. A
+records the clinic set up or linked to are never rewritten, and a link the earlier batch
+left empty (its record outside that batch's scope) is not filled in, so each batch can
+still be deleted, the later one first. A
 *top-up* (``top_up=``, see :mod:`migrator.topup`) reads only what changed since the
 plan's last completed batch, and applies deletions at the source.
 """
@@ -992,6 +994,13 @@ class Engine:
         if before is None:
             return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")
         row = self._row(stage, raw, record, fk_dest)
+        # A link the earlier batch left empty (say, a note's appointment outside a business
+        # scope) stays empty when a wider batch brings its record: filled in, the earlier
+        # batch's record would rely on this one's, while this batch relies on the earlier
+        # one's patients, and neither batch could be deleted before the other.
+        late = [fk for fk in stage.fks if row.get(fk) is not None and before.get(fk) is None]
+        if late:
+            row.update(dict.fromkeys(late))
         after = self.store.stored_form(stage.entity, row)
         if after == before:
             return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")

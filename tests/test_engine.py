@@ -308,6 +308,44 @@ def test_business_filter_matches_a_hand_computation(env: Env) -> None:
     assert result.requests < 120
 
 
+def test_widening_the_scope_leaves_the_earlier_batch_as_it_was_and_both_deletable(env: Env) -> None:
+    """A business batch, then all data: the first batch's notes keep the links they came with.
+
+    Its notes whose appointment was at another business came without one. The all-data
+    batch brings those appointments, but does not link the earlier notes to them (the source
+    did not change them): otherwise each batch would rely on the other, and neither could be
+    deleted.
+    """
+    from migrator.batches import delete_batch, deletion_plan
+
+    with client_for(env.sandbox) as source:
+        bid = str(next(iter(source.pages("businesses"))).records[0]["id"])
+    mapping = env.mapping()
+    narrow = env.run(env.plan(f"business:{bid}", mapping))
+    unlinked = {  # notes with an appointment at the source, but none in this batch's scope
+        r["source_id"]
+        for r in env.rows("treatment_notes")
+        if r["booking_id"] is None and json.loads(r["data"]).get("booking_id") is not None
+    }
+    wide = env.run(env.plan("all", mapping))
+
+    notes = {i.source_id: i for i in env.ledger.items(wide.batch_id, "treatment_notes")}
+    earlier = {i.source_id for i in env.ledger.items(narrow.batch_id, "treatment_notes")}
+    assert {(notes[s].action, notes[s].reason_code) for s in earlier} == {
+        ("already_present", "earlier_batch")
+    }
+    assert wide.entities["individual_appointments"]["created"] > 0
+    stored = {r["source_id"]: r["booking_id"] for r in env.rows("treatment_notes")}
+    assert unlinked and all(stored[s] is None for s in unlinked)
+
+    assert deletion_plan(env.ledger, env.store, wide.batch_id).blocker is None  # the later batch goes first
+    assert deletion_plan(env.ledger, env.store, narrow.batch_id).blocker is not None  # it uses what this made
+    delete_batch(env.ledger, env.store, wide.batch_id)
+    delete_batch(env.ledger, env.store, narrow.batch_id)
+    for entity in ("patients", "treatment_notes", "individual_appointments", "invoices"):
+        assert not [r for r in env.rows(entity) if r["batch_id"] is not None], entity
+
+
 def test_practitioner_filter_matches_a_hand_computation(env: Env) -> None:
     with client_for(env.sandbox) as source:
         practitioner = next(iter(source.pages("practitioners"))).records[1]
