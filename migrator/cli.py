@@ -407,7 +407,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
     for b in batches:
         allowed, why = verdicts[b.id]
         print(
-            f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.status:<10} {b.source_account} -> {b.destination}"
+            f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.state:<11} {b.source_account} -> {b.destination}"
         )
         if not allowed and b.status != "deleted":
             print(f"    {why}")

@@ -445,6 +445,17 @@ class Batch:
         return True
 
     @property
+    def state(self) -> str:
+        """The status as a person should read it: ``interrupted`` for a ``running`` batch whose run is gone."""
+        if (
+            self.status == "running"
+            and self.worker not in (None, this_worker())
+            and not self.running_elsewhere()
+        ):
+            return "interrupted"
+        return self.status
+
+    @property
     def age(self) -> timedelta:
         """How long ago the batch was created."""
         return _now() - self.created_at

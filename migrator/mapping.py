@@ -383,7 +383,7 @@ def _missing_note(entity: str) -> str:
         )
     return (
         "No practitioner of this name in the destination, and Cliniko's API cannot create practitioners: "
-        "create them in the destination account (seed 001) and map to them, or choose another action."
+        "create them in the destination account first and map to them, or choose another action."
     )
 
 

@@ -596,6 +596,7 @@ def test_a_running_batch_records_its_process_and_only_a_live_other_process_count
     batch = _batch(ledger)
     assert batch.worker == this_worker()
     assert not batch.running_elsewhere()  # this process: its own callers know
+    assert batch.state == "running"
     host = socket.gethostname()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     still = (False, f"Batch {batch.id} is still running; stop it before deleting it.")
@@ -604,10 +605,12 @@ def test_a_running_batch_records_its_process_and_only_a_live_other_process_count
         ledger.conn.execute("UPDATE batches SET worker = ? WHERE id = ?", (f"{host}:{child.pid}", batch.id))
         assert ledger.batch(batch.id).running_elsewhere()
         assert ledger.batch(batch.id).deletable() == still
+        assert ledger.batch(batch.id).state == "running"
     finally:
         child.kill()
         child.wait()
     assert not ledger.batch(batch.id).running_elsewhere()  # killed: resumable
+    assert (ledger.batch(batch.id).status, ledger.batch(batch.id).state) == ("running", "interrupted")
     ok, why = ledger.batch(batch.id).deletable()  # ... and deletable, without resuming it first
     assert ok and why.startswith(
         f"Batch {batch.id} was interrupted (its run is no longer running); it can be"

@@ -206,6 +206,8 @@ def test_sigkill_at_several_points_then_resume_equals_a_clean_run(
 
     (batch,) = Ledger(killed_ws).batches()
     if batch.status != "completed":
+        listed = demo_sandbox.cli("batches", "--workspace", str(killed_ws)).stdout
+        assert f"{batch.id}  " in listed and " interrupted " in listed and " running " not in listed
         final = run_cli(demo_sandbox, killed_ws, mapping, *extra)
         out, err = final.communicate(timeout=600)
         assert final.returncode == 0, err

@@ -1325,7 +1325,7 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     for entity, what in (("practitioners", "practitioners"), ("businesses", "business locations")):
         if check.counts[entity] == 0:
             check.refusals.append(
-                f"The destination account has no {what} yet; set them up first (seed 001's checklist) so the "
+                f"The destination account has no {what} yet; set them up first in Cliniko's settings so the "
                 "mapping has something to map to."
             )
     if destination.custom_fields.unmatched:
