@@ -342,6 +342,10 @@ def _comparable(plan_json: dict[str, Any], *, mappings: bool = True) -> dict[str
 def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
     """The latest batch of the same plan that did not finish (killed, stopped or failed): resume it.
 
+    A top-up whose batch (the one it topped up) has been deleted since is not resumed:
+    it would read only what changed since a batch whose records are gone. It is left as it
+    stands (deletable on its own), and the plan starts afresh.
+
     Raises:
         ConfigError: that batch is running right now in another live process, so a second
             run would only race it.
@@ -349,7 +353,7 @@ def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
     for batch in ledger.batches():
         if batch.status not in ("running", "stopped", "failed"):
             continue
-        if same_plan(batch, plan):
+        if same_plan(batch, plan) and not _base_deleted(ledger, batch):
             if batch.running_elsewhere():
                 raise ConfigError(
                     f"Batch {batch.id} of this plan is running right now in another process ({batch.worker}); "
@@ -357,6 +361,15 @@ def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
                 )
             return batch.id
     return None
+
+
+def _base_deleted(ledger: Ledger, batch: Batch) -> bool:
+    """Whether ``batch`` is a top-up of a batch since deleted (or being deleted)."""
+    for entry in ledger.audit_log(batch.id):
+        if entry["action"] == "top_up":
+            base = TopUp.from_detail(entry["detail"]).of
+            return ledger.batch(base).status in ("deleted", "deleting")
+    return False
 
 
 def same_plan(batch: Batch, plan: Plan) -> bool:

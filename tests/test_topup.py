@@ -345,6 +345,35 @@ def test_a_stopped_top_up_resumes_as_a_top_up(env: Env) -> None:
     assert resumed.batch_requests is not None and resumed.batch_requests < first.requests / 4
 
 
+def test_a_stopped_top_up_of_a_batch_deleted_since_is_not_resumed(env: Env) -> None:
+    """Its changes are relative to records that are gone: the plan starts afresh, and the top-up stays deletable."""
+    plan = env.plan()
+    first = env.run(plan)
+    patient = env.writer.post("/patients", {"first_name": "Ada", "last_name": "Orphan"})
+    stop = threading.Event()
+    engine = Engine(
+        plan, env.source, env.store, env.ledger, stop=stop, top_up=top_up_point(env.ledger, plan),
+        progress=lambda event: stop.set() if event.stage == "medical_alerts" else None,
+    )  # fmt: skip
+    with pytest.raises(RunStopped):
+        engine.run()
+    (stopped,) = [b for b in env.ledger.batches() if b.status == "stopped"]
+    delete_batch(env.ledger, env.store, first.batch_id)
+
+    again = env.run(plan)
+    assert again.batch_id not in (stopped.id, first.batch_id) and not again.resumed and again.top_up is None
+    patients = again.entities["patients"]
+    assert patients["in_scope"] == first.entities["patients"]["in_scope"] + 1
+    assert (patients["created"], patients["already_present"]) == (
+        patients["in_scope"] - 1,
+        1,
+    )  # Ada: the top-up's
+    assert env.ledger.batch(stopped.id).status == "stopped"
+    delete_batch(env.ledger, env.store, again.batch_id)
+    delete_batch(env.ledger, env.store, stopped.id)
+    assert env.rows("SELECT count(*) FROM clinic.patients WHERE source_id = ?", str(patient["id"])) == [(0,)]
+
+
 def test_deleting_a_top_up_batch_removes_what_it_created_and_keeps_its_updates(env: Env) -> None:
     plan = env.plan()
     first = env.run(plan)
