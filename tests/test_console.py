@@ -26,6 +26,9 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "-5"})
     with pytest.raises(ConfigError, match="0 for unpaced"):
         ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "nan"})
+    with pytest.raises(ConfigError, match=r"is 1\.5 requests a minute; at under 10 even a small clinic"):
+        ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": " 1.5"})
+    assert ConsoleSettings.from_env({"MIGRATOR_REQUESTS_PER_MINUTE": "10"}).requests_per_minute == 10
 
 
 def test_a_masked_key_shows_no_character_of_the_secret() -> None:

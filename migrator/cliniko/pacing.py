@@ -35,7 +35,7 @@ def pace_from_env(environ: Mapping[str, str] | None = None) -> float:
     Unset or blank, Cliniko's published limit (:data:`DEFAULT_REQUESTS_PER_MINUTE`).
 
     Raises:
-        ConfigError: not a number, negative, or not finite.
+        ConfigError: not a number, negative, not finite, or under :data:`MIN_REQUESTS_PER_MINUTE`.
     """
     raw = (os.environ if environ is None else environ).get(RATE_ENV)
     if raw is None or not raw.strip():
@@ -48,7 +48,16 @@ def pace_from_env(environ: Mapping[str, str] | None = None) -> float:
         raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
     if not math.isfinite(pace):
         raise ConfigError(f"{RATE_ENV} must be a number of requests per minute (0 for unpaced); got {raw!r}.")
+    if 0 < pace < MIN_REQUESTS_PER_MINUTE:
+        raise ConfigError(
+            f"{RATE_ENV} is {raw.strip()} requests a minute; at under {MIN_REQUESTS_PER_MINUTE} even a small "
+            f"clinic would take hours. Use at least {MIN_REQUESTS_PER_MINUTE}, or 0 for unpaced."
+        )
     return pace
+
+
+#: The slowest pace taken: below it a run crawls (a few requests a minute, less the spare ones).
+MIN_REQUESTS_PER_MINUTE = 10
 
 
 #: Requests per window left unused as a guard against window-edge jitter.
