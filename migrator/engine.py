@@ -292,7 +292,7 @@ class Engine:
                 )
         else:
             self.ledger.set_status(batch_id, "running", actor=self.actor, detail={"resumed": True})
-            self.top_up = self._recorded_top_up(batch_id)
+            self.top_up = TopUp.recorded(self.ledger, batch_id)
         self.batch_id = batch_id
         self._referenced = _ReferencedItems(self.ledger, batch_id)
         self._load_counters(self.ledger.counts(batch_id) if resumed else {})
@@ -357,13 +357,6 @@ class Engine:
                 f"The mapping does not fit the destination{more}: {problems[0].rstrip('.')}. "
                 "Change it on the Mapping page or in the mapping file, then run again."
             )
-
-    def _recorded_top_up(self, batch_id: str) -> TopUp | None:
-        """What a batch was started as: a top-up (its audit trail says from when) or a full run."""
-        for entry in self.ledger.audit_log(batch_id):
-            if entry["action"] == "top_up":
-                return TopUp.from_detail(entry["detail"])
-        return None
 
     def _stages(self) -> list[Stage]:
         included = set(self.plan.include) | set(MAPPED)

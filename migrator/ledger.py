@@ -486,7 +486,7 @@ class Batch:
             )
         left = f"can be deleted for another {_span(DELETE_WINDOW - age)}"
         if self.status == "running":
-            if self.worker in (None, this_worker()) or self.running_elsewhere():
+            if self.state == "running":
                 return False, f"Batch {self.id} is still running; stop it before deleting it."
             return True, f"Batch {self.id} was interrupted (its run is no longer running); it {left}."
         return True, f"Batch {self.id} {left}."

@@ -92,6 +92,14 @@ class TopUp:
         }
 
     @classmethod
+    def recorded(cls, ledger: Ledger, batch_id: str) -> TopUp | None:
+        """What a batch was started as: a top-up (its audit trail says of what, from when), else ``None``."""
+        for entry in ledger.audit_log(batch_id):
+            if entry["action"] == "top_up":
+                return cls.from_detail(entry["detail"])
+        return None
+
+    @classmethod
     def from_detail(cls, detail: dict[str, Any]) -> TopUp:
         return cls(
             of=str(detail["of"]),

@@ -365,11 +365,8 @@ def unfinished_batch(ledger: Ledger, plan: Plan) -> str | None:
 
 def _base_deleted(ledger: Ledger, batch: Batch) -> bool:
     """Whether ``batch`` is a top-up of a batch since deleted (or being deleted)."""
-    for entry in ledger.audit_log(batch.id):
-        if entry["action"] == "top_up":
-            base = TopUp.from_detail(entry["detail"]).of
-            return ledger.batch(base).status in ("deleted", "deleting")
-    return False
+    top_up = TopUp.recorded(ledger, batch.id)
+    return top_up is not None and ledger.batch(top_up.of).status in ("deleted", "deleting")
 
 
 def same_plan(batch: Batch, plan: Plan) -> bool:
