@@ -872,10 +872,14 @@ class Engine:
         previous = self.ledger.dest_id_for(
             self.destination, stage.entity, record.id, source_account=self.account
         )
-        if previous is not None and (row.action == "create" or row.target_id == previous[1]):
-            stored = self._stored(stage.entity, [previous[1]])
-            if previous[1] in stored:
-                return self._already_present(stage, raw, record, {}, previous[1], stored)
+        if previous is not None:
+            target = row.target_id
+            if row.action == "former" and target is None:
+                target = self._existing_former_practitioner()
+            if row.action == "create" or target == previous[1]:  # as the earlier batch left it
+                stored = self._stored(stage.entity, [previous[1]])
+                if previous[1] in stored:
+                    return self._already_present(stage, raw, record, {}, previous[1], stored)
         if row.action in ("map", "reassign") and row.target_id:
             return _Decision(record.id, "linked", dest_id=row.target_id, reason_code=f"mapped_{row.action}")
         if row.action == "former":
@@ -883,13 +887,20 @@ class Engine:
             return _Decision(record.id, "linked", dest_id=target, reason_code="mapped_former")
         return _Decision(record.id, "created", row=self._row(stage, raw, record, {}))
 
-    def _former_practitioner(self) -> str:
-        """The generic "Former practitioner" of seed 001, created once in the destination."""
+    def _existing_former_practitioner(self) -> str | None:
+        """The destination's generic "Former practitioner", if it has one."""
         reference = self.store.reference("practitioners")
         wanted = " ".join(FORMER_PRACTITIONER).lower()
         for dest_id, name in zip(reference["id"].to_list(), reference["name"].to_list(), strict=True):
             if (name or "").strip().lower() == wanted:
                 return str(dest_id)
+        return None
+
+    def _former_practitioner(self) -> str:
+        """The generic "Former practitioner" of seed 001, created once in the destination."""
+        existing = self._existing_former_practitioner()
+        if existing is not None:
+            return existing
         first, last = FORMER_PRACTITIONER
         self.store.setup_reference(
             "practitioners",

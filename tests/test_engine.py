@@ -567,3 +567,28 @@ def test_referenced_items_are_asked_of_the_ledger_once_and_kept_within_a_limit(
     asked.clear()
     assert referenced.get("patients", ["2"]) == {"2": earlier[2]}
     assert asked == [["2"]]
+
+
+def test_a_second_run_finds_every_mapped_practitioner_already_present(env: Env) -> None:
+    """Mapped, reassigned and "Former practitioner" rows alike: the second run links nothing anew."""
+    rows = env.mapping()
+    actions = Counter(r.action for r in rows if r.entity == "practitioners")
+    assert actions["map"] and actions["former"]
+    plan = env.plan(mappings=rows, include=["patients", "individual_appointments"])
+    first = env.run(plan)
+    second = env.run(plan)
+    practitioners = second.entities["practitioners"]
+    assert practitioners["linked"] == 0 and practitioners["created"] == 0
+    brought = first.entities["practitioners"]
+    assert practitioners["already_present"] == brought["linked"] + brought["created"] > 0
+    former = {
+        i.source_id: i.dest_id
+        for i in env.ledger.items(first.batch_id, "practitioners")
+        if i.reason_code == "mapped_former"
+    }
+    again = {
+        i.source_id: i for i in env.ledger.items(second.batch_id, "practitioners") if i.source_id in former
+    }
+    assert {s: (i.action, i.dest_id) for s, i in again.items()} == {
+        s: ("already_present", d) for s, d in former.items()
+    }
