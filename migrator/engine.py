@@ -1108,11 +1108,13 @@ class Engine:
         return _Decision(record.id, "created", row=row)
 
     def _linked_elsewhere(self, entity: str, dest_id: str, source_id: str) -> bool:
-        """Whether another source record is linked to ``dest_id``: earlier in this run, or in the ledger."""
+        """Whether another record of this source is linked to ``dest_id``: earlier in this run, or in the ledger."""
         claimed = self._claimed.get((entity, dest_id))
         if claimed is not None and claimed != source_id:
             return True
-        return self.ledger.linked_elsewhere(self.destination, entity, dest_id, source_id=source_id)
+        return self.ledger.linked_elsewhere(
+            self.destination, entity, dest_id, source_id=source_id, source_account=self.account
+        )
 
     def _row(
         self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]

@@ -1038,17 +1038,22 @@ class Ledger:
         )
         return {r["source_id"]: Item(*tuple(r)) for r in rows}
 
-    def linked_elsewhere(self, destination: str, entity: str, dest_id: str, *, source_id: str) -> bool:
-        """Whether a destination record is already linked to another source record.
+    def linked_elsewhere(
+        self, destination: str, entity: str, dest_id: str, *, source_id: str, source_account: str
+    ) -> bool:
+        """Whether a destination record is already linked to another record of ``source_account``.
 
-        Two source records must never end as one destination record, so the engine
-        links a record only when this is false. Deleted batches do not count.
+        Two records of one source must never end as one destination record (twins at one
+        clinic), so the engine links a record only when this is false. Another account's
+        link does not count: merging two clinics, each one's record of the same person
+        links to the one destination patient, as it would to one the other had created.
+        Deleted batches do not count.
         """
         rows = self._rows(
             "SELECT 1 FROM items i JOIN batches b ON b.id = i.batch_id"
             " WHERE i.entity = ? AND i.dest_id = ? AND i.action = 'linked' AND i.source_id != ?"
-            " AND b.destination = ? AND b.status != 'deleted' LIMIT 1",
-            (entity, dest_id, source_id, destination),
+            " AND b.destination = ? AND b.source_account = ? AND b.status != 'deleted' LIMIT 1",
+            (entity, dest_id, source_id, destination, source_account),
         )
         return bool(rows)
 

@@ -289,6 +289,34 @@ def test_flagged_items_are_the_ones_that_came_across_but_want_a_look(ledger: Led
     assert ledger.flagged_frame(other.id)["reason_code"].to_list() == ["review_ambiguous_match"]
 
 
+def test_a_destination_record_is_claimed_by_one_record_of_each_source_account(ledger: Ledger) -> None:
+    """Twins at one clinic never share a destination patient; the same person at two clinics may.
+
+    Merging two Cliniko accounts into one store, each account's record of the same person
+    links to the one destination patient, whether the other account linked it or created it.
+    """
+    harbourside = _batch(ledger, account="Harbourside")
+    ledger.record_items(harbourside.id, [Item("patients", "5", "77", "linked", "same_name_and_birth_date")])
+    claimed = ledger.linked_elsewhere
+    assert (
+        claimed("sqlite:/x/clinic.db", "patients", "77", source_id="5", source_account="Harbourside") is False
+    )
+    assert (
+        claimed("sqlite:/x/clinic.db", "patients", "77", source_id="9", source_account="Harbourside") is True
+    )
+    # Another account: its own record of that person, whatever its id there.
+    assert claimed("sqlite:/x/clinic.db", "patients", "77", source_id="9", source_account="Bayside") is False
+    assert claimed("sqlite:/x/clinic.db", "patients", "77", source_id="5", source_account="Bayside") is False
+    # Another destination, or a deleted batch, claims nothing.
+    assert (
+        claimed("sqlite:/y/clinic.db", "patients", "77", source_id="9", source_account="Harbourside") is False
+    )
+    ledger.set_status(harbourside.id, "deleted")
+    assert (
+        claimed("sqlite:/x/clinic.db", "patients", "77", source_id="9", source_account="Harbourside") is False
+    )
+
+
 def test_items_are_checked_before_anything_is_written(ledger: Ledger) -> None:
     batch = _batch(ledger)
     with pytest.raises(ValueError, match="unknown item action"):
