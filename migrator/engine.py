@@ -58,6 +58,7 @@ from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.cliniko.models import ClinikoRecord, model_for
+from migrator.cliniko.pagination import Page
 from migrator.cliniko.readahead import ReadAhead
 from migrator.cliniko.resources import resource as registry_entry
 from migrator.destinations import row_from_record
@@ -197,6 +198,7 @@ class _Decision:
 class _Counter:
     done: int = 0
     total: int = 0
+    listed: int = 0  # the records Cliniko said the stage's lists opened so far hold
     by_action: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
 
 
@@ -415,12 +417,19 @@ class Engine:
     def _static(self, stage: Stage) -> bool:
         return self.read_ahead > 0 and self.top_up is None and self._whole(stage.entity)
 
-    def _run_stage(self, stage: Stage, lists: Iterator[tuple[Query, Iterator[list[dict[str, Any]]]]]) -> None:
+    def _run_stage(self, stage: Stage, lists: Iterator[tuple[Query, Iterator[Page]]]) -> None:
+        counter = self._counters[stage.entity]
         for query, pages in lists:
-            for records in pages:
+            first = True
+            for page in pages:
                 if self.stop.is_set():
                     raise RunStopped(f"Batch {self.batch_id} was stopped; run it again to resume.")
-                self._process(stage, query, records)
+                if first and page.total_entries is not None:
+                    # What the list holds, so progress shows the stage's size, not the pages so far.
+                    counter.listed += page.total_entries
+                    counter.total = max(counter.total, counter.listed)
+                first = False
+                self._process(stage, query, page.records)
         self._report(stage.entity, final=True)
 
     def _routes(self, stage: Stage) -> list[str | None]:
@@ -546,18 +555,23 @@ class Engine:
         latest = self.ledger.latest_items(self._earlier_batches_ids(), entity)
         return {sid for sid, item in latest.items() if item.action != "skipped"}
 
-    def _read(self, query: Query) -> Iterator[list[dict[str, Any]]]:
-        """Pages of raw records for a query (from the staging file for staged appointments)."""
+    def _read(self, query: Query) -> Iterator[Page]:
+        """Pages of raw records for a query (from the staging file for staged appointments).
+
+        A page's ``total_entries`` is what its list holds, where that is known: not when
+        the query keeps only some of the list's records.
+        """
         if query.route == "_staged":
             yield from self._staged_pages(query.resource)
             return
         for page in self.source.pages(query.resource, query.filters, route=query.route):
-            records = page.records
+            records, total = page.records, page.total_entries
             if query.keep is not None and query.keep_field is not None:
                 records = [r for r in records if _raw_id(r, query.keep_field) in query.keep]
+                total = None
             if query.route is not None:
                 records = [{**r, "_route": query.route} for r in records]
-            yield records
+            yield Page(page.number, records, total, page.next_url)
 
     # -- scoped runs: staging the appointments -------------------------------------------
 
@@ -607,13 +621,15 @@ class Engine:
             with db:
                 db.execute("INSERT OR REPLACE INTO done VALUES (?)", (resource,))
 
-    def _staged_pages(self, resource: str) -> Iterator[list[dict[str, Any]]]:
+    def _staged_pages(self, resource: str) -> Iterator[Page]:
         self._stage_appointments()
-        cursor = self._staging_db().execute(
-            "SELECT raw FROM records WHERE resource = ? ORDER BY rowid", (resource,)
-        )
+        db = self._staging_db()
+        ((total,),) = db.execute("SELECT count(*) FROM records WHERE resource = ?", (resource,))
+        cursor = db.execute("SELECT raw FROM records WHERE resource = ? ORDER BY rowid", (resource,))
+        number = 0
         while rows := cursor.fetchmany(100):
-            yield [json.loads(raw) for (raw,) in rows]
+            number += 1
+            yield Page(number, [json.loads(raw) for (raw,) in rows], total, None)
 
     def _staged_ids(self, resource: str) -> list[str]:
         self._stage_appointments()

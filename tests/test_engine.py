@@ -592,3 +592,28 @@ def test_a_second_run_finds_every_mapped_practitioner_already_present(env: Env) 
     assert {s: (i.action, i.dest_id) for s, i in again.items()} == {
         s: ("already_present", d) for s, d in former.items()
     }
+
+
+def test_progress_shows_each_stage_out_of_what_its_lists_hold(env: Env) -> None:
+    """From its first page, a stage's progress is out of the records Cliniko listed, not the pages read so far."""
+    events: dict[str, list[tuple[int, int]]] = {}
+    plan = env.plan(include=["patients", "individual_appointments"])
+    result = Engine(
+        plan,
+        env.source,
+        env.store,
+        env.ledger,
+        progress=lambda e: events.setdefault(e.stage, []).append((e.done, e.total)),
+    ).run()
+    totals = source_totals(env.sandbox)
+    appointments = result.entities["individual_appointments"]["in_scope"]
+    assert appointments == totals["individual_appointments"] > 1000
+    assert len(events["individual_appointments"]) > 10
+    assert all(total == appointments for _, total in events["individual_appointments"])
+    assert events["individual_appointments"][0][0] == 100
+    # Patients are two lists, the active ones then the archived: the total grows when the second opens.
+    assert [t for _, t in events["patients"]] == sorted(t for _, t in events["patients"])
+    assert {t for _, t in events["patients"]} == {
+        totals["patients"],
+        totals["patients"] + totals["patients/archived"],
+    }
