@@ -17,8 +17,11 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -225,9 +228,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
         if resume and not args.json:
             print(f"Resuming batch {resume}.", file=sys.stderr)
-        result = run_plan(plan, client, store, ledger, top_up=args.top_up, progress=progress)
-        if progress:
-            progress.finish()
+        try:
+            result = run_plan(plan, client, store, ledger, top_up=args.top_up, progress=progress)
+        finally:
+            if progress:
+                progress.finish()  # the line ends, so a message after it starts on its own
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -260,6 +265,7 @@ class _ProgressLine:
 
     def __init__(self) -> None:
         self._last = 0.0
+        self._shown = False
 
     def __call__(self, event: ProgressEvent) -> None:
         import time
@@ -268,6 +274,7 @@ class _ProgressLine:
         if now - self._last < 0.2 and event.done < event.total:
             return
         self._last = now
+        self._shown = True
         width = 30
         filled = int(width * event.done / event.total) if event.total else width
         bar = "#" * filled + "-" * (width - filled)
@@ -281,7 +288,9 @@ class _ProgressLine:
         )
 
     def finish(self) -> None:
-        print(file=sys.stderr)
+        """End the line, if one was drawn."""
+        if self._shown:
+            print(file=sys.stderr)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -687,7 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return args.func(args)
+        with _second_interrupt_quits(writing=args.command in _WRITING):
+            return args.func(args)
     except (ConfigError, MappingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -716,6 +726,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Commands that write (a store, an account, the ledger): Ctrl+C leaves them part-way, to finish.
 _WRITING = frozenset({"run", "delete-batch", "go-live", "setup-store"})
+
+
+@contextmanager
+def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
+    """Ctrl+C stops the command cleanly; Ctrl+C again while it is stopping quits at once.
+
+    The first Ctrl+C raises ``KeyboardInterrupt`` as usual: a run records that it was
+    stopped and where it got to, and the reader threads are closed. Pressed again during
+    that (or while the interpreter waits for a reader's last request), Python would print
+    a traceback from whichever thread it landed in; instead the process ends there with
+    exit 130, as a SIGKILL would end it. What was committed stays (SQLite rolls back a
+    half-written page when the database is next opened), and the same command resumes.
+
+    The handler stays in place after a first Ctrl+C, until the process exits; a command
+    that ends without one puts the previous handler back (tests call :func:`main` in-process).
+    Outside the main thread, where handlers cannot be set, Python's own behaviour stands.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def again(signum: int, frame: object) -> None:
+        left = (
+            "what was written is kept: run the same command again to finish it"
+            if writing
+            else "nothing was changed"
+        )
+        os.write(2, f"\nerror: interrupted again, so stopped at once; {left}.\n".encode())
+        os._exit(130)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is first:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _path_refused(exc: OSError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,53 @@ def test_the_cli_starts_without_pandas_and_leaves_it_importable(tmp_path: Path) 
     listed, result = done.stdout.strip().splitlines()
     assert json.loads(listed) == []  # the command ran: no batches in a new workspace
     assert result == "[] (2, 1)"
+
+
+_INTERRUPTED = """
+import os, signal, sys, time
+from migrator import cli
+
+def command(args):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C
+        time.sleep(5)
+    finally:  # still stopping (recording where the run got to) when Ctrl+C may come again
+        if {twice}:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            print("the stop went on after the second Ctrl+C", file=sys.stderr)
+    return 0
+
+cli.{name} = command
+sys.exit(cli.main([{argv}]))
+"""
+
+
+def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) -> None:
+    """Ctrl+C says what is left; a second one while the command is stopping ends it there, without a traceback."""
+    run, batches = ("cmd_run", '"run", "--workspace", "w"'), ("cmd_batches", '"batches", "--workspace", "w"')
+    for (name, argv), twice, said in [
+        (
+            run,
+            False,
+            "interrupted part-way; what was done so far is kept and recorded: run the same command "
+            "again to finish it",
+        ),
+        (batches, False, "interrupted; nothing was changed"),
+        (
+            run,
+            True,
+            "interrupted again, so stopped at once; what was written is kept: run the same command "
+            "again to finish it",
+        ),
+        (batches, True, "interrupted again, so stopped at once; nothing was changed"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-c", _INTERRUPTED.format(name=name, argv=argv, twice=twice)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert (done.returncode, done.stderr.strip()) == (130, f"error: {said}."), (name, twice)
