@@ -615,7 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("batch_id", metavar="BATCH_ID")
     rec.add_argument(
-        "--json", action="store_true", help='print {"counts": [...], "balance_diffs": [...], "skipped": N}'
+        "--json",
+        action="store_true",
+        help='print {"batch_id", "reconciled": true|false, "counts": [...], "balance_diffs": [...], '
+        '"skipped": N, "flagged": N, "problems": [...]}',
     )
     rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
     workspace(rec)

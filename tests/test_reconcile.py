@@ -289,7 +289,10 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     clean = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), "--json", key=key)
     assert clean.returncode == 0, clean.stderr
     report = json.loads(clean.stdout)
-    assert {"counts", "balance_diffs", "skipped"} <= set(report)
+    keys = {"batch_id", "reconciled", "counts", "balance_diffs", "skipped", "flagged", "problems"}
+    assert set(report) == keys
+    helped = " ".join(cli(demo_sandbox, "reconcile", "--help", key=key).stdout.split())
+    assert all(f'"{k}"' in helped for k in keys), helped  # the help names every key
     assert (
         report["balance_diffs"] == []
         and report["skipped"] == report["flagged"] == 0
