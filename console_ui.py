@@ -515,8 +515,7 @@ def show_check(check: DestinationCheck) -> None:
         st.error(refusal)
     for warning in check.preflight.warnings:
         st.warning(warning)
-    held = ", ".join(f"{n:,} {entity.replace('_', ' ')}" for entity, n in check.preflight.counts.items())
-    st.caption(f"The destination account holds {held}.")
+    st.caption(f"The destination account holds {check.preflight.holds()}.")
     if check.ok:
         st.success(
             f"Pre-flight passed: runs go into **{check.account_name or check.target}** through Cliniko's API."

@@ -465,8 +465,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        counts = ", ".join(f"{n:,} {entity}" for entity, n in result.counts.items())
-        print(f"Destination {dest.account_name or dest.account_id} holds {counts}.")
+        print(f"Destination {dest.account_name or dest.account_id} holds {result.holds()}.")
         for warning in result.warnings:
             print(f"warning: {warning}")
         for refusal in result.refusals:

@@ -157,10 +157,28 @@ def test_a_transfer_lands_in_the_destination_and_a_rerun_creates_nothing(transfe
     ).raise_for_status()
     transfer.dest_client.post("/patients", {"first_name": "Walk", "last_name": "In"})
     assert transfer.dest.has_foreign("patients", source_account=account)
-    assert [w for w in preflight(transfer.source, transfer.dest).warnings if "already holds" in w] == [
-        f"The destination already holds 1 patient that no batch from {account} brought: a patient with the same "
-        "name and date of birth is linked instead of duplicated, and anyone else is created."
+    check = preflight(transfer.source, transfer.dest)
+    assert [w for w in check.warnings if "already holds" in w] == [
+        f"The destination already holds 1 patient (archived ones included) that no batch from {account} brought: "
+        "a patient with the same name and date of birth is linked instead of duplicated, and anyone else is created."
     ]
+    active, archived = (transfer.dest_client.count("patients", route=r) for r in (None, "archived"))
+    assert archived == 1 and (check.counts["patients"], check.counts["archived_patients"]) == (
+        active,
+        archived,
+    )
+    assert f", {active:,} patients (1 archived), " in check.holds()
+    # Seen from another workspace, whose ledger knows no batch, every patient there is the clinic's own,
+    # the archived one too: the warning's figure is the two the counts show, added up.
+    with Ledger(transfer.ledger.workspace.parent / "elsewhere") as ledger:
+        elsewhere = ClinikoDestination.connect(transfer.dest_client, ledger, source=transfer.source)
+        try:
+            (warning,) = [w for w in preflight(transfer.source, elsewhere).warnings if "already holds" in w]
+        finally:
+            elsewhere.close()
+    assert warning.startswith(
+        f"The destination already holds {active + archived:,} patients (archived ones included)"
+    )
 
 
 def _answers(custom: dict[str, Any] | None, definition: dict[str, Any]) -> dict[tuple[str, str], Any]:

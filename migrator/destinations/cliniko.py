@@ -1287,6 +1287,17 @@ class Preflight:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "refusals": self.refusals, "warnings": self.warnings, "counts": self.counts}
 
+    def holds(self) -> str:
+        """What the destination holds, in words: ``6 practitioners, 3 businesses, 389 patients (410 archived), ...``."""
+        archived = self.counts.get("archived_patients", 0)
+        parts = []
+        for entity, n in self.counts.items():
+            if entity == "archived_patients":
+                continue
+            extra = f" ({archived:,} archived)" if entity == "patients" and archived else ""
+            parts.append(f"{n:,} {entity.replace('_', ' ')}{extra}")
+        return ", ".join(parts)
+
 
 def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflight:
     """Seed 001's checks, with the reason for each refusal.
@@ -1322,6 +1333,8 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
         )
     for entity in ("practitioners", "businesses", "patients", "appointment_types"):
         check.counts[entity] = destination.client.count(entity)
+    # Archived patients are matched as well (and a deleted batch leaves its patients archived).
+    check.counts["archived_patients"] = destination.client.count("patients", route="archived")
     for entity, what in (("practitioners", "practitioners"), ("businesses", "business locations")):
         if check.counts[entity] == 0:
             check.refusals.append(
@@ -1340,13 +1353,14 @@ def preflight(source: ClinikoClient, destination: ClinikoDestination) -> Preflig
     # Patients earlier batches from this source brought are found already present, not matched again.
     others = (
         destination.foreign_count("patients", source_account=source_account_of(src, destination.ledger))
-        if check.counts["patients"]
+        if check.counts["patients"] or check.counts["archived_patients"]
         else 0
     )
     if others:
+        archived = " (archived ones included)" if check.counts["archived_patients"] else ""
         check.warnings.append(
-            f"The destination already holds {others} patient{'s' if others > 1 else ''} that no batch from "
-            f"{src.account or src.user} brought: a patient with the same name and date of birth is linked "
+            f"The destination already holds {others:,} patient{'s' if others > 1 else ''}{archived} that no batch "
+            f"from {src.account or src.user} brought: a patient with the same name and date of birth is linked "
             "instead of duplicated, and anyone else is created."
         )
     return check
