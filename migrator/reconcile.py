@@ -156,12 +156,28 @@ def _upto(ledger: Ledger, batch: Batch) -> list[str]:
     ]
 
 
-def _later(ledger: Ledger, batch: Batch) -> list[str]:
-    """Live batches into the same destination from the same account, started after ``batch``."""
+def _newest_after(ledger: Ledger, batch: Batch) -> str | None:
+    """The newest batch of the plan (not deleted) started after ``batch``, if any."""
+    after = [
+        b.id
+        for b in ledger.batches()
+        if b.status in _LIVE and _same(batch, b) and (b.created_at, b.id) > (batch.created_at, batch.id)
+    ]
+    return after[0] if after else None  # batches() lists the newest first
+
+
+def _later(ledger: Ledger, batch: Batch, *, deleted: bool = False) -> list[str]:
+    """Live batches into the same destination from the same account, started after ``batch``.
+
+    With ``deleted``, the deleted ones (and any being deleted) instead.
+    """
     return [
         b.id
-        for b in ledger.live_batches(batch.destination, source_account=batch.source_account)
-        if (b.created_at, b.id) > (batch.created_at, batch.id)
+        for b in ledger.batches()
+        if b.destination == batch.destination
+        and b.source_account == batch.source_account
+        and (b.status in ("deleting", "deleted")) == deleted
+        and (b.created_at, b.id) > (batch.created_at, batch.id)
     ]
 
 
@@ -196,7 +212,7 @@ def counts(
     plan = _plan_of(batch)
     entities = _entities(ledger, batch)
     ledger_counts = ledger.counts(batch_id)
-    later = _later(ledger, batch)
+    later, withdrawn = _later(ledger, batch), _later(ledger, batch, deleted=True)
     plan_batches = _upto(ledger, batch)
     totals = ledger.latest_items_frame(plan_batches)
     in_scope_total = dict(
@@ -216,7 +232,7 @@ def counts(
         row["in_scope"] = sum(
             by_action.get(a, 0) for a in ("created", "linked", "already_present", "skipped")
         )
-        present, removed = _presence(ledger, batch, entity, later, store)
+        present, removed = _presence(ledger, batch, entity, later, withdrawn, store)
         row["removed_since"] = removed
         if store is not None:
             expected = sum(row[a] for a in _BRINGS) - removed
@@ -255,18 +271,27 @@ def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
 
 
 def _presence(
-    ledger: Ledger, batch: Batch, entity: str, later: list[str], store: Any | None
+    ledger: Ledger, batch: Batch, entity: str, later: list[str], withdrawn: list[str], store: Any | None
 ) -> tuple[int, int]:
     """``(in the destination now, removed since)`` among the records the batch brought.
 
     A later batch's word on a record wins: removed because Cliniko deleted it, or found
-    at another destination id (brought again after it went missing). A record deleting a
-    batch removed (:meth:`Ledger.removed_by_deletion`) is removed too.
+    at another destination id (brought again after it went missing). A later batch
+    deleted since (``withdrawn``) still has its word on what it removed because Cliniko
+    deleted it: deleting a top-up does not bring those back. A record deleting a batch
+    removed (:meth:`Ledger.removed_by_deletion`) is removed too.
     """
     brought = {i.source_id: i.dest_id for i in ledger.items(batch.id, entity) if i.action in _BRINGS}
     if not brought:
         return 0, 0
     newer = ledger.latest_items(later, entity, brought) if later else {}
+    unsaid = [sid for sid in brought if sid not in newer]
+    if withdrawn and unsaid:
+        newer.update(
+            (sid, item)
+            for sid, item in ledger.latest_items(withdrawn, entity, unsaid).items()
+            if item.action == "skipped" and item.reason_code == DELETED_AT_SOURCE
+        )
     removed = {
         sid
         for sid, item in newer.items()
@@ -448,6 +473,9 @@ class Reconciliation:
     skipped: pl.DataFrame
     skipped_summary: pl.DataFrame
     flagged: pl.DataFrame
+    #: The newest later batch of the same plan (a top-up, a re-run), if any: it accounts for
+    #: what changed at the source since, so the source's counts are that batch's to match.
+    newer: str | None = None
 
     @property
     def balance_diffs(self) -> pl.DataFrame:
@@ -469,9 +497,14 @@ class Reconciliation:
                     else f"{entity}: the destination holds {n} more than the batch brought."
                 )
             if row["source_difference"]:
+                since = (
+                    f"batch {self.newer}, newer, accounts for what changed since: reconcile that one"
+                    if self.newer
+                    else "a top-up brings what changed since"
+                )
                 out.append(
-                    f"{entity}: the source lists {row['source_count']:,} now; the plan's batches account for "
-                    f"{row['in_scope_total']:,} (a top-up brings what changed since)."
+                    f"{entity}: the source lists {row['source_count']:,} now; the plan's batches up to this one "
+                    f"account for {row['in_scope_total']:,} ({since})."
                 )
         diffs = self.balance_diffs
         if diffs.height:
@@ -539,4 +572,5 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
         skipped=skipped(ledger, batch_id),
         skipped_summary=skipped_summary(ledger, batch_id),
         flagged=flagged(ledger, batch_id),
+        newer=_newest_after(ledger, ledger.batch(batch_id)),
     )

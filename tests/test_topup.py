@@ -257,6 +257,12 @@ def test_deletions_at_the_source_are_applied_and_what_the_clinic_added_is_kept(e
     }
     assert removed == {"individual_appointments": 1, "invoices": 1, "invoice_items": items}
     assert all(r["difference"] == 0 for r in first_check.counts.iter_rows(named=True))
+    # The source's counts are the top-up's to match, and the first batch's check says so.
+    assert first_check.newer == top.batch_id
+    assert first_check.problems and all(
+        p.endswith(f"(batch {top.batch_id}, newer, accounts for what changed since: reconcile that one).")
+        for p in first_check.problems
+    )
     # The top-up flags the one patient the destination keeps although Cliniko deleted them.
     check = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store)
     assert len(check.problems) == 1 and check.problems[0].startswith("patients: the source lists 397 now")
@@ -264,6 +270,14 @@ def test_deletions_at_the_source_are_applied_and_what_the_clinic_added_is_kept(e
     assert check.flagged.select("entity", "source_id", "reason_code").rows() == [
         ("patients", kept_source, "deleted_at_source_kept")
     ]
+    # Deleting the top-up does not bring back what Cliniko deleted, so the first batch still reconciles.
+    delete_batch(env.ledger, env.store, top.batch_id)
+    after = reconcile(env.ledger, first.batch_id, source=env.source, store=env.store)
+    assert {
+        r["entity"]: r["removed_since"] for r in after.counts.iter_rows(named=True) if r["removed_since"]
+    } == removed
+    assert all(r["difference"] == 0 for r in after.counts.iter_rows(named=True))
+    assert not [p for p in after.problems if "missing" in p], after.problems
 
 
 def test_a_business_top_up_brings_a_patient_who_entered_the_scope_with_their_history(env: Env) -> None:
