@@ -22,6 +22,7 @@ import pytest
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.destinations.local import LocalStore
+from migrator.errors import MigratorError
 from migrator.ledger import Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import Plan, Scope
@@ -175,6 +176,18 @@ def test_an_invoice_amount_tampered_with_shows_as_that_patients_difference(
     assert result.problems == [
         f"1 patient's balance differs from Cliniko's: {diffs[0]['patient']} ({patient}) by +12.34."
     ]
+
+
+def test_an_amount_that_is_not_one_is_named_in_one_sentence(copy: Copy, source: ClinikoClient) -> None:
+    """A total typed by hand with a decimal comma: reconciliation names the invoice rather than failing."""
+    (invoice_id,) = copy.sql("SELECT min(id) FROM clinic.invoices WHERE status = 10")[0]
+    copy.sql("UPDATE clinic.invoices SET total_amount = '12,50' WHERE id = ?", invoice_id)
+    with pytest.raises(MigratorError) as raised:
+        check(copy, source)
+    assert str(raised.value) == (
+        f"Invoice {invoice_id} in the local clinic store {copy.store.path} has total_amount '12,50', which is "
+        "not an amount; correct it there (as digits with a point, e.g. 12.50) to compare balances."
+    )
 
 
 def test_a_deleted_destination_appointment_shows_as_one_missing(copy: Copy, source: ClinikoClient) -> None:

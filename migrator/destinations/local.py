@@ -49,7 +49,7 @@ import sqlite3
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -472,19 +472,29 @@ class LocalStore:
         not through :func:`outstanding_amount`), summed exactly as decimals: reconciliation
         compares it with the same rule applied to the source's invoices. Every invoice
         of the patient counts, whoever created it; an invoice of unknown status counts 0.
+
+        Raises:
+            MigratorError: an open invoice's ``total_amount`` is not an amount (edited by hand).
         """
         rows = self._rows(
             f"SELECT p.id, trim(coalesce(p.first_name, '') || ' ' || coalesce(p.last_name, '')),"
-            " CASE WHEN i.status IN (10, 40) THEN i.total_amount WHEN i.status IN (20, 30) THEN '0' END"
+            " CASE WHEN i.status IN (10, 40) THEN i.total_amount WHEN i.status IN (20, 30) THEN '0' END, i.id"
             f" FROM {SCHEMA}.patients p LEFT JOIN {SCHEMA}.invoices i ON i.patient_id = p.id"
             " WHERE p.id IN (SELECT value FROM json_each(?))",
             (json.dumps([int(i) for i in patient_ids]),),
         )
         out: dict[str, tuple[str, Decimal]] = {}
-        for patient_id, name, owed in rows:
+        for patient_id, name, owed, invoice in rows:
             key = str(patient_id)
             before = out.get(key, (name, Decimal(0)))[1]
-            out[key] = (name, before + (Decimal(owed) if owed else Decimal(0)))
+            try:
+                amount = Decimal(owed) if owed else Decimal(0)
+            except (InvalidOperation, TypeError):
+                raise MigratorError(
+                    f"Invoice {invoice} in the local clinic store {self.path} has total_amount {owed!r}, which is "
+                    "not an amount; correct it there (as digits with a point, e.g. 12.50) to compare balances."
+                ) from None
+            out[key] = (name, before + amount)
         return out
 
     def frame(self, entity: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
