@@ -1032,10 +1032,19 @@ class Engine:
         else:
             changed = [k for k in after if k != "data" and after[k] != before.get(k)]
             what = f" ({', '.join(changed[:4])})" if changed else ""
-            code, why = (
-                "updated",
-                f"Changed in Cliniko since an earlier batch brought it{what}; updated in place.",
-            )
+            if "data" in before and before["data"] == after["data"]:
+                # The record as Cliniko sends it is the same (its updated_at would have moved), so
+                # the difference is on this side: the copy was edited, or a mapping changed since.
+                code, why = (
+                    "review_rewritten",
+                    "Cliniko's record has not changed since an earlier batch brought it, but the destination's "
+                    f"copy differs{what}: edited there, or a mapping changed since; rewritten from Cliniko.",
+                )
+            else:
+                code, why = (
+                    "updated",
+                    f"Changed in Cliniko since an earlier batch brought it{what}; updated in place.",
+                )
         return _Decision(
             record.id, "already_present", dest_id=dest_id, reason_code=code, reason=why, update=row
         )

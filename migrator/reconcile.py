@@ -37,7 +37,7 @@ Polars frames, for the console's Review page, ``python -m migrator reconcile`` a
 owes by the source's invoices and by the destination's, and the difference (destination
 less source), as exact decimals. One rule, the local store's (see
 :mod:`migrator.destinations.local`): an invoice's outstanding amount is its total when
-Open (10) or Open credit (40, a negative total that lowers the balance), zero when Paid
+Open (10) or Open credit (40, its total as Cliniko gives it), zero when Paid
 (20) or Closed (30), and zero when its status is unknown; a patient's balance is the sum
 over their invoices. The source side applies it here, in Python, to the invoices the
 source API lists now within the plan's scope (deleted ones are not listed); the

@@ -617,3 +617,26 @@ def test_progress_shows_each_stage_out_of_what_its_lists_hold(env: Env) -> None:
         totals["patients"],
         totals["patients"] + totals["patients/archived"],
     }
+
+
+def test_a_copy_edited_in_the_store_is_rewritten_from_cliniko_and_flagged_as_such(env: Env) -> None:
+    """Cliniko did not change the invoice; the store's copy was edited. The re-run says which side moved."""
+    plan = env.plan(include=["patients", "invoices"])
+    env.run(plan)
+    ((invoice, source_id, total),) = env.ledger.conn.execute(
+        "SELECT id, source_id, total_amount FROM clinic.invoices ORDER BY id LIMIT 1"
+    ).fetchall()
+    with env.ledger.transaction():
+        env.ledger.conn.execute("UPDATE clinic.invoices SET total_amount = '999.00' WHERE id = ?", (invoice,))
+    again = env.run(plan)
+    item = env.ledger.item(again.batch_id, "invoices", source_id)
+    assert item is not None and (item.action, item.reason_code) == ("already_present", "review_rewritten")
+    assert item.reason == (
+        "Cliniko's record has not changed since an earlier batch brought it, but the destination's copy "
+        "differs (total_amount): edited there, or a mapping changed since; rewritten from Cliniko."
+    )
+    assert env.ledger.conn.execute(
+        "SELECT total_amount FROM clinic.invoices WHERE id = ?", (invoice,)
+    ).fetchone() == (total,)
+    assert env.ledger.flagged_frame(again.batch_id)["source_id"].to_list() == [source_id]
+    assert again.entities["invoices"]["already_present"] == again.entities["invoices"]["in_scope"]
