@@ -388,6 +388,9 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
     Every patient the plan's batches (up to this one) brought is listed, with zeros when
     they have no invoices; see the module docstring for the rule and its two code paths.
     Reading the source's invoices costs one request per 100 invoices in the plan's scope.
+    The destination side leaves out invoices another plan of this source brought and this
+    plan did not (a full batch's invoices at other businesses, beside a business batch):
+    the source side, reading this plan's scope, does not list them either.
 
     Returns:
         Columns ``patient_id`` (the source id), ``patient`` (the destination's name for
@@ -407,7 +410,9 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
         if patient in at_source and not raw.get("deleted_at"):
             at_source[patient] += _owed(raw.get("status"), raw.get("total_amount"))
     if hasattr(store, "outstanding_by_patient"):
-        by_dest = store.outstanding_by_patient(set(patients.values()))
+        by_dest = store.outstanding_by_patient(
+            set(patients.values()), leave_out=_other_plans_invoices(ledger, batch)
+        )
     else:
         raise TypeError(f"{type(store).__name__} cannot report what patients owe (no outstanding_by_patient)")
     rows = []
@@ -427,6 +432,22 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
         [(pl.col("difference") != 0), pl.col("difference").abs(), pl.col("patient_id")],
         descending=[True, True, False],
     )
+
+
+def _other_plans_invoices(ledger: Ledger, batch: Batch) -> set[str]:
+    """Destination ids of invoices live batches of other plans (same source and destination) brought, and this plan's not."""
+    mine: list[str] = []
+    others: list[str] = []
+    for b in ledger.live_batches(batch.destination, source_account=batch.source_account):
+        (mine if _same(batch, b) else others).append(b.id)
+    if not others:
+        return set()
+
+    def brought(batch_ids: list[str]) -> set[str]:
+        items = ledger.latest_items(batch_ids, "invoices").values() if batch_ids else ()
+        return {i.dest_id for i in items if i.action in _BRINGS and i.dest_id}
+
+    return brought(others) - brought(mine)
 
 
 # --- skipped ------------------------------------------------------------------------------

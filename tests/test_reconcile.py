@@ -190,6 +190,29 @@ def test_an_amount_that_is_not_one_is_named_in_one_sentence(copy: Copy, source: 
     )
 
 
+def test_a_business_batch_after_a_full_one_compares_only_the_invoices_of_its_plan(
+    copy: Copy, source: ClinikoClient
+) -> None:
+    """The store also holds the full batch's invoices at the other businesses: they are not this plan's.
+
+    The source side reads the business's invoices only, so the destination side leaves out
+    what another plan of this source brought, and the balances agree.
+    """
+    copy.sql("UPDATE batches SET destination = ?", copy.store.describe())  # the copy's store is the batch's
+    full = Plan.model_validate(copy.ledger.batch(copy.batch_id).plan)
+    business = next(iter(source.pages("businesses"))).records[0]["id"]
+    plan = full.model_copy(update={"scope": Scope.parse(f"business:{business}")})
+    narrower = run_plan(plan, source, copy.store, copy.ledger)
+    result = reconcile(copy.ledger, narrower.batch_id, source=source, store=copy.store)
+    assert result.balances.height > 50
+    assert result.balances.filter(pl.col("destination_outstanding") != 0).height > 10
+    assert result.balance_diffs.height == 0, result.balance_diffs.head(3).to_dicts()
+    # The full batch still compares every invoice of its patients.
+    whole = reconcile(copy.ledger, copy.batch_id, source=source, store=copy.store)
+    assert whole.balance_diffs.height == 0
+    assert whole.balances["destination_outstanding"].sum() > result.balances["destination_outstanding"].sum()
+
+
 def test_a_deleted_destination_appointment_shows_as_one_missing(copy: Copy, source: ClinikoClient) -> None:
     (gone,) = copy.sql("SELECT min(id) FROM clinic.individual_appointments")[0]
     copy.sql("DELETE FROM clinic.individual_appointments WHERE id = ?", gone)

@@ -464,14 +464,17 @@ class LocalStore:
         values = {k: v for k, v in values.items() if not table(entity).column(k).computed}
         return {**values, "data": json_text(data)}
 
-    def outstanding_by_patient(self, patient_ids: Iterable[str]) -> dict[str, tuple[str, Decimal]]:
+    def outstanding_by_patient(
+        self, patient_ids: Iterable[str], *, leave_out: Iterable[str] = ()
+    ) -> dict[str, tuple[str, Decimal]]:
         """What each patient owes by the store's own invoices: ``{id: (name, balance)}``.
 
         The module's one rule applied in SQL to each invoice's ``status`` and
         ``total_amount`` as the store holds them (not to the ``outstanding`` column, and
         not through :func:`outstanding_amount`), summed exactly as decimals: reconciliation
         compares it with the same rule applied to the source's invoices. Every invoice
-        of the patient counts, whoever created it; an invoice of unknown status counts 0.
+        of the patient counts, whoever created it, but those in ``leave_out`` (destination
+        ids); an invoice of unknown status counts 0.
 
         Raises:
             MigratorError: an open invoice's ``total_amount`` is not an amount (edited by hand).
@@ -480,8 +483,9 @@ class LocalStore:
             f"SELECT p.id, trim(coalesce(p.first_name, '') || ' ' || coalesce(p.last_name, '')),"
             " CASE WHEN i.status IN (10, 40) THEN i.total_amount WHEN i.status IN (20, 30) THEN '0' END, i.id"
             f" FROM {SCHEMA}.patients p LEFT JOIN {SCHEMA}.invoices i ON i.patient_id = p.id"
+            " AND i.id NOT IN (SELECT value FROM json_each(?))"
             " WHERE p.id IN (SELECT value FROM json_each(?))",
-            (json.dumps([int(i) for i in patient_ids]),),
+            (json.dumps([int(i) for i in leave_out]), json.dumps([int(i) for i in patient_ids])),
         )
         out: dict[str, tuple[str, Decimal]] = {}
         for patient_id, name, owed, invoice in rows:
