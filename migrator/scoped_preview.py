@@ -176,7 +176,13 @@ def scoped_preview(
             parent = "group_appointments" if entity == "attendees" else "invoices"
             estimate = math.ceil(sum(counts) * share(parent))
             rows.append(
-                (entity, estimate, read_requests(estimate), False, f"estimated from the {parent} in scope")
+                (
+                    entity,
+                    estimate,
+                    read_requests(estimate),
+                    False,
+                    f"estimated from the {parent.replace('_', ' ')} in scope",
+                )
             )
         else:
             rows.append(

@@ -61,3 +61,13 @@ def test_a_paced_key_says_how_many_minutes(tiny_sandbox: RunningSandbox) -> None
         result = scoped_preview(client, include=["patients"])
     assert result.requests_per_minute == 6000
     assert result.estimated_minutes == math.ceil(result.requests / 6000 * 10) / 10 > 0
+
+
+def test_what_follows_its_parent_says_so_in_words(tiny_sandbox: RunningSandbox) -> None:
+    with tiny_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        scope = Scope(kind="business", ids=[business])
+        result = scoped_preview(client, scope, ["group_appointments", "attendees", "invoices", "invoice_items"])
+    how = dict(result.frame.select("entity", "how").iter_rows())
+    assert how["attendees"] == "estimated from the group appointments in scope"
+    assert how["invoice_items"] == "estimated from the invoices in scope"

@@ -133,7 +133,7 @@ for entity in ENTITIES:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         with left:
             action = st.selectbox(
-                f"Decide every undecided {TITLES[entity].lower()} row at once",
+                "Decide every undecided row of this table at once",
                 choices,
                 format_func=lambda a: ACTION_LABELS[a],
                 key=f"decide_{entity}",
