@@ -67,7 +67,9 @@ def test_what_follows_its_parent_says_so_in_words(tiny_sandbox: RunningSandbox) 
     with tiny_sandbox.client() as client:
         business = next(client.records("businesses")).id
         scope = Scope(kind="business", ids=[business])
-        result = scoped_preview(client, scope, ["group_appointments", "attendees", "invoices", "invoice_items"])
+        result = scoped_preview(
+            client, scope, ["group_appointments", "attendees", "invoices", "invoice_items"]
+        )
     how = dict(result.frame.select("entity", "how").iter_rows())
     assert how["attendees"] == "estimated from the group appointments in scope"
     assert how["invoice_items"] == "estimated from the invoices in scope"

@@ -167,15 +167,21 @@ def labelled(frame: pl.DataFrame) -> pl.DataFrame:
 st.title("Review")
 try:
     with config.open_ledger() as ledger:
-        batches = [
-            b for b in ledger.batches(tenant=tenant_scope()) if b.status not in ("deleting", "deleted")
-        ]
+        every = ledger.batches(tenant=tenant_scope())
+        batches = [b for b in every if b.status not in ("deleting", "deleted")]
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
 if not batches:
     st.info("No batch to review yet: start one on the Run page.")
     st.stop()
+
+# What was counted or compared before a batch ran, was topped up or was deleted may no longer
+# hold (deleting one batch takes records others found already present): start afresh.
+generation = [(b.id, b.status) for b in every]
+if state.get("review_generation") != generation:
+    cache.clear()
+    state["review_generation"] = generation
 
 ids = [b.id for b in batches]
 preferred = state.get("run_batch")
@@ -293,15 +299,23 @@ elif differing.height:
     )
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
-    st.success(
-        f"Every record the batch brought{so_far} is in the destination"
-        + (
-            f", but for {records_of('records', removed)} removed since (deleted in Cliniko and taken out by a "
-            "top-up, or deleted with a batch): see Removed since."
-            if removed
-            else "."
+    present = int(count_frame["in_destination"].fill_null(0).sum())
+    why = "deleted in Cliniko and taken out by a top-up, or deleted with a batch"
+    if removed and removed >= present:  # most of it is gone: not a green light
+        st.warning(
+            f"Of the {records_of('records', removed + present)} the batch brought{so_far}, {removed:,} "
+            f"{'is' if removed == 1 else 'are'} no longer in the destination: removed since ({why}); see "
+            "Removed since."
         )
-    )
+    else:
+        st.success(
+            f"Every record the batch brought{so_far} is in the destination"
+            + (
+                f", but for {records_of('records', removed)} removed since ({why}): see Removed since."
+                if removed
+                else "."
+            )
+        )
 source_gaps = count_frame.filter(pl.col("source_difference").fill_null(0) != 0)
 if source_gaps.height:
     st.warning(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -276,6 +277,25 @@ def test_a_deletion_cut_short_shows_what_is_left_and_what_is_gone(
     )
 
 
+def test_review_forgets_what_it_compared_once_a_batch_is_deleted(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    """Balances compared before another batch was deleted no longer describe the store: shown no more."""
+    ledger, first = batch_into_store(workspace)
+    ledger.set_status(first.id, "completed")
+    _, second = batch_into_store(workspace)
+    ledger.set_status(second.id, "completed")
+    at = goto(console(), "review")
+    compared = {(second.id, "balances"): pl.DataFrame({"patient_id": ["1"]})}
+    at.session_state["review_cache"] = dict(compared)
+    at.run()
+    assert list(at.session_state["review_cache"]) == list(compared)  # nothing changed: kept
+    delete_batch(ledger, LocalStore(workspace / "clinic.db", ledger), first.id)
+    ledger.close()
+    at.run()
+    assert at.session_state["review_cache"] == {}
+
+
 def test_review_counts_what_went_with_a_deleted_batch_as_removed(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
@@ -295,11 +315,13 @@ def test_review_counts_what_went_with_a_deleted_batch_as_removed(
     ledger.close()
 
     at = goto(console(), "review")
-    assert not at.exception and not at.warning
-    assert at.success[0].value == (
-        "Every record the batch brought is in the destination, but for 1 record removed since (deleted in "
-        "Cliniko and taken out by a top-up, or deleted with a batch): see Removed since."
-    )
+    assert not at.exception
+    assert [x.value for x in at.success] == ["Nothing was skipped: every record in scope came across."]
+    # All the batch brought went with the other batch: a warning, not a green light.
+    assert [w.value for w in at.warning] == [
+        "Of the 1 record the batch brought, 1 is no longer in the destination: removed since (deleted in "
+        "Cliniko and taken out by a top-up, or deleted with a batch); see Removed since."
+    ]
     frame = at.dataframe[0].value
     patients = frame[frame["Data type"] == "Patients"].iloc[0]
     assert (patients["Already present"], patients["Removed since"], patients["Difference"]) == (1, 1, 0)
