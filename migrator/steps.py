@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
-from migrator.cliniko.pacing import pace_from_env
+from migrator.cliniko.pacing import checked_pace, pace_from_env
 from migrator.destinations.local import LocalStore
 from migrator.engine import RunResult
 from migrator.errors import ConfigError
@@ -69,7 +69,8 @@ def connect(
             or 200, Cliniko's published limit (0 turns pacing off, for the sandbox).
 
     Raises:
-        ConfigError: no key, a malformed one, or not an administrator's.
+        ConfigError: no key, a malformed one, or not an administrator's; a pace that is negative or
+            under 10 requests a minute (0 is unpaced).
         AuthError, APIError: Cliniko refused the key or could not be reached.
     """
     secret = key if key is not None else os.environ.get(SOURCE_KEY_ENV)
@@ -77,6 +78,8 @@ def connect(
         raise ConfigError(f"No source API key: pass one, or set {SOURCE_KEY_ENV} in the environment.")
     if requests_per_minute is None:
         requests_per_minute = pace_from_env()
+    else:
+        requests_per_minute = checked_pace(requests_per_minute, "requests_per_minute")
     config = ClientConfig(url_template=url_template, requests_per_minute=requests_per_minute)
     client = ClinikoClient(secret, config=config)
     try:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+import migrator
 from migrator.cliniko.pacing import RateLimiter, limiter_for
+from migrator.errors import ConfigError
 
 
 class FakeClock:
@@ -59,3 +63,15 @@ def test_unpaced_limiter_never_waits() -> None:
 def test_one_limiter_per_key_and_pace() -> None:
     assert limiter_for("abc", 200) is limiter_for("abc", 200)
     assert limiter_for("abc", 200) is not limiter_for("def", 200)
+
+
+@pytest.mark.parametrize(
+    "pace, said",
+    [(-1, "requests_per_minute cannot be negative"), (5, "requests_per_minute is 5 requests a minute")],
+)
+def test_a_notebooks_pace_is_held_to_the_environment_variables_rule(pace: float, said: str) -> None:
+    """``migrator.connect(requests_per_minute=...)`` refuses what MIGRATOR_REQUESTS_PER_MINUTE refuses, before any request."""
+    with pytest.raises(ConfigError, match=said):
+        migrator.connect(
+            "MS-not-checked-yet-au1", url_template="http://127.0.0.1:9/{shard}/v1", requests_per_minute=pace
+        )

@@ -44,13 +44,22 @@ def pace_from_env(environ: Mapping[str, str] | None = None) -> float:
         pace = float(raw)
     except ValueError:
         raise ConfigError(f"{RATE_ENV} must be a number of requests per minute; got {raw!r}.") from None
+    return checked_pace(pace, RATE_ENV)
+
+
+def checked_pace(pace: float, name: str) -> float:
+    """``pace`` (requests per minute, ``0`` for unpaced) if it is one to take; ``name`` is what set it.
+
+    Raises:
+        ConfigError: negative, not finite, or under :data:`MIN_REQUESTS_PER_MINUTE`.
+    """
     if pace < 0:
-        raise ConfigError(f"{RATE_ENV} cannot be negative; use 0 to send requests unpaced.")
+        raise ConfigError(f"{name} cannot be negative; use 0 to send requests unpaced.")
     if not math.isfinite(pace):
-        raise ConfigError(f"{RATE_ENV} must be a number of requests per minute (0 for unpaced); got {raw!r}.")
+        raise ConfigError(f"{name} must be a number of requests per minute (0 for unpaced); got {pace!r}.")
     if 0 < pace < MIN_REQUESTS_PER_MINUTE:
         raise ConfigError(
-            f"{RATE_ENV} is {raw.strip()} requests a minute; at under {MIN_REQUESTS_PER_MINUTE} even a small "
+            f"{name} is {pace:g} requests a minute; at under {MIN_REQUESTS_PER_MINUTE} even a small "
             f"clinic would take hours. Use at least {MIN_REQUESTS_PER_MINUTE}, or 0 for unpaced."
         )
     return pace
