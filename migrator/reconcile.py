@@ -44,8 +44,9 @@ source API lists now within the plan's scope (deleted ones are not listed); the
 destination side applies it in SQL to the store's own ``invoices`` table, every invoice
 of the patient's destination record whoever created it (for a Cliniko destination, its
 opening-balance report: a store offering ``outstanding_by_patient``). Because each side
-reads its own data, an invoice dropped, doubled, given to the wrong patient, or changed
-in amount or status shows up as that patient's difference.
+reads its own data, an open invoice dropped, doubled, given to the wrong patient, or changed
+in amount, or any invoice whose status changed between owing and not, shows up as that
+patient's difference (a Paid or Closed one owes nothing on either side: the counts catch it).
 
 **Skipped** (:func:`skipped`, :func:`skipped_summary`): every record the batch did not
 bring, with its reason code and sentence, and a count by reason.
