@@ -46,7 +46,8 @@ of the patient's destination record whoever created it (for a Cliniko destinatio
 opening-balance report: a store offering ``outstanding_by_patient``). Because each side
 reads its own data, an open invoice dropped, doubled, given to the wrong patient, or changed
 in amount, or any invoice whose status changed between owing and not, shows up as that
-patient's difference (a Paid or Closed one owes nothing on either side: the counts catch it).
+patient's difference (a Paid or Closed one owes nothing on either side: the counts catch
+one dropped, and nothing catches one moved to another patient).
 
 **Skipped** (:func:`skipped`, :func:`skipped_summary`): every record the batch did not
 bring, with its reason code and sentence, and a count by reason.
