@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,47 @@ def test_a_workspace_keeps_its_own_store_and_refuses_another_workspaces(
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     with sqlite3.connect(first / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == created
+
+
+def test_a_moved_workspace_carries_on_and_a_copied_one_is_refused(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """The ledger names its batches' store by path: moved with its workspace, the store is followed there.
+
+    A copy, beside a store still at the recorded path, is refused in one sentence instead:
+    two stores cannot share one ledger's batches.
+    """
+    old, new, copy = tmp_path / "old", tmp_path / "moved" / "ws", tmp_path / "copy"
+    mapping = setup_workspace(tiny_sandbox, old)
+    done = cli(tiny_sandbox, "run", "--workspace", str(old), "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    new.parent.mkdir()
+    shutil.move(old, new)
+
+    again = cli(tiny_sandbox, "run", "--workspace", str(new), "--mapping", str(new / mapping.name), "--json")
+    assert again.returncode == 0, again.stderr
+    entities = json.loads(again.stdout)["entities"]
+    assert all(e["created"] == 0 for e in entities.values())
+    assert entities["patients"]["already_present"] == first["entities"]["patients"]["created"] > 0
+    listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(new), "--json").stdout)
+    assert {b["destination"] for b in listed} == {f"sqlite:{(new / 'clinic.db').resolve()}"}
+    with sqlite3.connect(new / "ledger.db") as conn:
+        ((detail,),) = conn.execute("SELECT detail FROM audit WHERE action = 'store_moved'").fetchall()
+    assert json.loads(detail) == {
+        "from": f"sqlite:{(old / 'clinic.db').resolve()}",
+        "to": f"sqlite:{(new / 'clinic.db').resolve()}",
+    }
+
+    shutil.copytree(new, copy)  # while the store its ledger names is still there
+    refused = cli(tiny_sandbox, "run", "--workspace", str(copy), "--mapping", str(copy / mapping.name))
+    assert refused.returncode == 2
+    assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+    said = " ".join(refused.stderr.split())
+    assert f"The clinic store at {(copy / 'clinic.db').resolve()} holds batches the ledger" in said
+    assert f"recorded as going into {(new / 'clinic.db').resolve()}, which is still there" in said
+    with sqlite3.connect(copy / "ledger.db") as conn:  # nothing started there
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 2
 
 
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:

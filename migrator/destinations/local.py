@@ -178,7 +178,12 @@ class LocalStore:
         ConfigError: the path is the ledger's own file, a folder or a file that is not a
             SQLite database, the ledger already has another store attached, or the store
             holds records of batches this ledger does not know (another workspace's store:
-            this ledger could not tell what is already there, nor delete them).
+            this ledger could not tell what is already there, nor delete them), or of
+            batches the ledger recorded as going into another store still on disk (a copy).
+
+    A store whose batches the ledger recorded at a path where nothing is any more was
+    moved (a workspace moved to another folder, say): the ledger's batches are pointed
+    at it, audit-logged as ``store_moved``, so re-runs still find what is already there.
     """
 
     INSERT_ORDER = INSERT_ORDER
@@ -201,6 +206,7 @@ class LocalStore:
             ledger.conn.execute(f"PRAGMA {SCHEMA}.journal_mode = DELETE")
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
             stranger = self._unknown_batch()
+            recorded = self._recorded_elsewhere() if stranger is None else None
         if stranger is not None:
             self.close()
             raise ConfigError(
@@ -208,6 +214,29 @@ class LocalStore:
                 f"{ledger.path} does not know: it belongs to another workspace. Use that workspace "
                 "(--workspace), or another store."
             )
+        if recorded is not None:
+            before = self.parse_target(recorded)
+            if before.exists():
+                self.close()
+                raise ConfigError(
+                    f"The clinic store at {self.path} holds batches the ledger at {ledger.path} recorded as going "
+                    f"into {before}, which is still there: this one looks like a copy. Use that store, or remove "
+                    "one of the two."
+                )
+            ledger.store_moved(recorded, self.describe())  # moved, with its workspace or on its own
+
+    def _recorded_elsewhere(self) -> str | None:
+        """The destination the ledger recorded for batches whose records this store holds, when not this store."""
+        written = " UNION ".join(
+            f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
+            for spec in TABLES.values()
+        )
+        row = self.ledger.conn.execute(
+            f"SELECT b.destination FROM ({written}) w JOIN main.batches b ON b.id = w.batch_id"
+            " WHERE b.destination != ? LIMIT 1",
+            (self.describe(),),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _unknown_batch(self) -> str | None:
         """A batch whose records the store holds but the ledger does not know, if any (an index read per table)."""
