@@ -166,6 +166,13 @@ def _migrate(path: Path) -> None:
             conn.close()
 
 
+#: The ids of the batches whose records the store holds (``batch_id``): an index read per table.
+_BATCHES_WRITTEN = " UNION ".join(
+    f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
+    for spec in TABLES.values()
+)
+
+
 class LocalStore:
     """The local clinic store, written through the ledger's connection.
 
@@ -227,12 +234,8 @@ class LocalStore:
 
     def _recorded_elsewhere(self) -> str | None:
         """The destination the ledger recorded for batches whose records this store holds, when not this store."""
-        written = " UNION ".join(
-            f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
-            for spec in TABLES.values()
-        )
         row = self.ledger.conn.execute(
-            f"SELECT b.destination FROM ({written}) w JOIN main.batches b ON b.id = w.batch_id"
+            f"SELECT b.destination FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
             " WHERE b.destination != ? LIMIT 1",
             (self.describe(),),
         ).fetchone()
@@ -240,12 +243,8 @@ class LocalStore:
 
     def _unknown_batch(self) -> str | None:
         """A batch whose records the store holds but the ledger does not know, if any (an index read per table)."""
-        written = " UNION ".join(
-            f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
-            for spec in TABLES.values()
-        )
         row = self.ledger.conn.execute(
-            f"SELECT batch_id FROM ({written}) WHERE batch_id NOT IN (SELECT id FROM main.batches) LIMIT 1"
+            f"SELECT batch_id FROM ({_BATCHES_WRITTEN}) WHERE batch_id NOT IN (SELECT id FROM main.batches) LIMIT 1"
         ).fetchone()
         return None if row is None else str(row[0])
 
