@@ -1273,15 +1273,15 @@ class Ledger:
 
     # --- across batches: top-ups and reconciliation ------------------------------------------
 
-    def store_moved(self, before: str, after: str, *, actor: str = "cli") -> None:
-        """Point every batch recorded as going into destination ``before`` at ``after`` (the same store, moved)."""
+    def store_moved(self, before: str, after: str, *, copy: bool = False, actor: str = "cli") -> None:
+        """Point every batch recorded as going into destination ``before`` at ``after`` (the store, moved or copied)."""
         with self.transaction():
             self.conn.execute(
                 "UPDATE batches SET destination = ?, plan = json_set(plan, '$.destination', ?)"
                 " WHERE destination = ?",
                 (after, after, before),
             )
-            self.audit("store_moved", actor=actor, detail={"from": before, "to": after})
+            self.audit("store_moved", actor=actor, detail={"from": before, "to": after, "copy": copy})
 
     def live_batches(self, destination: str, *, source_account: str) -> list[Batch]:
         """Batches (not being deleted or deleted) that moved ``source_account`` into ``destination``, newest first."""

@@ -185,12 +185,13 @@ class LocalStore:
         ConfigError: the path is the ledger's own file, a folder or a file that is not a
             SQLite database, the ledger already has another store attached, or the store
             holds records of batches this ledger does not know (another workspace's store:
-            this ledger could not tell what is already there, nor delete them), or of
-            batches the ledger recorded as going into another store still on disk (a copy).
+            this ledger could not tell what is already there, nor delete them).
 
-    A store whose batches the ledger recorded at a path where nothing is any more was
-    moved (a workspace moved to another folder, say): the ledger's batches are pointed
-    at it, audit-logged as ``store_moved``, so re-runs still find what is already there.
+    A store holding batches the ledger recorded as going into another path was moved or
+    copied with its workspace (to another folder, or a copy to try things on): the
+    ledger's batches are pointed at it, audit-logged as ``store_moved`` (``copy`` when
+    the other path still holds a store), so re-runs still find what is already there.
+    One ledger switched between two copies of a store follows whichever it opened last.
     """
 
     INSERT_ORDER = INSERT_ORDER
@@ -221,16 +222,8 @@ class LocalStore:
                 f"{ledger.path} does not know: it belongs to another workspace. Use that workspace "
                 "(--workspace), or another store."
             )
-        if recorded is not None:
-            before = self.parse_target(recorded)
-            if before.exists():
-                self.close()
-                raise ConfigError(
-                    f"The clinic store at {self.path} holds batches the ledger at {ledger.path} recorded as going "
-                    f"into {before}, which is still there: this one looks like a copy. Use that store, or remove "
-                    "one of the two."
-                )
-            ledger.store_moved(recorded, self.describe())  # moved, with its workspace or on its own
+        if recorded is not None:  # moved or copied, with its workspace or on its own
+            ledger.store_moved(recorded, self.describe(), copy=self.parse_target(recorded).exists())
 
     def _recorded_elsewhere(self) -> str | None:
         """The destination the ledger recorded for batches whose records this store holds, when not this store."""
