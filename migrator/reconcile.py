@@ -149,23 +149,38 @@ def _same(batch: Batch, other: Batch) -> bool:
     )
 
 
+def _siblings(ledger: Ledger, batch: Batch) -> list[Batch]:
+    """Every batch (``batch`` too) that moved its source account into its destination, newest first."""
+    return [
+        b
+        for b in ledger.batches()
+        if b.destination == batch.destination and b.source_account == batch.source_account
+    ]
+
+
+def _after(other: Batch, batch: Batch) -> bool:
+    return (other.created_at, other.id) > (batch.created_at, batch.id)
+
+
 def _upto(ledger: Ledger, batch: Batch) -> list[str]:
     """The plan's batches (not deleted) up to and including ``batch``, newest first."""
     return [
         b.id
-        for b in ledger.batches()
-        if b.status in _LIVE and _same(batch, b) and (b.created_at, b.id) <= (batch.created_at, batch.id)
+        for b in _siblings(ledger, batch)
+        if b.status in _LIVE and _same(batch, b) and not _after(b, batch)
     ]
 
 
 def _newest_after(ledger: Ledger, batch: Batch) -> str | None:
     """The newest batch of the plan (not deleted) started after ``batch``, if any."""
-    after = [
-        b.id
-        for b in ledger.batches()
-        if b.status in _LIVE and _same(batch, b) and (b.created_at, b.id) > (batch.created_at, batch.id)
-    ]
-    return after[0] if after else None  # batches() lists the newest first
+    return next(
+        (
+            b.id
+            for b in _siblings(ledger, batch)
+            if b.status in _LIVE and _same(batch, b) and _after(b, batch)
+        ),
+        None,
+    )
 
 
 def _later(ledger: Ledger, batch: Batch, *, deleted: bool = False) -> list[str]:
@@ -173,14 +188,7 @@ def _later(ledger: Ledger, batch: Batch, *, deleted: bool = False) -> list[str]:
 
     With ``deleted``, the deleted ones (and any being deleted) instead.
     """
-    return [
-        b.id
-        for b in ledger.batches()
-        if b.destination == batch.destination
-        and b.source_account == batch.source_account
-        and (b.status in ("deleting", "deleted")) == deleted
-        and (b.created_at, b.id) > (batch.created_at, batch.id)
-    ]
+    return [b.id for b in _siblings(ledger, batch) if (b.status not in _LIVE) == deleted and _after(b, batch)]
 
 
 def _entities(ledger: Ledger, batch: Batch) -> list[str]:
@@ -440,8 +448,9 @@ def _other_plans_invoices(ledger: Ledger, batch: Batch) -> set[str]:
     """Destination ids of invoices live batches of other plans (same source and destination) brought, and this plan's not."""
     mine: list[str] = []
     others: list[str] = []
-    for b in ledger.live_batches(batch.destination, source_account=batch.source_account):
-        (mine if _same(batch, b) else others).append(b.id)
+    for b in _siblings(ledger, batch):
+        if b.status in _LIVE:
+            (mine if _same(batch, b) else others).append(b.id)
     if not others:
         return set()
 
