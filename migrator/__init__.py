@@ -10,7 +10,7 @@
 True
 >>> migrator.batches()                               # doctest: +SKIP
 
-The steps (``connect``, ``mapping``, ``run``, ``reconcile``, ``batches``; see
+The steps (``connect``, ``mapping``, ``run``, ``reconcile``, ``batches``, ``delete_batch``; see
 :mod:`migrator.steps`) load on first use, so ``import migrator`` stays light.
 """
 
@@ -42,7 +42,7 @@ from migrator.preview import Preview, preview
 if TYPE_CHECKING:
     from migrator.engine import RunResult
     from migrator.reconcile import Reconciliation
-    from migrator.steps import batches, connect, mapping, reconcile, run
+    from migrator.steps import batches, connect, delete_batch, mapping, reconcile, run
 
 __all__ = [
     "APIError",
@@ -66,6 +66,7 @@ __all__ = [
     "ValidationAPIError",
     "batches",
     "connect",
+    "delete_batch",
     "mapping",
     "parse_key",
     "preview",
@@ -79,6 +80,7 @@ _LAZY = {
     "Reconciliation": "migrator.reconcile",
     "batches": "migrator.steps",
     "connect": "migrator.steps",
+    "delete_batch": "migrator.steps",
     "mapping": "migrator.steps",
     "reconcile": "migrator.steps",
     "run": "migrator.steps",

@@ -119,14 +119,10 @@ def _batch_store(
     the command does to a Cliniko account, which only its administrator may (seed 000):
     ``MIGRATOR_DEST_KEY``'s user is checked with Cliniko, now, before anything is read.
     """
-    from migrator.ledger import Ledger
-    from migrator.workflow import open_local_store
+    from migrator.workflow import existing_ledger, open_local_store
 
-    if not Ledger.file_in(workspace).exists():
-        raise ConfigError(
-            f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check --workspace."
-        )
-    batch = Ledger(workspace).batch(batch_id)
+    with existing_ledger(workspace, batch_id) as ledger:
+        batch = ledger.batch(batch_id)
     if batch.destination.startswith("sqlite:"):
         if cliniko_only:
             raise ConfigError(

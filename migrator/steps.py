@@ -10,6 +10,7 @@
 >>> check.ok, check.balance_diffs                                              # doctest: +SKIP
 >>> later = migrator.run(source, to="sqlite:clinic.db", mapping=table, top_up=True)  # doctest: +SKIP
 >>> migrator.batches()                                                         # doctest: +SKIP
+>>> migrator.delete_batch(later.batch_id, dry_run=True).total                  # doctest: +SKIP
 
 Each function opens the workspace's ledger and the store for its own use and closes
 them again; errors are :class:`~migrator.errors.MigratorError` subclasses whose message
@@ -27,6 +28,8 @@ from typing import Any
 import polars as pl
 from pydantic import SecretStr
 
+from migrator.batches import BatchNotDeletable, DeletionPlan, deletion_plan
+from migrator.batches import delete_batch as _delete_batch
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.cliniko.pacing import checked_pace, pace_from_env
 from migrator.destinations.local import LocalStore
@@ -39,13 +42,14 @@ from migrator.reconcile import Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
+    existing_ledger,
     make_plan,
     open_local_store,
     run_plan,
     verify_source,
 )
 
-__all__ = ["ProgressBar", "batches", "connect", "mapping", "reconcile", "run"]
+__all__ = ["ProgressBar", "batches", "connect", "delete_batch", "mapping", "reconcile", "run"]
 
 SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
 
@@ -227,15 +231,57 @@ def reconcile(
         BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
         to a local store. APIError: the source failed beyond retries.
     """
-    ledger = Ledger(workspace)
+    ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
     try:
-        batch = ledger.batch(batch_id)
-        if not batch.destination.startswith("sqlite:"):
-            raise ConfigError(
-                f"Batch {batch.id} went to {batch.destination}; only the local clinic store can be reconciled here."
-            )
-        store = LocalStore(LocalStore.parse_target(batch.destination), ledger)
+        store = _local_store_of(ledger, batch_id, "reconciled")
         return _reconcile(ledger, batch_id, source=source, store=store)
+    finally:
+        ledger.close()
+
+
+def _local_store_of(ledger: Ledger, batch_id: str, done: str) -> LocalStore:
+    """The local clinic store a batch wrote into; a batch into a Cliniko account is refused with ``done``."""
+    batch = ledger.batch(batch_id)
+    if not batch.destination.startswith("sqlite:"):
+        raise ConfigError(
+            f"Batch {batch.id} went to {batch.destination}; only a batch into the local clinic store can be "
+            f"{done} here (use `python -m migrator` or the console for a Cliniko account)."
+        )
+    return LocalStore(LocalStore.parse_target(batch.destination), ledger)
+
+
+def delete_batch(
+    batch_id: str, *, workspace: str | Path = DEFAULT_WORKSPACE, dry_run: bool = False
+) -> DeletionPlan:
+    """Delete what a batch created in the local clinic store, within 48 hours of its start (seed 000).
+
+    Removes the records the batch created, and those created since for its patients;
+    records it linked to, and what the clinic set up itself, stay. The same rules as
+    ``python -m migrator delete-batch``, logged in the ledger's audit trail as the notebook's.
+
+    Args:
+        batch_id: the batch (:func:`batches` lists them, with ``deletable`` and ``why``).
+        dry_run: only say what would go: the returned plan's ``created``, ``dependents``
+            (created since for its patients), ``total``, and ``blocker``, the sentence saying
+            which other records rely on it (the batch is then not deletable).
+
+    Returns:
+        The :class:`~migrator.batches.DeletionPlan`: what went, or with ``dry_run`` what would.
+
+    Raises:
+        ConfigError: the workspace holds no ledger, or the batch went into a Cliniko account.
+        BatchNotFound: no such batch. BatchNotDeletable: older than 48 hours, already
+        deleted, still running, or (unless ``dry_run``) relied on by other records.
+    """
+    ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
+    try:
+        store = _local_store_of(ledger, batch_id, "deleted")
+        allowed, why = ledger.batch(batch_id).deletable()
+        if not allowed:
+            raise BatchNotDeletable(why)
+        if dry_run:
+            return deletion_plan(ledger, store, batch_id)
+        return _delete_batch(ledger, store, batch_id, actor="notebook")
     finally:
         ledger.close()
 
@@ -250,6 +296,8 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
     """
     from migrator.batches import deletable
 
+    if not Ledger.file_in(workspace).exists():  # no ledger, no batches: and no workspace is made there
+        return pl.DataFrame(schema=_BATCHES_SCHEMA)
     ledger = Ledger(workspace)
     try:
         rows = []
@@ -276,19 +324,22 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
             )
     finally:
         ledger.close()
-    schema: dict[str, Any] = {
-        "id": pl.String,
-        "created_at": pl.Datetime("us", "UTC"),
-        "status": pl.String,
-        "kind": pl.String,
-        "source_account": pl.String,
-        "destination": pl.String,
-        "requests": pl.Int64,
-        "created": pl.Int64,
-        "linked": pl.Int64,
-        "already_present": pl.Int64,
-        "skipped": pl.Int64,
-        "deletable": pl.Boolean,
-        "why": pl.String,
-    }
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    return pl.DataFrame(rows, schema=_BATCHES_SCHEMA, orient="row")
+
+
+#: The columns of :func:`batches`.
+_BATCHES_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "created_at": pl.Datetime("us", "UTC"),
+    "status": pl.String,
+    "kind": pl.String,
+    "source_account": pl.String,
+    "destination": pl.String,
+    "requests": pl.Int64,
+    "created": pl.Int64,
+    "linked": pl.Int64,
+    "already_present": pl.Int64,
+    "skipped": pl.Int64,
+    "deletable": pl.Boolean,
+    "why": pl.String,
+}

@@ -83,6 +83,22 @@ def verify_source(client: ClinikoClient) -> Identity:
     return identity
 
 
+def existing_ledger(workspace: str | Path, batch_id: str, *, option: str = "--workspace") -> Ledger:
+    """The ledger of a workspace that has one; a folder without ``ledger.db`` is refused, not created.
+
+    Commands about an existing batch (reconcile, delete) must not leave an empty workspace
+    behind a mistyped path. ``option`` is how the caller names the workspace in the sentence.
+
+    Raises:
+        ConfigError: ``workspace`` holds no ledger.
+    """
+    if not Ledger.file_in(workspace).exists():
+        raise ConfigError(
+            f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check {option}."
+        )
+    return Ledger(workspace)
+
+
 def open_local_store(
     target: str | None = None, workspace: str | Path = DEFAULT_WORKSPACE
 ) -> tuple[Ledger, LocalStore]:

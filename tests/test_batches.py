@@ -9,6 +9,7 @@ import pytest
 
 from migrator import steps
 from migrator.batches import BatchNotDeletable, DeletionPlan, deletable, delete_batch, deletion_plan
+from migrator.errors import ConfigError
 from migrator.reconcile import counts
 from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
 
@@ -164,3 +165,44 @@ def test_records_found_by_their_details_are_named_five_at_most() -> None:
     )
     assert plan.as_dict()["found_by_matching"] == {"individual_appointments": 7}
     assert DeletionPlan("b1", {}, {}).matched_note is None
+
+
+def test_a_notebook_deletes_a_batch_with_one_call(env: Env) -> None:  # noqa: F811
+    """``migrator.delete_batch``: the dry run says what would go and touches nothing; then it goes."""
+    first = env.run(env.plan(include=["patients"]))
+    second = env.run(env.plan(include=["patients", "medical_alerts"]))
+    patients, alerts = first.entities["patients"]["created"], second.entities["medical_alerts"]["created"]
+    # The engine's own store is not the workspace's default one: the batch names where it went.
+    would = steps.delete_batch(first.batch_id, workspace=env.workspace, dry_run=True)
+    created = {e: c["created"] for e, c in first.entities.items() if c["created"]}
+    assert created["patients"] == patients
+    assert {e: len(ids) for e, ids in would.created.items() if ids} == created
+    assert {e: len(ids) for e, ids in would.dependents.items()} == {"medical_alerts": alerts}
+    assert would.total == sum(created.values()) + alerts and would.blocker is None
+    assert env.store.count("patients") == patients and env.ledger.batch(first.batch_id).status == "completed"
+
+    gone = steps.delete_batch(first.batch_id, workspace=env.workspace)
+    assert gone.total == would.total
+    assert env.store.count("patients") == 0 and env.store.count("medical_alerts") == 0
+    assert env.ledger.batch(first.batch_id).status == "deleted"
+    assert [e["actor"] for e in env.ledger.audit_log(first.batch_id)][-2:] == ["notebook", "notebook"]
+    with pytest.raises(BatchNotDeletable, match="has already been deleted"):
+        steps.delete_batch(first.batch_id, workspace=env.workspace, dry_run=True)
+
+
+def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A mistyped workspace is said to hold no ledger, and is not created behind the analyst's back."""
+    typo = tmp_path / "worksapce"
+    listed = steps.batches(typo)
+    assert listed.height == 0 and "deletable" in listed.columns
+    for call in (
+        lambda: steps.delete_batch("b20261121-135301-3f9a", workspace=typo, dry_run=True),
+        lambda: steps.reconcile("b20261121-135301-3f9a", source=None, workspace=typo),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert str(refused.value) == (
+            f"There is no batch b20261121-135301-3f9a: {typo} holds no ledger (ledger.db); "
+            "check the workspace argument."
+        )
+    assert not typo.exists()

@@ -69,6 +69,7 @@ def test_public_surface_is_pinned() -> None:
         "ValidationAPIError",
         "batches",
         "connect",
+        "delete_batch",
         "mapping",
         "parse_key",
         "preview",
