@@ -612,8 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--json",
         action="store_true",
-        help='print {"batch_id", "reconciled": true|false, "counts": [...], "balance_diffs": [...], '
-        '"skipped": N, "flagged": N, "problems": [...]}',
+        help='print {"batch_id", "reconciled": true|false, "counts": [...], "missing": [...], '
+        '"balance_diffs": [...], "skipped": N, "flagged": N, "problems": [...]}',
     )
     rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
     workspace(rec)

@@ -64,7 +64,7 @@ They do not count against reconciliation.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,12 @@ from migrator.topup import DELETED_AT_SOURCE
 __all__ = [
     "BALANCE_SCHEMA",
     "COUNT_SCHEMA",
+    "MISSING_SCHEMA",
     "Reconciliation",
     "balances",
     "counts",
     "merged_counts",
+    "missing",
     "reconcile",
     "skipped",
     "skipped_summary",
@@ -107,6 +109,8 @@ COUNT_SCHEMA: dict[str, Any] = {
     "source_count": pl.Int64,
     "source_difference": pl.Int64,
 }
+#: Columns of :func:`missing`: each record the batch brought that the destination no longer holds.
+MISSING_SCHEMA: dict[str, Any] = {"entity": pl.String, "source_id": pl.String, "dest_id": pl.String}
 #: Columns of :func:`balances`; money columns are ``pl.Decimal`` (scale 2, or more if the data has it).
 BALANCE_SCHEMA: tuple[str, ...] = (
     "patient_id",
@@ -218,6 +222,23 @@ def counts(
     Raises:
         BatchNotFound: no such batch. APIError: the source failed beyond retries.
     """
+    return _counts(ledger, batch_id, store=store, source=source)[0]
+
+
+def missing(ledger: Ledger, batch_id: str, *, store: Any) -> pl.DataFrame:
+    """The records behind :func:`counts`' negative ``difference``: ``entity``, ``source_id``, ``dest_id``.
+
+    Each is a record the ledger says the batch brought (created, linked or already present),
+    not removed since, whose destination id the destination no longer holds (deleted by
+    hand, say); ``dest_id`` is null when no destination id was ever recorded for it.
+    """
+    return _counts(ledger, batch_id, store=store)[1]
+
+
+def _counts(
+    ledger: Ledger, batch_id: str, *, store: Any | None, source: ClinikoClient | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`counts` and :func:`missing` from one pass over the batch's records."""
     batch = ledger.batch(batch_id)
     plan = _plan_of(batch)
     entities = _entities(ledger, batch)
@@ -233,6 +254,7 @@ def counts(
     )
     fresh = _source_counts(source, plan, entities) if source is not None else {}
     rows = []
+    lost: list[tuple[str, str, str | None]] = []
     for entity in entities:
         row: dict[str, Any] = dict.fromkeys(COUNT_SCHEMA)
         row["entity"] = entity
@@ -242,7 +264,8 @@ def counts(
         row["in_scope"] = sum(
             by_action.get(a, 0) for a in ("created", "linked", "already_present", "skipped")
         )
-        present, removed = _presence(ledger, batch, entity, later, withdrawn, store)
+        present, removed, absent = _presence(ledger, batch, entity, later, withdrawn, store)
+        lost += [(entity, source_id, dest_id) for source_id, dest_id in absent]
         row["removed_since"] = removed
         if store is not None:
             expected = sum(row[a] for a in _BRINGS) - removed
@@ -254,7 +277,10 @@ def counts(
             row["source_count"] = fresh[entity]
             row["source_difference"] = row["in_scope_total"] - fresh[entity]
         rows.append(row)
-    return pl.DataFrame(rows, schema=COUNT_SCHEMA, orient="row")
+    return (
+        pl.DataFrame(rows, schema=COUNT_SCHEMA, orient="row"),
+        pl.DataFrame(lost, schema=MISSING_SCHEMA, orient="row"),
+    )
 
 
 def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
@@ -282,8 +308,11 @@ def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
 
 def _presence(
     ledger: Ledger, batch: Batch, entity: str, later: list[str], withdrawn: list[str], store: Any | None
-) -> tuple[int, int]:
-    """``(in the destination now, removed since)`` among the records the batch brought.
+) -> tuple[int, int, list[tuple[str, str | None]]]:
+    """``(in the destination now, removed since, missing)`` among the records the batch brought.
+
+    ``missing`` holds ``(source id, destination id)`` of those neither removed since nor in
+    the destination (empty without a ``store``).
 
     A later batch's word on a record wins: removed because Cliniko deleted it, or found
     at another destination id (brought again after it went missing). A later batch
@@ -293,7 +322,7 @@ def _presence(
     """
     brought = {i.source_id: i.dest_id for i in ledger.items(batch.id, entity) if i.action in _BRINGS}
     if not brought:
-        return 0, 0
+        return 0, 0, []
     newer = ledger.latest_items(later, entity, brought) if later else {}
     unsaid = [sid for sid in brought if sid not in newer]
     if withdrawn and unsaid:
@@ -316,9 +345,10 @@ def _presence(
     where = {sid: dest for sid, dest in where.items() if dest not in deleted}
     gone = len(brought) - len(where)
     if store is None:
-        return 0, gone
+        return 0, gone, []
     existing = store.existing_ids(entity, [d for d in where.values() if d is not None])
-    return sum(1 for d in where.values() if d in existing), gone
+    absent = [(sid, dest) for sid, dest in where.items() if dest not in existing]
+    return len(where) - len(absent), gone, absent
 
 
 def _count_lists(plan: Plan, entity: str) -> list[Query] | None:
@@ -508,6 +538,8 @@ class Reconciliation:
     #: The newest later batch of the same plan (a top-up, a re-run), if any: it accounts for
     #: what changed at the source since, so the source's counts are that batch's to match.
     newer: str | None = None
+    #: The records behind a negative ``difference`` in ``counts`` (:func:`missing`).
+    missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MISSING_SCHEMA))
 
     @property
     def balance_diffs(self) -> pl.DataFrame:
@@ -524,7 +556,7 @@ class Reconciliation:
                 n = abs(diff)
                 what = f"{n} record{'s' if n > 1 else ''} the batch brought {'are' if n > 1 else 'is'}"
                 out.append(
-                    f"{entity}: {what} missing from the destination."
+                    f"{entity}: {what} missing from the destination{self._named_missing(entity)}."
                     if diff < 0
                     else f"{entity}: the destination holds {n} more than the batch brought."
                 )
@@ -553,6 +585,19 @@ class Reconciliation:
             out.append(f"{whose} from Cliniko's: {shown}{more}.")
         return out
 
+    def _named_missing(self, entity: str, most: int = 3) -> str:
+        """``: source id 12 (destination id 7)``: which records of ``entity`` are missing, ``most`` named."""
+        rows = self.missing.filter(pl.col("entity") == entity).rows(named=True)
+        if not rows:
+            return ""
+        named = ", ".join(
+            f"source id {r['source_id']} "
+            + (f"(destination id {r['dest_id']})" if r["dest_id"] else "(no destination id recorded)")
+            for r in rows[:most]
+        )
+        more = f" and {len(rows) - most} more (see missing)" if len(rows) > most else ""
+        return f": {named}{more}"
+
     @property
     def ok(self) -> bool:
         """Whether everything reconciles (skipped records, each with its reason, do not count against it)."""
@@ -568,6 +613,7 @@ class Reconciliation:
                 {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
                 for row in self.balance_diffs.to_dicts()
             ],
+            "missing": self.missing.to_dicts(),
             "skipped": self.skipped.height,
             "flagged": self.flagged.height,
             "problems": self.problems,
@@ -578,7 +624,7 @@ class Reconciliation:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in ("counts", "balances", "skipped", "skipped_summary", "flagged"):
+        for name in ("counts", "missing", "balances", "skipped", "skipped_summary", "flagged"):
             frame: pl.DataFrame = getattr(self, name)
             csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
             frame.write_csv(csv)
@@ -597,9 +643,11 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
     batch = ledger.batch(batch_id)
     if batch.status in ("deleting", "deleted"):
         raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
+    count_frame, missing_frame = _counts(ledger, batch_id, store=store, source=source)
     return Reconciliation(
         batch_id=batch_id,
-        counts=counts(ledger, batch_id, store=store, source=source),
+        counts=count_frame,
+        missing=missing_frame,
         balances=balances(ledger, batch_id, source=source, store=store),
         skipped=skipped(ledger, batch_id),
         skipped_summary=skipped_summary(ledger, batch_id),

@@ -222,9 +222,32 @@ def test_a_deleted_destination_appointment_shows_as_one_missing(copy: Copy, sour
     )  # the source still has it: the plan accounts for it
     assert result.balance_diffs.height == 0
     assert not result.ok
+    (source_id,) = copy.sql(
+        "SELECT source_id FROM items WHERE batch_id = ? AND entity = 'individual_appointments' "
+        "AND dest_id = ?",
+        copy.batch_id,
+        str(gone),
+    )[0]
+    assert result.missing.rows() == [("individual_appointments", source_id, str(gone))]
     assert result.problems == [
-        "individual_appointments: 1 record the batch brought is missing from the destination."
+        "individual_appointments: 1 record the batch brought is missing from the destination: "
+        f"source id {source_id} (destination id {gone})."
     ]
+    assert result.as_dict()["missing"] == [
+        {"entity": "individual_appointments", "source_id": source_id, "dest_id": str(gone)}
+    ]
+
+
+def test_more_than_three_missing_are_counted_and_listed_in_full(copy: Copy, source: ClinikoClient) -> None:
+    gone = [r[0] for r in copy.sql("SELECT id FROM clinic.medical_alerts ORDER BY id LIMIT 5")]
+    copy.sql(f"DELETE FROM clinic.medical_alerts WHERE id IN ({', '.join('?' * len(gone))})", *gone)
+    result = check(copy, source)
+    assert sorted(int(d) for d in result.missing["dest_id"]) == gone
+    (problem,) = result.problems
+    assert problem.startswith(
+        "medical_alerts: 5 records the batch brought are missing from the destination: "
+    )
+    assert problem.count("source id ") == 3 and problem.endswith(" and 2 more (see missing).")
 
 
 def test_a_dropped_invoice_shows_in_the_counts_and_its_patients_balance(
@@ -324,7 +347,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     clean = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), "--json", key=key)
     assert clean.returncode == 0, clean.stderr
     report = json.loads(clean.stdout)
-    keys = {"batch_id", "reconciled", "counts", "balance_diffs", "skipped", "flagged", "problems"}
+    keys = {"batch_id", "reconciled", "counts", "missing", "balance_diffs", "skipped", "flagged", "problems"}
     assert set(report) == keys
     helped = " ".join(cli(demo_sandbox, "reconcile", "--help", key=key).stdout.split())
     assert all(f'"{k}"' in helped for k in keys), helped  # the help names every key
@@ -359,7 +382,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert Decimal(report["balance_diffs"][0]["difference"]) < 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{name}.{ext}"
-        for name in ("counts", "balances", "skipped", "skipped_summary", "flagged")
+        for name in ("counts", "missing", "balances", "skipped", "skipped_summary", "flagged")
         for ext in ("csv", "parquet")
     )
     balances = pl.read_parquet(tmp_path / "out" / "balances.parquet")

@@ -30,7 +30,7 @@ from migrator.hosted import Principal, audited_read, count_as, source_as
 from migrator.ledger import Batch
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
-from migrator.reconcile import balances, counts, flagged, merged_counts, skipped
+from migrator.reconcile import balances, counts, flagged, merged_counts, missing, skipped
 from migrator.workflow import source_account_of
 
 COLUMN_NAMES = {
@@ -236,6 +236,7 @@ else:
     )
 to_cliniko = batch.destination.startswith("cliniko:")
 unreachable = batch_destination_problem(batch.destination, cliniko_target())
+missing_frame: pl.DataFrame | None = None  # which records are missing: looked up only when some are
 try:
     if fresh:
         with st.spinner("Counting at the source…"), session_source(batch, "source counts") as client:
@@ -280,6 +281,8 @@ try:
                     count_frame = counts(ledger, batch_id, store=store)
                 if to_cliniko and batch.status != "running":  # API counts: once per batch and session
                     cache[(batch_id, "counts")] = count_frame
+            if not to_cliniko and (count_frame["difference"].fill_null(0) < 0).any():
+                missing_frame = missing(ledger, batch_id, store=store)  # which records: a second look
             skipped_frame = skipped(ledger, batch_id)
             flagged_frame = flagged(ledger, batch_id)
 except MigratorError as exc:
@@ -297,6 +300,13 @@ elif differing.height:
         )
         + "."
     )
+    if missing_frame is not None and missing_frame.height:
+        st.caption(
+            "The records the ledger says the batch brought that the destination no longer holds (removed by "
+            "hand, say): a re-run of the same plan brings them again."
+        )
+        st.dataframe(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+        downloads(missing_frame, f"{batch_id}-missing")
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
     present = int(count_frame["in_destination"].fill_null(0).sum())

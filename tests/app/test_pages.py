@@ -325,3 +325,32 @@ def test_review_counts_what_went_with_a_deleted_batch_as_removed(
     frame = at.dataframe[0].value
     patients = frame[frame["Data type"] == "Patients"].iloc[0]
     assert (patients["Already present"], patients["Removed since"], patients["Difference"]) == (1, 1, 0)
+
+
+def test_review_names_the_records_missing_from_the_destination(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    """A record removed from the store by hand: the warning counts it, a table says which one."""
+    ledger, batch = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    with ledger.transaction():
+        kept, gone = store.insert(
+            "patients",
+            [{"source_id": "1", "first_name": "Ana"}, {"source_id": "2", "first_name": "Bo"}],
+            batch_id=batch.id,
+            source_account="H",
+        )
+        ledger.record_items(
+            batch.id, [Item("patients", "1", kept, "created"), Item("patients", "2", gone, "created")]
+        )
+    ledger.set_status(batch.id, "completed")
+    store.delete("patients", [gone])
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        "Not everything the ledger says arrived is in the destination: Patients -1."
+    ]
+    listed = at.dataframe[0].value
+    assert listed.to_dict("records") == [{"Data type": "Patients", "Source id": "2", "Destination id": gone}]
