@@ -130,25 +130,32 @@ except MigratorError as exc:
 summary = plan.as_dict()
 
 entities = list(dict.fromkeys([*summary["created"], *summary["created_since_for_its_patients"]]))
-st.markdown(f"Deleting batch **{chosen}** removes **{records_of('records', summary['total'])}**:")
-st.dataframe(
-    pl.DataFrame(
-        {
-            "Data type": [entity_label(e) for e in entities],
-            "Created by the batch": [summary["created"].get(e, 0) for e in entities],
-            "Created since for its patients": [
-                summary["created_since_for_its_patients"].get(e, 0) for e in entities
-            ],
-        },
-        schema={
-            "Data type": pl.String,
-            "Created by the batch": pl.Int64,
-            "Created since for its patients": pl.Int64,
-        },
-    ),
-    hide_index=True,
-    height="content",
-)
+removes_nothing = not summary["total"] and not summary["unanswered_creates"]
+if removes_nothing:
+    st.info(
+        f"Batch **{chosen}** created nothing that is still there: deleting it removes no record, and only marks "
+        "it deleted in the ledger."
+    )
+else:
+    st.markdown(f"Deleting batch **{chosen}** removes **{records_of('records', summary['total'])}**:")
+    st.dataframe(
+        pl.DataFrame(
+            {
+                "Data type": [entity_label(e) for e in entities],
+                "Created by the batch": [summary["created"].get(e, 0) for e in entities],
+                "Created since for its patients": [
+                    summary["created_since_for_its_patients"].get(e, 0) for e in entities
+                ],
+            },
+            schema={
+                "Data type": pl.String,
+                "Created by the batch": pl.Int64,
+                "Created since for its patients": pl.Int64,
+            },
+        ),
+        hide_index=True,
+        height="content",
+    )
 if plan.already_deleted_note:
     st.caption(f"{plan.already_deleted_note} Deleting finishes it.")
 if plan.matched_note:
@@ -156,7 +163,7 @@ if plan.matched_note:
 if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()
-if to_cliniko:
+if to_cliniko and not removes_nothing:
     st.warning(
         "Cliniko's API cannot delete patients: this batch's patients are **archived**, not deleted, and everything "
         "else it created in the Cliniko account is deleted. Records the clinic added since for those patients stay, "
@@ -165,12 +172,13 @@ if to_cliniko:
         "any, nothing is deleted and the message names them.",
         icon=":material/inventory_2:",
     )
-st.warning(
-    "Deleting a batch cannot be undone. Deleting its patients also deletes everything created for those "
-    "patients since the import, such as appointments, treatment notes and invoices, even if someone added "
-    "them by hand. Keep your legal obligations for clinical records in mind before you delete.",
-    icon=":material/warning:",
-)
+if not removes_nothing:
+    st.warning(
+        "Deleting a batch cannot be undone. Deleting its patients also deletes everything created for those "
+        "patients since the import, such as appointments, treatment notes and invoices, even if someone added "
+        "them by hand. Keep your legal obligations for clinical records in mind before you delete.",
+        icon=":material/warning:",
+    )
 if who is not None:
     st.text_input(
         f"An administrator's API key of Cliniko account {batch.destination.removeprefix('cliniko:')}, "
@@ -182,6 +190,11 @@ if who is not None:
         help="Checked with Cliniko when you press delete, used for that check only and never kept.",
     )
 typed = st.text_input(f"Type {CONFIRM_WORD} to confirm", key="delete_confirm")
+if typed.strip() and typed.strip() != CONFIRM_WORD:
+    st.caption(
+        f"Type {CONFIRM_WORD} in capital letters, exactly, to enable the button"
+        + (" (you typed it in lower case)." if typed.strip().upper() == CONFIRM_WORD else ".")
+    )
 st.button(
     f"Delete batch {chosen}",
     key="delete_go",

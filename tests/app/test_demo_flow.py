@@ -191,7 +191,14 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     assert at.button(key="delete_go").disabled
     at.text_input(key="delete_confirm").input("delete it").run()
     assert at.button(key="delete_go").disabled
+    assert "Type DELETE in capital letters, exactly, to enable the button." in [c.value for c in at.caption]
+    at.text_input(key="delete_confirm").input("delete").run()
+    assert at.button(key="delete_go").disabled
+    assert "Type DELETE in capital letters, exactly, to enable the button (you typed it in lower case)." in [
+        c.value for c in at.caption
+    ]
     at.text_input(key="delete_confirm").input("DELETE").run()
+    assert not [c.value for c in at.caption if c.value.startswith("Type DELETE")]
     at.button(key="delete_go").click().run()
     assert not at.exception and not at.error
     assert f"Batch {batch.id} is deleted: {by_action['created']:,} records were removed." in texts(at)

@@ -354,3 +354,23 @@ def test_review_names_the_records_missing_from_the_destination(
     ]
     listed = at.dataframe[0].value
     assert listed.to_dict("records") == [{"Data type": "Patients", "Source id": "2", "Destination id": gone}]
+
+
+def test_deleting_a_batch_that_created_nothing_says_so_without_the_patients_warning(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
+    ledger.record_items(batch.id, [Item("patients", "1", None, "skipped", "invalid", "Failed validation.")])
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "batches")
+    assert not at.exception
+    assert [i.value for i in at.info] == [
+        f"Batch **{batch.id}** created nothing that is still there: deleting it removes no record, and only "
+        "marks it deleted in the ledger."
+    ]
+    assert not at.warning and len(at.dataframe) == 1  # the list of batches only
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    assert f"Batch {batch.id} is deleted: 0 records were removed." in texts(at)
