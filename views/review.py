@@ -160,6 +160,15 @@ def ask_source_key(batch_id: str, what: str, *, label: str, button: str, why: st
         st.error(error)
 
 
+#: How many differing balances the bar chart names (the largest first); the table has them all.
+CHARTED = 40
+
+
+def money_columns(*names: str) -> dict[str, object]:
+    """Money shown with its cents (133.20, not 133.2): a column configuration for ``st.dataframe``."""
+    return {name: st.column_config.NumberColumn(name, format="%.2f") for name in names}
+
+
 def labelled(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col("entity").map_elements(entity_label, return_dtype=pl.String))
 
@@ -439,6 +448,7 @@ if to_cliniko:
                 }
             ),
             hide_index=True,
+            column_config=money_columns("Outstanding"),
         )
         st.download_button(
             "Download the opening balances (CSV)",
@@ -489,13 +499,22 @@ else:
         cols[2].metric("Total owed at the source", f"{balance_frame['source_outstanding'].sum():,.2f}")
         money = balance_frame.with_columns(pl.col(c).cast(pl.Float64) for c in balance_frame.columns[2:])
         if differ.height:
-            st.warning(f"{differ.height} patients' balances differ from Cliniko's; they are listed first.")
+            st.warning(
+                f"{differ.height} patients' balances differ from Cliniko's; they are listed first."
+                if differ.height > 1
+                else "1 patient's balance differs from Cliniko's; it is listed first."
+            )
             st.bar_chart(
-                money.filter(pl.col("difference") != 0).head(40),
+                money.filter(pl.col("difference") != 0).head(CHARTED),
                 x="patient",
                 y="difference",
                 horizontal=True,
             )
+            if differ.height > CHARTED:
+                st.caption(
+                    f"The chart shows the {CHARTED} largest differences of {differ.height:,}; the table below "
+                    "lists them all."
+                )
         else:
             st.success("Every patient's balance matches Cliniko's: each dot sits on the diagonal.")
         st.scatter_chart(
@@ -517,6 +536,7 @@ else:
                 }
             ),
             hide_index=True,
+            column_config=money_columns("Owed at the source", "Owed here", "Difference"),
         )
         downloads(balance_frame, f"{batch_id}-balances")
 

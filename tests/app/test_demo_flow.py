@@ -7,6 +7,7 @@ the source (counted with a client of its own) and the ledger.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         patients = ledger.counts(batch.id)["patients"]
     assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
     assert shown["Balances that differ"] == "0"
+    money = json.loads(at.dataframe[-1].proto.columns)  # the balances table: cents shown, 133.20
+    assert {
+        name: c["type_config"]["format"] for name, c in money.items() if "type_config" in c
+    } == dict.fromkeys(("Owed at the source", "Owed here", "Difference"), "%.2f")
     # A fresh count at the source: nothing changed there, so each list holds what the batch found.
     at.button(key="review_source_counts").click().run()
     assert not at.error, [e.value for e in at.error]
@@ -179,6 +184,22 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         f"download_{batch.id}-skipped_csv",
         f"download_{batch.id}-balances_parquet",
     }
+    # Open invoices of 45 patients raised by 1.00 in the store: more differences than the chart names.
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        raised = conn.execute(
+            "UPDATE invoices SET total_amount = printf('%.2f', total_amount + 1) WHERE id IN "
+            "(SELECT min(id) FROM invoices WHERE status = 10 GROUP BY patient_id LIMIT 45)"
+        ).rowcount
+    assert raised == 45
+    at.button(key="review_balances").click().run()
+    assert metrics(at)["Balances that differ"] == "45"
+    assert "45 patients' balances differ from Cliniko's; they are listed first." in [
+        w.value for w in at.warning
+    ]
+    assert "The chart shows the 40 largest differences of 45; the table below lists them all." in [
+        c.value for c in at.caption
+    ]
+    assert at.dataframe[-1].value["Difference"].astype(float).tolist()[:45] == [1.0] * 45
 
     # 7. Batches: listed with its counts; deleted only after typing the confirmation.
     follow(at, "next_batches", "batches")
