@@ -63,6 +63,7 @@ __all__ = [
     "check_cliniko_destination",
     "demo_size_from_env",
     "entity_label",
+    "escape_markdown",
     "export",
     "go_live_sentence",
     "masked",
@@ -126,6 +127,18 @@ def demo_size_from_env(environ: Mapping[str, str] | None = None) -> str | int:
     raise ConfigError(
         f"{DEMO_SIZE_ENV} must be one of {', '.join(SIZES)} or a number of patients; got {raw!r}."
     )
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def escape_markdown(text: str) -> str:
+    r"""Text from a clinic's data (a practitioner's name) shown as it is in Streamlit's markdown.
+
+    >>> escape_markdown("Dr *Jo* [locum]")
+    'Dr \\*Jo\\* \\[locum\\]'
+    """
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def entity_label(entity: str) -> str:

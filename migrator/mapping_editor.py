@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "TARGETED_ACTIONS",
     "apply_edits",
     "apply_rows",
+    "console_words",
     "decide_unresolved",
     "editor_table",
     "mapping_from_json",
@@ -73,17 +74,45 @@ def row_status(action: str | None, target_id: str | None) -> str:
     return _OK
 
 
-def editor_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """A mapping table with its ``status`` column first, ready for an editable grid."""
+def console_words(text: str) -> str:
+    """A mapping note or problem with each quoted action code as the console's label for it.
+
+    The library's sentences name actions by the codes a mapping file holds (``'former'``);
+    the console's grid offers their labels, so its notes say those.
+
+    >>> console_words("choose 'former' or 'exclude'")
+    "choose 'give to a generic Former practitioner' or 'exclude (skip its appointments)'"
+    """
+    for code, label in ACTION_LABELS.items():
+        text = text.replace(f"'{code}'", f"'{label}'")
+    return text
+
+
+def editor_table(frame: pl.DataFrame, made: Collection[str] = ()) -> pl.DataFrame:
+    """A mapping table with its ``status`` column first, ready for an editable grid (notes in the console's words).
+
+    ``made``: source ids the destination already holds a record of (created by an earlier
+    run); a ``create`` row among them says so, as running again finds that record rather
+    than create a second one.
+    """
     statuses = [
         row_status(action, target)
         for action, target in zip(frame["action"].to_list(), frame["target_id"].to_list(), strict=True)
     ]
+    made_already = (pl.col("action") == "create") & pl.col("source_id").is_in(list(made))
     return (
         frame.select(MAPPING_COLUMNS)
-        .with_columns(status=pl.Series(statuses, dtype=pl.String))
+        .with_columns(
+            status=pl.Series(statuses, dtype=pl.String),
+            note=pl.when(made_already)
+            .then(pl.lit(_MADE_ALREADY))
+            .otherwise(pl.col("note").map_elements(console_words, return_dtype=pl.String)),
+        )
         .select("status", *MAPPING_COLUMNS)
     )
+
+
+_MADE_ALREADY = "Created in the destination by an earlier run: running again finds that record and does not create a second."
 
 
 def targetless_actions(entity: str, *, can_create: bool = True) -> list[str]:

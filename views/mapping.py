@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import streamlit as st
 
 from console_ui import (
@@ -12,6 +13,7 @@ from console_ui import (
     require_source,
     rows_to_decide,
 )
+from migrator.console import escape_markdown
 from migrator.errors import MigratorError
 from migrator.mapping import validate
 from migrator.mapping_editor import (
@@ -19,6 +21,7 @@ from migrator.mapping_editor import (
     EDITOR_COLUMNS,
     apply_edits,
     apply_rows,
+    console_words,
     decide_unresolved,
     editor_table,
     mapping_from_json,
@@ -90,7 +93,10 @@ for entity in ENTITIES:
     # Fold the grid's pending edits in first, so the status column shows them at once.
     tables[entity] = apply_edits(tables[entity], state.get(key))
     st.data_editor(
-        editor_table(tables[entity]),
+        editor_table(
+            tables[entity],
+            made=reference["source_id"].drop_nulls().to_list() if "source_id" in reference.columns else (),
+        ),
         key=key,
         column_order=EDITOR_COLUMNS,
         disabled=["status", "source_name", "source_active", "note"],
@@ -117,6 +123,13 @@ for entity in ENTITIES:
             "note": st.column_config.TextColumn("Why", width="large"),
         },
     )
+    # The grid cuts a long "Why" short: the undecided rows' notes, which say what to choose, in full.
+    waiting = tables[entity].filter(pl.col("action") == "unresolved").select("source_name", "note").rows()
+    if waiting:
+        st.markdown(
+            "\n".join(f"- **{escape_markdown(name)}**: {console_words(note)}" for name, note in waiting[:10])
+            + (f"\n- … and {len(waiting) - 10} more undecided rows." if len(waiting) > 10 else "")
+        )
     rows, problems = read_table(tables[entity], reference)
     all_rows += rows
     pending = unresolved_sentence(rows)
@@ -147,11 +160,11 @@ for entity in ENTITIES:
                 except MigratorError as exc:
                     st.error(str(exc))
     for problem in problems:
-        st.warning(problem, icon=":material/priority_high:")
+        st.warning(console_words(problem), icon=":material/priority_high:")
     unfit = validate(rows, references.__getitem__, can_create=can_create)
     unfit_rows += len(unfit)
     for problem in unfit:
-        st.warning(problem, icon=":material/priority_high:")
+        st.warning(console_words(problem), icon=":material/priority_high:")
 
 st.subheader("Save or load")
 left, right = st.columns(2)

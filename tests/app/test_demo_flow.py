@@ -92,6 +92,12 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     practitioners = at.data_editor(key="mapping_practitioners").value
     undecided = practitioners.index[practitioners["status"].str.contains("needs a decision")].tolist()
     colleague = practitioners.loc[practitioners["action"] == "map", "target_id"].iloc[0]
+    # Their notes, in the grid and in full under it, offer the grid's choices by its labels, not the file's codes.
+    why = practitioners["note"][undecided[0]]
+    assert "'give to a generic Former practitioner'" in why and "'former'" not in why
+    listed = next(m.value for m in at.markdown if m.value.startswith("- **"))
+    assert listed.count("\n- **") == 1 and why in listed
+    assert f"- **{practitioners['source_name'][undecided[0]]}**: {why}" in listed.splitlines()
     # One cell edit in the grid: the first former practitioner's appointments go to a colleague ...
     at.session_state["mapping_practitioners"] = {
         "edited_rows": {undecided[0]: {"action": "reassign", "target_id": colleague}},
@@ -365,6 +371,11 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
         "batch's plan. 'Match again from the source' starts afresh."
     ) in [s.value for s in later.success]
     assert "Every row is decided." in [s.value for s in later.success]
+    # The appointment types the first run created are still 'create' rows (the plan's decisions), and say
+    # that running again finds them rather than create them twice.
+    types = later.data_editor(key="mapping_appointment_types").value
+    made = types[types["action"] == "create"]
+    assert len(made) > 0 and made["note"].str.startswith("Created in the destination by an earlier run").all()
     goto(later, "run")
     later.button(key="run_top_up").click().run()
     assert not later.error, [e.value for e in later.error]
