@@ -11,6 +11,12 @@ what one plan reads, stage by stage, with the plan's filter (seed 001):
 - patients and what follows them (medical alerts, notes, files, attendees, invoice
   items) are only known once the run has read the appointments in scope, so they are
   **estimated** from the share of appointments (or invoices) in scope, and marked so.
+  That share is low when patients are seen at several of the scope's businesses (or by
+  several practitioners): each comes across whole for one appointment in scope. So the
+  patients' rows also say how many there would be at most if each appointment fell in
+  scope independently of the patient's others (``how``: "up to N"). On the demo clinic
+  (all data types), a business filter brings about twice the share (271 patients against
+  136, up to 397), and a practitioner filter about the share (82 against 80, up to 381).
 
 >>> result = scoped_preview(client, Scope.parse("business:7"))       # doctest: +SKIP
 >>> result.frame.select("entity", "records", "exact").head(2)         # doctest: +SKIP
@@ -147,6 +153,15 @@ def scoped_preview(
     appointments_total = sum(whole.get(kind, 0) for kind in kinds)
     appointments_in_scope = sum(sum(filtered.get(kind, [])) for kind in kinds)
     patient_share = appointments_in_scope / appointments_total if appointments_total else 0.0
+    # That share is right when each patient keeps to one business (or practitioner); a patient seen at
+    # several comes across whole for any one appointment in scope. At the other end, each appointment in
+    # scope independently of the patient's others: a patient with k appointments is in with 1 - (1 - s)**k.
+    patients_total = sum(
+        whole[list_key(r, route)] for r, route in _lists("patients", include_archived_patients)
+    )
+    per_patient = appointments_total / patients_total if patients_total else 0.0
+    spread_share = max(patient_share, 1 - (1 - patient_share) ** per_patient)
+    spread_over = "businesses" if scope.kind == "business" else "practitioners"
 
     rows = []
     for entity in entities:
@@ -163,13 +178,17 @@ def scoped_preview(
             )
         elif entity in _BY_PATIENT:
             estimate = math.ceil(sum(counts) * patient_share)
+            high = math.ceil(sum(counts) * spread_share)
+            up_to = (
+                f"; up to {high:,} if patients are seen at several {spread_over}" if high > estimate else ""
+            )
             rows.append(
                 (
                     entity,
                     estimate,
                     read_requests(estimate),
                     False,
-                    "estimated from the share of appointments in scope",
+                    f"estimated from the share of appointments in scope{up_to}",
                 )
             )
         elif entity in ("attendees", "invoice_items"):

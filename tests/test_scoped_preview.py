@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 
 import polars as pl
+import pytest
 
 from migrator.cliniko.filters import Filter
 from migrator.plan import Scope
 from migrator.preview import preview, read_requests
 from migrator.scoped_preview import plan_entities, scoped_preview
 from tests.conftest import RunningSandbox
+from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
 
 
 def test_all_data_is_counted_exactly_per_stage(tiny_sandbox: RunningSandbox) -> None:
@@ -73,3 +76,22 @@ def test_what_follows_its_parent_says_so_in_words(tiny_sandbox: RunningSandbox) 
     how = dict(result.frame.select("entity", "how").iter_rows())
     assert how["attendees"] == "estimated from the group appointments in scope"
     assert how["invoice_items"] == "estimated from the invoices in scope"
+
+
+@pytest.mark.parametrize("kind", ["business", "practitioner"])
+def test_the_run_brings_no_more_patients_than_the_estimates_bound(env: Env, kind: str) -> None:  # noqa: F811
+    """The share of appointments is the estimate; patients seen at several businesses raise it, up to the bound."""
+    first = next(env.source.records("businesses" if kind == "business" else "practitioners")).id
+    scope = Scope(kind=kind, ids=[first])  # type: ignore[arg-type]
+    result = scoped_preview(env.source, scope, ["medical_alerts", "individual_appointments"])
+    run = env.run(env.plan(f"{kind}:{first}", include=["medical_alerts", "individual_appointments"]))
+    for entity in ("patients", "medical_alerts"):
+        row = result.frame.filter(pl.col("entity") == entity).row(0, named=True)
+        high = int(
+            re.search(r"up to ([\d,]+) if patients are seen at several", row["how"])[1].replace(",", "")
+        )  # type: ignore[index]
+        real = run.entities[entity]["in_scope"]
+        assert 0 < real <= high, (entity, row["records"], real, high)
+    if kind == "business":  # the demo's patients visit several of its businesses: the share is half the truth
+        estimate = result.frame.filter(pl.col("entity") == "patients")["records"][0]
+        assert run.entities["patients"]["in_scope"] > 1.5 * estimate
