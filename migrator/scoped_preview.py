@@ -157,7 +157,7 @@ def scoped_preview(
     # several comes across whole for any one appointment in scope. At the other end, each appointment in
     # scope independently of the patient's others: a patient with k appointments is in with 1 - (1 - s)**k.
     patients_total = sum(
-        whole[list_key(r, route)] for r, route in _lists("patients", include_archived_patients)
+        whole.get(list_key(r, route), 0) for r, route in _lists("patients", include_archived_patients)
     )
     per_patient = appointments_total / patients_total if patients_total else 0.0
     spread_share = max(patient_share, 1 - (1 - patient_share) ** per_patient)

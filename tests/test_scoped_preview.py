@@ -95,3 +95,13 @@ def test_the_run_brings_no_more_patients_than_the_estimates_bound(env: Env, kind
     if kind == "business":  # the demo's patients visit several of its businesses: the share is half the truth
         estimate = result.frame.filter(pl.col("entity") == "patients")["records"][0]
         assert run.entities["patients"]["in_scope"] > 1.5 * estimate
+
+
+def test_a_plan_without_patients_is_previewed_under_any_filter(tiny_sandbox: RunningSandbox) -> None:
+    with tiny_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        contacts = client.count("contacts")
+        for scope in (None, Scope(kind="business", ids=[business])):
+            result = scoped_preview(client, scope, ["contacts"])
+            assert "patients" not in result.frame["entity"].to_list()
+            assert result.frame.filter(pl.col("entity") == "contacts")["records"].to_list() == [contacts]
