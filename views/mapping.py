@@ -127,7 +127,10 @@ for entity in ENTITIES:
     waiting = tables[entity].filter(pl.col("action") == "unresolved").select("source_name", "note").rows()
     if waiting:
         st.markdown(
-            "\n".join(f"- **{escape_markdown(name)}**: {console_words(note)}" for name, note in waiting[:10])
+            "\n".join(
+                f"- **{escape_markdown(name)}**: {escape_markdown(console_words(note))}"
+                for name, note in waiting[:10]
+            )
             + (f"\n- … and {len(waiting) - 10} more undecided rows." if len(waiting) > 10 else "")
         )
     rows, problems = read_table(tables[entity], reference)
