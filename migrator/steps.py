@@ -276,12 +276,12 @@ def delete_batch(
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
     try:
         store = _local_store_of(ledger, batch_id, "deleted")
+        if not dry_run:
+            return _delete_batch(ledger, store, batch_id, actor="notebook")  # checks what follows, and more
         allowed, why = ledger.batch(batch_id).deletable()
         if not allowed:
             raise BatchNotDeletable(why)
-        if dry_run:
-            return deletion_plan(ledger, store, batch_id)
-        return _delete_batch(ledger, store, batch_id, actor="notebook")
+        return deletion_plan(ledger, store, batch_id)
     finally:
         ledger.close()
 

@@ -185,6 +185,19 @@ def batch_into_store(workspace: Path, **plan: Any) -> tuple[Ledger, Batch]:
     return ledger, batch
 
 
+def created_patients(ledger: Ledger, store: LocalStore, batch_id: str, *names: str) -> list[str]:
+    """Patients the batch created (source ids 1, 2, ...), in the store and in the ledger; their store ids."""
+    with ledger.transaction():
+        ids = store.insert(
+            "patients",
+            [{"source_id": str(n), "first_name": name} for n, name in enumerate(names, 1)],
+            batch_id=batch_id,
+            source_account="H",
+        )
+        ledger.record_items(batch_id, [Item("patients", str(n), i, "created") for n, i in enumerate(ids, 1)])
+    return ids
+
+
 def test_review_lists_the_records_that_came_across_but_want_a_look(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
@@ -302,11 +315,7 @@ def test_review_counts_what_went_with_a_deleted_batch_as_removed(
     """Seed 000: deleting the first batch took the patient the second one found already present."""
     ledger, first = batch_into_store(workspace)
     store = LocalStore(workspace / "clinic.db", ledger)
-    with ledger.transaction():
-        (patient,) = store.insert(
-            "patients", [{"source_id": "1", "first_name": "Ana"}], batch_id=first.id, source_account="H"
-        )
-        ledger.record_items(first.id, [Item("patients", "1", patient, "created")])
+    (patient,) = created_patients(ledger, store, first.id, "Ana")
     ledger.set_status(first.id, "completed")
     _, second = batch_into_store(workspace)
     ledger.record_items(second.id, [Item("patients", "1", patient, "already_present", "earlier_batch")])
@@ -333,16 +342,7 @@ def test_review_names_the_records_missing_from_the_destination(
     """A record removed from the store by hand: the warning counts it, a table says which one."""
     ledger, batch = batch_into_store(workspace)
     store = LocalStore(workspace / "clinic.db", ledger)
-    with ledger.transaction():
-        kept, gone = store.insert(
-            "patients",
-            [{"source_id": "1", "first_name": "Ana"}, {"source_id": "2", "first_name": "Bo"}],
-            batch_id=batch.id,
-            source_account="H",
-        )
-        ledger.record_items(
-            batch.id, [Item("patients", "1", kept, "created"), Item("patients", "2", gone, "created")]
-        )
+    _, gone = created_patients(ledger, store, batch.id, "Ana", "Bo")
     ledger.set_status(batch.id, "completed")
     store.delete("patients", [gone])
     ledger.close()
