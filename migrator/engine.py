@@ -310,20 +310,14 @@ class Engine:
                 self._run_stages()
                 if self.top_up is not None:
                     self._apply_deletions()
-        except RunStopped:
-            self.ledger.save_counts(batch_id)
-            self.ledger.set_status(batch_id, "stopped", actor=self.actor, detail=spent())
-            raise
-        except KeyboardInterrupt:  # Ctrl+C: stopped by the person running it, as the console's Stop does
-            self.ledger.save_counts(batch_id)
-            self.ledger.set_status(
-                batch_id, "stopped", actor=self.actor, detail={"interrupted": True, **spent()}
-            )
-            raise
         except BaseException as exc:
+            self._group.commit()  # again: a Ctrl+C may have cut its own commit short; its pages are whole
             self.ledger.save_counts(batch_id)
-            detail = {"error": str(exc)} if isinstance(exc, MigratorError) else {"error": type(exc).__name__}
-            self.ledger.set_status(batch_id, "failed", actor=self.actor, detail={**detail, **spent()})
+            detail: dict[str, Any] = {"interrupted": True} if isinstance(exc, KeyboardInterrupt) else {}
+            if not isinstance(exc, RunStopped | KeyboardInterrupt):  # Ctrl+C stops it, as Stop does
+                detail["error"] = str(exc) if isinstance(exc, MigratorError) else type(exc).__name__
+            status = "failed" if "error" in detail else "stopped"
+            self.ledger.set_status(batch_id, status, actor=self.actor, detail={**detail, **spent()})
             raise
         finally:
             if self._staging is not None:

@@ -595,16 +595,31 @@ class CommitGroup:
         self._opened: float | None = None
 
     def open(self) -> None:
-        """Begin the group's transaction unless it is already open."""
+        """Begin the group's transaction unless it is already open.
+
+        A Ctrl+C (``KeyboardInterrupt``) can land between any two lines. Once ``BEGIN``
+        has run, either :attr:`_opened` is set, so that :meth:`commit` ends the transaction,
+        or the empty transaction is rolled back here: an interrupted run must never leave
+        one open, or the ``stopped`` status written after it would be lost with it.
+        (Landing just after the lock is taken leaves this thread holding it once more; the
+        lock is re-entrant, and the ledger is closed with the interrupted run.)
+        """
         if self._opened is not None:
             return
+        conn = self.ledger.conn
         self.ledger.lock.acquire()
+        if conn.in_transaction:  # another block's: neither ours to commit nor to roll back
+            self.ledger.lock.release()
+            raise sqlite3.OperationalError("cannot start a commit group within a transaction")
         try:
             self._begin()
+            self._opened = time.monotonic()
         except BaseException:
+            if conn.in_transaction:  # begun, then interrupted before it was noted: it holds nothing
+                conn.execute("ROLLBACK")
+            self._ended()
             self.ledger.lock.release()
             raise
-        self._opened = time.monotonic()
 
     def commit_if_due(self) -> None:
         """Commit when the transaction has been open for ``interval`` seconds or more."""
@@ -612,13 +627,17 @@ class CommitGroup:
             self.commit()
 
     def commit(self) -> None:
-        """Commit now (nothing happens when the group holds no transaction)."""
+        """Commit now (nothing happens when the group holds no transaction).
+
+        Calling it again after an interrupt cut it short is safe, and finishes it.
+        """
         if self._opened is None:
             return
         conn = self.ledger.conn
         try:
-            conn.execute("COMMIT")
-            self.commits += 1
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+                self.commits += 1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -640,11 +659,7 @@ class CommitGroup:
         """
         conn = self.ledger.conn
         conn.execute("PRAGMA temp_store = MEMORY")  # refused inside a transaction: nothing to undo
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            conn.execute("PRAGMA temp_store = DEFAULT")
-            raise
+        conn.execute("BEGIN IMMEDIATE")
 
     def _ended(self) -> None:
         """Temporary storage back on disk, once the transaction is over (a failed rollback's is not)."""
@@ -756,8 +771,8 @@ class Ledger:
                 finally:
                     self._savepoints -= 1
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # BEGIN inside: an interrupt just after it still rolls the transaction back
+                self.conn.execute("BEGIN IMMEDIATE")
                 yield
                 self.conn.execute("COMMIT")
             except BaseException:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
@@ -116,3 +117,24 @@ def sandbox_factory() -> Iterator[Any]:
     yield factory
     for generator in started:
         next(generator, None)
+
+
+def interrupt_at(code: CodeType, line: int, hit: int) -> Callable[[FrameType, str, object], object]:
+    """A ``sys.settrace`` hook raising ``KeyboardInterrupt`` as ``line`` of ``code`` is reached the ``hit``-th time.
+
+    That is where a Ctrl+C lands when its signal arrives between the line before and this one.
+    """
+    seen = 0
+
+    def local(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal seen
+        if event == "line" and frame.f_lineno == line:
+            seen += 1
+            if seen == hit:
+                raise KeyboardInterrupt
+        return local
+
+    def hook(frame: FrameType, event: str, arg: object) -> object:
+        return local if frame.f_code is code else None
+
+    return hook

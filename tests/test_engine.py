@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import json
 import sqlite3
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,13 +21,14 @@ import pytest
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations.local import LocalStore
 from migrator.engine import Engine, RunResult, RunStopped, _ReferencedItems
-from migrator.ledger import Item, Ledger
+from migrator.ledger import CommitGroup, Item, Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import MappingRow, Plan, Scope
 from migrator.preview import list_key
 from migrator.sandbox import Sandbox
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import make_plan, source_account_of
+from tests.conftest import interrupt_at
 
 
 @pytest.fixture(scope="module")
@@ -533,6 +536,44 @@ def test_a_run_collects_garbage_less_often_and_restores_the_collector_however_it
     assert gc.get_threshold() == before
     env.run(env.plan())  # the stopped batch, resumed to the end
     assert gc.get_threshold() == before
+
+
+def _line_of(function: Any, text: str) -> int:
+    """The line number of the one line of ``function`` that holds ``text``."""
+    lines, first = inspect.getsourcelines(function)
+    (offset,) = [n for n, line in enumerate(lines) if text in line]
+    return first + offset
+
+
+@pytest.mark.parametrize(
+    ("function", "text"),
+    [
+        (CommitGroup.open, "self._opened = time.monotonic()"),  # just after BEGIN
+        (CommitGroup.commit, 'conn.execute("COMMIT")'),
+        (CommitGroup.commit, "self.commits += 1"),  # just after COMMIT
+    ],
+)
+def test_ctrl_c_as_pages_begin_or_commit_leaves_the_batch_stopped_and_the_run_resumable(
+    env: Env, tmp_path: Path, function: Any, text: str
+) -> None:
+    """CI once saw a Ctrl+C leave its batch ``running``: it landed just after ``BEGIN``, and the
+    ``stopped`` written next went into a transaction that never committed."""
+    engine = Engine(env.plan(), env.source, env.store, env.ledger, commit_interval=0)
+    sys.settrace(interrupt_at(function.__code__, _line_of(function, text), hit=20))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run()
+    finally:
+        sys.settrace(None)
+    assert not env.ledger.conn.in_transaction
+    with Ledger(env.workspace) as other:  # what the next command sees
+        (batch,) = other.batches()
+        kept = sum(counts.get("created", 0) for counts in other.counts(batch.id).values())
+        assert batch.status == "stopped" and kept > 0
+        assert other.audit_log(batch.id)[-1]["detail"]["interrupted"] is True
+    resumed = env.run(env.plan(), batch.id)
+    with env_of(env.sandbox, tmp_path / "clean") as clean:
+        assert resumed.entities == clean.run(clean.plan()).entities
 
 
 def test_referenced_items_are_asked_of_the_ledger_once_and_kept_within_a_limit(

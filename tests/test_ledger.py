@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,11 +22,13 @@ from migrator.ledger import (
     MIGRATIONS,
     Batch,
     BatchNotFound,
+    CommitGroup,
     Item,
     Ledger,
     apply_migrations,
     this_worker,
 )
+from tests.conftest import interrupt_at
 
 ALL_MIGRATIONS = [
     "001_batches_items_audit",
@@ -650,3 +654,60 @@ def test_a_running_batch_records_its_process_and_only_a_live_other_process_count
     )
     assert ledger.set_status(batch.id, "stopped").worker is None
     assert not ledger.batch(batch.id).running_elsewhere()
+
+
+_GROUP_CODE = [
+    CommitGroup.open.__code__,
+    CommitGroup._begin.__code__,
+    CommitGroup.commit.__code__,
+    CommitGroup.commit_if_due.__code__,
+    CommitGroup._ended.__code__,
+    CommitGroup.__exit__.__code__,
+    Ledger.transaction.__wrapped__.__code__,  # type: ignore[attr-defined]
+]
+
+
+@pytest.mark.parametrize("interval", [0, 3600])
+def test_ctrl_c_at_any_line_of_a_commit_group_leaves_no_transaction_open(
+    tmp_path: Path, interval: float
+) -> None:
+    """A Ctrl+C once landed just after ``BEGIN`` and left it open: the run's ``stopped`` was never committed.
+
+    Here an interrupt lands before each line of the group's and the transaction's code in
+    turn, the first or the second time it runs; the run then records its status, as the engine
+    does. The status must reach the database, and the pages must be there whole or not at all.
+    """
+    landed = 0
+    lines = [
+        (code, line)
+        for code in _GROUP_CODE
+        for line in sorted({n for _, _, n in code.co_lines() if n is not None and n > code.co_firstlineno})
+    ]
+    for (code, line), hit in itertools.product(lines, (1, 2)):
+        ledger = Ledger(tmp_path / f"ws-{code.co_name}-{line}-{hit}")
+        batch = _batch(ledger)
+        sys.settrace(interrupt_at(code, line, hit))
+        try:
+            with ledger.commit_group(interval) as group:
+                for page in ("1", "2", "3"):
+                    group.open()
+                    with ledger.transaction():
+                        items = [
+                            Item("patients", f"{page}{half}", f"{page}{half}", "created") for half in "ab"
+                        ]
+                        ledger.record_items(batch.id, items)
+                    group.commit_if_due()
+        except KeyboardInterrupt:
+            landed += 1
+            group.commit()  # the engine's second chance, as it stops
+        finally:
+            sys.settrace(None)
+        ledger.set_status(batch.id, "stopped", actor="cli")
+        assert not ledger.conn.in_transaction, (code.co_name, line, hit)
+        ledger.close()
+        with Ledger(ledger.workspace) as other:
+            assert other.batch(batch.id).status == "stopped", (code.co_name, line, hit)
+            done = other.done_source_ids(batch.id, "patients")
+            pages = {page for page in "123" if f"{page}a" in done}
+            assert done == {f"{page}{half}" for page in pages for half in "ab"}, (code.co_name, line, hit)
+    assert landed > len(lines) // 2  # the hook did interrupt, at most places
