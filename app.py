@@ -94,6 +94,8 @@ def hosted_frame() -> None:
         st.caption(f"Signed in as **{who.name}**, operator (every clinic's batches).")
     else:
         st.caption(f"Signed in as **{who.name}** of **{who.account or who.tenant}** (clinic).")
+    if running := console_ui.background_runs_sentence():
+        st.caption(running)
     tenant = console_ui.work_tenant()
     if tenant is not None and who.operator:
         st.caption(f"Working on account {tenant}.")
@@ -117,6 +119,8 @@ def frame() -> None:
             st.caption(masked(parse_key(st.session_state["source_key"])))
         else:
             st.caption("Not connected yet.")
+        if running := console_ui.background_runs_sentence():
+            st.caption(running)
         with contextlib.suppress(MigratorError):  # the page says what is wrong with the setting
             st.caption(f"Workspace: `{ConsoleSettings.from_env().workspace}`")
 

@@ -22,7 +22,13 @@ from pydantic import SecretStr
 
 from migrator.background import RunRegistry
 from migrator.cliniko.client import ClinikoClient, Identity
-from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, mode_from_env
+from migrator.console import (
+    ClinikoKeys,
+    ConsoleSettings,
+    DestinationCheck,
+    mode_from_env,
+    running_in_background,
+)
 from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, OperatorDirectory, Principal, SignInThrottle, sign_out
 from migrator.mapping import build_mapping, validate
@@ -190,6 +196,11 @@ def oidc_configured() -> bool:
 def run_registry() -> RunRegistry:
     """The background runs of this server process, shared by every session and tab."""
     return RunRegistry()
+
+
+def background_runs_sentence() -> str | None:
+    """The runs going on in this process that this session may see, in one sentence (or ``None``)."""
+    return running_in_background(run_registry().active(tenant=work_tenant() if hosted() else None))
 
 
 def connected() -> bool:

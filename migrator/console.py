@@ -46,6 +46,7 @@ from migrator.setup import copy_clinic_setup
 from migrator.workflow import DEFAULT_WORKSPACE, ClinikoKeys, cliniko_destination, open_local_store
 
 if TYPE_CHECKING:  # the Cliniko destination loads only when one is used
+    from migrator.background import RunHandle
     from migrator.destinations.cliniko import ClinikoDestination, Preflight
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "masked",
     "mode_from_env",
     "progress_frame",
+    "running_in_background",
     "setup_store_from",
     "unfinished_sentence",
 ]
@@ -445,6 +447,27 @@ def batches_frame(
         "why": pl.String,
     }
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def running_in_background(runs: Sequence[RunHandle]) -> str | None:
+    """What the sidebar and Connect say while runs go on in this console's process; ``None`` when none does.
+
+    A reloaded page or a new tab is a new session: not connected (keys live in the
+    memory of the session that typed them), yet the runs it started go on, and the
+    Run page follows and stops them. Without this line such a page looked as if
+    nothing were happening.
+    """
+    if not runs:
+        return None
+    if len(runs) == 1:
+        (run,) = runs
+        named = f"Batch {run.batch_id}" if run.batch_id else "A run"
+        return (
+            f"{named} is running in the background, from {escape_markdown(run.plan.source_account)}: "
+            "follow or stop it on the Run page."
+        )
+    ids = ", ".join(run.batch_id or "one starting" for run in runs)
+    return f"{len(runs)} runs are going on in the background ({ids}): follow or stop them on the Run page."
 
 
 def unfinished_sentence(batch: Batch, progress: Sequence[StageProgress], *, running: bool) -> str | None:

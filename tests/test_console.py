@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from migrator.background import RunHandle
 from migrator.cliniko.keys import parse_key
-from migrator.console import ConsoleSettings, batches_frame, export, masked, progress_frame
+from migrator.console import (
+    ConsoleSettings,
+    batches_frame,
+    export,
+    masked,
+    progress_frame,
+    running_in_background,
+)
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger, StageProgress
+from migrator.plan import Plan
 
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
@@ -92,3 +101,18 @@ def test_exports_keep_the_frame() -> None:
     assert pl.read_parquet(export(frame, "parquet")).equals(frame)
     with pytest.raises(ValueError, match="unknown export kind"):
         export(frame, "xlsx")
+
+
+def test_runs_in_background_are_named_in_one_sentence(tmp_path: Path) -> None:
+    def handle(batch_id: str | None, account: str = "Harbourside *Physio*") -> RunHandle:
+        plan = Plan(source_account=account, source_shard="au1", destination="sqlite:x.db")
+        return RunHandle(plan=plan, workspace=tmp_path, resume_id=batch_id)
+
+    assert running_in_background([]) is None
+    assert running_in_background([handle("b1")]) == (
+        "Batch b1 is running in the background, from Harbourside \\*Physio\\*: follow or stop it on the Run page."
+    )
+    assert running_in_background([handle(None)]).startswith("A run is running")  # type: ignore[union-attr]
+    assert running_in_background([handle("b1"), handle(None)]) == (
+        "2 runs are going on in the background (b1, one starting): follow or stop them on the Run page."
+    )

@@ -8,6 +8,8 @@ from pydantic import SecretStr
 from console_ui import (
     CHECKING_DESTINATION,
     CHECKING_KEY,
+    background_runs_sentence,
+    connected,
     drop_connection,
     forget_typed_keys,
     next_step,
@@ -202,6 +204,13 @@ with st.expander(
     )
 
 state.setdefault("url_template", None)
+
+if not connected() and (running := background_runs_sentence()):
+    st.info(
+        f"{running} It does not need this page. Keys live only in the memory of the browser session "
+        "that typed them, so a reloaded page or a new tab starts unconnected: connect again to start, "
+        "resume or top up a run."
+    )
 
 st.button("Use the demo clinic", key="use_demo", type="primary", icon=":material/science:", on_click=use_demo)
 if error := state.pop("demo_error", None):

@@ -256,6 +256,20 @@ def test_a_new_tab_follows_the_run_and_neither_stops_nor_doubles_it(
     assert "run_start" not in [b.key for b in second.button]  # not connected: nothing to start
     (handle,) = run_registry().active()
     assert handle.batch_id == batch_id
+    # It says so wherever it lands, and why it is not connected (a reload once looked idle).
+    running = (
+        f"Batch {batch_id} is running in the background, from {handle.plan.source_account}: "
+        "follow or stop it on the Run page."
+    )
+    assert running in [c.value for c in second.sidebar.caption]
+    landing = console()  # a reload lands on Connect
+    assert running in [c.value for c in landing.sidebar.caption]
+    assert [i.value for i in landing.info if i.value.startswith(running)] == [
+        f"{running} It does not need this page. Keys live only in the memory of the browser session that "
+        "typed them, so a reloaded page or a new tab starts unconnected: connect again to start, resume or "
+        "top up a run."
+    ]
+    assert not [i.value for i in goto(first, "connect").info if i.value.startswith(running)]  # connected
 
     # The first tab cannot start a second run while this one goes (the registry joins or refuses: test_background).
     goto(first, "run")
