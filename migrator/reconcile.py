@@ -17,6 +17,10 @@ Polars frames, for the console's Review page, ``python -m migrator reconcile`` a
   a batch takes what was made for its patients with them, seed 000);
 - ``in_destination``: of the records the batch brought (created, linked or already
   present), how many are in the destination now, each looked up by its destination id;
+- ``in_destination_records``: how many destination records those are. Fewer when the
+  mapping sent several source records to one (former practitioners to one generic
+  "Former practitioner", two businesses mapped to the same one), which is how
+  ``in_destination`` can exceed ``in_destination_total``;
 - ``difference`` = ``in_destination`` - (``created`` + ``linked`` + ``already_present`` -
   ``removed_since``): below zero, records the ledger says arrived are missing;
 - ``in_destination_total``: every record of that entity in the destination, whoever made it;
@@ -103,6 +107,7 @@ COUNT_SCHEMA: dict[str, Any] = {
     "skipped": pl.Int64,
     "removed_since": pl.Int64,
     "in_destination": pl.Int64,
+    "in_destination_records": pl.Int64,
     "difference": pl.Int64,
     "in_destination_total": pl.Int64,
     "in_scope_total": pl.Int64,
@@ -264,12 +269,13 @@ def _counts(
         row["in_scope"] = sum(
             by_action.get(a, 0) for a in ("created", "linked", "already_present", "skipped")
         )
-        present, removed, absent = _presence(ledger, batch, entity, later, withdrawn, store)
+        present, records, removed, absent = _presence(ledger, batch, entity, later, withdrawn, store)
         lost += [(entity, source_id, dest_id) for source_id, dest_id in absent]
         row["removed_since"] = removed
         if store is not None:
             expected = sum(row[a] for a in _BRINGS) - removed
             row["in_destination"] = present
+            row["in_destination_records"] = records
             row["difference"] = present - expected
             row["in_destination_total"] = store.count(entity)
         row["in_scope_total"] = in_scope_total.get(entity, 0)
@@ -308,8 +314,10 @@ def merged_counts(new: pl.DataFrame, old: pl.DataFrame | None) -> pl.DataFrame:
 
 def _presence(
     ledger: Ledger, batch: Batch, entity: str, later: list[str], withdrawn: list[str], store: Any | None
-) -> tuple[int, int, list[tuple[str, str | None]]]:
-    """``(in the destination now, removed since, missing)`` among the records the batch brought.
+) -> tuple[int, int, int, list[tuple[str, str | None]]]:
+    """``(in the destination now, the destination records they are, removed since, missing)``.
+
+    All among the records the batch brought.
 
     ``missing`` holds ``(source id, destination id)`` of those neither removed since nor in
     the destination (empty without a ``store``).
@@ -322,7 +330,7 @@ def _presence(
     """
     brought = {i.source_id: i.dest_id for i in ledger.items(batch.id, entity) if i.action in _BRINGS}
     if not brought:
-        return 0, 0, []
+        return 0, 0, 0, []
     newer = ledger.latest_items(later, entity, brought) if later else {}
     unsaid = [sid for sid in brought if sid not in newer]
     if withdrawn and unsaid:
@@ -345,10 +353,11 @@ def _presence(
     where = {sid: dest for sid, dest in where.items() if dest not in deleted}
     gone = len(brought) - len(where)
     if store is None:
-        return 0, gone, []
+        return 0, 0, gone, []
     existing = store.existing_ids(entity, [d for d in where.values() if d is not None])
     absent = [(sid, dest) for sid, dest in where.items() if dest not in existing]
-    return len(where) - len(absent), gone, absent
+    records = len({dest for dest in where.values() if dest in existing})
+    return len(where) - len(absent), records, gone, absent
 
 
 def _count_lists(plan: Plan, entity: str) -> list[Query] | None:

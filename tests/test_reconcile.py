@@ -36,7 +36,7 @@ from migrator.reconcile import (
     skipped_summary,
 )
 from migrator.setup import copy_clinic_setup
-from migrator.workflow import run_plan
+from migrator.workflow import open_local_store, run_plan
 from tests.conftest import ROOT, RunningSandbox
 from tests.test_resume import setup_workspace
 
@@ -49,21 +49,28 @@ class Migrated:
     batch_id: str
     excluded: str  # the source id of the practitioner the mapping excluded
     requests: int
+    to_former: int  # former practitioners given the one generic "Former practitioner"
 
 
 @pytest.fixture(scope="module")
 def migrated(demo_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Migrated:
-    folder = tmp_path_factory.mktemp("migrated")
+    # The first former practitioner is excluded (their records are skipped with that reason), the others
+    # go to the generic "Former practitioner".
+    return migrate(demo_sandbox, tmp_path_factory.mktemp("migrated"), exclude_first=True)
+
+
+def migrate(sandbox: RunningSandbox, folder: Path, *, exclude_first: bool) -> Migrated:
+    """Run the whole demo clinic into a new store in ``folder``; former practitioners to "Former practitioner"."""
     ledger = Ledger(folder / "workspace")
     store = LocalStore(folder / "clinic.db", ledger)
-    with demo_sandbox.client("destination") as dest:
+    with sandbox.client("destination") as dest:
         copy_clinic_setup(store, dest)
-    with demo_sandbox.client() as source:
+    with sandbox.client() as source:
         rows = to_rows(build_mapping(source, store.reference, can_create=True))
         formers = [r for r in rows if r.action == "unresolved"]
-        # The first former practitioner is excluded (their records are skipped with that reason), the others
-        # go to the generic "Former practitioner".
-        decided = {r.source_id: ("exclude" if r is formers[0] else "former") for r in formers}
+        decided = {
+            r.source_id: ("exclude" if exclude_first and r is formers[0] else "former") for r in formers
+        }
         rows = [r.model_copy(update={"action": decided[r.source_id]}) if r in formers else r for r in rows]
         plan = Plan(
             source_account="Harbourside Physio",
@@ -74,7 +81,10 @@ def migrated(demo_sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFact
         )
         result = run_plan(plan, source, store, ledger)
     ledger.close()
-    return Migrated(folder, result.batch_id, formers[0].source_id, result.requests)
+    excluded = formers[0].source_id if exclude_first else ""
+    return Migrated(
+        folder, result.batch_id, excluded, result.requests, list(decided.values()).count("former")
+    )
 
 
 @dataclass
@@ -128,7 +138,9 @@ def nonzero(frame: pl.DataFrame, column: str) -> dict[str, int]:
     return dict(frame.filter(pl.col(column) != 0).select("entity", column).iter_rows())
 
 
-def test_a_clean_run_reconciles(copy: Copy, source: ClinikoClient, demo_sandbox: RunningSandbox) -> None:
+def test_a_clean_run_reconciles(
+    copy: Copy, source: ClinikoClient, demo_sandbox: RunningSandbox, migrated: Migrated
+) -> None:
     result = check(copy, source)
     assert result.ok, result.problems
     assert result.problems == []
@@ -148,12 +160,33 @@ def test_a_clean_run_reconciles(copy: Copy, source: ClinikoClient, demo_sandbox:
         appointments["in_destination"]
         == appointments["created"]
         == appointments["in_scope"] - appointments["skipped"]
+        == appointments["in_destination_records"]
     )
+    # One former practitioner went to "Former practitioner": one destination record each.
+    assert migrated.to_former == 1
+    assert row["practitioners"]["in_destination_records"] == row["practitioners"]["in_destination"]
     # Balances: every patient brought, none differing, and the total owed equals the store's own column.
     assert result.balances.height == 398 and result.balance_diffs.height == 0
     assert result.balances.schema["difference"] == pl.Decimal(38, 2)
     owed = sum(Decimal(v) for (v,) in copy.sql("SELECT outstanding FROM clinic.invoices") if v is not None)
     assert result.balances["source_outstanding"].sum() == owed != 0
+
+
+def test_former_practitioners_sharing_one_record_are_counted_as_the_records_they_are(
+    demo_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A walkthrough saw "In the destination 9, Destination total 8": two formers, one record."""
+    both = migrate(demo_sandbox, tmp_path, exclude_first=False)
+    assert both.to_former == 2
+    ledger, store = open_local_store(f"sqlite:{tmp_path / 'clinic.db'}", tmp_path / "workspace")
+    with ledger:
+        row = counts(ledger, both.batch_id, store=store).row(
+            by_predicate=pl.col("entity") == "practitioners", named=True
+        )
+        assert row["in_destination"] == row["in_scope"] == row["created"] + row["linked"]
+        assert row["in_destination_records"] == row["in_destination"] - 1
+        assert row["in_destination_total"] == store.count("practitioners")
+        assert row["difference"] == 0
 
 
 def test_an_invoice_amount_tampered_with_shows_as_that_patients_difference(

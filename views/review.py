@@ -42,6 +42,7 @@ COLUMN_NAMES = {
     "skipped": "Skipped",
     "removed_since": "Removed since",
     "in_destination": "In the destination",
+    "in_destination_records": "As destination records",
     "difference": "Difference",
     "in_destination_total": "Destination total",
     "in_scope_total": "In scope, all runs",
@@ -342,18 +343,25 @@ if source_gaps.height:
         + ", ".join(entity_label(e).lower() for e in source_gaps["entity"])
         + ": a top-up run brings what changed since."
     )
-shown = (
-    labelled(count_frame)
-    .drop(
-        [
-            c
-            for c in ("source_count", "source_difference")
-            if count_frame[c].null_count() == count_frame.height
-        ]
-    )
-    .rename(lambda c: COLUMN_NAMES.get(c, c))
-)
+shared = count_frame.filter(pl.col("in_destination_records") < pl.col("in_destination"))
+hidden = [
+    c for c in ("source_count", "source_difference") if count_frame[c].null_count() == count_frame.height
+]
+if shared.is_empty():  # one destination record each: the column would repeat In the destination
+    hidden.append("in_destination_records")
+shown = labelled(count_frame).drop(hidden).rename(lambda c: COLUMN_NAMES.get(c, c))
 st.dataframe(shown, hide_index=True, height="content")
+for row in shared.iter_rows(named=True):
+    how = (
+        "former practitioners given to one generic Former practitioner or to a colleague"
+        if row["entity"] == "practitioners"
+        else "several mapped to the same one"
+    )
+    st.caption(
+        f"{entity_label(row['entity'])}: the batch's {row['in_destination']:,} in the destination are "
+        f"{row['in_destination_records']:,} destination records, as the mapping sent several to one ({how}); "
+        "that is how In the destination can exceed Destination total."
+    )
 downloads(count_frame, f"{batch_id}-counts")
 
 # --- skipped -------------------------------------------------------------------------------

@@ -163,6 +163,16 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     reconciled = at.dataframe[0].value
     assert (reconciled["Difference"] == 0).all()
     assert reconciled["In scope"].sum() == table["Records"].sum()
+    # The former practitioner reassigned to a colleague is in the colleague's record: 7 records for 8.
+    practitioners = reconciled.set_index("Data type").loc["Practitioners"]
+    assert (practitioners["In the destination"], practitioners["As destination records"]) == (8, 7)
+    assert (
+        "Practitioners: the batch's 8 in the destination are 7 destination records, as the mapping sent several "
+        "to one (former practitioners given to one generic Former practitioner or to a colleague); that is how "
+        "In the destination can exceed Destination total."
+    ) in [c.value for c in at.caption]
+    others = reconciled.set_index("Data type").drop("Practitioners")
+    assert (others["As destination records"] == others["In the destination"]).all()
     assert at.multiselect(key="review_skip_reasons").options == ["practitioner_excluded"]
     at.multiselect(key="review_skip_entities").set_value(["individual_appointments"]).run()
     with Ledger(workspace) as ledger:
