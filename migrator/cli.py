@@ -308,10 +308,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     _print_reconciliation(result, batch)
     if files:
-        print(
-            f"Wrote {len(files)} files to {args.out}: counts, balances, skipped, skipped_summary, flagged "
-            "(CSV and Parquet)."
-        )
+        names = ", ".join(dict.fromkeys(f.stem for f in files))
+        print(f"Wrote {len(files)} files to {args.out}: {names} (CSV and Parquet).")
     if result.ok:
         print("Everything reconciles.")
         return 0
@@ -613,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help='print {"batch_id", "reconciled": true|false, "counts": [...], "missing": [...], '
-        '"balance_diffs": [...], "skipped": N, "flagged": N, "problems": [...]}',
+        '"balance_diffs": [...], "moved_invoices": [...], "skipped": N, "flagged": N, "problems": [...]}',
     )
     rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
     workspace(rec)

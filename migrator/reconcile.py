@@ -50,8 +50,9 @@ of the patient's destination record whoever created it (for a Cliniko destinatio
 opening-balance report: a store offering ``outstanding_by_patient``). Because each side
 reads its own data, an open invoice dropped, doubled, given to the wrong patient, or changed
 in amount, or any invoice whose status changed between owing and not, shows up as that
-patient's difference (a Paid or Closed one owes nothing on either side: the counts catch
-one dropped, and nothing catches one moved to another patient).
+patient's difference. A Paid or Closed one owes nothing on either side: the counts catch
+one dropped, and :func:`invoice_check`, from the same read, catches one moved to another
+patient (``moved_invoices`` of :class:`Reconciliation`).
 
 **Skipped** (:func:`skipped`, :func:`skipped_summary`): every record the batch did not
 bring, with its reason code and sentence, and a count by reason.
@@ -87,15 +88,29 @@ __all__ = [
     "BALANCE_SCHEMA",
     "COUNT_SCHEMA",
     "MISSING_SCHEMA",
+    "MOVED_SCHEMA",
+    "InvoiceCheck",
     "Reconciliation",
     "balances",
     "counts",
+    "invoice_check",
     "merged_counts",
     "missing",
+    "moved_sentence",
     "reconcile",
     "skipped",
     "skipped_summary",
 ]
+
+#: Columns of :attr:`InvoiceCheck.moved`: invoices held by another patient in the destination than at the source.
+MOVED_SCHEMA: dict[str, Any] = {
+    "source_id": pl.String,  # the invoice's
+    "dest_id": pl.String,
+    "number": pl.String,
+    "status": pl.Int64,
+    "patient_id": pl.String,  # the source's patient, by source id
+    "destination_patient_id": pl.String,  # the destination's, by source id; null: no batch of the plan brought it
+}
 
 #: Columns of :func:`counts`; the destination and source columns are null when not asked for.
 COUNT_SCHEMA: dict[str, Any] = {
@@ -389,13 +404,17 @@ def _source_counts(source: ClinikoClient, plan: Plan, entities: list[str]) -> di
 # --- balances -----------------------------------------------------------------------------
 
 
+def _status_code(status: object) -> int | None:
+    """An invoice's status as its code (10 Open, 20 Paid, 30 Closed, 40 Open credit); ``None`` if not one."""
+    try:
+        return int(str(status))
+    except ValueError:
+        return None
+
+
 def _owed(status: object, total: object) -> Decimal:
     """The rule on the source's side: Open and Open credit owe their total, the rest nothing."""
-    try:
-        code = int(str(status))
-    except ValueError:
-        return Decimal(0)
-    if code in (10, 40) and total not in (None, ""):
+    if _status_code(status) in (10, 40) and total not in (None, ""):
         try:
             return Decimal(str(total))
         except InvalidOperation:
@@ -431,6 +450,14 @@ def _money_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+@dataclass(frozen=True)
+class InvoiceCheck:
+    """What :func:`invoice_check` found: ``balances`` per patient, and invoices ``moved`` to another patient."""
+
+    balances: pl.DataFrame
+    moved: pl.DataFrame
+
+
 def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> pl.DataFrame:
     """Per-patient balances at the source and in the destination, and their difference.
 
@@ -447,23 +474,44 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
         (destination less source), money as ``pl.Decimal``; patients whose balances
         differ first. No rows when the plan does not include invoices.
     """
+    return invoice_check(ledger, batch_id, source=source, store=store).balances
+
+
+def invoice_check(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> InvoiceCheck:
+    """:func:`balances`, and the invoices the destination holds under another patient, from one read.
+
+    A balance catches an open invoice given to the wrong patient (one owes more, the other
+    less), but not a paid or closed one, which owes nothing either way. So each invoice the
+    plan's batches brought is also followed to its patient in the destination and compared
+    with its patient at the source: ``moved`` (:data:`MOVED_SCHEMA`) lists those that differ.
+    Invoices deleted at the source, missing from the destination (see :func:`missing`), or of
+    a patient no batch of the plan brought are not compared.
+    """
     batch = ledger.batch(batch_id)
     plan = _plan_of(batch)
     if "invoices" not in plan.include:
-        return _money_frame([])
-    latest = ledger.latest_items(_upto(ledger, batch), "patients")
+        return InvoiceCheck(_money_frame([]), pl.DataFrame(schema=MOVED_SCHEMA))
+    batches = _upto(ledger, batch)
+    latest = ledger.latest_items(batches, "patients")
     patients = {sid: item.dest_id for sid, item in latest.items() if item.action in _BRINGS and item.dest_id}
     at_source: dict[str, Decimal] = dict.fromkeys(patients, Decimal(0))
+    owners: dict[str, dict[str, Any]] = {}  # source invoice id -> its patient, number and status
     for raw in _source_invoices(source, plan):
+        if raw.get("deleted_at"):
+            continue
         patient = _link_id(raw, "patient")
-        if patient in at_source and not raw.get("deleted_at"):
+        if patient in at_source:
             at_source[patient] += _owed(raw.get("status"), raw.get("total_amount"))
-    if hasattr(store, "outstanding_by_patient"):
-        by_dest = store.outstanding_by_patient(
-            set(patients.values()), leave_out=_other_plans_invoices(ledger, batch)
-        )
-    else:
+            owners[str(raw.get("id"))] = {
+                "patient_id": patient,
+                "number": None if raw.get("number") is None else str(raw["number"]),
+                "status": _status_code(raw.get("status")),
+            }
+    if not hasattr(store, "outstanding_by_patient"):
         raise TypeError(f"{type(store).__name__} cannot report what patients owe (no outstanding_by_patient)")
+    by_dest = store.outstanding_by_patient(
+        set(patients.values()), leave_out=_other_plans_invoices(ledger, batch)
+    )
     rows = []
     for sid, dest in patients.items():
         name, owed = by_dest.get(str(dest), (None, Decimal(0)))
@@ -476,11 +524,45 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
                 "difference": owed - at_source[sid],
             }
         )
-    frame = _money_frame(rows)
-    return frame.sort(
+    frame = _money_frame(rows).sort(
         [(pl.col("difference") != 0), pl.col("difference").abs(), pl.col("patient_id")],
         descending=[True, True, False],
     )
+    return InvoiceCheck(frame, _moved(ledger, batches, owners, patients, store))
+
+
+def _moved(
+    ledger: Ledger,
+    batches: list[str],
+    owners: dict[str, dict[str, Any]],
+    patients: dict[str, str],
+    store: Any,
+) -> pl.DataFrame:
+    """The invoices in ``owners`` the destination holds under another patient than ``owners`` says."""
+    brought = {
+        sid: item.dest_id
+        for sid, item in ledger.latest_items(batches, "invoices", list(owners)).items()
+        if item.action in _BRINGS and item.dest_id
+    }
+    held = store.invoice_patients(brought.values())
+    source_of = {dest: sid for sid, dest in patients.items()}
+    rows = []
+    for sid, dest in brought.items():
+        if dest not in held:  # missing: counts name it
+            continue
+        owner = owners[sid]
+        if str(held[dest]) != str(patients[owner["patient_id"]]):
+            rows.append(
+                {
+                    "source_id": sid,
+                    "dest_id": dest,
+                    **owner,
+                    "destination_patient_id": source_of.get(str(held[dest]))
+                    if held[dest] is not None
+                    else None,
+                }
+            )
+    return pl.DataFrame(rows, schema=MOVED_SCHEMA, orient="row").sort("source_id")
 
 
 def _other_plans_invoices(ledger: Ledger, batch: Batch) -> set[str]:
@@ -534,6 +616,22 @@ def flagged(ledger: Ledger, batch_id: str) -> pl.DataFrame:
 # --- all three ----------------------------------------------------------------------------
 
 
+def moved_sentence(moved: pl.DataFrame, most: int = 3) -> str:
+    """One sentence naming the first ``most`` invoices of :attr:`InvoiceCheck.moved` (there must be one)."""
+    named = ", ".join(
+        f"number {r['number'] or '?'} (source id {r['source_id']}) is patient {r['patient_id']}'s in Cliniko "
+        + (
+            f"but patient {r['destination_patient_id']}'s here"
+            if r["destination_patient_id"]
+            else "but here belongs to a patient no batch brought"
+        )
+        for r in moved.head(most).iter_rows(named=True)
+    )
+    more = f" and {moved.height - most} more (see moved_invoices)" if moved.height > most else ""
+    many = f"{moved.height} invoices are" if moved.height > 1 else "1 invoice is"
+    return f"invoices: {many} with another patient in the destination than in Cliniko: {named}{more}."
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     """The three checks of one batch, as frames, and what differs in sentences."""
@@ -549,6 +647,8 @@ class Reconciliation:
     newer: str | None = None
     #: The records behind a negative ``difference`` in ``counts`` (:func:`missing`).
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MISSING_SCHEMA))
+    #: Invoices the destination holds under another patient than the source (:func:`invoice_check`).
+    moved_invoices: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MOVED_SCHEMA))
 
     @property
     def balance_diffs(self) -> pl.DataFrame:
@@ -592,6 +692,8 @@ class Reconciliation:
                 else "1 patient's balance differs"
             )
             out.append(f"{whose} from Cliniko's: {shown}{more}.")
+        if self.moved_invoices.height:
+            out.append(moved_sentence(self.moved_invoices))
         return out
 
     def _named_missing(self, entity: str, most: int = 3) -> str:
@@ -623,6 +725,7 @@ class Reconciliation:
                 for row in self.balance_diffs.to_dicts()
             ],
             "missing": self.missing.to_dicts(),
+            "moved_invoices": self.moved_invoices.to_dicts(),
             "skipped": self.skipped.height,
             "flagged": self.flagged.height,
             "problems": self.problems,
@@ -633,7 +736,15 @@ class Reconciliation:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in ("counts", "missing", "balances", "skipped", "skipped_summary", "flagged"):
+        for name in (
+            "counts",
+            "missing",
+            "balances",
+            "moved_invoices",
+            "skipped",
+            "skipped_summary",
+            "flagged",
+        ):
             frame: pl.DataFrame = getattr(self, name)
             csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
             frame.write_csv(csv)
@@ -653,11 +764,13 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
     if batch.status in ("deleting", "deleted"):
         raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
     count_frame, missing_frame = _counts(ledger, batch_id, store=store, source=source)
+    invoices = invoice_check(ledger, batch_id, source=source, store=store)
     return Reconciliation(
         batch_id=batch_id,
         counts=count_frame,
         missing=missing_frame,
-        balances=balances(ledger, batch_id, source=source, store=store),
+        moved_invoices=invoices.moved,
+        balances=invoices.balances,
         skipped=skipped(ledger, batch_id),
         skipped_summary=skipped_summary(ledger, batch_id),
         flagged=flagged(ledger, batch_id),

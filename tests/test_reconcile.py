@@ -318,6 +318,46 @@ def test_an_invoice_moved_to_the_wrong_patient_shows_on_both(copy: Copy, source:
         other: moved,
     }
     assert nonzero(result.counts, "difference") == {}
+    assert result.moved_invoices.select(
+        "dest_id", "patient_id", "destination_patient_id", "status"
+    ).rows() == [(str(invoice_id), owner, other, 40)]
+
+
+def test_a_paid_invoice_moved_to_another_patient_is_named_though_no_balance_moves(
+    copy: Copy, source: ClinikoClient
+) -> None:
+    """A walkthrough found a paid or closed invoice given to the wrong patient caught by nothing: it owes 0."""
+    moved = copy.sql(
+        "SELECT i.id, i.source_id, i.number, i.status, p.source_id FROM clinic.invoices i"
+        " JOIN clinic.patients p ON p.id = i.patient_id WHERE i.status IN (20, 30) ORDER BY i.id LIMIT 4"
+    )
+    other_id, other = copy.sql(
+        "SELECT id, source_id FROM clinic.patients WHERE source_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )[0]
+    (stranger_id,) = copy.sql(  # a patient the clinic made by hand in the store
+        "INSERT INTO clinic.patients (first_name, last_name) VALUES ('Made', 'By hand') RETURNING id"
+    )[0]
+    for n, (invoice_id, *_) in enumerate(moved):
+        copy.sql(
+            "UPDATE clinic.invoices SET patient_id = ? WHERE id = ?",
+            other_id if n < 3 else stranger_id,
+            invoice_id,
+        )
+    result = check(copy, source)
+    assert result.balance_diffs.height == 0 and nonzero(result.counts, "difference") == {}
+    assert result.moved_invoices.rows() == sorted(
+        (sid, str(dest), str(number), status, owner, other if n < 3 else None)
+        for n, (dest, sid, number, status, owner) in enumerate(moved)
+    )
+    (problem,) = result.problems
+    first = result.moved_invoices.row(0, named=True)
+    assert problem.startswith(
+        f"invoices: 4 invoices are with another patient in the destination than in Cliniko: number {first['number']} "
+        f"(source id {first['source_id']}) is patient {first['patient_id']}'s in Cliniko but here belongs to a patient "
+        "no batch brought, "
+    )
+    assert problem.endswith(" and 1 more (see moved_invoices).")
+    assert result.as_dict()["moved_invoices"][0]["source_id"] == first["source_id"]
 
 
 def test_skipped_rows_and_their_summary(copy: Copy, migrated: Migrated) -> None:
@@ -380,7 +420,17 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     clean = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), "--json", key=key)
     assert clean.returncode == 0, clean.stderr
     report = json.loads(clean.stdout)
-    keys = {"batch_id", "reconciled", "counts", "missing", "balance_diffs", "skipped", "flagged", "problems"}
+    keys = {
+        "batch_id",
+        "reconciled",
+        "counts",
+        "missing",
+        "balance_diffs",
+        "moved_invoices",
+        "skipped",
+        "flagged",
+        "problems",
+    }
     assert set(report) == keys
     helped = " ".join(cli(demo_sandbox, "reconcile", "--help", key=key).stdout.split())
     assert all(f'"{k}"' in helped for k in keys), helped  # the help names every key
@@ -415,22 +465,40 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert Decimal(report["balance_diffs"][0]["difference"]) < 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{name}.{ext}"
-        for name in ("counts", "missing", "balances", "skipped", "skipped_summary", "flagged")
+        for name in (
+            "counts",
+            "missing",
+            "balances",
+            "moved_invoices",
+            "skipped",
+            "skipped_summary",
+            "flagged",
+        )
         for ext in ("csv", "parquet")
     )
     balances = pl.read_parquet(tmp_path / "out" / "balances.parquet")
     assert isinstance(balances.schema["difference"], pl.Decimal)
     assert balances.filter(pl.col("difference") != 0)["patient_id"].to_list() == [patient]
-    told = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=key)
+    told = cli(
+        demo_sandbox,
+        "reconcile",
+        batch_id,
+        "--workspace",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "again"),
+        key=key,
+    )
     assert told.returncode == 1
     assert "skipped  removed  in dest" in told.stdout.splitlines()[0]
     assert (
         f"Balances: {balances.height:,} patients checked against Cliniko's invoices; 1 differ." in told.stdout
     )
-
-    human = cli(demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=key)
-    assert human.returncode == 1
-    assert "It does not reconcile:" in human.stdout and f"({patient})" in human.stdout
+    assert "It does not reconcile:" in told.stdout and f"({patient})" in told.stdout
+    assert (
+        f"Wrote 14 files to {tmp_path / 'again'}: counts, missing, balances, moved_invoices, skipped, "
+        "skipped_summary, flagged (CSV and Parquet)."
+    ) in told.stdout
 
     other = cli(
         demo_sandbox, "reconcile", batch_id, "--workspace", str(tmp_path), key=demo_sandbox.key("destination")

@@ -25,12 +25,13 @@ from console_ui import (
 )
 from migrator.cliniko.client import ClinikoClient
 from migrator.console import batch_destination_problem, entity_label, export, unfinished_sentence
+from migrator.destinations.local import LocalStore
 from migrator.errors import MigratorError
 from migrator.hosted import Principal, audited_read, count_as, source_as
-from migrator.ledger import Batch
+from migrator.ledger import Batch, Ledger
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
-from migrator.reconcile import balances, counts, flagged, merged_counts, missing, skipped
+from migrator.reconcile import counts, flagged, invoice_check, merged_counts, missing, skipped
 from migrator.workflow import source_account_of
 
 COLUMN_NAMES = {
@@ -124,6 +125,13 @@ def count_at_source(batch: Batch, client: ClinikoClient) -> None:
             cache[(batch.id, "counts")] = counts(ledger, batch.id, store=store, source=client)
 
 
+def compare_balances(ledger: Ledger, batch_id: str, client: ClinikoClient, store: LocalStore) -> None:
+    """Balances, and invoices held by another patient, from one read of the source's invoices (cached)."""
+    found = invoice_check(ledger, batch_id, source=client, store=store)
+    cache[(batch_id, "balances")] = found.balances
+    cache[(batch_id, "moved_invoices")] = found.moved
+
+
 def read_at_source(batch_id: str, what: str, box: str) -> None:
     """Counts, opening balances or balances with a key of the source typed in ``box`` (hosted; a callback)."""
 
@@ -136,7 +144,7 @@ def read_at_source(batch_id: str, what: str, box: str) -> None:
                     cache[(batch_id, what)] = opening_balances(ledger, batch_id, source=client)
             else:
                 with config.open_store(batch.destination) as (ledger, store):
-                    cache[(batch_id, what)] = balances(ledger, batch_id, source=client, store=store)
+                    compare_balances(ledger, batch_id, client, store)
 
     use_typed_key(
         box,
@@ -495,7 +503,7 @@ else:
                 session_source(batch, "balances") as client,
                 config.open_store(batch.destination) as (ledger, store),
             ):
-                cache[(batch_id, "balances")] = balances(ledger, batch_id, source=client, store=store)
+                compare_balances(ledger, batch_id, client, store)
         except MigratorError as exc:
             st.error(str(exc))
     balance_frame = cache.get((batch_id, "balances"))
@@ -547,5 +555,27 @@ else:
             column_config=money_columns("Owed at the source", "Owed here", "Difference"),
         )
         downloads(balance_frame, f"{batch_id}-balances")
+        moved = cache.get((batch_id, "moved_invoices"))
+        if moved is not None and moved.height:  # paid and closed ones too, which move no balance
+            st.warning(
+                (f"{moved.height:,} invoices are" if moved.height > 1 else "1 invoice is")
+                + " with another patient here than in Cliniko. A paid or closed invoice owes nothing, so no "
+                "balance above shows the move: this list does. Patients are named by their Cliniko id; an empty "
+                "one here is a patient no batch brought."
+            )
+            st.dataframe(
+                moved.rename(
+                    {
+                        "source_id": "Invoice (source id)",
+                        "dest_id": "Invoice here",
+                        "number": "Number",
+                        "status": "Status",
+                        "patient_id": "Patient in Cliniko",
+                        "destination_patient_id": "Patient here",
+                    }
+                ),
+                hide_index=True,
+            )
+            downloads(moved, f"{batch_id}-moved-invoices")
 
 next_step("Next: the batches", "batches", key="next_batches")

@@ -456,6 +456,14 @@ class LocalStore:
         """Which of these destination ids have a record (reconciliation checks a batch's claims)."""
         return set(self.provenance(entity, ids))
 
+    def invoice_patients(self, ids: Iterable[str]) -> dict[str, str | None]:
+        """Each of these invoices' patient: ``{invoice id: patient id}``; ids with no invoice are absent."""
+        rows = self._rows(
+            f"SELECT id, patient_id FROM {SCHEMA}.invoices WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in ids]),),
+        )
+        return {str(i): None if patient is None else str(patient) for i, patient in rows}
+
     def stored_rows(
         self, entity: str, ids: Iterable[str], *, source_account: str, batch_id: str | None = None
     ) -> dict[str, dict[str, Any] | None]:

@@ -208,6 +208,12 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
             "(SELECT min(id) FROM invoices WHERE status = 10 GROUP BY patient_id LIMIT 45)"
         ).rowcount
     assert raised == 45
+    with sqlite3.connect(workspace / "clinic.db") as conn:  # and a paid invoice given to another patient
+        conn.execute(
+            "UPDATE invoices SET patient_id = (SELECT min(patient_id) FROM invoices WHERE status = 10)"
+            " WHERE id = (SELECT min(id) FROM invoices WHERE status = 20 AND patient_id != "
+            "(SELECT min(patient_id) FROM invoices WHERE status = 10))"
+        )
     at.button(key="review_balances").click().run()
     assert metrics(at)["Balances that differ"] == "45"
     assert "45 patients' balances differ from Cliniko's; they are listed first." in [
@@ -216,7 +222,18 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     assert "The chart shows the 40 largest differences of 45; the table below lists them all." in [
         c.value for c in at.caption
     ]
-    assert at.dataframe[-1].value["Difference"].astype(float).tolist()[:45] == [1.0] * 45
+    assert at.dataframe[-2].value["Difference"].astype(float).tolist()[:45] == [1.0] * 45
+    # Which no balance shows: the paid invoice, named under its own warning.
+    assert (
+        "1 invoice is with another patient here than in Cliniko. A paid or closed invoice owes nothing, so no "
+        "balance above shows the move: this list does. Patients are named by their Cliniko id; an empty one here "
+        "is a patient no batch brought."
+    ) in [w.value for w in at.warning]
+    moved = at.dataframe[-1].value
+    assert (
+        moved["Status"].tolist() == [20]
+        and moved["Patient here"].tolist() != moved["Patient in Cliniko"].tolist()
+    )
 
     # 7. Batches: listed with its counts; deleted only after typing the confirmation.
     follow(at, "next_batches", "batches")
