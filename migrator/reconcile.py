@@ -96,7 +96,6 @@ __all__ = [
     "invoice_check",
     "merged_counts",
     "missing",
-    "moved_sentence",
     "reconcile",
     "skipped",
     "skipped_summary",
@@ -550,16 +549,14 @@ def _moved(
     for sid, dest in brought.items():
         if dest not in held:  # missing: counts name it
             continue
-        owner = owners[sid]
-        if str(held[dest]) != str(patients[owner["patient_id"]]):
+        owner, patient = owners[sid], held[dest]
+        if patient != patients[owner["patient_id"]]:
             rows.append(
                 {
                     "source_id": sid,
                     "dest_id": dest,
                     **owner,
-                    "destination_patient_id": source_of.get(str(held[dest]))
-                    if held[dest] is not None
-                    else None,
+                    "destination_patient_id": source_of.get(patient) if patient else None,
                 }
             )
     return pl.DataFrame(rows, schema=MOVED_SCHEMA, orient="row").sort("source_id")
@@ -616,7 +613,7 @@ def flagged(ledger: Ledger, batch_id: str) -> pl.DataFrame:
 # --- all three ----------------------------------------------------------------------------
 
 
-def moved_sentence(moved: pl.DataFrame, most: int = 3) -> str:
+def _moved_sentence(moved: pl.DataFrame, most: int = 3) -> str:
     """One sentence naming the first ``most`` invoices of :attr:`InvoiceCheck.moved` (there must be one)."""
     named = ", ".join(
         f"number {r['number'] or '?'} (source id {r['source_id']}) is patient {r['patient_id']}'s in Cliniko "
@@ -693,7 +690,7 @@ class Reconciliation:
             )
             out.append(f"{whose} from Cliniko's: {shown}{more}.")
         if self.moved_invoices.height:
-            out.append(moved_sentence(self.moved_invoices))
+            out.append(_moved_sentence(self.moved_invoices))
         return out
 
     def _named_missing(self, entity: str, most: int = 3) -> str:
