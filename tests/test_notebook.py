@@ -36,6 +36,7 @@ def test_the_reconciliation_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
     text = "\n".join(_text(c) for c in code)
     assert "Everything reconciles." in text
     assert "398 patients checked; 0 balances differ." in text
+    assert "shape: (0, 6)" in text  # moved_invoices: no invoice with another patient
     assert "practitioner_excluded" in text  # the skipped rows, by reason
     assert "34 requests instead of 201 (167 saved); created 0." in text  # the sweep before go-live
     charts = [c for c in code if "alt.Chart" in c.source]
