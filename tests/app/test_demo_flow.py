@@ -209,11 +209,15 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         ).rowcount
     assert raised == 45
     with sqlite3.connect(workspace / "clinic.db") as conn:  # and a paid invoice given to another patient
-        conn.execute(
-            "UPDATE invoices SET patient_id = (SELECT min(patient_id) FROM invoices WHERE status = 10)"
-            " WHERE id = (SELECT min(id) FROM invoices WHERE status = 20 AND patient_id != "
-            "(SELECT min(patient_id) FROM invoices WHERE status = 10))"
-        )
+        paid, owner = conn.execute(
+            "SELECT i.id, p.source_id FROM invoices i JOIN patients p ON p.id = i.patient_id"
+            " WHERE i.status = 20 ORDER BY i.id LIMIT 1"
+        ).fetchone()
+        taker_id, taker = conn.execute(
+            "SELECT id, source_id FROM patients WHERE source_id IS NOT NULL AND source_id != ? ORDER BY id LIMIT 1",
+            (owner,),
+        ).fetchone()
+        conn.execute("UPDATE invoices SET patient_id = ? WHERE id = ?", (taker_id, paid))
     at.button(key="review_balances").click().run()
     assert metrics(at)["Balances that differ"] == "45"
     assert "45 patients' balances differ from Cliniko's; they are listed first." in [
@@ -230,10 +234,9 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         "is a patient no batch brought."
     ) in [w.value for w in at.warning]
     moved = at.dataframe[-1].value
-    assert (
-        moved["Status"].tolist() == [20]
-        and moved["Patient here"].tolist() != moved["Patient in Cliniko"].tolist()
-    )
+    assert moved[["Invoice here", "Status", "Patient in Cliniko", "Patient here"]].values.tolist() == [
+        [str(paid), 20, owner, taker]
+    ]
 
     # 7. Batches: listed with its counts; deleted only after typing the confirmation.
     follow(at, "next_batches", "batches")
