@@ -264,13 +264,7 @@ def _counts(
     ledger_counts = ledger.counts(batch_id)
     later, withdrawn = _later(ledger, batch), _later(ledger, batch, deleted=True)
     plan_batches = _upto(ledger, batch)
-    totals = ledger.latest_items_frame(plan_batches)
-    in_scope_total = dict(
-        totals.filter(~((pl.col("action") == "skipped") & (pl.col("reason_code") == DELETED_AT_SOURCE)))
-        .group_by("entity")
-        .len()
-        .iter_rows()
-    )
+    in_scope_total = ledger.latest_counts(plan_batches, leave_out_skipped=DELETED_AT_SOURCE)
     fresh = _source_counts(source, plan, entities) if source is not None else {}
     rows = []
     lost: list[tuple[str, str, str | None]] = []
@@ -762,14 +756,15 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
         raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
     count_frame, missing_frame = _counts(ledger, batch_id, store=store, source=source)
     invoices = invoice_check(ledger, batch_id, source=source, store=store)
+    skipped_frame = skipped(ledger, batch_id)
     return Reconciliation(
         batch_id=batch_id,
         counts=count_frame,
         missing=missing_frame,
         moved_invoices=invoices.moved,
         balances=invoices.balances,
-        skipped=skipped(ledger, batch_id),
-        skipped_summary=skipped_summary(ledger, batch_id),
+        skipped=skipped_frame,
+        skipped_summary=by_reason(skipped_frame),
         flagged=flagged(ledger, batch_id),
         newer=_newest_after(ledger, ledger.batch(batch_id)),
     )
