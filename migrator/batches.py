@@ -222,20 +222,30 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
     )
 
 
-def blocker(ledger: Ledger, batch: Batch) -> str | None:
-    """Why other records keep ``batch`` from being deleted (:attr:`DeletionPlan.blocker`), from the workspace alone.
+def workspace_deletion_plan(ledger: Ledger, batch: Batch) -> DeletionPlan | None:
+    """:func:`deletion_plan` from the workspace alone, as the batch listings and the Batches page show it.
 
-    A batch into a Cliniko account is checked from the ledger, with no key; one into a local
-    store through a connection of its own to the workspace and that store (so ``ledger`` may
-    have another store attached). A store no longer on disk has nothing left relying on it.
+    A batch into a Cliniko account is planned from the ledger, with no key
+    (:func:`ledger_deletion_plan`); one into a local store through a connection of its own to
+    the workspace and that store (so ``ledger`` may have another store attached). ``None``
+    when that store is no longer on disk: nothing of the batch is left there.
     """
     if batch.destination.startswith("cliniko:"):
-        return ledger_deletion_plan(ledger, batch.id).blocker
+        return ledger_deletion_plan(ledger, batch.id)
     path = LocalStore.parse_target(batch.destination)
     if not path.exists():
         return None
     with Ledger(ledger.workspace) as own:
-        return deletion_plan(own, LocalStore(path, own), batch.id).blocker
+        return deletion_plan(own, LocalStore(path, own), batch.id)
+
+
+def blocker(ledger: Ledger, batch: Batch) -> str | None:
+    """Why other records keep ``batch`` from being deleted (:attr:`DeletionPlan.blocker`), from the workspace alone.
+
+    See :func:`workspace_deletion_plan`; a store no longer on disk has nothing left relying on it.
+    """
+    plan = workspace_deletion_plan(ledger, batch)
+    return None if plan is None else plan.blocker
 
 
 def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tuple[bool, str]:

@@ -7,7 +7,7 @@ import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
-from migrator.batches import blocker, delete_batch, deletion_plan, ledger_deletion_plan
+from migrator.batches import delete_batch, deletion_plan, workspace_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, entity_label
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
@@ -65,8 +65,14 @@ if error := state.pop("delete_error", None):
 try:
     with config.open_ledger() as ledger:
         batches = ledger.batches(tenant=scope, current_counts=True)
-        # Batches a later one relies on say so here, rather than once chosen below.
-        blocked = {b.id: why for b in batches if b.deletable()[0] and (why := blocker(ledger, b))}
+        # What deleting each batch still in its 48 hours removes, planned once per page (a large clinic's
+        # batch takes seconds): batches a later one relies on say so here, rather than once chosen below,
+        # and the chosen one's plan is shown there. A batch into a Cliniko account is planned from the
+        # ledger: reading the account on every render would spend its rate limit. Deleting reads it once
+        # (records the clinic made there by hand) and refuses with the sentence if need be. Hosted, the
+        # account's key only comes with the deletion itself.
+        plans = {b.id: workspace_deletion_plan(ledger, b) for b in batches if b.deletable()[0]}
+        blocked = {i: p.blocker for i, p in plans.items() if p is not None and p.blocker}
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -115,13 +121,8 @@ if problem:
     st.info(problem.replace("This batch", f"Batch {chosen}") + " Deleting it needs that account's key.")
     st.stop()
 try:
-    if to_cliniko:
-        # From the ledger: reading the account on every render would spend its rate limit. Deleting
-        # reads it once (records the clinic made there by hand) and refuses with the sentence if need be.
-        # Hosted, the account's key only comes with the deletion itself.
-        with config.open_ledger() as ledger:
-            plan = ledger_deletion_plan(ledger, chosen)
-    else:
+    plan = plans[chosen]
+    if plan is None:  # its store is no longer on disk: opening it says so
         with open_destination(batch.destination) as (ledger, store):
             plan = deletion_plan(ledger, store, chosen)
 except MigratorError as exc:

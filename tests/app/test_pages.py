@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from migrator.ledger import Batch, Item, Ledger
 from migrator.plan import Plan, Scope
 from tests.app.conftest import PAGES, goto, texts
 
+# The module, not the function ``migrator.batches`` that the package exports under its name.
+batches_module = importlib.import_module("migrator.batches")
 NEEDS_A_SOURCE = {"preview", "mapping", "scope"}
 EMPTY = {
     "run": "No run yet.",
@@ -122,8 +125,16 @@ def test_an_old_batch_says_why_it_cannot_be_deleted(console: Callable[[], AppTes
 
 
 def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
-    console: Callable[[], AppTest], workspace: Path
+    console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    planned: list[str] = []
+    plan = batches_module.deletion_plan
+
+    def counted(ledger: Ledger, store: Any, batch_id: str) -> Any:
+        planned.append(batch_id)
+        return plan(ledger, store, batch_id)
+
+    monkeypatch.setattr(batches_module, "deletion_plan", counted)
     ledger = Ledger(workspace)
     store = LocalStore(workspace / "clinic.db", ledger)
     made = {}
@@ -166,6 +177,8 @@ def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
     assert f"Why not {made['types']}: {sentence}" in texts(at)
     assert at.selectbox(key="delete_batch").options == [f"{made['appointments']} · completed"]
     assert "delete_confirm" in [t.key for t in at.text_input]
+    # Each batch planned once per page (seconds for a large clinic's), the chosen one's plan shown from it.
+    assert sorted(planned) == sorted(made.values())
 
 
 def batch_into_store(workspace: Path, **plan: Any) -> tuple[Ledger, Batch]:
