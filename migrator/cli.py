@@ -256,37 +256,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressLine:
-    """A one-line progress display on a terminal (stderr), quiet elsewhere."""
+class _TerminalLine:
+    """One line redrawn in place on a terminal (stderr), at most five times a second until the last."""
 
     def __init__(self) -> None:
         self._last = 0.0
         self._shown = False
 
-    def __call__(self, event: ProgressEvent) -> None:
+    def _show(self, text: str, *, last: bool) -> None:
         import time
 
         now = time.monotonic()
-        if now - self._last < 0.2 and event.done < event.total:
+        if now - self._last < 0.2 and not last:
             return
-        self._last = now
-        self._shown = True
-        width = 30
-        filled = int(width * event.done / event.total) if event.total else width
-        bar = "#" * filled + "-" * (width - filled)
-        print(
-            f"\r{event.stage:<26} [{bar}] {event.done:>7,}/{event.total:<7,} "
-            f"created {event.created:,} linked {event.linked:,} present {event.already_present:,} "
-            f"skipped {event.skipped:,}   ",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
+        self._last, self._shown = now, True
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """End the line, if one was drawn."""
         if self._shown:
             print(file=sys.stderr)
+
+
+class _ProgressLine(_TerminalLine):
+    """A run's progress: the stage, a bar and its counts."""
+
+    def __call__(self, event: ProgressEvent) -> None:
+        width = 30
+        filled = int(width * event.done / event.total) if event.total else width
+        bar = "#" * filled + "-" * (width - filled)
+        self._show(
+            f"{event.stage:<26} [{bar}] {event.done:>7,}/{event.total:<7,} "
+            f"created {event.created:,} linked {event.linked:,} present {event.already_present:,} "
+            f"skipped {event.skipped:,}   ",
+            last=event.done >= event.total,
+        )
+
+
+class _InvoiceLine(_TerminalLine):
+    """``reconcile`` reading the source's invoices (minutes for a large clinic at Cliniko's pace)."""
+
+    def __call__(self, read: int, listed: int) -> None:
+        self._show(
+            f"Reading the source's invoices for the balances: {read:,} of {listed:,}", last=read >= listed
+        )
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -301,7 +314,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 f"The source key belongs to {identity.account or identity.user}, but batch {batch.id} was read "
                 f"from {batch.source_account}; set {SOURCE_KEY_ENV} to that account's key."
             )
-        result = reconcile(ledger, batch.id, source=client, store=store)
+        reading = _InvoiceLine() if sys.stderr.isatty() and not args.json else None
+        try:
+            result = reconcile(ledger, batch.id, source=client, store=store, progress=reading)
+        finally:
+            if reading:
+                reading.finish()
     files = result.write(args.out) if args.out else []
     if args.json:
         print(json.dumps(result.as_dict()))

@@ -68,7 +68,7 @@ They do not count against reconciliation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -425,14 +425,27 @@ def _link_id(raw: dict[str, Any], rel: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _source_invoices(source: ClinikoClient, plan: Plan) -> Iterator[dict[str, Any]]:
+#: Called after each page of the source's invoices: ``(invoices read, invoices listed)``. Under
+#: a business or practitioner filter the lists are read one after another, and each adds its
+#: total when its first page comes.
+InvoiceProgress = Callable[[int, int], None]
+
+
+def _source_invoices(
+    source: ClinikoClient, plan: Plan, progress: InvoiceProgress | None = None
+) -> Iterator[dict[str, Any]]:
     scope = plan.scope
     queries = (
         [Query("invoices")] if scope.kind == "all" else direct_queries("invoices", scope.kind, scope.ids)
     )
+    read = listed = 0
     for query in queries:
-        for page in source.pages("invoices", query.filters):
+        for number, page in enumerate(source.pages("invoices", query.filters)):
             yield from page.records
+            read += len(page.records)
+            listed += (page.total_entries or 0) if number == 0 else 0
+            if progress is not None:
+                progress(read, max(read, listed))
 
 
 def _money_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -470,7 +483,14 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
     return invoice_check(ledger, batch_id, source=source, store=store).balances
 
 
-def invoice_check(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> InvoiceCheck:
+def invoice_check(
+    ledger: Ledger,
+    batch_id: str,
+    *,
+    source: ClinikoClient,
+    store: Any,
+    progress: InvoiceProgress | None = None,
+) -> InvoiceCheck:
     """:func:`balances`, and the invoices the destination holds under another patient, from one read.
 
     A balance catches an open invoice given to the wrong patient (one owes more, the other
@@ -478,7 +498,8 @@ def invoice_check(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store
     plan's batches brought is also followed to its patient in the destination and compared
     with its patient at the source: ``moved`` (:data:`MOVED_SCHEMA`) lists those that differ.
     Invoices deleted at the source, missing from the destination (see :func:`missing`), or of
-    a patient no batch of the plan brought are not compared.
+    a patient no batch of the plan brought are not compared. ``progress`` follows the read
+    (:data:`InvoiceProgress`): a large clinic's invoices take minutes at Cliniko's pace.
     """
     batch = ledger.batch(batch_id)
     plan = _plan_of(batch)
@@ -489,7 +510,7 @@ def invoice_check(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store
     patients = {sid: item.dest_id for sid, item in latest.items() if item.action in _BRINGS and item.dest_id}
     at_source: dict[str, Decimal] = dict.fromkeys(patients, Decimal(0))
     owners: dict[str, dict[str, Any]] = {}  # source invoice id -> its patient, number and status
-    for raw in _source_invoices(source, plan):
+    for raw in _source_invoices(source, plan, progress):
         if raw.get("deleted_at"):
             continue
         patient = _link_id(raw, "patient")
@@ -744,8 +765,18 @@ class Reconciliation:
         return written
 
 
-def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any) -> Reconciliation:
+def reconcile(
+    ledger: Ledger,
+    batch_id: str,
+    *,
+    source: ClinikoClient,
+    store: Any,
+    progress: InvoiceProgress | None = None,
+) -> Reconciliation:
     """Counts, balances and skipped records of a batch in one go (see the module docstring).
+
+    ``progress`` follows the read of the source's invoices (:data:`InvoiceProgress`), most of
+    the check's requests.
 
     Raises:
         BatchNotFound: no such batch. ConfigError: the batch was deleted (nothing of it is left
@@ -755,7 +786,7 @@ def reconcile(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: An
     if batch.status in ("deleting", "deleted"):
         raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
     count_frame, missing_frame = _counts(ledger, batch_id, store=store, source=source)
-    invoices = invoice_check(ledger, batch_id, source=source, store=store)
+    invoices = invoice_check(ledger, batch_id, source=source, store=store, progress=progress)
     skipped_frame = skipped(ledger, batch_id)
     return Reconciliation(
         batch_id=batch_id,

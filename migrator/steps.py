@@ -38,7 +38,7 @@ from migrator.errors import ConfigError
 from migrator.ledger import Ledger, StageProgress
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import MappingRow, Scope, parse_include
-from migrator.reconcile import Reconciliation
+from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
@@ -222,20 +222,50 @@ def run(
         ledger.close()
 
 
+class InvoiceBar:
+    """A tqdm bar over the source's invoices that :func:`reconcile` reads for the balances."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, read: int, listed: int) -> None:
+        if self._bar is None:
+            self._bar = _tqdm()(total=listed, desc="Source invoices (balances)", unit=" invoices", leave=True)
+        self._bar.total = listed
+        self._bar.update(read - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def reconcile(
-    batch_id: str, *, source: ClinikoClient, workspace: str | Path = DEFAULT_WORKSPACE
+    batch_id: str,
+    *,
+    source: ClinikoClient,
+    workspace: str | Path = DEFAULT_WORKSPACE,
+    progress: InvoiceProgress | bool | None = True,
 ) -> Reconciliation:
     """Counts, per-patient balances and skipped records of a batch (see :mod:`migrator.reconcile`).
+
+    ``progress``: ``True`` for a bar over the source's invoices (:class:`InvoiceBar`: most of
+    the check's requests, minutes for a large clinic at Cliniko's pace), a callable to receive
+    ``(invoices read, invoices listed)`` after each page, or ``None``.
 
     Raises:
         BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
         to a local store. APIError: the source failed beyond retries.
     """
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
+    bar = InvoiceBar() if progress is True else None
     try:
         store = _local_store_of(ledger, batch_id, "reconciled")
-        return _reconcile(ledger, batch_id, source=source, store=store)
+        listener = bar if bar is not None else (progress if callable(progress) else None)
+        return _reconcile(ledger, batch_id, source=source, store=store, progress=listener)
     finally:
+        if bar is not None:
+            bar.close()
         ledger.close()
 
 

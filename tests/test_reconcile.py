@@ -141,8 +141,16 @@ def nonzero(frame: pl.DataFrame, column: str) -> dict[str, int]:
 def test_a_clean_run_reconciles(
     copy: Copy, source: ClinikoClient, demo_sandbox: RunningSandbox, migrated: Migrated
 ) -> None:
-    result = check(copy, source)
+    followed: list[tuple[int, int]] = []
+    result = reconcile(
+        copy.ledger, copy.batch_id, source=source, store=copy.store, progress=lambda *n: followed.append(n)
+    )
     assert result.ok, result.problems
+    # The read of the source's invoices is followed page by page, to the last of its 3,739.
+    invoices = demo_sandbox.totals()["invoices"]
+    assert len(followed) == -(-invoices // 100) and followed[-1] == (invoices, invoices)
+    assert [read for read, _ in followed] == sorted({read for read, _ in followed})
+    assert {listed for _, listed in followed} == {invoices}
     assert result.problems == []
     frame = result.counts
     assert list(frame.columns) == list(COUNT_SCHEMA)
