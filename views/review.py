@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import polars as pl
@@ -125,9 +125,15 @@ def count_at_source(batch: Batch, client: ClinikoClient) -> None:
             cache[(batch.id, "counts")] = counts(ledger, batch.id, store=store, source=client)
 
 
-def compare_balances(ledger: Ledger, batch_id: str, client: ClinikoClient, store: LocalStore) -> None:
+def compare_balances(
+    ledger: Ledger,
+    batch_id: str,
+    client: ClinikoClient,
+    store: LocalStore,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Balances, and invoices held by another patient, from one read of the source's invoices (cached)."""
-    found = invoice_check(ledger, batch_id, source=client, store=store)
+    found = invoice_check(ledger, batch_id, source=client, store=store, progress=progress)
     cache[(batch_id, "balances")] = found.balances
     cache[(batch_id, "moved_invoices")] = found.moved
 
@@ -497,15 +503,25 @@ else:
         key="review_balances",
         help="Reads the source's invoices in scope: one request per 100 invoices.",
     ):
+        # A large clinic's invoices take minutes at Cliniko's pace: the bar says how far the read is.
+        reading = st.progress(0.0, text="Reading the source's invoices…")
+
+        def follow(read: int, listed: int) -> None:
+            reading.progress(
+                min(1.0, read / listed) if listed else 1.0,
+                text=f"Reading the source's invoices: {read:,} of {listed:,}",
+            )
+
         try:
             with (
-                st.spinner("Reading the source's invoices…"),
                 session_source(batch, "balances") as client,
                 config.open_store(batch.destination) as (ledger, store),
             ):
-                compare_balances(ledger, batch_id, client, store)
+                compare_balances(ledger, batch_id, client, store, progress=follow)
         except MigratorError as exc:
             st.error(str(exc))
+        finally:
+            reading.empty()
     balance_frame = cache.get((batch_id, "balances"))
     if balance_frame is not None:
         differ = balance_frame.filter(pl.col("difference") != 0)

@@ -6,10 +6,12 @@ the source (counted with a client of its own) and the ledger.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -58,8 +60,22 @@ def connect_and_decide(at: AppTest) -> None:
 
 
 def test_the_demo_flow_from_connect_to_a_deleted_batch(
-    console: Callable[[], AppTest], workspace: Path
+    console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    reconcile_module = importlib.import_module(
+        "migrator.reconcile"
+    )  # the package exports a function by that name
+    check = reconcile_module.invoice_check
+    followed: list[tuple[int, int]] = []
+
+    def invoice_check(*args: Any, progress: Any = None, **kwargs: Any) -> Any:
+        def seen(read: int, listed: int) -> None:
+            followed.append((read, listed))
+            progress(read, listed)
+
+        return check(*args, progress=seen if progress else None, **kwargs)
+
+    monkeypatch.setattr(reconcile_module, "invoice_check", invoice_check)
     at = console()
 
     # 1. Connect: the demo clinic, its rights, and the local store set up like the destination clinic.
@@ -180,6 +196,9 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     assert f"{skipped_appointments:,} of {by_action['skipped']:,} skipped records shown." in texts(at)
     at.button(key="review_balances").click().run()
     assert not at.error
+    # The page's bar followed the read of the source's invoices to the last page, then went.
+    assert followed[-1] == (counts["invoices"], counts["invoices"]) and len(followed) > 1
+    assert not at.get("progress")
     shown = metrics(at)
     with Ledger(workspace) as ledger:
         patients = ledger.counts(batch.id)["patients"]
