@@ -62,9 +62,8 @@ def connect_and_decide(at: AppTest) -> None:
 def test_the_demo_flow_from_connect_to_a_deleted_batch(
     console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reconcile_module = importlib.import_module(
-        "migrator.reconcile"
-    )  # the package exports a function by that name
+    # The module: the package exports a function under its name.
+    reconcile_module = importlib.import_module("migrator.reconcile")
     check = reconcile_module.invoice_check
     followed: list[tuple[int, int]] = []
 
