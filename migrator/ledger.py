@@ -1024,10 +1024,9 @@ class Ledger:
 
         Streams in chunks, so a million items never sit in memory at once: the matching
         rows' ids come first (8 bytes each, from one sorted read of the index), then the
-        items a thousand at a time by id. Each chunk used to be the next thousand rows
-        "after the last one read, in written order", which SQLite answers by sorting every
-        item of the batch's entity again: a quadratic read, minutes for a large clinic's
-        appointments. Items written after the call began are not included.
+        items a thousand at a time by id. (Asking for "the next thousand after the last one
+        read" instead makes SQLite sort the entity's every item again for each chunk.)
+        Items written after the call began are not included.
         """
         where, params = "batch_id = ?", [batch_id]
         if entity is not None:
@@ -1035,15 +1034,8 @@ class Ledger:
         if action is not None:
             where, params = where + " AND action = ?", [*params, action]
         with self.lock:
-            rowids = array(
-                "q",
-                (
-                    r
-                    for (r,) in self.conn.execute(
-                        f"SELECT rowid FROM items WHERE {where} ORDER BY rowid", params
-                    )
-                ),
-            )
+            cursor = self.conn.execute(f"SELECT rowid FROM items WHERE {where} ORDER BY rowid", params)
+            rowids = array("q", (rowid for (rowid,) in cursor))
         for start in range(0, len(rowids), _CHUNK):
             rows = self._rows(
                 "SELECT batch_id, entity, source_id, dest_id, action, reason_code, reason FROM items"
