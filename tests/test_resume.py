@@ -249,6 +249,34 @@ def delete_cli(workspace: Path, batch_id: str) -> subprocess.Popen[str]:
     )
 
 
+_DELETE_EVERY_CHUNK = """
+import sys
+from pathlib import Path
+from migrator.batches import delete_batch
+from migrator.destinations.local import LocalStore
+from migrator.ledger import Ledger
+
+workspace = Path(sys.argv[1])
+with Ledger(workspace) as ledger:
+    delete_batch(ledger, LocalStore(workspace / "clinic.db", ledger), sys.argv[2], commit_interval=0)
+"""
+
+
+def delete_every_chunk(workspace: Path, batch_id: str) -> subprocess.Popen[str]:
+    """:func:`~migrator.batches.delete_batch` in its own process, committing each chunk as it goes.
+
+    ``delete-batch`` commits half a second of chunks at a time, on the demo clinic the whole
+    deletion at once: committing each one gives a kill a moment between two to land in.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-c", _DELETE_EVERY_CHUNK, str(workspace), batch_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _deletion_order(pair: tuple[str, int]) -> int:
     from migrator.destinations.local import DELETE_ORDER
 
@@ -273,7 +301,7 @@ def test_sigkill_mid_deletion_then_delete_again_finishes_it(
     patients = _batch_rows_left(tmp_path)
     assert patients > 100
 
-    process = delete_cli(tmp_path, batch_id)
+    process = delete_every_chunk(tmp_path, batch_id)
     deadline = time.monotonic() + 120
     # Patients go last (reverse dependency order): wait until the first chunk is deleted.
     while process.poll() is None and time.monotonic() < deadline:
