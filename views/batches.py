@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import polars as pl
 import streamlit as st
 from pydantic import SecretStr
 
 from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
-from migrator.batches import delete_batch, deletion_plan, workspace_deletion_plan
+from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, entity_label
+from migrator.destinations.local import LocalStore
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
+from migrator.ledger import Batch, Ledger
 from migrator.plan import records_of
 
 CONFIRM_WORD = "DELETE"
@@ -52,6 +57,63 @@ def delete(batch_id: str, destination: str) -> None:
         state.delete_error = str(exc)
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What the page shows of a :class:`~migrator.batches.DeletionPlan`: its counts and sentences, not its ids.
+
+    A large clinic's plan names about a million records; deleting plans again anyway.
+    """
+
+    summary: dict[str, Any]
+    already_deleted_note: str | None
+    matched_note: str | None
+
+    @property
+    def blocker(self) -> str | None:
+        return self.summary["blocked_by"]
+
+    @classmethod
+    def of(cls, plan: DeletionPlan) -> Shown:
+        return cls(plan.as_dict(), plan.already_deleted_note, plan.matched_note)
+
+
+def on_disk(ledger: Ledger, batches: list[Batch]) -> tuple[tuple[str, int | None, int | None], ...]:
+    """The size and modification time of the files the batches' plans are read from.
+
+    The ledger, and each local store the batches went into: a commit to either, by this
+    process or another (a run, a deletion, a notebook), writes the file and changes them.
+    """
+    paths = {ledger.path} | {
+        LocalStore.parse_target(b.destination) for b in batches if not b.destination.startswith("cliniko:")
+    }
+    stamps = []
+    for path in sorted(paths):
+        try:
+            stat = path.stat()
+            stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except FileNotFoundError:
+            stamps.append((str(path), None, None))
+    return tuple(stamps)
+
+
+def planned(ledger: Ledger, batches: list[Batch]) -> dict[str, Shown | None]:
+    """What deleting each of ``batches`` removes (``None``: its store is gone), kept for the session.
+
+    A large clinic's batch takes seconds to plan, and every click on the page renders it
+    again: the plans are planned again only once the ledger or a store changed on disk
+    (:func:`on_disk`), or the batches that can be deleted did.
+    """
+    key = (tuple((b.id, b.status) for b in batches), on_disk(ledger, batches))
+    kept = state.get("batch_plans")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    plans = {
+        b.id: None if (p := workspace_deletion_plan(ledger, b)) is None else Shown.of(p) for b in batches
+    }
+    state.batch_plans = (key, plans)
+    return plans
+
+
 st.title("Batches")
 st.markdown(
     "Every run is a batch. A batch can be deleted while it is **younger than 48 hours**: that removes what it "
@@ -65,13 +127,14 @@ if error := state.pop("delete_error", None):
 try:
     with config.open_ledger() as ledger:
         batches = ledger.batches(tenant=scope, current_counts=True)
-        # What deleting each batch still in its 48 hours removes, planned once per page (a large clinic's
-        # batch takes seconds): batches a later one relies on say so here, rather than once chosen below,
-        # and the chosen one's plan is shown there. A batch into a Cliniko account is planned from the
-        # ledger: reading the account on every render would spend its rate limit. Deleting reads it once
-        # (records the clinic made there by hand) and refuses with the sentence if need be. Hosted, the
-        # account's key only comes with the deletion itself.
-        plans = {b.id: workspace_deletion_plan(ledger, b) for b in batches if b.deletable()[0]}
+        # What deleting each batch still in its 48 hours removes, planned again only once the files
+        # change (a large clinic's batch takes seconds; see planned()): batches a later one relies on
+        # say so here, rather than once chosen below, and the chosen one's plan is shown there. A
+        # batch into a Cliniko account is planned from the ledger: reading the account on every
+        # render would spend its rate limit. Deleting reads it once (records the clinic made there by
+        # hand) and refuses with the sentence if need be. Hosted, the account's key only comes with
+        # the deletion itself.
+        plans = planned(ledger, [b for b in batches if b.deletable()[0]])
         blocked = {i: p.blocker for i, p in plans.items() if p is not None and p.blocker}
 except MigratorError as exc:
     st.error(str(exc))
@@ -124,11 +187,11 @@ try:
     plan = plans[chosen]
     if plan is None:  # its store is no longer on disk: opening it says so
         with open_destination(batch.destination) as (ledger, store):
-            plan = deletion_plan(ledger, store, chosen)
+            plan = Shown.of(deletion_plan(ledger, store, chosen))
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
-summary = plan.as_dict()
+summary = plan.summary
 
 entities = list(dict.fromkeys([*summary["created"], *summary["created_since_for_its_patients"]]))
 removes_nothing = not summary["total"] and not summary["unanswered_creates"]

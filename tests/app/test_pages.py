@@ -177,8 +177,21 @@ def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
     assert f"Why not {made['types']}: {sentence}" in texts(at)
     assert at.selectbox(key="delete_batch").options == [f"{made['appointments']} · completed"]
     assert "delete_confirm" in [t.key for t in at.text_input]
-    # Each batch planned once per page (seconds for a large clinic's), the chosen one's plan shown from it.
+    # Each batch planned once (seconds for a large clinic's), the chosen one's plan shown from it.
     assert sorted(planned) == sorted(made.values())
+    # Typing the confirmation renders the page again: nothing changed on disk, so nothing is planned again.
+    at.text_input(key="delete_confirm").input("DEL").run()
+    assert not at.exception and sorted(planned) == sorted(made.values())
+    assert f"Why not {made['types']}: {sentence}" in texts(at)
+    # A third appointment (another process, say) changes the store: the plans are read again, and say so.
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        conn.execute(
+            "INSERT INTO individual_appointments (source_id, patient_id, appointment_type_id, batch_id, data)"
+            " SELECT '3', patient_id, appointment_type_id, batch_id, data FROM individual_appointments LIMIT 1"
+        )
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    assert sorted(planned) == sorted([*made.values(), *made.values()])
+    assert f"Why not {made['types']}: {sentence.replace('2 individual', '3 individual')}" in texts(at)
 
 
 def batch_into_store(workspace: Path, **plan: Any) -> tuple[Ledger, Batch]:
