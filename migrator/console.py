@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -392,6 +392,29 @@ def export(frame: pl.DataFrame, kind: str) -> bytes:
 
 
 # --- read models --------------------------------------------------------------------
+
+
+def on_disk(ledger: Ledger, destinations: Iterable[str] = ()) -> tuple[tuple[Any, ...], ...]:
+    """Where the ledger and the local stores among ``destinations`` stand on disk: a page's cache key.
+
+    For each file, its change counter, size and modification time (just its path while it
+    is missing). SQLite increments the counter (bytes 24-27 of the header) with every commit
+    in rollback-journal mode, which both files use, so any write since, by this process or
+    another (a run, a deletion, a notebook), changes the key; reading changes nothing.
+    """
+    paths = {ledger.path} | {LocalStore.parse_target(d) for d in destinations if d.startswith("sqlite:")}
+    stamps: list[tuple[Any, ...]] = []
+    for path in sorted(paths):
+        try:
+            with path.open("rb") as file:
+                file.seek(24)
+                counter = file.read(4)
+                stat = os.fstat(file.fileno())
+        except FileNotFoundError:
+            stamps.append((str(path),))
+            continue
+        stamps.append((str(path), counter, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
 
 
 def _age(batch: Batch, now: datetime) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,9 +16,11 @@ from migrator.console import (
     batches_frame,
     export,
     masked,
+    on_disk,
     progress_frame,
     running_in_background,
 )
+from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger, StageProgress
 from migrator.plan import Plan
@@ -116,3 +120,36 @@ def test_runs_in_background_are_named_in_one_sentence(tmp_path: Path) -> None:
     assert running_in_background([handle("b1"), handle(None)]) == (
         "2 runs are going on in the background (b1, one starting): follow or stop them on the Run page."
     )
+
+
+def test_on_disk_changes_with_every_commit_to_the_ledger_or_a_store_and_not_with_reads(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "workspace")
+    store = LocalStore(tmp_path / "clinic.db", ledger)
+    elsewhere = f"sqlite:{tmp_path / 'gone.db'}"
+    destinations = [store.describe(), elsewhere, "cliniko:12"]
+    before = on_disk(ledger, destinations)
+    # The ledger, the store, and the missing store by its path alone; a Cliniko account has no file.
+    assert [s[0] for s in before] == sorted(
+        [str(ledger.path), str(tmp_path / "clinic.db"), str(tmp_path / "gone.db")]
+    )
+    assert ledger.batches() == [] and store.count("patients") == 0
+    assert on_disk(ledger, destinations) == before
+    # A commit from another connection changes it; so does one that leaves the size and the
+    # modification time as they were (a clock's tick can hold two commits): the change counter tells.
+    path = tmp_path / "clinic.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO patients (source_id, data) VALUES ('1', '{}')")
+    after_insert = on_disk(ledger, destinations)
+    assert after_insert != before
+    stat = path.stat()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE patients SET data = '[]'")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    after_store = on_disk(ledger, destinations)
+    assert after_store != after_insert
+    ledger.create_batch(source_account="H", destination=store.describe(), plan={})
+    assert on_disk(ledger, destinations) != after_store
+    ledger.close()

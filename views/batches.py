@@ -11,8 +11,7 @@ from pydantic import SecretStr
 
 from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
 from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
-from migrator.console import batch_destination_problem, batches_frame, entity_label
-from migrator.destinations.local import LocalStore
+from migrator.console import batch_destination_problem, batches_frame, entity_label, on_disk
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
 from migrator.ledger import Batch, Ledger
@@ -77,33 +76,14 @@ class Shown:
         return cls(plan.as_dict(), plan.already_deleted_note, plan.matched_note)
 
 
-def on_disk(ledger: Ledger, batches: list[Batch]) -> tuple[tuple[str, int | None, int | None], ...]:
-    """The size and modification time of the files the batches' plans are read from.
-
-    The ledger, and each local store the batches went into: a commit to either, by this
-    process or another (a run, a deletion, a notebook), writes the file and changes them.
-    """
-    paths = {ledger.path} | {
-        LocalStore.parse_target(b.destination) for b in batches if not b.destination.startswith("cliniko:")
-    }
-    stamps = []
-    for path in sorted(paths):
-        try:
-            stat = path.stat()
-            stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
-        except FileNotFoundError:
-            stamps.append((str(path), None, None))
-    return tuple(stamps)
-
-
 def planned(ledger: Ledger, batches: list[Batch]) -> dict[str, Shown | None]:
     """What deleting each of ``batches`` removes (``None``: its store is gone), kept for the session.
 
     A large clinic's batch takes seconds to plan, and every click on the page renders it
     again: the plans are planned again only once the ledger or a store changed on disk
-    (:func:`on_disk`), or the batches that can be deleted did.
+    (:func:`~migrator.console.on_disk`), or the batches that can be deleted did.
     """
-    key = (tuple((b.id, b.status) for b in batches), on_disk(ledger, batches))
+    key = (tuple((b.id, b.status) for b in batches), on_disk(ledger, [b.destination for b in batches]))
     kept = state.get("batch_plans")
     if kept is not None and kept[0] == key:
         return kept[1]

@@ -24,7 +24,7 @@ from console_ui import (
     work_tenant,
 )
 from migrator.cliniko.client import ClinikoClient
-from migrator.console import batch_destination_problem, entity_label, export, unfinished_sentence
+from migrator.console import batch_destination_problem, entity_label, export, on_disk, unfinished_sentence
 from migrator.destinations.local import LocalStore
 from migrator.errors import MigratorError
 from migrator.hosted import Principal, audited_read, count_as, source_as
@@ -60,6 +60,20 @@ COLUMN_NAMES = {
 state = st.session_state
 config = settings()
 cache: dict[tuple[str, str], pl.DataFrame] = state.setdefault("review_cache", {})
+
+
+def unless_changed(stamp: object, batch_id: str, what: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+    """``read()``, kept for the session while the workspace's files stay as ``stamp`` says (:func:`on_disk`).
+
+    Every click renders the page again, and a large clinic's counts take seconds to read
+    from the ledger and the store: they are read again once either changed (a run, a
+    top-up, a deletion, in this process or another), or another batch is reviewed.
+    """
+    reads: dict[str, tuple[object, pl.DataFrame]] = state.setdefault("review_reads", {})
+    kept = reads.get(what)
+    if kept is None or kept[0] != (batch_id, stamp):
+        kept = reads[what] = ((batch_id, stamp), read())
+    return kept[1]
 
 
 def downloads(frame: pl.DataFrame, name: str) -> None:
@@ -293,22 +307,32 @@ try:
         else:
             st.caption(f"{unreachable} Until then the counts below are the ledger's only.")
         with config.open_ledger() as ledger:
+            stamp = on_disk(ledger)
             if count_frame is None:
-                count_frame = counts(ledger, batch_id)
-            skipped_frame = skipped(ledger, batch_id)
-            flagged_frame = flagged(ledger, batch_id)
+                count_frame = unless_changed(stamp, batch_id, "counts", lambda: counts(ledger, batch_id))
+            skipped_frame = unless_changed(stamp, batch_id, "skipped", lambda: skipped(ledger, batch_id))
+            flagged_frame = unless_changed(stamp, batch_id, "flagged", lambda: flagged(ledger, batch_id))
     else:
         with open_destination(batch.destination) as (ledger, store):
+            stamp = on_disk(ledger, [batch.destination])
             count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
-            if count_frame is None:
+            if count_frame is None and to_cliniko:
                 with st.spinner("Counting in the destination…"):
                     count_frame = counts(ledger, batch_id, store=store)
-                if to_cliniko and batch.status != "running":  # API counts: once per batch and session
+                if batch.status != "running":  # API counts: once per batch and session
                     cache[(batch_id, "counts")] = count_frame
+            elif count_frame is None:
+                with st.spinner("Counting in the destination…"):
+                    count_frame = unless_changed(
+                        stamp, batch_id, "counts", lambda: counts(ledger, batch_id, store=store)
+                    )
             if not to_cliniko and (count_frame["difference"].fill_null(0) < 0).any():
-                missing_frame = missing(ledger, batch_id, store=store)  # which records: a second look
-            skipped_frame = skipped(ledger, batch_id)
-            flagged_frame = flagged(ledger, batch_id)
+                # Which records: a second look.
+                missing_frame = unless_changed(
+                    stamp, batch_id, "missing", lambda: missing(ledger, batch_id, store=store)
+                )
+            skipped_frame = unless_changed(stamp, batch_id, "skipped", lambda: skipped(ledger, batch_id))
+            flagged_frame = unless_changed(stamp, batch_id, "flagged", lambda: flagged(ledger, batch_id))
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()

@@ -21,6 +21,7 @@ from tests.app.conftest import PAGES, goto, texts
 
 # The module, not the function ``migrator.batches`` that the package exports under its name.
 batches_module = importlib.import_module("migrator.batches")
+reconcile_module = importlib.import_module("migrator.reconcile")
 NEEDS_A_SOURCE = {"preview", "mapping", "scope"}
 EMPTY = {
     "run": "No run yet.",
@@ -380,6 +381,44 @@ def test_review_names_the_records_missing_from_the_destination(
     ]
     listed = at.dataframe[0].value
     assert listed.to_dict("records") == [{"Data type": "Patients", "Source id": "2", "Destination id": gone}]
+
+
+def test_review_reads_a_batch_again_only_once_the_workspace_changed(
+    console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large clinic's counts take seconds: a click on the page must not read them all again."""
+    reads: list[str] = []
+    for name in ("_counts", "skipped", "flagged"):
+        read = getattr(reconcile_module, name)
+
+        def counted(*args: Any, _read: Any = read, _name: str = name, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return _read(*args, **kwargs)
+
+        monkeypatch.setattr(reconcile_module, name, counted)
+    ledger, batch = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    _, gone = created_patients(ledger, store, batch.id, "Ana", "Bo")
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert not at.exception and not at.warning
+    assert sorted(reads) == ["_counts", "flagged", "skipped"]
+    at.run()
+    assert not at.exception and len(reads) == 3
+    # Another process removes a patient from the store: the next render reads again, and sees it.
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        conn.execute("DELETE FROM patients WHERE id = ?", (gone,))
+    at.run()
+    assert [w.value for w in at.warning] == [
+        "Not everything the ledger says arrived is in the destination: Patients -1."
+    ]
+    assert at.dataframe[0].value.to_dict("records") == [
+        {"Data type": "Patients", "Source id": "2", "Destination id": gone}
+    ]
+    # The counts, the missing record (a second look), the skipped and flagged records: once each.
+    assert sorted(reads[3:]) == ["_counts", "_counts", "flagged", "skipped"]
 
 
 def test_deleting_a_batch_that_created_nothing_says_so_without_the_patients_warning(
