@@ -1047,6 +1047,21 @@ class Ledger:
                 if row[0] == batch_id and entity in (None, row[1]) and action in (None, row[4]):
                     yield Item(*tuple(row)[1:])
 
+    def dest_ids_of(self, batch_id: str, entity: str, actions: Iterable[str]) -> dict[str, str | None]:
+        """``{source_id: dest_id}`` of a batch's items of ``entity`` with one of ``actions``.
+
+        One read of the index, and two strings per item rather than an :class:`Item`: what
+        reconciliation needs of a large clinic's every record (:meth:`items` takes three
+        times as long for the same).
+        """
+        wanted = list(actions)
+        rows = self._rows(
+            "SELECT source_id, dest_id FROM items WHERE batch_id = ? AND entity = ?"
+            f" AND action IN ({', '.join('?' * len(wanted))})",
+            (batch_id, entity, *wanted),
+        )
+        return dict(map(tuple, rows))
+
     def items_for(self, batch_id: str, entity: str, source_ids: Iterable[str]) -> dict[str, Item]:
         """This batch's items for many source records at once: ``{source_id: item}``.
 
@@ -1349,19 +1364,25 @@ class Ledger:
         skipped with that reason code are left out. Counted by SQLite, so a large clinic's
         million items are never read into memory.
         """
-        where, params = "newest = 1", [json.dumps(list(batch_ids))]
+        batches = list(batch_ids)
+        kept, params = "", []
         if leave_out_skipped is not None:
-            where += " AND NOT (action = 'skipped' AND reason_code IS ?)"
-            params.append(leave_out_skipped)
-        rows = self._rows(
-            "SELECT entity, count(*) FROM ("
-            " SELECT i.entity, i.action, i.reason_code, row_number()"
-            "  OVER (PARTITION BY i.entity, i.source_id ORDER BY b.created_at DESC, b.id DESC) AS newest"
-            " FROM items i JOIN batches b ON b.id = i.batch_id"
-            " WHERE i.batch_id IN (SELECT value FROM json_each(?))"
-            f") WHERE {where} GROUP BY entity",
-            params,
-        )
+            kept, params = " AND NOT (action = 'skipped' AND reason_code IS ?)", [leave_out_skipped]
+        if len(batches) == 1:  # one item per record: no newest to find, so no sort of them all
+            rows = self._rows(
+                f"SELECT entity, count(*) FROM items WHERE batch_id = ?{kept} GROUP BY entity",
+                (batches[0], *params),
+            )
+        else:
+            rows = self._rows(
+                "SELECT entity, count(*) FROM ("
+                " SELECT i.entity, i.action, i.reason_code, row_number()"
+                "  OVER (PARTITION BY i.entity, i.source_id ORDER BY b.created_at DESC, b.id DESC) AS newest"
+                " FROM items i JOIN batches b ON b.id = i.batch_id"
+                " WHERE i.batch_id IN (SELECT value FROM json_each(?))"
+                f") WHERE newest = 1{kept} GROUP BY entity",
+                (json.dumps(batches), *params),
+            )
         return {entity: n for entity, n in rows}
 
     def batch_requests(self, batch_id: str) -> int | None:

@@ -68,7 +68,7 @@ They do not count against reconciliation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -214,9 +214,10 @@ def _later(ledger: Ledger, batch: Batch, *, deleted: bool = False) -> list[str]:
     return [b.id for b in _siblings(ledger, batch) if (b.status not in _LIVE) == deleted and _after(b, batch)]
 
 
-def _entities(ledger: Ledger, batch: Batch) -> list[str]:
-    """The batch's entities in stage order: its plan's data types, the mapped ones, and any with items."""
-    included = set(batch.plan.get("include") or ()) | set(MAPPED) | set(ledger.counts(batch.id))
+def _entities(batch: Batch, ledger_counts: Mapping[str, object]) -> list[str]:
+    """The batch's entities in stage order: its plan's data types, the mapped ones, and any with items
+    (``ledger_counts``: :meth:`Ledger.counts <migrator.ledger.Ledger.counts>` of the batch)."""
+    included = set(batch.plan.get("include") or ()) | set(MAPPED) | set(ledger_counts)
     return [s.entity for s in STAGES if s.entity in included]
 
 
@@ -260,8 +261,8 @@ def _counts(
     """:func:`counts` and :func:`missing` from one pass over the batch's records."""
     batch = ledger.batch(batch_id)
     plan = _plan_of(batch)
-    entities = _entities(ledger, batch)
     ledger_counts = ledger.counts(batch_id)
+    entities = _entities(batch, ledger_counts)
     later, withdrawn = _later(ledger, batch), _later(ledger, batch, deleted=True)
     plan_batches = _upto(ledger, batch)
     in_scope_total = ledger.latest_counts(plan_batches, leave_out_skipped=DELETED_AT_SOURCE)
@@ -336,7 +337,7 @@ def _presence(
     deleted it: deleting a top-up does not bring those back. A record deleting a batch
     removed (:meth:`Ledger.removed_by_deletion`) is removed too.
     """
-    brought = {i.source_id: i.dest_id for i in ledger.items(batch.id, entity) if i.action in _BRINGS}
+    brought = ledger.dest_ids_of(batch.id, entity, _BRINGS)
     if not brought:
         return 0, 0, 0, []
     newer = ledger.latest_items(later, entity, brought) if later else {}

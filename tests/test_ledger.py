@@ -392,7 +392,27 @@ def test_latest_counts_count_each_record_once_by_its_newest_item(ledger: Ledger)
         "patients": 2,
         "invoices": 1,
     }
+    # One batch alone (counted without looking for newer items): the same rule.
+    assert ledger.latest_counts([newer.id]) == {"patients": 2}
+    assert ledger.latest_counts([newer.id], leave_out_skipped="deleted_at_source") == {"patients": 1}
     assert ledger.latest_counts([]) == {}
+
+
+def test_dest_ids_of_a_batchs_items_with_some_actions(ledger: Ledger) -> None:
+    batch, other = _batch(ledger), _batch(ledger)
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", "10", "created"),
+            Item("patients", "2", "20", "already_present", "earlier_batch"),
+            Item("patients", "3", None, "skipped", "invalid", "Failed validation on field email."),
+            Item("invoices", "4", "40", "created"),
+        ],
+    )
+    ledger.record_items(other.id, [Item("patients", "5", "50", "created")])
+    assert ledger.dest_ids_of(batch.id, "patients", ["created", "already_present"]) == {"1": "10", "2": "20"}
+    assert ledger.dest_ids_of(batch.id, "patients", ["skipped"]) == {"3": None}
+    assert ledger.dest_ids_of(batch.id, "contacts", ["created"]) == {}
 
 
 def test_dest_id_for_ignores_deleted_batches_other_destinations_and_accounts(ledger: Ledger) -> None:

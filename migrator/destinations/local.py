@@ -454,7 +454,11 @@ class LocalStore:
 
     def existing_ids(self, entity: str, ids: Iterable[str]) -> set[str]:
         """Which of these destination ids have a record (reconciliation checks a batch's claims)."""
-        return set(self.provenance(entity, ids))
+        rows = self._rows(
+            f"SELECT id FROM {SCHEMA}.{table(entity).name} WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in ids]),),
+        )
+        return {str(i) for (i,) in rows}
 
     def invoice_patients(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Each of these invoices' patient: ``{invoice id: patient id}``; ids with no invoice are absent."""
