@@ -309,6 +309,14 @@ def _deletions(db: sqlite_utils.Database) -> None:
     db.table("deletions").create_index(["entity", "dest_id"])
 
 
+@MIGRATIONS(name="010_items_noted")
+def _items_noted(db: sqlite_utils.Database) -> None:
+    # A batch's skipped records, and those with a reason to look at them, found without
+    # reading its every item: a large clinic's million took 0.7 s per list on each review.
+    db.execute("CREATE INDEX idx_items_skipped ON items (batch_id) WHERE action = 'skipped'")
+    db.execute("CREATE INDEX idx_items_noted ON items (batch_id) WHERE reason_code IS NOT NULL")
+
+
 #: Reason codes of records that came across but want a person's look, besides every
 #: ``review_*`` code (near-matches created, not linked: see :mod:`migrator.engine`): a
 #: change at the source the destination could not take, a record deleted at the source
@@ -1298,7 +1306,8 @@ class Ledger:
         marks = ", ".join("?" * len(FLAGGED_REASONS))
         rows = self._rows(
             "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items"
-            f" WHERE batch_id = ? AND action != 'skipped' AND (reason_code LIKE 'review\\_%' ESCAPE '\\'"
+            " WHERE batch_id = ? AND reason_code IS NOT NULL AND action != 'skipped'"
+            " AND (reason_code LIKE 'review\\_%' ESCAPE '\\'"
             f" OR reason_code IN ({marks})) ORDER BY rowid",
             (batch_id, *FLAGGED_REASONS),
         )
