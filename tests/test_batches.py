@@ -50,7 +50,7 @@ def test_a_deletion_commits_its_chunks_together(env: Env) -> None:  # noqa: F811
     assert sum(s == "COMMIT" for s in statements) == 3
     assert {e: env.store.count(e, batch.batch_id) for e in created} == dict.fromkeys(created, 0)
     noted = env.ledger.deleted_by(batch.batch_id)
-    assert {e: len(noted.get(e, ())) for e, n in created.items()} == created
+    assert {e: len(noted.get(e, ())) for e in created} == created
 
 
 def test_what_a_stopped_deletion_removed_is_listed_in_the_order_of_deletion(env: Env) -> None:  # noqa: F811
