@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import streamlit as st
@@ -45,6 +45,8 @@ from migrator.plan import (
 )
 from migrator.scoped_preview import ScopedPreview, scoped_preview
 from migrator.workflow import last_mapping, source_account_of
+
+T = TypeVar("T")
 
 #: Session entries that hold keys or what was read with them: all dropped on disconnect.
 CONNECTION_STATE = (
@@ -286,6 +288,20 @@ def destination_references() -> dict[str, pl.DataFrame]:
             state.dest_references = cached
     references: dict[str, pl.DataFrame] = cached[1]
     return references
+
+
+def session_memo(slot: str, key: object, read: Callable[[], T]) -> T:
+    """``read()``, kept in this session's ``slot`` and read again only when asked with another ``key``.
+
+    Pages key what they read from the workspace on :func:`~migrator.console.on_disk`, so a
+    large clinic's seconds of reading are not spent again on every click, only once the
+    ledger or a store has changed.
+    """
+    held = st.session_state.get(slot)
+    if held is None or held[0] != key:
+        held = st.session_state[slot] = (key, read())
+    value: T = held[1]
+    return value
 
 
 def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: Any) -> Any:

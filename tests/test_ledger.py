@@ -7,6 +7,8 @@ import re
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -343,25 +345,32 @@ def test_items_stream_past_one_chunk_in_order(ledger: Ledger) -> None:
     assert [i.source_id for i in ledger.items(batch.id)] == [str(n) for n in range(2500)]
 
 
+@contextmanager
+def sqlite_work(conn: sqlite3.Connection) -> Iterator[Callable[[], int]]:
+    """How much SQLite works on ``conn`` inside the block: ``work()``, in hundreds of VM instructions."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)  # called every 100 virtual machine instructions
+    try:
+        yield lambda: steps
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
 def test_streaming_items_costs_sqlite_work_in_proportion_to_their_number(ledger: Ledger) -> None:
     """Each chunk used to sort the entity's every item again: a large clinic's appointments took minutes."""
     batch = _batch(ledger)
 
     def steps_to_read(entity: str, n: int) -> int:
         ledger.record_items(batch.id, (Item(entity, str(k), str(k), "created") for k in range(n)))
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        ledger.conn.set_progress_handler(count, 100)  # called every 100 virtual machine instructions
-        try:
+        with sqlite_work(ledger.conn) as work:
             assert sum(1 for _ in ledger.items(batch.id, entity)) == n
-        finally:
-            ledger.conn.set_progress_handler(None, 0)
-        return steps
+        return work()
 
     small, large = steps_to_read("patients", 3_000), steps_to_read("treatment_notes", 12_000)
     # Four times the items: about four times the work (a sort's log factor aside), not sixteen.
@@ -380,20 +389,10 @@ def test_skipped_and_flagged_records_are_found_without_reading_every_item(ledger
         ledger.record_items(
             batch.id, (Item("invoices", f"{created}-{k}", str(k), "created") for k in range(created))
         )
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        ledger.conn.set_progress_handler(count, 100)  # called every 100 virtual machine instructions
-        try:
+        with sqlite_work(ledger.conn) as work:
             assert ledger.skipped_frame(batch.id)["source_id"].to_list() == ["s"]
             assert ledger.flagged_frame(batch.id)["source_id"].to_list() == ["f"]
-        finally:
-            ledger.conn.set_progress_handler(None, 0)
-        return steps
+        return work()
 
     ledger.record_items(batch.id, noted)
     few, many = steps_to_list(100), steps_to_list(20_000)

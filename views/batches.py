@@ -9,7 +9,15 @@ import polars as pl
 import streamlit as st
 from pydantic import SecretStr
 
-from console_ui import cliniko_target, forget_typed_keys, open_destination, principal, settings, tenant_scope
+from console_ui import (
+    cliniko_target,
+    forget_typed_keys,
+    open_destination,
+    principal,
+    session_memo,
+    settings,
+    tenant_scope,
+)
 from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, entity_label, on_disk
 from migrator.errors import MigratorError
@@ -84,14 +92,13 @@ def planned(ledger: Ledger, batches: list[Batch]) -> dict[str, Shown | None]:
     (:func:`~migrator.console.on_disk`), or the batches that can be deleted did.
     """
     key = (tuple((b.id, b.status) for b in batches), on_disk(ledger, [b.destination for b in batches]))
-    kept = state.get("batch_plans")
-    if kept is not None and kept[0] == key:
-        return kept[1]
-    plans = {
-        b.id: None if (p := workspace_deletion_plan(ledger, b)) is None else Shown.of(p) for b in batches
-    }
-    state.batch_plans = (key, plans)
-    return plans
+    return session_memo(
+        "batch_plans",
+        key,
+        lambda: {
+            b.id: None if (p := workspace_deletion_plan(ledger, b)) is None else Shown.of(p) for b in batches
+        },
+    )
 
 
 st.title("Batches")

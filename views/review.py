@@ -17,6 +17,7 @@ from console_ui import (
     open_destination,
     principal,
     run_registry,
+    session_memo,
     settings,
     source_client,
     tenant_scope,
@@ -69,11 +70,7 @@ def unless_changed(stamp: object, batch_id: str, what: str, read: Callable[[], p
     from the ledger and the store: they are read again once either changed (a run, a
     top-up, a deletion, in this process or another), or another batch is reviewed.
     """
-    reads: dict[str, tuple[object, pl.DataFrame]] = state.setdefault("review_reads", {})
-    kept = reads.get(what)
-    if kept is None or kept[0] != (batch_id, stamp):
-        kept = reads[what] = ((batch_id, stamp), read())
-    return kept[1]
+    return session_memo(f"review_read_{what}", (batch_id, stamp), read)
 
 
 def downloads(frame: pl.DataFrame, name: str) -> None:
