@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TypeVar
 
 import polars as pl
 import streamlit as st
@@ -32,7 +33,15 @@ from migrator.hosted import Principal, audited_read, count_as, source_as
 from migrator.ledger import Batch, Ledger
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
-from migrator.reconcile import counts, flagged, invoice_check, merged_counts, missing, skipped
+from migrator.reconcile import (
+    counts,
+    counts_and_missing,
+    flagged,
+    invoice_check,
+    merged_counts,
+    missing,
+    skipped,
+)
 from migrator.workflow import source_account_of
 
 COLUMN_NAMES = {
@@ -63,7 +72,10 @@ config = settings()
 cache: dict[tuple[str, str], pl.DataFrame] = state.setdefault("review_cache", {})
 
 
-def unless_changed(stamp: object, batch_id: str, what: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+T = TypeVar("T")
+
+
+def unless_changed(stamp: object, batch_id: str, what: str, read: Callable[[], T]) -> T:
     """``read()``, kept for the session while the workspace's files stay as ``stamp`` says (:func:`on_disk`).
 
     Every click renders the page again, and a large clinic's counts take seconds to read
@@ -320,11 +332,18 @@ try:
                     cache[(batch_id, "counts")] = count_frame
             elif count_frame is None:
                 with st.spinner("Counting in the destination…"):
-                    count_frame = unless_changed(
-                        stamp, batch_id, "counts", lambda: counts(ledger, batch_id, store=store)
+                    count_frame, missing_frame = unless_changed(
+                        stamp,
+                        batch_id,
+                        "counts_and_missing",
+                        lambda: counts_and_missing(ledger, batch_id, store=store),
                     )
-            if not to_cliniko and (count_frame["difference"].fill_null(0) < 0).any():
-                # Which records: a second look.
+            if (
+                missing_frame is None
+                and not to_cliniko
+                and (count_frame["difference"].fill_null(0) < 0).any()
+            ):
+                # Counted at the source this session: which records are missing, a second look.
                 missing_frame = unless_changed(
                     stamp, batch_id, "missing", lambda: missing(ledger, batch_id, store=store)
                 )
