@@ -26,7 +26,7 @@ only what is left, with what is already gone counted apart; ``deleted`` when don
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -271,8 +271,13 @@ def delete_batch(
     actor: str = "cli",
     now: datetime | None = None,
     commit_interval: float = 0.5,
+    show: Callable[[DeletionPlan], None] | None = None,
 ) -> DeletionPlan:
     """Delete what a batch created (and what was since created for its patients).
+
+    ``show`` is called with the plan before anything is removed, and before a blocked plan
+    is refused, so a caller can say what goes without planning it a second time (for a
+    Cliniko destination, a second read of the account).
 
     In a local store, records go 500 at a time, each chunk together with the ledger's note
     of it, and the chunks are committed together every ``commit_interval`` seconds (a
@@ -289,6 +294,8 @@ def delete_batch(
     if not allowed:
         raise BatchNotDeletable(why)
     plan = deletion_plan(ledger, store, batch_id)
+    if show is not None:
+        show(plan)
     if plan.blocker:
         raise BatchNotDeletable(plan.blocker)
     ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())

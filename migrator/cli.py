@@ -436,36 +436,42 @@ def cmd_batches(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_batch(args: argparse.Namespace) -> int:
-    from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan
+    from migrator.batches import BatchNotDeletable, DeletionPlan, delete_batch, deletion_plan
 
     ledger, store = _batch_store(args.workspace, args.batch_id, admin_for="deleting a batch")
     allowed, why = ledger.batch(args.batch_id).deletable()
     if not allowed:  # too old, deleted or running: no plan to show (nor an account to read for one)
         raise BatchNotDeletable(why)
-    plan = deletion_plan(ledger, store, args.batch_id)
-    summary = plan.as_dict()
     removes = (
         "removes (patients are archived: Cliniko's API cannot delete them)"
         if not store.describe().startswith("sqlite:")
         else "removes"
     )
-    print(f"Deleting batch {args.batch_id} {removes} {records_of('records', summary['total'])}:")
-    for entity, n in summary["created"].items():
-        print(f"  {entity}: {n:,} created by the batch")
-    for entity, n in summary["created_since_for_its_patients"].items():
-        print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
-    for note in (plan.already_deleted_note, plan.matched_note):
-        if note:
-            print(note)
+
+    def show(plan: DeletionPlan) -> None:
+        summary = plan.as_dict()
+        print(f"Deleting batch {args.batch_id} {removes} {records_of('records', summary['total'])}:")
+        for entity, n in summary["created"].items():
+            print(f"  {entity}: {n:,} created by the batch")
+        for entity, n in summary["created_since_for_its_patients"].items():
+            print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
+        for note in (plan.already_deleted_note, plan.matched_note):
+            if note:
+                print(note)
+
+    if args.yes and not args.dry_run:
+        # The plan delete_batch makes and then follows is the one shown: planned once, as
+        # for a Cliniko destination a plan reads the account. A blocked plan is shown, then refused.
+        delete_batch(ledger, store, args.batch_id, show=show)
+        print(f"Batch {args.batch_id} is deleted.")
+        return 0
+    plan = deletion_plan(ledger, store, args.batch_id)
+    show(plan)
     if plan.blocker:  # refused, dry run or not: exit 1 with the reason, as for a batch too old
         raise BatchNotDeletable(plan.blocker)
     if args.dry_run:
         return 0
-    if not args.yes:
-        raise ConfigError("Deleting a batch cannot be undone: add --yes to confirm (try --dry-run first).")
-    delete_batch(ledger, store, args.batch_id)
-    print(f"Batch {args.batch_id} is deleted.")
-    return 0
+    raise ConfigError("Deleting a batch cannot be undone: add --yes to confirm (try --dry-run first).")
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

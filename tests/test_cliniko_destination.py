@@ -1289,14 +1289,25 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         lost_id = str(writer.post("/patients", body)["id"])
     with Ledger(Path(ws)) as ledger:
         _WriteLog(ledger, batch_id, "patients").intend([_Write("lost-1", {}, body)], {"lost-1": body})
-    dry = cli("delete-batch", batch_id, "--dry-run", "--workspace", ws, dest_key=dest)
+    account = sb.account("destination")["name"]
+
+    def reads_of_the_account(*command: str) -> tuple[subprocess.CompletedProcess[str], int]:
+        """``command``'s result, and how many reads (requests that are not writes) the account served for it."""
+        httpx.post(f"{sb.origin}/_sandbox/reset_stats")
+        done = cli(*command, "--workspace", ws, dest_key=dest)
+        tally = httpx.get(f"{sb.origin}/_sandbox/stats").json()["accounts"][account]
+        return done, int(tally["requests"]) - int(tally["writes"])
+
+    dry, dry_reads = reads_of_the_account("delete-batch", batch_id, "--dry-run")
     assert dry.returncode == 0 and "patients are archived" in dry.stdout
     assert (
         "Found in the account by their details, as the answers to the batch's creates of them were lost when "
         f"a run was interrupted: 1 patient (id {lost_id}). Make sure none of them is a record the clinic made "
         "itself."
     ) in dry.stdout
-    gone = cli("delete-batch", batch_id, "--yes", "--workspace", ws, dest_key=dest)
+    gone, gone_reads = reads_of_the_account("delete-batch", batch_id, "--yes")
     assert gone.returncode == 0, gone.stderr
+    # What it showed is what it deleted: the account read once for the plan, as the dry run reads it.
+    assert gone.stdout.startswith(dry.stdout) and gone_reads == dry_reads
     with ClinikoClient(dest, config=config) as reader:
         assert reader.count("patients") == 0  # the found one archived too
