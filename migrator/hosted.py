@@ -794,12 +794,15 @@ def delete_as(
     admin_key: SecretStr,
     *,
     client_config: ClientConfig | None = None,
+    show: Callable[[DeletionPlan], None] | None = None,
 ) -> DeletionPlan:
     """Delete a batch on a hosted instance: ``admin_key`` must be an administrator's of the batch's account.
 
     The key is checked against Cliniko at this moment (seed 000) and, for a batch that
     wrote into a Cliniko account, also does the deletion there; it is not kept. Refusals
     are audited as ``delete_refused``; the deletion itself as ``delete`` and ``deleted``.
+    ``show`` is :func:`~migrator.batches.delete_batch`'s: called with the plan before
+    anything is removed.
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
@@ -819,7 +822,7 @@ def delete_as(
         refused="delete_refused",
         client_config=client_config,
     ) as (ledger, store):
-        return delete_batch(ledger, store, batch.id, actor=principal.actor)
+        return delete_batch(ledger, store, batch.id, actor=principal.actor, show=show)
 
 
 def go_live_as(

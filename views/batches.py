@@ -33,26 +33,46 @@ scope = tenant_scope()  # a clinic sees its own batches only; local mode and ope
 who = principal()
 
 
-def delete(batch_id: str, destination: str) -> None:
+class ChangedSinceShown(MigratorError):
+    """What deleting a batch removes is no longer what the page showed when delete was pressed."""
+
+
+def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
     """Delete the batch (a button callback, so that the confirmation box can be emptied afterwards).
 
     On a hosted instance an administrator's key of the batch's account is checked with Cliniko
     now, used for that check only, and emptied from its box whatever the outcome.
+
+    ``shown`` is the plan's summary the page showed. A local store's plan is exact, so a
+    deletion that would now remove anything else (a run from another process booked
+    appointments for the batch's patients since the page was drawn, say) is refused before
+    anything goes, and the page shows the new plan. A Cliniko account's plan is shown from
+    the ledger and deleting reads the account, as the page says, so there it is not compared.
     """
     state.delete_confirm = ""
     typed = str(state.get("delete_admin_key") or "").strip()
     state.delete_admin_key = ""
     if who is not None:
         forget_typed_keys()
+
+    def as_shown(plan: DeletionPlan) -> None:
+        if destination.startswith("cliniko:") or plan.as_dict() == shown:
+            return
+        raise ChangedSinceShown(
+            f"What deleting batch {batch_id} removes changed after the page showed it (now "
+            f"{records_of('records', plan.total)}, shown {records_of('records', shown['total'])}), so nothing "
+            "was deleted. Check what it removes now, then delete again."
+        )
+
     try:
         if who is not None:
             if not typed:
                 state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
                 return
-            done = delete_as(config, who, batch_id, SecretStr(typed))
+            done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown)
         else:
             with open_destination(destination) as (ledger, store):
-                done = delete_batch(ledger, store, batch_id, actor="console")
+                done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown)
         state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed" + (
             "; its patients are archived in the Cliniko account, not deleted (Cliniko's API cannot delete patients)."
             if destination.startswith("cliniko:")
@@ -253,5 +273,5 @@ st.button(
     icon=":material/delete:",
     disabled=typed.strip() != CONFIRM_WORD,
     on_click=delete,
-    args=(chosen, batch.destination),
+    args=(chosen, batch.destination, summary),
 )

@@ -421,6 +421,38 @@ def test_review_reads_a_batch_again_only_once_the_workspace_changed(
     assert sorted(reads[3:]) == ["_counts", "flagged", "skipped"]
 
 
+def test_a_deletion_that_would_remove_more_than_the_page_showed_removes_nothing(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    (patient,) = created_patients(ledger, store, batch.id, "Ana")
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "batches")
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    assert f"Deleting batch **{batch.id}** removes **1 record**:" in texts(at)
+    # Between the page being drawn and the click, another process books Ana an appointment.
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        conn.execute("INSERT INTO individual_appointments (patient_id, data) VALUES (?, '{}')", (int(patient),))
+    at.button(key="delete_go").click().run()
+    assert not at.exception and not at.success
+    assert [e.value for e in at.error] == [
+        f"What deleting batch {batch.id} removes changed after the page showed it (now 2 records, shown 1 "
+        "record), so nothing was deleted. Check what it removes now, then delete again."
+    ]
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (1,)
+    with Ledger(workspace) as check:
+        assert check.batch(batch.id).status == "completed"
+    # The page now shows what it removes, and deleting again removes it.
+    assert f"Deleting batch **{batch.id}** removes **2 records**:" in texts(at)
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    at.button(key="delete_go").click().run()
+    assert f"Batch {batch.id} is deleted: 2 records were removed." in texts(at)
+
+
 def test_deleting_a_batch_that_created_nothing_says_so_without_the_patients_warning(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
