@@ -435,7 +435,9 @@ def test_a_deletion_that_would_remove_more_than_the_page_showed_removes_nothing(
     assert f"Deleting batch **{batch.id}** removes **1 record**:" in texts(at)
     # Between the page being drawn and the click, another process books Ana an appointment.
     with sqlite3.connect(workspace / "clinic.db") as conn:
-        conn.execute("INSERT INTO individual_appointments (patient_id, data) VALUES (?, '{}')", (int(patient),))
+        conn.execute(
+            "INSERT INTO individual_appointments (patient_id, data) VALUES (?, '{}')", (int(patient),)
+        )
     at.button(key="delete_go").click().run()
     assert not at.exception and not at.success
     assert [e.value for e in at.error] == [
