@@ -28,6 +28,10 @@ Example::
     record = parse_record("individual_appointments", page["individual_appointments"][0])
     record.patient_id            # "1001", whatever JSON type the link or id had
     record.model_dump(mode="json")
+
+A migration needs only that dump, for hundreds of thousands of records:
+:func:`fast_dumper` gives it for the usual record at about half the cost, and ``None``
+(ask pydantic) for any record it cannot vouch for.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from migrator.cliniko.models._base import (
     PhoneNumber,
     id_from_url,
 )
+from migrator.cliniko.models._fast import fast_dumper
 from migrator.cliniko.models._records import (
     Appointment,
     AppointmentType,
@@ -98,6 +103,7 @@ __all__ = [
     "TreatmentNoteTemplate",
     "UnavailableBlock",
     "User",
+    "fast_dumper",
     "id_from_url",
     "model_for",
     "parse_record",
