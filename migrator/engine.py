@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.cliniko.models import ClinikoRecord, model_for
+from migrator.cliniko.models import fast_dumper, model_for
 from migrator.cliniko.pagination import Page
 from migrator.cliniko.readahead import ReadAhead
 from migrator.cliniko.resources import resource as registry_entry
@@ -82,6 +83,10 @@ FORMER_PRACTITIONER = ("Former", "practitioner")
 #: it follows through their patients.
 _DIRECT = ("individual_appointments", "group_appointments", "unavailable_blocks", "invoices")
 _BY_PATIENT = ("medical_alerts", "patient_attachments", "treatment_notes")
+#: A validated record as its model's ``model_dump(mode="json")`` gives it: ids as strings,
+#: links read into ``<rel>_id``, dates as ISO strings. Decisions read it; the store keeps it.
+Dumped = dict[str, Any]
+
 _SINGULAR = {
     "patients": "patient",
     "practitioners": "practitioner",
@@ -817,15 +822,27 @@ class Engine:
 
     def _validate(
         self, entity: str, raws: list[dict[str, Any]]
-    ) -> list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]]:
-        out: list[tuple[dict[str, Any], ClinikoRecord | None, _Decision | None]] = []
-        # parse_record's validation, called straight (once per record of every page).
-        validate = model_for(entity).__pydantic_validator__.validate_python
+    ) -> list[tuple[dict[str, Any], Dumped | None, _Decision | None]]:
+        """Each record as ``model_dump(mode="json")`` of its model gives it, or the skip its validation earns.
+
+        The fast dumper (:func:`~migrator.cliniko.models.fast_dumper`) answers for the usual
+        record at about half of pydantic's cost; pydantic validates and dumps the rest.
+        """
+        out: list[tuple[dict[str, Any], Dumped | None, _Decision | None]] = []
+        model = model_for(entity)
+        fast = fast_dumper(model)
+        # parse_record's validation and model_dump(mode="json"), called straight.
+        validate = model.__pydantic_validator__.validate_python
+        dump = model.__pydantic_serializer__.to_python
         for raw in raws:
             # The list's route is ours, not Cliniko's; validation copies what it keeps anyway.
             data = raw if "_route" not in raw else {k: v for k, v in raw.items() if k != "_route"}
+            record = fast(data) if fast is not None else None
+            if record is not None:
+                out.append((raw, record, None))
+                continue
             try:
-                out.append((raw, validate(data), None))
+                out.append((raw, dump(validate(data), mode="json"), None))
             except ValidationError as exc:
                 source_id = str(raw.get("id"))
                 error = exc.errors()[0]
@@ -853,12 +870,12 @@ class Engine:
             if invalid is not None or record is None:
                 decisions.append(invalid or _Decision(str(raw.get("id")), "skipped", reason_code="invalid"))
                 continue
-            row = mapping.get(record.id)
+            row = mapping.get(record["id"])
             name = _display_name(stage.entity, record)
             if row is None:
                 decisions.append(
                     _Decision(
-                        record.id,
+                        record["id"],
                         "skipped",
                         reason_code="unmapped",
                         reason=f"The {_SINGULAR[stage.entity]} {name} appeared after the mapping was made; map it and run again.",
@@ -869,18 +886,18 @@ class Engine:
         return decisions
 
     def _apply_mapping(
-        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, row: MappingRow, name: str
+        self, stage: Stage, raw: dict[str, Any], record: Dumped, row: MappingRow, name: str
     ) -> _Decision:
         if row.action == "exclude":
             code = f"{_SINGULAR[stage.entity].replace(' ', '_')}_excluded"
             return _Decision(
-                record.id,
+                record["id"],
                 "skipped",
                 reason_code=code,
                 reason=f"The {_SINGULAR[stage.entity]} {name} is excluded by the mapping.",
             )
         previous = self.ledger.dest_id_for(
-            self.destination, stage.entity, record.id, source_account=self.account
+            self.destination, stage.entity, record["id"], source_account=self.account
         )
         if previous is not None:
             target = row.target_id
@@ -891,11 +908,13 @@ class Engine:
                 if previous[1] in stored:
                     return self._already_present(stage, raw, record, {}, previous[1], stored)
         if row.action in ("map", "reassign") and row.target_id:
-            return _Decision(record.id, "linked", dest_id=row.target_id, reason_code=f"mapped_{row.action}")
+            return _Decision(
+                record["id"], "linked", dest_id=row.target_id, reason_code=f"mapped_{row.action}"
+            )
         if row.action == "former":
             target = row.target_id or self._former_practitioner()
-            return _Decision(record.id, "linked", dest_id=target, reason_code="mapped_former")
-        return _Decision(record.id, "created", row=self._row(stage, raw, record, {}))
+            return _Decision(record["id"], "linked", dest_id=target, reason_code="mapped_former")
+        return _Decision(record["id"], "created", row=self._row(stage, raw, record, {}))
 
     def _existing_former_practitioner(self) -> str | None:
         """The destination's generic "Former practitioner", if it has one."""
@@ -935,7 +954,7 @@ class Engine:
             if record is None:
                 continue
             for fk, target in stage.fks.items():
-                value = getattr(record, fk, None)
+                value = record.get(fk)
                 if value:
                     wanted.setdefault(target, set()).add(str(value))
         resolved = {target: self._referenced.get(target, ids) for target, ids in wanted.items()}
@@ -947,7 +966,7 @@ class Engine:
                     resolved[target].update(
                         self.ledger.latest_items(self._earlier_batches_ids(), target, missing)
                     )
-        earlier = self._earlier(stage.entity, [r.id for _, r, _ in validated if r is not None])
+        earlier = self._earlier(stage.entity, [r["id"] for _, r, _ in validated if r is not None])
         stored = self._stored(stage.entity, earlier.values())
 
         decisions: list[_Decision] = []
@@ -959,26 +978,26 @@ class Engine:
             fk_dest: dict[str, str | None] = {}
             skip: _Decision | None = None
             for fk, target, found in lookups:
-                value = getattr(record, fk, None)
+                value = record.get(fk)
                 hit = found.get(str(value)) if value else None
                 if hit is not None and hit.action != "skipped":
                     fk_dest[fk] = hit.dest_id
                     continue
                 fk_dest[fk] = None
                 if fk in stage.required and skip is None:
-                    skip = _skip_for(record.id, fk, target, value, hit)
+                    skip = _skip_for(record["id"], fk, target, value, hit)
             if skip is not None:
                 decisions.append(skip)
                 continue
-            if earlier.get(record.id) in stored:
+            if earlier.get(record["id"]) in stored:
                 decisions.append(
-                    self._already_present(stage, raw, record, fk_dest, earlier[record.id], stored)
+                    self._already_present(stage, raw, record, fk_dest, earlier[record["id"]], stored)
                 )
                 continue
             # Never brought, or its destination record is gone (removed by hand): it comes across anew.
             decision = self._link_or_create(stage, raw, record, fk_dest)
             if decision.action == "linked" and decision.dest_id is not None:
-                self._claimed[(stage.entity, decision.dest_id)] = record.id
+                self._claimed[(stage.entity, decision.dest_id)] = record["id"]
             decisions.append(decision)
         return decisions
 
@@ -998,7 +1017,7 @@ class Engine:
         self,
         stage: Stage,
         raw: dict[str, Any],
-        record: ClinikoRecord,
+        record: Dumped,
         fk_dest: dict[str, str | None],
         dest_id: str,
         stored: dict[str, dict[str, Any] | None],
@@ -1006,7 +1025,7 @@ class Engine:
         """An earlier batch brought it: rewrite it in place if the source changed it since."""
         before = stored.get(dest_id)
         if before is None:
-            return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")
+            return _Decision(record["id"], "already_present", dest_id=dest_id, reason_code="earlier_batch")
         row = self._row(stage, raw, record, fk_dest)
         # A link the earlier batch left empty (say, a note's appointment outside a business
         # scope) stays empty when a wider batch brings its record: filled in, the earlier
@@ -1017,7 +1036,7 @@ class Engine:
             row.update(dict.fromkeys(late))
         after = self.store.stored_form(stage.entity, row)
         if after == before:
-            return _Decision(record.id, "already_present", dest_id=dest_id, reason_code="earlier_batch")
+            return _Decision(record["id"], "already_present", dest_id=dest_id, reason_code="earlier_batch")
         if after.get("cancelled_at") and not before.get("cancelled_at"):
             code, why = (
                 "cancelled",
@@ -1040,7 +1059,7 @@ class Engine:
                     f"Changed in Cliniko since an earlier batch brought it{what}; updated in place.",
                 )
         return _Decision(
-            record.id, "already_present", dest_id=dest_id, reason_code=code, reason=why, update=row
+            record["id"], "already_present", dest_id=dest_id, reason_code=code, reason=why, update=row
         )
 
     def _earlier(self, entity: str, source_ids: list[str]) -> dict[str, str]:
@@ -1051,32 +1070,32 @@ class Engine:
         return {source_id: dest_id for source_id, (_, dest_id) in hits.items() if dest_id is not None}
 
     def _link_or_create(
-        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
+        self, stage: Stage, raw: dict[str, Any], record: Dumped, fk_dest: dict[str, str | None]
     ) -> _Decision:
         row = self._row(stage, raw, record, fk_dest)
         if not self._has_foreign_records(stage.entity):
-            return _Decision(record.id, "created", row=row)  # nothing there to link to
+            return _Decision(record["id"], "created", row=row)  # nothing there to link to
         if stage.entity == "patients":
             return self._link_patient(record, row)
         if hasattr(self.store, "find_same_name") and stage.entity not in ("patients",):
-            name = getattr(record, "name", None)
+            name = record.get("name")
             same = self.store.find_same_name(stage.entity, name, exclude_source_account=self.account)
-            free = [m for m in same if not self._linked_elsewhere(stage.entity, m, record.id)]
+            free = [m for m in same if not self._linked_elsewhere(stage.entity, m, record["id"])]
             if free:
-                return _Decision(record.id, "linked", dest_id=free[0], reason_code="same_name")
+                return _Decision(record["id"], "linked", dest_id=free[0], reason_code="same_name")
         if stage.entity == "individual_appointments":
             matches = self.store.find_individual_appointment(
-                _iso(getattr(record, "starts_at", None)),
+                _iso(record.get("starts_at")),
                 fk_dest["practitioner_id"],
                 fk_dest["patient_id"],
                 exclude_source_account=self.account,
             )
-            free = [m for m in matches if not self._linked_elsewhere(stage.entity, m, record.id)]
+            free = [m for m in matches if not self._linked_elsewhere(stage.entity, m, record["id"])]
             if len(free) == 1:
                 return _Decision(
-                    record.id, "linked", dest_id=free[0], reason_code="same_start_practitioner_patient"
+                    record["id"], "linked", dest_id=free[0], reason_code="same_start_practitioner_patient"
                 )
-        return _Decision(record.id, "created", row=row)
+        return _Decision(record["id"], "created", row=row)
 
     def _has_foreign_records(self, entity: str) -> bool:
         """Whether the destination holds any record of ``entity`` that did not come from this source.
@@ -1088,19 +1107,19 @@ class Engine:
             self._foreign[entity] = self.store.has_foreign(entity, source_account=self.account)
         return self._foreign[entity]
 
-    def _link_patient(self, record: ClinikoRecord, row: dict[str, Any]) -> _Decision:
-        first, last = getattr(record, "first_name", None), getattr(record, "last_name", None)
-        born = getattr(record, "date_of_birth", None)
+    def _link_patient(self, record: Dumped, row: dict[str, Any]) -> _Decision:
+        first, last = record.get("first_name"), record.get("last_name")
+        born = record.get("date_of_birth")
         if born is not None and first and last:
-            matches = self.store.find_patients(
-                first, last, born.isoformat(), exclude_source_account=self.account
-            )
-            free = [m for m in matches if not self._linked_elsewhere("patients", m, record.id)]
+            matches = self.store.find_patients(first, last, born, exclude_source_account=self.account)
+            free = [m for m in matches if not self._linked_elsewhere("patients", m, record["id"])]
             if len(free) == 1:
-                return _Decision(record.id, "linked", dest_id=free[0], reason_code="same_name_and_birth_date")
+                return _Decision(
+                    record["id"], "linked", dest_id=free[0], reason_code="same_name_and_birth_date"
+                )
             if len(free) > 1:
                 return _Decision(
-                    record.id,
+                    record["id"],
                     "created",
                     row=row,
                     reason_code="review_ambiguous_match",
@@ -1108,23 +1127,23 @@ class Engine:
                 )
             if matches:  # twins, or one person twice at the source: the match already went to another
                 return _Decision(
-                    record.id,
+                    record["id"],
                     "created",
                     row=row,
                     reason_code="review_ambiguous_match",
                     reason="The destination's patient with this name and date of birth is already linked to another "
                     "source patient; created anew for review.",
                 )
-        email = getattr(record, "email", None)
+        email = record.get("email")
         if email and self.store.find_patients_by_email(email, exclude_source_account=self.account):
             return _Decision(
-                record.id,
+                record["id"],
                 "created",
                 row=row,
                 reason_code="review_shared_email",
                 reason="A destination patient has the same email but not the same name and date of birth (families share emails); created anew for review.",
             )
-        return _Decision(record.id, "created", row=row)
+        return _Decision(record["id"], "created", row=row)
 
     def _linked_elsewhere(self, entity: str, dest_id: str, source_id: str) -> bool:
         """Whether another record of this source is linked to ``dest_id``: earlier in this run, or in the ledger."""
@@ -1136,13 +1155,10 @@ class Engine:
         )
 
     def _row(
-        self, stage: Stage, raw: dict[str, Any], record: ClinikoRecord, fk_dest: dict[str, str | None]
+        self, stage: Stage, raw: dict[str, Any], record: Dumped, fk_dest: dict[str, str | None]
     ) -> dict[str, Any]:
         """The store's row: its columns from the record, foreign keys as destination ids."""
-        # record.model_dump(mode="json"), without its wrapper: this runs for every record written.
-        row = row_from_record(
-            stage.entity, record.__pydantic_serializer__.to_python(record, mode="json"), fk_dest
-        )
+        row = row_from_record(stage.entity, record, fk_dest)
         if stage.entity == "practitioners":
             row["active"] = raw.get("_route") != "inactive"
         return row
@@ -1244,20 +1260,19 @@ def _raw_id(raw: dict[str, Any], field: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _display_name(entity: str, record: ClinikoRecord) -> str:
+def _display_name(entity: str, record: Dumped) -> str:
     if entity == "businesses":
-        return str(getattr(record, "business_name", None) or record.id)
+        return str(record.get("business_name") or record["id"])
     if entity == "practitioners":
         return (
-            " ".join(p for p in (getattr(record, "first_name", ""), getattr(record, "last_name", "")) if p)
-            or record.id
+            " ".join(p for p in (record.get("first_name", ""), record.get("last_name", "")) if p)
+            or record["id"]
         )
-    return str(getattr(record, "name", None) or record.id)
+    return str(record.get("name") or record["id"])
 
 
-def _iso(value: object) -> str | None:
-    if value is None:
-        return None
-    if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(value)
+def _iso(value: str | None) -> str | None:
+    """A dumped datetime as the store's ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, whole seconds)."""
+    if value is None or (len(value) == 20 and value[19] == "Z"):
+        return value  # Cliniko's own form, as every record brings it
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
