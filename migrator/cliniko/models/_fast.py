@@ -13,7 +13,7 @@ else (a value pydantic would coerce or reformat, an undeclared field, a blank da
 of an unusual shape, a model with nested models or validators of its own) gets ``None``,
 and the caller validates that record with pydantic as before, which also gives the sentence
 for a record that fails. So the fast path changes how long a record takes, never what it
-becomes; ``tests/test_models.py`` holds it to that over the sandbox's records and a battery of
+becomes; ``tests/test_fast_dump.py`` holds it to that over the sandbox's records and a battery of
 awkward values.
 """
 
