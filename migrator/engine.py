@@ -50,7 +50,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -1085,7 +1084,7 @@ class Engine:
                 return _Decision(record["id"], "linked", dest_id=free[0], reason_code="same_name")
         if stage.entity == "individual_appointments":
             matches = self.store.find_individual_appointment(
-                _iso(record.get("starts_at")),
+                record.get("starts_at"),  # the store compares it as the same instant in UTC
                 fk_dest["practitioner_id"],
                 fk_dest["patient_id"],
                 exclude_source_account=self.account,
@@ -1269,10 +1268,3 @@ def _display_name(entity: str, record: Dumped) -> str:
             or record["id"]
         )
     return str(record.get("name") or record["id"])
-
-
-def _iso(value: str | None) -> str | None:
-    """A dumped datetime as the store's ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, whole seconds)."""
-    if value is None or (len(value) == 20 and value[19] == "Z"):
-        return value  # Cliniko's own form, as every record brings it
-    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

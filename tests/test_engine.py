@@ -20,7 +20,7 @@ import pytest
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.destinations.local import LocalStore
-from migrator.engine import Engine, RunResult, RunStopped, _iso, _ReferencedItems
+from migrator.engine import Engine, RunResult, RunStopped, _ReferencedItems
 from migrator.ledger import CommitGroup, Item, Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import MappingRow, Plan, Scope
@@ -681,12 +681,3 @@ def test_a_copy_edited_in_the_store_is_rewritten_from_cliniko_and_flagged_as_suc
     ).fetchone() == (total,)
     assert env.ledger.flagged_frame(again.batch_id)["source_id"].to_list() == [source_id]
     assert again.entities["invoices"]["already_present"] == again.entities["invoices"]["in_scope"]
-
-
-def test_an_appointments_start_is_matched_as_the_same_instant_in_utc() -> None:
-    # Natural-key matching compares starts in the store's UTC form: an offset is converted,
-    # not stamped "Z" on the local time.
-    assert _iso("2023-11-02T01:35:00Z") == "2023-11-02T01:35:00Z"
-    assert _iso("2023-11-02T01:35:00+10:00") == "2023-11-01T15:35:00Z"
-    assert _iso("2023-11-02T01:35:00.500000Z") == "2023-11-02T01:35:00Z"
-    assert _iso(None) is None

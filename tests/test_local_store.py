@@ -406,6 +406,9 @@ def test_find_individual_appointment(ledger: Ledger, store: LocalStore) -> None:
     at = datetime(2025, 5, 31, 23, 30, tzinfo=UTC)
     assert store.find_individual_appointment(at, prac_a, patient, ACCOUNT) == [hand]
     assert store.find_individual_appointment("2025-05-31T23:30:00Z", prac_a, patient, ACCOUNT) == [hand]
+    # A dumped start with an offset is the same instant in UTC, not its local time stamped "Z".
+    assert store.find_individual_appointment("2025-06-01T09:30:00+10:00", prac_a, patient, ACCOUNT) == [hand]
+    assert store.find_individual_appointment("2025-06-01T09:30:00Z", prac_a, patient, ACCOUNT) == []
     assert store.find_individual_appointment(at, prac_b, patient, ACCOUNT) == []
     assert store.find_individual_appointment(at, None, patient, ACCOUNT) == []
     assert store.find_individual_appointment(None, prac_a, patient, ACCOUNT) == []
