@@ -32,7 +32,7 @@ from migrator.cliniko.keys import KNOWN_SHARDS, ApiKey, base_url_for, parse_key
 from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, limiter_for
 from migrator.cliniko.pagination import PER_PAGE, Page, iter_pages
 from migrator.cliniko.resources import resource
-from migrator.cliniko.transport import ResilientTransport, RetryPolicy, TransportStats
+from migrator.cliniko.transport import EnvironmentProxies, ResilientTransport, RetryPolicy, TransportStats
 from migrator.errors import (
     AccessError,
     APIError,
@@ -118,7 +118,9 @@ class ClinikoClient:
         key: the API key (a string, ``SecretStr`` or parsed :class:`ApiKey`).
         writable: allow POST/PUT/PATCH/DELETE. Off for a migration source.
         config: see :class:`ClientConfig`.
-        transport: the inner httpx transport (tests pass ``httpx.MockTransport``).
+        transport: the inner httpx transport (tests pass ``httpx.MockTransport``); by default
+            httpx's own, through the proxy ``HTTPS_PROXY`` / ``NO_PROXY`` name, if any
+            (:class:`~migrator.cliniko.transport.EnvironmentProxies`).
 
     Raises:
         ConfigError: the key is malformed (the message never contains the key).
@@ -137,8 +139,8 @@ class ClinikoClient:
         self.config = config or ClientConfig()
         self.base_url = base_url_for(self.key.shard, self.config.url_template)
         limiter = limiter_for(self.key.fingerprint, self.config.requests_per_minute, self.config.rate_window)
-        inner = transport or httpx.HTTPTransport(
-            limits=httpx.Limits(
+        inner = transport or EnvironmentProxies(
+            httpx.Limits(
                 max_connections=self.config.concurrency + 2,
                 max_keepalive_connections=self.config.concurrency + 2,
             )

@@ -10,6 +10,9 @@
    and 502/503/504, timeouts and broken connections with jittered exponential
    backoff, a bounded number of times; then raises :class:`RetriableAPIError`.
 
+The transport it wraps by default, :class:`EnvironmentProxies`, sends each request
+straight or through the proxy the environment names for its URL.
+
 Writes (POST, PUT, PATCH, DELETE) are retried only when the request surely never
 reached Cliniko (connection refused, 429): after a timeout or a dropped response
 the write may have happened, and sending it again could create a duplicate, so
@@ -18,10 +21,12 @@ the caller gets the error and decides (the migration looks the record up first).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +35,7 @@ import httpx
 from migrator.cliniko.pacing import RateLimiter
 from migrator.errors import ReadOnlyError, RetriableAPIError
 
-__all__ = ["ResilientTransport", "RetryPolicy", "TransportStats"]
+__all__ = ["EnvironmentProxies", "ResilientTransport", "RetryPolicy", "TransportStats", "proxy_for"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +184,8 @@ class ResilientTransport(httpx.BaseTransport):
 
 
 def _describe(exc: httpx.TransportError) -> str:
+    if getattr(exc, "through_proxy", False) and isinstance(exc, httpx.ConnectError | httpx.ProxyError):
+        return "could not connect through the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -194,3 +201,80 @@ def _reset_epoch(response: httpx.Response) -> float:
         return float(response.headers["X-RateLimit-Reset"])
     except (KeyError, ValueError):
         return time.time() + 1.0
+
+
+def proxy_for(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url``, or ``None`` to go straight.
+
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` (by the URL's scheme, else ``ALL_PROXY``) and
+    ``NO_PROXY``, either case, read as the standard library reads them
+    (``urllib.request.getproxies`` and ``proxy_bypass``: a ``NO_PROXY`` entry matches its
+    host and the host's subdomains, ``*`` matches every host). A proxy given without a
+    scheme is an ``http://`` one, as curl takes it. A loopback host (``localhost``,
+    ``127.x.x.x``, ``::1``: the demo clinic's sandbox) is always reached straight, as
+    browsers do: a proxy elsewhere could not reach this machine's loopback.
+    """
+    if _loopback(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    if urllib.request.proxy_bypass(host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost" or host.lower().endswith(".localhost")
+
+
+class EnvironmentProxies(httpx.BaseTransport):
+    """httpx's own transport, through the proxy the environment names for each URL (:func:`proxy_for`).
+
+    httpx reads the proxy variables only when a client builds its own transport, and a
+    :class:`~migrator.cliniko.client.ClinikoClient` hands it one (pacing and retries wrap
+    it), so without this its requests would ignore them. A Cliniko destination's uploads
+    to file storage go through one too, so both follow the same rules. Each scheme and
+    host is routed once, when first asked for: the environment is read as the client
+    starts using a host. A failure through a proxy says so (``through_proxy`` on the
+    error), so the sentence a user reads names the proxy rather than Cliniko.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._direct = httpx.HTTPTransport(limits=limits)
+        self._proxied: dict[str, httpx.HTTPTransport] = {}
+        self._routes: dict[tuple[str, str, int | None], httpx.BaseTransport] = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        transport = self._routes.get((url.scheme, url.host, url.port))
+        if transport is None:
+            transport = self._route(url)
+        try:
+            return transport.handle_request(request)
+        except httpx.TransportError as exc:
+            exc.through_proxy = transport is not self._direct  # type: ignore[attr-defined]
+            raise
+
+    def _route(self, url: httpx.URL) -> httpx.BaseTransport:
+        proxy = proxy_for(url)
+        with self._lock:
+            transport: httpx.BaseTransport = self._direct
+            if proxy is not None:
+                if proxy not in self._proxied:
+                    self._proxied[proxy] = httpx.HTTPTransport(limits=self._limits, proxy=proxy)
+                transport = self._proxied[proxy]
+            self._routes[(url.scheme, url.host, url.port)] = transport
+        return transport
+
+    def close(self) -> None:
+        self._direct.close()
+        for transport in self._proxied.values():
+            transport.close()

@@ -77,6 +77,7 @@ from migrator.cliniko.client import ClinikoClient, Identity
 from migrator.cliniko.filters import Filter
 from migrator.cliniko.models import id_from_url, parse_record
 from migrator.cliniko.resources import resource
+from migrator.cliniko.transport import EnvironmentProxies
 from migrator.destinations.custom_fields import CustomFields
 from migrator.destinations.local import KeptLink
 from migrator.errors import (
@@ -276,7 +277,10 @@ class ClinikoDestination:
         self.recovered = 0
         self._index: dict[str, dict[Any, list[str]]] = {}
         self._pool: ThreadPoolExecutor | None = None
-        self._uploads = httpx.Client(timeout=client.config.timeout)
+        # The presigned upload goes to storage, not the API: unpaced, but by the same proxy rules.
+        self._uploads = httpx.Client(
+            timeout=client.config.timeout, transport=EnvironmentProxies(httpx.Limits())
+        )
         self._custom_fields: CustomFields | None = None
         self._custom_fields_definition = custom_fields_definition
 
