@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from migrator.cliniko.pacing import RateLimiter
-from migrator.errors import ReadOnlyError, RetriableAPIError
+from migrator.errors import ConfigError, ReadOnlyError, RetriableAPIError
 
 __all__ = ["EnvironmentProxies", "ResilientTransport", "RetryPolicy", "TransportStats", "proxy_for"]
 
@@ -269,7 +269,7 @@ class EnvironmentProxies(httpx.BaseTransport):
             transport: httpx.BaseTransport = self._direct
             if proxy is not None:
                 if proxy not in self._proxied:
-                    self._proxied[proxy] = httpx.HTTPTransport(limits=self._limits, proxy=proxy)
+                    self._proxied[proxy] = _proxied_transport(proxy, self._limits, url)
                 transport = self._proxied[proxy]
             self._routes[(url.scheme, url.host, url.port)] = transport
         return transport
@@ -278,3 +278,17 @@ class EnvironmentProxies(httpx.BaseTransport):
         self._direct.close()
         for transport in self._proxied.values():
             transport.close()
+
+
+def _proxied_transport(proxy: str, limits: httpx.Limits, url: httpx.URL) -> httpx.HTTPTransport:
+    """httpx's transport through ``proxy``; one it cannot use is refused in a sentence that leaves it out."""
+    try:
+        return httpx.HTTPTransport(limits=limits, proxy=proxy)
+    except (
+        ValueError,
+        ImportError,
+    ) as exc:  # a scheme httpx does not speak, SOCKS without socksio, a bad URL
+        raise ConfigError(
+            f"The proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {url.scheme}://{url.host} cannot be "
+            "used: give an http:// or https:// proxy (SOCKS is not supported), or list the host in NO_PROXY."
+        ) from exc
