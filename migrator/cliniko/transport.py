@@ -284,10 +284,8 @@ def _proxied_transport(proxy: str, limits: httpx.Limits, url: httpx.URL) -> http
     """httpx's transport through ``proxy``; one it cannot use is refused in a sentence that leaves it out."""
     try:
         return httpx.HTTPTransport(limits=limits, proxy=proxy)
-    except (
-        ValueError,
-        ImportError,
-    ) as exc:  # a scheme httpx does not speak, SOCKS without socksio, a bad URL
+    # A scheme httpx does not speak, SOCKS without socksio, a URL it cannot read.
+    except (ValueError, ImportError) as exc:
         raise ConfigError(
             f"The proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {url.scheme}://{url.host} cannot be "
             "used: give an http:// or https:// proxy (SOCKS is not supported), or list the host in NO_PROXY."
