@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _NO_CONNECTION = "could not connect"
+#: Where the environment names a proxy, as the sentences that blame one say.
+_PROXY_VARIABLES = "HTTPS_PROXY, HTTP_PROXY or ALL_PROXY"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -185,7 +187,7 @@ class ResilientTransport(httpx.BaseTransport):
 
 def _describe(exc: httpx.TransportError) -> str:
     if getattr(exc, "through_proxy", False) and isinstance(exc, httpx.ConnectError | httpx.ProxyError):
-        return "could not connect through the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names"
+        return f"could not connect through the proxy that {_PROXY_VARIABLES} names"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -287,6 +289,6 @@ def _proxied_transport(proxy: str, limits: httpx.Limits, url: httpx.URL) -> http
     # A scheme httpx does not speak, SOCKS without socksio, a URL it cannot read.
     except (ValueError, ImportError) as exc:
         raise ConfigError(
-            f"The proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {url.scheme}://{url.host} cannot be "
+            f"The proxy that {_PROXY_VARIABLES} names for {url.scheme}://{url.host} cannot be "
             "used: give an http:// or https:// proxy (SOCKS is not supported), or list the host in NO_PROXY."
         ) from exc
