@@ -95,11 +95,27 @@ def _cliniko_destination(workspace: str, source: ClinikoClient | None, *, check:
     return ledger, dest
 
 
+def _is_local(to: str | None) -> bool:
+    """Whether ``--to`` names a local clinic store (the default) rather than ``cliniko``.
+
+    Raises:
+        ConfigError: it names neither (the sentence does not repeat it: it may be a key).
+    """
+    if to is None or to.strip().startswith("sqlite:"):  # the store judges the path
+        return True
+    if to.strip() == "cliniko":
+        return False
+    raise ConfigError(
+        "--to takes sqlite:PATH, a local clinic store (for example sqlite:workspace/clinic.db), "
+        f"or cliniko, the account of {DEST_KEY_ENV}."
+    )
+
+
 def _destination(args: argparse.Namespace, source: ClinikoClient, *, check: bool = True) -> tuple[Any, Any]:
     """``--to``: the local store (``sqlite:PATH``) or the Cliniko account of ``MIGRATOR_DEST_KEY`` (``cliniko``)."""
     from migrator.workflow import open_local_store
 
-    if args.to == "cliniko":
+    if not _is_local(args.to):
         return _cliniko_destination(args.workspace, source, check=check)
     return open_local_store(args.to, args.workspace)
 
@@ -165,6 +181,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    if any(v is not None for v in (args.filter, args.include, args.to)) or args.no_archived_patients:
+        return _preview_plan(args)
     with _client(False) as client:
         result = preview(client)
     if args.json:
@@ -173,12 +191,67 @@ def cmd_preview(args: argparse.Namespace) -> int:
     width = max(len(name) for name in result.counts)
     for name, count in result.counts.items():
         print(f"{name:<{width}}  {count:>9,}")
-    pace = (
-        f"about {result.estimated_minutes} minutes at {result.requests_per_minute:g} requests per minute"
-        if result.requests_per_minute > 0
-        else "unpaced, as fast as Cliniko answers"
-    )
+    pace = _pace(result.estimated_minutes, result.requests_per_minute)
     print(f"Reading everything takes {result.requests:,} requests: {pace}.")
+    return 0
+
+
+def _pace(minutes: float, requests_per_minute: float) -> str:
+    """How long reading takes at the key's pace, for the end of a preview's last sentence."""
+    if requests_per_minute <= 0:
+        return "unpaced, as fast as Cliniko answers"
+    return f"about {minutes:g} minutes at {requests_per_minute:g} requests per minute"
+
+
+def _preview_plan(args: argparse.Namespace) -> int:
+    """``preview`` with a plan's options: what ``run`` with the same options would read, per data type."""
+    from migrator.plan import Scope, parse_include
+    from migrator.scoped_preview import scoped_preview
+    from migrator.workflow import check_scope, plan_include
+
+    local = _is_local(args.to)
+    scope = Scope.parse(args.filter or "all")
+    include = plan_include(parse_include(args.include, local=local) if args.include else None, local=local)
+    with _client(False) as client:
+        if scope.kind != "all":
+            identity = client.identity()
+            check_scope(client, scope, identity.account or identity.user)
+        result = scoped_preview(
+            client, scope, include, include_archived_patients=not args.no_archived_patients
+        )
+    approx = "" if result.exact else "≈ "
+    if args.json:
+        entities = {row.pop("entity"): row for row in result.frame.iter_rows(named=True)}
+        print(
+            json.dumps(
+                {
+                    "filter": str(scope),
+                    "include": result.include,
+                    "include_archived_patients": not args.no_archived_patients,
+                    "entities": entities,
+                    "records": result.records,
+                    "requests": result.requests,
+                    "estimated_minutes": result.estimated_minutes,
+                    "exact": result.exact,
+                }
+            )
+        )
+        return 0
+    rows = list(result.frame.iter_rows(named=True))
+    width = max(len(row["entity"]) for row in rows)
+    print(f"{'':<{width}}  {'records':>9}  {'requests':>8}")
+    for row in rows:
+        mark = "" if row["exact"] else "≈ "
+        print(
+            f"{row['entity']:<{width}}  {mark + format(row['records'], ','):>9}  {row['requests']:>8,}  {row['how']}"
+        )
+    pace = _pace(result.estimated_minutes, result.requests_per_minute)
+    print(f"Reading {approx}{result.records:,} records takes {approx}{result.requests:,} requests: {pace}.")
+    if not result.exact:
+        print(
+            "≈ marks estimates: which patients come across is known only once a run has read the appointments "
+            "in scope; the run reports the exact figures."
+        )
     return 0
 
 
@@ -206,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from migrator.workflow import make_plan, run_plan, unfinished_batch, verify_source
 
     scope = Scope.parse(args.filter)
-    include = parse_include(args.include, local=args.to != "cliniko") if args.include is not None else None
+    include = parse_include(args.include, local=_is_local(args.to)) if args.include is not None else None
     with _client(False) as client:
         identity = verify_source(client)
         ledger, store = _destination(args, client)
@@ -574,7 +647,23 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--json", action="store_true", help="print one JSON object")
     connect.set_defaults(func=cmd_connect)
 
-    prev = commands.add_parser("preview", help="count what a migration would read, and what that costs")
+    prev = commands.add_parser(
+        "preview",
+        help="count what a migration would read, and what that costs",
+        description="Count what a migration would read, and what that costs at the key's pace. Without options, "
+        "every list of the account; with any of run's plan options (--filter, --include, --no-archived-patients, "
+        "--to), what run with the same options reads, per data type, estimating (≈) what a filter only settles "
+        "during the run.",
+    )
+    prev.add_argument("--filter", help="all, business:ID[,ID...] or practitioner:ID[,ID...]")
+    prev.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
+    prev.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
+    prev.add_argument(
+        "--to",
+        metavar="sqlite:PATH|cliniko",
+        help="the run's destination, for the data types it takes (a Cliniko account takes no invoices); "
+        "nothing is opened",
+    )
     prev.add_argument("--json", action="store_true", help="print one JSON object")
     prev.set_defaults(func=cmd_preview)
 

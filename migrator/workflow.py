@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_WORKSPACE",
     "ClinikoKeys",
     "auto_mapping",
+    "check_scope",
     "cliniko_destination",
     "default_store",
     "earlier_mapping",
@@ -51,6 +52,7 @@ __all__ = [
     "open_cliniko_destination",
     "open_local_store",
     "plan_batches",
+    "plan_include",
     "run_plan",
     "same_plan",
     "top_up_point",
@@ -232,10 +234,7 @@ def make_plan(
         rows = list(mappings)
     destination = store.describe()
     local = destination.startswith("sqlite:")
-    chosen = list(include) if include else default_include(local=local)
-    if not local and "treatment_notes" in chosen and "treatment_note_templates" not in chosen:
-        # Cliniko needs a note's template; templates of the same name are linked, not duplicated.
-        chosen.append("treatment_note_templates")
+    chosen = plan_include(include, local=local)
     fields: dict[str, Any] = {
         "source_account": source_account_of(identity, ledger),
         "source_account_id": identity.account_id,
@@ -249,7 +248,7 @@ def make_plan(
     if mappings is None:
         earlier = earlier_mapping(ledger, _plan(fields, [])) if ledger is not None else None
         rows = earlier if earlier is not None else auto_mapping(client, store)
-    _check_scope(client, scope, rows, fields["source_account"])
+    check_scope(client, scope, fields["source_account"], rows)
     plan = _plan(fields, rows)
     plan.require_resolved()
     return plan
@@ -286,8 +285,29 @@ def _plan(fields: dict[str, Any], rows: Sequence[MappingRow]) -> Plan:
         raise ConfigError(f"This plan cannot run: {validation_sentence(exc)}.") from None
 
 
-def _check_scope(client: ClinikoClient, scope: Scope, rows: Sequence[MappingRow], account: str) -> None:
-    """Refuse a filter naming a business or practitioner that ``account`` does not have."""
+def plan_include(include: Sequence[str] | None, *, local: bool) -> list[str]:
+    """The data types a plan carries: ``include``, or all the destination can take when it is empty.
+
+    A Cliniko account (``local=False``) also gets the note templates whenever notes go, as
+    Cliniko needs a note's template; templates of the same name are linked, not duplicated.
+
+    >>> plan_include(["treatment_notes"], local=False)
+    ['treatment_notes', 'treatment_note_templates']
+    """
+    chosen = list(include) if include else default_include(local=local)
+    if not local and "treatment_notes" in chosen and "treatment_note_templates" not in chosen:
+        chosen.append("treatment_note_templates")
+    return chosen
+
+
+def check_scope(client: ClinikoClient, scope: Scope, account: str, rows: Sequence[MappingRow] = ()) -> None:
+    """Refuse a filter naming a business or practitioner that ``account`` does not have.
+
+    Ids among the mapping's ``rows`` are known to exist; each other id costs one request.
+
+    Raises:
+        ConfigError: an id is not the account's, in a sentence listing every such id.
+    """
     if scope.kind == "all":
         return
     entity = f"{scope.kind}es" if scope.kind == "business" else f"{scope.kind}s"

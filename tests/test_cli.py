@@ -6,13 +6,16 @@ import base64
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
+from migrator.cliniko.filters import Filter
 from migrator.preview import SOURCE_LISTS, list_key
+from migrator.scoped_preview import plan_entities
 from tests.conftest import ROOT, RunningSandbox
 
 
@@ -36,12 +39,95 @@ def test_preview_human_output(demo_sandbox: RunningSandbox) -> None:
     assert "patients" in result.stdout
     minutes = math.ceil(requests / 200 * 10) / 10
     assert result.stdout.splitlines()[-1] == (
-        f"Reading everything takes {requests:,} requests: about {minutes} minutes at 200 requests per minute."
+        f"Reading everything takes {requests:,} requests: about {minutes:g} minutes at 200 requests per minute."
     )
     unpaced = demo_sandbox.cli("preview", key=demo_sandbox.key("source"), pace="0")
     assert unpaced.stdout.splitlines()[-1] == (
         f"Reading everything takes {requests:,} requests: unpaced, as fast as Cliniko answers."
     )
+
+
+def test_preview_with_a_filter_counts_what_run_would_read(demo_sandbox: RunningSandbox) -> None:
+    with demo_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        at_business = client.count("individual_appointments", [Filter("business_id", "=", business)])
+        invoices_there = client.count("invoices", [Filter("business_id", "=", business)])
+    result = demo_sandbox.cli(
+        "preview", "--filter", f"business:{business}", "--json", key=demo_sandbox.key("source")
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["filter"], shown["exact"]) == (f"business:{business}", False)
+    assert list(shown["entities"]) == plan_entities(None)
+    totals = demo_sandbox.totals()
+    appointments = shown["entities"]["individual_appointments"]
+    assert (appointments["records"], appointments["exact"]) == (at_business, True)
+    assert 0 < at_business < totals["individual_appointments"]
+    assert shown["entities"]["invoices"]["records"] == invoices_there
+    patients = shown["entities"]["patients"]
+    assert (
+        not patients["exact"] and 0 < patients["records"] < totals["patients"] + totals["patients/archived"]
+    )
+    assert shown["entities"]["contacts"] == {
+        "records": totals["contacts"],
+        "requests": max(1, math.ceil(totals["contacts"] / 100)),
+        "exact": True,
+        "how": "counted: copied whole whatever the filter",
+    }
+    assert shown["records"] == sum(e["records"] for e in shown["entities"].values())
+    assert shown["requests"] == sum(e["requests"] for e in shown["entities"].values())
+
+    text = demo_sandbox.cli("preview", "--filter", f"business:{business}", key=demo_sandbox.key("source"))
+    lines = text.stdout.splitlines()
+    assert lines[-2] == (
+        f"Reading ≈ {shown['records']:,} records takes ≈ {shown['requests']:,} requests: "
+        f"about {shown['estimated_minutes']:g} minutes at 200 requests per minute."
+    )
+    assert lines[-1].startswith("≈ marks estimates")
+    rows = {line.split()[0]: line for line in lines[1:-2]}
+    assert re.match(rf"individual_appointments +{at_business:,} ", rows["individual_appointments"])
+    assert re.match(r"patients +≈ [\d,]+ ", rows["patients"])
+
+
+def test_preview_for_a_cliniko_transfer_brings_note_templates_and_refuses_invoices(
+    demo_sandbox: RunningSandbox,
+) -> None:
+    key = demo_sandbox.key("source")
+    result = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "treatment_notes", "--json", key=key)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    totals = demo_sandbox.totals()
+    assert shown["include"] == ["treatment_note_templates", "patients", "treatment_notes"]
+    assert shown["exact"] and shown["entities"]["treatment_notes"]["records"] == totals["treatment_notes"]
+    assert shown["entities"]["patients"]["records"] == totals["patients"] + totals["patients/archived"]
+    without_archived = demo_sandbox.cli("preview", "--no-archived-patients", "--json", key=key)
+    assert json.loads(without_archived.stdout)["entities"]["patients"]["records"] == totals["patients"]
+    assert "invoices" in json.loads(without_archived.stdout)["include"]  # the local store takes them
+
+    refused = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "invoices", key=key)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "A Cliniko destination cannot take invoices" in refused.stderr
+
+
+def test_preview_refuses_a_filter_id_the_account_lacks_and_an_unknown_destination(
+    demo_sandbox: RunningSandbox,
+) -> None:
+    key = demo_sandbox.key("source")
+    result = demo_sandbox.cli("preview", "--filter", "practitioner:1", key=key)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: Harbourside Physio has no practitioner with the id 1, so the filter would bring nothing; "
+        "the mapping lists its practitioners with their ids."
+    )
+    secret = "MS" + "0" * 40 + "-au1"  # a key pasted into --to must not come back
+    for command in ("preview", "run", "mapping"):
+        extra = ("--out", "never.json") if command == "mapping" else ()
+        result = demo_sandbox.cli(command, "--to", secret, *extra, key=key)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.strip() == (
+            "error: --to takes sqlite:PATH, a local clinic store (for example sqlite:workspace/clinic.db), "
+            "or cliniko, the account of MIGRATOR_DEST_KEY."
+        )
 
 
 def test_connect_json_for_source_and_destination(demo_sandbox: RunningSandbox) -> None:
