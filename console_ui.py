@@ -314,6 +314,22 @@ def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: 
     return value
 
 
+def table(frame: pl.DataFrame, **kwargs: Any) -> None:
+    """``st.dataframe`` without an index, its whole-number columns grouped in thousands.
+
+    A large clinic's counts read as 284,289 (in the browser's own style), as the metrics beside
+    them do, rather than 284289; ids are strings, so they are left as they are. ``column_config``
+    entries given are kept over these.
+    """
+    config: dict[str, Any] = {
+        name: st.column_config.NumberColumn(name, format="localized")
+        for name, dtype in frame.schema.items()
+        if dtype.is_integer()
+    }
+    config.update(kwargs.pop("column_config", None) or {})
+    st.dataframe(frame, hide_index=True, column_config=config, **kwargs)
+
+
 def next_step(label: str, step: str, *, key: str) -> None:
     """The button to the next step of the flow."""
     if st.button(label, key=key, type="primary", icon=":material/arrow_forward:"):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import polars as pl
 import streamlit as st
 
-from console_ui import cliniko_target, current_preview, next_step, require_source, scope_sentence, settings
+from console_ui import (
+    cliniko_target,
+    current_preview,
+    next_step,
+    require_source,
+    scope_sentence,
+    settings,
+    table,
+)
 from migrator.console import entity_label
 from migrator.errors import MigratorError
 
@@ -34,14 +42,14 @@ cols[2].metric(
     help=f"{pace:g} requests per minute per key (Cliniko allows 200)." if pace > 0 else None,
 )
 
-table = result.frame.select(
+counts = result.frame.select(
     pl.col("entity").map_elements(entity_label, return_dtype=pl.String).alias("Data type"),
     pl.col("records").alias("Records"),
     pl.col("requests").alias("Requests"),
     pl.when(pl.col("exact")).then(pl.lit("")).otherwise(pl.lit("≈")).alias("Estimate"),
     pl.col("how").alias("How it was counted"),
 )
-st.dataframe(table, hide_index=True, height="content")
+table(counts, height="content")
 if not result.exact:
     st.caption(
         "≈ marks estimates. Under a business or practitioner filter, which patients come across is known only "

@@ -21,6 +21,7 @@ from console_ui import (
     session_memo,
     settings,
     source_client,
+    table,
     tenant_scope,
     use_typed_key,
     work_tenant,
@@ -203,7 +204,7 @@ CHARTED = 40
 
 
 def money_columns(*names: str) -> dict[str, object]:
-    """Money shown with its cents (133.20, not 133.2): a column configuration for ``st.dataframe``."""
+    """Money shown with its cents (133.20, not 133.2): a column configuration for ``table``."""
     return {name: st.column_config.NumberColumn(name, format="%.2f") for name in names}
 
 
@@ -369,7 +370,7 @@ elif differing.height:
             "The records the ledger says the batch brought that the destination no longer holds (removed by "
             "hand, say): a re-run of the same plan brings them again."
         )
-        st.dataframe(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+        table(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
         downloads(missing_frame, f"{batch_id}-missing")
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
@@ -404,7 +405,7 @@ hidden = [
 if shared.is_empty():  # one destination record each: the column would repeat In the destination
     hidden.append("in_destination_records")
 shown = labelled(count_frame).drop(hidden).rename(lambda c: COLUMN_NAMES.get(c, c))
-st.dataframe(shown, hide_index=True, height="content")
+table(shown, height="content")
 for row in shared.iter_rows(named=True):
     how = (
         "former practitioners given to one generic Former practitioner or to a colleague"
@@ -443,7 +444,7 @@ else:
     if chosen_reasons:
         view = view.filter(pl.col("reason_code").fill_null("").is_in(chosen_reasons))
     st.caption(f"{view.height:,} of {skipped_frame.height:,} skipped records shown.")
-    st.dataframe(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+    table(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(view, f"{batch_id}-skipped")
 
 # --- flagged -------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ if not flagged_frame.is_empty():
         "email), changes at the source the destination could not take, and records deleted at the source but "
         "kept because the clinic has added to them. They do not count against reconciliation."
     )
-    st.dataframe(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), hide_index=True)
+    table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(flagged_frame, f"{batch_id}-flagged")
 
 # --- balances ------------------------------------------------------------------------------
@@ -499,7 +500,7 @@ if to_cliniko:
         cols = st.columns(2)
         cols[0].metric("Patients with an opening balance", f"{opening.height:,}")
         cols[1].metric("Outstanding in all", f"{total:,.2f}")
-        st.dataframe(
+        table(
             opening.rename(
                 {
                     "source_patient_id": "Source id",
@@ -509,7 +510,6 @@ if to_cliniko:
                     "outstanding": "Outstanding",
                 }
             ),
-            hide_index=True,
             column_config=money_columns("Outstanding"),
         )
         st.download_button(
@@ -597,7 +597,7 @@ else:
             y="Owed here",
             height=320,
         )
-        st.dataframe(
+        table(
             balance_frame.rename(
                 {
                     "patient_id": "Source id",
@@ -607,7 +607,6 @@ else:
                     "difference": "Difference",
                 }
             ),
-            hide_index=True,
             column_config=money_columns("Owed at the source", "Owed here", "Difference"),
         )
         downloads(balance_frame, f"{batch_id}-balances")
@@ -619,7 +618,7 @@ else:
                 "balance above shows the move: this list does. Patients are named by their Cliniko id; an empty "
                 "one here is a patient no batch brought."
             )
-            st.dataframe(
+            table(
                 moved.rename(
                     {
                         "source_id": "Invoice (source id)",
@@ -630,7 +629,6 @@ else:
                         "destination_patient_id": "Patient here",
                     }
                 ),
-                hide_index=True,
             )
             downloads(moved, f"{batch_id}-moved-invoices")
 

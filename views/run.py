@@ -25,6 +25,7 @@ from console_ui import (
     settings,
     source_client,
     source_key,
+    table,
     tenant_scope,
     use_typed_key,
     work_tenant,
@@ -402,7 +403,7 @@ def follow(batch_id: str, was_live: bool) -> None:
         bars[index % 2].progress(row["fraction"], text=text)
 
     with st.expander("Counts per stage"):
-        st.dataframe(
+        table(
             frame.select(
                 pl.col("label").alias("Stage"),
                 pl.col("done").alias("Handled"),
@@ -411,7 +412,6 @@ def follow(batch_id: str, was_live: bool) -> None:
                 pl.col("already_present").alias("Already present"),
                 pl.col("skipped").alias("Skipped"),
             ),
-            hide_index=True,
         )
     if batch.status == "completed":
         seconds = (batch.finished_at - batch.created_at).total_seconds() if batch.finished_at else None

@@ -59,6 +59,12 @@ def connect_and_decide(at: AppTest) -> None:
     assert "Every row is decided." in [s.value for s in at.success]
 
 
+def formats(table: Any) -> dict[str, str]:
+    """The number format of each of a shown table's columns that has one."""
+    columns = json.loads(table.proto.columns)
+    return {name: c["type_config"]["format"] for name, c in columns.items() if "type_config" in c}
+
+
 def test_the_demo_flow_from_connect_to_a_deleted_batch(
     console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +101,10 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     assert shown["Records to read"] == f"{table['Records'].sum():,}"
     assert shown["Requests"] == f"{table['Requests'].sum():,}"
     assert shown["Minutes at the key's pace"] == "unpaced"
+    assert formats(at.dataframe[0]) == {
+        "Records": "localized",
+        "Requests": "localized",
+    }  # 284,289, not 284289
 
     # 3. Mapping: three tables; the two former practitioners are flagged with a sentence.
     follow(at, "next_mapping", "mapping")
@@ -177,6 +187,7 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     assert "Every record the batch brought is in the destination." in [s.value for s in at.success]
     reconciled = at.dataframe[0].value
     assert (reconciled["Difference"] == 0).all()
+    assert set(formats(at.dataframe[0])) == {c for c in reconciled.columns if c != "Data type"}
     assert reconciled["In scope"].sum() == table["Records"].sum()
     # The former practitioner reassigned to a colleague is in the colleague's record: 7 records for 8.
     practitioners = reconciled.set_index("Data type").loc["Practitioners"]
@@ -203,10 +214,9 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
         patients = ledger.counts(batch.id)["patients"]
     assert shown["Patients compared"] == f"{patients['created'] + patients['linked']:,}"
     assert shown["Balances that differ"] == "0"
-    money = json.loads(at.dataframe[-1].proto.columns)  # the balances table: cents shown, 133.20
-    assert {
-        name: c["type_config"]["format"] for name, c in money.items() if "type_config" in c
-    } == dict.fromkeys(("Owed at the source", "Owed here", "Difference"), "%.2f")
+    assert formats(at.dataframe[-1]) == dict.fromkeys(  # the balances table: cents shown, 133.20
+        ("Owed at the source", "Owed here", "Difference"), "%.2f"
+    )
     # A fresh count at the source: nothing changed there, so each list holds what the batch found.
     at.button(key="review_source_counts").click().run()
     assert not at.error, [e.value for e in at.error]
