@@ -16,6 +16,7 @@ from console_ui import (
     principal,
     session_memo,
     settings,
+    table,
     tenant_scope,
 )
 from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
@@ -64,15 +65,17 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
             "was deleted. Check what it removes now, then delete again."
         )
 
+    if who is not None and not typed:
+        state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
+        return
+    # A large clinic's batch takes tens of seconds; a callback's spinner shows at the top of the page.
     try:
-        if who is not None:
-            if not typed:
-                state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
-                return
-            done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown)
-        else:
-            with open_destination(destination) as (ledger, store):
-                done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown)
+        with st.spinner(f"Deleting batch {batch_id}: {records_of('records', shown['total'])}…"):
+            if who is not None:
+                done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown)
+            else:
+                with open_destination(destination) as (ledger, store):
+                    done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown)
         state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed" + (
             "; its patients are archived in the Cliniko account, not deleted (Cliniko's API cannot delete patients)."
             if destination.startswith("cliniko:")
@@ -141,7 +144,8 @@ try:
         # render would spend its rate limit. Deleting reads it once (records the clinic made there by
         # hand) and refuses with the sentence if need be. Hosted, the account's key only comes with
         # the deletion itself.
-        plans = planned(ledger, [b for b in batches if b.deletable()[0]])
+        with st.spinner("Working out what deleting each batch removes…"):  # seconds for a large clinic
+            plans = planned(ledger, [b for b in batches if b.deletable()[0]])
         blocked = {i: p.blocker for i, p in plans.items() if p is not None and p.blocker}
 except MigratorError as exc:
     st.error(str(exc))
@@ -151,7 +155,7 @@ if not batches:
     st.stop()
 
 frame = batches_frame(batches, blocked=blocked)
-st.dataframe(
+table(
     frame.select(
         pl.col("batch").alias("Batch"),
         pl.col("started").alias("Started"),
@@ -164,7 +168,6 @@ st.dataframe(
         # The reason is a sentence, too long for a cell: it is said under the table.
         pl.when(pl.col("deletable")).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("Can be deleted"),
     ),
-    hide_index=True,
 )
 for row in frame.filter(~pl.col("deletable") & (pl.col("status") != "deleted")).iter_rows(named=True):
     st.caption(f"Why not {row['batch']}: {row['why']}")
@@ -209,7 +212,7 @@ if removes_nothing:
     )
 else:
     st.markdown(f"Deleting batch **{chosen}** removes **{records_of('records', summary['total'])}**:")
-    st.dataframe(
+    table(
         pl.DataFrame(
             {
                 "Data type": [entity_label(e) for e in entities],
@@ -224,7 +227,6 @@ else:
                 "Created since for its patients": pl.Int64,
             },
         ),
-        hide_index=True,
         height="content",
     )
 if plan.already_deleted_note:
