@@ -272,12 +272,17 @@ def delete_batch(
     now: datetime | None = None,
     commit_interval: float = 0.5,
     show: Callable[[DeletionPlan], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> DeletionPlan:
     """Delete what a batch created (and what was since created for its patients).
 
     ``show`` is called with the plan before anything is removed, and before a blocked plan
     is refused, so a caller can say what goes without planning it a second time (for a
-    Cliniko destination, a second read of the account).
+    Cliniko destination, a second read of the account). ``progress(entity, removed, total)``
+    is called after each chunk is removed and noted: the data type the chunk was of, and the
+    records removed so far out of the plan's :attr:`~DeletionPlan.total` (a large clinic's
+    batch takes tens of seconds in a local store, and a Cliniko account's goes at the key's
+    pace).
 
     In a local store, records go 500 at a time, each chunk together with the ledger's note
     of it, and the chunks are committed together every ``commit_interval`` seconds (a
@@ -299,6 +304,7 @@ def delete_batch(
     if plan.blocker:
         raise BatchNotDeletable(plan.blocker)
     ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())
+    removed = 0
     if getattr(store, "transactional", True):
         # A local store: each chunk's delete and its note are one savepoint, the group commits them.
         with ledger.commit_group(commit_interval) as group:
@@ -308,11 +314,17 @@ def delete_batch(
                     store.delete(entity, part)
                     ledger.record_deletions(batch_id, entity, part)
                 group.commit_if_due()
+                removed += len(part)
+                if progress is not None:
+                    progress(entity, removed, plan.total)
     else:
         # A Cliniko account: no ledger transaction held open over requests; a chunk is noted once answered.
         for entity, part in _chunks(plan, store.DELETE_ORDER, _REQUESTS_PER_CHUNK):
             store.delete(entity, part)
             ledger.record_deletions(batch_id, entity, part)
+            removed += len(part)
+            if progress is not None:
+                progress(entity, removed, plan.total)
     ledger.set_status(batch_id, "deleted", actor=actor, detail=plan.as_dict())
     return plan
 

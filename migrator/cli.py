@@ -366,6 +366,18 @@ class _ProgressLine(_TerminalLine):
         )
 
 
+class _DeletionLine(_TerminalLine):
+    """``delete-batch``: the records removed so far (a Cliniko account's go at the key's pace)."""
+
+    def __call__(self, entity: str, removed: int, total: int) -> None:
+        width = 30
+        filled = int(width * removed / total) if total else width
+        self._show(
+            f"deleting {entity:<24} [{'#' * filled}{'-' * (width - filled)}] {removed:>9,}/{total:<9,}",
+            last=removed >= total,
+        )
+
+
 class _InvoiceLine(_TerminalLine):
     """``reconcile`` reading the source's invoices (minutes for a large clinic at Cliniko's pace)."""
 
@@ -535,7 +547,12 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     if args.yes and not args.dry_run:
         # The plan delete_batch makes and then follows is the one shown: planned once, as
         # for a Cliniko destination a plan reads the account. A blocked plan is shown, then refused.
-        delete_batch(ledger, store, args.batch_id, show=show)
+        progress = _DeletionLine() if sys.stderr.isatty() else None
+        try:
+            delete_batch(ledger, store, args.batch_id, show=show, progress=progress)
+        finally:
+            if progress:
+                progress.finish()
         print(f"Batch {args.batch_id} is deleted.")
         return 0
     plan = deletion_plan(ledger, store, args.batch_id)

@@ -795,14 +795,15 @@ def delete_as(
     *,
     client_config: ClientConfig | None = None,
     show: Callable[[DeletionPlan], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> DeletionPlan:
     """Delete a batch on a hosted instance: ``admin_key`` must be an administrator's of the batch's account.
 
     The key is checked against Cliniko at this moment (seed 000) and, for a batch that
     wrote into a Cliniko account, also does the deletion there; it is not kept. Refusals
     are audited as ``delete_refused``; the deletion itself as ``delete`` and ``deleted``.
-    ``show`` is :func:`~migrator.batches.delete_batch`'s: called with the plan before
-    anything is removed.
+    ``show`` and ``progress`` are :func:`~migrator.batches.delete_batch`'s: called with the
+    plan before anything is removed, and after each chunk removed.
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
@@ -822,7 +823,7 @@ def delete_as(
         refused="delete_refused",
         client_config=client_config,
     ) as (ledger, store):
-        return delete_batch(ledger, store, batch.id, actor=principal.actor, show=show)
+        return delete_batch(ledger, store, batch.id, actor=principal.actor, show=show, progress=progress)
 
 
 def go_live_as(

@@ -53,6 +53,22 @@ def test_a_deletion_commits_its_chunks_together(env: Env) -> None:  # noqa: F811
     assert {e: len(noted.get(e, ())) for e in created} == created
 
 
+def test_a_deletion_reports_its_progress_chunk_by_chunk(env: Env) -> None:  # noqa: F811
+    batch = env.run(env.plan(include=["patients", "individual_appointments", "invoices", "invoice_items"]))
+    created = {e: row["created"] for e, row in batch.entities.items() if row["created"]}
+    seen: list[tuple[str, int, int]] = []
+    delete_batch(env.ledger, env.store, batch.batch_id, progress=lambda *event: seen.append(event))
+    total = sum(created.values())
+    assert {t for _, _, t in seen} == {total}
+    removed = [n for _, n, _ in seen]
+    assert removed == sorted(removed) and removed[-1] == total
+    assert len(seen) == sum(-(-n // 500) for n in created.values())  # one call per chunk of 500
+    # In reverse dependency order (invoice items before invoices, before patients), each type's chunks together.
+    order = list(dict.fromkeys(e for e, _, _ in seen))
+    assert order == [e for e in env.store.DELETE_ORDER if e in created]
+    assert order.index("invoice_items") < order.index("invoices") < order.index("patients")
+
+
 def test_what_a_stopped_deletion_removed_is_listed_in_the_order_of_deletion(env: Env) -> None:  # noqa: F811
     batch = env.run(env.plan(include=["patients", "individual_appointments", "invoices", "invoice_items"]))
     # A deletion stopped part-way, in the order it deletes: all the invoice items, then 3 appointments.

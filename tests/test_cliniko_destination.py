@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -848,8 +849,13 @@ def test_a_deletion_cut_short_lists_only_what_is_left_and_finishes_when_run_agai
         assert summary["created"]["patients"] == created["patients"]
 
     monkeypatch.setattr(transfer.dest, "delete", real_delete)
-    plan = delete_batch(transfer.ledger, transfer.dest, result.batch_id)
+    seen: list[tuple[str, int, int]] = []
+    plan = delete_batch(transfer.ledger, transfer.dest, result.batch_id, progress=lambda *e: seen.append(e))
     assert transfer.ledger.batch(result.batch_id).status == "deleted"
+    # What is left goes 20 requests at a time, each step reported out of what was left.
+    removed = [0] + [n for _, n, _ in seen]
+    assert {t for _, _, t in seen} == {plan.total} and removed[-1] == plan.total
+    assert all(0 < b - a <= 20 for a, b in pairwise(removed))
     assert transfer.dest_client.count("patients", route="archived") == created["patients"]
     assert plan.as_dict()["already_deleted"] == {
         "individual_appointments": len(deleted),

@@ -68,14 +68,22 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
     if who is not None and not typed:
         state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
         return
-    # A large clinic's batch takes tens of seconds; a callback's spinner shows at the top of the page.
+    # A large clinic's batch takes tens of seconds, a Cliniko account's goes at the key's pace: a bar
+    # follows it (a callback's elements show at the top of the page) and goes once it is done.
+    bar = st.progress(0.0, text=f"Deleting batch {batch_id}…")
+
+    def removed(entity: str, so_far: int, total: int) -> None:
+        bar.progress(
+            so_far / total if total else 1.0,
+            text=f"Deleting batch {batch_id}: {so_far:,} of {total:,} records",
+        )
+
     try:
-        with st.spinner(f"Deleting batch {batch_id}: {records_of('records', shown['total'])}…"):
-            if who is not None:
-                done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown)
-            else:
-                with open_destination(destination) as (ledger, store):
-                    done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown)
+        if who is not None:
+            done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown, progress=removed)
+        else:
+            with open_destination(destination) as (ledger, store):
+                done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown, progress=removed)
         state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed" + (
             "; its patients are archived in the Cliniko account, not deleted (Cliniko's API cannot delete patients)."
             if destination.startswith("cliniko:")
@@ -85,6 +93,8 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
             state.delete_message += " " + done.matched_note
     except MigratorError as exc:
         state.delete_error = str(exc)
+    finally:
+        bar.empty()
 
 
 @dataclass(frozen=True)
