@@ -280,8 +280,30 @@ def _local_store_of(ledger: Ledger, batch_id: str, done: str) -> LocalStore:
     return LocalStore(LocalStore.parse_target(batch.destination), ledger)
 
 
+class DeletionBar:
+    """A tqdm bar over the records :func:`delete_batch` removes, its description the data type going now."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, entity: str, removed: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = _tqdm()(total=total, desc="Deleting", unit=" records", leave=True)
+        self._bar.set_description(f"Deleting {entity:<24}", refresh=False)
+        self._bar.update(removed - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def delete_batch(
-    batch_id: str, *, workspace: str | Path = DEFAULT_WORKSPACE, dry_run: bool = False
+    batch_id: str,
+    *,
+    workspace: str | Path = DEFAULT_WORKSPACE,
+    dry_run: bool = False,
+    progress: Callable[[str, int, int], None] | bool | None = True,
 ) -> DeletionPlan:
     """Delete what a batch created in the local clinic store, within 48 hours of its start (seed 000).
 
@@ -294,6 +316,9 @@ def delete_batch(
         dry_run: only say what would go: the returned plan's ``created``, ``dependents``
             (created since for its patients), ``total``, and ``blocker``, the sentence saying
             which other records rely on it (the batch is then not deletable).
+        progress: ``True`` for a bar over the records removed (:class:`DeletionBar`; tens of
+            seconds for a large clinic), a callable to receive ``(data type, removed, total)``
+            after each chunk, or ``None``.
 
     Returns:
         The :class:`~migrator.batches.DeletionPlan`: what went, or with ``dry_run`` what would.
@@ -304,15 +329,20 @@ def delete_batch(
         deleted, still running, or (unless ``dry_run``) relied on by other records.
     """
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
+    bar = DeletionBar() if progress is True and not dry_run else None
     try:
         store = _local_store_of(ledger, batch_id, "deleted")
         if not dry_run:
-            return _delete_batch(ledger, store, batch_id, actor="notebook")  # checks what follows, and more
+            listener = bar if bar is not None else (progress if callable(progress) else None)
+            # delete_batch checks what follows (the batch's age, what relies on it), and more
+            return _delete_batch(ledger, store, batch_id, actor="notebook", progress=listener)
         allowed, why = ledger.batch(batch_id).deletable()
         if not allowed:
             raise BatchNotDeletable(why)
         return deletion_plan(ledger, store, batch_id)
     finally:
+        if bar is not None:
+            bar.close()
         ledger.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import polars as pl
@@ -221,8 +222,8 @@ def test_records_found_by_their_details_are_named_five_at_most() -> None:
     assert DeletionPlan("b1", {}, {}).matched_note is None
 
 
-def test_a_notebook_deletes_a_batch_with_one_call(env: Env) -> None:  # noqa: F811
-    """``migrator.delete_batch``: the dry run says what would go and touches nothing; then it goes."""
+def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """``migrator.delete_batch``: the dry run says what would go and touches nothing; then it goes, with a bar."""
     first = env.run(env.plan(include=["patients"]))
     second = env.run(env.plan(include=["patients", "medical_alerts"]))
     patients, alerts = first.entities["patients"]["created"], second.entities["medical_alerts"]["created"]
@@ -235,8 +236,11 @@ def test_a_notebook_deletes_a_batch_with_one_call(env: Env) -> None:  # noqa: F8
     assert would.total == sum(created.values()) + alerts and would.blocker is None
     assert env.store.count("patients") == patients and env.ledger.batch(first.batch_id).status == "completed"
 
+    capsys.readouterr()
     gone = steps.delete_batch(first.batch_id, workspace=env.workspace)
     assert gone.total == would.total
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()  # tqdm's text bar, outside Jupyter
+    assert re.match(rf"Deleting [a-z_]+ +: 100%.* {gone.total}/{gone.total} ", bar[-1]), bar[-3:]
     assert env.store.count("patients") == 0 and env.store.count("medical_alerts") == 0
     assert env.ledger.batch(first.batch_id).status == "deleted"
     assert [e["actor"] for e in env.ledger.audit_log(first.batch_id)][-2:] == ["notebook", "notebook"]
