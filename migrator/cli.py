@@ -211,7 +211,9 @@ def _preview_plan(args: argparse.Namespace) -> int:
 
     local = _is_local(args.to)
     scope = Scope.parse(args.filter or "all")
-    include = plan_include(parse_include(args.include, local=local) if args.include else None, local=local)
+    include = plan_include(
+        parse_include(args.include, local=local) if args.include is not None else None, local=local
+    )
     with _client(False) as client:
         if scope.kind != "all":
             identity = client.identity()
