@@ -674,9 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--to), what run with the same options reads, per data type, estimating (≈) what a filter only settles "
         "during the run.",
     )
-    prev.add_argument("--filter", help="all, business:ID[,ID...] or practitioner:ID[,ID...]")
-    prev.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
-    prev.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
+
+    def plan_options(p: argparse.ArgumentParser, *, filter_default: str | None) -> None:
+        """``--filter``, ``--include`` and ``--no-archived-patients``, as ``run`` and ``preview`` read them."""
+        p.add_argument(
+            "--filter",
+            default=filter_default,
+            help="all, business:ID[,ID...] or practitioner:ID[,ID...]"
+            + (f" (default {filter_default})" if filter_default else ""),
+        )
+        p.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
+        p.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
+
+    plan_options(prev, filter_default=None)
     prev.add_argument(
         "--to",
         metavar="sqlite:PATH|cliniko",
@@ -714,17 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="migrate (or resume an unfinished run of the same plan)")
     to(run)
-    run.add_argument(
-        "--filter", default="all", help="all, business:ID[,ID...] or practitioner:ID[,ID...] (default all)"
-    )
-    run.add_argument("--include", metavar="LIST", help="comma-separated data types (default: all of them)")
+    plan_options(run, filter_default="all")
     run.add_argument(
         "--mapping",
         metavar="FILE",
         help="mapping tables from 'mapping --out' (default: the mapping of the last batch with the same "
         "filter and data types, else auto-matched)",
     )
-    run.add_argument("--no-archived-patients", action="store_true", help="leave archived patients out")
     run.add_argument(
         "--top-up",
         action="store_true",
