@@ -26,7 +26,7 @@ only what is left, with what is already gone counted apart; ``deleted`` when don
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -87,19 +87,22 @@ class DeletionPlan:
         """Why the batch cannot be deleted while others rely on it, in one sentence; ``None`` if nothing does."""
         if not self.kept_links:
             return None
+        # One clause per owner and link: "3 appointments and 1 invoice of batch B would lose their patient".
+        grouped: dict[tuple[str | None, str], list[KeptLink]] = {}
+        for link in self.kept_links:
+            grouped.setdefault((link.batch_id, link.column), []).append(link)
         relying = "; ".join(
-            f"{records_of(link.entity, link.records)} "
-            f"{'of batch ' + link.batch_id if link.batch_id else 'the clinic made itself'} "
-            f"would lose {'its' if link.records == 1 else 'their'} {link.column.removesuffix('_id').replace('_', ' ')}"
-            for link in self.kept_links
+            f"{_and(records_of(link.entity, link.records) for link in links)} "
+            f"{'of batch ' + owner if owner else 'the clinic made itself'} "
+            f"would lose {'its' if sum(link.records for link in links) == 1 else 'their'} "
+            f"{column.removesuffix('_id').replace('_', ' ')}"
+            for (owner, column), links in grouped.items()
         )
         batches = sorted({link.batch_id for link in self.kept_links if link.batch_id})
-        steps = (
-            [f"delete {'batch' if len(batches) == 1 else 'batches'} {', '.join(batches)}"] if batches else []
-        )
+        steps = [f"delete {'batch' if len(batches) == 1 else 'batches'} {_and(batches)}"] if batches else []
         if any(link.batch_id is None for link in self.kept_links):
             steps.append("change or delete the clinic's own records")
-        advice = " and ".join(steps)
+        advice = ", and ".join(steps)
         return (
             f"Batch {self.batch_id} cannot be deleted while other records rely on what it created ({relying}): "
             f"{advice} first, or keep this one."
@@ -172,6 +175,12 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
 def _counted(counts: Mapping[str, int]) -> str:
     """``3 medical alerts, 1 patient``: each entity's count, leaving out the zeros."""
     return ", ".join(records_of(entity, n) for entity, n in counts.items() if n)
+
+
+def _and(parts: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    *head, last = parts
+    return f"{', '.join(head)} and {last}" if head else last
 
 
 def _listed(ids_by_entity: dict[str, list[str]], most: int = 5) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from migrator import steps
 from migrator.batches import BatchNotDeletable, DeletionPlan, deletable, delete_batch, deletion_plan
+from migrator.destinations.local import KeptLink
 from migrator.errors import ConfigError
 from migrator.plan import records_of
 from migrator.reconcile import counts
@@ -220,6 +221,31 @@ def test_records_found_by_their_details_are_named_five_at_most() -> None:
     )
     assert plan.as_dict()["found_by_matching"] == {"individual_appointments": 7}
     assert DeletionPlan("b1", {}, {}).matched_note is None
+
+
+def test_records_that_would_lose_the_same_link_are_named_in_one_clause() -> None:
+    """Many data types relying on a batch read as one clause per batch and link, not one per data type."""
+    plan = DeletionPlan(
+        "b1",
+        {"appointment_types": ["7"], "billable_items": ["8"]},
+        {},
+        kept_links=(
+            KeptLink("individual_appointments", "appointment_type_id", "b2", 1_200),
+            KeptLink("group_appointments", "appointment_type_id", "b2", 3),
+            KeptLink("invoice_items", "billable_item_id", "b2", 40),
+            KeptLink("invoice_items", "billable_item_id", "b3", 1),
+            KeptLink("individual_appointments", "appointment_type_id", None, 1),
+            KeptLink("group_appointments", "appointment_type_id", None, 1),
+        ),
+    )
+    assert plan.blocker == (
+        "Batch b1 cannot be deleted while other records rely on what it created (1,200 individual "
+        "appointments and 3 group appointments of batch b2 would lose their appointment type; 40 invoice "
+        "items of batch b2 would lose their billable item; 1 invoice item of batch b3 would lose its "
+        "billable item; 1 appointment and 1 group appointment the clinic made itself would lose their "
+        "appointment type): delete batches b2 and b3, and change or delete the clinic's own records "
+        "first, or keep this one."
+    )
 
 
 def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
