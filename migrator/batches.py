@@ -87,17 +87,7 @@ class DeletionPlan:
         """Why the batch cannot be deleted while others rely on it, in one sentence; ``None`` if nothing does."""
         if not self.kept_links:
             return None
-        # One clause per owner and link: "3 appointments and 1 invoice of batch B would lose their patient".
-        grouped: dict[tuple[str | None, str], list[KeptLink]] = {}
-        for link in self.kept_links:
-            grouped.setdefault((link.batch_id, link.column), []).append(link)
-        relying = "; ".join(
-            f"{_and(records_of(link.entity, link.records) for link in links)} "
-            f"{'of batch ' + owner if owner else 'the clinic made itself'} "
-            f"would lose {'its' if sum(link.records for link in links) == 1 else 'their'} "
-            f"{column.removesuffix('_id').replace('_', ' ')}"
-            for (owner, column), links in grouped.items()
-        )
+        relying = _relying(self.kept_links)
         batches = sorted({link.batch_id for link in self.kept_links if link.batch_id})
         steps = [f"delete {'batch' if len(batches) == 1 else 'batches'} {_and(batches)}"] if batches else []
         if any(link.batch_id is None for link in self.kept_links):
@@ -175,6 +165,25 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
 def _counted(counts: Mapping[str, int]) -> str:
     """``3 medical alerts, 1 patient``: each entity's count, leaving out the zeros."""
     return ", ".join(records_of(entity, n) for entity, n in counts.items() if n)
+
+
+def _relying(kept_links: Sequence[KeptLink]) -> str:
+    """What would lose a link, per owner and link: ``in batch B, 3 appointments and 1 invoice would
+    lose their patient; 2 invoices their business; among the clinic's own records, ...``."""
+    owners: dict[str | None, dict[str, list[KeptLink]]] = {}
+    for link in kept_links:
+        owners.setdefault(link.batch_id, {}).setdefault(link.column, []).append(link)
+    parts = []
+    for owner, columns in owners.items():
+        clauses: list[str] = []
+        for column, links in columns.items():
+            whose = "its" if sum(link.records for link in links) == 1 else "their"
+            verb = "" if clauses else " would lose"  # said once per owner
+            records = _and(records_of(link.entity, link.records) for link in links)
+            clauses.append(f"{records}{verb} {whose} {column.removesuffix('_id').replace('_', ' ')}")
+        where = f"in batch {owner}" if owner else "among the clinic's own records"
+        parts.append(f"{where}, {'; '.join(clauses)}")
+    return "; ".join(parts)
 
 
 def _and(parts: Iterable[str]) -> str:

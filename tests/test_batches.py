@@ -160,8 +160,8 @@ def test_a_batch_whose_records_a_later_batch_uses_is_not_deleted(env: Env) -> No
     }
     assert plan.blocker == (
         f"Batch {first.batch_id} cannot be deleted while other records rely on what it created "
-        f"({using_former:,} individual appointments of batch {second.batch_id} would lose their practitioner; "
-        f"{using_types:,} individual appointments of batch {second.batch_id} would lose their appointment type): "
+        f"(in batch {second.batch_id}, {using_former:,} individual appointments would lose their practitioner; "
+        f"{using_types:,} individual appointments their appointment type): "
         f"delete batch {second.batch_id} first, or keep this one."
     )
     with pytest.raises(BatchNotDeletable) as refused:
@@ -239,12 +239,11 @@ def test_records_that_would_lose_the_same_link_are_named_in_one_clause() -> None
         ),
     )
     assert plan.blocker == (
-        "Batch b1 cannot be deleted while other records rely on what it created (1,200 individual "
-        "appointments and 3 group appointments of batch b2 would lose their appointment type; 40 invoice "
-        "items of batch b2 would lose their billable item; 1 invoice item of batch b3 would lose its "
-        "billable item; 1 appointment and 1 group appointment the clinic made itself would lose their "
-        "appointment type): delete batches b2 and b3, and change or delete the clinic's own records "
-        "first, or keep this one."
+        "Batch b1 cannot be deleted while other records rely on what it created (in batch b2, 1,200 "
+        "individual appointments and 3 group appointments would lose their appointment type; 40 invoice "
+        "items their billable item; in batch b3, 1 invoice item would lose its billable item; among the "
+        "clinic's own records, 1 appointment and 1 group appointment would lose their appointment type): "
+        "delete batches b2 and b3, and change or delete the clinic's own records first, or keep this one."
     )
 
 

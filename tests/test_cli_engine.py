@@ -322,8 +322,8 @@ def test_delete_batch_refuses_while_a_later_batch_relies_on_it(
     ledger.close()
 
     sentence = (
-        f"Batch {first} cannot be deleted while other records rely on what it created (1 unavailable block of "
-        f"batch {later} would lose its practitioner): delete batch {later} first, or keep this one."
+        f"Batch {first} cannot be deleted while other records rely on what it created (in batch "
+        f"{later}, 1 unavailable block would lose its practitioner): delete batch {later} first, or keep this one."
     )
     listed = cli(tiny_sandbox, "batches", "--json", "--workspace", str(tmp_path))
     verdicts = {b["id"]: (b["deletable"], b["why"]) for b in json.loads(listed.stdout)}

@@ -901,8 +901,8 @@ def test_a_batch_whose_appointment_types_a_later_batch_uses_is_not_deleted(trans
             KeptLink("individual_appointments", "appointment_type_id", later.batch_id, using),
         )
         assert plan.blocker == (
-            f"Batch {first.batch_id} cannot be deleted while other records rely on what it created ({using} "
-            f"individual appointments of batch {later.batch_id} would lose their appointment type): delete batch "
+            f"Batch {first.batch_id} cannot be deleted while other records rely on what it created (in batch "
+            f"{later.batch_id}, {using} individual appointments would lose their appointment type): delete batch "
             f"{later.batch_id} first, or keep this one."
         )
     types = transfer.total("appointment_types")
@@ -939,14 +939,14 @@ def test_a_batch_whose_records_the_clinic_used_by_hand_is_not_deleted(transfer: 
     plan = deletion_plan(transfer.ledger, transfer.dest, batch.batch_id)
     assert plan.kept_links == (KeptLink("individual_appointments", "appointment_type_id", None, 1),)
     assert plan.blocker == (
-        f"Batch {batch.batch_id} cannot be deleted while other records rely on what it created (1 appointment "
-        "the clinic made itself would lose its appointment type): change or delete the clinic's "
+        f"Batch {batch.batch_id} cannot be deleted while other records rely on what it created (among the "
+        "clinic's own records, 1 appointment would lose its appointment type): change or delete the clinic's "
         "own records first, or keep this one."
     )
     # Without the account's key (a listing, a hosted preview) only the ledger is read, which cannot see it.
     assert ledger_deletion_plan(transfer.ledger, batch.batch_id).blocker is None
     types = transfer.total("appointment_types")
-    with pytest.raises(BatchNotDeletable, match="1 appointment the clinic made itself"):
+    with pytest.raises(BatchNotDeletable, match="own records, 1 appointment would lose its"):
         delete_batch(transfer.ledger, transfer.dest, batch.batch_id)
     assert transfer.total("appointment_types") == types
     assert transfer.ledger.batch(batch.batch_id).status == "completed"

@@ -166,8 +166,8 @@ def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
     ledger.close()
 
     sentence = (
-        f"Batch {made['types']} cannot be deleted while other records rely on what it created (2 individual "
-        f"appointments of batch {made['appointments']} would lose their appointment type): delete batch "
+        f"Batch {made['types']} cannot be deleted while other records rely on what it created (in batch "
+        f"{made['appointments']}, 2 individual appointments would lose their appointment type): delete batch "
         f"{made['appointments']} first, or keep this one."
     )
     at = goto(console(), "batches")
