@@ -251,8 +251,8 @@ def _preview_plan(args: argparse.Namespace) -> int:
     print(f"Reading {approx}{result.records:,} records takes {approx}{result.requests:,} requests: {pace}.")
     if not result.exact:
         print(
-            "≈ marks estimates: which patients come across is known only once a run has read the appointments "
-            "in scope; the run reports the exact figures."
+            "≈ marks estimates: which patients come across is known only once a run has read the appointments, "
+            "invoices and notes in scope; the run reports the exact figures."
         )
     return 0
 

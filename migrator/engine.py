@@ -452,7 +452,7 @@ class Engine:
         routes = self._routes(stage)
         if self._whole(entity):
             return [Query(entity, route) for route in routes]
-        if entity in ("individual_appointments", "group_appointments"):
+        if entity in self._staged_resources():
             return [Query(entity, "_staged")]
         if entity == "patients":
             wanted = self._scoped_patient_ids()
@@ -467,8 +467,6 @@ class Engine:
             return by_ids("attendees", "booking_id", self._staged_ids("group_appointments"))
         if entity == "invoice_items":
             return by_ids("invoice_items", "invoice_id", self._batch_ids("invoices", exclude_skipped=True))
-        if entity == "treatment_notes" and scope.kind == "practitioner":
-            return direct_queries(entity, scope.kind, scope.ids)
         if entity in _BY_PATIENT:
             patients = self._batch_ids("patients", exclude_skipped=True)
             return cheapest(entity, "patient_id", patients, self.source.count(entity))
@@ -485,7 +483,7 @@ class Engine:
         entity, scope, since = stage.entity, self.plan.scope, top_up.since
         routes = self._routes(stage)
         retry = self._retry_queries(stage, top_up)
-        if entity in ("individual_appointments", "group_appointments") and not self._whole(entity):
+        if entity in self._staged_resources() and not self._whole(entity):
             return [Query(entity, "_staged")]  # the staging file holds the changes and the retries
         queries: list[Query]
         if self._whole(entity):
@@ -511,7 +509,7 @@ class Engine:
             keep = frozenset(self._earlier_ids("invoices") | invoices)
             queries = by_ids("invoice_items", "invoice_id", invoices)
             queries.append(changed_since(Query(entity, keep_field="invoice_id", keep=keep), since))
-        elif entity in _BY_PATIENT and not (entity == "treatment_notes" and scope.kind == "practitioner"):
+        elif entity in _BY_PATIENT:
             patients = set(self._batch_ids("patients", exclude_skipped=True))
             known = self._earlier_ids("patients")
             queries = by_ids(entity, "patient_id", patients - known)
@@ -571,7 +569,7 @@ class Engine:
                 records = [{**r, "_route": query.route} for r in records]
             yield Page(page.number, records, total, page.next_url)
 
-    # -- scoped runs: staging the appointments -------------------------------------------
+    # -- scoped runs: staging what the filter selects directly ----------------------------
 
     def _staging_db(self) -> sqlite3.Connection:
         if self._staging is None:
@@ -590,13 +588,25 @@ class Engine:
     def _drop_staging(self) -> None:
         self._staging_path().unlink(missing_ok=True)
 
-    def _stage_appointments(self) -> None:
-        """Read the scope's individual and group appointments once into the staging file."""
+    def _staged_resources(self) -> tuple[str, ...]:
+        """What a scoped run reads before its patients, as those records name the patients in scope.
+
+        The appointments in scope (individual ones always, since they name most patients),
+        the invoices issued at the businesses or by the practitioners, and the notes the
+        practitioners wrote: every such invoice and note comes across with its patient,
+        rather than being skipped for a patient no appointment in scope names.
+        """
+        kind = self.plan.scope.kind
+        if kind == "all":
+            return ()
+        wanted = ["group_appointments", "invoices", *(["treatment_notes"] if kind == "practitioner" else [])]
+        return ("individual_appointments", *(r for r in wanted if r in self.plan.include))
+
+    def _stage(self) -> None:
+        """Read once into the staging file what the scope selects directly (:meth:`_staged_resources`)."""
         db = self._staging_db()
         scope = self.plan.scope
-        for resource in ("individual_appointments", "group_appointments"):
-            if resource not in self.plan.include and resource != "individual_appointments":
-                continue
+        for resource in self._staged_resources():
             if db.execute("SELECT 1 FROM done WHERE resource = ?", (resource,)).fetchone():
                 continue
             queries = direct_queries(resource, scope.kind, scope.ids)
@@ -620,7 +630,7 @@ class Engine:
                 db.execute("INSERT OR REPLACE INTO done VALUES (?)", (resource,))
 
     def _staged_pages(self, resource: str) -> Iterator[Page]:
-        self._stage_appointments()
+        self._stage()
         db = self._staging_db()
         ((total,),) = db.execute("SELECT count(*) FROM records WHERE resource = ?", (resource,))
         cursor = db.execute("SELECT raw FROM records WHERE resource = ? ORDER BY rowid", (resource,))
@@ -630,13 +640,14 @@ class Engine:
             yield Page(number, [json.loads(raw) for (raw,) in rows], total, None)
 
     def _staged_ids(self, resource: str) -> list[str]:
-        self._stage_appointments()
+        self._stage()
         rows = self._staging_db().execute("SELECT source_id FROM records WHERE resource = ?", (resource,))
         return [source_id for (source_id,) in rows]
 
     def _scoped_patient_ids(self) -> set[str]:
-        """The patients who attend the scope's appointments (individual, and group via ``patient_ids``)."""
-        self._stage_appointments()
+        """The scope's patients: those its appointments (individual, and group via ``patient_ids``),
+        invoices and (under a practitioner filter) notes name."""
+        self._stage()
         wanted: set[str] = set()
         for (raw,) in self._staging_db().execute("SELECT raw FROM records"):
             record = json.loads(raw)

@@ -199,13 +199,13 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 
 #: One plain sentence per data type, for the console's tick-boxes.
 TYPE_DESCRIPTIONS: dict[str, str] = {
-    "patients": "Patient records with their contact details and custom fields, archived patients included unless you turn that off; under a business or practitioner filter, only the patients seen there.",
+    "patients": "Patient records with their contact details and custom fields, archived patients included unless you turn that off; under a business or practitioner filter, only the patients seen or billed there (and those a chosen practitioner wrote notes about).",
     "medical_alerts": "The medical alerts (allergies, conditions) recorded on each patient that comes across.",
     "individual_appointments": "One-to-one appointments, past and future, with their attendance status (arrived, did not arrive, cancelled); they never trigger reminders in the destination.",
     "group_appointments": "Group classes with their attendees, each attendee keeping their own attendance status.",
     "attendees": "The patients booked into each group class; they always come with the group appointments.",
     "unavailable_blocks": "Times practitioners blocked out of the diary, such as leave, lunch or admin time.",
-    "treatment_notes": "Treatment notes of the patients that come across; notes are not tied to a business, so under a business filter these are all notes of the patients seen at that business.",
+    "treatment_notes": "Treatment notes of the patients that come across; notes are not tied to a business, so under a business filter these are all notes of the patients seen or billed at that business, and under a practitioner filter every note the practitioner wrote.",
     "patient_attachments": "Files attached to patients (referrals, scans, consent forms); like notes, under a business filter these are all files of the patients seen there.",
     "appointment_types": "Every appointment type, archived ones included; the mapping table says which ones match an existing type in the destination and which are created.",
     "taxes": "The tax rates used by billable items and products.",

@@ -33,7 +33,7 @@ Polars frames, for the console's Review page, ``python -m migrator reconcile`` a
   appointments, unavailable blocks and invoices at those businesses or of those
   practitioners (and, for practitioners, the notes they wrote), plus the account-wide
   lists (practitioners, appointment types, contacts ...); patients and what follows
-  them are chosen through the appointments, so their ``source_count`` is null;
+  them are chosen through those records, so their ``source_count`` is null;
 - ``source_difference`` = ``in_scope_total`` - ``source_count``: not zero when the source
   has records no batch of the plan saw (run a top-up) or the other way round.
 

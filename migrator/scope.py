@@ -11,6 +11,13 @@ Seed 001's rules:
   the treatment notes those practitioners wrote; the attachments and medical
   alerts of those patients; their unavailable blocks and invoices.
 
+"Those patients" also takes in the patients of the scope's invoices (and, under a
+practitioner filter, of the notes they wrote), so that every invoice and note the
+filter selects comes across with its patient, never skipped for a patient no
+appointment in scope names (a product sold at the desk, a note written without a
+booking). The engine reads those lists before the patients
+(:meth:`Engine._staged_resources <migrator.engine.Engine._staged_resources>`).
+
 Filters go to the server (``q[]`` with id lists), so a small scope costs few
 requests. When a list of ids would cost more requests than reading the whole
 list (one request per 100 ids against one per 100 records), the whole list is

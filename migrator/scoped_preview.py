@@ -9,14 +9,16 @@ what one plan reads, stage by stage, with the plan's filter (seed 001):
   (appointments, group appointments, unavailable blocks, invoices, and a practitioner's
   treatment notes) are counted with the filter sent to Cliniko, one request per 100 ids;
 - patients and what follows them (medical alerts, notes, files, attendees, invoice
-  items) are only known once the run has read the appointments in scope, so they are
-  **estimated** from the share of appointments (or invoices) in scope, and marked so.
-  That share is low when patients are seen at several of the scope's businesses (or by
-  several practitioners): each comes across whole for one appointment in scope. So the
-  patients' rows also say how many there would be at most if each appointment fell in
-  scope independently of the patient's others (``how``: "up to N"). On the demo clinic
-  (all data types), a business filter brings about twice the share (271 patients against
-  136, up to 397), and a practitioner filter about the share (82 against 80, up to 381).
+  items) are only known once the run has read the appointments, invoices and (for a
+  practitioner) notes in scope, so they are **estimated** from the share of appointments
+  (or invoices) in scope, and marked so. That share is low when patients are seen at
+  several of the scope's businesses (or by several practitioners): each comes across
+  whole for one appointment in scope. So the patients' rows also say how many there would
+  be at most if each appointment fell in scope independently of the patient's others
+  (``how``: "up to N"); the few patients billed or written about without an appointment
+  in scope come on top. On the demo clinic (all data types), a business filter brings
+  about twice the share (278 patients against 136, up to 397), and a practitioner filter
+  a little more than the share (90 against 80, up to 381).
 
 >>> result = scoped_preview(client, Scope.parse("business:7"))       # doctest: +SKIP
 >>> result.frame.select("entity", "records", "exact").head(2)         # doctest: +SKIP

@@ -289,11 +289,12 @@ def test_business_filter_matches_a_hand_computation(env: Env) -> None:
 
     here = [a for a in appts if link(a, "business") == bid]
     here_groups = [g for g in groups if link(g, "business") == bid]
-    patients = {link(a, "patient") for a in here} | {str(p) for g in here_groups for p in g["patient_ids"]}
+    expected_invoices = {str(i["id"]) for i in invoices if link(i, "business") == bid}
+    seen = {link(a, "patient") for a in here} | {str(p) for g in here_groups for p in g["patient_ids"]}
+    # Every invoice issued there comes with its patient, seen there at an appointment or not.
+    billed = {link(i, "patient") for i in invoices if link(i, "business") == bid}
+    patients = seen | billed
     expected_notes = {str(n["id"]) for n in notes if link(n, "patient") in patients}
-    expected_invoices = {
-        str(i["id"]) for i in invoices if link(i, "business") == bid and link(i, "patient") in patients
-    }
 
     result = env.run(env.plan(f"business:{bid}"))
     items = {e: {i.source_id for i in env.ledger.items(result.batch_id, e)} for e in result.entities}
@@ -303,9 +304,9 @@ def test_business_filter_matches_a_hand_computation(env: Env) -> None:
         i.source_id for i in env.ledger.items(result.batch_id, "patients") if i.action != "skipped"
     } == patients
     assert items["treatment_notes"] == expected_notes  # all notes of those patients, wherever written
-    assert {
-        i.source_id for i in env.ledger.items(result.batch_id, "invoices") if i.action != "skipped"
-    } == expected_invoices
+    invoiced = {i.source_id: i.action for i in env.ledger.items(result.batch_id, "invoices")}
+    assert invoiced.keys() == expected_invoices and "skipped" not in invoiced.values()
+    assert billed - seen  # the demo clinic has such patients: the rule is exercised
     assert 0 < len(patients) < source_totals(env.sandbox)["patients"]
     # A scope costs far fewer requests than reading everything.
     assert result.requests < 120
@@ -355,18 +356,31 @@ def test_practitioner_filter_matches_a_hand_computation(env: Env) -> None:
         pid = str(practitioner["id"])
         appts = [r for p in source.pages("individual_appointments") for r in p.records]
         notes = [r for p in source.pages("treatment_notes") for r in p.records]
+        groups = [r for p in source.pages("group_appointments") for r in p.records]
+        invoices = [r for p in source.pages("invoices") for r in p.records]
 
     def link(record: dict[str, Any], rel: str) -> str | None:
         value = record.get(rel)
         return value["links"]["self"].rsplit("/", 1)[-1] if isinstance(value, dict) else None
 
-    mine = {str(a["id"]) for a in appts if link(a, "practitioner") == pid}
-    written = {str(n["id"]) for n in notes if link(n, "practitioner") == pid}
+    mine = [a for a in appts if link(a, "practitioner") == pid]
+    classes = [g for g in groups if link(g, "practitioner") == pid]
+    written = [n for n in notes if link(n, "practitioner") == pid]
+    billed = [i for i in invoices if link(i, "practitioner") == pid]
+    seen = {link(a, "patient") for a in mine} | {str(p) for g in classes for p in g["patient_ids"]}
+    # Their patients: those they saw, wrote notes about or invoiced; every note and invoice comes across.
+    patients = seen | {link(n, "patient") for n in written} | {link(i, "patient") for i in billed}
     result = env.run(env.plan(f"practitioner:{pid}"))
-    assert {i.source_id for i in env.ledger.items(result.batch_id, "individual_appointments")} == mine
-    assert {i.source_id for i in env.ledger.items(result.batch_id, "treatment_notes")} == written
-    created_notes = [i for i in env.ledger.items(result.batch_id, "treatment_notes") if i.action == "created"]
-    assert created_notes and len(created_notes) <= len(written)
+    items = {
+        e: {i.source_id: i.action for i in env.ledger.items(result.batch_id, e)} for e in result.entities
+    }
+    assert items["individual_appointments"].keys() == {str(a["id"]) for a in mine}
+    assert items["treatment_notes"].keys() == {str(n["id"]) for n in written}
+    assert items["invoices"].keys() == {str(i["id"]) for i in billed}
+    assert {sid for sid, action in items["patients"].items() if action != "skipped"} == patients
+    assert patients - seen  # the demo clinic has such patients: the rule is exercised
+    for entity in ("treatment_notes", "invoices"):
+        assert set(items[entity].values()) == {"created"}, entity
 
 
 def test_mapping_actions(env: Env) -> None:

@@ -53,10 +53,11 @@ table(counts, height="content")
 if not result.exact:
     st.caption(
         "≈ marks estimates. Under a business or practitioner filter, which patients come across is known only "
-        "once the run has read the appointments in scope, so patients and what follows them are estimated from "
-        "the share of appointments in scope. That is low when patients are seen at several of the businesses (or "
-        "by several practitioners), so each such row also says how many there could be at most. The run reports "
-        "the exact figures."
+        "once the run has read the appointments, invoices and notes in scope, so patients and what follows them "
+        "are estimated from the share of appointments in scope. That is low when patients are seen at several of "
+        "the businesses (or by several practitioners), so each such row also says how many there could be at "
+        "most that way; the few billed or written about without an appointment in scope come on top. The run "
+        "reports the exact figures."
     )
 st.caption("Reading costs one request per 100 records, and at least one per list.")
 if cliniko_target() is not None:

@@ -17,10 +17,11 @@ FILTERS = {
 MEANINGS = {
     "all": "Everything in the account comes across.",
     "business": "The appointments, unavailable blocks and invoices at the chosen businesses, and the patients "
-    "seen there. Notes, files and medical alerts belong to a patient rather than to a business, so those "
-    "patients bring all of theirs, wherever they were written.",
-    "practitioner": "The appointments, unavailable blocks and invoices of the chosen practitioners, the patients "
-    "they saw with those patients' files and medical alerts, and the treatment notes these practitioners wrote.",
+    "seen or billed there. Notes, files and medical alerts belong to a patient rather than to a business, so "
+    "those patients bring all of theirs, wherever they were written.",
+    "practitioner": "The appointments, unavailable blocks and invoices of the chosen practitioners, every "
+    "treatment note they wrote, and the patients they saw, wrote about or billed, with those patients' files "
+    "and medical alerts.",
 }
 GROUPS = (
     ("Core data", "Narrowed by the filter above.", CORE_TYPES),
