@@ -352,16 +352,19 @@ class _TerminalLine:
         if self._shown:
             print(file=sys.stderr)
 
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 30) -> str:
+        """``[#####-----]``: ``done`` out of ``total`` (full when there is nothing to do)."""
+        filled = int(width * done / total) if total else width
+        return f"[{'#' * filled}{'-' * (width - filled)}]"
+
 
 class _ProgressLine(_TerminalLine):
     """A run's progress: the stage, a bar and its counts."""
 
     def __call__(self, event: ProgressEvent) -> None:
-        width = 30
-        filled = int(width * event.done / event.total) if event.total else width
-        bar = "#" * filled + "-" * (width - filled)
         self._show(
-            f"{event.stage:<26} [{bar}] {event.done:>7,}/{event.total:<7,} "
+            f"{event.stage:<26} {self._bar(event.done, event.total)} {event.done:>7,}/{event.total:<7,} "
             f"created {event.created:,} linked {event.linked:,} present {event.already_present:,} "
             f"skipped {event.skipped:,}   ",
             last=event.done >= event.total,
@@ -372,10 +375,8 @@ class _DeletionLine(_TerminalLine):
     """``delete-batch``: the records removed so far (a Cliniko account's go at the key's pace)."""
 
     def __call__(self, entity: str, removed: int, total: int) -> None:
-        width = 30
-        filled = int(width * removed / total) if total else width
         self._show(
-            f"deleting {entity:<24} [{'#' * filled}{'-' * (width - filled)}] {removed:>9,}/{total:<9,}",
+            f"deleting {entity:<24} {self._bar(removed, total)} {removed:>9,}/{total:<9,}",
             last=removed >= total,
         )
 

@@ -124,6 +124,23 @@ def _mapping_rows(table: pl.DataFrame | Sequence[MappingRow] | str | Path | None
     return table
 
 
+class _CountBar:
+    """One tqdm bar, made on the first call (when the total is known); :meth:`close` ends it."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _listener(bar: Any, progress: object) -> Any:
+    """What a step reports its progress to: its own bar (``progress=True``), the caller's callable, or nothing."""
+    return bar if bar is not None else (progress if callable(progress) else None)
+
+
 class ProgressBar:
     """A tqdm bar per stage, fed by a run's progress events: a widget in Jupyter when
     ipywidgets is installed, a text bar otherwise (Jupyter shows it in place too)."""
@@ -203,7 +220,7 @@ def run(
     ledger, store = open_local_store(to, workspace)
     listener: Callable[[StageProgress], None] | None
     bar = ProgressBar() if progress is True else None
-    listener = bar if bar is not None else (progress if callable(progress) else None)
+    listener = _listener(bar, progress)
     try:
         plan = make_plan(
             source,
@@ -222,22 +239,14 @@ def run(
         ledger.close()
 
 
-class InvoiceBar:
+class InvoiceBar(_CountBar):
     """A tqdm bar over the source's invoices that :func:`reconcile` reads for the balances."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
 
     def __call__(self, read: int, listed: int) -> None:
         if self._bar is None:
             self._bar = _tqdm()(total=listed, desc="Source invoices (balances)", unit=" invoices", leave=True)
         self._bar.total = listed
         self._bar.update(read - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def reconcile(
@@ -261,7 +270,7 @@ def reconcile(
     bar = InvoiceBar() if progress is True else None
     try:
         store = _local_store_of(ledger, batch_id, "reconciled")
-        listener = bar if bar is not None else (progress if callable(progress) else None)
+        listener = _listener(bar, progress)
         return _reconcile(ledger, batch_id, source=source, store=store, progress=listener)
     finally:
         if bar is not None:
@@ -280,22 +289,14 @@ def _local_store_of(ledger: Ledger, batch_id: str, done: str) -> LocalStore:
     return LocalStore(LocalStore.parse_target(batch.destination), ledger)
 
 
-class DeletionBar:
+class DeletionBar(_CountBar):
     """A tqdm bar over the records :func:`delete_batch` removes, its description the data type going now."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
 
     def __call__(self, entity: str, removed: int, total: int) -> None:
         if self._bar is None:
             self._bar = _tqdm()(total=total, desc="Deleting", unit=" records", leave=True)
         self._bar.set_description(f"Deleting {entity:<24}", refresh=False)
         self._bar.update(removed - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def delete_batch(
@@ -333,7 +334,7 @@ def delete_batch(
     try:
         store = _local_store_of(ledger, batch_id, "deleted")
         if not dry_run:
-            listener = bar if bar is not None else (progress if callable(progress) else None)
+            listener = _listener(bar, progress)
             # delete_batch checks what follows (the batch's age, what relies on it), and more
             return _delete_batch(ledger, store, batch_id, actor="notebook", progress=listener)
         allowed, why = ledger.batch(batch_id).deletable()
