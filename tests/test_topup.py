@@ -328,6 +328,50 @@ def test_a_business_top_up_brings_a_patient_who_entered_the_scope_with_their_his
     assert top.requests < first.requests
 
 
+def test_a_top_up_brings_what_was_skipped_for_a_patient_unarchived_since(env: Env) -> None:
+    # Without archived patients, what belongs to them is skipped as out of scope; once the clinic unarchives
+    # one, a top-up reads that patient (updated since) and tries their skipped records again by id, though
+    # none of those records changed themselves.
+    plan = env.plan().model_copy(update={"include_archived_patients": False})
+    first = env.run(plan)
+    out = {
+        (i.entity, i.source_id)
+        for i in env.ledger.items(first.batch_id)
+        if i.reason_code == "patient_out_of_scope"
+    }
+    entities = sorted({entity for entity, _ in out})
+
+    def records_of(patient: str) -> set[tuple[str, str]]:
+        return {
+            (entity, str(r["id"]))
+            for entity in entities
+            for page in env.source.pages(entity, [_patient(patient)])
+            for r in page.records
+        }
+
+    # The archived patient with the most records of the most kinds.
+    archived = [str(r["id"]) for page in env.source.pages("patients", route="archived") for r in page.records]
+    patient, theirs = max(
+        ((p, records_of(p)) for p in archived), key=lambda pr: (len({e for e, _ in pr[1]}), len(pr[1]), pr[0])
+    )
+    assert {e for e, _ in theirs} >= {"individual_appointments", "invoices"}, theirs
+    assert theirs <= out
+    assert not any(i.source_id == patient for i in env.ledger.items(first.batch_id, "patients"))
+
+    env.writer.post(f"/patients/{patient}/unarchive", {})
+    top = env.run(plan, top_up=True)
+    got = env.items(top.batch_id)
+    assert got[("patients", patient)] == ("created", None)
+    assert {key: got.get(key) for key in theirs} == {key: ("created", None) for key in theirs}
+    # Everything else the first run skipped for its patient stays skipped: those patients are still archived.
+    still = {key for key, (_, code) in got.items() if code == "patient_out_of_scope"}
+    assert still == out - theirs
+    again = env.run(plan, top_up=True)
+    assert sum(counts["created"] for counts in again.entities.values()) == 0
+    check = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store)
+    assert check.ok, check.problems
+
+
 def _patient(patient_id: str) -> Filter:
     return Filter("patient_id", "=", patient_id)
 
