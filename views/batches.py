@@ -38,23 +38,48 @@ class ChangedSinceShown(MigratorError):
     """What deleting a batch removes is no longer what the page showed when delete was pressed."""
 
 
-def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
-    """Delete the batch (a button callback, so that the confirmation box can be emptied afterwards).
+@dataclass(frozen=True)
+class Pending:
+    """A deletion confirmed by the button, done by the run of the page the button starts."""
 
-    On a hosted instance an administrator's key of the batch's account is checked with Cliniko
-    now, used for that check only, and emptied from its box whatever the outcome.
+    batch_id: str
+    destination: str
+    shown: dict[str, Any]  # the plan's summary the page showed
+    admin_key: SecretStr  # hosted: an administrator's key of the batch's account, for this deletion only
 
-    ``shown`` is the plan's summary the page showed. A local store's plan is exact, so a
-    deletion that would now remove anything else (a run from another process booked
-    appointments for the batch's patients since the page was drawn, say) is refused before
-    anything goes, and the page shows the new plan. A Cliniko account's plan is shown from
-    the ledger and deleting reads the account, as the page says, so there it is not compared.
+
+def confirm(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
+    """Take the confirmation (a button callback, so that its boxes can be emptied) and queue the deletion.
+
+    The deletion itself runs in the page's body (:func:`delete`), where its bar can stand under
+    the button: a callback's elements take the top of the page, out of sight of a reader
+    scrolled down to the button. On a hosted instance the administrator's key is taken out of
+    its box here, whatever happens next.
     """
     state.delete_confirm = ""
     typed = str(state.get("delete_admin_key") or "").strip()
     state.delete_admin_key = ""
     if who is not None:
         forget_typed_keys()
+        if not typed:
+            state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
+            return
+    state.delete_pending = Pending(batch_id, destination, shown, SecretStr(typed))
+
+
+def delete(pending: Pending) -> None:
+    """Delete the batch, with a bar following it, and leave the outcome's sentence for the next run.
+
+    On a hosted instance the administrator's key is checked with Cliniko now, used for that
+    check only.
+
+    ``pending.shown`` is the plan's summary the page showed. A local store's plan is exact, so
+    a deletion that would now remove anything else (a run from another process booked
+    appointments for the batch's patients since the page was drawn, say) is refused before
+    anything goes, and the page shows the new plan. A Cliniko account's plan is shown from
+    the ledger and deleting reads the account, as the page says, so there it is not compared.
+    """
+    batch_id, destination, shown = pending.batch_id, pending.destination, pending.shown
 
     def as_shown(plan: DeletionPlan) -> None:
         if destination.startswith("cliniko:") or plan.as_dict() == shown:
@@ -65,11 +90,7 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
             "was deleted. Check what it removes now, then delete again."
         )
 
-    if who is not None and not typed:
-        state.delete_error = "Enter an administrator's API key of the batch's account to delete it."
-        return
-    # A large clinic's batch takes tens of seconds, a Cliniko account's goes at the key's pace: a bar
-    # follows it (a callback's elements show at the top of the page) and goes once it is done.
+    # A large clinic's batch takes tens of seconds, a Cliniko account's goes at the key's pace.
     bar = st.progress(0.0, text=f"Deleting batch {batch_id}…")
 
     def removed(entity: str, so_far: int, total: int) -> None:
@@ -80,7 +101,7 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
 
     try:
         if who is not None:
-            done = delete_as(config, who, batch_id, SecretStr(typed), show=as_shown, progress=removed)
+            done = delete_as(config, who, batch_id, pending.admin_key, show=as_shown, progress=removed)
         else:
             with open_destination(destination) as (ledger, store):
                 done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown, progress=removed)
@@ -93,8 +114,6 @@ def delete(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
             state.delete_message += " " + done.matched_note
     except MigratorError as exc:
         state.delete_error = str(exc)
-    finally:
-        bar.empty()
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,8 @@ st.markdown(
     "Every run is a batch. A batch can be deleted while it is **younger than 48 hours**: that removes what it "
     "created, and only that; records it merely linked to, and what the clinic set up itself, stay."
 )
+# Popped at once: a deletion is done by this run only, under the button, or not at all (see confirm()).
+pending: Pending | None = state.pop("delete_pending", None)
 if message := state.pop("delete_message", None):
     st.success(message)
 if error := state.pop("delete_error", None):
@@ -183,6 +204,10 @@ for row in frame.filter(~pl.col("deletable") & (pl.col("status") != "deleted")).
     st.caption(f"Why not {row['batch']}: {row['why']}")
 
 candidates = {b.id: b for b in batches if b.deletable()[0] and b.id not in blocked}
+if pending is not None and pending.batch_id not in candidates:
+    # Its 48 hours ran out, or a later batch came to rely on it, between the page and the click.
+    why = next((r["why"] for r in frame.iter_rows(named=True) if r["batch"] == pending.batch_id), None)
+    st.error(f"Batch {pending.batch_id} was not deleted" + (f": {why}" if why else "."))
 st.subheader("Delete a batch")
 if not candidates:
     st.caption("No batch can be deleted now.")
@@ -284,6 +309,12 @@ st.button(
     type="primary",
     icon=":material/delete:",
     disabled=typed.strip() != CONFIRM_WORD,
-    on_click=delete,
+    on_click=confirm,
     args=(chosen, batch.destination, summary),
 )
+if pending is not None:
+    if pending.batch_id == chosen:
+        delete(pending)  # its bar stands here, under the button
+    else:
+        state.delete_error = f"Batch {pending.batch_id} was not deleted: another batch was chosen meanwhile."
+    st.rerun()  # the page again, with the outcome's sentence on top

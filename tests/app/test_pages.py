@@ -455,6 +455,35 @@ def test_a_deletion_that_would_remove_more_than_the_page_showed_removes_nothing(
     assert f"Batch {batch.id} is deleted: 2 records were removed." in texts(at)
 
 
+def test_a_batch_whose_48_hours_run_out_before_the_click_is_not_deleted(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    created_patients(ledger, store, batch.id, "Ana")
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "batches")
+    at.text_input(key="delete_confirm").input("DELETE").run()
+    assert f"Deleting batch **{batch.id}** removes **1 record**:" in texts(at)
+    with sqlite3.connect(workspace / "ledger.db") as conn:  # the page was left open for two days
+        conn.execute("UPDATE batches SET created_at = '2020-01-01T00:00:00+00:00'")
+    at.button(key="delete_go").click().run()
+    assert not at.exception and not at.success
+    (error,) = [e.value for e in at.error]
+    assert (
+        error.startswith(f"Batch {batch.id} was not deleted: ") and "only be deleted within 48 hours" in error
+    )
+    with sqlite3.connect(workspace / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (1,)
+    with Ledger(workspace) as check:
+        assert check.batch(batch.id).status == "completed"
+    # The click is not kept for later: the next run of the page deletes nothing either.
+    at.run()
+    assert not at.error and "No batch can be deleted now." in texts(at)
+
+
 def test_deleting_a_batch_that_created_nothing_says_so_without_the_patients_warning(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
