@@ -10,8 +10,9 @@
 True
 >>> migrator.batches()                               # doctest: +SKIP
 
-The steps (``connect``, ``mapping``, ``run``, ``reconcile``, ``batches``, ``delete_batch``; see
-:mod:`migrator.steps`) load on first use, so ``import migrator`` stays light.
+Everything but the errors loads on first use (the steps ``connect``, ``mapping``, ``run``,
+``reconcile``, ``batches``, ``delete_batch`` from :mod:`migrator.steps`; the client, the
+preview), so ``import migrator`` and ``python -m migrator --help`` stay light.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
-from migrator.cliniko.filters import Filter
-from migrator.cliniko.keys import ApiKey, parse_key
 from migrator.errors import (
     AccessError,
     APIError,
@@ -37,10 +35,13 @@ from migrator.errors import (
     RetriableAPIError,
     ValidationAPIError,
 )
-from migrator.preview import Preview, preview
 
 if TYPE_CHECKING:
+    from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+    from migrator.cliniko.filters import Filter
+    from migrator.cliniko.keys import ApiKey, parse_key
     from migrator.engine import RunResult
+    from migrator.preview import Preview, preview
     from migrator.reconcile import Reconciliation
     from migrator.steps import batches, connect, delete_batch, mapping, reconcile, run
 
@@ -76,6 +77,14 @@ __all__ = [
 
 #: Names loaded on first use, and the module each comes from.
 _LAZY = {
+    "ApiKey": "migrator.cliniko.keys",
+    "ClientConfig": "migrator.cliniko.client",
+    "ClinikoClient": "migrator.cliniko.client",
+    "Filter": "migrator.cliniko.filters",
+    "Identity": "migrator.cliniko.client",
+    "Preview": "migrator.preview",
+    "parse_key": "migrator.cliniko.keys",
+    "preview": "migrator.preview",
     "RunResult": "migrator.engine",
     "Reconciliation": "migrator.reconcile",
     "batches": "migrator.steps",
@@ -97,11 +106,11 @@ def __getattr__(name: str) -> Any:
 
 
 class _Package(types.ModuleType):
-    """The package, whose steps ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
+    """The package, whose ``preview``, ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
 
     Importing a submodule makes Python set it as an attribute of its package, which
-    would replace ``migrator.reconcile()`` with the module ``migrator.reconcile``; the
-    functions win here (the modules stay importable: ``from migrator.reconcile import counts``).
+    would replace ``migrator.reconcile()`` with the module ``migrator.reconcile`` (and so on);
+    the functions win here (the modules stay importable: ``from migrator.reconcile import counts``).
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -25,17 +25,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
-from migrator.cliniko.client import ClientConfig, ClinikoClient
-from migrator.cliniko.keys import parse_key
 from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError
-from migrator.plan import records_of
-from migrator.preview import preview
-from migrator.workflow import DEFAULT_WORKSPACE, source_account_of
+from migrator.workspace import DEFAULT_WORKSPACE
 
-if TYPE_CHECKING:  # the engine loads only for the commands that need it
+# The library (httpx, pydantic, polars, SQLite's helpers) loads only for the commands that need it, so
+# that --help, and a bad option, answer at once.
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from migrator.cliniko.client import ClientConfig, ClinikoClient
     from migrator.engine import ProgressEvent
 
 __all__ = ["main"]
@@ -46,6 +45,8 @@ NOTE_KEYS_ENV = "MIGRATOR_NOTE_KEYS"
 
 
 def _read_key(env: str, what: str) -> SecretStr:
+    from pydantic import SecretStr
+
     value = os.environ.get(env)
     if value:
         return SecretStr(value)
@@ -55,10 +56,15 @@ def _read_key(env: str, what: str) -> SecretStr:
 
 
 def _config() -> ClientConfig:
+    from migrator.cliniko.client import ClientConfig
+
     return ClientConfig(requests_per_minute=pace_from_env())
 
 
 def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
+    from migrator.cliniko.client import ClinikoClient
+    from migrator.cliniko.keys import parse_key
+
     env, what = (DEST_KEY_ENV, "destination") if dest else (SOURCE_KEY_ENV, "source")
     key = parse_key(_read_key(env, what))
     return ClinikoClient(key, writable=writable and dest, config=_config())
@@ -66,6 +72,11 @@ def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
 
 def _note_clients() -> list[ClinikoClient]:
     """Writable clients of the extra destination practitioners' keys (``MIGRATOR_NOTE_KEYS``, comma-separated)."""
+    from pydantic import SecretStr
+
+    from migrator.cliniko.client import ClinikoClient
+    from migrator.cliniko.keys import parse_key
+
     parts = [part.strip() for part in os.environ.get(NOTE_KEYS_ENV, "").split(",") if part.strip()]
     keys = []
     for n, part in enumerate(parts, 1):
@@ -181,6 +192,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from migrator.preview import preview
+
     if any(v is not None for v in (args.filter, args.include, args.to)) or args.no_archived_patients:
         return _preview_plan(args)
     with _client(False) as client:
@@ -392,6 +405,7 @@ class _InvoiceLine(_TerminalLine):
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from migrator.reconcile import reconcile
+    from migrator.workflow import source_account_of
 
     with _client(False) as client:
         ledger, store = _batch_store(args.workspace, args.batch_id, client)
@@ -525,6 +539,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
 
 def cmd_delete_batch(args: argparse.Namespace) -> int:
     from migrator.batches import BatchNotDeletable, DeletionPlan, delete_batch, deletion_plan
+    from migrator.plan import records_of
 
     ledger, store = _batch_store(args.workspace, args.batch_id, admin_for="deleting a batch")
     allowed, why = ledger.batch(args.batch_id).deletable()

@@ -32,6 +32,7 @@ from migrator.ledger import Batch, Ledger, StageProgress
 from migrator.mapping import build_mapping, load_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.topup import TOP_UP_OVERLAP, TopUp
+from migrator.workspace import DEFAULT_WORKSPACE
 
 if TYPE_CHECKING:  # the engine loads only when a run starts
     from migrator.destinations.cliniko import ClinikoDestination
@@ -60,7 +61,6 @@ __all__ = [
     "verify_source",
 ]
 
-DEFAULT_WORKSPACE = "workspace"
 #: The local clinic store of the default workspace (:func:`default_store` of another one).
 DEFAULT_STORE = "sqlite:workspace/clinic.db"
 

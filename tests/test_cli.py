@@ -241,6 +241,29 @@ def test_the_cli_starts_without_pandas_and_leaves_it_importable(tmp_path: Path) 
     assert result == "[] (2, 1)"
 
 
+def test_help_and_a_bad_option_answer_without_loading_the_library() -> None:
+    """httpx, pydantic and polars take about a second to import: only the commands that need them load them."""
+    heavy = ("httpx", "pydantic", "polars")
+    for argv in (["--help"], ["run", "--help"], ["run", "--filter"]):
+        code = (
+            "import runpy, sys\n"
+            f"sys.argv = ['migrator', *{argv!r}]\n"
+            "try:\n"
+            "    runpy.run_module('migrator', run_name='__main__')\n"
+            "except SystemExit as stop:\n"
+            "    code = stop.code\n"
+            f"print(code, sorted(set({heavy!r}) & set(sys.modules)), file=sys.stderr)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.stderr.strip().splitlines()[-1] == ("0 []" if "--help" in argv else "2 []"), argv
+    # The library itself loads them on first use, under the same names as before.
+    code = "import sys, migrator; before = 'httpx' in sys.modules; migrator.ClinikoClient; print(before, 'httpx' in sys.modules, migrator.preview.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "True", "migrator.preview"], done.stderr
+
+
 _INTERRUPTED = """
 import os, signal, sys, time
 from migrator import cli
