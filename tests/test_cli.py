@@ -259,7 +259,12 @@ def test_help_and_a_bad_option_answer_without_loading_the_library() -> None:
         )
         assert done.stderr.strip().splitlines()[-1] == ("0 []" if "--help" in argv else "2 []"), argv
     # The library itself loads them on first use, under the same names as before.
-    code = "import sys, migrator; before = 'httpx' in sys.modules; migrator.ClinikoClient; print(before, 'httpx' in sys.modules, migrator.preview.__module__)"
+    code = (
+        "import sys, migrator\n"
+        "before = 'httpx' in sys.modules\n"
+        "migrator.ClinikoClient\n"
+        "print(before, 'httpx' in sys.modules, migrator.preview.__module__)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "True", "migrator.preview"], done.stderr
 

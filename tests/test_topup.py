@@ -341,7 +341,7 @@ def test_a_top_up_brings_what_was_skipped_for_a_patient_unarchived_since(env: En
     }
     entities = sorted({entity for entity, _ in out})
 
-    def records_of(patient: str) -> set[tuple[str, str]]:
+    def records_of_patient(patient: str) -> set[tuple[str, str]]:
         return {
             (entity, str(r["id"]))
             for entity in entities
@@ -352,7 +352,8 @@ def test_a_top_up_brings_what_was_skipped_for_a_patient_unarchived_since(env: En
     # The archived patient with the most records of the most kinds.
     archived = [str(r["id"]) for page in env.source.pages("patients", route="archived") for r in page.records]
     patient, theirs = max(
-        ((p, records_of(p)) for p in archived), key=lambda pr: (len({e for e, _ in pr[1]}), len(pr[1]), pr[0])
+        ((p, records_of_patient(p)) for p in archived),
+        key=lambda pr: (len({e for e, _ in pr[1]}), len(pr[1]), pr[0]),
     )
     assert {e for e, _ in theirs} >= {"individual_appointments", "invoices"}, theirs
     assert theirs <= out
