@@ -82,6 +82,10 @@ if hosted and signed_in is None:
 elif hosted and signed_in is not None and signed_in.operator:
     steps.append(st.Page("views/audit.py", title="Audit trail", icon=":material/policy:"))
 navigation = st.navigation(steps)
+if navigation.url_path != "batches":
+    # A deletion confirmed on the Batches page is done by that page's next run or not at all (with a
+    # hosted administrator's key in it): one left behind, say by a sign-in lapsing, goes now.
+    st.session_state.pop("delete_pending", None)
 
 
 def hosted_frame() -> None:

@@ -54,7 +54,8 @@ def confirm(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
     The deletion itself runs in the page's body (:func:`delete`), where its bar can stand under
     the button: a callback's elements take the top of the page, out of sight of a reader
     scrolled down to the button. On a hosted instance the administrator's key is taken out of
-    its box here, whatever happens next.
+    its box here, whatever happens next. A deletion queued but not done (another page ran
+    first) is dropped by ``app.py``.
     """
     state.delete_confirm = ""
     typed = str(state.get("delete_admin_key") or "").strip()

@@ -484,6 +484,16 @@ def test_a_batch_whose_48_hours_run_out_before_the_click_is_not_deleted(
     assert not at.error and "No batch can be deleted now." in texts(at)
 
 
+def test_a_deletion_confirmed_but_not_done_is_dropped_by_any_other_page(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    """The Batches page does a confirmed deletion on its next run; if another page runs instead, it goes."""
+    at = goto(console(), "batches")
+    at.session_state["delete_pending"] = "a deletion confirmed on the Batches page"
+    goto(at, "connect")
+    assert "delete_pending" not in at.session_state
+
+
 def test_deleting_a_batch_that_created_nothing_says_so_without_the_patients_warning(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
