@@ -209,6 +209,7 @@ if pending is not None and pending.batch_id not in candidates:
     # Its 48 hours ran out, or a later batch came to rely on it, between the page and the click.
     why = next((r["why"] for r in frame.iter_rows(named=True) if r["batch"] == pending.batch_id), None)
     st.error(f"Batch {pending.batch_id} was not deleted" + (f": {why}" if why else "."))
+    pending = None
 st.subheader("Delete a batch")
 if not candidates:
     st.caption("No batch can be deleted now.")
