@@ -545,15 +545,15 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     allowed, why = ledger.batch(args.batch_id).deletable()
     if not allowed:  # too old, deleted or running: no plan to show (nor an account to read for one)
         raise BatchNotDeletable(why)
-    removes = (
-        "removes (patients are archived: Cliniko's API cannot delete them)"
-        if not store.describe().startswith("sqlite:")
-        else "removes"
+    archived = (
+        ""
+        if store.describe().startswith("sqlite:")
+        else " (patients are archived: Cliniko's API cannot delete them)"
     )
 
     def show(plan: DeletionPlan) -> None:
         summary = plan.as_dict()
-        print(f"Deleting batch {args.batch_id} {removes} {records_of('records', summary['total'])}:")
+        print(f"Deleting batch {args.batch_id} removes {records_of('records', summary['total'])}{archived}:")
         for entity, n in summary["created"].items():
             print(f"  {entity}: {n:,} created by the batch")
         for entity, n in summary["created_since_for_its_patients"].items():
