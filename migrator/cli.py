@@ -235,6 +235,11 @@ def _preview_plan(args: argparse.Namespace) -> int:
             client, scope, include, include_archived_patients=not args.no_archived_patients
         )
     approx = "" if result.exact else "≈ "
+    transfer = None
+    if not local:
+        from migrator.destinations.cliniko import transfer_estimate
+
+        transfer = transfer_estimate(result)
     if args.json:
         entities = {row.pop("entity"): row for row in result.frame.iter_rows(named=True)}
         print(
@@ -248,6 +253,7 @@ def _preview_plan(args: argparse.Namespace) -> int:
                     "requests": result.requests,
                     "estimated_minutes": result.estimated_minutes,
                     "exact": result.exact,
+                    "transfer": transfer.as_dict() if transfer is not None else None,
                 }
             )
         )
@@ -262,6 +268,12 @@ def _preview_plan(args: argparse.Namespace) -> int:
         )
     pace = _pace(result.estimated_minutes, result.requests_per_minute)
     print(f"Reading {approx}{result.records:,} records takes {approx}{result.requests:,} requests: {pace}.")
+    if transfer is not None:
+        print(
+            f"Writing them into the Cliniko account takes {approx}{transfer.writes:,} requests on its key, one "
+            f"a record (a file two, after its download from the source), while the source is read: the transfer "
+            f"takes {_pace(transfer.minutes, result.requests_per_minute)}."
+        )
     if not result.exact:
         print(
             "≈ marks estimates: which patients come across is known only once a run has read the appointments, "

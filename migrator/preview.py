@@ -69,6 +69,11 @@ def read_requests(records: int) -> int:
     return max(1, math.ceil(records / PER_PAGE))
 
 
+def minutes_at(requests: int, requests_per_minute: float) -> float:
+    """Minutes ``requests`` take at a key's pace, rounded up to a tenth (``0.0`` unpaced)."""
+    return math.ceil(requests / requests_per_minute * 10) / 10 if requests_per_minute > 0 else 0.0
+
+
 def preview(client: ClinikoClient, lists: tuple[tuple[str, str | None], ...] = SOURCE_LISTS) -> Preview:
     """Count every list a migration reads, concurrently.
 
@@ -88,5 +93,9 @@ def preview(client: ClinikoClient, lists: tuple[tuple[str, str | None], ...] = S
     counts = {list_key(r, route): n for (r, route), n in zip(lists, totals, strict=True)}
     requests = sum(read_requests(n) for n in counts.values())
     pace = client.config.requests_per_minute
-    minutes = math.ceil(requests / pace * 10) / 10 if pace > 0 else 0.0
-    return Preview(counts=counts, requests=requests, estimated_minutes=minutes, requests_per_minute=pace)
+    return Preview(
+        counts=counts,
+        requests=requests,
+        estimated_minutes=minutes_at(requests, pace),
+        requests_per_minute=pace,
+    )

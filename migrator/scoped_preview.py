@@ -36,7 +36,7 @@ import polars as pl
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.plan import Scope, close_include, default_include
-from migrator.preview import list_key, preview, read_requests
+from migrator.preview import list_key, minutes_at, preview, read_requests
 from migrator.scope import direct_queries
 from migrator.stages import MAPPED, STAGES
 
@@ -218,12 +218,11 @@ def scoped_preview(
     frame = pl.DataFrame(rows, schema=PREVIEW_SCHEMA, orient="row")
     requests = int(frame["requests"].sum())
     pace = client.config.requests_per_minute
-    minutes = math.ceil(requests / pace * 10) / 10 if pace > 0 else 0.0
     return ScopedPreview(
         scope=scope,
         include=close_include(include if include is not None else default_include(local=True)),
         frame=frame,
         requests=requests,
-        estimated_minutes=minutes,
+        estimated_minutes=minutes_at(requests, pace),
         requests_per_minute=pace,
     )

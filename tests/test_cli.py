@@ -100,8 +100,26 @@ def test_preview_for_a_cliniko_transfer_brings_note_templates_and_refuses_invoic
     assert shown["include"] == ["treatment_note_templates", "patients", "treatment_notes"]
     assert shown["exact"] and shown["entities"]["treatment_notes"]["records"] == totals["treatment_notes"]
     assert shown["entities"]["patients"]["records"] == totals["patients"] + totals["patients/archived"]
+    # Into Cliniko a record is a write on the destination's key (practitioners and businesses are mapped,
+    # not written), and those writes, not the reads, set how long the transfer takes.
+    written = sum(
+        row["records"] for e, row in shown["entities"].items() if e not in ("practitioners", "businesses")
+    )
+    assert shown["transfer"] == {
+        "reads": shown["requests"],
+        "writes": written,
+        "estimated_minutes": math.ceil(written / 200 * 10) / 10,  # at Cliniko's 200 a minute
+        "exact": True,
+    }
+    assert shown["estimated_minutes"] < shown["transfer"]["estimated_minutes"] / 50  # reading alone
+    text = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "treatment_notes", key=key)
+    assert (
+        f"Writing them into the Cliniko account takes {written:,} requests on its key, one a record"
+        in text.stdout
+    )
     without_archived = demo_sandbox.cli("preview", "--no-archived-patients", "--json", key=key)
     assert json.loads(without_archived.stdout)["entities"]["patients"]["records"] == totals["patients"]
+    assert json.loads(without_archived.stdout)["transfer"] is None  # the local store: reads only
     assert "invoices" in json.loads(without_archived.stdout)["include"]  # the local store takes them
 
     refused = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "invoices", key=key)

@@ -15,6 +15,7 @@ from console_ui import (
     table,
 )
 from migrator.console import entity_label
+from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_estimate
 from migrator.errors import MigratorError
 
 st.title("Preview: what the run will read")
@@ -33,13 +34,27 @@ except MigratorError as exc:
 
 pace = settings().requests_per_minute
 approx = "" if result.exact else "≈ "
-cols = st.columns(3)
+# Into a Cliniko account every record is a request of its own on the destination's key: those
+# writes, not the reads, set how long the transfer takes.
+transfer = transfer_estimate(result) if cliniko_target() is not None else None
+cols = st.columns(3 if transfer is None else 4)
 cols[0].metric("Records to read", f"{approx}{result.records:,}")
 cols[1].metric("Requests", f"{approx}{result.requests:,}")
-cols[2].metric(
-    "Minutes at the key's pace",
-    f"{approx}{result.estimated_minutes:g}" if pace > 0 else "unpaced",
-    help=f"{pace:g} requests per minute per key (Cliniko allows 200)." if pace > 0 else None,
+if transfer is not None:
+    cols[2].metric(
+        "Writes into Cliniko",
+        f"{approx}{transfer.writes:,}",
+        help="Requests on the destination account's key: one per record, two for a file; a cancelled "
+        "appointment or an archived patient costs one more, a record linked to an equal one none.",
+    )
+minutes = result.estimated_minutes if transfer is None else transfer.minutes
+cols[-1].metric(
+    "Minutes at the key's pace" if transfer is None else "Minutes at the keys' pace",
+    f"{approx}{minutes:g}" if pace > 0 else "unpaced",
+    help=f"{pace:g} requests per minute per key (Cliniko allows 200)"
+    + ("." if transfer is None else "; the source is read while the destination is written.")
+    if pace > 0
+    else None,
 )
 
 counts = result.frame.select(
@@ -59,10 +74,16 @@ if not result.exact:
         "most that way; the few billed or written about without an appointment in scope come on top. The run "
         "reports the exact figures."
     )
-st.caption("Reading costs one request per 100 records, and at least one per list.")
-if cliniko_target() is not None:
-    from migrator.destinations.cliniko import NOT_TRANSFERABLE
-
+st.caption(
+    "Reading costs one request per 100 records, and at least one per list."
+    + (
+        ""
+        if transfer is None
+        else " Writing into a Cliniko account costs one request per record (a file two, after a read to "
+        "download it), on that account's own key: the writes set the transfer's time."
+    )
+)
+if transfer is not None:
     st.subheader("Not transferred into a Cliniko account")
     st.markdown("\n".join(f"- **{entity_label(e)}**: {why}" for e, why in NOT_TRANSFERABLE.items()))
 next_step("Next: check the mapping", "mapping", key="next_mapping")

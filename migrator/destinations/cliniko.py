@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import polars as pl
@@ -90,7 +90,11 @@ from migrator.errors import (
 )
 from migrator.ledger import Ledger
 from migrator.mapping import normalise_name, reference_from_client
+from migrator.preview import minutes_at
 from migrator.stages import STAGES
+
+if TYPE_CHECKING:
+    from migrator.scoped_preview import ScopedPreview
 
 __all__ = [
     "DELETE_ORDER",
@@ -98,10 +102,12 @@ __all__ = [
     "TRANSFERABLE",
     "ClinikoDestination",
     "Preflight",
+    "TransferEstimate",
     "WriteRefused",
     "go_live",
     "links_into",
     "preflight",
+    "transfer_estimate",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +121,56 @@ NOT_TRANSFERABLE: dict[str, str] = {
     "invoice_items": "Cliniko cannot import financials; invoice lines stay in the source account.",
     "payments": "Cliniko's API has no payments at all; balances come out as an opening-balance report.",
 }
+
+#: Requests in the destination account per record a transfer creates, where not one: a file
+#: first asks for its presigned upload form; a concession type cannot be created at all.
+_WRITES_PER_CREATE: dict[str, int] = {"patient_attachments": 2, "concession_types": 0}
+
+
+@dataclass(frozen=True)
+class TransferEstimate:
+    """What a transfer of a preview's records into a Cliniko account costs, and how long it takes.
+
+    Attributes:
+        reads: requests on the source key: the preview's list pages, and each file's download.
+        writes: requests on the destination key: a create per record (a file two: its upload
+            form, then its create); never users, practitioners, businesses or financials. A
+            cancelled appointment or attendee, or an archived patient, costs one more, which
+            the counts do not tell; a record linked to an equal one already in the destination
+            (same name, or same patient and start) costs none.
+        minutes: the two keys' budgets are spent at once, so the larger of the two at the
+            pace, rounded up to a tenth (``0.0`` unpaced). Notes written with their author's
+            own key (``MIGRATOR_NOTE_KEYS``) spend that key's budget, which this leaves aside.
+        exact: whether the records were counted rather than estimated (:class:`ScopedPreview`).
+    """
+
+    reads: int
+    writes: int
+    minutes: float
+    exact: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reads": self.reads,
+            "writes": self.writes,
+            "estimated_minutes": self.minutes,
+            "exact": self.exact,
+        }
+
+
+def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
+    """:class:`TransferEstimate` of moving what ``preview`` counted into a Cliniko account.
+
+    Reading a clinic costs one request per 100 records, writing it one per record: at
+    Cliniko's 200 requests a minute the writes, not the reads, set a transfer's time.
+    """
+    records = preview.expected()
+    writes = sum(n * _WRITES_PER_CREATE.get(e, 1) for e, n in records.items() if e not in NOT_TRANSFERABLE)
+    reads = preview.requests + records.get("patient_attachments", 0)
+    return TransferEstimate(
+        reads, writes, minutes_at(max(reads, writes), preview.requests_per_minute), preview.exact
+    )
+
 
 #: Writable fields per entity, as Cliniko's docs show them (foreign keys come from the row).
 _FIELDS: dict[str, tuple[str, ...]] = {

@@ -52,6 +52,11 @@ def follow(at: AppTest, button: str, page: str) -> AppTest:
     return goto(at, page)
 
 
+def metrics(at: AppTest) -> dict[str, str]:
+    """The page's metrics: label to value as shown."""
+    return {m.label: m.value for m in at.metric}
+
+
 def texts(at: AppTest) -> str:
     """Everything a person reads on the page, as one string."""
     parts = [

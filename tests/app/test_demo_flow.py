@@ -26,7 +26,7 @@ from migrator.mapping_editor import mapping_json, read_table
 from migrator.plan import CORE_TYPES, OPTIONAL_TYPES
 from migrator.preview import preview
 from migrator.workflow import open_local_store
-from tests.app.conftest import follow, goto, texts, wait_for_status
+from tests.app.conftest import follow, goto, metrics, texts, wait_for_status
 
 
 def source_counts(at: AppTest) -> dict[str, int]:
@@ -34,10 +34,6 @@ def source_counts(at: AppTest) -> dict[str, int]:
     config = ClientConfig(url_template=at.session_state["url_template"], requests_per_minute=0)
     with ClinikoClient(at.session_state["source_key"], config=config) as client:
         return preview(client).counts
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def connect_and_decide(at: AppTest) -> None:
@@ -100,7 +96,7 @@ def test_the_demo_flow_from_connect_to_a_deleted_batch(
     shown = metrics(at)
     assert shown["Records to read"] == f"{table['Records'].sum():,}"
     assert shown["Requests"] == f"{table['Requests'].sum():,}"
-    assert shown["Minutes at the key's pace"] == "unpaced"
+    assert shown["Minutes at the key's pace"] == "unpaced" and "Writes into Cliniko" not in shown
     assert formats(at.dataframe[0]) == {
         "Records": "localized",
         "Requests": "localized",
