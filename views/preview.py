@@ -15,7 +15,6 @@ from console_ui import (
     table,
 )
 from migrator.console import entity_label
-from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_estimate
 from migrator.errors import MigratorError
 
 st.title("Preview: what the run will read")
@@ -36,7 +35,11 @@ pace = settings().requests_per_minute
 approx = "" if result.exact else "≈ "
 # Into a Cliniko account every record is a request of its own on the destination's key: those
 # writes, not the reads, set how long the transfer takes.
-transfer = transfer_estimate(result) if cliniko_target() is not None else None
+transfer = None
+if cliniko_target() is not None:  # the Cliniko destination's module loads only when one is used
+    from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_estimate
+
+    transfer = transfer_estimate(result)
 cols = st.columns(3 if transfer is None else 4)
 cols[0].metric("Records to read", f"{approx}{result.records:,}")
 cols[1].metric("Requests", f"{approx}{result.requests:,}")
