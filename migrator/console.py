@@ -23,6 +23,7 @@ Settings come from the environment (never from a URL, and never a key):
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -38,9 +39,11 @@ from pydantic import SecretStr
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import ApiKey
 from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, RATE_ENV, pace_from_env
+from migrator.cliniko.pagination import PER_PAGE
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
+from migrator.preview import read_requests
 from migrator.scoped_preview import plan_entities
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import DEFAULT_WORKSPACE, ClinikoKeys, cliniko_destination, open_local_store
@@ -72,6 +75,7 @@ __all__ = [
     "progress_frame",
     "running_in_background",
     "setup_store_from",
+    "time_left",
     "unfinished_sentence",
 ]
 
@@ -576,3 +580,36 @@ def progress_frame(
         **dict.fromkeys(ACTIONS, pl.Int64),
     }
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def time_left(frame: pl.DataFrame, requests_per_minute: float, *, into_cliniko: bool = False) -> str | None:
+    """About how long a run's stages still to go take at the key's pace, as the Run page says it.
+
+    From :func:`progress_frame`, with the records each stage expects (the preview's): a
+    stage still costs a request per 100 records it has left to read (one if not begun);
+    into a Cliniko account each record left is also a write on the destination's key
+    (:func:`~migrator.destinations.cliniko.transfer_writes`), spent while the source is read,
+    so the larger of the two counts, as on the Preview page. ``None`` when unpaced, or when
+    a stage still to go has no expected size. What is left is read from the run's progress,
+    so a slower Cliniko or a burst of 429s lengthens it as the run goes.
+    """
+    if requests_per_minute <= 0:
+        return None
+    left: dict[str, int] = {}
+    reads = 0
+    for row in frame.filter(~pl.col("finished")).iter_rows(named=True):
+        if row["expected"] is None:
+            return None
+        remaining = max(row["expected"] - row["done"], 0)
+        left[row["stage"]] = remaining
+        reads += math.ceil(remaining / PER_PAGE) if row["started"] else read_requests(remaining)
+    writes = 0
+    if into_cliniko:
+        from migrator.destinations.cliniko import transfer_writes
+
+        writes = transfer_writes(left)
+        reads += left.get("patient_attachments", 0)  # each file is downloaded from the source
+    minutes = math.ceil(max(reads, writes) / requests_per_minute)
+    if minutes <= 1:
+        return "About a minute left at the key's pace."
+    return f"About {minutes:,} minutes left at the key's pace ({requests_per_minute:g} requests a minute)."

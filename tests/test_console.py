@@ -19,6 +19,7 @@ from migrator.console import (
     on_disk,
     progress_frame,
     running_in_background,
+    time_left,
 )
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
@@ -73,6 +74,24 @@ def test_progress_bars_fill_as_stages_finish() -> None:
         progress, {"patients": 200}, stages=["businesses", "patients", "treatment_notes"], finished=True
     )
     assert done["fraction"].to_list() == [1.0, 1.0, 1.0] and done["created"].sum() == 53
+
+
+def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace() -> None:
+    stages = ["businesses", "patients", "individual_appointments", "patient_attachments"]
+    expected = {"patients": 1_000, "individual_appointments": 20_000, "patient_attachments": 500}
+    frame = progress_frame([stage("businesses", 3), stage("patients", 250)], expected, stages=stages)
+    # Reads: 750 patients left (8 pages), 20,000 appointments (200), 500 files (5): 213 requests.
+    assert time_left(frame, 200) == "About 2 minutes left at the key's pace (200 requests a minute)."
+    # Into a Cliniko account each record left is a write, a file two: 750 + 20,000 + 1,000 = 21,750.
+    assert time_left(frame, 200, into_cliniko=True) == (
+        "About 109 minutes left at the key's pace (200 requests a minute)."
+    )
+    assert time_left(frame, 0) is None  # unpaced: as fast as Cliniko answers
+    assert (
+        time_left(progress_frame([stage("businesses", 3)], {}, stages=stages), 200) is None
+    )  # sizes unknown
+    nearly = progress_frame([stage("businesses", 3), stage("patients", 990)], expected, stages=stages[:2])
+    assert time_left(nearly, 200) == "About a minute left at the key's pace."
 
 
 def test_batches_say_their_age_and_why_they_cannot_be_deleted(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from console_ui import (
     work_tenant,
 )
 from migrator.background import plan_of
-from migrator.console import batch_destination_problem, go_live_sentence, progress_frame
+from migrator.console import batch_destination_problem, go_live_sentence, progress_frame, time_left
 from migrator.errors import ConfigError, MigratorError
 from migrator.hosted import KeyLease, Principal, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
@@ -366,6 +366,9 @@ def follow(batch_id: str, was_live: bool) -> None:
     cols[1].metric("Linked", f"{totals['linked']:,}", help="Equal records already in the destination.")
     cols[2].metric("Already present", f"{totals['already_present']:,}", help="Brought by an earlier batch.")
     cols[3].metric("Skipped", f"{totals['skipped']:,}", help="Each with its reason, on the Review page.")
+    into_cliniko = batch.destination.startswith("cliniko:")
+    if here and (left := time_left(frame, config.requests_per_minute, into_cliniko=into_cliniko)):
+        st.caption(left)
 
     buttons = st.columns(4)
     if here and handle is not None:
@@ -433,7 +436,7 @@ def follow(batch_id: str, was_live: bool) -> None:
                     else "."
                 )
             )
-        if batch.destination.startswith("cliniko:"):
+        if into_cliniko:
             go_live_section(batch)
         next_step("Next: review it", "review", key="next_review")
     if was_live and not (here or elsewhere):

@@ -108,6 +108,7 @@ __all__ = [
     "links_into",
     "preflight",
     "transfer_estimate",
+    "transfer_writes",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,15 @@ class TransferEstimate:
         }
 
 
+def transfer_writes(records: Mapping[str, int]) -> int:
+    """Requests on the destination key that creating ``records`` (``{entity: n}``) spends.
+
+    One per record, a file two (its upload form, then its create); none for what Cliniko
+    cannot create (:data:`NOT_TRANSFERABLE`, concession types). See :class:`TransferEstimate`.
+    """
+    return sum(n * _WRITES_PER_CREATE.get(e, 1) for e, n in records.items() if e not in NOT_TRANSFERABLE)
+
+
 def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
     """:class:`TransferEstimate` of moving what ``preview`` counted into a Cliniko account.
 
@@ -165,7 +175,7 @@ def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
     Cliniko's 200 requests a minute the writes, not the reads, set a transfer's time.
     """
     records = preview.expected()
-    writes = sum(n * _WRITES_PER_CREATE.get(e, 1) for e, n in records.items() if e not in NOT_TRANSFERABLE)
+    writes = transfer_writes(records)
     reads = preview.requests + records.get("patient_attachments", 0)
     return TransferEstimate(
         reads, writes, minutes_at(max(reads, writes), preview.requests_per_minute), preview.exact

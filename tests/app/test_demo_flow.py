@@ -302,6 +302,8 @@ def test_a_new_tab_follows_the_run_and_neither_stops_nor_doubles_it(
     first.button(key="run_start").click().run()
     batch_id = first.session_state["run_batch"]
     assert "running" in wait_for_status(first, "running", "completed")
+    # 201 requests at 900 a minute: the Run page says how long is left.
+    assert "About a minute left at the key's pace." in [c.value for c in first.caption]
 
     # A refresh or a second tab is a new session: no key, but it follows the same run.
     second = goto(console(), "run")
