@@ -582,18 +582,21 @@ def progress_frame(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def time_left(frame: pl.DataFrame, requests_per_minute: float, *, into_cliniko: bool = False) -> str | None:
-    """About how long a run's stages still to go take at the key's pace, as the Run page says it.
+def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_minute: float) -> str | None:
+    """About how long ``batch``'s stages still to go take at the key's pace, as the Run page says it.
 
-    From :func:`progress_frame`, with the records each stage expects (the preview's): a
+    From its :func:`progress_frame`, with the records each stage expects (the preview's): a
     stage still costs a request per 100 records it has left to read (one if not begun);
     into a Cliniko account each record left is also a write on the destination's key
     (:func:`~migrator.destinations.cliniko.transfer_writes`), spent while the source is read,
-    so the larger of the two counts, as on the Preview page. ``None`` when unpaced, or when
-    a stage still to go has no expected size. What is left is read from the run's progress,
+    so the larger of the two counts, as on the Preview page. ``None`` when unpaced, for a
+    top-up (it reads only what changed, of which the preview's sizes say nothing), or when a
+    stage still to go has no expected size. What is left is read from the run's progress,
     so a slower Cliniko or a burst of 429s lengthens it as the run goes.
     """
-    if requests_per_minute <= 0:
+    from migrator.topup import TopUp
+
+    if requests_per_minute <= 0 or TopUp.recorded(ledger, batch.id) is not None:
         return None
     left: dict[str, int] = {}
     reads = 0
@@ -604,7 +607,7 @@ def time_left(frame: pl.DataFrame, requests_per_minute: float, *, into_cliniko: 
         left[row["stage"]] = remaining
         reads += math.ceil(remaining / PER_PAGE) if row["started"] else read_requests(remaining)
     writes = 0
-    if into_cliniko:
+    if batch.destination.startswith("cliniko:"):
         from migrator.destinations.cliniko import transfer_writes
 
         writes = transfer_writes(left)

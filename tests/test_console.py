@@ -76,22 +76,35 @@ def test_progress_bars_fill_as_stages_finish() -> None:
     assert done["fraction"].to_list() == [1.0, 1.0, 1.0] and done["created"].sum() == 53
 
 
-def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace() -> None:
+def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace(tmp_path: Path) -> None:
     stages = ["businesses", "patients", "individual_appointments", "patient_attachments"]
     expected = {"patients": 1_000, "individual_appointments": 20_000, "patient_attachments": 500}
     frame = progress_frame([stage("businesses", 3), stage("patients", 250)], expected, stages=stages)
-    # Reads: 750 patients left (8 pages), 20,000 appointments (200), 500 files (5): 213 requests.
-    assert time_left(frame, 200) == "About 2 minutes left at the key's pace (200 requests a minute)."
-    # Into a Cliniko account each record left is a write, a file two: 750 + 20,000 + 1,000 = 21,750.
-    assert time_left(frame, 200, into_cliniko=True) == (
-        "About 109 minutes left at the key's pace (200 requests a minute)."
-    )
-    assert time_left(frame, 0) is None  # unpaced: as fast as Cliniko answers
-    assert (
-        time_left(progress_frame([stage("businesses", 3)], {}, stages=stages), 200) is None
-    )  # sizes unknown
-    nearly = progress_frame([stage("businesses", 3), stage("patients", 990)], expected, stages=stages[:2])
-    assert time_left(nearly, 200) == "About a minute left at the key's pace."
+    with Ledger(tmp_path) as ledger:
+        local = ledger.create_batch(source_account="A", destination="sqlite:/x.db", plan={})
+        cliniko = ledger.create_batch(source_account="A", destination="cliniko:7", plan={})
+        top_up = ledger.create_batch(source_account="A", destination="sqlite:/x.db", plan={})
+        ledger.audit(
+            "top_up",
+            actor="cli",
+            batch_id=top_up.id,
+            detail={"of": local.id, "since": "2026-11-24T00:00:00+00:00"},
+        )
+
+        # Reads: 750 patients left (8 pages), 20,000 appointments (200), 500 files (5): 213 requests.
+        assert time_left(ledger, local, frame, 200) == (
+            "About 2 minutes left at the key's pace (200 requests a minute)."
+        )
+        # Into a Cliniko account each record left is a write, a file two: 750 + 20,000 + 1,000 = 21,750.
+        assert time_left(ledger, cliniko, frame, 200) == (
+            "About 109 minutes left at the key's pace (200 requests a minute)."
+        )
+        assert time_left(ledger, local, frame, 0) is None  # unpaced: as fast as Cliniko answers
+        assert time_left(ledger, top_up, frame, 200) is None  # reads only what changed, not the sizes
+        unknown = progress_frame([stage("businesses", 3)], {}, stages=stages)
+        assert time_left(ledger, local, unknown, 200) is None  # sizes unknown: another process's run
+        nearly = progress_frame([stage("businesses", 3), stage("patients", 990)], expected, stages=stages[:2])
+        assert time_left(ledger, local, nearly, 200) == "About a minute left at the key's pace."
 
 
 def test_batches_say_their_age_and_why_they_cannot_be_deleted(tmp_path: Path) -> None:

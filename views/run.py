@@ -366,9 +366,11 @@ def follow(batch_id: str, was_live: bool) -> None:
     cols[1].metric("Linked", f"{totals['linked']:,}", help="Equal records already in the destination.")
     cols[2].metric("Already present", f"{totals['already_present']:,}", help="Brought by an earlier batch.")
     cols[3].metric("Skipped", f"{totals['skipped']:,}", help="Each with its reason, on the Review page.")
-    into_cliniko = batch.destination.startswith("cliniko:")
-    if here and (left := time_left(frame, config.requests_per_minute, into_cliniko=into_cliniko)):
-        st.caption(left)
+    if here and config.requests_per_minute > 0:
+        with config.open_ledger() as ledger:
+            left = time_left(ledger, batch, frame, config.requests_per_minute)
+        if left:
+            st.caption(left)
 
     buttons = st.columns(4)
     if here and handle is not None:
@@ -436,7 +438,7 @@ def follow(batch_id: str, was_live: bool) -> None:
                     else "."
                 )
             )
-        if into_cliniko:
+        if batch.destination.startswith("cliniko:"):
             go_live_section(batch)
         next_step("Next: review it", "review", key="next_review")
     if was_live and not (here or elsewhere):
