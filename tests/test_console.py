@@ -99,6 +99,13 @@ def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace(tmp_pa
         assert time_left(ledger, cliniko, frame, 200) == (
             "About 109 minutes left at the key's pace (200 requests a minute)."
         )
+        # A re-run into Cliniko that has created none of 250 patients writes and downloads few: reads set it.
+        rerun = progress_frame(
+            [stage("businesses", 3), stage("patients", 250, created=0)], expected, stages=stages
+        )
+        assert time_left(ledger, cliniko, rerun, 200) == (
+            "About 2 minutes left at the key's pace (200 requests a minute)."  # the 213 pages, no file
+        )
         assert time_left(ledger, local, frame, 0) is None  # unpaced: as fast as Cliniko answers
         assert time_left(ledger, top_up, frame, 200) is None  # reads only what changed, not the sizes
         unknown = progress_frame([stage("businesses", 3)], {}, stages=stages)
