@@ -271,8 +271,8 @@ def _preview_plan(args: argparse.Namespace) -> int:
     if transfer is not None:
         print(
             f"Writing them into the Cliniko account takes {approx}{transfer.writes:,} requests on its key, one "
-            f"a record (a file two, after its download from the source), while the source is read: the transfer "
-            f"takes {_pace(transfer.minutes, result.requests_per_minute)}."
+            f"a record (a file two, after its download from the source), while the source is read; the whole "
+            f"transfer: {_pace(transfer.minutes, result.requests_per_minute)}."
         )
     if not result.exact:
         print(

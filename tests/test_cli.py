@@ -114,9 +114,10 @@ def test_preview_for_a_cliniko_transfer_brings_note_templates_and_refuses_invoic
     assert shown["estimated_minutes"] < shown["transfer"]["estimated_minutes"] / 50  # reading alone
     text = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "treatment_notes", key=key)
     assert (
-        f"Writing them into the Cliniko account takes {written:,} requests on its key, one a record"
-        in text.stdout
-    )
+        f"Writing them into the Cliniko account takes {written:,} requests on its key, one a record (a file two, "
+        "after its download from the source), while the source is read; the whole transfer: about "
+        f"{shown['transfer']['estimated_minutes']:g} minutes at 200 requests per minute.\n"
+    ) in text.stdout
     without_archived = demo_sandbox.cli("preview", "--no-archived-patients", "--json", key=key)
     assert json.loads(without_archived.stdout)["entities"]["patients"]["records"] == totals["patients"]
     assert json.loads(without_archived.stdout)["transfer"] is None  # the local store: reads only
