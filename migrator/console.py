@@ -587,9 +587,9 @@ def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_mi
 
     From its :func:`progress_frame`, with the records each stage expects (the preview's): a
     stage still costs a request per 100 records it has left to read (one if not begun);
-    into a Cliniko account each record left is also a write on the destination's key
-    (:func:`~migrator.destinations.cliniko.transfer_writes`), spent while the source is read,
-    so the larger of the two counts, as on the Preview page; a re-run, which finds most
+    into a Cliniko account each record left is also a write on the destination's key, and
+    each file a read (:func:`~migrator.destinations.cliniko.transfer_requests`), spent while
+    the source is read, so the larger of the two counts, as on the Preview page; a re-run, which finds most
     records already there, counts only the share it has created so far. ``None`` when
     unpaced, for a top-up (it reads only what changed, of which the preview's sizes say
     nothing), or when a stage still to go has no expected size. What is left is read from
@@ -609,17 +609,16 @@ def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_mi
         reads += math.ceil(remaining / PER_PAGE) if row["started"] else read_requests(remaining)
     writes = 0
     if batch.destination.startswith("cliniko:"):
-        from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_writes
+        from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_requests
 
         # A re-run finds most records already there and writes few: once a hundred records it
         # could write are handled, the share of them it created scales the writes left.
         seen = frame.filter(pl.col("started") & ~pl.col("stage").is_in(list(NOT_TRANSFERABLE)))
         handled = int(seen["done"].sum())
         share = int(seen["created"].sum()) / handled if handled >= PER_PAGE else 1.0
-        writes = math.ceil(transfer_writes(left) * share)
-        reads += math.ceil(
-            left.get("patient_attachments", 0) * share
-        )  # each file created is downloaded first
+        writes, downloads = transfer_requests(left)
+        writes = math.ceil(writes * share)
+        reads += math.ceil(downloads * share)
     minutes = math.ceil(max(reads, writes) / requests_per_minute)
     if minutes <= 1:
         return "About a minute left at the key's pace."

@@ -108,7 +108,7 @@ __all__ = [
     "links_into",
     "preflight",
     "transfer_estimate",
-    "transfer_writes",
+    "transfer_requests",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,13 +159,16 @@ class TransferEstimate:
         }
 
 
-def transfer_writes(records: Mapping[str, int]) -> int:
-    """Requests on the destination key that creating ``records`` (``{entity: n}``) spends.
+def transfer_requests(records: Mapping[str, int]) -> tuple[int, int]:
+    """Requests that creating ``records`` (``{entity: n}``) spends beyond reading their lists.
 
-    One per record, a file two (its upload form, then its create); none for what Cliniko
-    cannot create (:data:`NOT_TRANSFERABLE`, concession types). See :class:`TransferEstimate`.
+    Returns ``(writes, downloads)``: writes on the destination key, one per record, a file
+    two (its upload form, then its create), none for what Cliniko cannot create
+    (:data:`NOT_TRANSFERABLE`, concession types); and reads on the source key, one per
+    file, downloaded before its upload. See :class:`TransferEstimate`.
     """
-    return sum(n * _WRITES_PER_CREATE.get(e, 1) for e, n in records.items() if e not in NOT_TRANSFERABLE)
+    writes = sum(n * _WRITES_PER_CREATE.get(e, 1) for e, n in records.items() if e not in NOT_TRANSFERABLE)
+    return writes, records.get("patient_attachments", 0)
 
 
 def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
@@ -174,9 +177,8 @@ def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
     Reading a clinic costs one request per 100 records, writing it one per record: at
     Cliniko's 200 requests a minute the writes, not the reads, set a transfer's time.
     """
-    records = preview.expected()
-    writes = transfer_writes(records)
-    reads = preview.requests + records.get("patient_attachments", 0)
+    writes, downloads = transfer_requests(preview.expected())
+    reads = preview.requests + downloads
     return TransferEstimate(
         reads, writes, minutes_at(max(reads, writes), preview.requests_per_minute), preview.exact
     )
