@@ -86,6 +86,8 @@ MAPPING_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String(),
 }
 MAPPING_COLUMNS: tuple[str, ...] = tuple(MAPPING_SCHEMA)
+#: The columns an edited mapping table cannot do without; the others have defaults.
+_NEEDED_COLUMNS = ("entity", "source_id", "source_name", "action")
 MAPPING_FILE_VERSION = 1
 
 # --- names -----------------------------------------------------------------------
@@ -416,15 +418,26 @@ def build_mapping(
 
 
 def to_rows(frames: dict[str, pl.DataFrame] | Iterable[pl.DataFrame]) -> list[MappingRow]:
-    """Mapping tables (possibly edited in the console) as validated rows, entity by entity.
+    """Mapping tables (possibly edited in the console or a notebook) as validated rows, entity by entity.
+
+    Only ``entity``, ``source_id``, ``source_name`` and ``action`` must be columns; the others
+    may be dropped (a ``map`` or ``reassign`` row still needs its ``target_id``).
 
     Raises:
-        ConfigError: a row is not valid (a ``map`` without a target, ``former`` on a business...).
+        ConfigError: a table lacks a needed column, or a row is not valid (a ``map``
+            without a target, ``former`` on a business...).
     """
     tables = list(frames.values()) if isinstance(frames, dict) else list(frames)
     rows = []
     for table in tables:
-        for number, data in enumerate(table.select(MAPPING_COLUMNS).iter_rows(named=True), start=1):
+        lacking = [name for name in _NEEDED_COLUMNS if name not in table.columns]
+        if lacking:
+            raise ConfigError(
+                f"The mapping table lacks {' and '.join(lacking)}; it needs the columns "
+                f"{', '.join(_NEEDED_COLUMNS[:-1])} and {_NEEDED_COLUMNS[-1]} (as migrator.mapping() gives them)."
+            )
+        present = [name for name in MAPPING_COLUMNS if name in table.columns]
+        for number, data in enumerate(table.select(present).iter_rows(named=True), start=1):
             rows.append(_row(data, f"row {number} of the {data.get('entity')} table"))
     return rows
 
@@ -516,18 +529,25 @@ def _row(data: Any, where: str) -> MappingRow:
 
 
 def require_complete(
-    client: ClinikoClient, rows: Iterable[MappingRow], where: str, *, limit: int = 8
+    client: ClinikoClient,
+    rows: Iterable[MappingRow],
+    where: str,
+    *,
+    limit: int = 8,
+    fresh: str = "write a fresh file with 'mapping --out'",
 ) -> None:
     """Refuse mapping rows that leave out a practitioner, business or appointment type of the source.
 
     A run treats a record with no row as one that appeared after the mapping was made
-    and skips what depends on it (``unmapped``, ``business_skipped``). For a file handed
-    to a run that is almost always a row deleted by hand, or a file made for another
-    account, so it is refused before anything is read. It costs the source's three lists
-    (one or two requests each). Rows for records the source no longer has are harmless.
+    and skips what depends on it (``unmapped``, ``business_skipped``). For a file or a
+    notebook's table handed to a run that is almost always a row deleted by hand, or a
+    mapping made for another account, so it is refused before anything is read. It
+    costs the source's three lists (one or two requests each). Rows for records the
+    source no longer has are harmless.
 
     Raises:
-        MappingError: one sentence naming ``where`` and the records without a row.
+        MappingError: one sentence naming ``where`` and the records without a row, and
+            ``fresh``: how to start again from a complete mapping.
     """
     listed = {(row.entity, row.source_id) for row in rows}
     missing: list[tuple[str, str]] = []
@@ -550,7 +570,7 @@ def require_complete(
     count = "1 record" if len(missing) == 1 else f"{len(missing)} records"
     raise MappingError(
         f"{_cap(where)} has no row for {count} of the source: {'; '.join(groups)}{more}. Add a row for "
-        "each (or write a fresh file with 'mapping --out'), so nothing is skipped unasked."
+        f"each (or {fresh}), so nothing is skipped unasked."
     )
 
 

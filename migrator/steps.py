@@ -36,7 +36,7 @@ from migrator.destinations.local import LocalStore
 from migrator.engine import RunResult
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger, StageProgress
-from migrator.mapping import build_mapping, to_rows
+from migrator.mapping import build_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Scope, parse_include
 from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
@@ -118,10 +118,20 @@ def mapping(
     return pl.concat(list(frames.values()), how="vertical")
 
 
-def _mapping_rows(table: pl.DataFrame | Sequence[MappingRow] | str | Path | None) -> Any:
-    if isinstance(table, pl.DataFrame):
-        return to_rows([table])
-    return table
+def _mapping_rows(
+    source: ClinikoClient, table: pl.DataFrame | Sequence[MappingRow] | str | Path | None
+) -> Sequence[MappingRow] | str | Path | None:
+    """``run``'s ``mapping=``, a table or rows checked to have a row for every record of the source.
+
+    Edited in a notebook, a table easily loses rows (``table.filter(...)``); a run would
+    skip those records' appointments as ``unmapped`` unasked. A file is checked by the
+    plan itself (:func:`~migrator.workflow.make_plan`).
+    """
+    if table is None or isinstance(table, str | Path):
+        return table
+    rows = to_rows([table]) if isinstance(table, pl.DataFrame) else list(table)
+    require_complete(source, rows, "the mapping table", fresh="start again from migrator.mapping()")
+    return rows
 
 
 class _CountBar:
@@ -204,17 +214,20 @@ def run(
         to: ``sqlite:PATH`` (default ``<workspace>/clinic.db``); workspace: where the ledger lives.
         scope: ``"all"``, ``"business:ID[,ID...]"`` or ``"practitioner:ID[,ID...]"``.
         include: data types (``"patients,invoices"``, ``"core"``...); default everything.
-        mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file; by
-            default the mapping of the workspace's last batch with the same scope and
-            data types (so a re-run or top-up continues it), else auto-matched, which
-            refuses to run while any row is unresolved.
+        mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file, with
+            a row for every practitioner, business and appointment type of the source
+            (checked: a dropped row would skip records unasked); by default the mapping
+            of the workspace's last batch with the same scope and data types (so a
+            re-run or top-up continues it), else auto-matched, which refuses to run
+            while any row is unresolved.
         top_up: read only what changed since the plan's last completed batch.
         progress: ``True`` for a bar per stage (:class:`ProgressBar`), a callable to
             receive each :class:`~migrator.ledger.StageProgress`, or ``None``.
 
     Raises:
-        MappingError: a mapping row is unresolved. ConfigError: a bad scope or data type,
-        or a top-up of a plan with no completed batch. APIError: Cliniko failed beyond retries.
+        MappingError: a mapping row is unresolved or missing. ConfigError: a bad scope,
+        data type or mapping table, or a top-up of a plan with no completed batch.
+        APIError: Cliniko failed beyond retries.
     """
     identity = _identity(source)
     ledger, store = open_local_store(to, workspace)
@@ -228,7 +241,7 @@ def run(
             store,
             scope=Scope.parse(scope) if isinstance(scope, str) else scope,
             include=parse_include(include) if isinstance(include, str) else include,
-            mappings=_mapping_rows(mapping),
+            mappings=_mapping_rows(source, mapping),
             include_archived_patients=include_archived_patients,
             ledger=ledger,
         )

@@ -10,8 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import migrator
 from migrator.cliniko.client import ClientConfig, ClinikoClient
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MappingError
 from migrator.mapping import (
     MAPPING_COLUMNS,
     auto_match,
@@ -289,6 +290,23 @@ def test_to_rows_refuses_an_invalid_edit() -> None:
     )
 
 
+def test_to_rows_takes_a_table_with_only_the_columns_it_needs() -> None:
+    frames = to_frames(sample_rows())
+    trimmed = {entity: frame.drop("note", "target_name", "source_active") for entity, frame in frames.items()}
+    assert [(r.entity, r.source_id, r.action, r.target_id) for r in to_rows(trimmed)] == [
+        ("businesses", "20", "exclude", None),
+        ("practitioners", "1", "map", "11"),
+        ("practitioners", "5", "former", None),
+        ("appointment_types", "40", "create", None),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        to_rows([frames["practitioners"].drop("action", "entity")])
+    assert str(caught.value) == (
+        "The mapping table lacks entity and action; it needs the columns entity, source_id, source_name and "
+        "action (as migrator.mapping() gives them)."
+    )
+
+
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "mapping.json"
     save_mapping(path, sample_rows())
@@ -451,3 +469,35 @@ def test_mapping_the_tiny_sandbox(sandbox_clients: tuple[ClinikoClient, ClinikoC
         # what was proposed is valid for this destination, and every target exists there
         rows = to_rows(frames)
         assert validate(rows, reference, can_create=can_create) == []
+
+
+def test_a_notebooks_table_that_lost_rows_is_refused_before_a_run(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
+) -> None:
+    """``table.filter(...)`` in a notebook easily drops rows; the run would skip their records unasked."""
+    source, _ = sandbox_clients
+    where = {"to": f"sqlite:{tmp_path / 'clinic.db'}", "workspace": tmp_path / "workspace"}
+    table = migrator.mapping(source, **where)
+    decided = table.with_columns(
+        action=pl.when(pl.col("action") == "unresolved").then(pl.lit("former")).otherwise("action")
+    )
+    lost = decided.filter(pl.col("source_name") != "Liam Murphy")
+    for mapping in (lost, to_rows([lost])):
+        with pytest.raises(MappingError) as caught:
+            migrator.run(source, **where, mapping=mapping, progress=None)
+        assert str(caught.value) == (
+            "The mapping table has no row for 1 record of the source: practitioners Liam Murphy. Add a row for "
+            "each (or start again from migrator.mapping()), so nothing is skipped unasked."
+        )
+    assert migrator.batches(tmp_path / "workspace").is_empty()
+
+    result = migrator.run(source, **where, mapping=decided, progress=None)
+    # with every row there, the former practitioner goes to the generic one and no appointment is skipped
+    assert result.entities["practitioners"] == {
+        "in_scope": 5,
+        "created": 4,
+        "linked": 1,
+        "already_present": 0,
+        "skipped": 0,
+    }
+    assert result.entities["individual_appointments"]["skipped"] == 0
