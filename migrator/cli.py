@@ -319,6 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             mappings=args.mapping,
             include_archived_patients=not args.no_archived_patients,
             ledger=ledger,
+            top_up=args.top_up,
         )
         resume = unfinished_batch(ledger, plan)
         progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None

@@ -244,6 +244,7 @@ def run(
             mappings=_mapping_rows(source, mapping),
             include_archived_patients=include_archived_patients,
             ledger=ledger,
+            top_up=top_up,
         )
         return run_plan(plan, source, store, ledger, top_up=top_up, progress=listener, actor="notebook")
     finally:

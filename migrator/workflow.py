@@ -191,6 +191,12 @@ def auto_mapping(client: ClinikoClient, store: Destination) -> list[MappingRow]:
     return to_rows(build_mapping(client, store.reference, can_create=local))
 
 
+_NOTHING_TO_TOP_UP = (
+    "No batch of this plan has completed yet, so there is nothing to top up: run it in full once first "
+    "(a changed mapping, filter or data types make a new plan)."
+)
+
+
 def make_plan(
     client: ClinikoClient,
     identity: Identity,
@@ -201,6 +207,7 @@ def make_plan(
     mappings: Sequence[MappingRow] | str | Path | None = None,
     include_archived_patients: bool = True,
     ledger: Ledger | None = None,
+    top_up: bool = False,
 ) -> Plan:
     """A plan for this source and store; ``mappings`` are rows, a JSON file's path, or chosen for you.
 
@@ -209,7 +216,9 @@ def make_plan(
     re-run, a resumed run or a top-up continues the same plan. Matching afresh would
     lose the decisions auto-matching cannot make (former practitioners) and, against a
     Cliniko account, map what that batch created: a new plan, with nothing to resume or
-    top up. Otherwise they are auto-matched.
+    top up. Otherwise they are auto-matched, except for a ``top_up``: with no batch of
+    this filter and these data types there is nothing to top up, which is what it is told
+    (rather than that the fresh mapping has rows to decide).
 
     A mapping file must have a row for every practitioner, business and appointment type
     of the source (read to check, one or two requests each): a missing row would skip
@@ -223,7 +232,8 @@ def make_plan(
     Raises:
         ConfigError: the filter names a business or practitioner the source does not have,
             or the destination cannot carry out a mapping row or a data type (a Cliniko
-            account cannot take invoices, nor create practitioners).
+            account cannot take invoices, nor create practitioners); a ``top_up`` with no
+            mapping and no earlier batch of this filter and these data types.
         MappingError: a mapping row is still unresolved, or a mapping file lacks a row
             for a source record (the message lists them).
     """
@@ -247,6 +257,8 @@ def make_plan(
     }
     if mappings is None:
         earlier = earlier_mapping(ledger, _plan(fields, [])) if ledger is not None else None
+        if earlier is None and top_up:
+            raise ConfigError(_NOTHING_TO_TOP_UP)
         rows = earlier if earlier is not None else auto_mapping(client, store)
     check_scope(client, scope, fields["source_account"], rows)
     plan = _plan(fields, rows)
@@ -432,10 +444,7 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
     """
     done = plan_batches(ledger, plan)
     if not done:
-        raise ConfigError(
-            "No batch of this plan has completed yet, so there is nothing to top up: run it in full once first "
-            "(a changed mapping, filter or data types make a new plan)."
-        )
+        raise ConfigError(_NOTHING_TO_TOP_UP)
     tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
     full = next((b for b in done if b.id not in tops), None)
     return TopUp(

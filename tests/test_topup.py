@@ -468,6 +468,10 @@ def test_top_up_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Pa
     key = tiny_sandbox.key("source")
     early = cli(tiny_sandbox, "run", *target, "--top-up", key=key)
     assert early.returncode == 2 and "nothing to top up" in early.stderr and early.stderr.count("\n") == 1
+    # Without --mapping, the fresh auto-match has a former practitioner to decide; a top-up is told the truer
+    # sentence: there is no batch to top up (and the source's lists are not read to match).
+    bare = cli(tiny_sandbox, "run", *target[:4], "--top-up", key=key)
+    assert bare.returncode == 2 and bare.stderr.startswith("error: No batch of this plan has completed yet,")
     first = cli(tiny_sandbox, "run", *target, "--json", key=key)
     assert first.returncode == 0, first.stderr
     full = json.loads(first.stdout)
