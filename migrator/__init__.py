@@ -4,15 +4,16 @@
 >>> source = migrator.connect()                      # doctest: +SKIP
 >>> migrator.preview(source).counts["patients"]      # doctest: +SKIP
 412
+>>> migrator.scoped_preview(source, scope="business:7").frame                      # doctest: +SKIP
 >>> table = migrator.mapping(source, to="sqlite:clinic.db")                        # doctest: +SKIP
 >>> result = migrator.run(source, to="sqlite:clinic.db", mapping=table)            # doctest: +SKIP
 >>> migrator.reconcile(result.batch_id, source=source).ok                          # doctest: +SKIP
 True
 >>> migrator.batches()                               # doctest: +SKIP
 
-Everything but the errors loads on first use (the steps ``connect``, ``mapping``, ``run``,
-``reconcile``, ``batches``, ``delete_batch`` from :mod:`migrator.steps`; the client, the
-preview), so ``import migrator`` and ``python -m migrator --help`` stay light.
+Everything but the errors loads on first use (the steps ``connect``, ``scoped_preview``,
+``mapping``, ``run``, ``reconcile``, ``batches``, ``delete_batch`` from :mod:`migrator.steps`;
+the client, the preview), so ``import migrator`` and ``python -m migrator --help`` stay light.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from migrator.engine import RunResult
     from migrator.preview import Preview, preview
     from migrator.reconcile import Reconciliation
-    from migrator.steps import batches, connect, delete_batch, mapping, reconcile, run
+    from migrator.scoped_preview import ScopedPreview
+    from migrator.steps import batches, connect, delete_batch, mapping, reconcile, run, scoped_preview
 
 __all__ = [
     "APIError",
@@ -64,6 +66,7 @@ __all__ = [
     "Reconciliation",
     "RetriableAPIError",
     "RunResult",
+    "ScopedPreview",
     "ValidationAPIError",
     "batches",
     "connect",
@@ -73,6 +76,7 @@ __all__ = [
     "preview",
     "reconcile",
     "run",
+    "scoped_preview",
 ]
 
 #: Names loaded on first use, and the module each comes from.
@@ -93,6 +97,8 @@ _LAZY = {
     "mapping": "migrator.steps",
     "reconcile": "migrator.steps",
     "run": "migrator.steps",
+    "scoped_preview": "migrator.steps",
+    "ScopedPreview": "migrator.scoped_preview",
 }
 
 
@@ -106,7 +112,7 @@ def __getattr__(name: str) -> Any:
 
 
 class _Package(types.ModuleType):
-    """The package, whose ``preview``, ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
+    """The package, whose ``preview``, ``scoped_preview``, ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
 
     Importing a submodule makes Python set it as an attribute of its package, which
     would replace ``migrator.reconcile()`` with the module ``migrator.reconcile`` (and so on);

@@ -4,6 +4,7 @@
 >>> source = migrator.connect()                              # doctest: +SKIP
 >>> migrator.preview(source).counts["patients"]              # doctest: +SKIP
 412
+>>> migrator.scoped_preview(source, scope="business:7").frame  # doctest: +SKIP
 >>> table = migrator.mapping(source, to="sqlite:clinic.db")  # doctest: +SKIP
 >>> result = migrator.run(source, to="sqlite:clinic.db", mapping=table)        # doctest: +SKIP
 >>> check = migrator.reconcile(result.batch_id, source=source)                 # doctest: +SKIP
@@ -23,7 +24,7 @@ import os
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import SecretStr
@@ -42,14 +43,28 @@ from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
+    check_scope,
     existing_ledger,
     make_plan,
     open_local_store,
+    plan_include,
     run_plan,
     verify_source,
 )
 
-__all__ = ["ProgressBar", "batches", "connect", "delete_batch", "mapping", "reconcile", "run"]
+if TYPE_CHECKING:
+    from migrator.scoped_preview import ScopedPreview
+
+__all__ = [
+    "ProgressBar",
+    "batches",
+    "connect",
+    "delete_batch",
+    "mapping",
+    "reconcile",
+    "run",
+    "scoped_preview",
+]
 
 SOURCE_KEY_ENV = "MIGRATOR_SOURCE_KEY"
 
@@ -98,6 +113,40 @@ def _identity(client: ClinikoClient) -> Identity:
     if client not in _IDENTITIES:
         _IDENTITIES[client] = verify_source(client)
     return _IDENTITIES[client]
+
+
+def scoped_preview(
+    source: ClinikoClient,
+    *,
+    scope: str | Scope = "all",
+    include: str | Sequence[str] | None = None,
+    include_archived_patients: bool = True,
+) -> ScopedPreview:
+    """What :func:`run` with this scope and these data types reads, as ``preview --filter`` shows it.
+
+    ``.frame`` has a row per data type (``entity, records, requests, exact, how``);
+    ``.requests`` and ``.estimated_minutes`` are the whole read at the key's pace. Under a
+    business or practitioner filter, patients and what follows them are estimated from the
+    share of appointments in scope (``exact`` false, ``how`` says from what and up to how
+    many); the run reports the exact figures. A few cheap requests (one count per list).
+
+    Raises:
+        ConfigError: a bad scope or data type, or a filter id the source account lacks.
+        APIError: Cliniko failed beyond retries.
+    """
+    from migrator.scoped_preview import scoped_preview as _scoped_preview
+
+    plan_scope = Scope.parse(scope) if isinstance(scope, str) else scope
+    chosen = parse_include(include) if isinstance(include, str) else include
+    if plan_scope.kind != "all":
+        identity = _identity(source)
+        check_scope(source, plan_scope, identity.account or identity.user)
+    return _scoped_preview(
+        source,
+        plan_scope,
+        plan_include(chosen, local=True),
+        include_archived_patients=include_archived_patients,
+    )
 
 
 def mapping(

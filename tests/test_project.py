@@ -66,6 +66,7 @@ def test_public_surface_is_pinned() -> None:
         "Reconciliation",
         "RetriableAPIError",
         "RunResult",
+        "ScopedPreview",
         "ValidationAPIError",
         "batches",
         "connect",
@@ -75,6 +76,7 @@ def test_public_surface_is_pinned() -> None:
         "preview",
         "reconcile",
         "run",
+        "scoped_preview",
     }
     for name in migrator.__all__:
         assert hasattr(migrator, name)

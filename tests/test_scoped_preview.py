@@ -8,7 +8,9 @@ import re
 import polars as pl
 import pytest
 
+import migrator
 from migrator.cliniko.filters import Filter
+from migrator.errors import ConfigError
 from migrator.plan import Scope
 from migrator.preview import preview, read_requests
 from migrator.scoped_preview import plan_entities, scoped_preview
@@ -105,3 +107,31 @@ def test_a_plan_without_patients_is_previewed_under_any_filter(tiny_sandbox: Run
             result = scoped_preview(client, scope, ["contacts"])
             assert "patients" not in result.frame["entity"].to_list()
             assert result.frame.filter(pl.col("entity") == "contacts")["records"].to_list() == [contacts]
+
+
+def test_a_notebook_previews_a_filtered_run_with_the_runs_own_words(tiny_sandbox: RunningSandbox) -> None:
+    """``migrator.scoped_preview`` takes ``run``'s strings: ``scope="business:ID"``, ``include="..."``."""
+    with tiny_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        at_business = client.count("individual_appointments", [Filter("business_id", "=", business)])
+        result = migrator.scoped_preview(
+            client, scope=f"business:{business}", include="individual_appointments"
+        )
+        assert isinstance(result, migrator.ScopedPreview)
+        rows = {r["entity"]: r for r in result.frame.iter_rows(named=True)}
+        assert list(rows) == [
+            "businesses",
+            "practitioners",
+            "appointment_types",
+            "patients",
+            "individual_appointments",
+        ]
+        assert (rows["individual_appointments"]["records"], rows["individual_appointments"]["exact"]) == (
+            at_business,
+            True,
+        )
+        assert rows["patients"]["exact"] is False  # estimated from the appointments in scope
+        with pytest.raises(ConfigError, match="999"):  # a filter id the account lacks is refused
+            migrator.scoped_preview(client, scope="business:999")
+        with pytest.raises(ConfigError, match=r"^Unknown data type 'patientz'"):
+            migrator.scoped_preview(client, include="patientz")
