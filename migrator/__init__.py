@@ -112,7 +112,7 @@ def __getattr__(name: str) -> Any:
 
 
 class _Package(types.ModuleType):
-    """The package, whose ``preview``, ``scoped_preview``, ``mapping``, ``reconcile`` and ``batches`` share their modules' names.
+    """The package, whose functions share their names with modules (``preview``, ``scoped_preview``...).
 
     Importing a submodule makes Python set it as an attribute of its package, which
     would replace ``migrator.reconcile()`` with the module ``migrator.reconcile`` (and so on);
