@@ -131,7 +131,9 @@ def test_a_notebook_previews_a_filtered_run_with_the_runs_own_words(tiny_sandbox
             True,
         )
         assert rows["patients"]["exact"] is False  # estimated from the appointments in scope
-        with pytest.raises(ConfigError, match="999"):  # a filter id the account lacks is refused
+        with pytest.raises(
+            ConfigError, match=r"has no business with the id 999, so the filter would bring nothing"
+        ):
             migrator.scoped_preview(client, scope="business:999")
         with pytest.raises(ConfigError, match=r"^Unknown data type 'patientz'"):
             migrator.scoped_preview(client, include="patientz")
