@@ -219,20 +219,14 @@ def _pace(minutes: float, requests_per_minute: float) -> str:
 def _preview_plan(args: argparse.Namespace) -> int:
     """``preview`` with a plan's options: what ``run`` with the same options would read, per data type."""
     from migrator.plan import Scope, parse_include
-    from migrator.scoped_preview import scoped_preview
-    from migrator.workflow import check_scope, plan_include
+    from migrator.workflow import preview_plan
 
     local = _is_local(args.to)
     scope = Scope.parse(args.filter or "all")
-    include = plan_include(
-        parse_include(args.include, local=local) if args.include is not None else None, local=local
-    )
+    include = parse_include(args.include, local=local) if args.include is not None else None
     with _client(False) as client:
-        if scope.kind != "all":
-            identity = client.identity()
-            check_scope(client, scope, identity.account or identity.user)
-        result = scoped_preview(
-            client, scope, include, include_archived_patients=not args.no_archived_patients
+        result = preview_plan(
+            client, scope, include, local=local, include_archived_patients=not args.no_archived_patients
         )
     approx = "" if result.exact else "≈ "
     transfer = None

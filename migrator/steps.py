@@ -43,11 +43,10 @@ from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
-    check_scope,
     existing_ledger,
     make_plan,
     open_local_store,
-    plan_include,
+    preview_plan,
     run_plan,
     verify_source,
 )
@@ -134,18 +133,13 @@ def scoped_preview(
         ConfigError: a bad scope or data type, or a filter id the source account lacks.
         APIError: Cliniko failed beyond retries.
     """
-    from migrator.scoped_preview import scoped_preview as _scoped_preview
-
-    plan_scope = Scope.parse(scope) if isinstance(scope, str) else scope
-    chosen = parse_include(include) if isinstance(include, str) else include
-    if plan_scope.kind != "all":
-        identity = _identity(source)
-        check_scope(source, plan_scope, identity.account or identity.user)
-    return _scoped_preview(
+    return preview_plan(
         source,
-        plan_scope,
-        plan_include(chosen, local=True),
+        Scope.parse(scope) if isinstance(scope, str) else scope,
+        parse_include(include) if isinstance(include, str) else include,
+        local=True,
         include_archived_patients=include_archived_patients,
+        identity=lambda: _identity(source),  # connect() has already asked Cliniko
     )
 
 

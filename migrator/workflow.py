@@ -31,6 +31,7 @@ from migrator.errors import ConfigError, NotFoundError
 from migrator.ledger import Batch, Ledger, StageProgress
 from migrator.mapping import build_mapping, load_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
+from migrator.scoped_preview import ScopedPreview, scoped_preview
 from migrator.topup import TOP_UP_OVERLAP, TopUp
 from migrator.workspace import DEFAULT_WORKSPACE
 
@@ -54,6 +55,7 @@ __all__ = [
     "open_local_store",
     "plan_batches",
     "plan_include",
+    "preview_plan",
     "run_plan",
     "same_plan",
     "top_up_point",
@@ -295,6 +297,29 @@ def _plan(fields: dict[str, Any], rows: Sequence[MappingRow]) -> Plan:
         return Plan(**fields, mappings=list(rows))
     except ValidationError as exc:
         raise ConfigError(f"This plan cannot run: {validation_sentence(exc)}.") from None
+
+
+def preview_plan(
+    client: ClinikoClient,
+    scope: Scope,
+    include: Sequence[str] | None,
+    *,
+    local: bool,
+    include_archived_patients: bool = True,
+    identity: Callable[[], Identity] | None = None,
+) -> ScopedPreview:
+    """What ``run`` with this scope and these data types reads: the CLI's ``preview --filter``, the library's too.
+
+    ``include`` gains what the destination carries with it (:func:`plan_include`), and a
+    filter id the account lacks is refused first (:func:`check_scope`), the account named
+    by ``identity`` (by default the key's, asked of Cliniko; only under a filter).
+    """
+    if scope.kind != "all":
+        who = (identity or client.identity)()
+        check_scope(client, scope, who.account or who.user)
+    return scoped_preview(
+        client, scope, plan_include(include, local=local), include_archived_patients=include_archived_patients
+    )
 
 
 def plan_include(include: Sequence[str] | None, *, local: bool) -> list[str]:
