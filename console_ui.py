@@ -389,15 +389,21 @@ def drop_connection() -> None:
 
 
 def current_preview(*, recount: bool = False) -> ScopedPreview:
-    """The preview of the session's scope and data types, counted once and kept for this session."""
+    """The preview of the session's scope and data types, counted once and kept for this session.
+
+    Into a Cliniko account it also counts the cancellations and archives the transfer sends.
+    """
     scope, include, archived = plan_choices()
-    previews: dict[tuple[str, tuple[str, ...], bool], ScopedPreview] = st.session_state.setdefault(
+    previews: dict[tuple[str, tuple[str, ...], bool, bool], ScopedPreview] = st.session_state.setdefault(
         "previews", {}
     )
-    wanted = (str(scope), tuple(include), archived)
+    transfer = cliniko_target() is not None
+    wanted = (str(scope), tuple(include), archived, transfer)
     if recount or wanted not in previews:
         with st.spinner("Counting what the run will read (one request per list)…"), source_client() as client:
-            previews[wanted] = scoped_preview(client, scope, include, include_archived_patients=archived)
+            previews[wanted] = scoped_preview(
+                client, scope, include, include_archived_patients=archived, count_follow_ups=transfer
+            )
     return previews[wanted]
 
 

@@ -263,9 +263,11 @@ def _preview_plan(args: argparse.Namespace) -> int:
     pace = _pace(result.estimated_minutes, result.requests_per_minute)
     print(f"Reading {approx}{result.records:,} records takes {approx}{result.requests:,} requests: {pace}.")
     if transfer is not None:
+        follow_ups = sum((result.follow_ups or {}).values())
         print(
             f"Writing them into the Cliniko account takes {approx}{transfer.writes:,} requests on its key, one "
-            f"a record (a file two, after its download from the source), while the source is read; the whole "
+            f"a record (a file two, after its download from the source) and one for each of the {approx}"
+            f"{follow_ups:,} cancellations and archives, while the source is read; the whole "
             f"transfer: {_pace(transfer.minutes, result.requests_per_minute)}."
         )
     if not result.exact:

@@ -53,6 +53,10 @@ _DIRECT: dict[str, tuple[str, ...]] = {
         "treatment_notes",
     ),
 }
+#: Entities whose records can come across cancelled, each then a request more into a Cliniko account.
+_CANCELLABLE = ("individual_appointments", "attendees")
+#: What the records of these entities follow under a filter.
+_PARENT = {"attendees": "group_appointments", "invoice_items": "invoices"}
 #: Entities that follow the patients in scope.
 _BY_PATIENT = ("patients", "medical_alerts", "patient_attachments", "treatment_notes")
 
@@ -74,6 +78,10 @@ class ScopedPreview:
         requests: the requests the run's reads cost (estimated where records are).
         estimated_minutes: ``requests`` at ``requests_per_minute``, rounded up to a tenth
             (``0.0`` when unpaced).
+        follow_ups: when counted (``count_follow_ups``), the records per entity that come
+            across cancelled (appointments, attendees) or archived (patients): a Cliniko
+            account takes each with a request beyond its create. Estimated where the
+            entity's records are.
     """
 
     scope: Scope
@@ -82,6 +90,7 @@ class ScopedPreview:
     requests: int
     estimated_minutes: float
     requests_per_minute: float
+    follow_ups: dict[str, int] | None = None
 
     @property
     def records(self) -> int:
@@ -117,6 +126,7 @@ def scoped_preview(
     include: Sequence[str] | None = None,
     *,
     include_archived_patients: bool = True,
+    count_follow_ups: bool = False,
 ) -> ScopedPreview:
     """Count (or estimate) what a plan of this scope and these data types reads.
 
@@ -125,6 +135,10 @@ def scoped_preview(
         scope: the plan's filter (all data by default).
         include: the plan's data types (everything by default); dependencies are added.
         include_archived_patients: as the plan's option of the same name.
+        count_follow_ups: also count the cancelled appointments and attendees among them
+            (one request per list, ``/cancelled``, with the filter where it applies), and
+            take the archived patients from the counts, for a transfer into a Cliniko
+            account (:attr:`ScopedPreview.follow_ups`).
 
     Raises:
         APIError: a count failed.
@@ -136,12 +150,21 @@ def scoped_preview(
     # The patients in scope follow the individual appointments, which a scoped run always reads.
     if scope.kind != "all" and ("individual_appointments", None) not in lists:
         lists.append(("individual_appointments", None))
+    cancellable = [e for e in _CANCELLABLE if count_follow_ups and e in entities]
+    # Under a filter, the cancelled individual appointments are counted with it, like the appointments.
+    lists += [(e, "cancelled") for e in cancellable if scope.kind == "all" or e not in _DIRECT[scope.kind]]
     whole = preview(client, tuple(lists)).counts
 
     filtered: dict[str, list[int]] = {}
     if scope.kind != "all":
         direct = [e for e in _DIRECT[scope.kind] if e in entities or e == "individual_appointments"]
         jobs = [(entity, q) for entity in direct for q in direct_queries(entity, scope.kind, scope.ids)]
+        jobs += [
+            (list_key(e, "cancelled"), q)
+            for e in cancellable
+            if e in _DIRECT[scope.kind]
+            for q in direct_queries(e, scope.kind, scope.ids, "cancelled")
+        ]
         totals = client.counts([(q.resource, q.filters, q.route) for _, q in jobs])
         for (entity, _), n in zip(jobs, totals, strict=True):
             filtered.setdefault(entity, []).append(n)
@@ -194,7 +217,7 @@ def scoped_preview(
                 )
             )
         elif entity in ("attendees", "invoice_items"):
-            parent = "group_appointments" if entity == "attendees" else "invoices"
+            parent = _PARENT[entity]
             estimate = math.ceil(sum(counts) * share(parent))
             rows.append(
                 (
@@ -216,6 +239,20 @@ def scoped_preview(
                 )
             )
     frame = pl.DataFrame(rows, schema=PREVIEW_SCHEMA, orient="row")
+    follow_ups: dict[str, int] | None = None
+    if count_follow_ups:
+        follow_ups = {}
+        if "patients" in entities and include_archived_patients:
+            archived = whole[list_key("patients", "archived")]
+            follow_ups["patients"] = archived if scope.kind == "all" else math.ceil(archived * patient_share)
+        for entity in cancellable:
+            key = list_key(entity, "cancelled")
+            if key in filtered:  # counted with the filter
+                follow_ups[entity] = sum(filtered[key])
+            else:  # attendees follow the group appointments in scope
+                follow_ups[entity] = (
+                    whole[key] if scope.kind == "all" else math.ceil(whole[key] * share(_PARENT[entity]))
+                )
     requests = int(frame["requests"].sum())
     pace = client.config.requests_per_minute
     return ScopedPreview(
@@ -225,4 +262,5 @@ def scoped_preview(
         requests=requests,
         estimated_minutes=minutes_at(requests, pace),
         requests_per_minute=pace,
+        follow_ups=follow_ups,
     )

@@ -312,13 +312,19 @@ def preview_plan(
 
     ``include`` gains what the destination carries with it (:func:`plan_include`), and a
     filter id the account lacks is refused first (:func:`check_scope`), the account named
-    by ``identity`` (by default the key's, asked of Cliniko; only under a filter).
+    by ``identity`` (by default the key's, asked of Cliniko; only under a filter). Into a
+    Cliniko account (``local`` false) the cancellations and archives a transfer sends are
+    counted too (``count_follow_ups``), one or two requests more.
     """
     if scope.kind != "all":
         who = (identity or client.identity)()
         check_scope(client, scope, who.account or who.user)
     return scoped_preview(
-        client, scope, plan_include(include, local=local), include_archived_patients=include_archived_patients
+        client,
+        scope,
+        plan_include(include, local=local),
+        include_archived_patients=include_archived_patients,
+        count_follow_ups=not local,
     )
 
 

@@ -101,8 +101,11 @@ def test_preview_for_a_cliniko_transfer_brings_note_templates_and_refuses_invoic
     assert shown["exact"] and shown["entities"]["treatment_notes"]["records"] == totals["treatment_notes"]
     assert shown["entities"]["patients"]["records"] == totals["patients"] + totals["patients/archived"]
     # Into Cliniko a record is a write on the destination's key (practitioners and businesses are mapped,
-    # not written), and those writes, not the reads, set how long the transfer takes.
-    written = sum(
+    # not written), an archived patient one more, and those writes, not the reads, set how long the
+    # transfer takes.
+    archived = totals["patients/archived"]
+    assert archived > 0
+    written = archived + sum(
         row["records"] for e, row in shown["entities"].items() if e not in ("practitioners", "businesses")
     )
     assert shown["transfer"] == {
@@ -115,7 +118,8 @@ def test_preview_for_a_cliniko_transfer_brings_note_templates_and_refuses_invoic
     text = demo_sandbox.cli("preview", "--to", "cliniko", "--include", "treatment_notes", key=key)
     assert (
         f"Writing them into the Cliniko account takes {written:,} requests on its key, one a record (a file two, "
-        "after its download from the source), while the source is read; the whole transfer: about "
+        f"after its download from the source) and one for each of the {archived:,} cancellations and archives, "
+        "while the source is read; the whole transfer: about "
         f"{shown['transfer']['estimated_minutes']:g} minutes at 200 requests per minute.\n"
     ) in text.stdout
     without_archived = demo_sandbox.cli("preview", "--no-archived-patients", "--json", key=key)

@@ -99,6 +99,49 @@ def test_the_run_brings_no_more_patients_than_the_estimates_bound(env: Env, kind
         assert run.entities["patients"]["in_scope"] > 1.5 * estimate
 
 
+def test_a_transfer_preview_counts_the_cancellations_and_archives_it_sends(
+    tiny_sandbox: RunningSandbox,
+) -> None:
+    """Into a Cliniko account each cancelled appointment or attendee, and each archived patient, is one write more."""
+
+    def cancelled(resource: str, business: str | None = None) -> int:
+        return sum(
+            1
+            for page in client.pages(resource)
+            for raw in page.records
+            if raw["cancelled_at"]
+            and (business is None or raw["business"]["links"]["self"].endswith(f"/{business}"))
+        )
+
+    with tiny_sandbox.client() as client:
+        business = next(client.records("businesses")).id
+        scope = Scope(kind="business", ids=[business])
+        plain = scoped_preview(client)
+        whole = scoped_preview(client, count_follow_ups=True)
+        scoped = scoped_preview(client, scope, count_follow_ups=True)
+        archived = client.count("patients", route="archived")
+        appointments, attendees = cancelled("individual_appointments"), cancelled("attendees")
+        at_business = cancelled("individual_appointments", business)
+        groups_at = client.count("group_appointments", [Filter("business_id", "=", business)])
+        groups = client.count("group_appointments")
+        ind_at = client.count("individual_appointments", [Filter("business_id", "=", business)])
+        ind = client.count("individual_appointments")
+    assert plain.follow_ups is None  # a preview for the local store does not ask
+    assert whole.follow_ups == {
+        "patients": archived,
+        "individual_appointments": appointments,
+        "attendees": attendees,
+    }
+    assert min(whole.follow_ups.values()) > 0  # the tiny clinic has some of each
+    assert scoped.follow_ups is not None
+    counted = scoped.follow_ups["individual_appointments"]
+    assert counted == at_business < appointments  # counted with the filter
+    # As the attendees and the patients are: from the share of group (or all) appointments in scope.
+    assert scoped.follow_ups["attendees"] == math.ceil(attendees * groups_at / groups)
+    share = (ind_at + groups_at) / (ind + groups)
+    assert scoped.follow_ups["patients"] == math.ceil(archived * share)
+
+
 def test_a_plan_without_patients_is_previewed_under_any_filter(tiny_sandbox: RunningSandbox) -> None:
     with tiny_sandbox.client() as client:
         business = next(client.records("businesses")).id

@@ -47,8 +47,9 @@ if transfer is not None:
     cols[2].metric(
         "Writes into Cliniko",
         f"{approx}{transfer.writes:,}",
-        help="Requests on the destination account's key: one per record, two for a file; a cancelled "
-        "appointment or an archived patient costs one more, a record linked to an equal one none.",
+        help="Requests on the destination account's key: one per record, two for a file, and one more for "
+        "each cancelled appointment or attendee and each archived patient; a record linked to an equal one "
+        "costs none.",
     )
 minutes = result.estimated_minutes if transfer is None else transfer.minutes
 cols[-1].metric(

@@ -136,9 +136,9 @@ class TransferEstimate:
         reads: requests on the source key: the preview's list pages, and each file's download.
         writes: requests on the destination key: a create per record (a file two: its upload
             form, then its create); never users, practitioners, businesses or financials. A
-            cancelled appointment or attendee, or an archived patient, costs one more, which
-            the counts do not tell; a record linked to an equal one already in the destination
-            (same name, or same patient and start) costs none.
+            cancelled appointment or attendee, or an archived patient, costs one more, counted
+            when the preview counted them (``count_follow_ups``); a record linked to an equal
+            one already in the destination (same name, or same patient and start) costs none.
         minutes: the two keys' budgets are spent at once, so the larger of the two at the
             pace, rounded up to a tenth (``0.0`` unpaced). Notes written with their author's
             own key (``MIGRATOR_NOTE_KEYS``) spend that key's budget, which this leaves aside.
@@ -175,9 +175,12 @@ def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
     """:class:`TransferEstimate` of moving what ``preview`` counted into a Cliniko account.
 
     Reading a clinic costs one request per 100 records, writing it one per record: at
-    Cliniko's 200 requests a minute the writes, not the reads, set a transfer's time.
+    Cliniko's 200 requests a minute the writes, not the reads, set a transfer's time. The
+    cancellations and archives to send come on top where the preview counted them
+    (:attr:`~migrator.scoped_preview.ScopedPreview.follow_ups`).
     """
     writes, downloads = transfer_requests(preview.expected())
+    writes += sum((preview.follow_ups or {}).values())
     reads = preview.requests + downloads
     return TransferEstimate(
         reads, writes, minutes_at(max(reads, writes), preview.requests_per_minute), preview.exact

@@ -27,9 +27,9 @@ def tiny_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIGRATOR_DEMO_SIZE", "tiny")
 
 
-def destination_client(at: AppTest) -> ClinikoClient:
+def destination_client(at: AppTest, side: str = "dest") -> ClinikoClient:
     config = ClientConfig(url_template=at.session_state["url_template"], requests_per_minute=0)
-    return ClinikoClient(at.session_state["dest_key"], config=config)
+    return ClinikoClient(at.session_state[f"{side}_key"], config=config)
 
 
 def patients_in(client: ClinikoClient) -> tuple[int, int]:
@@ -68,9 +68,14 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     counted = at.dataframe[0].value.set_index("Data type")["Records"]
     assert "Invoices" not in counted and "Invoice items" not in counted
     # Each record is a write of its own on the destination's key, a file two; practitioners, businesses
-    # and concession types, which Cliniko's API cannot create, none.
+    # and concession types, which Cliniko's API cannot create, none; a cancellation or an archive one more.
     uncreated = ["Practitioners", "Businesses", "Concession types"]
-    writes = counted.drop(uncreated, errors="ignore").sum() + counted["Patient files"]
+    with destination_client(at, "source") as source:
+        follow_ups = source.count("patients", route="archived") + sum(
+            source.count(entity, route="cancelled") for entity in ("individual_appointments", "attendees")
+        )
+    assert follow_ups > 0
+    writes = counted.drop(uncreated, errors="ignore").sum() + counted["Patient files"] + follow_ups
     shown = metrics(at)
     assert shown["Writes into Cliniko"] == f"{writes:,}" and shown["Minutes at the keys' pace"] == "unpaced"
 
