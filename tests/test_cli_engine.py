@@ -364,7 +364,7 @@ def test_a_workspace_keeps_its_own_store_and_refuses_another_workspaces(
     assert refused.returncode == 2
     assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
     batch_id = json.loads(done.stdout)["batch_id"]
-    assert f"holds records of batch {batch_id}, which the ledger at" in refused.stderr
+    assert f"was written by batch {batch_id}, which the ledger at" in refused.stderr
     assert "belongs to another workspace" in refused.stderr
     with sqlite3.connect(second / "ledger.db") as conn:  # no batch started, let alone a failed one
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0

@@ -73,7 +73,7 @@ def _clinic(store: LocalStore, sql: str, params: tuple[Any, ...] = ()) -> list[t
 
 def test_every_entity_has_a_table_with_the_standard_columns_and_a_unique_source(store: LocalStore) -> None:
     tables = {r[0] for r in _clinic(store, "SELECT name FROM clinic.sqlite_master WHERE type = 'table'")}
-    assert tables - {"sqlite_sequence", "migrations"} == ENTITIES
+    assert tables - {"sqlite_sequence", "migrations", "written_by"} == ENTITIES
     for entity in ENTITIES:
         columns = {r[1]: r for r in _clinic(store, f"PRAGMA clinic.table_info({entity})")}
         assert columns["id"][2] == "INTEGER" and columns["id"][5] == 1  # the primary key
@@ -161,7 +161,8 @@ def test_store_migrations_live_in_the_store_and_reopening_is_a_no_op(
     path = tmp_path / "ws" / "clinic.db"
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT migration_set, name FROM migrations").fetchall() == [
-            ("clinic", "001_clinic_tables")
+            ("clinic", "001_clinic_tables"),
+            ("clinic", "002_written_by"),
         ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     assert _clinic(store, "PRAGMA clinic.journal_mode") == [("delete",)]
@@ -169,7 +170,7 @@ def test_store_migrations_live_in_the_store_and_reopening_is_a_no_op(
     again = LocalStore(path, ledger)
     assert again.count("patients") == 0
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM migrations").fetchone() == (2,)
 
 
 def test_attach_conflicts_and_targets(ledger: Ledger, store: LocalStore, tmp_path: Path) -> None:
@@ -189,6 +190,42 @@ def test_attach_conflicts_and_targets(ledger: Ledger, store: LocalStore, tmp_pat
     with pytest.raises(ConfigError) as caught:
         LocalStore.parse_target(key)
     assert key not in str(caught.value) and "0123456789abcdef" not in str(caught.value)
+
+
+def test_a_store_stays_its_ledgers_after_its_batches_records_are_deleted(
+    ledger: Ledger, store: LocalStore, tmp_path: Path
+) -> None:
+    """Another workspace is refused a store once written, even emptied: its own ledger still knows it."""
+    batch = _new_batch(ledger, store)
+    store.setup_reference("practitioners", [{"first_name": "Kim", "last_name": "Ng"}])  # the clinic's own
+    ids = _insert(store, batch, "patients", {"source_id": "1", "first_name": "Ann", "last_name": "Lee"})
+    assert store.delete("patients", ids) == 1 and store.count("patients") == 0
+    store.close()
+    other = Ledger(tmp_path / "other")
+    with pytest.raises(ConfigError) as refused:
+        LocalStore(store.path, other)
+    assert str(refused.value) == (
+        f"The clinic store at {store.path} was written by batch {batch}, which the ledger at {other.path} does "
+        "not know: it belongs to another workspace. Use that workspace (--workspace), or another store."
+    )
+    again = LocalStore(store.path, ledger)  # its own ledger carries on
+    later = _new_batch(ledger, again)
+    assert _insert(again, later, "patients", {"source_id": "1", "first_name": "Ann", "last_name": "Lee"})
+
+
+def test_a_store_from_before_written_by_learns_its_batches_from_its_records(
+    ledger: Ledger, store: LocalStore, tmp_path: Path
+) -> None:
+    batch = _new_batch(ledger, store)
+    _insert(store, batch, "patients", {"source_id": "1", "first_name": "Ann", "last_name": "Lee"})
+    store.close()
+    with sqlite3.connect(store.path) as conn:  # as migration 001 left a store
+        conn.execute("DROP TABLE written_by")
+        conn.execute("DELETE FROM migrations WHERE name = '002_written_by'")
+    with pytest.raises(ConfigError, match=f"was written by batch {batch}, which the ledger"):
+        LocalStore(store.path, Ledger(tmp_path / "other"))
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT batch_id FROM written_by").fetchall() == [(batch,)]
 
 
 # --- inserts -------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ One table per entity, named after the Cliniko resource (``patients``, ``invoices
 each keeps its own ``id`` (the destination id), the record's ``source_id``,
 ``source_account`` and the ``batch_id`` that created it (all NULL for records the clinic
 set up itself), real columns for what an analyst queries, foreign keys as destination
-ids, and the full original record in ``data`` (JSON). The tables and their rules are in
+ids, and the full original record in ``data`` (JSON). ``written_by`` keeps the id of every
+batch that created records there, deleted ones included: the store is its ledger's. The tables and their rules are in
 :mod:`migrator.destinations._schema`. Imported appointments, group appointments,
 attendees and unavailable blocks carry ``imported = 1`` and ``notifications_suppressed
 = 1``: nothing in the store ever messages a patient.
@@ -101,6 +102,23 @@ def _clinic_tables(db: sqlite_utils.Database) -> None:
             db.execute(statement)
 
 
+@CLINIC_MIGRATIONS(name="002_written_by")
+def _written_by(db: sqlite_utils.Database) -> None:
+    """``written_by``: every batch that created records in the store, kept after the batch is deleted.
+
+    The batches whose records a store holds say whose ledger it belongs to; once a batch's
+    records are deleted this table still says so, so another workspace cannot take a store
+    its own ledger still knows. Filled here from the records already there.
+    """
+    db.execute("CREATE TABLE written_by (batch_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    for spec in TABLES.values():
+        if db[spec.name].exists():
+            db.execute(
+                f"INSERT OR IGNORE INTO written_by (batch_id) "
+                f"SELECT DISTINCT batch_id FROM {spec.name} WHERE batch_id IS NOT NULL"
+            )
+
+
 def outstanding_amount(status: int | None, total_amount: str | Decimal | None) -> str | None:
     """What is still owed on an invoice, by the module's one rule (see the table above).
 
@@ -166,11 +184,8 @@ def _migrate(path: Path) -> None:
             conn.close()
 
 
-#: The ids of the batches whose records the store holds (``batch_id``): an index read per table.
-_BATCHES_WRITTEN = " UNION ".join(
-    f"SELECT DISTINCT batch_id FROM {SCHEMA}.{spec.name} WHERE batch_id IS NOT NULL"
-    for spec in TABLES.values()
-)
+#: The ids of the batches that created records in the store, deleted ones included.
+_BATCHES_WRITTEN = f"SELECT batch_id FROM {SCHEMA}.written_by"
 
 
 class LocalStore:
@@ -183,9 +198,10 @@ class LocalStore:
 
     Raises:
         ConfigError: the path is the ledger's own file, a folder or a file that is not a
-            SQLite database, the ledger already has another store attached, or the store
-            holds records of batches this ledger does not know (another workspace's store:
-            this ledger could not tell what is already there, nor delete them).
+            SQLite database, the ledger already has another store attached, or batches this
+            ledger does not know created records in the store (another workspace's store:
+            this ledger could not tell what is already there, nor delete them), even if
+            those records have since been deleted.
 
     A store holding batches the ledger recorded as going into another path was moved or
     copied with its workspace (to another folder, or a copy to try things on): the
@@ -218,7 +234,7 @@ class LocalStore:
         if stranger is not None:
             self.close()
             raise ConfigError(
-                f"The clinic store at {self.path} holds records of batch {stranger}, which the ledger at "
+                f"The clinic store at {self.path} was written by batch {stranger}, which the ledger at "
                 f"{ledger.path} does not know: it belongs to another workspace. Use that workspace "
                 "(--workspace), or another store."
             )
@@ -226,7 +242,7 @@ class LocalStore:
             ledger.store_moved(recorded, self.describe(), copy=self.parse_target(recorded).exists())
 
     def _recorded_elsewhere(self) -> str | None:
-        """The destination the ledger recorded for batches whose records this store holds, when not this store."""
+        """The destination the ledger recorded for batches that wrote into this store, when not this store."""
         row = self.ledger.conn.execute(
             f"SELECT b.destination FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
             " WHERE b.destination != ? LIMIT 1",
@@ -235,7 +251,7 @@ class LocalStore:
         return None if row is None else str(row[0])
 
     def _unknown_batch(self) -> str | None:
-        """A batch whose records the store holds but the ledger does not know, if any (an index read per table)."""
+        """A batch that created records in the store but that the ledger does not know, if any."""
         row = self.ledger.conn.execute(
             f"SELECT batch_id FROM ({_BATCHES_WRITTEN}) WHERE batch_id NOT IN (SELECT id FROM main.batches) LIMIT 1"
         ).fetchone()
@@ -679,6 +695,10 @@ class LocalStore:
                 (spec.name,),
             ).fetchone()
             insert_rows(self.ledger.conn, head, [(start + n, *p) for n, p in enumerate(params)])
+            if imported:
+                self.ledger.conn.execute(
+                    f"INSERT OR IGNORE INTO {SCHEMA}.written_by (batch_id) VALUES (?)", (batch_id,)
+                )
         return [str(start + n) for n in range(len(params))]
 
     @staticmethod
