@@ -13,6 +13,7 @@ a bad option, a path the file system refuses).
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import logging
@@ -66,7 +67,10 @@ def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
     from migrator.cliniko.keys import parse_key
 
     env, what = (DEST_KEY_ENV, "destination") if dest else (SOURCE_KEY_ENV, "source")
-    key = parse_key(_read_key(env, what))
+    try:
+        key = parse_key(_read_key(env, what))
+    except ConfigError as exc:  # say which key, never the key itself
+        raise ConfigError(str(exc).replace("The API key", f"The {what} API key", 1)) from None
     return ClinikoClient(key, writable=writable and dest, config=_config())
 
 
@@ -509,6 +513,8 @@ def cmd_batches(args: argparse.Namespace) -> int:
     from migrator.batches import deletable
     from migrator.ledger import Ledger
 
+    if Path(args.workspace).exists() and not Path(args.workspace).is_dir():
+        raise FileExistsError(errno.EEXIST, "File exists", str(args.workspace))  # said as run says it
     if not Ledger.file_in(args.workspace).exists():  # listing makes no workspace
         print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
         return 0
@@ -647,7 +653,8 @@ def cmd_opening_balances(args: argparse.Namespace) -> int:
         frame = opening_balances(ledger, args.batch_id, source=client, destination=dest)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        frame.write_csv(args.out)
+        with open(args.out, "wb") as out:  # a refusal names the path (Polars' own does not)
+            frame.write_csv(out)
     if args.json:
         print(json.dumps([{**r, "outstanding": str(r["outstanding"])} for r in frame.to_dicts()]))
         return 0
@@ -721,12 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--json", action="store_true", help="print one JSON object")
     prev.set_defaults(func=cmd_preview)
 
-    def workspace(p: argparse.ArgumentParser) -> None:
+    def workspace(p: argparse.ArgumentParser, *, with_store: bool = False) -> None:
         p.add_argument(
             "--workspace",
             default=DEFAULT_WORKSPACE,
             metavar="DIR",
-            help="where ledger.db (and, unless --to says otherwise, clinic.db) lives (default ./workspace)",
+            help="where ledger.db lives (default ./workspace)"
+            + (", and clinic.db unless --to says otherwise" if with_store else ""),
         )
 
     def to(p: argparse.ArgumentParser) -> None:
@@ -744,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     mapping.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
     mapping.add_argument("--force", action="store_true", help="write over FILE if it exists")
     to(mapping)
-    workspace(mapping)
+    workspace(mapping, with_store=True)
     mapping.set_defaults(func=cmd_mapping)
 
     run = commands.add_parser("run", help="migrate (or resume an unfinished run of the same plan)")
@@ -762,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read only what changed since the plan's last completed batch (the sweep before go-live)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object")
-    workspace(run)
+    workspace(run, with_store=True)
     run.set_defaults(func=cmd_run)
 
     rec = commands.add_parser(
@@ -827,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bal = commands.add_parser(
         "opening-balances",
-        help="what each transferred patient owes by the source's invoices (Cliniko cannot import financials)",
+        help="what each transferred patient owes by the source's invoices (Cliniko cannot import financials); "
+        "reads both accounts (MIGRATOR_SOURCE_KEY and MIGRATOR_DEST_KEY)",
     )
     bal.add_argument("batch_id", metavar="BATCH_ID")
     bal.add_argument("--out", metavar="FILE", help="write the report as CSV")
@@ -844,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="sqlite:PATH",
         help="the local clinic store (default sqlite:DIR/clinic.db in --workspace DIR)",
     )
-    workspace(setup)
+    workspace(setup, with_store=True)
     setup.set_defaults(func=cmd_setup_store)
     return parser
 

@@ -212,8 +212,13 @@ def sandbox_requests(sandbox: RunningSandbox) -> int:
 def test_a_malformed_key_is_refused_before_any_request(demo_sandbox: RunningSandbox) -> None:
     result = demo_sandbox.cli("connect", key="MSabcdefgh0123456789-australia")
     assert result.returncode == 2
-    assert "not a Cliniko shard" in result.stderr
+    assert result.stderr.startswith("error: The source API key's suffix is not a Cliniko shard")
     assert_one_clean_line(result.stderr, "MSabcdefgh0123456789")
+    # With both keys at hand, the sentence says which of the two is wrong.
+    both = demo_sandbox.cli("connect", "--dest", key=demo_sandbox.key("source"), dest_key="not a key")
+    assert both.returncode == 2
+    assert both.stderr.startswith("error: The destination API key does not look like a Cliniko key")
+    assert_one_clean_line(both.stderr, "not a key")
 
 
 def test_a_pace_that_is_not_a_number_of_requests_is_refused(demo_sandbox: RunningSandbox) -> None:

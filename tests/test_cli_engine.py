@@ -118,6 +118,7 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
             ("run", "--to", f"sqlite:{a_file / 'clinic.db'}", *workspace, "--mapping", str(mapping)),
             "a file is already there",
         ),
+        (("batches", "--workspace", str(a_file)), "a file is already there"),  # not "no batches yet"
     ):
         refused = cli(tiny_sandbox, *command)
         assert refused.returncode == 2, refused.stderr

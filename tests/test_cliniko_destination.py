@@ -1305,6 +1305,10 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         "outstanding",
     }
     assert f"{len(lines)} patients have an opening balance" in balances.stdout
+    folder = cli(
+        "opening-balances", batch_id, "--out", str(tmp_path), "--workspace", ws, key=source, dest_key=dest
+    )
+    assert folder.returncode == 2 and folder.stderr == f"error: Cannot use {tmp_path}: is a directory.\n"
 
     assert cli("go-live", batch_id, "--workspace", ws, dest_key=dest).returncode == 2  # needs --yes
     # A practitioner's key of the same account may not turn reminders on, nor delete (seed 000): refused first.
