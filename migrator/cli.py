@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -896,6 +897,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 _WRITING = frozenset({"run", "delete-batch", "go-live", "setup-store"})
 
 
+#: Seconds within which a second SIGINT is the first one again: a signal sent to the whole process group
+#: (as a job runner stops a command) reaches both `uv run` and this process, and uv passes its copy on.
+_SAME_INTERRUPT = 0.5
+
+
 @contextmanager
 def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
     """Ctrl+C stops the command cleanly; Ctrl+C again while it is stopping quits at once.
@@ -907,6 +913,9 @@ def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
     exit 130, as a SIGKILL would end it. What was committed stays (SQLite rolls back a
     half-written page when the database is next opened), and the same command resumes.
 
+    A second SIGINT within half a second of the first is taken as the same one: sent to the
+    process group, it reaches ``uv run`` too, which passes its copy on.
+
     The handler stays in place after a first Ctrl+C, until the process exits; a command
     that ends without one puts the previous handler back (tests call :func:`main` in-process).
     Outside the main thread, where handlers cannot be set, Python's own behaviour stands.
@@ -915,7 +924,11 @@ def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
         yield
         return
 
+    first_at: list[float] = []
+
     def again(signum: int, frame: object) -> None:
+        if time.monotonic() - first_at[0] < _SAME_INTERRUPT:  # the same Ctrl+C, passed on by `uv run`
+            return
         left = (
             "what was written is kept: run the same command again to finish it"
             if writing
@@ -925,6 +938,7 @@ def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
         os._exit(130)
 
     def first(signum: int, frame: object) -> None:
+        first_at.append(time.monotonic())
         signal.signal(signal.SIGINT, again)
         raise KeyboardInterrupt
 

@@ -24,8 +24,8 @@ flagged for review with a ``review_*`` reason code.
 Each page is decided and written whole with its ledger rows and the stage's
 progress (a savepoint; pages arriving fast are committed together at most every
 ``commit_interval`` seconds), so a run killed at any instant resumes from its last
-committed page: records already in the ledger for the batch are passed over, and the
-result is the same as a clean run. Scoped runs (business or practitioner) read
+committed page: it reads the lists again, passes over the records already in the
+ledger for the batch, and ends with the same result as a clean run. Scoped runs (business or practitioner) read
 their appointments once into a staging file first, to learn which patients are
 in scope without reading the appointments twice.
 
