@@ -25,9 +25,9 @@ Each page is decided and written whole with its ledger rows and the stage's
 progress (a savepoint; pages arriving fast are committed together at most every
 ``commit_interval`` seconds), so a run killed at any instant resumes from its last
 committed page: it reads the lists again, passes over the records already in the
-ledger for the batch, and ends with the same result as a clean run. Scoped runs (business or practitioner) read
-their appointments once into a staging file first, to learn which patients are
-in scope without reading the appointments twice.
+ledger for the batch, and ends with the same result as a clean run. Scoped runs
+(business or practitioner) read their appointments once into a staging file first, to
+learn which patients are in scope without reading the appointments twice.
 
 A record an earlier batch brought is compared with its stored copy: when the source
 changed it (a new address, a cancellation, an invoice paid), the destination record is

@@ -5,10 +5,10 @@ each keeps its own ``id`` (the destination id), the record's ``source_id``,
 ``source_account`` and the ``batch_id`` that created it (all NULL for records the clinic
 set up itself), real columns for what an analyst queries, foreign keys as destination
 ids, and the full original record in ``data`` (JSON). ``written_by`` keeps the id of every
-batch that created records there, deleted ones included: the store is its ledger's. The tables and their rules are in
-:mod:`migrator.destinations._schema`. Imported appointments, group appointments,
-attendees and unavailable blocks carry ``imported = 1`` and ``notifications_suppressed
-= 1``: nothing in the store ever messages a patient.
+batch that created records there, deleted ones included: the store is its ledger's. The
+tables and their rules are in :mod:`migrator.destinations._schema`. Imported appointments,
+group appointments, attendees and unavailable blocks carry ``imported = 1`` and
+``notifications_suppressed = 1``: nothing in the store ever messages a patient.
 
 The store's database is ATTACHed to the ledger's connection as schema ``clinic``, so a
 page of records and its ledger items commit in one transaction::
