@@ -68,10 +68,7 @@ def _client(dest: bool, *, writable: bool = False) -> ClinikoClient:
     from migrator.cliniko.keys import parse_key
 
     env, what = (DEST_KEY_ENV, "destination") if dest else (SOURCE_KEY_ENV, "source")
-    try:
-        key = parse_key(_read_key(env, what))
-    except ConfigError as exc:  # say which key, never the key itself
-        raise ConfigError(str(exc).replace("The API key", f"The {what} API key", 1)) from None
+    key = parse_key(_read_key(env, what), name=f"{what} API key")  # says which key, never the key itself
     return ClinikoClient(key, writable=writable and dest, config=_config())
 
 

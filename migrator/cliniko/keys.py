@@ -77,11 +77,12 @@ class ApiKey:
     __str__ = __repr__
 
 
-def parse_key(raw: str | SecretStr) -> ApiKey:
+def parse_key(raw: str | SecretStr, *, name: str = "API key") -> ApiKey:
     """Read the shard from a key's suffix.
 
     Args:
         raw: the key as pasted (surrounding whitespace is ignored).
+        name: what the messages call it ("destination API key" where two are at hand).
 
     Returns:
         The key with its shard: the suffix after the last ``-`` when it is two
@@ -96,7 +97,7 @@ def parse_key(raw: str | SecretStr) -> ApiKey:
     """
     value = (raw.get_secret_value() if isinstance(raw, SecretStr) else raw).strip()
     if not value:
-        raise ConfigError("The API key is empty: paste the key from Cliniko's Manage API keys page.")
+        raise ConfigError(f"The {name} is empty: paste the key from Cliniko's Manage API keys page.")
     parts = value.split("-")
     if len(parts) == 1:
         body, shard = value, DEFAULT_SHARD
@@ -104,19 +105,19 @@ def parse_key(raw: str | SecretStr) -> ApiKey:
         body, suffix = parts
         if not _SHARD.match(suffix.lower()):
             raise ConfigError(
-                f"The API key's suffix is not a Cliniko shard: it has {len(suffix)} "
+                f"The {name}'s suffix is not a Cliniko shard: it has {len(suffix)} "
                 f"character{'s' if len(suffix) != 1 else ''} after "
                 "the '-', where a shard is two letters and one or two digits such as 'au1' or 'uk1'."
             )
         shard = suffix.lower()
     else:
         raise ConfigError(
-            f"The API key has {len(parts) - 1} '-' separators; a Cliniko key has at most one, "
+            f"The {name} has {len(parts) - 1} '-' separators; a Cliniko key has at most one, "
             "before its shard suffix (for example '...-au1')."
         )
     if not _BODY.match(body):
         raise ConfigError(
-            "The API key does not look like a Cliniko key: it should be one long run of "
+            f"The {name} does not look like a Cliniko key: it should be one long run of "
             "letters and digits, optionally followed by a shard such as '-au1'."
         )
     return ApiKey(secret=SecretStr(value), shard=shard)
