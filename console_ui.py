@@ -228,7 +228,7 @@ def source_client() -> Iterator[ClinikoClient]:
     key = source_key()
     if key is None:
         raise MigratorError("Connect the source account again: its key is no longer held by this session.")
-    with settings().client(key, st.session_state.get("url_template")) as client:
+    with settings().client(key, st.session_state.get("url_template"), name="source API key") as client:
         yield client
 
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient
+from migrator.cliniko.keys import parse_key
 from migrator.engine import Engine, RunResult, RunStopped
 from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Ledger, batch_tenants
@@ -394,7 +395,7 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig, keys: Cliniko
     handle.state = "running"
     try:
         with (
-            ClinikoClient(key, config=config) as client,
+            ClinikoClient(parse_key(key, name="source API key"), config=config) as client,
             _open_destination(handle, client, config, keys) as (
                 ledger,
                 store,

@@ -37,7 +37,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient
-from migrator.cliniko.keys import ApiKey
+from migrator.cliniko.keys import ApiKey, parse_key
 from migrator.cliniko.pacing import DEFAULT_REQUESTS_PER_MINUTE, RATE_ENV, pace_from_env
 from migrator.cliniko.pagination import PER_PAGE
 from migrator.destinations.local import LocalStore
@@ -220,9 +220,14 @@ class ConsoleSettings:
             url_template=url_template or self.api_url, requests_per_minute=self.requests_per_minute
         )
 
-    def client(self, key: str | SecretStr | ApiKey, url_template: str | None = None) -> ClinikoClient:
-        """A read-only client for ``key`` (a ``SecretStr`` in the console)."""
-        return ClinikoClient(key, config=self.client_config(url_template))
+    def client(
+        self, key: str | SecretStr | ApiKey, url_template: str | None = None, *, name: str = "API key"
+    ) -> ClinikoClient:
+        """A read-only client for ``key`` (a ``SecretStr`` in the console); Cliniko's refusals call it ``name``."""
+        return ClinikoClient(
+            key if isinstance(key, ApiKey) else parse_key(key, name=name),
+            config=self.client_config(url_template),
+        )
 
     @contextmanager
     def open_cliniko(
@@ -240,7 +245,9 @@ class ConsoleSettings:
             ConfigError: a note author's key is another account's or no active practitioner's.
             APIError: a key is refused by Cliniko.
         """
-        source = self.client(source_key, url_template) if source_key is not None else None
+        source = (
+            self.client(source_key, url_template, name="source API key") if source_key is not None else None
+        )
         try:
             with cliniko_destination(
                 keys, self.client_config(url_template), self.workspace, source=source
@@ -336,7 +343,7 @@ def check_cliniko_destination(
     from migrator.destinations.cliniko import preflight
 
     with (
-        settings.client(source_key, url_template) as source,
+        settings.client(source_key, url_template, name="source API key") as source,
         settings.open_cliniko(keys, url_template) as (_, destination),
     ):
         check = preflight(source, destination)

@@ -67,6 +67,7 @@ import polars as pl
 from pydantic import SecretStr
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.cliniko.keys import parse_key
 from migrator.console import ClinikoKeys, ConsoleSettings, DestinationCheck, check_cliniko_destination
 from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Batch, Ledger
@@ -489,8 +490,8 @@ class Connection:
         return self.identity.account or self.tenant
 
 
-def _verify(key: SecretStr, config: ClientConfig) -> Connection:
-    with ClinikoClient(key, config=config) as client:
+def _verify(key: SecretStr, config: ClientConfig, name: str = "API key") -> Connection:
+    with ClinikoClient(parse_key(key, name=name), config=config) as client:
         identity = client.identity()
         return Connection(identity, account_id(client))
 
@@ -554,7 +555,7 @@ def connect_source(ledger: Ledger, principal: Principal, key: SecretStr, config:
         NotAllowed: a clinic's key of another account, or not an administrator's key.
         AuthError, APIError: Cliniko refused the key or could not be reached.
     """
-    connection = _verify(key, config)
+    connection = _verify(key, config, "source API key")
     if not principal.operator and connection.tenant != principal.tenant:
         record(ledger, principal, "connect_refused", detail={"as": "source"})
         raise NotAllowed(
@@ -576,7 +577,7 @@ def connect_destination(
     ledger: Ledger, principal: Principal, key: SecretStr, config: ClientConfig, *, tenant: str | None
 ) -> Connection:
     """Verify a destination key and audit ``connect`` under the source's ``tenant`` (its account in ``detail``)."""
-    connection = _verify(key, config)
+    connection = _verify(key, config, "destination API key")
     record(
         ledger,
         principal,
@@ -926,7 +927,7 @@ def source_as(
     config = client_config or settings.client_config()
     with ExitStack() as stack:
         with audited_read(settings, principal, batch, read):
-            client = stack.enter_context(ClinikoClient(key, config=config))
+            client = stack.enter_context(ClinikoClient(parse_key(key, name="source API key"), config=config))
             if account_id(client) != batch.source_account:
                 raise NotAllowed(
                     f"This key belongs to another Cliniko account; batch {batch.id} read from account "

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr, ValidationError
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
+from migrator.cliniko.keys import ApiKey, parse_key
 from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError, NotFoundError
@@ -153,10 +154,9 @@ def cliniko_destination(
         APIError: a key is refused by Cliniko.
     """
     with ExitStack() as opened:  # closed in reverse: the destination, the ledger, the clients
-        clients = [
-            opened.enter_context(ClinikoClient(k, writable=True, config=config))
-            for k in (keys.key, *keys.note_keys)
-        ]
+        # Cliniko's refusals name the destination's key; a note author's is named by the destination.
+        named: list[ApiKey | SecretStr] = [parse_key(keys.key, name="destination API key"), *keys.note_keys]
+        clients = [opened.enter_context(ClinikoClient(k, writable=True, config=config)) for k in named]
         ledger, destination = open_cliniko_destination(
             clients[0], workspace, source=source, note_keys=clients[1:]
         )

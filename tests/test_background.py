@@ -78,7 +78,7 @@ def test_a_failed_run_says_why_in_one_sentence(tiny_sandbox: RunningSandbox, tmp
     handle = RunRegistry().start(plan, wrong, workspace=tmp_path, client_config=config(tiny_sandbox))
     assert handle.wait(60) and handle.state == "failed"
     assert handle.error is not None and handle.error.startswith(
-        "Cliniko did not accept the API key (HTTP 401)"
+        "Cliniko did not accept the source API key (HTTP 401)"
     )
     assert wrong.get_secret_value() not in handle.error
     with Ledger(tmp_path) as ledger:

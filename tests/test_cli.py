@@ -189,7 +189,7 @@ def test_a_key_on_the_wrong_shard_is_refused_in_one_line(demo_sandbox: RunningSa
     wrong = f"{body}-{'uk1' if shard != 'uk1' else 'au2'}"
     result = demo_sandbox.cli("connect", key=wrong)
     assert result.returncode == 1
-    assert "did not accept the API key" in result.stderr
+    assert "did not accept the source API key" in result.stderr
     assert_one_clean_line(result.stderr, body, wrong)
 
 

@@ -1241,6 +1241,16 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         bad = cli("preflight", "--workspace", ws, key=source, dest_key=dest, note_keys=note_keys)
         assert bad.returncode == 2 and bad.stderr.startswith(f"error: {said}"), bad.stderr
         assert not any(k in bad.stderr for k in (staff, source, wrong)) and bad.stderr.count("\n") == 1
+    # A key Cliniko refuses is named by its role, as two or more are at hand.
+    unknown = "MS" + "0" * 40 + "-" + sb.account("destination")["shard"]
+    bad = cli("preflight", "--workspace", ws, key=source, dest_key=unknown)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.startswith("error: Cliniko did not accept the destination API key (HTTP 401)")
+    bad = cli("preflight", "--workspace", ws, key=source, dest_key=dest, note_keys=f"{staff},{unknown}")
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith(
+        "error: Note author's key 2 of 2: Cliniko did not accept the API key (HTTP 401)"
+    )
     passed = cli("preflight", "--json", "--workspace", ws, key=source, dest_key=dest)
     assert passed.returncode == 0 and json.loads(passed.stdout)["ok"]
     blocked = cli("run", "--to", "cliniko", "--workspace", ws, key=source, dest_key=wrong)

@@ -64,6 +64,12 @@ def test_key_never_shows_in_repr_or_str() -> None:
     assert len(key.fingerprint) == 12
 
 
+def test_a_keys_name_is_what_refusals_call_it_and_not_part_of_the_key() -> None:
+    named = parse_key(f"{BODY}-uk1", name="destination API key")
+    assert named.name == "destination API key" and parse_key(f"{BODY}-uk1").name == "API key"
+    assert named == parse_key(f"{BODY}-uk1")  # the same key, whatever it is called
+
+
 def test_base_url_from_template_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MIGRATOR_API_URL", raising=False)
     assert base_url_for("uk1") == "https://api.uk1.cliniko.com/v1"

@@ -47,14 +47,15 @@ def demo_clinic(rate_limit: int):  # -> Sandbox
     return _demo_clinic(rate_limit, demo_size_from_env())
 
 
-def verify(key: SecretStr, url_template: str | None) -> Identity:
-    with settings().client(key, url_template) as client:
+def verify(key: SecretStr, url_template: str | None, *, name: str = "source API key") -> Identity:
+    """Whose key it is; Cliniko's refusal names it as ``name`` (the page holds two keys)."""
+    with settings().client(key, url_template, name=name) as client:
         return client.identity()
 
 
 def set_up_store_from(key: SecretStr, url_template: str | None) -> dict[str, int]:
     """Give the local store the destination account's own practitioners, businesses and appointment types."""
-    with settings().client(key, url_template) as client:
+    with settings().client(key, url_template, name="destination API key") as client:
         return setup_store_from(settings(), client)
 
 
@@ -98,7 +99,7 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr]) -> None:
     if source is None or state.get("source_identity") is None:
         raise ConfigError("Connect the source account first: the pre-flight checks both accounts.")
     with st.spinner(CHECKING_DESTINATION):
-        state.dest_identity = verify(key, state.url_template)
+        state.dest_identity = verify(key, state.url_template, name="destination API key")
         check = check_cliniko_destination(
             settings(), source, ClinikoKeys(key, tuple(note_keys)), state.url_template
         )

@@ -439,13 +439,14 @@ def _error_for(response: httpx.Response, key: ApiKey) -> APIError:
     if status == 401:
         kind, message = (
             AuthError,
-            f"Cliniko did not accept the API key (HTTP 401){said}. Check that the whole key was pasted, that it "
+            f"Cliniko did not accept the {key.name} (HTTP 401){said}. Check that the whole key was pasted, that it "
             f"has not been revoked, and that it belongs to the {key.shard} shard ({key.region}).",
         )
     elif status == 403:
         kind, message = (
             AccessError,
-            f"The API key's user is not allowed to {method} {path} (HTTP 403){said}; an administrator's key is needed.",
+            f"The {key.name}'s user is not allowed to {method} {path} (HTTP 403){said}; an administrator's key is "
+            "needed.",
         )
     elif status == 404:
         kind, message = NotFoundError, f"Cliniko has no {path} (HTTP 404){said}."

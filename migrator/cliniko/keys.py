@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from pydantic import SecretStr
@@ -57,10 +57,13 @@ class ApiKey:
 
     ``repr()`` and ``str()`` never show the secret; ``fingerprint`` is a short,
     stable, non-reversible tag for telling keys apart in logs and rate limiters.
+    ``name`` is what Cliniko's refusals call the key ("the destination API key" where
+    two are at hand); it plays no part in comparing keys.
     """
 
     secret: SecretStr
     shard: str
+    name: str = field(default="API key", compare=False)
 
     @property
     def region(self) -> str:
@@ -82,7 +85,8 @@ def parse_key(raw: str | SecretStr, *, name: str = "API key") -> ApiKey:
 
     Args:
         raw: the key as pasted (surrounding whitespace is ignored).
-        name: what the messages call it ("destination API key" where two are at hand).
+        name: what the messages call it ("destination API key" where two are at hand), here
+            and in Cliniko's refusals of it later (:attr:`ApiKey.name`).
 
     Returns:
         The key with its shard: the suffix after the last ``-`` when it is two
@@ -120,7 +124,7 @@ def parse_key(raw: str | SecretStr, *, name: str = "API key") -> ApiKey:
             f"The {name} does not look like a Cliniko key: it should be one long run of "
             "letters and digits, optionally followed by a shard such as '-au1'."
         )
-    return ApiKey(secret=SecretStr(value), shard=shard)
+    return ApiKey(secret=SecretStr(value), shard=shard, name=name)
 
 
 def base_url_for(shard: str, template: str | None = None) -> str:

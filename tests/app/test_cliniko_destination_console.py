@@ -184,3 +184,20 @@ def test_an_administrator_who_is_not_a_practitioner_is_refused_by_the_pre_flight
     # Runs still go into the local store: nothing points at the refused account.
     assert isinstance(at.session_state["dest_key"], SecretStr)
     assert at.session_state["dest_key"].get_secret_value() != key
+
+
+def test_a_destination_key_cliniko_refuses_is_named_as_the_destinations(
+    console: Callable[[], AppTest],
+) -> None:
+    at = console()
+    at.button(key="use_demo").click().run()
+    shard = at.session_state["dest_key"].get_secret_value().rsplit("-", 1)[1]
+    unknown = "MS" + "0" * 40 + "-" + shard
+    at.radio(key="destination_choice").set_value(CLINIKO).run()
+    at.text_input(key="dest_key_input").input(unknown).run()
+    at.button(key="verify_dest").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("Cliniko did not accept the destination API key (HTTP 401)"), error
+    assert unknown not in error and "dest_target" not in at.session_state
+    assert at.session_state["source_identity"] is not None  # the source stays connected

@@ -70,7 +70,7 @@ def test_a_wrong_key_is_one_sentence_and_leaves_no_connection(
     at.button(key="verify_source").click().run()
     assert not at.exception
     (error,) = [e.value for e in at.error]
-    assert error.startswith("Cliniko did not accept the API key (HTTP 401)") and wrong not in error
+    assert error.startswith("Cliniko did not accept the source API key (HTTP 401)") and wrong not in error
     assert "source_key" not in at.session_state and "source_identity" not in at.session_state
 
 
