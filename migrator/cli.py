@@ -331,7 +331,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
-    print(f"Batch {result.batch_id}: {result.requests:,} requests in {result.seconds:.1f} s.")
+    written = (
+        f" to the source and {result.destination_requests:,} to the destination"
+        if result.destination_requests is not None
+        else ""
+    )
+    print(f"Batch {result.batch_id}: {result.requests:,} requests{written} in {result.seconds:.1f} s.")
     if result.top_up is not None:
         saved = result.requests_saved
         baseline = result.top_up.baseline_requests

@@ -161,6 +161,8 @@ class RunResult:
     resumed: bool = False
     top_up: TopUp | None = None
     batch_requests: int | None = None
+    #: Requests sent with the destination's keys in this run (a Cliniko account); ``None`` for a local store.
+    destination_requests: int | None = None
 
     @property
     def requests_saved(self) -> int | None:
@@ -176,6 +178,8 @@ class RunResult:
             "requests": self.requests,
             "seconds": round(self.seconds, 2),
         }
+        if self.destination_requests is not None:
+            out["destination_requests"] = self.destination_requests
         if self.top_up is not None:
             out["top_up"] = {
                 "of": self.top_up.of,
@@ -279,10 +283,11 @@ class Engine:
             RunStopped: :attr:`stop` was set; the batch is ``stopped`` and resumable.
             APIError: Cliniko failed beyond retries; the batch is ``failed`` and resumable.
         """
+        requests_before = self.source.stats.requests
+        written_before = getattr(self.store, "requests", None)  # a Cliniko account's keys
         self.plan.require_resolved()
         self._require_targets()
         started = time.monotonic()
-        requests_before = self.source.stats.requests
         resumed = batch_id is not None
         if batch_id is None:
             batch = self.ledger.create_batch(
@@ -307,7 +312,10 @@ class Engine:
         )
 
         def spent() -> dict[str, Any]:
-            return {"requests": self.source.stats.requests - requests_before}
+            out = {"requests": self.source.stats.requests - requests_before}
+            if written_before is not None:
+                out["destination_requests"] = self.store.requests - written_before
+            return out
 
         try:
             with _COLLECTOR, self._group:
@@ -328,16 +336,18 @@ class Engine:
                 self._staging.close()
                 self._staging = None
         counts = self.ledger.save_counts(batch_id)
-        self.ledger.set_status(batch_id, "completed", actor=self.actor, detail=spent())
+        used = spent()
+        self.ledger.set_status(batch_id, "completed", actor=self.actor, detail=used)
         self._drop_staging()
         return RunResult(
             batch_id=batch_id,
             entities=self._entity_counts(counts),
-            requests=spent()["requests"],
+            requests=used["requests"],
             seconds=time.monotonic() - started,
             resumed=resumed,
             top_up=self.top_up,
             batch_requests=self.ledger.batch_requests(batch_id),
+            destination_requests=used.get("destination_requests"),
         )
 
     def _require_targets(self) -> None:

@@ -215,6 +215,9 @@ def test_the_preview_estimates_what_a_transfer_spends_on_each_key(transfer: Tran
     assert result.entities["patients"]["linked"] == 0
     assert estimate.writes <= spent["destination"] <= estimate.writes * 1.1, (estimate, spent)
     assert estimate.reads <= spent["source"] <= estimate.reads * 1.1, (estimate, spent)
+    # The run reports what it spent on each key, as the sandbox counted it.
+    assert (result.requests, result.destination_requests) == (spent["source"], spent["destination"])
+    assert result.as_dict()["destination_requests"] == spent["destination"]
 
 
 def _answers(custom: dict[str, Any] | None, definition: dict[str, Any]) -> dict[tuple[str, str], Any]:
@@ -1292,7 +1295,10 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
         dest_key=dest,
     )
     assert ran.returncode == 0, ran.stderr
-    batch_id = json.loads(ran.stdout)["batch_id"]
+    out = json.loads(ran.stdout)
+    batch_id = out["batch_id"]
+    # Both keys' budgets: at least a request per record created on the destination's.
+    assert out["destination_requests"] >= sum(e["created"] for e in out["entities"].values()) > 0
 
     checked = cli("reconcile", batch_id, "--workspace", ws, key=source, dest_key=dest)
     assert checked.returncode == 0, checked.stderr

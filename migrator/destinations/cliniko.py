@@ -427,6 +427,12 @@ class ClinikoDestination:
         """The destination as a batch records it: ``cliniko:<account id>`` (never a key)."""
         return f"cliniko:{self.account_id}"
 
+    @property
+    def requests(self) -> int:
+        """Requests sent so far with the destination's keys: the administrator's and the note authors'."""
+        clients = {id(c): c for c in (self.client, *self.note_authors.values())}
+        return sum(c.stats.requests for c in clients.values())
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
