@@ -13,7 +13,6 @@ a bad option, a path the file system refuses).
 from __future__ import annotations
 
 import argparse
-import errno
 import getpass
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError
-from migrator.workspace import DEFAULT_WORKSPACE
+from migrator.workspace import DEFAULT_WORKSPACE, refuse_file
 
 # The library (httpx, pydantic, polars, SQLite's helpers) loads only for the commands that need it, so
 # that --help, and a bad option, answer at once.
@@ -516,8 +515,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
     from migrator.batches import deletable
     from migrator.ledger import Ledger
 
-    if Path(args.workspace).exists() and not Path(args.workspace).is_dir():
-        raise FileExistsError(errno.EEXIST, "File exists", str(args.workspace))  # said as run says it
+    refuse_file(args.workspace)  # said as run says it
     if not Ledger.file_in(args.workspace).exists():  # listing makes no workspace
         print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
         return 0

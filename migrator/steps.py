@@ -50,6 +50,7 @@ from migrator.workflow import (
     run_plan,
     verify_source,
 )
+from migrator.workspace import refuse_file
 
 if TYPE_CHECKING:
     from migrator.scoped_preview import ScopedPreview
@@ -410,10 +411,14 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
     Columns: ``id``, ``created_at``, ``status``, ``kind`` (``full`` or ``top-up``),
     ``source_account``, ``destination``, ``requests``, the ``created`` / ``linked`` /
     ``already_present`` / ``skipped`` totals, ``deletable`` and ``why`` (a sentence; a batch a
-    later one relies on is not deletable, and says so).
+    later one relies on is not deletable, and says so). A workspace with no ledger yet has none.
+
+    Raises:
+        FileExistsError: ``workspace`` is a file, not a folder (as :func:`run` would say).
     """
     from migrator.batches import deletable
 
+    refuse_file(workspace)
     if not Ledger.file_in(workspace).exists():  # no ledger, no batches: and no workspace is made there
         return pl.DataFrame(schema=_BATCHES_SCHEMA)
     ledger = Ledger(workspace)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -289,3 +290,12 @@ def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: i
             "check the workspace argument."
         )
     assert not typo.exists()
+
+
+def test_listing_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path) -> None:
+    a_file = tmp_path / "ledger.db"  # the ledger itself, given where its folder is wanted
+    a_file.write_text("not a folder")
+    with pytest.raises(FileExistsError) as refused:
+        steps.batches(a_file)
+    assert refused.value.filename == str(a_file)
+    assert a_file.read_text() == "not a folder"
