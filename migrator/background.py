@@ -89,6 +89,8 @@ class RunHandle:
         plan: what runs (no key in it).
         workspace: the workspace whose ledger records it.
         expected: records per entity the preview counted, so that progress bars have a length.
+        follow_ups: into a Cliniko account, the cancellations and archives per entity the
+            preview counted (:attr:`~migrator.scoped_preview.ScopedPreview.follow_ups`), for the time left.
         state: ``starting``, ``running``, ``completed``, ``stopped`` or ``failed``.
         result: the engine's result once ``completed``.
         error: one sentence when ``failed``.
@@ -99,6 +101,7 @@ class RunHandle:
     plan: Plan
     workspace: Path
     expected: dict[str, int] = field(default_factory=dict)
+    follow_ups: dict[str, int] = field(default_factory=dict)
     actor: str = "console"
     role: str | None = None
     resume_id: str | None = None
@@ -207,6 +210,7 @@ class RunRegistry:
         workspace: str | Path,
         client_config: ClientConfig,
         expected: Mapping[str, int] | None = None,
+        follow_ups: Mapping[str, int] | None = None,
         actor: str = "console",
         role: str | None = None,
         resume: str | None = None,
@@ -223,6 +227,7 @@ class RunRegistry:
             workspace: the workspace of the ledger and the local store.
             client_config: how the worker's client talks to Cliniko (pace, URL template).
             expected: records per entity, for the progress bars.
+            follow_ups: cancellations and archives per entity a Cliniko destination is sent, for the time left.
             resume: continue this batch (stopped, failed or killed) instead of looking
                 for the plan's unfinished batch.
             top_up: read only what changed since the plan's last completed batch
@@ -271,6 +276,7 @@ class RunRegistry:
                 plan=plan,
                 workspace=Path(workspace),
                 expected=dict(expected or {}),
+                follow_ups=dict(follow_ups or {}),
                 actor=actor,
                 role=role,
                 resume_id=resume_id,
@@ -300,6 +306,7 @@ class RunRegistry:
         workspace: str | Path,
         client_config: ClientConfig,
         expected: Mapping[str, int] | None = None,
+        follow_ups: Mapping[str, int] | None = None,
         actor: str = "console",
         role: str | None = None,
         on_end: Callable[[], None] | None = None,
@@ -327,6 +334,7 @@ class RunRegistry:
             workspace=workspace,
             client_config=client_config,
             expected=expected,
+            follow_ups=follow_ups,
             actor=actor,
             role=role,
             resume=batch_id,

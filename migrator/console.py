@@ -589,15 +589,23 @@ def progress_frame(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_minute: float) -> str | None:
+def time_left(
+    ledger: Ledger,
+    batch: Batch,
+    frame: pl.DataFrame,
+    requests_per_minute: float,
+    follow_ups: Mapping[str, int] | None = None,
+) -> str | None:
     """About how long ``batch``'s stages still to go take at the key's pace, as the Run page says it.
 
     From its :func:`progress_frame`, with the records each stage expects (the preview's): a
     stage still costs a request per 100 records it has left to read (one if not begun);
     into a Cliniko account each record left is also a write on the destination's key, and
     each file a read (:func:`~migrator.destinations.cliniko.transfer_requests`), spent while
-    the source is read, so the larger of the two counts, as on the Preview page; a re-run, which finds most
-    records already there, counts only the share it has created so far. ``None`` when
+    the source is read, so the larger of the two counts, as on the Preview page. The
+    cancellations and archives the preview counted (``follow_ups``, per entity) are sent with
+    their records, so a stage's share of them is left as its share of records is. A re-run,
+    which finds most records already there, counts only the share it has created so far. ``None`` when
     unpaced, for a top-up (it reads only what changed, of which the preview's sizes say
     nothing), or when a stage still to go has no expected size. What is left is read from
     the run's progress, so a slower Cliniko or a burst of 429s lengthens it as the run goes.
@@ -607,6 +615,7 @@ def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_mi
     if requests_per_minute <= 0 or TopUp.recorded(ledger, batch.id) is not None:
         return None
     left: dict[str, int] = {}
+    follow_ups_left = 0
     reads = 0
     for row in frame.filter(~pl.col("finished")).iter_rows(named=True):
         if row["expected"] is None:
@@ -614,6 +623,8 @@ def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_mi
         remaining = max(row["expected"] - row["done"], 0)
         left[row["stage"]] = remaining
         reads += math.ceil(remaining / PER_PAGE) if row["started"] else read_requests(remaining)
+        if row["expected"] and (follow_ups or {}).get(row["stage"]):
+            follow_ups_left += math.ceil((follow_ups or {})[row["stage"]] * remaining / row["expected"])
     writes = 0
     if batch.destination.startswith("cliniko:"):
         from migrator.destinations.cliniko import NOT_TRANSFERABLE, transfer_requests
@@ -624,7 +635,7 @@ def time_left(ledger: Ledger, batch: Batch, frame: pl.DataFrame, requests_per_mi
         handled = int(seen["done"].sum())
         share = int(seen["created"].sum()) / handled if handled >= PER_PAGE else 1.0
         writes, downloads = transfer_requests(left)
-        writes = math.ceil(writes * share)
+        writes = math.ceil((writes + follow_ups_left) * share)
         reads += math.ceil(downloads * share)
     minutes = math.ceil(max(reads, writes) / requests_per_minute)
     if minutes <= 1:

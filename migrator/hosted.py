@@ -688,6 +688,7 @@ def resume_as(
     workspace: str | Path,
     client_config: ClientConfig,
     expected: Mapping[str, int] | None = None,
+    follow_ups: Mapping[str, int] | None = None,
     destination: KeyLease | None = None,
 ) -> RunHandle:
     """Resume a stopped, failed or interrupted batch as ``principal`` with the leased key of its source account.
@@ -721,6 +722,7 @@ def resume_as(
         workspace=workspace,
         client_config=client_config,
         expected=expected,
+        follow_ups=follow_ups,
         actor=principal.actor,
         role=principal.role,
         on_end=drop_all(lease, destination),

@@ -99,6 +99,15 @@ def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace(tmp_pa
         assert time_left(ledger, cliniko, frame, 200) == (
             "About 109 minutes left at the key's pace (200 requests a minute)."
         )
+        # The cancellations and archives the preview counted go with their records: of 100 archived patients,
+        # 750 of 1,000 patients are left, so 75; all 2,000 cancelled appointments. 21,750 + 2,075 = 23,825.
+        follow_ups = {"patients": 100, "individual_appointments": 2_000}
+        assert time_left(ledger, cliniko, frame, 200, follow_ups) == (
+            "About 120 minutes left at the key's pace (200 requests a minute)."
+        )
+        assert time_left(ledger, local, frame, 200, follow_ups) == (  # a local store has nothing to send
+            "About 2 minutes left at the key's pace (200 requests a minute)."
+        )
         # A re-run into Cliniko that has created none of 250 patients writes and downloads few: reads set it.
         rerun = progress_frame(
             [stage("businesses", 3), stage("patients", 250, created=0)], expected, stages=stages

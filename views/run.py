@@ -83,7 +83,8 @@ def start(*, top_up: bool = False) -> None:
                 include_archived_patients=archived,
                 ledger=ledger,
             )
-    expected = current_preview().expected()
+    preview = current_preview()  # into a Cliniko account, it counted the cancellations and archives too
+    expected = preview.expected()
     held, key = lease(), source_key()
     if key is None:
         raise ConfigError("Connect the source account again: its key is no longer held by this session.")
@@ -98,6 +99,7 @@ def start(*, top_up: bool = False) -> None:
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,
+        follow_ups=preview.follow_ups,
         top_up=top_up,
         actor=who,
         role=role,
@@ -117,9 +119,14 @@ def resume(batch_id: str) -> None:
         plan = plan_of(ledger, batch_id)
     with source_client() as client:
         identity = verify_source(client)
-        expected = scoped_preview(
-            client, plan.scope, plan.include, include_archived_patients=plan.include_archived_patients
-        ).expected()
+        preview = scoped_preview(
+            client,
+            plan.scope,
+            plan.include,
+            include_archived_patients=plan.include_archived_patients,
+            count_follow_ups=plan.destination.startswith("cliniko:"),
+        )
+        expected = preview.expected()
     with config.open_ledger() as ledger:
         account = source_account_of(identity, ledger)  # a renamed account goes by its batches' name
     held, signed_in = lease(), principal()
@@ -134,6 +141,7 @@ def resume(batch_id: str) -> None:
                 workspace=config.workspace,
                 client_config=config.client_config(),
                 expected=expected,
+                follow_ups=preview.follow_ups,
                 destination=destination_lease(),
             )
         state.run_batch = handle.batch_id
@@ -151,6 +159,7 @@ def resume(batch_id: str) -> None:
         workspace=config.workspace,
         client_config=config.client_config(state.get("url_template")),
         expected=expected,
+        follow_ups=preview.follow_ups,
         destination_keys=cliniko_keys() if plan.destination.startswith("cliniko:") else None,
     )
     state.run_batch = handle.batch_id
@@ -368,7 +377,13 @@ def follow(batch_id: str, was_live: bool) -> None:
     cols[3].metric("Skipped", f"{totals['skipped']:,}", help="Each with its reason, on the Review page.")
     if here and config.requests_per_minute > 0:
         with config.open_ledger() as ledger:
-            left = time_left(ledger, batch, frame, config.requests_per_minute)
+            left = time_left(
+                ledger,
+                batch,
+                frame,
+                config.requests_per_minute,
+                handle.follow_ups if handle is not None else None,
+            )
         if left:
             st.caption(left)
 
