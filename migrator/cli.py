@@ -683,13 +683,16 @@ def cmd_setup_store(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE = "log each retry and wait to stderr"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m migrator",
         description="Copy a clinic's data out of Cliniko. Keys are read from MIGRATOR_SOURCE_KEY / "
         "MIGRATOR_DEST_KEY or prompted for; MIGRATOR_API_URL overrides the API's URL template.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each retry and wait to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     connect = commands.add_parser(
@@ -856,6 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workspace(setup, with_store=True)
     setup.set_defaults(func=cmd_setup_store)
+    for command in commands.choices.values():  # -v after the command too; left unset there, not False
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE)
     return parser
 
 
