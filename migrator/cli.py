@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from migrator.cliniko.client import ClientConfig, ClinikoClient
     from migrator.engine import ProgressEvent
+    from migrator.ledger import Ledger
 
 __all__ = ["main"]
 
@@ -327,6 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             if progress:
                 progress.finish()  # the line ends, so a message after it starts on its own
+        skips = _skipped_sentence(ledger, result.batch_id) if not args.json else None
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -356,7 +358,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{entity:<{width}}  {row['in_scope']:>8,} {row['created']:>8,} {row['linked']:>8,} "
             f"{row['already_present']:>8,} {row['skipped']:>8,}"
         )
+    if skips:
+        print(skips)
     return 0
+
+
+def _skipped_sentence(ledger: Ledger, batch_id: str) -> str | None:
+    """What the batch skipped, by reason, and where each record's sentence is; ``None`` if nothing."""
+    import polars as pl
+
+    from migrator.reconcile import skipped_summary
+
+    summary = skipped_summary(ledger, batch_id)
+    if summary.is_empty():
+        return None
+    by_reason = summary.group_by("reason_code", maintain_order=True).agg(pl.col("count").sum())
+    reasons = ", ".join(f"{n:,} {code or 'other'}" for code, n in by_reason.iter_rows())
+    return (
+        f"Skipped {int(by_reason['count'].sum()):,} ({reasons}): `python -m migrator reconcile {batch_id} --out DIR` "
+        "writes each with its reason (skipped.csv)."
+    )
 
 
 class _TerminalLine:

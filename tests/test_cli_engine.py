@@ -62,6 +62,42 @@ def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandb
         assert conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0] > 0
 
 
+def test_a_run_says_what_it_skipped_by_reason_and_where_each_sentence_is(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    import csv
+
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    rows = json.loads(mapping.read_text())
+    for row in rows["mappings"]:  # former practitioners excluded: their appointments and notes are skipped
+        if row["action"] == "former":
+            row["action"] = "exclude"
+    mapping.write_text(json.dumps(rows))
+    target = ("--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path))
+
+    done = cli(tiny_sandbox, "run", *target, "--mapping", str(mapping))
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.split(":", 1)[0].removeprefix("Batch ")
+    (said,) = [line for line in done.stdout.splitlines() if line.startswith("Skipped")]
+    review = tmp_path / "review"
+    assert cli(
+        tiny_sandbox, "reconcile", batch_id, "--out", str(review), "--workspace", str(tmp_path)
+    ).returncode in (0, 1)
+    with (review / "skipped.csv").open() as f:
+        skipped = list(csv.DictReader(f))
+    excluded = sum(row["reason_code"] == "practitioner_excluded" for row in skipped)
+    assert excluded > 0
+    assert said.startswith(f"Skipped {len(skipped):,} (") and f"{excluded:,} practitioner_excluded" in said
+    assert f"reconcile {batch_id} --out DIR" in said
+    quiet = cli(tiny_sandbox, "run", *target, "--mapping", str(mapping), "--json")  # JSON stays one object
+    assert quiet.returncode == 0 and set(json.loads(quiet.stdout)) == {
+        "batch_id",
+        "entities",
+        "requests",
+        "seconds",
+    }
+
+
 def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
