@@ -301,13 +301,14 @@ def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
     operator.run()  # the rerun app.py asks for once a box is emptied
     assert PASSWORD not in repr(operator.session_state._state._state)
     # A mistyped key is answered in one sentence under the box it was typed in.
-    malformed = "The API key has 2 '-' separators; a Cliniko key has at most one"
+    malformed = "The source API key has 2 '-' separators; a Cliniko key has at most one"
     operator.text_input(key="source_key_input").input("not-a-key")
     operator.button(key="verify_source").click().run()
     assert [e.value[: len(malformed)] for e in operator.error] == [malformed]
     assert len(errors_below(operator, "verify_source")) == 1
     operator.text_input(key="setup_key_input").input("not-a-key")
     operator.button(key="set_up_store").click().run()
+    malformed = malformed.replace("source", "destination")  # the account the store is set up from
     assert [e[: len(malformed)] for e in errors_below(operator, "set_up_store")] == [malformed]
     assert len(operator.error) == 1
     goto(operator, "batches")
