@@ -471,18 +471,29 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
 
     Raises:
         ConfigError: no batch of this plan has completed (a changed mapping, scope or
-            data types make a new plan, which needs a full run first).
+            data types make a new plan, which needs a full run first), or a batch the
+            newest top-up built on has been deleted since (it would miss what that brought).
     """
     done = plan_batches(ledger, plan)
     if not done:
         raise ConfigError(_NOTHING_TO_TOP_UP)
     tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
     full = next((b for b in done if b.id not in tops), None)
+    built_on = TopUp.recorded(ledger, done[0].id)  # the newest is a top-up: what it built on must stand
+    gone = [
+        b for b in (built_on.chain if built_on else ()) if ledger.batch(b).status in ("deleting", "deleted")
+    ]
+    if gone or full is None:
+        what = f"Batch {gone[0]}" if gone else "The full run"
+        raise ConfigError(
+            f"{what}, which top-up {done[0].id} builds on, has been deleted, so a top-up would miss what it "
+            "brought; run this plan in full first (not as a top-up)."
+        )
     return TopUp(
         of=done[0].id,
         since=done[0].created_at - overlap,
         chain=tuple(b.id for b in done),
-        baseline_requests=None if full is None else ledger.batch_requests(full.id),
+        baseline_requests=ledger.batch_requests(full.id),
     )
 
 

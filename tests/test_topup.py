@@ -24,6 +24,7 @@ from migrator.cliniko.filters import Filter
 from migrator.cliniko.resources import resource
 from migrator.destinations.local import LocalStore
 from migrator.engine import Engine, RunResult, RunStopped
+from migrator.errors import ConfigError
 from migrator.ledger import Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import Plan, Scope
@@ -528,3 +529,25 @@ def test_without_a_mapping_a_top_up_continues_the_plan_of_the_last_batch(
 def _first_business(sandbox: RunningSandbox) -> str:
     with sandbox.client() as client:
         return str(next(iter(client.pages("businesses"))).records[0]["id"])
+
+
+def test_a_top_up_is_refused_once_a_batch_its_base_built_on_is_deleted(env: Env) -> None:
+    """Deleting the full run under a top-up leaves the top-up's few records: topping those up would bring nothing."""
+    plan = env.plan()
+    first = env.run(plan)
+    env.writer.post("/patients", {"first_name": "Ada", "last_name": "Base"})
+    top = env.run(plan, top_up=True)
+    assert top.entities["patients"]["created"] == 1
+    delete_batch(env.ledger, env.store, first.batch_id)  # allowed: no record of the top-up uses its records
+
+    with pytest.raises(ConfigError) as refused:
+        env.run(plan, top_up=True)
+    assert str(refused.value) == (
+        f"Batch {first.batch_id}, which top-up {top.batch_id} builds on, has been deleted, so a top-up would miss "
+        "what it brought; run this plan in full first (not as a top-up)."
+    )
+    again = env.run(plan)  # in full: everything comes back, Ada is the top-up's
+    patients = again.entities["patients"]
+    assert patients["in_scope"] == first.entities["patients"]["in_scope"] + 1
+    assert (patients["created"], patients["already_present"]) == (patients["in_scope"] - 1, 1)
+    assert env.run(plan, top_up=True).top_up is not None  # and top-ups build on that run
