@@ -48,6 +48,7 @@ from migrator.workflow import (
     open_local_store,
     preview_plan,
     run_plan,
+    source_account_of,
     verify_source,
 )
 from migrator.workspace import refuse_file
@@ -320,13 +321,29 @@ def reconcile(
     the check's requests, minutes for a large clinic at Cliniko's pace), a callable to receive
     ``(invoices read, invoices listed)`` after each page, or ``None``.
 
+    ``source`` must be a client of the account the batch read (a key of another account
+    would compare the batch with the wrong clinic): one from :func:`connect` is known,
+    another is asked whose it is (three or four requests).
+
     Raises:
         BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
-        to a local store. APIError: the source failed beyond retries.
+        to a local store, or ``source`` is another account's. APIError: the source failed
+        beyond retries.
     """
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
     bar = InvoiceBar() if progress is True else None
     try:
+        batch = ledger.batch(batch_id)
+        if not isinstance(source, ClinikoClient):
+            raise ConfigError(
+                "reconcile needs source=, a client of the account the batch read (from migrator.connect(key))."
+            )
+        identity = _identity(source)
+        if source_account_of(identity, ledger) != batch.source_account:
+            raise ConfigError(
+                f"The source client's key belongs to {identity.account or identity.user}, but batch {batch.id} "
+                f"was read from {batch.source_account}; connect that account's key to reconcile it."
+            )
         store = _local_store_of(ledger, batch_id, "reconciled")
         listener = _listener(bar, progress)
         return _reconcile(ledger, batch_id, source=source, store=store, progress=listener)

@@ -505,3 +505,26 @@ def test_a_notebooks_table_that_lost_rows_is_refused_before_a_run(
         "skipped": 0,
     }
     assert result.entities["individual_appointments"]["skipped"] == 0
+
+
+def test_a_notebook_reconciles_a_batch_only_with_a_key_of_the_account_it_read(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
+) -> None:
+    """Another account's client would compare the batch with another clinic: a plausible report, all wrong."""
+    source, other = sandbox_clients
+    where = {"to": f"sqlite:{tmp_path / 'clinic.db'}", "workspace": tmp_path / "workspace"}
+    table = migrator.mapping(source, **where).with_columns(
+        action=pl.when(pl.col("action") == "unresolved").then(pl.lit("former")).otherwise("action")
+    )
+    result = migrator.run(source, **where, mapping=table, progress=None)
+    for wrong, said in (
+        (
+            other,
+            f"The source client's key belongs to {other.identity().account}, but batch {result.batch_id} was ",
+        ),
+        (None, "reconcile needs source=, a client of the account the batch read"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            migrator.reconcile(result.batch_id, source=wrong, workspace=where["workspace"], progress=None)  # type: ignore[arg-type]
+        assert str(refused.value).startswith(said), refused.value
+    assert migrator.reconcile(result.batch_id, source=source, workspace=where["workspace"], progress=None).ok
