@@ -11,9 +11,10 @@
 True
 >>> migrator.batches()                               # doctest: +SKIP
 
-Everything but the errors loads on first use (the steps ``connect``, ``scoped_preview``,
+Everything but the API's errors loads on first use (the steps ``connect``, ``scoped_preview``,
 ``mapping``, ``run``, ``reconcile``, ``batches``, ``delete_batch`` from :mod:`migrator.steps`;
-the client, the preview), so ``import migrator`` and ``python -m migrator --help`` stay light.
+the client, the preview; the ledger's and deletion's ``BatchNotFound``, ``BatchNotDeletable``
+and ``DeletionPlan``), so ``import migrator`` and ``python -m migrator --help`` stay light.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from migrator.errors import (
 )
 
 if TYPE_CHECKING:
+    from migrator.batches import BatchNotDeletable, DeletionPlan
     from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
     from migrator.cliniko.filters import Filter
     from migrator.cliniko.keys import ApiKey, parse_key
     from migrator.engine import RunResult
+    from migrator.ledger import BatchNotFound
     from migrator.preview import Preview, preview
     from migrator.reconcile import Reconciliation
     from migrator.scoped_preview import ScopedPreview
@@ -52,9 +55,12 @@ __all__ = [
     "AccessError",
     "ApiKey",
     "AuthError",
+    "BatchNotDeletable",
+    "BatchNotFound",
     "ClientConfig",
     "ClinikoClient",
     "ConfigError",
+    "DeletionPlan",
     "FatalAPIError",
     "Filter",
     "Identity",
@@ -82,6 +88,9 @@ __all__ = [
 #: Names loaded on first use, and the module each comes from.
 _LAZY = {
     "ApiKey": "migrator.cliniko.keys",
+    "BatchNotDeletable": "migrator.batches",
+    "BatchNotFound": "migrator.ledger",
+    "DeletionPlan": "migrator.batches",
     "ClientConfig": "migrator.cliniko.client",
     "ClinikoClient": "migrator.cliniko.client",
     "Filter": "migrator.cliniko.filters",

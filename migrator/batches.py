@@ -119,6 +119,11 @@ class DeletionPlan:
             )
         return None
 
+    def __repr__(self) -> str:
+        """Counts, not ids (:meth:`as_dict`'s figures): a large batch's ids would flood a notebook's cell."""
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items() if v not in ({}, None))
+        return f"DeletionPlan({shown})"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,

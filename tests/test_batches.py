@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import migrator
 from migrator import steps
 from migrator.batches import BatchNotDeletable, DeletionPlan, deletable, delete_batch, deletion_plan
 from migrator.destinations.local import KeptLink
@@ -260,6 +261,12 @@ def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.Captu
     assert {e: len(ids) for e, ids in would.created.items() if ids} == created
     assert {e: len(ids) for e, ids in would.dependents.items()} == {"medical_alerts": alerts}
     assert would.total == sum(created.values()) + alerts and would.blocker is None
+    # A notebook cell ending in the call shows its counts, not every id (hundreds of thousands on a large clinic).
+    shown = repr(would)
+    assert shown.startswith(f"DeletionPlan(batch_id={first.batch_id!r}, created={{") and len(shown) < 300
+    assert all(f"'{e}': {n}" in shown for e, n in created.items()) and f"total={would.total})" in shown
+    assert f"created_since_for_its_patients={{'medical_alerts': {alerts}}}" in shown
+    assert not any(repr(i) in shown for i in would.created["patients"][:20])
     assert env.store.count("patients") == patients and env.ledger.batch(first.batch_id).status == "completed"
 
     capsys.readouterr()
@@ -270,8 +277,11 @@ def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.Captu
     assert env.store.count("patients") == 0 and env.store.count("medical_alerts") == 0
     assert env.ledger.batch(first.batch_id).status == "deleted"
     assert [e["actor"] for e in env.ledger.audit_log(first.batch_id)][-2:] == ["notebook", "notebook"]
-    with pytest.raises(BatchNotDeletable, match="has already been deleted"):
+    with pytest.raises(migrator.BatchNotDeletable, match="has already been deleted"):  # the notebook's names
         steps.delete_batch(first.batch_id, workspace=env.workspace, dry_run=True)
+    assert isinstance(gone, migrator.DeletionPlan)
+    with pytest.raises(migrator.BatchNotFound):
+        steps.delete_batch("b20200101-000000-0000", workspace=env.workspace, dry_run=True)
 
 
 def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: ignore[no-untyped-def]
