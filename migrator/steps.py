@@ -116,6 +116,13 @@ def _identity(client: ClinikoClient) -> Identity:
     return _IDENTITIES[client]
 
 
+def _include(include: str | Sequence[str] | None) -> list[str] | None:
+    """Data types as a string or a list, checked alike: an empty list is refused, not read as all of them."""
+    if include is None:
+        return None
+    return parse_include(include if isinstance(include, str) else ",".join(include))
+
+
 def scoped_preview(
     source: ClinikoClient,
     *,
@@ -138,7 +145,7 @@ def scoped_preview(
     return preview_plan(
         source,
         Scope.parse(scope) if isinstance(scope, str) else scope,
-        parse_include(include) if isinstance(include, str) else include,
+        _include(include),
         local=True,
         include_archived_patients=include_archived_patients,
         identity=lambda: _identity(source),  # connect() has already asked Cliniko
@@ -285,7 +292,7 @@ def run(
             identity,
             store,
             scope=Scope.parse(scope) if isinstance(scope, str) else scope,
-            include=parse_include(include) if isinstance(include, str) else include,
+            include=_include(include),
             mappings=_mapping_rows(source, mapping),
             include_archived_patients=include_archived_patients,
             ledger=ledger,

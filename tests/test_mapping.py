@@ -528,3 +528,24 @@ def test_a_notebook_reconciles_a_batch_only_with_a_key_of_the_account_it_read(
             migrator.reconcile(result.batch_id, source=wrong, workspace=where["workspace"], progress=None)  # type: ignore[arg-type]
         assert str(refused.value).startswith(said), refused.value
     assert migrator.reconcile(result.batch_id, source=source, workspace=where["workspace"], progress=None).ok
+
+
+def test_an_empty_list_of_data_types_is_refused_as_an_empty_string_is(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
+) -> None:
+    """A notebook's list comprehension that came out empty must not mean "everything"."""
+    source, _ = sandbox_clients
+    where = {"to": f"sqlite:{tmp_path / 'clinic.db'}", "workspace": tmp_path / "workspace"}
+    for call in (
+        lambda include: migrator.scoped_preview(source, include=include),
+        lambda include: migrator.run(source, **where, include=include, progress=None),
+    ):
+        for include in ([], "", ()):
+            with pytest.raises(ConfigError, match=r"^Choose at least one data type, from: "):
+                call(include)
+        with pytest.raises(ConfigError, match=r"^Unknown data type 'patient'"):
+            call(["patient"])
+    assert migrator.batches(where["workspace"]).is_empty()
+    preview = migrator.scoped_preview(source, include=["individual_appointments"])
+    assert set(preview.expected()) >= {"patients", "individual_appointments"}  # what it needs comes along
+    assert "treatment_notes" not in preview.expected()
