@@ -876,7 +876,8 @@ class Ledger:
                 f"SELECT * FROM batches WHERE id = ? AND {_TENANT_BATCHES}", (batch_id, tenant, tenant)
             )
         if not rows:
-            raise BatchNotFound(f"There is no batch {batch_id} in the ledger at {self.path}.")
+            shown = batch_id if batch_id.strip() else "with an empty id"
+            raise BatchNotFound(f"There is no batch {shown} in the ledger at {self.path}.")
         return self._batch(rows[0])
 
     def batches(self, *, tenant: str | None = None, current_counts: bool = False) -> list[Batch]:

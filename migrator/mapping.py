@@ -437,8 +437,11 @@ def to_rows(frames: dict[str, pl.DataFrame] | Iterable[pl.DataFrame]) -> list[Ma
                 f"{', '.join(_NEEDED_COLUMNS[:-1])} and {_NEEDED_COLUMNS[-1]} (as migrator.mapping() gives them)."
             )
         present = [name for name in MAPPING_COLUMNS if name in table.columns]
+        # Numbered as the table stands, which may hold one entity (the console's) or all (migrator.mapping()'s).
+        kinds = table["entity"].unique().to_list()
         for number, data in enumerate(table.select(present).iter_rows(named=True), start=1):
-            rows.append(_row(data, f"row {number} of the {data.get('entity')} table"))
+            which = f"the {data.get('entity')} table" if len(kinds) == 1 else "the mapping table"
+            rows.append(_row(data, f"row {number} of {which}"))
     return rows
 
 

@@ -280,8 +280,10 @@ def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.Captu
     with pytest.raises(migrator.BatchNotDeletable, match="has already been deleted"):  # the notebook's names
         steps.delete_batch(first.batch_id, workspace=env.workspace, dry_run=True)
     assert isinstance(gone, migrator.DeletionPlan)
-    with pytest.raises(migrator.BatchNotFound):
-        steps.delete_batch("b20200101-000000-0000", workspace=env.workspace, dry_run=True)
+    for unknown, said in (("b20200101-000000-0000", "b20200101-000000-0000"), ("", "with an empty id")):
+        with pytest.raises(migrator.BatchNotFound) as refused:
+            steps.delete_batch(unknown, workspace=env.workspace, dry_run=True)
+        assert str(refused.value).startswith(f"There is no batch {said} in the ledger at ")
 
 
 def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: ignore[no-untyped-def]

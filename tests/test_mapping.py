@@ -288,6 +288,10 @@ def test_to_rows_refuses_an_invalid_edit() -> None:
         "Row 1 of the practitioners table is not valid: practitioners 'Zoë Adams' (source id 1): "
         "the action 'reassign' needs a target_id."
     )
+    # One table of every entity, as migrator.mapping() gives it: numbered in that table, not the entity's.
+    with pytest.raises(ConfigError) as caught:
+        to_rows([pl.concat(list(frames.values()))])
+    assert str(caught.value).startswith("Row 2 of the mapping table is not valid: practitioners 'Zoë Adams'")
 
 
 def test_to_rows_takes_a_table_with_only_the_columns_it_needs() -> None:
