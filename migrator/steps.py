@@ -181,9 +181,16 @@ def _mapping_rows(
     """
     if table is None or isinstance(table, str | Path):
         return table
-    rows = to_rows([table]) if isinstance(table, pl.DataFrame) else list(table)
-    require_complete(source, rows, "the mapping table", fresh="start again from migrator.mapping()")
-    return rows
+    rows = to_rows([table]) if isinstance(table, pl.DataFrame) else table
+    if not isinstance(rows, list | tuple) or not all(
+        isinstance(r, MappingRow) for r in rows
+    ):  # pandas, dicts...
+        raise ConfigError(
+            f"mapping= takes the Polars table migrator.mapping() gives (edited or not), its rows, or a mapping "
+            f"file's path; got a {type(table).__name__}."
+        )
+    require_complete(source, list(rows), "the mapping table", fresh="start again from migrator.mapping()")
+    return list(rows)
 
 
 class _CountBar:

@@ -553,3 +553,25 @@ def test_an_empty_list_of_data_types_is_refused_as_an_empty_string_is(
     preview = migrator.scoped_preview(source, include=["individual_appointments"])
     assert set(preview.expected()) >= {"patients", "individual_appointments"}  # what it needs comes along
     assert "treatment_notes" not in preview.expected()
+
+
+def test_a_mapping_or_a_pace_of_the_wrong_kind_gets_a_sentence(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
+) -> None:
+    source, _ = sandbox_clients
+    where = {"to": f"sqlite:{tmp_path / 'clinic.db'}", "workspace": tmp_path / "workspace"}
+    table = migrator.mapping(source, **where)
+    for wrong, kind in (
+        (table.to_pandas(), "DataFrame"),
+        (table.to_dicts(), "list"),
+        (table.lazy(), "LazyFrame"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            migrator.run(source, **where, mapping=wrong, progress=None)  # type: ignore[arg-type]
+        assert str(refused.value) == (
+            "mapping= takes the Polars table migrator.mapping() gives (edited or not), its rows, or a mapping "
+            f"file's path; got a {kind}."
+        )
+    with pytest.raises(ConfigError, match=r"^requests_per_minute must be a number of requests per minute"):
+        migrator.connect(source.key.secret, requests_per_minute="abc")  # type: ignore[arg-type]
+    assert migrator.batches(where["workspace"]).is_empty()

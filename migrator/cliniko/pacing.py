@@ -53,6 +53,8 @@ def checked_pace(pace: float, name: str) -> float:
     Raises:
         ConfigError: negative, not finite, or under :data:`MIN_REQUESTS_PER_MINUTE`.
     """
+    if isinstance(pace, bool) or not isinstance(pace, int | float):
+        raise ConfigError(f"{name} must be a number of requests per minute (0 for unpaced); got {pace!r}.")
     if pace < 0:
         raise ConfigError(f"{name} cannot be negative; use 0 to send requests unpaced.")
     if not math.isfinite(pace):
