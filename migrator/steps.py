@@ -182,9 +182,8 @@ def _mapping_rows(
     if table is None or isinstance(table, str | Path):
         return table
     rows = to_rows([table]) if isinstance(table, pl.DataFrame) else table
-    if not isinstance(rows, list | tuple) or not all(
-        isinstance(r, MappingRow) for r in rows
-    ):  # pandas, dicts...
+    # A pandas frame, a LazyFrame or a list of dicts would fail deep inside; say what is taken instead.
+    if not isinstance(rows, list | tuple) or not all(isinstance(r, MappingRow) for r in rows):
         raise ConfigError(
             f"mapping= takes the Polars table migrator.mapping() gives (edited or not), its rows, or a mapping "
             f"file's path; got a {type(table).__name__}."

@@ -14,6 +14,7 @@ that was refused.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 import time
@@ -53,7 +54,7 @@ def checked_pace(pace: float, name: str) -> float:
     Raises:
         ConfigError: negative, not finite, or under :data:`MIN_REQUESTS_PER_MINUTE`.
     """
-    if isinstance(pace, bool) or not isinstance(pace, int | float):
+    if isinstance(pace, bool) or not isinstance(pace, numbers.Real):  # numpy's numbers are Real too
         raise ConfigError(f"{name} must be a number of requests per minute (0 for unpaced); got {pace!r}.")
     if pace < 0:
         raise ConfigError(f"{name} cannot be negative; use 0 to send requests unpaced.")
