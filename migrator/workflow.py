@@ -479,7 +479,7 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
         raise ConfigError(_NOTHING_TO_TOP_UP)
     tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
     full = next((b for b in done if b.id not in tops), None)
-    built_on = TopUp.recorded(ledger, done[0].id)  # the newest is a top-up: what it built on must stand
+    built_on = TopUp.recorded(ledger, done[0].id)  # if the newest is a top-up, what it built on must stand
     gone = [
         b for b in (built_on.chain if built_on else ()) if ledger.batch(b).status in ("deleting", "deleted")
     ]
