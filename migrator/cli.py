@@ -265,11 +265,10 @@ def _preview_plan(args: argparse.Namespace) -> int:
     pace = _pace(result.estimated_minutes, result.requests_per_minute)
     print(f"Reading {approx}{result.records:,} records takes {approx}{result.requests:,} requests: {pace}.")
     if transfer is not None:
-        follow_ups = sum((result.follow_ups or {}).values())
         print(
             f"Writing them into the Cliniko account takes {approx}{transfer.writes:,} requests on its key, one "
             f"a record (a file two, after its download from the source) and one for each of the {approx}"
-            f"{follow_ups:,} cancellations and archives, while the source is read; the whole "
+            f"{result.follow_up_total:,} cancellations and archives, while the source is read; the whole "
             f"transfer: {_pace(transfer.minutes, result.requests_per_minute)}."
         )
     if not result.exact:
@@ -441,17 +440,18 @@ class _InvoiceLine(_TerminalLine):
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from migrator.reconcile import reconcile
-    from migrator.workflow import source_account_of
+    from migrator.workflow import require_batch_source
 
     with _client(False) as client:
         ledger, store = _batch_store(args.workspace, args.batch_id, client)
         batch = ledger.batch(args.batch_id)
-        identity = client.identity()
-        if source_account_of(identity, ledger) != batch.source_account:
-            raise ConfigError(
-                f"The source key belongs to {identity.account or identity.user}, but batch {batch.id} was read "
-                f"from {batch.source_account}; set {SOURCE_KEY_ENV} to that account's key."
-            )
+        require_batch_source(
+            ledger,
+            batch,
+            client.identity(),
+            key="The source key",
+            fix=f"set {SOURCE_KEY_ENV} to that account's key",
+        )
         reading = _InvoiceLine() if sys.stderr.isatty() and not args.json else None
         try:
             result = reconcile(ledger, batch.id, source=client, store=store, progress=reading)

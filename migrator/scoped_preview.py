@@ -97,6 +97,11 @@ class ScopedPreview:
         return int(self.frame["records"].sum())
 
     @property
+    def follow_up_total(self) -> int:
+        """All the cancellations and archives counted (``0`` when not counted)."""
+        return sum((self.follow_ups or {}).values())
+
+    @property
     def exact(self) -> bool:
         """Whether every figure is a count rather than an estimate."""
         return bool(self.frame["exact"].all())

@@ -47,8 +47,8 @@ from migrator.workflow import (
     make_plan,
     open_local_store,
     preview_plan,
+    require_batch_source,
     run_plan,
-    source_account_of,
     verify_source,
 )
 from migrator.workspace import refuse_file
@@ -351,12 +351,13 @@ def reconcile(
             raise ConfigError(
                 "reconcile needs source=, a client of the account the batch read (from migrator.connect(key))."
             )
-        identity = _identity(source)
-        if source_account_of(identity, ledger) != batch.source_account:
-            raise ConfigError(
-                f"The source client's key belongs to {identity.account or identity.user}, but batch {batch.id} "
-                f"was read from {batch.source_account}; connect that account's key to reconcile it."
-            )
+        require_batch_source(
+            ledger,
+            batch,
+            _identity(source),
+            key="The source client's key",
+            fix="connect that account's key to reconcile it",
+        )
         store = _local_store_of(ledger, batch_id, "reconciled")
         listener = _listener(bar, progress)
         return _reconcile(ledger, batch_id, source=source, store=store, progress=listener)

@@ -57,6 +57,7 @@ __all__ = [
     "plan_batches",
     "plan_include",
     "preview_plan",
+    "require_batch_source",
     "run_plan",
     "same_plan",
     "top_up_point",
@@ -289,6 +290,21 @@ def source_account_of(identity: Identity, ledger: Ledger | None) -> str:
             return batch.source_account
         taken = taken or (batch.source_account == name and recorded is not None)
     return f"{name} (account {identity.account_id})" if taken else name
+
+
+def require_batch_source(ledger: Ledger, batch: Batch, identity: Identity, *, key: str, fix: str) -> None:
+    """Refuse to compare ``batch`` with an account other than the one it read (``identity``, the key's).
+
+    ``key`` is what the sentence calls the key ("The source key"), ``fix`` what to do instead.
+
+    Raises:
+        ConfigError: the key belongs to another account than the batch's source.
+    """
+    if source_account_of(identity, ledger) != batch.source_account:
+        raise ConfigError(
+            f"{key} belongs to {identity.account or identity.user}, but batch {batch.id} was read from "
+            f"{batch.source_account}; {fix}."
+        )
 
 
 def _plan(fields: dict[str, Any], rows: Sequence[MappingRow]) -> Plan:

@@ -180,7 +180,7 @@ def transfer_estimate(preview: ScopedPreview) -> TransferEstimate:
     (:attr:`~migrator.scoped_preview.ScopedPreview.follow_ups`).
     """
     writes, downloads = transfer_requests(preview.expected())
-    writes += sum((preview.follow_ups or {}).values())
+    writes += preview.follow_up_total
     reads = preview.requests + downloads
     return TransferEstimate(
         reads, writes, minutes_at(max(reads, writes), preview.requests_per_minute), preview.exact
