@@ -166,16 +166,21 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     assert live_now == live_before
 
 
+def verify_typed_destination(at: AppTest, key_on: Callable[[str], str]) -> str:
+    """Connect the demo, then type ``key_on(the demo's shard)`` as a Cliniko destination's key and verify it."""
+    at.button(key="use_demo").click().run()
+    key = key_on(at.session_state["dest_key"].get_secret_value().rsplit("-", 1)[1])
+    at.radio(key="destination_choice").set_value(CLINIKO).run()
+    at.text_input(key="dest_key_input").input(key).run()
+    at.button(key="verify_dest").click().run()
+    return key
+
+
 def test_an_administrator_who_is_not_a_practitioner_is_refused_by_the_pre_flight(
     console: Callable[[], AppTest],
 ) -> None:
     at = console()
-    at.button(key="use_demo").click().run()
-    shard = at.session_state["dest_key"].get_secret_value().rsplit("-", 1)[1]
-    key = make_key(1, "destination_admin_not_practitioner", shard)
-    at.radio(key="destination_choice").set_value(CLINIKO).run()
-    at.text_input(key="dest_key_input").input(key).run()
-    at.button(key="verify_dest").click().run()
+    key = verify_typed_destination(at, lambda shard: make_key(1, "destination_admin_not_practitioner", shard))
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any("who is not an active practitioner" in e for e in errors), errors
@@ -190,12 +195,7 @@ def test_a_destination_key_cliniko_refuses_is_named_as_the_destinations(
     console: Callable[[], AppTest],
 ) -> None:
     at = console()
-    at.button(key="use_demo").click().run()
-    shard = at.session_state["dest_key"].get_secret_value().rsplit("-", 1)[1]
-    unknown = "MS" + "0" * 40 + "-" + shard
-    at.radio(key="destination_choice").set_value(CLINIKO).run()
-    at.text_input(key="dest_key_input").input(unknown).run()
-    at.button(key="verify_dest").click().run()
+    unknown = verify_typed_destination(at, lambda shard: "MS" + "0" * 40 + "-" + shard)
     assert not at.exception
     (error,) = [e.value for e in at.error]
     assert error.startswith("Cliniko did not accept the destination API key (HTTP 401)"), error
