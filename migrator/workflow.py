@@ -34,7 +34,7 @@ from migrator.mapping import build_mapping, load_mapping, require_complete, to_r
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.scoped_preview import ScopedPreview, scoped_preview
 from migrator.topup import TOP_UP_OVERLAP, TopUp
-from migrator.workspace import DEFAULT_WORKSPACE
+from migrator.workspace import DEFAULT_WORKSPACE, refuse_file
 
 if TYPE_CHECKING:  # the engine loads only when a run starts
     from migrator.destinations.cliniko import ClinikoDestination
@@ -96,8 +96,10 @@ def existing_ledger(workspace: str | Path, batch_id: str, *, option: str = "--wo
     behind a mistyped path. ``option`` is how the caller names the workspace in the sentence.
 
     Raises:
+        FileExistsError: ``workspace`` is a file, as a run or a mapping there says (not "no ledger").
         ConfigError: ``workspace`` holds no ledger.
     """
+    refuse_file(workspace)
     if not Ledger.file_in(workspace).exists():
         raise ConfigError(
             f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check {option}."
@@ -110,14 +112,17 @@ def open_local_store(
 ) -> tuple[Ledger, LocalStore]:
     """The workspace's ledger and the local clinic store ``sqlite:PATH`` attached to it.
 
-    ``target`` defaults to the workspace's own store (:func:`default_store`).
+    ``target`` defaults to the workspace's own store (:func:`default_store`). A target that is
+    not ``sqlite:PATH`` is refused before the workspace is touched.
 
     Raises:
-        ConfigError: the store is not one this ledger may write (see :class:`LocalStore`).
+        ConfigError: ``target`` is not ``sqlite:PATH``, or the store is not one this ledger
+        may write (see :class:`LocalStore`).
     """
+    path = LocalStore.parse_target(target or default_store(workspace))
     ledger = Ledger(workspace)
     try:
-        return ledger, LocalStore(LocalStore.parse_target(target or default_store(workspace)), ledger)
+        return ledger, LocalStore(path, ledger)
     except BaseException:
         ledger.close()
         raise

@@ -304,10 +304,16 @@ def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: i
     assert not typo.exists()
 
 
-def test_listing_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path) -> None:
+def test_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path) -> None:
+    """Listing, deleting and checking say what run() and mapping() say of a file: not "holds no ledger"."""
     a_file = tmp_path / "ledger.db"  # the ledger itself, given where its folder is wanted
     a_file.write_text("not a folder")
-    with pytest.raises(FileExistsError) as refused:
-        steps.batches(a_file)
-    assert refused.value.filename == str(a_file)
+    for call in (
+        lambda: steps.batches(a_file),
+        lambda: steps.delete_batch("b20261121-135301-3f9a", workspace=a_file, dry_run=True),
+        lambda: steps.reconcile("b20261121-135301-3f9a", source=None, workspace=a_file),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(FileExistsError) as refused:
+            call()
+        assert refused.value.filename == str(a_file)
     assert a_file.read_text() == "not a folder"
