@@ -288,6 +288,10 @@ def run(
         APIError: Cliniko failed beyond retries.
     """
     identity = _identity(source)
+    # The arguments are checked before the workspace is opened: a refusal leaves no new ledger behind.
+    parsed_scope = Scope.parse(scope) if isinstance(scope, str) else scope
+    included = _include(include)
+    mappings = _mapping_rows(source, mapping)
     ledger, store = open_local_store(to, workspace)
     listener: Callable[[StageProgress], None] | None
     bar = ProgressBar() if progress is True else None
@@ -297,9 +301,9 @@ def run(
             source,
             identity,
             store,
-            scope=Scope.parse(scope) if isinstance(scope, str) else scope,
-            include=_include(include),
-            mappings=_mapping_rows(source, mapping),
+            scope=parsed_scope,
+            include=included,
+            mappings=mappings,
             include_archived_patients=include_archived_patients,
             ledger=ledger,
             top_up=top_up,
@@ -341,7 +345,7 @@ def reconcile(
     Raises:
         BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
         to a local store, or ``source`` is another account's. APIError: the source failed
-        beyond retries.
+        beyond retries. FileExistsError: ``workspace`` is a file, not a folder.
     """
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
     bar = InvoiceBar() if progress is True else None
@@ -417,6 +421,7 @@ def delete_batch(
         ConfigError: the workspace holds no ledger, or the batch went into a Cliniko account.
         BatchNotFound: no such batch. BatchNotDeletable: older than 48 hours, already
         deleted, still running, or (unless ``dry_run``) relied on by other records.
+        FileExistsError: ``workspace`` is a file, not a folder.
     """
     ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
     bar = DeletionBar() if progress is True and not dry_run else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -549,7 +550,7 @@ def test_an_empty_list_of_data_types_is_refused_as_an_empty_string_is(
                 call(include)
         with pytest.raises(ConfigError, match=r"^Unknown data type 'patient'"):
             call(["patient"])
-    assert migrator.batches(where["workspace"]).is_empty()
+    assert not where["workspace"].exists()  # refused before the workspace was made
     preview = migrator.scoped_preview(source, include=["individual_appointments"])
     assert set(preview.expected()) >= {"patients", "individual_appointments"}  # what it needs comes along
     assert "treatment_notes" not in preview.expected()
@@ -575,3 +576,21 @@ def test_a_mapping_or_a_pace_of_the_wrong_kind_gets_a_sentence(
     with pytest.raises(ConfigError, match=r"^requests_per_minute must be a number of requests per minute"):
         migrator.connect(source.key.secret, requests_per_minute="abc")  # type: ignore[arg-type]
     assert migrator.batches(where["workspace"]).is_empty()
+
+
+def test_a_run_refused_for_its_arguments_makes_no_workspace(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
+) -> None:
+    """A mistyped argument is said before a ledger is created, so the analyst's folder stays as it was."""
+    source, _ = sandbox_clients
+    workspace = tmp_path / "workspace"
+    for arguments, said in (
+        ({"scope": "busines:1"}, "Unknown scope kind 'busines'"),
+        ({"to": "clinic.db"}, "A local clinic store is named sqlite:PATH"),
+        ({"mapping": [{"entity": "businesses"}]}, "mapping= takes the Polars table"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{re.escape(said)}"):
+            migrator.run(source, workspace=workspace, progress=None, **arguments)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^A local clinic store is named sqlite:PATH"):
+        migrator.mapping(source, workspace=workspace, to="clinic.db")
+    assert not workspace.exists()
