@@ -544,8 +544,8 @@ def progress_frame(
         stages: every stage of the plan, in order, so stages not reached yet show too.
         finished: the batch completed: every bar is full.
 
-    A stage is done once a later stage has reported, or the batch ``finished``; then its
-    bar is full whatever was expected. Columns: stage, label, done, expected, fraction,
+    A stage is done once the ledger says it is (:attr:`StageProgress.finished`), a later
+    stage has reported, or the batch ``finished``; then its bar is full whatever was expected. Columns: stage, label, done, expected, fraction,
     finished, started, and the four action counts.
     """
     expected = expected or {}
@@ -555,7 +555,7 @@ def progress_frame(
     rows = []
     for index, name in enumerate(order):
         stage = reported.get(name)
-        done = finished or (stage is not None and index < last)
+        done = finished or (stage is not None and (stage.finished or index < last))
         count = stage.done if stage is not None else 0
         want = expected.get(name)
         if done:

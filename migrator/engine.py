@@ -24,8 +24,9 @@ flagged for review with a ``review_*`` reason code.
 Each page is decided and written whole with its ledger rows and the stage's
 progress (a savepoint; pages arriving fast are committed together at most every
 ``commit_interval`` seconds), so a run killed at any instant resumes from its last
-committed page: it reads the lists again, passes over the records already in the
-ledger for the batch, and ends with the same result as a clean run. Scoped runs
+committed page: it passes over the stages it had finished (the ledger marks each stage
+finished with or after its last page), reads the others' lists again, passes over the
+records already in the ledger for the batch, and ends with the same result as a clean run. Scoped runs
 (business or practitioner) read their appointments once into a staging file first, to
 learn which patients are in scope without reading the appointments twice.
 
@@ -260,6 +261,8 @@ class Engine:
         # links reach the ledger only with the page, and two source records must never share one.
         self._claimed: dict[tuple[str, str], str] = {}
         self._counters: dict[str, _Counter] = {}
+        # Stages whose every list this batch has read (an earlier run's, for a resumed batch).
+        self._finished: set[str] = set()
         self._staging: sqlite3.Connection | None = None
         self._any_earlier = True
         self._earlier_batches: list[str] | None = None
@@ -307,6 +310,7 @@ class Engine:
         self.batch_id = batch_id
         self._referenced = _ReferencedItems(self.ledger, batch_id)
         self._load_counters(self.ledger.counts(batch_id) if resumed else {})
+        self._finished = {p.stage for p in self.ledger.progress(batch_id) if p.finished} if resumed else set()
         self._any_earlier = self.top_up is not None or self.ledger.has_earlier_batch(
             self.destination, source_account=self.account, before=batch_id
         )
@@ -399,8 +403,18 @@ class Engine:
         so list boundaries do not idle the budget when Cliniko answers slowly. Stages
         whose queries depend on what earlier stages found (a filter's patients, a top-up)
         are read one list at a time.
+
+        A resumed batch passes over the stages an earlier run of it finished (the ledger's
+        ``progress.finished_at``, written with or after the stage's last page): their items
+        are in the ledger, which is where later stages resolve references from, so only the
+        stage the run stopped in and those after it are read again. Records added at the
+        source since to a finished stage are not brought by the resume; a top-up brings them,
+        and what a later stage skipped for want of them.
         """
-        stages = self._stages()
+        for stage in self._stages():
+            if stage.entity in self._finished:  # read by an earlier run of the batch: not read again
+                self._report(stage.entity, final=True)
+        stages = [stage for stage in self._stages() if stage.entity not in self._finished]
         start = 0
         while start < len(stages):
             end = start
@@ -438,6 +452,7 @@ class Engine:
                     counter.total = max(counter.total, counter.listed)
                 first = False
                 self._process(stage, query, page.records)
+        self._finished.add(stage.entity)
         self._report(stage.entity, final=True)
 
     def _routes(self, stage: Stage) -> list[str | None]:
@@ -832,6 +847,7 @@ class Engine:
             linked=counter.by_action["linked"],
             already_present=counter.by_action["already_present"],
             skipped=counter.by_action["skipped"],
+            finished=entity in self._finished,
         )
         if self.progress is not None:
             self.progress(event)

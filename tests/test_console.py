@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from migrator.background import RunHandle
@@ -74,6 +76,12 @@ def test_progress_bars_fill_as_stages_finish() -> None:
         progress, {"patients": 200}, stages=["businesses", "patients", "treatment_notes"], finished=True
     )
     assert done["fraction"].to_list() == [1.0, 1.0, 1.0] and done["created"].sum() == 53
+    # A stage the ledger says is finished is full at once, before the next one reports.
+    last = dataclasses.replace(stage("patients", 180), finished=True)
+    read = progress_frame(
+        [progress[0], last], {"patients": 200}, stages=["businesses", "patients", "treatment_notes"]
+    )
+    assert read.filter(pl.col("stage") == "patients").row(0, named=True)["fraction"] == 1.0
 
 
 def test_the_run_page_says_how_long_the_stages_left_take_at_the_keys_pace(tmp_path: Path) -> None:

@@ -552,6 +552,41 @@ def test_a_run_collects_garbage_less_often_and_restores_the_collector_however_it
     assert gc.get_threshold() == before
 
 
+def test_a_resumed_batch_does_not_read_again_the_stages_it_finished(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At Cliniko's pace reading a large clinic's finished stages again would cost most of an hour."""
+    plan, stop = env.plan(), threading.Event()  # the plan's mapping reads the source: not counted below
+
+    def watch(event: Any) -> None:
+        if event.stage == "individual_appointments":
+            stop.set()  # the patients and everything before them are finished
+
+    with pytest.raises(RunStopped):
+        Engine(plan, env.source, env.store, env.ledger, progress=watch, stop=stop).run()
+    (batch,) = env.ledger.batches()
+    finished = {p.stage for p in env.ledger.progress(batch.id) if p.finished}
+    assert {"practitioners", "patients"} <= finished and "individual_appointments" not in finished
+    read: list[str] = []
+    pages = ClinikoClient.pages
+
+    def counted(self: ClinikoClient, resource: str, *args: Any, **kwargs: Any) -> Any:
+        read.append(resource)
+        return pages(self, resource, *args, **kwargs)
+
+    monkeypatch.setattr(ClinikoClient, "pages", counted)
+    events: list[Any] = []
+    resumed = Engine(plan, env.source, env.store, env.ledger, progress=events.append).run(batch.id)
+    assert "individual_appointments" in read and not finished & set(read)
+    # The stages passed over still report, finished, with what the earlier run did.
+    patients = next(e for e in events if e.stage == "patients")
+    assert patients.finished and patients.done == patients.total == resumed.entities["patients"]["in_scope"]
+    assert all(p.finished for p in env.ledger.progress(batch.id))
+    monkeypatch.undo()
+    with env_of(env.sandbox, tmp_path / "clean") as clean:
+        assert resumed.entities == clean.run(clean.plan()).entities
+
+
 def _line_of(function: Any, text: str) -> int:
     """The line number of the one line of ``function`` that holds ``text``."""
     lines, first = inspect.getsourcelines(function)

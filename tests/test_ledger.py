@@ -43,6 +43,7 @@ ALL_MIGRATIONS = [
     "008_writes_rewritten",
     "009_deletions",
     "010_items_noted",
+    "011_progress_finished",
 ]
 
 
