@@ -545,8 +545,9 @@ def progress_frame(
         finished: the batch completed: every bar is full.
 
     A stage is done once the ledger says it is (:attr:`StageProgress.finished`), a later
-    stage has reported, or the batch ``finished``; then its bar is full whatever was expected. Columns: stage, label, done, expected, fraction,
-    finished, started, and the four action counts.
+    stage has reported, or the batch ``finished``; then its bar is full whatever was
+    expected. Columns: stage, label, done, expected, fraction, finished, started, and the
+    four action counts.
     """
     expected = expected or {}
     reported = {p.stage: p for p in progress}

@@ -26,9 +26,9 @@ progress (a savepoint; pages arriving fast are committed together at most every
 ``commit_interval`` seconds), so a run killed at any instant resumes from its last
 committed page: it passes over the stages it had finished (the ledger marks each stage
 finished with or after its last page), reads the others' lists again, passes over the
-records already in the ledger for the batch, and ends with the same result as a clean run. Scoped runs
-(business or practitioner) read their appointments once into a staging file first, to
-learn which patients are in scope without reading the appointments twice.
+records already in the ledger for the batch, and ends with the same result as a clean
+run. Scoped runs (business or practitioner) read their appointments once into a staging
+file first, to learn which patients are in scope without reading the appointments twice.
 
 A record an earlier batch brought is compared with its stored copy: when the source
 changed it (a new address, a cancellation, an invoice paid), the destination record is
