@@ -177,6 +177,19 @@ class RunHandle:
         return self.batch_id
 
 
+def require_resumable_with(plan: Plan, batch_id: str, source_account: str) -> None:
+    """Refuse to resume ``batch_id`` (of ``plan``) with a key of ``source_account`` when it reads another account.
+
+    Raises:
+        ConfigError: the key belongs to another account than the one the batch reads.
+    """
+    if plan.source_account != source_account:
+        raise ConfigError(
+            f"Batch {batch_id} reads from {plan.source_account}, but the connected key belongs to "
+            f"{source_account}; connect {plan.source_account}'s key to resume it."
+        )
+
+
 class RunRegistry:
     """The runs of this process, one thread per run (see the module docstring for the rules)."""
 
@@ -323,11 +336,7 @@ class RunRegistry:
         """
         with Ledger(workspace) as ledger:
             plan = plan_of(ledger, batch_id)
-        if plan.source_account != source_account:
-            raise ConfigError(
-                f"Batch {batch_id} reads from {plan.source_account}, but the connected key belongs to "
-                f"{source_account}; connect {plan.source_account}'s key to resume it."
-            )
+        require_resumable_with(plan, batch_id, source_account)
         return self.start(
             plan,
             key,

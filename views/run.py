@@ -30,7 +30,7 @@ from console_ui import (
     use_typed_key,
     work_tenant,
 )
-from migrator.background import plan_of
+from migrator.background import plan_of, require_resumable_with
 from migrator.console import batch_destination_problem, go_live_sentence, progress_frame, time_left
 from migrator.errors import ConfigError, MigratorError
 from migrator.hosted import KeyLease, Principal, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
@@ -119,6 +119,9 @@ def resume(batch_id: str) -> None:
         plan = plan_of(ledger, batch_id)
     with source_client() as client:
         identity = verify_source(client)
+        with config.open_ledger() as ledger:
+            account = source_account_of(identity, ledger)  # a renamed account goes by its batches' name
+        require_resumable_with(plan, batch_id, account)  # before the counts: another account's are no use
         preview = scoped_preview(
             client,
             plan.scope,
@@ -127,8 +130,6 @@ def resume(batch_id: str) -> None:
             count_follow_ups=plan.destination.startswith("cliniko:"),
         )
         expected = preview.expected()
-    with config.open_ledger() as ledger:
-        account = source_account_of(identity, ledger)  # a renamed account goes by its batches' name
     held, signed_in = lease(), principal()
     if held is not None and signed_in is not None:
         with config.open_ledger() as ledger:
@@ -178,14 +179,25 @@ def stop(handle_batch: str) -> None:
 
 
 def followed_batch() -> str | None:
-    """The batch this page follows: the session's, else a run going on, else the newest batch."""
+    """The batch this page follows: the session's, else a run going on, else the newest batch.
+
+    Of the clinic the session works on: an operator connected to a clinic's account sees
+    that clinic's batches here, not another clinic's newer one (with nothing connected,
+    every clinic's, as on the Batches page).
+    """
+    working = work_tenant() if hosted() else None
+    follow_scope = working or scope
+    if state.get("run_batch") and follow_scope != scope:  # an operator's run for the clinic worked on before
+        with config.open_ledger() as ledger:
+            if not any(b.id == state.run_batch for b in ledger.batches(tenant=follow_scope)):
+                state.pop("run_batch")
     if state.get("run_batch"):
         return str(state.run_batch)
-    for handle in registry.active(tenant=scope):
+    for handle in registry.active(tenant=follow_scope):
         if handle.batch_id:
             return handle.batch_id
     with config.open_ledger() as ledger:
-        batches = ledger.batches(tenant=scope)
+        batches = ledger.batches(tenant=follow_scope)
     running = [b for b in batches if b.status == "running"]
     newest = running or [b for b in batches if b.status != "deleted"]
     return newest[0].id if newest else None
@@ -207,12 +219,18 @@ if connected():
     into = (
         f"the Cliniko account **{check.account_name or check.target}**, through its API"
         if cliniko_target() is not None and check is not None
+        # A hosted instance keeps each clinic's store in a folder of the server's that is no business of theirs.
+        else "the clinic's local store on this instance"
+        if hosted()
         else f"the local clinic store `{config.store_target.removeprefix('sqlite:')}`"
     )
     st.markdown(f"From **{source.account or source.user}** into {into}  \n{scope_sentence()}.")
     blocked = None
     if not rows:
-        blocked = "Open the Mapping page first: the run needs every practitioner, business and appointment type decided."
+        blocked = (
+            "Open the Mapping page before starting a run: it needs every practitioner, business and "
+            "appointment type decided (a stopped batch below resumes with its own decisions)."
+        )
     elif undecided or problems:
         blocked = f"{rows_to_decide(len(undecided) + len(problems))} a decision on the Mapping page."
     elif state.get("plan_incomplete"):
@@ -250,7 +268,7 @@ if connected():
             st.error(str(exc))
 elif hosted():
     st.info(
-        "Connect the clinic's account (its API key, on the Connect page) to start a run; runs show below."
+        "Connect the clinic's account (its API key, on the Connect page) to start or resume a run; runs show below."
     )
 else:
     st.info("Connect a source account (or the demo clinic) to start a run; runs already going show below.")
@@ -403,10 +421,13 @@ def follow(batch_id: str, was_live: bool) -> None:
         and buttons[0].button("Resume", key="run_resume", type="primary", icon=":material/resume:")
     ):
         try:
-            resume(batch.id)
+            with st.spinner("Resuming: counting what the batch reads…"):
+                resume(batch.id)
             st.rerun(scope="app")
         except MigratorError as exc:
             st.error(str(exc))
+    elif (batch.status in ("stopped", "failed") or interrupted) and not connected():
+        st.caption("Connect the account it reads from again, on the Connect page, to resume it here.")
     if handle is not None and handle.error:
         st.error(handle.error)
 

@@ -320,6 +320,14 @@ def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
     assert set(frame["role"].dropna()) == {"clinic", "operator"}
     assert (frame.loc[frame["actor"] == "operator:bob", "action"] == "sign_in").any()
     assert "audit_export" in [b.key for b in operator.get("download_button")]
+    # Working for the other clinic, the operator's Run page follows that clinic's batches only.
+    goto(operator, "connect_hosted")
+    operator.text_input(key="source_key_input").input(clinics.key(4))
+    operator.button(key="verify_source").click().run()
+    assert not operator.error, [e.value for e in operator.error]
+    goto(operator, "run")
+    assert "No run yet." in texts(operator) and batch_id not in texts(operator)
+    assert "tenants" not in texts(operator)  # the server's folders are not shown on a hosted instance
 
 
 def test_operators_sign_in_with_a_password_or_an_allowed_oidc_account(
