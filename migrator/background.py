@@ -28,14 +28,21 @@ Rules:
   live in the worker thread only, which builds its own :class:`ClinikoDestination` there.
 - On a hosted instance every look-up takes the caller's ``tenant``: another tenant's runs
   are invisible (:func:`~migrator.ledger.batch_tenants`).
+- When the process shuts down (the server's Ctrl+C), its runs are asked to stop after the
+  page in hand and given :data:`SHUTDOWN_WAIT` seconds to do so: their batches end
+  ``stopped``, to be resumed later, rather than ``failed`` on a thread pool that refuses
+  work during shutdown.
 """
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401  (its exit hook is registered before ours: see _stop_runs_at_exit)
 import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,6 +184,35 @@ class RunHandle:
         return self.batch_id
 
 
+#: Seconds a shutting-down process waits for its runs to stop after the page in hand.
+SHUTDOWN_WAIT = 15.0
+
+#: Every run started in this process (its worker thread holds it while it runs).
+_RUNS: weakref.WeakSet[RunHandle] = weakref.WeakSet()
+
+
+def _stop_runs_at_exit() -> None:
+    """Stop this process's runs as it shuts down, before Python's thread pools refuse new work.
+
+    A run's threads are daemons: without this, the server's Ctrl+C let the interpreter's
+    shutdown close the pools the readers use, and the run's next page failed on a
+    ``RuntimeError`` that marked its batch failed. Registered with ``threading``'s exit
+    hooks, which run in reverse order before threads are joined, so it runs before
+    :mod:`concurrent.futures`' (imported first, above); where that private hook is missing,
+    with :mod:`atexit`, later but still a stop.
+    """
+    handles = [handle for handle in list(_RUNS) if handle.running]
+    for handle in handles:
+        handle.stop()
+    deadline = time.monotonic() + SHUTDOWN_WAIT
+    for handle in handles:
+        handle.wait(max(0.0, deadline - time.monotonic()))
+
+
+_register_exit = getattr(threading, "_register_atexit", atexit.register)
+_register_exit(_stop_runs_at_exit)
+
+
 def require_resumable_with(plan: Plan, batch_id: str, source_account: str) -> None:
     """Refuse to resume ``batch_id`` (of ``plan``) with a key of ``source_account`` when it reads another account.
 
@@ -305,6 +341,7 @@ class RunRegistry:
             )
             handle._thread = thread
             self._handles.append(handle)
+            _RUNS.add(handle)  # stopped when the process shuts down
             self._forget_old()
             thread.start()
         handle.wait_for_batch(wait)

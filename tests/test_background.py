@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from migrator.ledger import Ledger
 from migrator.plan import Plan, Scope
 from migrator.setup import copy_clinic_setup
 from migrator.workflow import auto_mapping, make_plan, open_local_store, verify_source
-from tests.conftest import RunningSandbox
+from tests.conftest import ROOT, RunningSandbox
 
 
 def plan_for(sandbox: RunningSandbox, workspace: Path, scope: str = "all") -> Plan:
@@ -102,3 +105,47 @@ def test_resuming_needs_the_batchs_own_source_account(tiny_sandbox: RunningSandb
             workspace=tmp_path,
             client_config=config(tiny_sandbox),
         )
+
+
+_RUN_THEN_EXIT = """
+import json, os, sys, time
+from pydantic import SecretStr
+from migrator.background import RunRegistry
+from migrator.cliniko.client import ClientConfig
+from migrator.plan import Plan
+
+plan = Plan.model_validate_json(sys.stdin.read())
+config = ClientConfig(url_template=os.environ["URL_TEMPLATE"], requests_per_minute=240)
+handle = RunRegistry().start(plan, SecretStr(os.environ["KEY"]), workspace=sys.argv[1], client_config=config)
+time.sleep(1.5)  # some pages in, then the main thread ends, as a server's does on Ctrl+C
+print(handle.batch_id, handle.running, flush=True)
+"""
+
+
+def test_a_run_is_stopped_not_failed_when_its_process_shuts_down(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """QA: the server's Ctrl+C marked a running batch failed, on a RuntimeError of a closed thread pool."""
+    plan = plan_for(tiny_sandbox, tmp_path)
+    env = {**os.environ, "URL_TEMPLATE": tiny_sandbox.url_template, "KEY": tiny_sandbox.key("source")}
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_THEN_EXIT, str(tmp_path)],
+        input=plan.model_dump_json(),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    batch_id, was_running = done.stdout.split()
+    assert was_running == "True"  # it was cut short, not finished
+    with Ledger(tmp_path) as ledger:
+        batch = ledger.batch(batch_id)
+        assert batch.status == "stopped"
+        assert sum(sum(c.values()) for c in ledger.counts(batch_id).values()) > 0  # what it did is kept
+    # And it resumes to the end, as the Run page's Resume does.
+    resumed = RunRegistry().start(
+        plan, SecretStr(tiny_sandbox.key("source")), workspace=tmp_path, client_config=config(tiny_sandbox)
+    )
+    assert resumed.batch_id == batch_id and resumed.wait(60) and resumed.state == "completed", resumed.error
