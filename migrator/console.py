@@ -391,9 +391,22 @@ def setup_store_from(settings: ConsoleSettings, client: ClinikoClient) -> dict[s
         return copy_clinic_setup(store, client)
 
 
-def export(frame: pl.DataFrame, kind: str) -> bytes:
-    """A frame as a download: ``"csv"`` (UTF-8, header row) or ``"parquet"`` (types kept, money as decimals)."""
+def export(frame: pl.DataFrame, kind: str, *, spreadsheet_safe: bool = False) -> bytes:
+    """A frame as a download: ``"csv"`` (UTF-8, header row) or ``"parquet"`` (types kept, money as decimals).
+
+    ``spreadsheet_safe``: a text cell starting with ``=``, ``+``, ``-``, ``@`` or a tab gets
+    a leading ``'`` in the CSV, so a spreadsheet shows it rather than running it as a
+    formula: for text anyone could type (the audit trail's refused sign-ins), not for
+    the clinic's own data, which analysts read back as it is.
+    """
     if kind == "csv":
+        if spreadsheet_safe:
+            risky = r"^[=+\-@\t\r]"
+            frame = frame.with_columns(
+                pl.when(pl.col(c).str.contains(risky)).then("'" + pl.col(c)).otherwise(pl.col(c)).alias(c)
+                for c, dtype in frame.schema.items()
+                if dtype == pl.String
+            )
         return frame.write_csv().encode("utf-8")
     if kind == "parquet":
         buffer = io.BytesIO()

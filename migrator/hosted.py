@@ -391,6 +391,20 @@ class SignInThrottle:
             self._failures.pop(name.lower(), None)
 
 
+#: The most characters of a name typed on the sign-in page that the audit trail keeps.
+TYPED_NAME_LIMIT = 64
+
+
+def typed_name(name: str) -> str:
+    r"""A name someone typed, as the audit trail keeps it: control characters as spaces, at most 64 characters.
+
+    >>> typed_name("bob\n=cmd")
+    'bob =cmd'
+    """
+    printable = "".join(c if c.isprintable() else " " for c in name)
+    return printable if len(printable) <= TYPED_NAME_LIMIT else printable[: TYPED_NAME_LIMIT - 1] + "…"
+
+
 def sign_in_operator(
     ledger: Ledger,
     directory: OperatorDirectory,
@@ -401,11 +415,19 @@ def sign_in_operator(
 ) -> Principal:
     """Sign an operator in with a name and password from the secrets file; audited either way.
 
+    A refusal is audited under the operator's name when it is one of this instance's; any
+    other name, typed by anyone on the sign-in page, goes into the line's detail only,
+    printable and cut to :data:`TYPED_NAME_LIMIT` characters, so it cannot pose as an
+    operator's line or swell the trail. An empty name or password is not an attempt: it is
+    answered, not audited or counted towards the lock-out.
+
     Raises:
-        SignInRefused: unknown name or wrong password (the same sentence for both), or
-            too many failures for that name.
+        SignInRefused: an empty name or password; unknown name or wrong password (the same
+            sentence for both), or too many failures for that name.
     """
     name = name.strip()
+    if not name or not password:
+        raise SignInRefused("Enter your operator name and your password.")
     if throttle is not None:
         throttle.check(name)
     hashed = directory.passwords.get(name)
@@ -417,8 +439,12 @@ def sign_in_operator(
     if not ok:
         if throttle is not None:
             throttle.failed(name)
+        known = hashed is not None
         ledger.audit(
-            "sign_in_refused", actor=f"{OPERATOR}:{name}", role=OPERATOR, detail={"method": "password"}
+            "sign_in_refused",
+            actor=f"{OPERATOR}:{name if known else '(unknown name)'}",
+            role=OPERATOR,
+            detail={"method": "password", **({} if known else {"typed_name": typed_name(name)})},
         )
         raise SignInRefused("That name and password do not match an operator of this instance.")
     if throttle is not None:

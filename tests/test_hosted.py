@@ -8,11 +8,12 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pytest
 from pydantic import SecretStr
 
 from migrator.background import RunRegistry
-from migrator.console import ConsoleSettings
+from migrator.console import ConsoleSettings, export
 from migrator.errors import AuthError, ConfigError
 from migrator.hosted import (
     CLINIC,
@@ -122,6 +123,9 @@ def test_an_operator_signs_in_with_a_password_and_failures_read_the_same(tmp_pat
         with pytest.raises(SignInRefused) as unknown_name:
             sign_in_operator(ledger, directory, "mallory", PASSWORD, throttle=throttle)
         assert str(wrong_password.value) == str(unknown_name.value)
+        for name, password in (("", PASSWORD), ("  ", PASSWORD), ("bob", "")):  # not attempts: not counted
+            with pytest.raises(SignInRefused, match=r"^Enter your operator name and your password\.$"):
+                sign_in_operator(ledger, directory, name, password, throttle=throttle)
         for _ in range(2):
             with pytest.raises(SignInRefused):
                 sign_in_operator(ledger, directory, "bob", "guess", throttle=throttle)
@@ -131,9 +135,28 @@ def test_an_operator_signs_in_with_a_password_and_failures_read_the_same(tmp_pat
     assert [(e["action"], e["role"], e["actor"]) for e in log[:3]] == [
         ("sign_in", OPERATOR, "operator:bob"),
         ("sign_in_refused", OPERATOR, "operator:bob"),
-        ("sign_in_refused", OPERATOR, "operator:mallory"),
+        ("sign_in_refused", OPERATOR, "operator:(unknown name)"),  # a name anyone typed is not an actor
     ]
-    assert all(PASSWORD not in str(e) for e in log)
+    assert log[2]["detail"] == {"method": "password", "typed_name": "mallory"}
+    assert len(log) == 5 and all(PASSWORD not in str(e) for e in log)  # the empty tries are not in it
+
+
+def test_a_name_typed_on_the_sign_in_page_cannot_pose_as_an_audit_line(tmp_path: Path) -> None:
+    """QA: a 5,000-character name with a line break and a spreadsheet formula went into the trail as typed."""
+    directory = OperatorDirectory(passwords={"bob": hash_password(PASSWORD)})
+    typed = "bob (signed in OK)\n=cmd|' /C calc'!A0" + "x" * 5_000
+    with Ledger(tmp_path) as ledger:
+        with pytest.raises(SignInRefused):
+            sign_in_operator(ledger, directory, typed, "any password at all")
+        (line,) = ledger.audit_log()
+        frame = audit_frame(ledger, Principal(OPERATOR, "bob"))
+    assert line["actor"] == "operator:(unknown name)"
+    kept = line["detail"]["typed_name"]
+    assert len(kept) == 64 and "\n" not in kept and kept.startswith("bob (signed in OK) =cmd")
+    exported = export(
+        frame.with_columns(pl.lit("=HYPERLINK(1)").alias("actor")), "csv", spreadsheet_safe=True
+    )
+    assert b"'=HYPERLINK(1)" in exported and b",=HYPERLINK" not in exported
 
 
 def test_an_oidc_user_is_an_operator_only_if_allowed(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ st.caption(f"{view.height:,} of {frame.height:,} lines.")
 st.dataframe(view, hide_index=True)
 st.download_button(
     "Export as CSV",
-    data=export(view, "csv"),
+    data=export(view, "csv", spreadsheet_safe=True),
     file_name="audit-trail.csv",
     mime="text/csv",
     key="audit_export",
