@@ -25,6 +25,7 @@ def clinic_sign_in() -> None:
     """Verify the typed key and bind the session to its account (a callback: the box is emptied first)."""
     key = take_typed_key("sign_in_key")
     if key is None:
+        st.session_state.sign_in_error = "Enter an administrator's Cliniko API key of your clinic to sign in."
         return
     config = settings()
     try:

@@ -138,6 +138,7 @@ def verify_typed_source() -> None:
     """Verify the typed source key (a callback: the box is emptied, whatever the answer)."""
     key = take_typed_key("source_key_input")
     if key is None:
+        state.source_error = "Enter the source account's API key to verify it."
         return
     try:
         with st.spinner(CHECKING_KEY):
@@ -171,7 +172,10 @@ def disconnect() -> None:
 def add_note_key() -> None:
     """Check one more practitioner's key with the destination's (a callback: it empties the box)."""
     typed = take_typed_key("note_key_input")
-    if typed is None or not isinstance(state.get("dest_key"), SecretStr):
+    if typed is None:
+        state.note_key_error = "Enter a practitioner's API key of the destination account to add it."
+        return
+    if not isinstance(state.get("dest_key"), SecretStr):
         return
     try:
         check_destination(state.dest_key, [*(state.get("note_keys") or []), typed])

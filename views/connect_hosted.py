@@ -49,6 +49,7 @@ def verify_source() -> None:
     """Verify the typed source key for this session (a callback: the box is emptied first)."""
     key = take_typed_key("source_key_input")
     if key is None or who is None:
+        state.source_error = "Enter the clinic's API key to verify it."
         return
     config = settings()
     try:
@@ -71,6 +72,7 @@ def set_up_store() -> None:
     """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept."""
     key = take_typed_key("setup_key_input")
     if key is None or who is None:
+        state.setup_error = "Enter an API key of the account to set the clinic store up from."
         return
     config = settings()
     try:
@@ -111,8 +113,10 @@ def check_destination(key: SecretStr, note_keys: list[SecretStr], *, error_key: 
 def verify_cliniko_destination() -> None:
     """The destination key box's callback: it is emptied before anything else."""
     key = take_typed_key("dest_key_input")
-    if key is not None:
-        check_destination(key, [])
+    if key is None:
+        state.dest_error = "Enter an API key of the destination account to verify it."
+        return
+    check_destination(key, [])
 
 
 def add_note_key() -> None:
@@ -120,7 +124,9 @@ def add_note_key() -> None:
     typed = take_typed_key("note_key_input")
     lease = destination_lease()
     key = lease.key if lease is not None else None
-    if typed is not None and lease is not None and key is not None:
+    if typed is None:
+        state.note_key_error = "Enter a practitioner's API key of the destination account to add it."
+    elif lease is not None and key is not None:
         check_destination(key, [*lease.extra, typed], error_key="note_key_error")
 
 
