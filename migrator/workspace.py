@@ -4,13 +4,34 @@ A module of its own, importing only the standard library, so that the command li
 its help without loading the library (``python -m migrator --help`` stays quick).
 """
 
+import contextlib
 import errno
+import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_WORKSPACE", "refuse_file"]
+__all__ = ["DEFAULT_WORKSPACE", "make_private_file", "make_private_folder", "refuse_file"]
 
 #: Where the ledger (and, by default, ``clinic.db``) lives: ``./workspace``.
 DEFAULT_WORKSPACE = "workspace"
+
+
+def make_private_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents) if missing; a folder made here is its owner's alone (``0700``).
+
+    The ledger and the clinic stores hold patients' records: on a shared machine (a hosted
+    instance) no other user may read them. A folder that already exists keeps its mode.
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def make_private_file(path: Path) -> None:
+    """Create the database file ``path`` empty, readable by its owner only (``0600``), if it does not exist.
+
+    SQLite gives its journal files the database's own mode, so they stay private too. An
+    existing file (or a folder, which opening it as a database then refuses) is left as it is.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def refuse_file(workspace: str | Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -71,6 +73,33 @@ def test_opening_creates_the_workspace_and_applies_every_migration_once(tmp_path
     assert again.conn.execute("SELECT name, applied_at FROM migrations ORDER BY id").fetchall() == first
     assert apply_migrations(again.db, MIGRATIONS) == []
     assert set(again.db.table_names()) >= {"batches", "items", "progress", "audit", "migrations"}
+
+
+def test_the_workspace_and_its_databases_are_their_owners_alone(tmp_path: Path) -> None:
+    """QA: ledger.db and a hosted clinic's clinic.db, patients' records, were readable by every user (0644)."""
+    before = os.umask(0o022)  # the usual umask, which leaves new files readable by all
+    try:
+        with Ledger(tmp_path / "ws") as ledger:
+            store = LocalStore(tmp_path / "ws" / "tenants" / "40117" / "clinic.db", ledger)
+            _batch(ledger)  # a write: SQLite's journal came and went with the file's own mode
+            store.close()
+        elsewhere = tmp_path / "shared"
+        elsewhere.mkdir(mode=0o755)
+        with Ledger(elsewhere) as ledger:  # a folder the user made keeps its mode; the files are private
+            LocalStore(elsewhere / "clinic.db", ledger).close()
+    finally:
+        os.umask(before)
+    modes = {
+        path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for path in (
+            tmp_path / "ws",
+            tmp_path / "ws" / "ledger.db",
+            tmp_path / "ws" / "tenants" / "40117" / "clinic.db",
+        )
+    }
+    assert modes == {"ws": 0o700, "ws/ledger.db": 0o600, "ws/tenants/40117/clinic.db": 0o600}
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in elsewhere.iterdir()} == {0o600}
 
 
 def test_an_old_ledger_gets_the_missing_migrations_and_keeps_its_rows(tmp_path: Path) -> None:

@@ -77,6 +77,7 @@ from migrator.ledger import (
     insert_rows,
     opening_database,
 )
+from migrator.workspace import make_private_file, make_private_folder
 
 __all__ = [
     "CLINIC_MIGRATIONS",
@@ -218,7 +219,8 @@ class LocalStore:
         self.ledger = ledger
         if self.path == ledger.path.resolve():
             raise ConfigError("The clinic store needs a database file of its own, not the ledger's.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.path.parent)
+        make_private_file(self.path)
         _migrate(self.path)
         with ledger.lock:
             attached = {row[1]: row[2] for row in ledger.conn.execute("PRAGMA database_list")}
