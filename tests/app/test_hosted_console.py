@@ -132,6 +132,11 @@ def test_only_sign_in_shows_before_signing_in(session: Callable[..., AppTest]) -
     assert [t.value for t in at.title] == ["Sign in"]
     assert "sign_in_key" in [t.key for t in at.text_input]
     assert "No operator sign-in is configured" in texts(at)
+    at.text_input(key="sign_in_key").input("   ")
+    at.button(key="sign_in_clinic").click().run()  # an empty box is answered, not ignored
+    assert [e.value for e in at.error] == [
+        "Enter an administrator's Cliniko API key of your clinic to sign in."
+    ]
     with pytest.raises(ValueError, match=r"Known pages: \['[^']*views/connect_hosted\.py'\]"):
         at.switch_page("views/batches.py")  # the only page before sign-in is the sign-in page
 
@@ -504,7 +509,7 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     at.button(key="delete_go").click().run()
     assert not at.error, [e.value for e in at.error]
     (done,) = [s.value for s in at.success]
-    assert "its patients are archived in the Cliniko account, not deleted" in done
+    assert "patients archived (Cliniko's API cannot delete patients)" in done
     assert done.endswith(
         "Found in the account by their details, as the answers to the batch's creates of them were lost when "
         f"a run was interrupted: 1 patient (id {lost_id}). Make sure none of them is a record the clinic made "
