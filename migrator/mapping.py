@@ -271,15 +271,23 @@ def auto_match(
         .agg(pl.len().alias("n_same"), pl.col("dst_name").first().alias("same_name"))
     )
     former = named.filter(pl.col("key").is_in(list(_FORMER_NAMES)))
+    former_hint, former_needs = "", ""
     if former.height == 1:
         former_hint = f" (the destination has {former['dst_name'][0]!r}, id {former['dst_id'][0]})"
-    elif can_create:
-        former_hint = ""
-    else:  # the run cannot make one: say what 'former' then needs
-        former_hint = (
-            " (Cliniko's API cannot create one: add an inactive practitioner named Former practitioner "
-            "to the destination account and give its id as target_id)"
+    elif not can_create:
+        # The run cannot make one: say what 'former' then needs, in words for the console and a file.
+        former_needs = (
+            " Cliniko's API cannot create the generic one: add an inactive practitioner named Former "
+            "practitioner to the destination account, then choose it as the destination record (target_id "
+            "in a mapping file)."
         )
+    # Each way out for a former practitioner, listed as one sentence: "a, b, or c".
+    former_choices = [
+        f"'former' to give their appointments to a generic Former practitioner{former_hint}",
+        "'reassign' to give them to an active practitioner",
+        "'exclude' to skip them",
+        *(["'create' to add them as an inactive practitioner"] if can_create else []),
+    ]
 
     table = (
         src.join(by_source, on="source_id", how="left", maintain_order="left")
@@ -321,10 +329,8 @@ def auto_match(
         .when(former_staff)
         .then(
             pl.lit(
-                "A former practitioner not found in the destination: choose 'former' to give their appointments "
-                f"to a generic Former practitioner{former_hint}, 'reassign' to give them to an active "
-                "practitioner, or 'exclude' to skip them"
-                + (", or 'create' to add them as an inactive practitioner." if can_create else ".")
+                "A former practitioner not found in the destination: choose "
+                f"{', '.join(former_choices[:-1])}, or {former_choices[-1]}.{former_needs}"
             )
         )
         .when(create & pl.lit(entity == "appointment_types" and not can_create) & ~pl.col("source_active"))

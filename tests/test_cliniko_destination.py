@@ -22,7 +22,13 @@ import pytest
 from migrator.batches import BatchNotDeletable, delete_batch, deletion_plan, ledger_deletion_plan
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.transport import RetryPolicy
-from migrator.destinations.cliniko import ClinikoDestination, go_live, preflight, transfer_estimate
+from migrator.destinations.cliniko import (
+    ClinikoDestination,
+    WriteRefused,
+    go_live,
+    preflight,
+    transfer_estimate,
+)
 from migrator.destinations.local import KeptLink
 from migrator.errors import ConfigError
 from migrator.ledger import Item, Ledger
@@ -653,6 +659,27 @@ def test_a_write_whose_answer_was_lost_is_found_not_sent_again(transfer: Transfe
     assert transfer.total("patients") == before
 
 
+def test_what_cliniko_cannot_create_is_refused_in_the_clinics_words(transfer: Transfer) -> None:
+    batch = transfer.ledger.create_batch(source_account="x", destination=transfer.dest.describe(), plan={})
+    sent = transfer.dest.requests
+    rows = [
+        {"source_id": "8", "data": {"name": "Pensioner"}},
+        {"source_id": "9", "data": {"name": "Student"}},
+    ]
+    refused = transfer.dest.insert("concession_types", rows, batch_id=batch.id, source_account="x")
+    # The sentence the Review page shows for each skipped record: English, not the entity's code.
+    assert [str(r) for r in refused] == [
+        "Cliniko's API cannot create concession types; set them up in the destination account."
+    ] * 2
+    assert all(isinstance(r, WriteRefused) for r in refused)
+    assert transfer.dest.requests == sent  # nothing was attempted
+    with pytest.raises(ConfigError) as setup:
+        transfer.dest.setup_reference("concession_types", rows)
+    assert str(setup.value) == (
+        "Cliniko's API cannot create concession types; set them up in the destination account and map to them."
+    )
+
+
 def test_records_a_killed_run_created_are_never_linked_to_as_the_clinics_own(transfer: Transfer) -> None:
     from migrator.destinations.cliniko import _Write, _WriteLog
 
@@ -1268,7 +1295,10 @@ def test_the_cli_checks_transfers_goes_live_reports_balances_and_deletes(
     )
     rows = load_mapping(mapping)
     former = next(r for r in rows if r.entity == "practitioners" and not r.source_active)
-    assert "Cliniko's API cannot create one" in former.note and "target_id" in former.note
+    assert former.note.endswith(
+        "Cliniko's API cannot create the generic one: add an inactive practitioner named Former practitioner "
+        "to the destination account, then choose it as the destination record (target_id in a mapping file)."
+    )
     # 'former' as written for a local store: refused in one sentence saying what it needs, before any batch.
     save_mapping(mapping, [r.model_copy(update={"action": "former"}) if r is former else r for r in rows])
     targetless = cli(

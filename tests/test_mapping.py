@@ -27,6 +27,7 @@ from migrator.mapping import (
     to_rows,
     validate,
 )
+from migrator.mapping_editor import console_words
 from migrator.plan import MappingRow
 from migrator.sandbox import Sandbox
 
@@ -170,6 +171,30 @@ def test_auto_match_former_practitioners_not_found_are_for_a_person(can_create: 
     assert "(the destination has 'Former Practitioner', id 99)" in note
     assert "'reassign'" in note and "'exclude'" in note
     assert ("'create'" in note) is can_create
+
+
+def test_the_former_practitioner_note_is_one_list_and_says_what_cliniko_needs() -> None:
+    source, destination = src(("5", "Liam Murphy", False)), dst(("11", "Zoe Adams", True))
+    local = notes(auto_match(source, destination, "practitioners", can_create=True))["Liam Murphy"]
+    assert local == (
+        "A former practitioner not found in the destination: choose 'former' to give their appointments to a "
+        "generic Former practitioner, 'reassign' to give them to an active practitioner, 'exclude' to skip them, "
+        "or 'create' to add them as an inactive practitioner."
+    )
+    cliniko = notes(auto_match(source, destination, "practitioners", can_create=False))["Liam Murphy"]
+    # Read in the console (its column is "Destination record") and in a mapping file (its field is target_id).
+    assert cliniko == (
+        "A former practitioner not found in the destination: choose 'former' to give their appointments to a "
+        "generic Former practitioner, 'reassign' to give them to an active practitioner, or 'exclude' to skip "
+        "them. Cliniko's API cannot create the generic one: add an inactive practitioner named Former "
+        "practitioner to the destination account, then choose it as the destination record (target_id in a "
+        "mapping file)."
+    )
+    assert console_words(cliniko).startswith(
+        "A former practitioner not found in the destination: choose 'give to a generic Former practitioner' to "
+        "give their appointments to a generic Former practitioner, 'give to another practitioner' to give them "
+        "to an active practitioner, or 'exclude (skip its appointments)' to skip them. "
+    )
 
 
 def test_auto_match_creates_only_what_the_destination_can() -> None:

@@ -68,6 +68,34 @@ def confirm(batch_id: str, destination: str, shown: dict[str, Any]) -> None:
     state.delete_pending = Pending(batch_id, destination, shown, SecretStr(typed))
 
 
+def deleted_sentence(done: DeletionPlan, *, to_cliniko: bool) -> str:
+    """What deleting a batch did, in one sentence: in a Cliniko account its patients are archived, not removed.
+
+    ``done`` is the plan :func:`delete_batch` carried out; Cliniko's API archives patients
+    (:meth:`ClinikoDestination.delete <migrator.destinations.cliniko.ClinikoDestination.delete>`),
+    so they are counted apart from the records removed, as in "1,553 records were removed and
+    its 84 patients archived".
+    """
+    archived = (
+        len(done.created.get("patients", [])) + len(done.dependents.get("patients", [])) if to_cliniko else 0
+    )
+    removed = done.total - archived
+    if not archived:
+        return f"Batch {done.batch_id} is deleted: {records_of('records', removed)} {was(removed)} removed."
+    patients = f"its {records_of('patients', archived)}" if archived > 1 else "its patient"
+    why = "(Cliniko's API cannot delete patients)"
+    if not removed:
+        return f"Batch {done.batch_id} is deleted: {patients} {was(archived)} archived {why}."
+    return (
+        f"Batch {done.batch_id} is deleted: {records_of('records', removed)} {was(removed)} removed and {patients} "
+        f"archived {why}."
+    )
+
+
+def was(count: int) -> str:
+    return "was" if count == 1 else "were"
+
+
 def delete(pending: Pending) -> None:
     """Delete the batch, with a bar following it, and leave the outcome's sentence for the next run.
 
@@ -106,11 +134,7 @@ def delete(pending: Pending) -> None:
         else:
             with open_destination(destination) as (ledger, store):
                 done = delete_batch(ledger, store, batch_id, actor="console", show=as_shown, progress=removed)
-        state.delete_message = f"Batch {batch_id} is deleted: {done.total:,} records were removed" + (
-            "; its patients are archived in the Cliniko account, not deleted (Cliniko's API cannot delete patients)."
-            if destination.startswith("cliniko:")
-            else "."
-        )
+        state.delete_message = deleted_sentence(done, to_cliniko=destination.startswith("cliniko:"))
         if done.matched_note:
             state.delete_message += " " + done.matched_note
     except MigratorError as exc:

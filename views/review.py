@@ -68,6 +68,10 @@ COLUMN_NAMES = {
     "reason": "Reason",
 }
 
+#: What a cell with no value shows, rather than Streamlit's "None": left empty, as the sentences
+#: by each table say why (not counted in the destination yet, a patient no batch brought).
+EMPTY = ""
+
 state = st.session_state
 config = settings()
 cache: dict[tuple[str, str], pl.DataFrame] = state.setdefault("review_cache", {})
@@ -370,7 +374,7 @@ elif differing.height:
             "The records the ledger says the batch brought that the destination no longer holds (removed by "
             "hand, say): a re-run of the same plan brings them again."
         )
-        table(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
+        table(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
         downloads(missing_frame, f"{batch_id}-missing")
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
@@ -405,7 +409,7 @@ hidden = [
 if shared.is_empty():  # one destination record each: the column would repeat In the destination
     hidden.append("in_destination_records")
 shown = labelled(count_frame).drop(hidden).rename(lambda c: COLUMN_NAMES.get(c, c))
-table(shown, height="content")
+table(shown, height="content", placeholder=EMPTY)
 for row in shared.iter_rows(named=True):
     how = (
         "former practitioners given to one generic Former practitioner or to a colleague"
@@ -427,8 +431,14 @@ if skipped_frame.is_empty():
     else:
         st.success("Nothing was skipped: every record in scope came across.")
 else:
-    summary = skipped_frame.group_by("reason_code").len(name="records").sort("records", descending=True)
-    st.bar_chart(summary, x="reason_code", y="records", horizontal=True, height=60 + 30 * summary.height)
+    # No English name per code: the bars keep the codes (the table's Code column), the axes say what they are.
+    summary = (
+        skipped_frame.group_by("reason_code")
+        .len(name="Records")
+        .sort("Records", descending=True)
+        .rename({"reason_code": "Reason"})
+    )
+    st.bar_chart(summary, x="Reason", y="Records", horizontal=True, height=60 + 30 * summary.height)
     left, right = st.columns(2)
     entities = sorted(skipped_frame["entity"].unique().to_list())
     reasons = sorted(skipped_frame["reason_code"].fill_null("").unique().to_list())
@@ -444,7 +454,7 @@ else:
     if chosen_reasons:
         view = view.filter(pl.col("reason_code").fill_null("").is_in(chosen_reasons))
     st.caption(f"{view.height:,} of {skipped_frame.height:,} skipped records shown.")
-    table(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)))
+    table(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
     downloads(view, f"{batch_id}-skipped")
 
 # --- flagged -------------------------------------------------------------------------------
@@ -455,7 +465,7 @@ if not flagged_frame.is_empty():
         "email), changes at the source the destination could not take, and records deleted at the source but "
         "kept because the clinic has added to them. They do not count against reconciliation."
     )
-    table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
+    table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
     downloads(flagged_frame, f"{batch_id}-flagged")
 
 # --- balances ------------------------------------------------------------------------------
@@ -511,6 +521,7 @@ if to_cliniko:
                 }
             ),
             column_config=money_columns("Outstanding"),
+            placeholder=EMPTY,
         )
         st.download_button(
             "Download the opening balances (CSV)",
@@ -608,6 +619,7 @@ else:
                 }
             ),
             column_config=money_columns("Owed at the source", "Owed here", "Difference"),
+            placeholder=EMPTY,
         )
         downloads(balance_frame, f"{batch_id}-balances")
         moved = cache.get((batch_id, "moved_invoices"))
@@ -629,6 +641,7 @@ else:
                         "destination_patient_id": "Patient here",
                     }
                 ),
+                placeholder=EMPTY,
             )
             downloads(moved, f"{batch_id}-moved-invoices")
 

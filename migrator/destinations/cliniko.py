@@ -297,6 +297,13 @@ class _Write:
     unconfirmed: bool = False
 
 
+def _words(entity: str) -> str:
+    """A data type as a sentence names it, in the console's words: ``concession_types`` -> ``concession types``."""
+    from migrator.console import entity_label  # the console's labels; loaded only for a refusal's sentence
+
+    return entity_label(entity).lower()
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -447,7 +454,7 @@ class ClinikoDestination:
 
     def setup_reference(self, entity: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
         raise ConfigError(
-            f"Cliniko's API cannot create {entity}; set them up in the destination account and map to them."
+            f"Cliniko's API cannot create {_words(entity)}; set them up in the destination account and map to them."
         )
 
     def count(self, entity: str, batch_id: str | None = None) -> int:
@@ -730,7 +737,8 @@ class ClinikoDestination:
         """
         if entity not in _FIELDS:
             why = NOT_TRANSFERABLE.get(
-                entity, f"Cliniko's API cannot create {entity}; set it up in the destination account."
+                entity,
+                f"Cliniko's API cannot create {_words(entity)}; set them up in the destination account.",
             )
             return [WriteRefused(why) for _ in rows]
         writes = [_Write(str(r["source_id"]), r, self._body(entity, r)) for r in rows]

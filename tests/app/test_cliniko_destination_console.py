@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
+from migrator.batches import ledger_deletion_plan
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.ledger import Ledger
 from migrator.mapping_editor import ACTION_LABELS
@@ -140,6 +141,16 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     assert f"download_{batch.id}-opening-balances_csv" in {b.key for b in at.download_button}
     counted = at.dataframe[0].value.set_index("Data type")
     assert counted.loc["Patients", "In the destination"] == created
+    # What Cliniko's API cannot create is skipped with a sentence naming it in English.
+    reasons = {
+        r["Data type"]: r["Reason"]
+        for frame in at.dataframe
+        if {"Code", "Reason"} <= set(frame.value.columns)
+        for r in frame.value.to_dict("records")
+    }
+    assert reasons["Concession types"] == (
+        "Cliniko's API cannot create concession types; set them up in the destination account."
+    )
 
     # Without the destination's key, a fresh count at the source keeps the destination's last count.
     goto(at, "connect")
@@ -155,10 +166,18 @@ def test_the_demo_transfers_into_the_demo_destination_account_and_goes_live(
     # 7. Batches: deleted with the session's destination; patients archived, not deleted.
     goto(at, "batches")
     assert "archived" in texts(at)
+    with Ledger(workspace) as ledger:
+        planned = ledger_deletion_plan(ledger, batch.id)
+    archived = len(planned.created["patients"])
+    assert archived == created > 1
     at.text_input(key="delete_confirm").input("DELETE").run()
     at.button(key="delete_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "its patients are archived in the Cliniko account, not deleted" in texts(at)
+    # The records removed and the patients archived, each counted once.
+    assert (
+        f"Batch {batch.id} is deleted: {planned.total - archived:,} records were removed and its {archived:,} "
+        "patients archived (Cliniko's API cannot delete patients)."
+    ) in texts(at)
     with Ledger(workspace) as ledger:
         assert ledger.batch(batch.id).status == "deleted"
     with destination_client(at) as client:

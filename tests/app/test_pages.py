@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -245,6 +246,54 @@ def test_review_lists_the_records_that_came_across_but_want_a_look(
     assert shown["Code"].tolist() == ["review_shared_email"]
     assert shown["Reason"].tolist() == ["Shares an email with patient 1."]
     assert shown["Data type"].tolist() == ["Patients"]
+
+
+def test_review_charts_the_skipped_records_under_english_axis_titles(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, batch = batch_into_store(workspace)
+    ledger.record_items(
+        batch.id,
+        [
+            Item("patients", "1", None, "skipped", "invalid", "Failed validation on field email."),
+            Item("patients", "2", None, "skipped", "invalid", "Failed validation on field email."),
+            Item("concession_types", "3", None, "skipped", "not_transferable", "Cliniko cannot create it."),
+        ],
+    )
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "review")
+    (chart,) = [e for e in at.main if getattr(e, "type", None) == "vega_lite_chart"]
+    encoding = json.loads(chart.proto.spec)["encoding"]
+    # The bars keep the codes (there is no English per code); the axes are named in English.
+    assert (encoding["y"]["title"], encoding["x"]["title"]) == ("Reason", "Records")
+    assert "reason_code" not in chart.proto.spec
+
+
+def test_review_of_a_batch_into_cliniko_not_counted_there_leaves_those_cells_empty(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    """No key of that account in this session: its counts are the ledger's, and the destination's cells blank."""
+    ledger = Ledger(workspace)
+    fields = Plan(
+        source_account="Harbourside", source_shard="au1", destination="cliniko:4242", scope=Scope.parse("all")
+    )
+    batch = ledger.create_batch(
+        source_account="Harbourside", destination="cliniko:4242", plan=fields.model_dump(mode="json")
+    )
+    ledger.record_items(batch.id, [Item("patients", str(n), str(100 + n), "created") for n in (1, 2)])
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "review")
+    assert not at.exception
+    assert "Not counted in the destination yet: the ledger's side only." in [i.value for i in at.info]
+    counted = at.dataframe[0]
+    patients = counted.value.set_index("Data type").loc["Patients"]
+    assert patients["Created"] == 2 and patients.isna()["In the destination"]
+    # Streamlit writes "None" in a cell with no value unless told otherwise: these are left empty.
+    assert counted.proto.HasField("placeholder") and counted.proto.placeholder == ""
 
 
 @pytest.mark.parametrize(
