@@ -226,21 +226,26 @@ def created_patients(ledger: Ledger, store: LocalStore, batch_id: str, *names: s
     return ids
 
 
+def review_of(console: Callable[[], AppTest], workspace: Path, items: list[Item]) -> AppTest:
+    """The Review page of a completed batch into the local store whose ledger items are ``items``."""
+    ledger, batch = batch_into_store(workspace)
+    ledger.record_items(batch.id, items)
+    ledger.set_status(batch.id, "completed")
+    ledger.close()
+    return goto(console(), "review")
+
+
 def test_review_lists_the_records_that_came_across_but_want_a_look(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
-    ledger, batch = batch_into_store(workspace)
-    ledger.record_items(
-        batch.id,
+    at = review_of(
+        console,
+        workspace,
         [
             Item("patients", "1", None, "skipped", "invalid", "Failed validation on field email."),
             Item("patients", "2", "1", "created", "review_shared_email", "Shares an email with patient 1."),
         ],
     )
-    ledger.set_status(batch.id, "completed")
-    ledger.close()
-
-    at = goto(console(), "review")
     assert "Records that came across but want a look" in [s.value for s in at.subheader]
     shown = at.dataframe[-1].value
     assert shown["Code"].tolist() == ["review_shared_email"]
@@ -251,19 +256,15 @@ def test_review_lists_the_records_that_came_across_but_want_a_look(
 def test_review_charts_the_skipped_records_under_english_axis_titles(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
-    ledger, batch = batch_into_store(workspace)
-    ledger.record_items(
-        batch.id,
+    at = review_of(
+        console,
+        workspace,
         [
             Item("patients", "1", None, "skipped", "invalid", "Failed validation on field email."),
             Item("patients", "2", None, "skipped", "invalid", "Failed validation on field email."),
             Item("concession_types", "3", None, "skipped", "not_transferable", "Cliniko cannot create it."),
         ],
     )
-    ledger.set_status(batch.id, "completed")
-    ledger.close()
-
-    at = goto(console(), "review")
     (chart,) = [e for e in at.main if getattr(e, "type", None) == "vega_lite_chart"]
     encoding = json.loads(chart.proto.spec)["encoding"]
     # The bars keep the codes (there is no English per code); the axes are named in English.
