@@ -28,9 +28,10 @@ def make_private_file(path: Path) -> None:
     """Create the database file ``path`` empty, readable by its owner only (``0600``), if it does not exist.
 
     SQLite gives its journal files the database's own mode, so they stay private too. An
-    existing file (or a folder, which opening it as a database then refuses) is left as it is.
+    existing file (or a folder, which opening it as a database then refuses) is left as it is,
+    and a path the file system refuses is left for SQLite to refuse in its own words.
     """
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
