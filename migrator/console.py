@@ -43,6 +43,7 @@ from migrator.cliniko.pagination import PER_PAGE
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError
 from migrator.ledger import ACTIONS, Batch, Ledger, StageProgress
+from migrator.plan import entity_label
 from migrator.preview import read_requests
 from migrator.scoped_preview import plan_entities
 from migrator.setup import copy_clinic_setup
@@ -88,20 +89,6 @@ DEMO_SIZE_ENV = "MIGRATOR_DEMO_SIZE"
 MODES = ("local", "hosted")
 _TENANT = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
-_LABELS = {
-    "individual_appointments": "Appointments",
-    "group_appointments": "Group appointments",
-    "unavailable_blocks": "Unavailable blocks",
-    "treatment_notes": "Treatment notes",
-    "treatment_note_templates": "Treatment note templates",
-    "patient_attachments": "Patient files",
-    "medical_alerts": "Medical alerts",
-    "appointment_types": "Appointment types",
-    "billable_items": "Billable items",
-    "concession_types": "Concession types",
-    "invoice_items": "Invoice items",
-}
-
 
 def mode_from_env(environ: Mapping[str, str] | None = None) -> str:
     """The console's mode, :data:`MODE_ENV`: ``local`` (unset) or ``hosted``.
@@ -145,11 +132,6 @@ def escape_markdown(text: str) -> str:
     'Dr \\*Jo\\* \\[locum\\]'
     """
     return _MARKDOWN.sub(r"\\\1", text)
-
-
-def entity_label(entity: str) -> str:
-    """A data type as a person reads it: ``treatment_notes`` -> ``Treatment notes``."""
-    return _LABELS.get(entity, entity.replace("_", " ").capitalize())
 
 
 def masked(key: ApiKey) -> str:

@@ -411,10 +411,12 @@ class Engine:
         source since to a finished stage are not brought by the resume; a top-up brings them,
         and what a later stage skipped for want of them.
         """
+        stages = []
         for stage in self._stages():
             if stage.entity in self._finished:  # read by an earlier run of the batch: not read again
                 self._report(stage.entity, final=True)
-        stages = [stage for stage in self._stages() if stage.entity not in self._finished]
+            else:
+                stages.append(stage)
         start = 0
         while start < len(stages):
             end = start

@@ -80,7 +80,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations as _SqliteUtilsMigrations
 
 from migrator.errors import ConfigError, MigratorError
-from migrator.workspace import make_private_file, make_private_folder
+from migrator.workspace import make_private_database
 
 __all__ = [
     "ACTIONS",
@@ -720,9 +720,8 @@ class Ledger:
 
     def __init__(self, workspace: str | Path = "workspace") -> None:
         self.workspace = Path(workspace)
-        make_private_folder(self.workspace)
         self.path = self.file_in(self.workspace)
-        make_private_file(self.path)
+        make_private_database(self.path)
         self.lock = threading.RLock()
         self._savepoints = 0  # savepoints open inside the current transaction
         with opening_database(self.path, "the ledger"):

@@ -58,6 +58,7 @@ __all__ = [
     "allowed_actions",
     "close_include",
     "default_include",
+    "entity_label",
     "parse_include",
     "records_of",
     "validation_sentence",
@@ -225,6 +226,27 @@ _SINGULAR: dict[str, str] = {
     "businesses": "business",
     "taxes": "tax",
 }
+
+
+#: Data types whose label is not just their name spelt out (what the console and sentences call them).
+_LABELS = {
+    "individual_appointments": "Appointments",
+    "group_appointments": "Group appointments",
+    "unavailable_blocks": "Unavailable blocks",
+    "treatment_notes": "Treatment notes",
+    "treatment_note_templates": "Treatment note templates",
+    "patient_attachments": "Patient files",
+    "medical_alerts": "Medical alerts",
+    "appointment_types": "Appointment types",
+    "billable_items": "Billable items",
+    "concession_types": "Concession types",
+    "invoice_items": "Invoice items",
+}
+
+
+def entity_label(entity: str) -> str:
+    """A data type as a person reads it: ``treatment_notes`` -> ``Treatment notes``."""
+    return _LABELS.get(entity, entity.replace("_", " ").capitalize())
 
 
 def records_of(entity: str, count: int | None = None) -> str:

@@ -9,28 +9,23 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_WORKSPACE", "make_private_file", "make_private_folder", "refuse_file"]
+__all__ = ["DEFAULT_WORKSPACE", "make_private_database", "refuse_file"]
 
 #: Where the ledger (and, by default, ``clinic.db``) lives: ``./workspace``.
 DEFAULT_WORKSPACE = "workspace"
 
 
-def make_private_folder(folder: Path) -> None:
-    """Make ``folder`` (and its parents) if missing; a folder made here is its owner's alone (``0700``).
+def make_private_database(path: Path) -> None:
+    """Make the database file ``path`` and its folder if missing, each its owner's alone (``0600``, ``0700``).
 
     The ledger and the clinic stores hold patients' records: on a shared machine (a hosted
-    instance) no other user may read them. A folder that already exists keeps its mode.
+    instance) no other user may read them. The file is created empty (a new SQLite
+    database); SQLite gives its journal files the database's own mode, so they stay private
+    too. A folder or file that already exists keeps its mode (a folder where the file goes
+    is then refused by SQLite), and a path the file system refuses is left for SQLite to
+    refuse in its own words.
     """
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def make_private_file(path: Path) -> None:
-    """Create the database file ``path`` empty, readable by its owner only (``0600``), if it does not exist.
-
-    SQLite gives its journal files the database's own mode, so they stay private too. An
-    existing file (or a folder, which opening it as a database then refuses) is left as it is,
-    and a path the file system refuses is left for SQLite to refuse in its own words.
-    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # parents made on the way: the usual mode
     with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 

@@ -90,6 +90,7 @@ from migrator.errors import (
 )
 from migrator.ledger import Ledger
 from migrator.mapping import normalise_name, reference_from_client
+from migrator.plan import entity_label
 from migrator.preview import minutes_at
 from migrator.stages import STAGES
 
@@ -297,13 +298,6 @@ class _Write:
     unconfirmed: bool = False
 
 
-def _words(entity: str) -> str:
-    """A data type as a sentence names it, in the console's words: ``concession_types`` -> ``concession types``."""
-    from migrator.console import entity_label  # the console's labels; loaded only for a refusal's sentence
-
-    return entity_label(entity).lower()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -454,7 +448,7 @@ class ClinikoDestination:
 
     def setup_reference(self, entity: str, rows: Iterable[Mapping[str, Any]]) -> list[str]:
         raise ConfigError(
-            f"Cliniko's API cannot create {_words(entity)}; set them up in the destination account and map to them."
+            f"Cliniko's API cannot create {entity_label(entity).lower()}; set them up in the destination account and map to them."
         )
 
     def count(self, entity: str, batch_id: str | None = None) -> int:
@@ -738,7 +732,7 @@ class ClinikoDestination:
         if entity not in _FIELDS:
             why = NOT_TRANSFERABLE.get(
                 entity,
-                f"Cliniko's API cannot create {_words(entity)}; set them up in the destination account.",
+                f"Cliniko's API cannot create {entity_label(entity).lower()}; set them up in the destination account.",
             )
             return [WriteRefused(why) for _ in rows]
         writes = [_Write(str(r["source_id"]), r, self._body(entity, r)) for r in rows]

@@ -77,7 +77,7 @@ from migrator.ledger import (
     insert_rows,
     opening_database,
 )
-from migrator.workspace import make_private_file, make_private_folder
+from migrator.workspace import make_private_database
 
 __all__ = [
     "CLINIC_MIGRATIONS",
@@ -219,8 +219,7 @@ class LocalStore:
         self.ledger = ledger
         if self.path == ledger.path.resolve():
             raise ConfigError("The clinic store needs a database file of its own, not the ledger's.")
-        make_private_folder(self.path.parent)
-        make_private_file(self.path)
+        make_private_database(self.path)
         _migrate(self.path)
         with ledger.lock:
             attached = {row[1]: row[2] for row in ledger.conn.execute("PRAGMA database_list")}
