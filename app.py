@@ -102,7 +102,9 @@ def hosted_frame() -> None:
         st.caption(running)
     tenant = console_ui.work_tenant()
     if tenant is not None and who.operator:
-        st.caption(f"Working on account {tenant}.")
+        identity = st.session_state.get("source_identity")
+        name = identity.account if identity is not None and identity.account else None
+        st.caption(f"Working on **{name}** (account {tenant})." if name else f"Working on account {tenant}.")
     key = console_ui.source_key()
     if key is not None:
         st.caption(masked(parse_key(key)) + ", held until the run ends or you sign out.")

@@ -334,6 +334,18 @@ def check_cliniko_destination(
         )
 
 
+def cliniko_account(batch: Any) -> str:
+    """A batch's Cliniko destination as a sentence names it: ``"Cliniko account Bondi Physio (90233)"``.
+
+    The name is the one the account had when the batch's plan was made
+    (:attr:`~migrator.plan.Plan.destination_account`); a plan without one gives
+    ``"Cliniko account 90233"``.
+    """
+    account = batch.destination.removeprefix("cliniko:")
+    name = batch.plan.get("destination_account")
+    return f"Cliniko account {name} ({account})" if name else f"Cliniko account {account}"
+
+
 def batch_destination_problem(batch_destination: str, connected_target: str | None) -> str | None:
     """Why this session cannot open a batch's destination (one sentence), or ``None`` when it can."""
     if not batch_destination.startswith("cliniko:"):

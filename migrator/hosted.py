@@ -971,13 +971,17 @@ def count_as(
     key: SecretStr,
     *,
     client_config: ClientConfig | None = None,
+    session_key: bool = False,
 ) -> pl.DataFrame:
     """A batch's counts (:func:`migrator.reconcile.counts`) with the Cliniko account it wrote into counted now.
 
     A session's keys go when its run ends, so the Review page asks for one for this
-    count. ``key`` may be any user's of that account (counting only reads), is checked
+    count, unless the session works on that very account and holds its verified key
+    (``session_key``: the clinic the batch wrote into, signed in with its own key).
+    ``key`` may be any user's of that account (counting only reads), is checked
     with Cliniko now, used for this count (one request per 100 records of each list
-    the batch wrote) and not kept. Audited as ``review_read`` (or ``review_read_refused``).
+    the batch wrote) and not kept. Audited as ``review_read`` (or ``review_read_refused``),
+    with whose key it was (``given`` or ``session``).
 
     Raises:
         BatchNotFound: unknown, or another tenant's.
@@ -993,7 +997,9 @@ def count_as(
     if account == batch.destination:
         raise ConfigError(f"Batch {batch.id} went into the clinic store: its counts need no key.")
     config = client_config or settings.client_config()
-    with audited_read(settings, principal, batch, "destination counts"):
+    with audited_read(
+        settings, principal, batch, "destination counts", key="session" if session_key else "given"
+    ):
         if _verify(key, config).tenant != account:
             raise NotAllowed(
                 f"This key belongs to another Cliniko account; counting what batch {batch.id} brought needs a "
@@ -1009,27 +1015,60 @@ def count_as(
 # --- the audit trail -----------------------------------------------------------------------
 
 
+def account_names(ledger: Ledger, *, tenant: str | None = None) -> dict[str, str]:
+    """The clinics' names by account id, as Cliniko gave them when a key of the account was last verified.
+
+    Tenants are account ids, which are what binds a batch to its clinic; people know a clinic
+    by its name. Names come from the audit trail's ``sign_in`` and ``connect`` lines (a
+    destination's from its ``account_id``), the newest winning, so a renamed clinic shows its
+    new name; with ``tenant``, only from the lines that tenant may read.
+    """
+    names: dict[str, str] = {}
+    for entry in ledger.audit_log(tenant=tenant):  # oldest first: the newest name wins
+        detail = entry["detail"] if isinstance(entry["detail"], dict) else {}
+        name = detail.get("account")
+        if entry["action"] not in ("sign_in", "connect") or not isinstance(name, str) or not name:
+            continue
+        account = detail.get("account_id") if detail.get("as") == "destination" else entry["tenant"]
+        if account:
+            names[str(account)] = name
+    return names
+
+
+def account_label(account: str, names: Mapping[str, str]) -> str:
+    """An account as a sentence names it: ``"Bondi Physio (account 40117)"``, or ``"account 40117"`` unnamed.
+
+    >>> account_label("40117", {"40117": "Bondi Physio"}), account_label("90233", {})
+    ('Bondi Physio (account 40117)', 'account 90233')
+    """
+    name = names.get(account)
+    return f"{name} (account {account})" if name else f"account {account}"
+
+
 def audit_frame(ledger: Ledger, principal: Principal) -> pl.DataFrame:
     """The audit trail ``principal`` may read, newest first: every line for an operator, a clinic's own for a clinic.
 
-    Columns: at, action, role, tenant, actor, batch_id, detail (JSON text).
+    Columns: at, action, role, tenant (the account id), account (its name, :func:`account_names`),
+    actor, batch_id, detail (JSON text).
     """
     import json
 
+    names = account_names(ledger, tenant=principal.scope)
     rows = [
         {
             "at": entry["at"],
             "action": entry["action"],
             "role": entry["role"],
             "tenant": entry["tenant"],
+            "account": names.get(entry["tenant"]) if entry["tenant"] else None,
             "actor": entry["actor"],
             "batch_id": entry["batch_id"],
             "detail": json.dumps(entry["detail"], sort_keys=True),
         }
         for entry in reversed(ledger.audit_log(tenant=principal.scope))
     ]
-    schema = dict.fromkeys(("at", "action", "role", "tenant", "actor", "batch_id", "detail"), pl.String)
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    columns = ("at", "action", "role", "tenant", "account", "actor", "batch_id", "detail")
+    return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row")
 
 
 # --- python -m migrator.hosted hash-password NAME ---------------------------------------------

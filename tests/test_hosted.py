@@ -327,6 +327,10 @@ def test_another_clinic_can_neither_see_nor_stop_resume_or_delete_a_batch(
     with Ledger(tmp_path) as ledger:
         frame = audit_frame(ledger, operator)
         assert set(frame["tenant"].drop_nulls()) == {tenant_of(3), tenant_of(4)}
+        # Each line names its clinic, as Cliniko named the account when its key was verified.
+        named = set(frame.select("tenant", "account").unique().iter_rows())
+        assert named == {(tenant_of(3), alice.account), (tenant_of(4), bea.account)}
+        assert alice.account and alice.account != bea.account
         assert set(audit_frame(ledger, bea)["tenant"].drop_nulls()) == {tenant_of(4)}
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 from console_ui import principal, settings
 from migrator.console import export
 from migrator.errors import MigratorError
-from migrator.hosted import audit_frame
+from migrator.hosted import account_label, audit_frame
 
 who = principal()
 st.title("Audit trail")
@@ -17,7 +17,8 @@ if who is None or not who.operator:
     st.stop()
 st.markdown(
     "Every sign-in, connection, run, stop, resume, deletion, go-live and read of Cliniko on the Review page, "
-    "on this instance, newest first, with the clinic account it concerns (tenant), who acted and in which role. "
+    "on this instance, newest first, with the clinic account it concerns (tenant: its id; account: its name), who "
+    "acted and in which role. "
     "No key is ever recorded."
 )
 try:
@@ -28,8 +29,13 @@ except MigratorError as exc:
     st.stop()
 
 left, right = st.columns(2)
-tenants = sorted(t for t in frame["tenant"].unique().to_list() if t)
-chosen = left.multiselect("Clinic accounts", tenants, key="audit_tenants")
+names = {
+    r["tenant"]: r["account"] for r in frame.select("tenant", "account").drop_nulls().iter_rows(named=True)
+}
+tenants = sorted((t for t in frame["tenant"].unique().to_list() if t), key=lambda t: (names.get(t, "~"), t))
+chosen = left.multiselect(
+    "Clinic accounts", tenants, key="audit_tenants", format_func=lambda t: account_label(t, names)
+)
 actions = sorted(frame["action"].unique().to_list())
 picked = right.multiselect("Actions", actions, key="audit_actions")
 view = frame

@@ -20,7 +20,7 @@ from console_ui import (
     tenant_scope,
 )
 from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
-from migrator.console import batch_destination_problem, batches_frame, entity_label, on_disk
+from migrator.console import batch_destination_problem, batches_frame, cliniko_account, entity_label, on_disk
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
 from migrator.ledger import Batch, Ledger
@@ -315,8 +315,7 @@ if not removes_nothing:
     )
 if who is not None:
     st.text_input(
-        f"An administrator's API key of Cliniko account {batch.destination.removeprefix('cliniko:')}, "
-        "which the batch wrote into"
+        f"An administrator's API key of {cliniko_account(batch)}, which the batch wrote into"
         if to_cliniko
         else "An administrator's API key of this clinic's account",
         type="password",

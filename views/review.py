@@ -21,13 +21,21 @@ from console_ui import (
     session_memo,
     settings,
     source_client,
+    source_key,
     table,
     tenant_scope,
     use_typed_key,
     work_tenant,
 )
 from migrator.cliniko.client import ClinikoClient
-from migrator.console import batch_destination_problem, entity_label, export, on_disk, unfinished_sentence
+from migrator.console import (
+    batch_destination_problem,
+    cliniko_account,
+    entity_label,
+    export,
+    on_disk,
+    unfinished_sentence,
+)
 from migrator.destinations.local import LocalStore
 from migrator.errors import MigratorError
 from migrator.hosted import Principal, audited_read, count_as, source_as
@@ -126,13 +134,18 @@ def session_source(batch: Batch, read: str) -> Iterator[ClinikoClient]:
         yield stack.enter_context(source_client())
 
 
+def count_in_destination(batch_id: str, who: Principal, key: SecretStr, *, session_key: bool = False) -> None:
+    """Count a batch's Cliniko destination now, keeping what was counted at the source before."""
+    cache[(batch_id, "counts")] = merged_counts(
+        count_as(config, who, batch_id, key, session_key=session_key), cache.get((batch_id, "counts"))
+    )
+
+
 def count_with_key(batch_id: str) -> None:
     """Count a batch's Cliniko destination with a key typed for it (hosted; a callback: the box is emptied)."""
 
     def count(who: Principal, key: SecretStr) -> None:
-        cache[(batch_id, "counts")] = merged_counts(
-            count_as(config, who, batch_id, key), cache.get((batch_id, "counts"))
-        )
+        count_in_destination(batch_id, who, key)
 
     use_typed_key(
         "review_dest_key",
@@ -140,6 +153,18 @@ def count_with_key(batch_id: str) -> None:
         missing="Enter an API key of the destination account to count there.",
         step=count,
     )
+
+
+def count_with_session_key(batch_id: str) -> None:
+    """Count a batch's Cliniko destination with the key this session verified of that account (hosted; a callback)."""
+    key, who = source_key(), principal()
+    if key is None or who is None:
+        state.review_count_error = "Connect the account's key again on the Connect page to count there."
+        return
+    try:
+        count_in_destination(batch_id, who, key, session_key=True)
+    except MigratorError as exc:
+        state.review_count_error = str(exc)
 
 
 def count_at_source(batch: Batch, client: ClinikoClient) -> None:
@@ -295,10 +320,26 @@ try:
             count_at_source(batch, client)
     if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
         count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
-        if hosted():  # keys go when a run ends: one is asked for this count only
+        if hosted() and connected() and batch.destination == f"cliniko:{work_tenant()}":
+            # The clinic the batch wrote into, its own key verified: nothing to ask for.
             if count_frame is None:
                 st.caption(
-                    f"This batch wrote into Cliniko account {batch.destination.removeprefix('cliniko:')}, and "
+                    "This batch wrote into this clinic's Cliniko account: until it is counted there, the counts "
+                    "below are the ledger's only."
+                )
+            st.button(
+                "Count in the destination",
+                key="review_dest_count",
+                on_click=count_with_session_key,
+                args=(batch_id,),
+                help="Reads the account's lists with the key this session verified: one request per 100 records.",
+            )
+            if error := state.pop("review_count_error", None):
+                st.error(error)
+        elif hosted():  # keys go when a run ends: one is asked for this count only
+            if count_frame is None:
+                st.caption(
+                    f"This batch wrote into {cliniko_account(batch)}, and "
                     "this session holds no key of it now: until you give one, the counts below are the "
                     "ledger's only."
                 )

@@ -324,12 +324,17 @@ def test_another_clinic_sees_nothing_of_it_even_by_batch_id(
     assert set(frame.loc[frame["action"] == "run", "tenant"]) == {tenant_of(3)}
     assert set(frame["role"].dropna()) == {"clinic", "operator"}
     assert (frame.loc[frame["actor"] == "operator:bob", "action"] == "sign_in").any()
+    # The clinics go by their names, with their account ids beside them.
+    (name,) = set(frame.loc[frame["tenant"] == tenant_of(3), "account"])
+    assert name and f"{name} (account {tenant_of(3)})" in operator.multiselect(key="audit_tenants").options
     assert "audit_export" in [b.key for b in operator.get("download_button")]
     # Working for the other clinic, the operator's Run page follows that clinic's batches only.
     goto(operator, "connect_hosted")
     operator.text_input(key="source_key_input").input(clinics.key(4))
     operator.button(key="verify_source").click().run()
     assert not operator.error, [e.value for e in operator.error]
+    other = operator.session_state["source_identity"].account
+    assert f"Working on **{other}** (account {tenant_of(4)})." in [c.value for c in operator.sidebar.caption]
     goto(operator, "run")
     assert "No run yet." in texts(operator) and batch_id not in texts(operator)
     assert "tenants" not in texts(operator)  # the server's folders are not shown on a hosted instance
@@ -400,7 +405,7 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     at.run()  # the rerun app.py asks for once a box is emptied
     assert not at.error, [e.value for e in at.error]
     assert any("Pre-flight passed" in s.value for s in at.success)
-    target = at.session_state["dest_target"]
+    target, dest_name = at.session_state["dest_target"], at.session_state["dest_check"].account_name
     dest_lease = at.session_state["dest_lease"]
     assert isinstance(dest_lease, KeyLease) and target == f"cliniko:{dest_lease.tenant}"
     assert dest_key not in repr(at.session_state._state._state)
@@ -461,6 +466,8 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     # Review: the session holds no key of the destination now; one is asked for the count only.
     goto(at, "review")
     assert "Not counted in the destination yet" in texts(at)
+    named = f"This batch wrote into Cliniko account {dest_name} ({target.removeprefix('cliniko:')}), and"
+    assert dest_name and named in texts(at)
     assert "Every record the batch brought is in the destination." not in texts(at)
     at.text_input(key="review_dest_key").input(key)  # the clinic's own key: another account
     at.button(key="review_dest_count").click().run()
@@ -488,6 +495,18 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     listed = at.dataframe[-1].value
     assert listed["Source id"].tolist() == expected["source_patient_id"].to_list()
     assert [Decimal(str(v)) for v in listed["Outstanding"]] == expected["outstanding"].to_list()
+
+    # The clinic the batch wrote into, signed in with its own key, counts there with it: no box asks for one.
+    into = sign_in(session(), dest_key)
+    into.run()
+    goto(into, "review")
+    assert into.selectbox(key="review_batch").value == batch_id
+    assert not [t for t in into.text_input if t.key == "review_dest_key"]
+    assert "This batch wrote into this clinic's Cliniko account" in texts(into)
+    into.button(key="review_dest_count").click().run()
+    assert not into.error, [e.value for e in into.error]
+    assert "Every record the batch brought is in the destination." in texts(into)
+    assert into.dataframe[0].value.set_index("Data type").loc["Patients", "In the destination"] == created
 
     # A create whose answer was lost, as a run killed mid-request leaves it: Cliniko made the patient,
     # the ledger has no id for it.
@@ -532,12 +551,17 @@ def test_a_clinic_writes_into_another_cliniko_account_and_no_key_outlives_its_st
     for action in ("preflight", "run", "complete", "go_live_refused", "go_live", "delete", "deleted"):
         assert action in actions, action
     # Each read the Review page made with a key given for it, and each key it refused, has its line.
-    reads = sorted((e["action"], e["detail"]["read"]) for e in trail if e["action"].startswith("review_read"))
+    reads = sorted(
+        (e["action"], e["detail"]["read"], e["detail"]["key"])
+        for e in trail
+        if e["action"].startswith("review_read")
+    )
     assert reads == [
-        ("review_read", "destination counts"),
-        ("review_read", "opening balances"),
-        ("review_read", "source counts"),
-        ("review_read_refused", "destination counts"),
-        ("review_read_refused", "opening balances"),
-        ("review_read_refused", "source counts"),
+        ("review_read", "destination counts", "given"),
+        ("review_read", "destination counts", "session"),
+        ("review_read", "opening balances", "given"),
+        ("review_read", "source counts", "given"),
+        ("review_read_refused", "destination counts", "given"),
+        ("review_read_refused", "opening balances", "given"),
+        ("review_read_refused", "source counts", "given"),
     ]
