@@ -315,12 +315,15 @@ def remembered(widget: Callable[..., Any], *, key: str, default: Any, **kwargs: 
 
 
 def table(frame: pl.DataFrame, **kwargs: Any) -> None:
-    """``st.dataframe`` without an index, its whole-number columns grouped in thousands.
+    """``st.dataframe`` without an index, its whole-number columns grouped in thousands, empty cells blank.
 
     A large clinic's counts read as 284,289 (in the browser's own style), as the metrics beside
     them do, rather than 284289; ids are strings, so they are left as they are. ``column_config``
-    entries given are kept over these.
+    entries given are kept over these. A cell with no value shows nothing rather than
+    Streamlit's "None" (``placeholder`` given otherwise is kept): each table's sentence says
+    why a value is missing.
     """
+    kwargs.setdefault("placeholder", "")
     config: dict[str, Any] = {
         name: st.column_config.NumberColumn(name, format="localized")
         for name, dtype in frame.schema.items()

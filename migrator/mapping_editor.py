@@ -77,15 +77,20 @@ def row_status(action: str | None, target_id: str | None) -> str:
 def console_words(text: str) -> str:
     """A mapping note or problem with each quoted action code as the console's label for it.
 
-    The library's sentences name actions by the codes a mapping file holds (``'former'``);
-    the console's grid offers their labels, so its notes say those.
+    The library's sentences name actions by the codes a mapping file holds (``'former'``),
+    and a destination record by a file's column (``target_id``); the console's grid offers
+    labels and a "Destination record" column, so its notes say those.
 
     >>> console_words("choose 'former' or 'exclude'")
     "choose 'give to a generic Former practitioner' or 'exclude (skip its appointments)'"
+    >>> console_words("choose it as the destination record (target_id in a mapping file).")
+    "choose it in the 'Destination record' column."
     """
     for code, label in ACTION_LABELS.items():
         text = text.replace(f"'{code}'", f"'{label}'")
-    return text
+    return text.replace(
+        "as the destination record (target_id in a mapping file)", "in the 'Destination record' column"
+    )
 
 
 def editor_table(frame: pl.DataFrame, made: Collection[str] = ()) -> pl.DataFrame:

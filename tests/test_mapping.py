@@ -195,6 +195,10 @@ def test_the_former_practitioner_note_is_one_list_and_says_what_cliniko_needs() 
         "give their appointments to a generic Former practitioner, 'give to another practitioner' to give them "
         "to an active practitioner, or 'exclude (skip its appointments)' to skip them. "
     )
+    assert console_words(cliniko).endswith(
+        "add an inactive practitioner named Former practitioner to the destination account, then choose it in "
+        "the 'Destination record' column."
+    )
 
 
 def test_auto_match_creates_only_what_the_destination_can() -> None:

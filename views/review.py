@@ -76,10 +76,6 @@ COLUMN_NAMES = {
     "reason": "Reason",
 }
 
-#: What a cell with no value shows, rather than Streamlit's "None": left empty, as the sentences
-#: by each table say why (not counted in the destination yet, a patient no batch brought).
-EMPTY = ""
-
 state = st.session_state
 config = settings()
 cache: dict[tuple[str, str], pl.DataFrame] = state.setdefault("review_cache", {})
@@ -415,7 +411,7 @@ elif differing.height:
             "The records the ledger says the batch brought that the destination no longer holds (removed by "
             "hand, say): a re-run of the same plan brings them again."
         )
-        table(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
+        table(labelled(missing_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
         downloads(missing_frame, f"{batch_id}-missing")
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
@@ -450,7 +446,7 @@ hidden = [
 if shared.is_empty():  # one destination record each: the column would repeat In the destination
     hidden.append("in_destination_records")
 shown = labelled(count_frame).drop(hidden).rename(lambda c: COLUMN_NAMES.get(c, c))
-table(shown, height="content", placeholder=EMPTY)
+table(shown, height="content")
 for row in shared.iter_rows(named=True):
     how = (
         "former practitioners given to one generic Former practitioner or to a colleague"
@@ -495,7 +491,7 @@ else:
     if chosen_reasons:
         view = view.filter(pl.col("reason_code").fill_null("").is_in(chosen_reasons))
     st.caption(f"{view.height:,} of {skipped_frame.height:,} skipped records shown.")
-    table(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
+    table(labelled(view).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(view, f"{batch_id}-skipped")
 
 # --- flagged -------------------------------------------------------------------------------
@@ -506,7 +502,7 @@ if not flagged_frame.is_empty():
         "email), changes at the source the destination could not take, and records deleted at the source but "
         "kept because the clinic has added to them. They do not count against reconciliation."
     )
-    table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)), placeholder=EMPTY)
+    table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(flagged_frame, f"{batch_id}-flagged")
 
 # --- balances ------------------------------------------------------------------------------
@@ -562,7 +558,6 @@ if to_cliniko:
                 }
             ),
             column_config=money_columns("Outstanding"),
-            placeholder=EMPTY,
         )
         st.download_button(
             "Download the opening balances (CSV)",
@@ -660,7 +655,6 @@ else:
                 }
             ),
             column_config=money_columns("Owed at the source", "Owed here", "Difference"),
-            placeholder=EMPTY,
         )
         downloads(balance_frame, f"{batch_id}-balances")
         moved = cache.get((batch_id, "moved_invoices"))
@@ -682,7 +676,6 @@ else:
                         "destination_patient_id": "Patient here",
                     }
                 ),
-                placeholder=EMPTY,
             )
             downloads(moved, f"{batch_id}-moved-invoices")
 
