@@ -754,8 +754,16 @@ class Reconciliation:
         }
 
     def write(self, folder: str | Path) -> list[Path]:
-        """Write each frame as CSV and Parquet into ``folder`` (created if missing); return the files."""
+        """Write each frame as CSV and Parquet into ``folder`` (created if missing); return the files.
+
+        Files of an earlier check in that folder are replaced.
+
+        Raises:
+            ConfigError: ``folder`` is a file.
+        """
         out = Path(folder)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} is a file: the check's CSV and Parquet files need a folder to go into.")
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for name in (

@@ -22,7 +22,7 @@ import pytest
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.destinations.local import LocalStore
-from migrator.errors import MigratorError
+from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import Plan, Scope
@@ -178,6 +178,13 @@ def test_a_clean_run_reconciles(
     assert result.balances.schema["difference"] == pl.Decimal(38, 2)
     owed = sum(Decimal(v) for (v,) in copy.sql("SELECT outstanding FROM clinic.invoices") if v is not None)
     assert result.balances["source_outstanding"].sum() == owed != 0
+    # Written for an analyst: each frame as CSV and Parquet; a file where the folder should be is one sentence.
+    files = result.write(copy.ledger.path.parent / "check")
+    assert len(files) == 14 and pl.read_parquet(files[1]).equals(result.counts)
+    with pytest.raises(
+        ConfigError, match=r"is a file: the check's CSV and Parquet files need a folder to go into"
+    ):
+        result.write(files[0])
 
 
 def test_former_practitioners_sharing_one_record_are_counted_as_the_records_they_are(

@@ -180,3 +180,10 @@ def test_a_notebook_previews_a_filtered_run_with_the_runs_own_words(tiny_sandbox
             migrator.scoped_preview(client, scope="business:999")
         with pytest.raises(ConfigError, match=r"^Unknown data type 'patientz'"):
             migrator.scoped_preview(client, include="patientz")
+    # A notebook cell run again after its `with` block ended: a sentence, not httpx's RuntimeError.
+    with pytest.raises(ConfigError) as closed:
+        migrator.scoped_preview(client)
+    assert str(closed.value).startswith("Cannot send GET /")
+    assert str(closed.value).endswith(
+        "this Cliniko client was closed (its `with` block ended); open a new one."
+    )

@@ -172,6 +172,14 @@ class ClinikoClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _require_open(self, method: str, path: str) -> None:
+        """Refuse a request once :meth:`close` has run, in a sentence rather than httpx's ``RuntimeError``."""
+        if self._http.is_closed:
+            raise ConfigError(
+                f"Cannot send {method} {_path(path)}: this Cliniko client was closed (its `with` block ended); "
+                "open a new one."
+            )
+
     @property
     def stats(self) -> TransportStats:
         """Requests sent, retries and rate-limit waits so far."""
@@ -185,6 +193,7 @@ class ClinikoClient:
 
     def download(self, path: str) -> tuple[bytes, str | None]:
         """GET a file (an attachment's ``content``): its bytes and content type. A read, paced and retried."""
+        self._require_open("GET", path)
         response = self._http.get(path, follow_redirects=True)
         if response.status_code >= 400:
             raise _error_for(response, self.key)
@@ -210,6 +219,7 @@ class ClinikoClient:
         params: list[tuple[str, str]] | None = None,
         body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        self._require_open(method, path)
         if method != "GET" and not self.writable:
             raise ReadOnlyError(
                 f"Refused to send {method} {path}: this client is read-only (the migration source is never written)."
@@ -355,7 +365,7 @@ class ClinikoClient:
                 yield parse_record(resource_name, raw)
 
     def _pool(self) -> ThreadPoolExecutor | None:
-        if self.config.concurrency <= 1:
+        if self.config.concurrency <= 1 or self._http.is_closed:  # closed: the first request says so
             return None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
