@@ -13,7 +13,8 @@ True
 
 Everything but the API's errors loads on first use (the steps ``connect``, ``scoped_preview``,
 ``mapping``, ``run``, ``reconcile``, ``batches``, ``delete_batch`` from :mod:`migrator.steps`;
-the client, the preview; the ledger's and deletion's ``BatchNotFound``, ``BatchNotDeletable``
+``save_mapping``, which writes a mapping table as the file ``run(mapping=path)`` reads; the client,
+the preview; the ledger's and deletion's ``BatchNotFound``, ``BatchNotDeletable``
 and ``DeletionPlan``), so ``import migrator`` and ``python -m migrator --help`` stay light.
 """
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from migrator.cliniko.keys import ApiKey, parse_key
     from migrator.engine import RunResult
     from migrator.ledger import BatchNotFound
+    from migrator.mapping import save_mapping
     from migrator.preview import Preview, preview
     from migrator.reconcile import Reconciliation
     from migrator.scoped_preview import ScopedPreview
@@ -82,6 +84,7 @@ __all__ = [
     "preview",
     "reconcile",
     "run",
+    "save_mapping",
     "scoped_preview",
 ]
 
@@ -106,6 +109,7 @@ _LAZY = {
     "mapping": "migrator.steps",
     "reconcile": "migrator.steps",
     "run": "migrator.steps",
+    "save_mapping": "migrator.mapping",
     "scoped_preview": "migrator.steps",
     "ScopedPreview": "migrator.scoped_preview",
 }
@@ -118,6 +122,11 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """What ``dir(migrator)`` and a notebook's tab completion offer: the lazily loaded names too."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 class _Package(types.ModuleType):

@@ -462,11 +462,19 @@ def to_frames(rows: Iterable[MappingRow]) -> dict[str, pl.DataFrame]:
     }
 
 
-def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow]) -> None:
-    """Write rows as ``{"version": 1, "mappings": [...]}`` (UTF-8 JSON; replaced atomically).
+def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow] | pl.DataFrame) -> None:
+    """Write rows, or a mapping table, as ``{"version": 1, "mappings": [...]}`` (UTF-8 JSON; replaced atomically).
 
-    The file's folder is made if missing, as ``reconcile --out`` makes its own.
+    What ``python -m migrator mapping --out`` writes and ``run(mapping=path)`` reads; a
+    notebook writes the table :func:`migrator.mapping` gave (edited or not) with
+    ``migrator.save_mapping(path, table)``. The file's folder is made if missing, as
+    ``reconcile --out`` makes its own.
+
+    Raises:
+        ConfigError: a row of the table is not valid (see :func:`to_rows`).
     """
+    if isinstance(rows, pl.DataFrame):
+        rows = to_rows([rows])
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(
@@ -506,7 +514,10 @@ def load_mapping(path: str | os.PathLike[str]) -> list[MappingRow]:
             f"The mapping file {where} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("mappings"), list):
-        raise ConfigError(f"The mapping file {where} must hold an object with a 'mappings' list.")
+        raise ConfigError(
+            f"The mapping file {where} must hold an object with a 'mappings' list, as migrator.save_mapping() "
+            "and 'mapping --out' write it."
+        )
     if data.get("version") != MAPPING_FILE_VERSION:
         raise ConfigError(
             f"The mapping file {where} has version {data.get('version')!r}; this tool reads version "

@@ -654,6 +654,14 @@ def _moved_sentence(moved: pl.DataFrame, most: int = 3) -> str:
     return f"invoices: {many} with another patient in the destination than in Cliniko: {named}{more}."
 
 
+#: How :attr:`Reconciliation.problems` says a batch did not finish, by its status.
+_UNFINISHED = {
+    "stopped": "was stopped before it finished",
+    "failed": "failed before it finished",
+    "running": "has not finished (it is running, or its process was killed)",
+}
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     """The three checks of one batch, as frames, and what differs in sentences."""
@@ -667,6 +675,9 @@ class Reconciliation:
     #: The newest later batch of the same plan (a top-up, a re-run), if any: it accounts for
     #: what changed at the source since, so the source's counts are that batch's to match.
     newer: str | None = None
+    #: The batch's status when it was checked: one that did not finish (``stopped``, ``failed``,
+    #: a ``running`` one killed) has not read everything its plan covers yet.
+    status: str = "completed"
     #: The records behind a negative ``difference`` in ``counts`` (:func:`missing`).
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MISSING_SCHEMA))
     #: Invoices the destination holds under another patient than the source (:func:`invoice_check`).
@@ -695,6 +706,9 @@ class Reconciliation:
                 since = (
                     f"batch {self.newer}, newer, accounts for what changed since: reconcile that one"
                     if self.newer
+                    else f"the batch {_UNFINISHED.get(self.status, 'has not finished')}: running its plan again "
+                    "resumes it"
+                    if self.status != "completed"
                     else "a top-up brings what changed since"
                 )
                 out.append(
@@ -797,11 +811,16 @@ def reconcile(
     the check's requests.
 
     Raises:
-        BatchNotFound: no such batch. ConfigError: the batch was deleted (nothing of it is left
-        to check). APIError: the source failed beyond retries.
+        BatchNotFound: no such batch. ConfigError: the batch was deleted, or its deletion was
+        interrupted (nothing of it is left to check). APIError: the source failed beyond retries.
     """
     batch = ledger.batch(batch_id)
-    if batch.status in ("deleting", "deleted"):
+    if batch.status == "deleting":
+        raise ConfigError(
+            f"Batch {batch_id} is part-way through its deletion: finish deleting it (delete it again); nothing of "
+            "it will be left to reconcile."
+        )
+    if batch.status == "deleted":
         raise ConfigError(f"Batch {batch_id} has been deleted; there is nothing of it left to reconcile.")
     count_frame, missing_frame = _counts(ledger, batch_id, store=store, source=source)
     invoices = invoice_check(ledger, batch_id, source=source, store=store, progress=progress)
@@ -816,4 +835,5 @@ def reconcile(
         skipped_summary=by_reason(skipped_frame),
         flagged=flagged(ledger, batch_id),
         newer=_newest_after(ledger, ledger.batch(batch_id)),
+        status=batch.status,
     )

@@ -93,9 +93,16 @@ def connect(
             under 10 requests a minute (0 is unpaced).
         AuthError, APIError: Cliniko refused the key or could not be reached.
     """
+    if key is not None and not isinstance(key, str | SecretStr):
+        raise ConfigError(f"connect takes the API key as a string; got a {type(key).__name__}.")
     secret = key if key is not None else os.environ.get(SOURCE_KEY_ENV)
-    if not secret:
-        raise ConfigError(f"No source API key: pass one, or set {SOURCE_KEY_ENV} in the environment.")
+    if secret is None or not (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).strip():
+        raise ConfigError(
+            "The API key given is empty: pass the key, or leave key out to use "
+            f"{SOURCE_KEY_ENV} from the environment."
+            if key is not None
+            else f"No source API key: pass one, or set {SOURCE_KEY_ENV} in the environment."
+        )
     if requests_per_minute is None:
         requests_per_minute = pace_from_env()
     else:
@@ -114,6 +121,28 @@ def _identity(client: ClinikoClient) -> Identity:
     if client not in _IDENTITIES:
         _IDENTITIES[client] = verify_source(client)
     return _IDENTITIES[client]
+
+
+def _scope(scope: object) -> Scope:
+    """``scope=`` as a :class:`Scope`: its string parsed; anything else refused in a sentence."""
+    if isinstance(scope, Scope):
+        return scope
+    if isinstance(scope, str):
+        return Scope.parse(scope)
+    raise ConfigError(
+        "scope= takes 'all', 'business:ID[,ID...]' or 'practitioner:ID[,ID...]' (or a Scope); "
+        f"got a {type(scope).__name__}."
+    )
+
+
+def _batch_id(batch_id: object) -> str:
+    """A batch id as given to a step: a string, as :func:`batches` lists them."""
+    if not isinstance(batch_id, str):
+        raise ConfigError(
+            f"A batch id is a string such as 'b20261124-093000-1a2b', as migrator.batches() lists them; got a "
+            f"{type(batch_id).__name__}."
+        )
+    return batch_id
 
 
 def _include(include: str | Sequence[str] | None) -> list[str] | None:
@@ -144,7 +173,7 @@ def scoped_preview(
     """
     return preview_plan(
         source,
-        Scope.parse(scope) if isinstance(scope, str) else scope,
+        _scope(scope),
         _include(include),
         local=True,
         include_archived_patients=include_archived_patients,
@@ -272,9 +301,10 @@ def run(
         to: ``sqlite:PATH`` (default ``<workspace>/clinic.db``); workspace: where the ledger lives.
         scope: ``"all"``, ``"business:ID[,ID...]"`` or ``"practitioner:ID[,ID...]"``.
         include: data types (``"patients,invoices"``, ``"core"``...); default everything.
-        mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file, with
-            a row for every practitioner, business and appointment type of the source
-            (checked: a dropped row would skip records unasked); by default the mapping
+        mapping: the mapping table (:func:`mapping`, edited), rows, or a JSON file
+            (``migrator.save_mapping(path, table)`` writes one), with a row for every
+            practitioner, business and appointment type of the source (checked: a
+            dropped row would skip records unasked); by default the mapping
             of the workspace's last batch with the same scope and data types (so a
             re-run or top-up continues it), else auto-matched, which refuses to run
             while any row is unresolved.
@@ -289,7 +319,7 @@ def run(
     """
     identity = _identity(source)
     # The arguments are checked before the workspace is opened: a refusal leaves no new ledger behind.
-    parsed_scope = Scope.parse(scope) if isinstance(scope, str) else scope
+    parsed_scope = _scope(scope)
     included = _include(include)
     mappings = _mapping_rows(source, mapping)
     ledger, store = open_local_store(to, workspace)
@@ -347,7 +377,7 @@ def reconcile(
         to a local store, or ``source`` is another account's. APIError: the source failed
         beyond retries. FileExistsError: ``workspace`` is a file, not a folder.
     """
-    ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
+    ledger = existing_ledger(workspace, _batch_id(batch_id), option="the workspace argument")
     bar = InvoiceBar() if progress is True else None
     try:
         batch = ledger.batch(batch_id)
@@ -423,7 +453,7 @@ def delete_batch(
         deleted, still running, or (unless ``dry_run``) relied on by other records.
         FileExistsError: ``workspace`` is a file, not a folder.
     """
-    ledger = existing_ledger(workspace, batch_id, option="the workspace argument")
+    ledger = existing_ledger(workspace, _batch_id(batch_id), option="the workspace argument")
     bar = DeletionBar() if progress is True and not dry_run else None
     try:
         store = _local_store_of(ledger, batch_id, "deleted")

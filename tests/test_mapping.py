@@ -607,6 +607,36 @@ def test_a_mapping_or_a_pace_of_the_wrong_kind_gets_a_sentence(
     assert migrator.batches(where["workspace"]).is_empty()
 
 
+def test_a_notebooks_arguments_of_the_wrong_kind_get_a_sentence(
+    sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: an int key or batch id, or scope=None, raised AttributeError from deep inside."""
+    source, _ = sandbox_clients
+    workspace = tmp_path / "workspace"
+    monkeypatch.setenv("MIGRATOR_SOURCE_KEY", source.key.secret.get_secret_value())
+    refusals = {
+        lambda: migrator.connect(12345): "connect takes the API key as a string; got a int.",  # type: ignore[arg-type]
+        # An empty key is the key given, not the environment's: the variable is set.
+        lambda: migrator.connect("  "): "The API key given is empty: pass the key, or leave key out to use "
+        "MIGRATOR_SOURCE_KEY from the environment.",
+        lambda: migrator.scoped_preview(source, scope=None): "scope= takes 'all', 'business:ID[,ID...]' or "  # type: ignore[arg-type]
+        "'practitioner:ID[,ID...]' (or a Scope); got a NoneType.",
+        lambda: migrator.run(source, scope=None, workspace=workspace): "scope= takes 'all', "  # type: ignore[arg-type]
+        "'business:ID[,ID...]' or 'practitioner:ID[,ID...]' (or a Scope); got a NoneType.",
+        lambda: migrator.reconcile(123, source=source, workspace=workspace): "A batch id is a string such as "  # type: ignore[arg-type]
+        "'b20261124-093000-1a2b', as migrator.batches() lists them; got a int.",
+        lambda: migrator.delete_batch(123, workspace=workspace): "A batch id is a string such as "  # type: ignore[arg-type]
+        "'b20261124-093000-1a2b', as migrator.batches() lists them; got a int.",
+    }
+    for call, said in refusals.items():
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert str(refused.value) == said
+    assert not workspace.exists()
+    # A notebook's tab completion offers the steps, which load on first use.
+    assert {"connect", "run", "reconcile", "save_mapping", "delete_batch"} <= set(dir(migrator))
+
+
 def test_a_run_refused_for_its_arguments_makes_no_workspace(
     sandbox_clients: tuple[ClinikoClient, ClinikoClient], tmp_path: Path
 ) -> None:

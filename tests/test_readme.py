@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 import migrator
+from migrator.mapping import load_mapping, to_rows
 from tests.conftest import ROOT, RunningSandbox
 
 
@@ -38,6 +39,9 @@ def test_the_readmes_library_snippet_runs_as_written(
 
     result, check = names["result"], names["check"]
     assert isinstance(result, migrator.RunResult)
+    # The mapping written for the CLI reads back as the table's rows, the decision on former practitioners kept.
+    assert load_mapping(tmp_path / "mapping.json") == to_rows([names["table"]])  # type: ignore[list-item]
+    assert "unresolved" not in {row.action for row in load_mapping(tmp_path / "mapping.json")}
     patients = result.entities["patients"]
     assert patients["created"] == patients["in_scope"] > 300  # a fresh store: every patient is new
     assert result.entities["practitioners"]["skipped"] == 0  # the former ones went to one generic record

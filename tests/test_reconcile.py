@@ -187,6 +187,19 @@ def test_a_clean_run_reconciles(
         result.write(files[0])
 
 
+def test_a_batch_part_way_through_its_deletion_is_not_called_deleted(
+    copy: Copy, source: ClinikoClient
+) -> None:
+    """QA: a deletion interrupted from its progress callback left status deleting, said as 'has been deleted'."""
+    copy.ledger.set_status(copy.batch_id, "deleting")
+    with pytest.raises(ConfigError) as refused:
+        reconcile(copy.ledger, copy.batch_id, source=source, store=copy.store)
+    assert str(refused.value) == (
+        f"Batch {copy.batch_id} is part-way through its deletion: finish deleting it (delete it again); nothing "
+        "of it will be left to reconcile."
+    )
+
+
 def test_former_practitioners_sharing_one_record_are_counted_as_the_records_they_are(
     demo_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:

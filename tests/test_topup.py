@@ -6,6 +6,7 @@ Cliniko can be written (patients, appointments), through the sandbox's test endp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -263,6 +264,12 @@ def test_deletions_at_the_source_are_applied_and_what_the_clinic_added_is_kept(e
     assert first_check.problems and all(
         p.endswith(f"(batch {top.batch_id}, newer, accounts for what changed since: reconcile that one).")
         for p in first_check.problems
+    )
+    # Had the first batch failed, with no newer one, the advice would be to resume it, not to top it up.
+    unfinished = dataclasses.replace(first_check, newer=None, status="failed")
+    assert unfinished.problems and all(
+        p.endswith("(the batch failed before it finished: running its plan again resumes it).")
+        for p in unfinished.problems
     )
     # The top-up flags the one patient the destination keeps although Cliniko deleted them.
     check = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store)
