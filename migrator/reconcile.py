@@ -777,7 +777,10 @@ class Reconciliation:
         """
         out = Path(folder)
         if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out} is a file: the check's CSV and Parquet files need a folder to go into.")
+            raise ConfigError(
+                f"Cannot use {out}: a file is already there where a folder for the check's CSV and Parquet "
+                "files is needed."
+            )
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for name in (

@@ -355,7 +355,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("{oops", "is not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."),
-        ("[]", "must hold an object with a 'mappings' list."),
+        ("[]", "must hold an object with a 'mappings' list, as migrator.save_mapping() and 'mapping --out' write it."),
         ('{"version": 2, "mappings": []}', "has version 2; this tool reads version 1."),
         ('{"mappings": []}', "has version None; this tool reads version 1."),
         (

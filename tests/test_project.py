@@ -79,6 +79,7 @@ def test_public_surface_is_pinned() -> None:
         "preview",
         "reconcile",
         "run",
+        "save_mapping",
         "scoped_preview",
     }
     for name in migrator.__all__:

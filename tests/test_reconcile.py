@@ -181,10 +181,12 @@ def test_a_clean_run_reconciles(
     # Written for an analyst: each frame as CSV and Parquet; a file where the folder should be is one sentence.
     files = result.write(copy.ledger.path.parent / "check")
     assert len(files) == 14 and pl.read_parquet(files[1]).equals(result.counts)
-    with pytest.raises(
-        ConfigError, match=r"is a file: the check's CSV and Parquet files need a folder to go into"
-    ):
+    with pytest.raises(ConfigError) as refused:
         result.write(files[0])
+    assert str(refused.value) == (
+        f"Cannot use {files[0]}: a file is already there where a folder for the check's CSV and Parquet files "
+        "is needed."
+    )
 
 
 def test_a_batch_part_way_through_its_deletion_is_not_called_deleted(
