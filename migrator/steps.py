@@ -94,7 +94,7 @@ def connect(
         AuthError, APIError: Cliniko refused the key or could not be reached.
     """
     if key is not None and not isinstance(key, str | SecretStr):
-        raise ConfigError(f"connect takes the API key as a string; got a {type(key).__name__}.")
+        raise ConfigError(f"connect takes the API key as a string; got {type(key).__name__}.")
     secret = key if key is not None else os.environ.get(SOURCE_KEY_ENV)
     if secret is None or not (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).strip():
         raise ConfigError(
@@ -131,7 +131,7 @@ def _scope(scope: object) -> Scope:
         return Scope.parse(scope)
     raise ConfigError(
         "scope= takes 'all', 'business:ID[,ID...]' or 'practitioner:ID[,ID...]' (or a Scope); "
-        f"got a {type(scope).__name__}."
+        f"got {type(scope).__name__}."
     )
 
 
@@ -139,7 +139,7 @@ def _batch_id(batch_id: object) -> str:
     """A batch id as given to a step: a string, as :func:`batches` lists them."""
     if not isinstance(batch_id, str):
         raise ConfigError(
-            f"A batch id is a string such as 'b20261124-093000-1a2b', as migrator.batches() lists them; got a "
+            f"A batch id is a string such as 'b20261124-093000-1a2b', as migrator.batches() lists them; got "
             f"{type(batch_id).__name__}."
         )
     return batch_id

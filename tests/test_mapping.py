@@ -615,18 +615,18 @@ def test_a_notebooks_arguments_of_the_wrong_kind_get_a_sentence(
     workspace = tmp_path / "workspace"
     monkeypatch.setenv("MIGRATOR_SOURCE_KEY", source.key.secret.get_secret_value())
     refusals = {
-        lambda: migrator.connect(12345): "connect takes the API key as a string; got a int.",  # type: ignore[arg-type]
+        lambda: migrator.connect(12345): "connect takes the API key as a string; got int.",  # type: ignore[arg-type]
         # An empty key is the key given, not the environment's: the variable is set.
         lambda: migrator.connect("  "): "The API key given is empty: pass the key, or leave key out to use "
         "MIGRATOR_SOURCE_KEY from the environment.",
         lambda: migrator.scoped_preview(source, scope=None): "scope= takes 'all', 'business:ID[,ID...]' or "  # type: ignore[arg-type]
-        "'practitioner:ID[,ID...]' (or a Scope); got a NoneType.",
+        "'practitioner:ID[,ID...]' (or a Scope); got NoneType.",
         lambda: migrator.run(source, scope=None, workspace=workspace): "scope= takes 'all', "  # type: ignore[arg-type]
-        "'business:ID[,ID...]' or 'practitioner:ID[,ID...]' (or a Scope); got a NoneType.",
+        "'business:ID[,ID...]' or 'practitioner:ID[,ID...]' (or a Scope); got NoneType.",
         lambda: migrator.reconcile(123, source=source, workspace=workspace): "A batch id is a string such as "  # type: ignore[arg-type]
-        "'b20261124-093000-1a2b', as migrator.batches() lists them; got a int.",
+        "'b20261124-093000-1a2b', as migrator.batches() lists them; got int.",
         lambda: migrator.delete_batch(123, workspace=workspace): "A batch id is a string such as "  # type: ignore[arg-type]
-        "'b20261124-093000-1a2b', as migrator.batches() lists them; got a int.",
+        "'b20261124-093000-1a2b', as migrator.batches() lists them; got int.",
     }
     for call, said in refusals.items():
         with pytest.raises(ConfigError) as refused:
