@@ -316,42 +316,36 @@ try:
             count_at_source(batch, client)
     if unreachable:  # a Cliniko account this session holds no key of: the ledger's side only
         count_frame = cache.get((batch_id, "counts")) if batch.status != "running" else None
-        if hosted() and connected() and batch.destination == f"cliniko:{work_tenant()}":
-            # The clinic the batch wrote into, its own key verified: nothing to ask for.
+        if (
+            hosted()
+        ):  # keys go when a run ends: the session's own if it is that account's, else one for this count
+            own = connected() and batch.destination == f"cliniko:{work_tenant()}"
             if count_frame is None:
                 st.caption(
                     "This batch wrote into this clinic's Cliniko account: until it is counted there, the counts "
                     "below are the ledger's only."
+                    if own
+                    else f"This batch wrote into {cliniko_account(batch)}, and this session holds no key of it "
+                    "now: until you give one, the counts below are the ledger's only."
                 )
-            st.button(
-                "Count in the destination",
-                key="review_dest_count",
-                on_click=count_with_session_key,
-                args=(batch_id,),
-                help="Reads the account's lists with the key this session verified: one request per 100 records.",
-            )
-            if error := state.pop("review_count_error", None):
-                st.error(error)
-        elif hosted():  # keys go when a run ends: one is asked for this count only
-            if count_frame is None:
-                st.caption(
-                    f"This batch wrote into {cliniko_account(batch)}, and "
-                    "this session holds no key of it now: until you give one, the counts below are the "
-                    "ledger's only."
+            if own:  # the clinic the batch wrote into, its own key verified: nothing to ask for
+                count_button = st.container()
+            else:
+                key_box, count_button = st.columns([3, 2], vertical_alignment="bottom")
+                key_box.text_input(
+                    "An API key of the destination account",
+                    type="password",
+                    key="review_dest_key",
+                    help="Any user's key of that account: used for this count only, never kept.",
                 )
-            key_box, count_button = st.columns([3, 2], vertical_alignment="bottom")
-            key_box.text_input(
-                "An API key of the destination account",
-                type="password",
-                key="review_dest_key",
-                help="Any user's key of that account: used for this count only, never kept.",
-            )
             count_button.button(
                 "Count in the destination",
                 key="review_dest_count",
-                on_click=count_with_key,
+                on_click=count_with_session_key if own else count_with_key,
                 args=(batch_id,),
-                help="Reads the destination's lists: one request per 100 records.",
+                help="Reads the account's lists with the key this session verified: one request per 100 records."
+                if own
+                else "Reads the destination's lists: one request per 100 records.",
             )
             if error := state.pop("review_count_error", None):
                 st.error(error)
