@@ -357,9 +357,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{entity:<{width}}  {row['in_scope']:>8,} {row['created']:>8,} {row['linked']:>8,} "
             f"{row['already_present']:>8,} {row['skipped']:>8,}"
         )
+    if result.updated:
+        print(_updated_sentence(result.updated, result.batch_id))
     if skips:
         print(skips)
     return 0
+
+
+def _updated_sentence(updated: dict[str, int], batch_id: str) -> str:
+    """How many present records the batch rewrote in place, by entity, and where each is listed."""
+    from migrator.plan import records_of
+
+    listed = ", ".join(
+        f"{n:,} {entity}" for entity, n in sorted(updated.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    return (
+        f"Updated in place {records_of('records', sum(updated.values()))} an earlier batch brought ({listed}): changed in "
+        f"Cliniko since, or edited here. `python -m migrator reconcile {batch_id} --out DIR` lists each (updated.csv)."
+    )
 
 
 def _skipped_sentence(ledger: Ledger, batch_id: str) -> str | None:
@@ -520,8 +535,13 @@ def _print_reconciliation(result: Any, batch: Any) -> None:
     print(f"Skipped: {result.skipped.height:,} records" + (f": {reasons}." if reasons else "."))
     if result.flagged.height:
         print(
-            f"Flagged for review: {result.flagged.height:,} records that came across: "
+            f"Flagged for review: {result.flagged.height:,} records in the destination: "
             f"{_listed(by_reason(result.flagged))} (see flagged.csv with --out)."
+        )
+    if result.updated.height:
+        print(
+            f"Updated in place: {result.updated.height:,} records an earlier batch brought: "
+            f"{_listed(by_reason(result.updated))} (see updated.csv with --out)."
         )
 
 
@@ -807,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help='print {"batch_id", "reconciled": true|false, "counts": [...], "missing": [...], '
-        '"balance_diffs": [...], "moved_invoices": [...], "skipped": N, "flagged": N, "problems": [...]}',
+        '"balance_diffs": [...], "moved_invoices": [...], "skipped": N, "flagged": N, "updated": N, "problems": [...]}',
     )
     rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
     workspace(rec)

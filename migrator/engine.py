@@ -150,6 +150,10 @@ ProgressEvent = StageProgress
 class RunResult:
     """What a run did: per entity counts, requests spent and seconds taken.
 
+    ``updated`` counts, per entity, the records counted ``already_present`` that the batch
+    rewrote in place because an earlier batch's copy no longer matched Cliniko (changed or
+    cancelled there since, or the copy edited): :func:`migrator.reconcile.updated` lists them.
+
     For a top-up, ``top_up`` says which batch it topped up, from when it read changes,
     and what it saved: ``requests_saved`` is the plan's last full run's requests less
     the top-up's own (all its runs, if it was resumed).
@@ -164,6 +168,7 @@ class RunResult:
     batch_requests: int | None = None
     #: Requests sent with the destination's keys in this run (a Cliniko account); ``None`` for a local store.
     destination_requests: int | None = None
+    updated: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests_saved(self) -> int | None:
@@ -179,6 +184,8 @@ class RunResult:
             "requests": self.requests,
             "seconds": round(self.seconds, 2),
         }
+        if self.updated:  # the issue's four keys stay the whole object of a run that rewrote nothing
+            out["updated"] = self.updated
         if self.destination_requests is not None:
             out["destination_requests"] = self.destination_requests
         if self.top_up is not None:
@@ -352,6 +359,7 @@ class Engine:
             top_up=self.top_up,
             batch_requests=self.ledger.batch_requests(batch_id),
             destination_requests=used.get("destination_requests"),
+            updated=self.ledger.updated_counts(batch_id),
         )
 
     def _require_targets(self) -> None:

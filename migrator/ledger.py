@@ -333,6 +333,16 @@ def _progress_finished(db: sqlite_utils.Database) -> None:
 #: created or rewritten in a Cliniko account without the custom fields some of their answers need.
 FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept", "custom_fields_left")
 
+#: Reason codes of records an earlier batch brought that a later one rewrote in place
+#: (``already_present``, see :mod:`migrator.engine`): changed in Cliniko since, cancelled
+#: there since, or a destination copy that differed from an unchanged Cliniko record.
+UPDATED_REASONS = ("updated", "cancelled", "review_rewritten")
+
+#: The flag of a record a batch skipped that an earlier batch of the same source had created in
+#: the same destination (before a practitioner was excluded, say): that copy is still there.
+#: Found when the flags are read, not stored, so it goes once the earlier batch is deleted.
+KEPT_FROM_EARLIER = "kept_from_earlier_batch"
+
 #: A Cliniko destination names its account: ``cliniko:<account id>``.
 CLINIKO_DESTINATION = "cliniko:"
 # The batches a tenant may see, as SQL over ``batches`` (one parameter, twice: the tenant).
@@ -1327,8 +1337,32 @@ class Ledger:
         schema = dict.fromkeys(("entity", "source_id", "reason_code", "reason"), pl.String)
         return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
 
+    def updated_counts(self, batch_id: str) -> dict[str, int]:
+        """Records ``batch_id`` rewrote in place (:data:`UPDATED_REASONS`), per entity, none left out as 0."""
+        marks = ", ".join("?" * len(UPDATED_REASONS))
+        rows = self._rows(
+            "SELECT entity, count(*) FROM items WHERE batch_id = ? AND reason_code IS NOT NULL"
+            f" AND action = 'already_present' AND reason_code IN ({marks}) GROUP BY entity ORDER BY entity",
+            (batch_id, *UPDATED_REASONS),
+        )
+        return {entity: n for entity, n in rows}
+
+    def updated_frame(self, batch_id: str) -> pl.DataFrame:
+        """Records ``batch_id`` rewrote in place (:data:`UPDATED_REASONS`): entity, source_id,
+        dest_id, reason_code, reason (what changed)."""
+        marks = ", ".join("?" * len(UPDATED_REASONS))
+        rows = self._rows(
+            "SELECT entity, source_id, dest_id, reason_code, reason FROM items"
+            " WHERE batch_id = ? AND reason_code IS NOT NULL AND action = 'already_present'"
+            f" AND reason_code IN ({marks}) ORDER BY rowid",
+            (batch_id, *UPDATED_REASONS),
+        )
+        schema = dict.fromkeys(("entity", "source_id", "dest_id", "reason_code", "reason"), pl.String)
+        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
     def flagged_frame(self, batch_id: str) -> pl.DataFrame:
-        """A batch's records that came across but want a person's look (:data:`FLAGGED_REASONS`).
+        """A batch's records in the destination that want a person's look (:data:`FLAGGED_REASONS`,
+        and :data:`KEPT_FROM_EARLIER`).
 
         Columns: entity, source_id, dest_id, action, reason_code, reason.
         """
@@ -1340,10 +1374,50 @@ class Ledger:
             f" OR reason_code IN ({marks})) ORDER BY rowid",
             (batch_id, *FLAGGED_REASONS),
         )
+        found = [tuple(r) for r in rows] + self._kept_from_earlier(batch_id)
         schema = dict.fromkeys(
             ("entity", "source_id", "dest_id", "action", "reason_code", "reason"), pl.String
         )
-        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+        return pl.DataFrame(found, schema=schema, orient="row")
+
+    def _kept_from_earlier(self, batch_id: str) -> list[tuple[str, ...]]:
+        """Records ``batch_id`` skipped whose copy an earlier live batch created is still expected
+        in the destination (:data:`KEPT_FROM_EARLIER`), as rows of :meth:`flagged_frame`.
+
+        Say a failed batch brought a practitioner's appointments under "Former practitioner"
+        and a new plan excludes that practitioner: the new batch skips them, as asked, but
+        the failed batch's copies stay until it is deleted. Only *created* copies count (a
+        record an earlier batch linked to was the clinic's own), of batches (not being)
+        deleted, that started before this one, from the same source into the same destination;
+        a top-up's ``deleted_at_source`` skip is not one (it removed the copy).
+        """
+        rows = self._rows(
+            "SELECT s.entity, s.source_id, e.dest_id, s.reason_code, e.batch_id"
+            " FROM items s JOIN batches sb ON sb.id = s.batch_id"
+            " JOIN items e ON e.entity = s.entity AND e.source_id = s.source_id AND e.batch_id != s.batch_id"
+            " JOIN batches eb ON eb.id = e.batch_id"
+            # A top-up's deleted_at_source (migrator.topup) removed the copy with the skip.
+            " WHERE s.batch_id = ? AND s.action = 'skipped' AND s.reason_code IS NOT 'deleted_at_source'"
+            " AND e.action = 'created'"
+            " AND eb.destination = sb.destination AND eb.source_account = sb.source_account"
+            " AND eb.status NOT IN ('deleting', 'deleted')"
+            " AND (eb.created_at < sb.created_at OR (eb.created_at = sb.created_at AND eb.id < sb.id))"
+            " ORDER BY s.rowid, eb.created_at DESC, eb.id DESC",
+            (batch_id,),
+        )
+        out: list[tuple[str, ...]] = []
+        seen: set[tuple[str, str]] = set()
+        for entity, source_id, dest_id, code, earlier in rows:
+            if (entity, source_id) in seen:  # more than one earlier copy: the newest batch's is named
+                continue
+            seen.add((entity, source_id))
+            why = (
+                f"This batch skipped it ({code}), but the earlier batch {earlier} brought it as "
+                f"destination record {dest_id}, and that copy is still there: delete batch {earlier} "
+                "if none of its records should stay (within 48 hours of its start), or remove this one by hand."
+            )
+            out.append((entity, source_id, dest_id, "skipped", KEPT_FROM_EARLIER, why))
+        return out
 
     # --- across batches: top-ups and reconciliation ------------------------------------------
 

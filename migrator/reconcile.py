@@ -62,8 +62,17 @@ with its reason: near-matches created rather than linked (``review_*``: the same
 date of birth more than once, a shared email), a change at the source the destination
 could not take (``update_refused``), a record deleted at the source but kept because the
 clinic has added to it (``deleted_at_source_kept``), a patient created or rewritten in a
-Cliniko account without the answers it has no custom field for (``custom_fields_left``).
-They do not count against reconciliation.
+Cliniko account without the answers it has no custom field for (``custom_fields_left``),
+and a record this batch skipped whose copy an earlier batch created is still expected in
+the destination (``kept_from_earlier_batch``, action ``skipped``: a practitioner sent to
+"Former practitioner" by one plan and excluded by the next, say; the flag goes once that
+batch is deleted). They do not count against reconciliation.
+
+**Updated** (:func:`updated`): records an earlier batch brought that this one rewrote in
+place (counted ``already_present``): changed in Cliniko since (``updated``), cancelled there
+since (``cancelled``), or a copy that differed from an unchanged Cliniko record
+(``review_rewritten``, flagged as well), each with a sentence naming what changed. A
+top-up's work, mostly.
 """
 
 from __future__ import annotations
@@ -89,6 +98,7 @@ __all__ = [
     "COUNT_SCHEMA",
     "MISSING_SCHEMA",
     "MOVED_SCHEMA",
+    "UPDATED_SCHEMA",
     "InvoiceCheck",
     "Reconciliation",
     "balances",
@@ -99,6 +109,7 @@ __all__ = [
     "reconcile",
     "skipped",
     "skipped_summary",
+    "updated",
 ]
 
 #: Columns of :attr:`InvoiceCheck.moved`: invoices held by another patient in the destination than at the source.
@@ -110,6 +121,11 @@ MOVED_SCHEMA: dict[str, Any] = {
     "patient_id": pl.String,  # the source's patient, by source id
     "destination_patient_id": pl.String,  # the destination's, by source id; null: no batch of the plan brought it
 }
+
+#: Columns of :func:`updated`.
+UPDATED_SCHEMA: dict[str, Any] = dict.fromkeys(
+    ("entity", "source_id", "dest_id", "reason_code", "reason"), pl.String
+)
 
 #: Columns of :func:`counts`; the destination and source columns are null when not asked for.
 COUNT_SCHEMA: dict[str, Any] = {
@@ -629,10 +645,18 @@ def by_reason(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def flagged(ledger: Ledger, batch_id: str) -> pl.DataFrame:
-    """Records the batch brought that want a look: ``entity``, ``source_id``, ``dest_id``, ``action``,
-    ``reason_code``, ``reason``."""
+    """Records in the destination that want a look: ``entity``, ``source_id``, ``dest_id``, ``action``,
+    ``reason_code``, ``reason`` (see the module's docstring: mostly what the batch brought, and
+    what it skipped whose earlier copy is still there)."""
     ledger.batch(batch_id)
     return ledger.flagged_frame(batch_id)
+
+
+def updated(ledger: Ledger, batch_id: str) -> pl.DataFrame:
+    """Records an earlier batch brought that this one rewrote in place: ``entity``, ``source_id``,
+    ``dest_id``, ``reason_code`` (``updated``, ``cancelled``, ``review_rewritten``), ``reason``."""
+    ledger.batch(batch_id)
+    return ledger.updated_frame(batch_id)
 
 
 # --- all three ----------------------------------------------------------------------------
@@ -682,6 +706,8 @@ class Reconciliation:
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MISSING_SCHEMA))
     #: Invoices the destination holds under another patient than the source (:func:`invoice_check`).
     moved_invoices: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MOVED_SCHEMA))
+    #: Records an earlier batch brought that this one rewrote in place (:func:`updated`).
+    updated: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UPDATED_SCHEMA))
 
     @property
     def balance_diffs(self) -> pl.DataFrame:
@@ -764,6 +790,7 @@ class Reconciliation:
             "moved_invoices": self.moved_invoices.to_dicts(),
             "skipped": self.skipped.height,
             "flagged": self.flagged.height,
+            "updated": self.updated.height,
             "problems": self.problems,
         }
 
@@ -791,6 +818,7 @@ class Reconciliation:
             "skipped",
             "skipped_summary",
             "flagged",
+            "updated",
         ):
             frame: pl.DataFrame = getattr(self, name)
             csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
@@ -837,6 +865,7 @@ def reconcile(
         skipped=skipped_frame,
         skipped_summary=by_reason(skipped_frame),
         flagged=flagged(ledger, batch_id),
+        updated=updated(ledger, batch_id),
         newer=_newest_after(ledger, ledger.batch(batch_id)),
         status=batch.status,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
@@ -532,6 +533,51 @@ def test_reassigning_a_former_practitioner(env: Env) -> None:
     assert theirs
     moved = [r for r in env.rows("individual_appointments") if r["source_id"] in theirs]
     assert len(moved) == len(theirs) and {r["practitioner_id"] for r in moved} == {int(target.target_id)}
+
+
+def test_excluding_a_practitioner_an_earlier_batch_brought_flags_the_copies_still_there(env: Env) -> None:
+    """Former, then exclude: the new batch skips the appointments, and says the old copies remain.
+
+    A first batch brings a former practitioner's appointments under "Former practitioner"
+    (it may as well have failed part-way); a new plan excludes that practitioner. The new
+    batch skips them as asked, and its reconciliation still balances, but the store holds
+    the first batch's copies: its flagged list names each, until that batch is deleted.
+    """
+    from migrator.batches import delete_batch
+    from migrator.ledger import KEPT_FROM_EARLIER
+    from migrator.reconcile import flagged
+
+    include = ["patients", "individual_appointments"]
+    rows = env.mapping()
+    former = next(r for r in rows if r.entity == "practitioners" and r.action == "former")
+    first = env.run(env.plan(mappings=rows, include=include))
+    brought = {
+        i.source_id: i.dest_id
+        for i in env.ledger.items(first.batch_id, "individual_appointments")
+        if i.action == "created"
+    }
+    excluded = [r.model_copy(update={"action": "exclude"}) if r is former else r for r in rows]
+    second = env.run(env.plan(mappings=excluded, include=include))
+
+    skipped = {
+        i.source_id
+        for i in env.ledger.items(second.batch_id, "individual_appointments")
+        if i.reason_code == "practitioner_excluded"
+    }
+    assert skipped and skipped <= set(brought)
+    marked = flagged(env.ledger, second.batch_id).filter(pl.col("reason_code") == KEPT_FROM_EARLIER)
+    assert marked.height == len(skipped)
+    assert dict(zip(marked["source_id"], marked["dest_id"], strict=True)) == {s: brought[s] for s in skipped}
+    assert set(marked["action"]) == {"skipped"}
+    assert set(marked["entity"]) == {"individual_appointments"}
+    assert marked["reason"][0].startswith(
+        f"This batch skipped it (practitioner_excluded), but the earlier batch {first.batch_id} brought it"
+    )
+    assert flagged(env.ledger, first.batch_id).filter(pl.col("reason_code") == KEPT_FROM_EARLIER).is_empty()
+
+    delete_batch(env.ledger, env.store, first.batch_id)
+    assert not {r["source_id"] for r in env.rows("individual_appointments")} & skipped
+    assert flagged(env.ledger, second.batch_id).filter(pl.col("reason_code") == KEPT_FROM_EARLIER).is_empty()
 
 
 def test_a_run_collects_garbage_less_often_and_restores_the_collector_however_it_ends(env: Env) -> None:

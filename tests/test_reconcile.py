@@ -180,7 +180,7 @@ def test_a_clean_run_reconciles(
     assert result.balances["source_outstanding"].sum() == owed != 0
     # Written for an analyst: each frame as CSV and Parquet; a file where the folder should be is one sentence.
     files = result.write(copy.ledger.path.parent / "check")
-    assert len(files) == 14 and pl.read_parquet(files[1]).equals(result.counts)
+    assert len(files) == 16 and pl.read_parquet(files[1]).equals(result.counts)
     with pytest.raises(ConfigError) as refused:
         result.write(files[0])
     assert str(refused.value) == (
@@ -459,6 +459,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
         "moved_invoices",
         "skipped",
         "flagged",
+        "updated",
         "problems",
     }
     assert set(report) == keys
@@ -466,7 +467,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert all(f'"{k}"' in helped for k in keys), helped  # the help names every key
     assert (
         report["balance_diffs"] == []
-        and report["skipped"] == report["flagged"] == 0
+        and report["skipped"] == report["flagged"] == report["updated"] == 0
         and report["reconciled"] is True
     )
     assert {r["entity"] for r in report["counts"]} >= {"patients", "invoices", "invoice_items"}
@@ -503,6 +504,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
             "skipped",
             "skipped_summary",
             "flagged",
+            "updated",
         )
         for ext in ("csv", "parquet")
     )
@@ -526,8 +528,8 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     )
     assert "It does not reconcile:" in told.stdout and f"({patient})" in told.stdout
     assert (
-        f"Wrote 14 files to {tmp_path / 'again'}: counts, missing, balances, moved_invoices, skipped, "
-        "skipped_summary, flagged (CSV and Parquet)."
+        f"Wrote 16 files to {tmp_path / 'again'}: counts, missing, balances, moved_invoices, skipped, "
+        "skipped_summary, flagged, updated (CSV and Parquet)."
     ) in told.stdout
 
     other = cli(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 
 from migrator.batches import delete_batch
@@ -30,7 +31,7 @@ from migrator.ledger import Ledger
 from migrator.mapping import build_mapping, to_rows
 from migrator.plan import Plan, Scope
 from migrator.preview import SOURCE_LISTS
-from migrator.reconcile import reconcile
+from migrator.reconcile import reconcile, updated
 from migrator.sandbox import Sandbox
 from migrator.setup import copy_clinic_setup
 from migrator.stages import MAPPED
@@ -157,6 +158,21 @@ def test_a_top_up_brings_exactly_the_changes_for_a_fraction_of_the_requests(env:
         ("individual_appointments", str(cancelled["id"])): ("already_present", "cancelled"),
         ("invoices", str(invoice["id"])): ("created", None),
     }
+    # The two rewrites are counted apart from what was merely present, and listed with what changed.
+    assert top.updated == {"individual_appointments": 2} and top.as_dict()["updated"] == top.updated
+    assert top.entities["individual_appointments"]["already_present"] == 2  # still counted as present
+    listed = updated(env.ledger, top.batch_id)
+    assert sorted(listed.select("source_id", "dest_id", "reason_code").rows()) == sorted(
+        [
+            (str(moved["id"]), str(dest_moved), "updated"),
+            (
+                str(cancelled["id"]),
+                str(env.dest_id("individual_appointments", str(cancelled["id"]))),
+                "cancelled",
+            ),
+        ]
+    )
+    assert "starts_at" in listed.filter(pl.col("reason_code") == "updated")["reason"][0]
     # Nothing duplicated: the store grew by the new patient and the new invoice only.
     assert env.table_counts() == {
         **before,
@@ -191,6 +207,7 @@ def test_a_top_up_brings_exactly_the_changes_for_a_fraction_of_the_requests(env:
     # It all reconciles, and the patient owes 85.00 more on both sides.
     check = reconcile(env.ledger, top.batch_id, source=env.source, store=env.store)
     assert check.ok, check.problems
+    assert check.updated.equals(listed) and check.as_dict()["updated"] == 2
     balance = check.balances.filter(check.balances["patient_id"] == owner).to_dicts()[0]
     assert (
         balance["source_outstanding"]
@@ -202,7 +219,7 @@ def test_a_top_up_brings_exactly_the_changes_for_a_fraction_of_the_requests(env:
 
     # Another sweep right away reads the same lists, brings nothing and rewrites nothing.
     again = env.run(plan, top_up=True)
-    assert again.requests == 34
+    assert again.requests == 34 and again.updated == {} and "updated" not in again.as_dict()
     assert {code for _, code in env.items(again.batch_id).values()} <= {"earlier_batch"}
     assert env.table_counts() == {
         **before,

@@ -50,6 +50,7 @@ from migrator.reconcile import (
     merged_counts,
     missing,
     skipped,
+    updated,
 )
 from migrator.workflow import source_account_of
 
@@ -357,6 +358,7 @@ try:
                 count_frame = unless_changed(stamp, batch_id, "counts", lambda: counts(ledger, batch_id))
             skipped_frame = unless_changed(stamp, batch_id, "skipped", lambda: skipped(ledger, batch_id))
             flagged_frame = unless_changed(stamp, batch_id, "flagged", lambda: flagged(ledger, batch_id))
+            updated_frame = unless_changed(stamp, batch_id, "updated", lambda: updated(ledger, batch_id))
     else:
         with open_destination(batch.destination) as (ledger, store):
             stamp = on_disk(ledger, [batch.destination])
@@ -385,6 +387,7 @@ try:
                 )
             skipped_frame = unless_changed(stamp, batch_id, "skipped", lambda: skipped(ledger, batch_id))
             flagged_frame = unless_changed(stamp, batch_id, "flagged", lambda: flagged(ledger, batch_id))
+            updated_frame = unless_changed(stamp, batch_id, "updated", lambda: updated(ledger, batch_id))
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()
@@ -490,14 +493,26 @@ else:
 
 # --- flagged -------------------------------------------------------------------------------
 if not flagged_frame.is_empty():
-    st.subheader("Records that came across but want a look")
+    st.subheader("Records in the destination that want a look")
     st.caption(
         "Near-matches created rather than linked (the same name and date of birth more than once, a shared "
-        "email), changes at the source the destination could not take, and records deleted at the source but "
-        "kept because the clinic has added to them. They do not count against reconciliation."
+        "email), changes at the source the destination could not take, records deleted at the source but "
+        "kept because the clinic has added to them, and records this batch skipped (a practitioner now "
+        "excluded, say) whose copy an earlier batch brought is still there. They do not count against "
+        "reconciliation."
     )
     table(labelled(flagged_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(flagged_frame, f"{batch_id}-flagged")
+
+# --- updated in place ----------------------------------------------------------------------
+if not updated_frame.is_empty():
+    st.subheader("Records updated in place")
+    st.caption(
+        "Records an earlier batch brought that this one rewrote (counted as already present): changed or "
+        "cancelled in Cliniko since, or a copy edited here that Cliniko's unchanged record replaced."
+    )
+    table(labelled(updated_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
+    downloads(updated_frame, f"{batch_id}-updated")
 
 # --- balances ------------------------------------------------------------------------------
 if to_cliniko:

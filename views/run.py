@@ -35,6 +35,7 @@ from migrator.console import batch_destination_problem, go_live_sentence, progre
 from migrator.errors import ConfigError, MigratorError
 from migrator.hosted import KeyLease, Principal, drop_all, go_live_as, plan_for_tenant, resume_as, stop_as
 from migrator.ledger import Batch
+from migrator.plan import records_of
 from migrator.scoped_preview import plan_entities, scoped_preview
 from migrator.workflow import make_plan, source_account_of, verify_source
 
@@ -458,6 +459,7 @@ def follow(batch_id: str, was_live: bool) -> None:
         seconds = (batch.finished_at - batch.created_at).total_seconds() if batch.finished_at else None
         with config.open_ledger() as ledger:
             resumed = sum(e["action"] == "resume" for e in ledger.audit_log(batch.id))
+            rewritten = ledger.updated_counts(batch.id)
         took = f" in {seconds:,.0f} s" if seconds is not None else ""
         if resumed and seconds is not None:  # the time it sat stopped is in there too
             took = f", {seconds:,.0f} s after it started (resumed {resumed} {'time' if resumed == 1 else 'times'})"
@@ -473,6 +475,12 @@ def follow(batch_id: str, was_live: bool) -> None:
                     if saved
                     else "."
                 )
+            )
+        if rewritten:
+            st.info(
+                f"Updated in place {records_of('records', sum(rewritten.values()))} an earlier batch brought ("
+                + ", ".join(records_of(e, n) for e, n in rewritten.items())
+                + "): changed in Cliniko since, or edited here. The Review page lists each."
             )
         if batch.destination.startswith("cliniko:"):
             go_live_section(batch)

@@ -431,6 +431,12 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
         f"Top-up of batch {first.id}: {top_up_requests:,} requests, "
         f"{first_requests - top_up_requests:,} fewer than the full run's {first_requests:,}."
     ) in [i.value for i in at.info]
+    assert (
+        "Updated in place 1 record an earlier batch brought (1 patient): changed in Cliniko since, or edited "
+        "here. The Review page lists each."
+    ) in [i.value for i in at.info]
+    goto(at, "review")
+    assert "Records updated in place" in [s.value for s in at.subheader]
 
     # The next day, in a new session: the Mapping page starts from the last batch's decisions (matching
     # afresh would map what the run created, a new plan with nothing to top up), so the sweep still works.

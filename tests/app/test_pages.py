@@ -246,7 +246,7 @@ def test_review_lists_the_records_that_came_across_but_want_a_look(
             Item("patients", "2", "1", "created", "review_shared_email", "Shares an email with patient 1."),
         ],
     )
-    assert "Records that came across but want a look" in [s.value for s in at.subheader]
+    assert "Records in the destination that want a look" in [s.value for s in at.subheader]
     shown = at.dataframe[-1].value
     assert shown["Code"].tolist() == ["review_shared_email"]
     assert shown["Reason"].tolist() == ["Shares an email with patient 1."]
