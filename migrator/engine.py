@@ -377,7 +377,7 @@ class Engine:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise MappingError(
                 f"The mapping does not fit the destination{more}: {problems[0].rstrip('.')}. "
-                "Change it on the Mapping page or in the mapping file, then run again."
+                "Change that row (on the Mapping page, in the mapping file or in the notebook's table), then run again."
             )
 
     def _stages(self) -> list[Stage]:

@@ -554,7 +554,7 @@ def require_complete(
     where: str,
     *,
     limit: int = 8,
-    fresh: str = "write a fresh file with 'mapping --out'",
+    fresh: str = "write a fresh file with 'mapping --out' (migrator.save_mapping() in a notebook)",
 ) -> None:
     """Refuse mapping rows that leave out a practitioner, business or appointment type of the source.
 

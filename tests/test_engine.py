@@ -433,7 +433,8 @@ def test_a_mapping_to_a_record_the_destination_lacks_refuses_to_start(env: Env) 
     assert str(refused.value) == (
         f"The mapping does not fit the destination: Practitioners {mapped.source_name!r} (source id "
         f"{mapped.source_id}) points at destination id 999, which does not exist among the destination's "
-        "practitioners. Change it on the Mapping page or in the mapping file, then run again."
+        "practitioners. Change that row (on the Mapping page, in the mapping file or in the notebook's table), then "
+        "run again."
     )
     assert env.ledger.batches() == [] and env.rows("patients") == []
 

@@ -206,7 +206,8 @@ def test_a_store_stays_its_ledgers_after_its_batches_records_are_deleted(
         LocalStore(store.path, other)
     assert str(refused.value) == (
         f"The clinic store at {store.path} was written by batch {batch}, which the ledger at {other.path} does "
-        "not know: it belongs to another workspace. Use that workspace (--workspace), or another store."
+        "not know: it belongs to another workspace. Use that workspace (--workspace; workspace= in a notebook), "
+        "or another store."
     )
     again = LocalStore(store.path, ledger)  # its own ledger carries on
     later = _new_batch(ledger, again)

@@ -237,7 +237,7 @@ class LocalStore:
             raise ConfigError(
                 f"The clinic store at {self.path} was written by batch {stranger}, which the ledger at "
                 f"{ledger.path} does not know: it belongs to another workspace. Use that workspace "
-                "(--workspace), or another store."
+                "(--workspace; workspace= in a notebook), or another store."
             )
         if recorded is not None:  # moved or copied, with its workspace or on its own
             ledger.store_moved(recorded, self.describe(), copy=self.parse_target(recorded).exists())
