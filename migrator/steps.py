@@ -33,7 +33,7 @@ from migrator.batches import BatchNotDeletable, DeletionPlan, deletion_plan
 from migrator.batches import delete_batch as _delete_batch
 from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.cliniko.pacing import checked_pace, pace_from_env
-from migrator.destinations.local import LocalStore
+from migrator.destinations.local import REFERENCE_SCHEMA, LocalStore
 from migrator.engine import RunResult
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger, StageProgress
@@ -43,6 +43,7 @@ from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
+    default_store,
     existing_ledger,
     make_plan,
     open_local_store,
@@ -190,7 +191,14 @@ def mapping(
     ``source_name``, ``action``, ``target_id`` ...). Rows whose ``action`` is
     ``"unresolved"`` need a decision (``former``, ``reassign``, ``exclude``...) before
     :func:`run`; edit the frame with Polars and pass it on.
+
+    It only reads: with no workspace and no store there yet, it matches against an empty
+    clinic, as a first run would find it, and makes neither (the run does).
     """
+    path = LocalStore.parse_target(to or default_store(workspace))
+    if not path.exists() and not Ledger.file_in(workspace).exists():
+        frames = build_mapping(source, lambda _: pl.DataFrame(schema=REFERENCE_SCHEMA), can_create=True)
+        return pl.concat(list(frames.values()), how="vertical")
     ledger, store = open_local_store(to, workspace)
     try:
         frames = build_mapping(source, store.reference, can_create=True)

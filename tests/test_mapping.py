@@ -511,11 +511,14 @@ def test_a_notebooks_table_that_lost_rows_is_refused_before_a_run(
     """``table.filter(...)`` in a notebook easily drops rows; the run would skip their records unasked."""
     source, _ = sandbox_clients
     where = {"to": f"sqlite:{tmp_path / 'clinic.db'}", "workspace": tmp_path / "workspace"}
+    table = migrator.mapping(source, **where)
+    # It only read: no workspace and no store were made for it, and it matched as against a new one.
+    assert not (tmp_path / "workspace").exists() and not (tmp_path / "clinic.db").exists()
+    assert set(table.filter(pl.col("entity") == "practitioners")["action"]) == {"create", "unresolved"}
     with pytest.raises(
         ConfigError, match=r"^No batch of this plan has completed yet, so there is nothing to top up"
     ):
         migrator.run(source, **where, top_up=True, progress=None)  # not "2 mapping rows are unresolved"
-    table = migrator.mapping(source, **where)
     decided = table.with_columns(
         action=pl.when(pl.col("action") == "unresolved").then(pl.lit("former")).otherwise("action")
     )

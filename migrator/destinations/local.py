@@ -83,6 +83,7 @@ __all__ = [
     "CLINIC_MIGRATIONS",
     "DELETE_ORDER",
     "INSERT_ORDER",
+    "REFERENCE_SCHEMA",
     "KeptLink",
     "LocalStore",
     "name_key",
@@ -155,6 +156,14 @@ class KeptLink(NamedTuple):
     batch_id: str | None
     records: int
 
+
+#: The columns of :meth:`LocalStore.reference`: a mapping table's destination side.
+REFERENCE_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "name": pl.String,
+    "active": pl.Boolean,
+    "source_id": pl.String,
+}
 
 # name, active: how reference() reads each mapping table.
 _REFERENCE = {
@@ -370,9 +379,7 @@ class LocalStore:
             raise ValueError(f"reference() covers {', '.join(_REFERENCE)}, not {entity!r}") from None
         rows = self._rows(f"SELECT id, {name}, {active}, source_id FROM {SCHEMA}.{entity} ORDER BY id")
         return pl.DataFrame(
-            [(str(i), n, bool(a), s) for i, n, a, s in rows],
-            schema={"id": pl.String, "name": pl.String, "active": pl.Boolean, "source_id": pl.String},
-            orient="row",
+            [(str(i), n, bool(a), s) for i, n, a, s in rows], schema=REFERENCE_SCHEMA, orient="row"
         )
 
     def created_by(self, batch_id: str, entity: str) -> list[str]:
