@@ -686,9 +686,16 @@ _UNFINISHED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Reconciliation:
-    """The three checks of one batch, as frames, and what differs in sentences."""
+    """The three checks of one batch, as frames, and what differs in sentences.
+
+    Its repr is a one-line summary (a notebook cell shows it), not every frame in full:
+
+    >>> check                                                                    # doctest: +SKIP
+    Reconciliation('b20261121-135301-3f9a', ok=False, problems=1, entities=18, balances=398 (1 differ),
+    moved_invoices=0, missing=0, skipped=12, flagged=0, updated=0)
+    """
 
     batch_id: str
     counts: pl.DataFrame
@@ -708,6 +715,14 @@ class Reconciliation:
     moved_invoices: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MOVED_SCHEMA))
     #: Records an earlier batch brought that this one rewrote in place (:func:`updated`).
     updated: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UPDATED_SCHEMA))
+
+    def __repr__(self) -> str:
+        return (
+            f"Reconciliation({self.batch_id!r}, ok={self.ok}, problems={len(self.problems)}, "
+            f"entities={self.counts.height}, balances={self.balances.height} ({self.balance_diffs.height} differ), "
+            f"moved_invoices={self.moved_invoices.height}, missing={self.missing.height}, "
+            f"skipped={self.skipped.height}, flagged={self.flagged.height}, updated={self.updated.height})"
+        )
 
     @property
     def balance_diffs(self) -> pl.DataFrame:

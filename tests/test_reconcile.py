@@ -146,6 +146,11 @@ def test_a_clean_run_reconciles(
         copy.ledger, copy.batch_id, source=source, store=copy.store, progress=lambda *n: followed.append(n)
     )
     assert result.ok, result.problems
+    # A notebook cell shows one line, not every frame in full.
+    assert repr(result) == (
+        f"Reconciliation({copy.batch_id!r}, ok=True, problems=0, entities={result.counts.height}, balances=398 "
+        f"(0 differ), moved_invoices=0, missing=0, skipped={result.skipped.height}, flagged=0, updated=0)"
+    )
     # The read of the source's invoices is followed page by page, to the last of its 3,739.
     invoices = demo_sandbox.totals()["invoices"]
     assert len(followed) == -(-invoices // 100) and followed[-1] == (invoices, invoices)
