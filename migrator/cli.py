@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +101,12 @@ def _cliniko_destination(workspace: str, source: ClinikoClient | None, *, check:
         _client(True, writable=True), workspace, source=source, note_keys=_note_clients()
     )
     if check and source is not None:
-        result = preflight(source, dest)
-        result.raise_for_refusal()
+        try:
+            result = preflight(source, dest)
+            result.raise_for_refusal()
+        except MigratorError:
+            ledger.close()
+            raise
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return ledger, dest
@@ -300,34 +304,44 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from migrator.plan import Scope, parse_include
-    from migrator.workflow import make_plan, run_plan, unfinished_batch, verify_source
+    from migrator.workflow import (
+        default_store,
+        make_plan,
+        run_plan,
+        unfinished_batch,
+        unmade_if_refused,
+        verify_source,
+    )
 
     scope = Scope.parse(args.filter)
     include = parse_include(args.include, local=_is_local(args.to)) if args.include is not None else None
-    with _client(False) as client:
+    # Some refusals need the ledger or Cliniko (a filter id, a top-up of nothing): what they made goes again.
+    local_store = (args.to or default_store(args.workspace)) if _is_local(args.to) else None
+    with unmade_if_refused(args.workspace, local_store), _client(False) as client:
         identity = verify_source(client)
         ledger, store = _destination(args, client)
-        plan = make_plan(
-            client,
-            identity,
-            store,
-            scope=scope,
-            include=include,
-            mappings=args.mapping,
-            include_archived_patients=not args.no_archived_patients,
-            ledger=ledger,
-            top_up=args.top_up,
-        )
-        resume = unfinished_batch(ledger, plan)
-        progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
-        if resume and not args.json:
-            print(f"Resuming batch {resume}.", file=sys.stderr)
-        try:
-            result = run_plan(plan, client, store, ledger, top_up=args.top_up, progress=progress)
-        finally:
-            if progress:
-                progress.finish()  # the line ends, so a message after it starts on its own
-        skips = _skipped_sentence(ledger, result.batch_id) if not args.json else None
+        with closing(ledger):  # closed before a refused run's new files go
+            plan = make_plan(
+                client,
+                identity,
+                store,
+                scope=scope,
+                include=include,
+                mappings=args.mapping,
+                include_archived_patients=not args.no_archived_patients,
+                ledger=ledger,
+                top_up=args.top_up,
+            )
+            resume = unfinished_batch(ledger, plan)
+            progress = _ProgressLine() if sys.stderr.isatty() and not args.json else None
+            if resume and not args.json:
+                print(f"Resuming batch {resume}.", file=sys.stderr)
+            try:
+                result = run_plan(plan, client, store, ledger, top_up=args.top_up, progress=progress)
+            finally:
+                if progress:
+                    progress.finish()  # the line ends, so a message after it starts on its own
+            skips = _skipped_sentence(ledger, result.batch_id) if not args.json else None
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0

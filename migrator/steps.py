@@ -50,6 +50,7 @@ from migrator.workflow import (
     preview_plan,
     require_batch_source,
     run_plan,
+    unmade_if_refused,
     verify_source,
 )
 from migrator.workspace import refuse_file
@@ -330,27 +331,29 @@ def run(
     parsed_scope = _scope(scope)
     included = _include(include)
     mappings = _mapping_rows(source, mapping)
-    ledger, store = open_local_store(to, workspace)
-    listener: Callable[[StageProgress], None] | None
-    bar = ProgressBar() if progress is True else None
-    listener = _listener(bar, progress)
-    try:
-        plan = make_plan(
-            source,
-            identity,
-            store,
-            scope=parsed_scope,
-            include=included,
-            mappings=mappings,
-            include_archived_patients=include_archived_patients,
-            ledger=ledger,
-            top_up=top_up,
-        )
-        return run_plan(plan, source, store, ledger, top_up=top_up, progress=listener, actor="notebook")
-    finally:
-        if bar is not None:
-            bar.close()
-        ledger.close()
+    # Some refusals need the ledger or Cliniko (a filter id, a top-up of nothing): what they made goes again.
+    with unmade_if_refused(workspace, to or default_store(workspace)):
+        ledger, store = open_local_store(to, workspace)
+        listener: Callable[[StageProgress], None] | None
+        bar = ProgressBar() if progress is True else None
+        listener = _listener(bar, progress)
+        try:
+            plan = make_plan(
+                source,
+                identity,
+                store,
+                scope=parsed_scope,
+                include=included,
+                mappings=mappings,
+                include_archived_patients=include_archived_patients,
+                ledger=ledger,
+                top_up=top_up,
+            )
+            return run_plan(plan, source, store, ledger, top_up=top_up, progress=listener, actor="notebook")
+        finally:
+            if bar is not None:
+                bar.close()
+            ledger.close()
 
 
 class InvoiceBar(_CountBar):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "same_plan",
     "top_up_point",
     "unfinished_batch",
+    "unmade_if_refused",
     "verify_source",
 ]
 
@@ -105,6 +106,59 @@ def existing_ledger(workspace: str | Path, batch_id: str, *, option: str = "--wo
             f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check {option}."
         )
     return Ledger(workspace)
+
+
+@contextmanager
+def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterator[None]:
+    """Take back the workspace files a refused run made: a refusal should leave nothing behind.
+
+    Some refusals need the ledger or Cliniko to be said (a filter id the source lacks, a
+    top-up with nothing to top up, a mapping row unresolved, a store of another workspace),
+    so they come after the workspace was opened, which makes ``ledger.db`` (and the local
+    store ``store``, ``sqlite:PATH``, if given). When the block ends in one of our refusals (a
+    :class:`~migrator.errors.MigratorError`), a ledger this made that records no batch and
+    no audit line goes again; so does the store if this made it too (a store made beside an
+    older ledger stays: telling it holds nothing would mean reading every table), and the
+    workspace's folder if this made it and it is empty. The block must have closed the
+    ledger by then.
+    """
+    from migrator.errors import MigratorError
+
+    folder = Path(workspace)
+    ledger_file = Ledger.file_in(folder)
+    store_file = LocalStore.parse_target(store) if store is not None else None
+    made = [f for f in (ledger_file, store_file) if f is not None and not f.exists()]
+    new_folder = not folder.exists()
+    try:
+        yield
+    except MigratorError:
+        if ledger_file in made and not _holds_anything(ledger_file):
+            for file in made:
+                for path in (
+                    file,
+                    *(file.with_name(file.name + end) for end in ("-wal", "-shm", "-journal")),
+                ):
+                    path.unlink(missing_ok=True)
+            if new_folder:
+                with suppress(OSError):  # not empty: something else is in there now
+                    folder.rmdir()
+        raise
+
+
+def _holds_anything(ledger_file: Path) -> bool:
+    """Whether the ledger file records any batch or audit line (read-only); one that cannot be read counts as one that does."""
+    import sqlite3
+
+    if not ledger_file.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return any(
+                conn.execute(f"SELECT EXISTS (SELECT 1 FROM {name})").fetchone()[0]
+                for name in ("batches", "audit")
+            )
+    except sqlite3.Error:
+        return True  # cannot tell: keep it
 
 
 def open_local_store(

@@ -246,6 +246,28 @@ def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox,
     )
 
 
+def test_a_refused_run_in_a_new_workspace_leaves_no_files_behind(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Refusals said after the ledger is opened (a filter id, a top-up of nothing) take back what it made."""
+    fresh = tmp_path / "fresh"
+    for refusal, said in (
+        (("--top-up",), "No batch of this plan has completed yet"),
+        (("--filter", "business:1"), "has no business with the id 1"),
+    ):
+        refused = cli(tiny_sandbox, "run", "--workspace", str(fresh), *refusal)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+        assert not fresh.exists()
+    # Beside a ledger that records batches, nothing is taken away.
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    done = cli(tiny_sandbox, "run", "--workspace", str(tmp_path), "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    again = cli(tiny_sandbox, "run", "--workspace", str(tmp_path), "--filter", "business:1")
+    assert again.returncode == 2
+    assert (tmp_path / "ledger.db").exists() and (tmp_path / "clinic.db").exists()
+
+
 def test_a_filter_naming_no_record_of_the_source_is_refused(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
@@ -403,8 +425,7 @@ def test_a_workspace_keeps_its_own_store_and_refuses_another_workspaces(
     batch_id = json.loads(done.stdout)["batch_id"]
     assert f"was written by batch {batch_id}, which the ledger at" in refused.stderr
     assert "belongs to another workspace" in refused.stderr
-    with sqlite3.connect(second / "ledger.db") as conn:  # no batch started, let alone a failed one
-        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    assert not (second / "ledger.db").exists()  # no batch started, and the ledger opened to say so is gone
     with sqlite3.connect(first / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == created
 

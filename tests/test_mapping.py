@@ -519,6 +519,8 @@ def test_a_notebooks_table_that_lost_rows_is_refused_before_a_run(
         ConfigError, match=r"^No batch of this plan has completed yet, so there is nothing to top up"
     ):
         migrator.run(source, **where, top_up=True, progress=None)  # not "2 mapping rows are unresolved"
+    # That refusal needed the ledger, opened for it; it leaves neither it nor the store behind.
+    assert not (tmp_path / "workspace").exists() and not (tmp_path / "clinic.db").exists()
     decided = table.with_columns(
         action=pl.when(pl.col("action") == "unresolved").then(pl.lit("former")).otherwise("action")
     )
