@@ -152,16 +152,19 @@ def _batch_store(
     the command does to a Cliniko account, which only its administrator may (seed 000):
     ``MIGRATOR_DEST_KEY``'s user is checked with Cliniko, now, before anything is read.
     """
-    from migrator.workflow import existing_ledger, open_local_store
+    from migrator.workflow import current_destination, existing_ledger, open_local_store
 
     with existing_ledger(workspace, batch_id) as ledger:
         batch = ledger.batch(batch_id)
+        if batch.destination.startswith("sqlite:"):
+            if cliniko_only:
+                raise ConfigError(
+                    f"Batch {batch_id} went into the local clinic store, not a Cliniko account: {cliniko_only}"
+                )
+            # A copied workspace's own store, not the original's it still records.
+            destination = current_destination(ledger, workspace, batch.destination)
     if batch.destination.startswith("sqlite:"):
-        if cliniko_only:
-            raise ConfigError(
-                f"Batch {batch_id} went into the local clinic store, not a Cliniko account: {cliniko_only}"
-            )
-        return open_local_store(batch.destination, workspace)
+        return open_local_store(destination, workspace)
     ledger, dest = _cliniko_destination(workspace, source, check=False)
     if dest.describe() != batch.destination:
         raise ConfigError(

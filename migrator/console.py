@@ -47,7 +47,13 @@ from migrator.plan import entity_label
 from migrator.preview import read_requests
 from migrator.scoped_preview import plan_entities
 from migrator.setup import copy_clinic_setup
-from migrator.workflow import DEFAULT_WORKSPACE, ClinikoKeys, cliniko_destination, open_local_store
+from migrator.workflow import (
+    DEFAULT_WORKSPACE,
+    ClinikoKeys,
+    cliniko_destination,
+    current_destination,
+    open_local_store,
+)
 
 if TYPE_CHECKING:  # the Cliniko destination loads only when one is used
     from migrator.background import RunHandle
@@ -256,6 +262,9 @@ class ConsoleSettings:
         """
         target = target or self.store_target
         if not target.startswith("cliniko:"):
+            if target != self.store_target:  # a copied workspace's own store, not the original's
+                with self.open_ledger() as ledger:
+                    target = current_destination(ledger, self.workspace, target)
             with self.open_store(target) as opened:
                 yield opened
             return

@@ -43,6 +43,7 @@ from migrator.reconcile import InvoiceProgress, Reconciliation
 from migrator.reconcile import reconcile as _reconcile
 from migrator.workflow import (
     DEFAULT_WORKSPACE,
+    current_destination,
     default_store,
     existing_ledger,
     make_plan,
@@ -420,7 +421,10 @@ def _local_store_of(ledger: Ledger, batch_id: str, done: str) -> LocalStore:
             f"Batch {batch.id} went to {batch.destination}; only a batch into the local clinic store can be "
             f"{done} here (use `python -m migrator` or the console for a Cliniko account)."
         )
-    return LocalStore(LocalStore.parse_target(batch.destination), ledger)
+    workspace = ledger.path.parent  # a copied workspace's own store, not the original's
+    return LocalStore(
+        LocalStore.parse_target(current_destination(ledger, workspace, batch.destination)), ledger
+    )
 
 
 class DeletionBar(_CountBar):

@@ -47,6 +47,7 @@ __all__ = [
     "auto_mapping",
     "check_scope",
     "cliniko_destination",
+    "current_destination",
     "default_store",
     "earlier_mapping",
     "last_completed_batch",
@@ -106,6 +107,33 @@ def existing_ledger(workspace: str | Path, batch_id: str, *, option: str = "--wo
             f"There is no batch {batch_id}: {workspace} holds no ledger (ledger.db); check {option}."
         )
     return Ledger(workspace)
+
+
+def current_destination(ledger: Ledger, workspace: str | Path, destination: str) -> str:
+    """``destination`` as a batch recorded it, or the workspace's own store once that has claimed it.
+
+    A workspace copied or moved (``ledger.db`` and ``clinic.db`` together) still records
+    its batches as going to the store where it was. A run in the copy re-points them when
+    it opens the copy's store (audited ``store_moved``); deleting or reconciling a batch
+    opens the batch's recorded store, which would be the original's: a deletion in a copy
+    made to try things on would remove the original's records. So the workspace's own
+    store, when there is one and it is not ``destination``, is opened first to claim the
+    batches whose records it holds, and the batch's store is then whatever they record.
+    ``ledger`` must have no store attached.
+    """
+    if not destination.startswith("sqlite:"):
+        return destination
+    own = LocalStore.parse_target(default_store(workspace))
+    if not own.exists() or LocalStore.parse_target(destination).resolve() == own.resolve():
+        return destination
+    try:
+        store = LocalStore(own, ledger)
+    except ConfigError:  # another workspace's store lies there: the batch's record stands
+        return destination
+    store.close()
+    if any(batch.destination == destination for batch in ledger.batches()):
+        return destination
+    return store.describe()
 
 
 @contextmanager

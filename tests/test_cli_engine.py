@@ -481,6 +481,41 @@ def test_a_moved_or_copied_workspace_carries_on_with_its_own_store(
         ] * 2
 
 
+def test_deleting_or_reconciling_in_a_fresh_copy_of_a_workspace_acts_on_the_copy_only(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A copy nothing has run in yet still names the original's store: a deletion there must not reach it."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    mapping = setup_workspace(tiny_sandbox, original)
+    done = cli(tiny_sandbox, "run", "--workspace", str(original), "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    batch_id = json.loads(done.stdout)["batch_id"]
+    created = json.loads(done.stdout)["entities"]["patients"]["created"]
+    shutil.copytree(original, copy)
+
+    def patients(workspace: Path) -> int:
+        with sqlite3.connect(workspace / "clinic.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM patients").fetchone()[0])
+
+    with sqlite3.connect(copy / "clinic.db") as conn:  # damage the copy: the check must see the copy's store
+        conn.execute("DELETE FROM medical_alerts WHERE id IN (SELECT id FROM medical_alerts LIMIT 2)")
+    checked = cli(tiny_sandbox, "reconcile", batch_id, "--workspace", str(copy), "--json")
+    assert checked.returncode == 1, checked.stderr
+    alerts = next(r for r in json.loads(checked.stdout)["counts"] if r["entity"] == "medical_alerts")
+    assert alerts["difference"] == -2
+    assert cli(tiny_sandbox, "reconcile", batch_id, "--workspace", str(original)).returncode == 0
+
+    gone = cli(tiny_sandbox, "delete-batch", batch_id, "--workspace", str(copy), "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert (patients(copy), patients(original)) == (0, created)
+    with sqlite3.connect(original / "ledger.db") as conn:
+        assert conn.execute("SELECT status FROM batches").fetchall() == [("completed",)]
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT status, destination FROM batches").fetchall() == [
+            ("deleted", f"sqlite:{(copy / 'clinic.db').resolve()}")
+        ]
+
+
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
     """Cliniko down beyond retries (every answer a gateway's 502 page): one sentence, no HTML, and what to do."""
     down = sandbox_factory(size="tiny", seed=3, rate_limit=0, faults=1.0, fault_kinds=("502",))
