@@ -385,12 +385,11 @@ def _updated_sentence(updated: dict[str, int], batch_id: str) -> str:
     """How many present records the batch rewrote in place, by entity, and where each is listed."""
     from migrator.plan import records_of
 
-    listed = ", ".join(
-        f"{n:,} {entity}" for entity, n in sorted(updated.items(), key=lambda kv: (-kv[1], kv[0]))
-    )
+    listed = ", ".join(records_of(e, n) for e, n in sorted(updated.items(), key=lambda kv: (-kv[1], kv[0])))
     return (
-        f"Updated in place {records_of('records', sum(updated.values()))} an earlier batch brought ({listed}): changed in "
-        f"Cliniko since, or edited here. `python -m migrator reconcile {batch_id} --out DIR` lists each (updated.csv)."
+        f"Updated in place {records_of('records', sum(updated.values()))} an earlier batch brought ({listed}): "
+        "changed in Cliniko since, edited here, or given another mapping. "
+        f"`python -m migrator reconcile {batch_id} --out DIR` lists each with why (updated.csv)."
     )
 
 

@@ -1413,8 +1413,9 @@ class Ledger:
             seen.add((entity, source_id))
             why = (
                 f"This batch skipped it ({code}), but the earlier batch {earlier} brought it as "
-                f"destination record {dest_id}, and that copy is still there: delete batch {earlier} "
-                "if none of its records should stay (within 48 hours of its start), or remove this one by hand."
+                f"destination record {dest_id}, and that copy is still there: remove it by hand, or delete batch "
+                f"{earlier} (within 48 hours of its start; every record it brought goes, this batch's already "
+                "present ones too) and run this plan again to bring the rest anew."
             )
             out.append((entity, source_id, dest_id, "skipped", KEPT_FROM_EARLIER, why))
         return out

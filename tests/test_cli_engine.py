@@ -524,3 +524,13 @@ def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory:
     assert_one_clean_line(failed.stderr, down.key("source"))
     assert "<" not in failed.stderr and "(last: HTTP 502)" in failed.stderr
     assert failed.stderr.rstrip().endswith("run the same command again to go on from there.")
+
+
+def test_a_runs_in_place_updates_are_counted_in_one_sentence() -> None:
+    from migrator.cli import _updated_sentence
+
+    assert _updated_sentence({"patients": 1, "individual_appointments": 2}, "b1") == (
+        "Updated in place 3 records an earlier batch brought (2 individual appointments, 1 patient): changed in "
+        "Cliniko since, edited here, or given another mapping. `python -m migrator reconcile b1 --out DIR` lists "
+        "each with why (updated.csv)."
+    )

@@ -480,7 +480,8 @@ def follow(batch_id: str, was_live: bool) -> None:
             st.info(
                 f"Updated in place {records_of('records', sum(rewritten.values()))} an earlier batch brought ("
                 + ", ".join(records_of(e, n) for e, n in rewritten.items())
-                + "): changed in Cliniko since, or edited here. The Review page lists each."
+                + "): changed in Cliniko since, edited here, or given another mapping. The Review page lists "
+                "each with why."
             )
         if batch.destination.startswith("cliniko:"):
             go_live_section(batch)

@@ -432,8 +432,8 @@ def test_a_top_up_from_the_run_page_brings_only_what_changed_and_says_what_it_sa
         f"{first_requests - top_up_requests:,} fewer than the full run's {first_requests:,}."
     ) in [i.value for i in at.info]
     assert (
-        "Updated in place 1 record an earlier batch brought (1 patient): changed in Cliniko since, or edited "
-        "here. The Review page lists each."
+        "Updated in place 1 record an earlier batch brought (1 patient): changed in Cliniko since, edited here, "
+        "or given another mapping. The Review page lists each with why."
     ) in [i.value for i in at.info]
     goto(at, "review")
     assert "Records updated in place" in [s.value for s in at.subheader]
