@@ -152,7 +152,8 @@ class RunResult:
 
     ``updated`` counts, per entity, the records counted ``already_present`` that the batch
     rewrote in place because an earlier batch's copy no longer matched Cliniko (changed or
-    cancelled there since, or the copy edited): :func:`migrator.reconcile.updated` lists them.
+    cancelled there since, the copy edited, or a mapping changed): :func:`migrator.reconcile.updated`
+    lists them.
 
     For a top-up, ``top_up`` says which batch it topped up, from when it read changes,
     and what it saved: ``requests_saved`` is the plan's last full run's requests less

@@ -70,8 +70,8 @@ batch is deleted). They do not count against reconciliation.
 
 **Updated** (:func:`updated`): records an earlier batch brought that this one rewrote in
 place (counted ``already_present``): changed in Cliniko since (``updated``), cancelled there
-since (``cancelled``), or a copy that differed from an unchanged Cliniko record
-(``review_rewritten``, flagged as well), each with a sentence naming what changed. A
+since (``cancelled``), or a copy that differed from an unchanged Cliniko record, edited
+there or given another mapping since (``review_rewritten``, flagged as well), each with a sentence naming what changed. A
 top-up's work, mostly.
 """
 

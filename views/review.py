@@ -509,7 +509,8 @@ if not updated_frame.is_empty():
     st.subheader("Records updated in place")
     st.caption(
         "Records an earlier batch brought that this one rewrote (counted as already present): changed or "
-        "cancelled in Cliniko since, or a copy edited here that Cliniko's unchanged record replaced."
+        "cancelled in Cliniko since, or a copy that differed from Cliniko's unchanged record (edited here, or "
+        "given another mapping since)."
     )
     table(labelled(updated_frame).rename(lambda c: COLUMN_NAMES.get(c, c)))
     downloads(updated_frame, f"{batch_id}-updated")
