@@ -337,6 +337,15 @@ FLAGGED_REASONS = ("update_refused", "deleted_at_source_kept", "custom_fields_le
 #: (``already_present``, see :mod:`migrator.engine`): changed in Cliniko since, cancelled
 #: there since, or a destination copy that differed from an unchanged Cliniko record.
 UPDATED_REASONS = ("updated", "cancelled", "review_rewritten")
+#: Columns of :meth:`Ledger.updated_frame`.
+UPDATED_SCHEMA: dict[str, Any] = dict.fromkeys(
+    ("entity", "source_id", "dest_id", "reason_code", "reason"), pl.String
+)
+# The items of one batch (the parameter before the reasons) that it rewrote in place.
+_UPDATED_ITEMS = (
+    "FROM items WHERE batch_id = ? AND reason_code IS NOT NULL AND action = 'already_present'"
+    f" AND reason_code IN ({', '.join('?' * len(UPDATED_REASONS))})"
+)
 
 #: The flag of a record a batch skipped that an earlier batch of the same source had created in
 #: the same destination (before a practitioner was excluded, say): that copy is still there.
@@ -1339,10 +1348,8 @@ class Ledger:
 
     def updated_counts(self, batch_id: str) -> dict[str, int]:
         """Records ``batch_id`` rewrote in place (:data:`UPDATED_REASONS`), per entity, none left out as 0."""
-        marks = ", ".join("?" * len(UPDATED_REASONS))
         rows = self._rows(
-            "SELECT entity, count(*) FROM items WHERE batch_id = ? AND reason_code IS NOT NULL"
-            f" AND action = 'already_present' AND reason_code IN ({marks}) GROUP BY entity ORDER BY entity",
+            f"SELECT entity, count(*) {_UPDATED_ITEMS} GROUP BY entity ORDER BY entity",
             (batch_id, *UPDATED_REASONS),
         )
         return {entity: n for entity, n in rows}
@@ -1350,15 +1357,11 @@ class Ledger:
     def updated_frame(self, batch_id: str) -> pl.DataFrame:
         """Records ``batch_id`` rewrote in place (:data:`UPDATED_REASONS`): entity, source_id,
         dest_id, reason_code, reason (what changed)."""
-        marks = ", ".join("?" * len(UPDATED_REASONS))
         rows = self._rows(
-            "SELECT entity, source_id, dest_id, reason_code, reason FROM items"
-            " WHERE batch_id = ? AND reason_code IS NOT NULL AND action = 'already_present'"
-            f" AND reason_code IN ({marks}) ORDER BY rowid",
+            f"SELECT entity, source_id, dest_id, reason_code, reason {_UPDATED_ITEMS} ORDER BY rowid",
             (batch_id, *UPDATED_REASONS),
         )
-        schema = dict.fromkeys(("entity", "source_id", "dest_id", "reason_code", "reason"), pl.String)
-        return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+        return pl.DataFrame([tuple(r) for r in rows], schema=UPDATED_SCHEMA, orient="row")
 
     def flagged_frame(self, batch_id: str) -> pl.DataFrame:
         """A batch's records in the destination that want a person's look (:data:`FLAGGED_REASONS`,

@@ -87,7 +87,7 @@ import polars as pl
 
 from migrator.cliniko.client import ClinikoClient
 from migrator.errors import ConfigError
-from migrator.ledger import Batch, Ledger
+from migrator.ledger import UPDATED_SCHEMA, Batch, Ledger
 from migrator.plan import Plan
 from migrator.scope import Query, direct_queries
 from migrator.stages import MAPPED, STAGES, stage
@@ -121,11 +121,6 @@ MOVED_SCHEMA: dict[str, Any] = {
     "patient_id": pl.String,  # the source's patient, by source id
     "destination_patient_id": pl.String,  # the destination's, by source id; null: no batch of the plan brought it
 }
-
-#: Columns of :func:`updated`.
-UPDATED_SCHEMA: dict[str, Any] = dict.fromkeys(
-    ("entity", "source_id", "dest_id", "reason_code", "reason"), pl.String
-)
 
 #: Columns of :func:`counts`; the destination and source columns are null when not asked for.
 COUNT_SCHEMA: dict[str, Any] = {

@@ -200,12 +200,12 @@ def mapping(
     path = LocalStore.parse_target(to or default_store(workspace))
     if not path.exists() and not Ledger.file_in(workspace).exists():
         frames = build_mapping(source, lambda _: pl.DataFrame(schema=REFERENCE_SCHEMA), can_create=True)
-        return pl.concat(list(frames.values()), how="vertical")
-    ledger, store = open_local_store(to, workspace)
-    try:
-        frames = build_mapping(source, store.reference, can_create=True)
-    finally:
-        ledger.close()
+    else:
+        ledger, store = open_local_store(to, workspace)
+        try:
+            frames = build_mapping(source, store.reference, can_create=True)
+        finally:
+            ledger.close()
     return pl.concat(list(frames.values()), how="vertical")
 
 
