@@ -68,6 +68,10 @@ class DeletionPlan:
             <migrator.destinations.cliniko.ClinikoDestination.created_and_matched>`).
         unanswered: without the key, how many such creates there are, by entity: deleting
             looks for their records then (:func:`ledger_deletion_plan`).
+        found_by_later: of ``created``, how many each later batch found already present rather
+            than bring again, by batch then entity (:meth:`Ledger.found_present_by_later
+            <migrator.ledger.Ledger.found_present_by_later>`): they go too, and leave that batch
+            short of them (:attr:`found_by_later_note`).
     """
 
     batch_id: str
@@ -77,6 +81,7 @@ class DeletionPlan:
     already_deleted: dict[str, int] = field(default_factory=dict)
     matched: dict[str, list[str]] = field(default_factory=dict)
     unanswered: dict[str, int] = field(default_factory=dict)
+    found_by_later: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -119,6 +124,31 @@ class DeletionPlan:
             )
         return None
 
+    @property
+    def found_by_later_note(self) -> str | None:
+        """Which later batches lose records they found already present, in one sentence; ``None`` if none.
+
+        Their reconciliation then counts those records as removed since, not missing: the
+        sentence is said before the deletion, while it can still be weighed.
+        """
+        if not self.found_by_later:
+            return None
+        found = {
+            batch: _and(records_of(e, n) for e, n in counts.items())
+            for batch, counts in self.found_by_later.items()
+        }
+        if len(found) == 1:
+            [(batch, what)] = found.items()
+            return (
+                f"Batch {batch} found {what} of these already present, so it did not bring them itself: they go "
+                f"too, and running that batch's plan again afterwards brings them back anew."
+            )
+        listed = "; ".join(f"batch {batch}, {what}" for batch, what in found.items())
+        return (
+            f"Later batches found some of these already present, so they did not bring them themselves ({listed}): "
+            "they go too, and running those batches' plans again afterwards brings them back anew."
+        )
+
     def __repr__(self) -> str:
         """Counts, not ids (:meth:`as_dict`'s figures): a large batch's ids would flood a notebook's cell."""
         shown = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items() if v not in ({}, None))
@@ -133,6 +163,7 @@ class DeletionPlan:
             "already_deleted": {k: n for k, n in self.already_deleted.items() if n},
             "found_by_matching": {k: len(v) for k, v in self.matched.items() if v},
             "unanswered_creates": {k: n for k, n in self.unanswered.items() if n},
+            "found_present_by_later_batches": self.found_by_later,
             "blocked_by": self.blocker,
         }
 
@@ -163,7 +194,13 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
         # The account itself, read with its key: records the clinic made there by hand too.
         links = tuple(store.account_links_into(batch_id, created))
     return DeletionPlan(
-        batch_id, created, dependents, links, {e: len(ids) for e, ids in gone.items()}, matched=matched
+        batch_id,
+        created,
+        dependents,
+        links,
+        {e: len(ids) for e, ids in gone.items()},
+        matched=matched,
+        found_by_later=ledger.found_present_by_later(batch_id),
     )
 
 
@@ -242,7 +279,13 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
     links = tuple(cliniko_links_into(ledger, batch_id, created))
     gone_count = {e: len(ids) for e, ids in gone.items()}
     return DeletionPlan(
-        batch_id, created, {}, links, gone_count, unanswered=unanswered_creates(ledger, batch_id)
+        batch_id,
+        created,
+        {},
+        links,
+        gone_count,
+        unanswered=unanswered_creates(ledger, batch_id),
+        found_by_later=ledger.found_present_by_later(batch_id),
     )
 
 

@@ -493,7 +493,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0 if result.ok else 1
-    _print_reconciliation(result, batch)
+    _print_reconciliation(result, batch, out=args.out)
     if files:
         names = ", ".join(dict.fromkeys(f.stem for f in files))
         print(f"Wrote {len(files)} files to {args.out}: {names} (CSV and Parquet).")
@@ -506,7 +506,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1
 
 
-def _print_reconciliation(result: Any, batch: Any) -> None:
+def _print_reconciliation(result: Any, batch: Any, *, out: Any = None) -> None:
+    from migrator.plan import records_of
     from migrator.reconcile import by_reason
 
     counts = result.counts
@@ -529,6 +530,13 @@ def _print_reconciliation(result: Any, batch: Any) -> None:
             row["source_difference"],
         )
         print(f"{row['entity']:<{width}}  " + " ".join(f"{'-' if c is None else f'{c:,}':>8}" for c in cells))
+    where = f" in {out}" if out else " with --out"
+    removed = int(counts["removed_since"].fill_null(0).sum())
+    if removed:
+        print(
+            f"Removed since: {records_of('records', removed)} the batch brought {'is' if removed == 1 else 'are'} "
+            "no longer expected in the destination (deleted in Cliniko and taken out by a top-up, or deleted with a batch)."
+        )
     diffs = result.balance_diffs
     if "invoices" in (batch.plan.get("include") or ()):
         print(
@@ -552,12 +560,12 @@ def _print_reconciliation(result: Any, batch: Any) -> None:
     if result.flagged.height:
         print(
             f"Flagged for review: {result.flagged.height:,} records in the destination: "
-            f"{_listed(by_reason(result.flagged))} (see flagged.csv with --out)."
+            f"{_listed(by_reason(result.flagged))} (see flagged.csv{where})."
         )
     if result.updated.height:
         print(
             f"Updated in place: {result.updated.height:,} records an earlier batch brought: "
-            f"{_listed(by_reason(result.updated))} (see updated.csv with --out)."
+            f"{_listed(by_reason(result.updated))} (see updated.csv{where})."
         )
 
 
@@ -631,7 +639,7 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
             print(f"  {entity}: {n:,} created by the batch")
         for entity, n in summary["created_since_for_its_patients"].items():
             print(f"  {entity}: {n:,} created since for the batch's patients (they go with their patients)")
-        for note in (plan.already_deleted_note, plan.matched_note):
+        for note in (plan.already_deleted_note, plan.matched_note, plan.found_by_later_note):
             if note:
                 print(note)
 

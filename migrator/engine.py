@@ -1024,6 +1024,7 @@ class Engine:
                 continue
             fk_dest: dict[str, str | None] = {}
             skip: _Decision | None = None
+            unlinked: list[tuple[str, str, str]] = []  # optional links to records this batch skipped
             for fk, target, found in lookups:
                 value = record.get(fk)
                 hit = found.get(str(value)) if value else None
@@ -1031,12 +1032,15 @@ class Engine:
                     fk_dest[fk] = hit.dest_id
                     continue
                 fk_dest[fk] = None
-                if fk in stage.required and skip is None:
-                    skip = _skip_for(record["id"], fk, target, value, hit)
+                if fk in stage.required:
+                    skip = skip or _skip_for(record["id"], fk, target, value, hit)
+                elif hit is not None:
+                    unlinked.append((fk, target, str(value)))
             if skip is not None:
                 decisions.append(skip)
                 continue
             if earlier.get(record["id"]) in stored:
+                fk_dest.update(self._earlier_links(unlinked))
                 decisions.append(
                     self._already_present(stage, raw, record, fk_dest, earlier[record["id"]], stored)
                 )
@@ -1047,6 +1051,24 @@ class Engine:
                 self._claimed[(stage.entity, decision.dest_id)] = record["id"]
             decisions.append(decision)
         return decisions
+
+    def _earlier_links(self, unlinked: list[tuple[str, str, str]]) -> dict[str, str]:
+        """``{fk: destination id}`` for links of a record an earlier batch brought to records this batch
+        skipped (``(fk, target entity, source id)``), where an earlier batch's copy of the target is on record.
+
+        Say a batch brought a practitioner's appointments and invoices under "Former
+        practitioner", and a new plan excludes that practitioner: the new batch skips the
+        appointments, but the earlier copies stay (flagged, :data:`~migrator.ledger.KEPT_FROM_EARLIER`),
+        and the invoices it finds already present keep their links to them rather than be
+        rewritten without, as if Cliniko had changed. Rare (a page whose records link to skipped
+        ones), so one lookup per link.
+        """
+        links: dict[str, str] = {}
+        for fk, target, source_id in unlinked:
+            item = self.ledger.latest_items(self._earlier_batches_ids(), target, [source_id]).get(source_id)
+            if item is not None and item.action != "skipped" and item.dest_id is not None:
+                links[fk] = item.dest_id
+        return links
 
     def _stored(self, entity: str, dest_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """The stored form of records earlier batches brought (``None``: not ours to rewrite)."""

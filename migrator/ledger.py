@@ -1367,14 +1367,22 @@ class Ledger:
         """A batch's records in the destination that want a person's look (:data:`FLAGGED_REASONS`,
         and :data:`KEPT_FROM_EARLIER`).
 
+        Records that deleting a batch into the same destination has removed since (this one, or
+        an earlier one whose records this batch found already present) want no look: they are
+        left out.
+
         Columns: entity, source_id, dest_id, action, reason_code, reason.
         """
         marks = ", ".join("?" * len(FLAGGED_REASONS))
         rows = self._rows(
-            "SELECT entity, source_id, dest_id, action, reason_code, reason FROM items"
-            " WHERE batch_id = ? AND reason_code IS NOT NULL AND action != 'skipped'"
-            " AND (reason_code LIKE 'review\\_%' ESCAPE '\\'"
-            f" OR reason_code IN ({marks})) ORDER BY rowid",
+            "SELECT i.entity, i.source_id, i.dest_id, i.action, i.reason_code, i.reason"
+            " FROM items i JOIN batches ib ON ib.id = i.batch_id"
+            " WHERE i.batch_id = ? AND i.reason_code IS NOT NULL AND i.action != 'skipped'"
+            " AND (i.reason_code LIKE 'review\\_%' ESCAPE '\\'"
+            f" OR i.reason_code IN ({marks}))"
+            " AND NOT EXISTS (SELECT 1 FROM deletions d JOIN batches db ON db.id = d.batch_id"
+            " WHERE d.entity = i.entity AND d.dest_id = i.dest_id AND db.destination = ib.destination)"
+            " ORDER BY i.rowid",
             (batch_id, *FLAGGED_REASONS),
         )
         found = [tuple(r) for r in rows] + self._kept_from_earlier(batch_id)
@@ -1422,6 +1430,33 @@ class Ledger:
             )
             out.append((entity, source_id, dest_id, "skipped", KEPT_FROM_EARLIER, why))
         return out
+
+    def found_present_by_later(self, batch_id: str) -> dict[str, dict[str, int]]:
+        """Of the records ``batch_id`` created and deleting it has not yet removed, how many each later
+        live batch found already present: ``{later batch id: {entity: n}}``, oldest batch first.
+
+        Deleting ``batch_id`` takes those records too (they are its creates), so the later
+        batch is left short of them: a re-run of its plan brings them anew. Say a batch brought
+        a practitioner's appointments under "Former practitioner" and a new plan excludes that
+        practitioner: the new batch found the rest already present, and created nothing.
+        """
+        rows = self._rows(
+            "SELECT e.batch_id, c.entity, COUNT(*) FROM items c JOIN batches cb ON cb.id = c.batch_id"
+            " JOIN items e ON e.entity = c.entity AND e.source_id = c.source_id AND e.batch_id != c.batch_id"
+            " JOIN batches eb ON eb.id = e.batch_id"
+            " WHERE c.batch_id = ? AND c.action = 'created' AND e.action = 'already_present'"
+            " AND e.dest_id = c.dest_id"
+            " AND eb.destination = cb.destination AND eb.source_account = cb.source_account"
+            " AND eb.status NOT IN ('deleting', 'deleted')"
+            " AND NOT EXISTS (SELECT 1 FROM deletions d"
+            " WHERE d.batch_id = c.batch_id AND d.entity = c.entity AND d.dest_id = c.dest_id)"
+            " GROUP BY e.batch_id, c.entity ORDER BY MIN(eb.created_at), e.batch_id, MIN(c.rowid)",
+            (batch_id,),
+        )
+        found: dict[str, dict[str, int]] = {}
+        for later, entity, n in rows:
+            found.setdefault(later, {})[entity] = n
+        return found
 
     # --- across batches: top-ups and reconciliation ------------------------------------------
 

@@ -62,6 +62,46 @@ def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandb
         assert conn.execute("SELECT count(*) FROM patients WHERE batch_id IS NOT NULL").fetchone()[0] > 0
 
 
+def test_deleting_a_batch_a_later_one_found_already_present_says_so_first(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """The later batch created nothing: deleting the earlier one takes its records, and both sides say so."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    target = (
+        "--to",
+        f"sqlite:{tmp_path / 'clinic.db'}",
+        "--workspace",
+        str(tmp_path),
+        "--mapping",
+        str(mapping),
+    )
+    first, second = (json.loads(cli(tiny_sandbox, "run", *target, "--json").stdout) for _ in range(2))
+    assert not any(row["created"] for row in second["entities"].values())
+
+    dry = cli(tiny_sandbox, "delete-batch", first["batch_id"], "--dry-run", "--workspace", str(tmp_path))
+    assert dry.returncode == 0, dry.stderr
+    (said,) = [
+        line for line in dry.stdout.splitlines() if line.startswith(f"Batch {second['batch_id']} found ")
+    ]
+    assert said.endswith("they go too, and running that batch's plan again afterwards brings them back anew.")
+    assert f"{first['entities']['patients']['created']:,} patients" in said
+
+    deleted = cli(tiny_sandbox, "delete-batch", first["batch_id"], "--yes", "--workspace", str(tmp_path))
+    assert deleted.returncode == 0 and said in deleted.stdout.splitlines()
+    review = tmp_path / "review"
+    checked = cli(
+        tiny_sandbox, "reconcile", second["batch_id"], "--out", str(review), "--workspace", str(tmp_path)
+    )
+    gone = sum(row["already_present"] for row in second["entities"].values()) - sum(
+        row["linked"] for row in first["entities"].values()
+    )
+    assert gone > 0
+    assert (
+        f"Removed since: {gone:,} records the batch brought are no longer expected in the destination (deleted "
+        "in Cliniko and taken out by a top-up, or deleted with a batch)."
+    ) in checked.stdout.splitlines()
+
+
 def test_a_run_says_what_it_skipped_by_reason_and_where_each_sentence_is(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:

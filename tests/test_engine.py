@@ -544,14 +544,16 @@ def test_excluding_a_practitioner_an_earlier_batch_brought_flags_the_copies_stil
     batch skips them as asked, and its reconciliation still balances, but the store holds
     the first batch's copies: its flagged list names each, until that batch is deleted.
     """
-    from migrator.batches import delete_batch
+    from migrator.batches import delete_batch, deletion_plan
     from migrator.ledger import KEPT_FROM_EARLIER
+    from migrator.plan import records_of
     from migrator.reconcile import flagged
 
-    include = ["patients", "individual_appointments"]
+    include = ["patients", "individual_appointments", "invoices"]
     rows = env.mapping()
     former = next(r for r in rows if r.entity == "practitioners" and r.action == "former")
     first = env.run(env.plan(mappings=rows, include=include))
+    invoices_before = {r["source_id"]: dict(r) for r in env.rows("invoices")}
     brought = {
         i.source_id: i.dest_id
         for i in env.ledger.items(first.batch_id, "individual_appointments")
@@ -575,6 +577,42 @@ def test_excluding_a_practitioner_an_earlier_batch_brought_flags_the_copies_stil
         f"This batch skipped it (practitioner_excluded), but the earlier batch {first.batch_id} brought it"
     )
     assert flagged(env.ledger, first.batch_id).filter(pl.col("reason_code") == KEPT_FROM_EARLIER).is_empty()
+    # The practitioner's invoices keep their links to the copies still there: Cliniko's records
+    # have not changed, so they are not rewritten (nor said to be).
+    theirs = {
+        sid for sid, r in invoices_before.items() if r["practitioner_id"] is not None and r["appointment_id"]
+    }
+    kept = {
+        sid for sid, r in invoices_before.items() if r["appointment_id"] in {int(d) for d in brought.values()}
+    }
+    assert kept and theirs
+    assert {r["source_id"]: dict(r) for r in env.rows("invoices")} == invoices_before
+    assert not second.updated
+
+    # Deleting the first batch takes what the second found already present: its plan says so.
+    present: dict[str, int] = {}
+    for entity in env.ledger.counts(second.batch_id):
+        made = {
+            (i.source_id, i.dest_id)
+            for i in env.ledger.items(first.batch_id, entity)
+            if i.action == "created"
+        }
+        found = [i for i in env.ledger.items(second.batch_id, entity) if i.action == "already_present"]
+        if n := sum((i.source_id, i.dest_id) in made for i in found):
+            present[entity] = n
+    assert present["patients"] and present["individual_appointments"]
+    assert not any(e["created"] for e in second.entities.values())
+    plan = deletion_plan(env.ledger, env.store, first.batch_id)
+    assert plan.found_by_later == {second.batch_id: present}
+    assert plan.as_dict()["found_present_by_later_batches"] == {second.batch_id: present}
+    note = plan.found_by_later_note
+    assert note is not None and note.startswith(f"Batch {second.batch_id} found ")
+    assert (
+        records_of("patients", present["patients"]) in note
+        and records_of("invoices", present["invoices"]) in note
+    )
+    assert note.endswith("they go too, and running that batch's plan again afterwards brings them back anew.")
+    assert deletion_plan(env.ledger, env.store, second.batch_id).found_by_later == {}
 
     delete_batch(env.ledger, env.store, first.batch_id)
     assert not {r["source_id"] for r in env.rows("individual_appointments")} & skipped
@@ -759,7 +797,7 @@ def test_progress_shows_each_stage_out_of_what_its_lists_hold(env: Env) -> None:
 def test_a_copy_edited_in_the_store_is_rewritten_from_cliniko_and_flagged_as_such(env: Env) -> None:
     """Cliniko did not change the invoice; the store's copy was edited. The re-run says which side moved."""
     plan = env.plan(include=["patients", "invoices"])
-    env.run(plan)
+    first = env.run(plan)
     ((invoice, source_id, total),) = env.ledger.conn.execute(
         "SELECT id, source_id, total_amount FROM clinic.invoices ORDER BY id LIMIT 1"
     ).fetchall()
@@ -777,3 +815,8 @@ def test_a_copy_edited_in_the_store_is_rewritten_from_cliniko_and_flagged_as_suc
     ).fetchone() == (total,)
     assert env.ledger.flagged_frame(again.batch_id)["source_id"].to_list() == [source_id]
     assert again.entities["invoices"]["already_present"] == again.entities["invoices"]["in_scope"]
+    # Deleting the first batch takes the invoice: the flag no longer asks for a look at it.
+    from migrator.batches import delete_batch
+
+    delete_batch(env.ledger, env.store, first.batch_id)
+    assert env.ledger.flagged_frame(again.batch_id).is_empty()

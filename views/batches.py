@@ -151,6 +151,7 @@ class Shown:
     summary: dict[str, Any]
     already_deleted_note: str | None
     matched_note: str | None
+    found_by_later_note: str | None
 
     @property
     def blocker(self) -> str | None:
@@ -158,7 +159,7 @@ class Shown:
 
     @classmethod
     def of(cls, plan: DeletionPlan) -> Shown:
-        return cls(plan.as_dict(), plan.already_deleted_note, plan.matched_note)
+        return cls(plan.as_dict(), plan.already_deleted_note, plan.matched_note, plan.found_by_later_note)
 
 
 def planned(ledger: Ledger, batches: list[Batch]) -> dict[str, Shown | None]:
@@ -294,6 +295,8 @@ if plan.already_deleted_note:
     st.caption(f"{plan.already_deleted_note} Deleting finishes it.")
 if plan.matched_note:
     st.caption(plan.matched_note)
+if plan.found_by_later_note:
+    st.warning(plan.found_by_later_note, icon=":material/call_split:")
 if summary["blocked_by"]:
     st.error(summary["blocked_by"], icon=":material/link:")
     st.stop()

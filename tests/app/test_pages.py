@@ -505,6 +505,31 @@ def test_a_deletion_that_would_remove_more_than_the_page_showed_removes_nothing(
     assert f"Batch {batch.id} is deleted: 2 records were removed." in texts(at)
 
 
+def test_deleting_a_batch_a_later_one_found_already_present_warns_before_the_click(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    ledger, first = batch_into_store(workspace)
+    store = LocalStore(workspace / "clinic.db", ledger)
+    ids = created_patients(ledger, store, first.id, "Ana", "Bo")
+    ledger.set_status(first.id, "completed")
+    _, second = batch_into_store(workspace)  # the same plan again: it finds both already present
+    ledger.record_items(
+        second.id, [Item("patients", str(n), i, "already_present") for n, i in enumerate(ids, 1)]
+    )
+    ledger.set_status(second.id, "completed")
+    ledger.close()
+
+    at = goto(console(), "batches")
+    at.selectbox(key="delete_batch").select(first.id).run()
+    assert not at.exception
+    assert next(w.value for w in at.warning) == (
+        f"Batch {second.id} found 2 patients of these already present, so it did not bring them itself: they go "
+        "too, and running that batch's plan again afterwards brings them back anew."
+    )
+    at.selectbox(key="delete_batch").select(second.id).run()
+    assert not any("already present, so" in w.value for w in at.warning)
+
+
 def test_a_batch_whose_48_hours_run_out_before_the_click_is_not_deleted(
     console: Callable[[], AppTest], workspace: Path
 ) -> None:
