@@ -1112,8 +1112,10 @@ class Engine:
                 "Cancelled in Cliniko since an earlier batch brought it; cancelled here too.",
             )
         else:
-            changed = [k for k in after if k != "data" and after[k] != before.get(k)]
-            what = f" ({', '.join(changed[:4])})" if changed else ""
+            changed = [k for k in after if k != "data" and after[k] != before.get(k)] + _changed_in_data(
+                before.get("data"), after.get("data")
+            )
+            what = f" ({', '.join(list(dict.fromkeys(changed))[:4])})" if changed else ""
             if "data" in before and before["data"] == after["data"]:
                 # The record as Cliniko sends it is the same (its updated_at would have moved), so
                 # the difference is on this side: the copy was edited, or a mapping changed since.
@@ -1282,6 +1284,27 @@ class _ReferencedItems:
             self._items, self._size = {}, 0
         self._items.setdefault(entity, {}).update(items)
         self._size += len(items)
+
+
+#: Fields of Cliniko's record that change with every change of it, or say nothing of the record's own.
+_BOOKKEEPING = frozenset({"updated_at", "links"})
+
+
+def _changed_in_data(before: object, after: object) -> list[str]:
+    """Fields of Cliniko's record (a store's ``data`` text) that differ, other than :data:`_BOOKKEEPING`.
+
+    What a change held only there (an appointment's ``notes``, say) names, as the store's own
+    columns name theirs. Nothing when either side is not such text (a Cliniko destination's form).
+    """
+    if not (isinstance(before, str) and isinstance(after, str)) or before == after:
+        return []
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return []
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return []
+    return [k for k in dict.fromkeys([*new, *old]) if k not in _BOOKKEEPING and old.get(k) != new.get(k)]
 
 
 def _skip_for(source_id: str, fk: str, target: str, value: object, hit: Item | None) -> _Decision:

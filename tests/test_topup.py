@@ -172,7 +172,9 @@ def test_a_top_up_brings_exactly_the_changes_for_a_fraction_of_the_requests(env:
             ),
         ]
     )
-    assert "starts_at" in listed.filter(pl.col("reason_code") == "updated")["reason"][0]
+    assert listed.filter(pl.col("reason_code") == "updated")["reason"][0] == (
+        "Changed in Cliniko since an earlier batch brought it (starts_at, ends_at, notes); updated in place."
+    )
     # Nothing duplicated: the store grew by the new patient and the new invoice only.
     assert env.table_counts() == {
         **before,
