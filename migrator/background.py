@@ -59,7 +59,13 @@ from migrator.errors import ConfigError, MigratorError
 from migrator.ledger import Ledger, batch_tenants
 from migrator.plan import Plan
 from migrator.topup import TopUp
-from migrator.workflow import cliniko_destination, open_local_store, top_up_point, unfinished_batch
+from migrator.workflow import (
+    cliniko_destination,
+    current_destination,
+    open_local_store,
+    top_up_point,
+    unfinished_batch,
+)
 
 if TYPE_CHECKING:
     from migrator.workflow import ClinikoKeys
@@ -364,6 +370,10 @@ class RunRegistry:
     ) -> RunHandle:
         """Resume a stopped, failed or killed batch with the plan it was started with.
 
+        In a copied workspace, its own ``clinic.db`` claims the batch first
+        (:func:`~migrator.workflow.current_destination`), so the run goes on in the copy's
+        store rather than the original's that the copied ledger still names.
+
         Args:
             source_account: the account the key belongs to (``Identity.account``); it
                 must be the batch's source account.
@@ -372,6 +382,7 @@ class RunRegistry:
             BatchNotFound, ConfigError: as :meth:`start`, or the key is another account's.
         """
         with Ledger(workspace) as ledger:
+            current_destination(ledger, workspace, ledger.batch(batch_id).destination)
             plan = plan_of(ledger, batch_id)
         require_resumable_with(plan, batch_id, source_account)
         return self.start(

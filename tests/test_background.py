@@ -75,6 +75,47 @@ def test_one_run_per_plan_stop_and_resume(tiny_sandbox: RunningSandbox, tmp_path
     assert resumed.result.entities["patients"]["in_scope"] == sum(patients.values())
 
 
+def test_resuming_in_a_copy_of_the_workspace_writes_into_the_copy_only(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A copy still names the original's store in its ledger: a resume there must not write into the original."""
+    import shutil
+    import sqlite3
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    plan = plan_for(tiny_sandbox, original)
+    key = SecretStr(tiny_sandbox.key("source"))
+    handle = RunRegistry().start(plan, key, workspace=original, client_config=config(tiny_sandbox, pace=240))
+    handle.stop()
+    assert handle.wait(60) and handle.state == "stopped"
+    shutil.copytree(original, copy)
+
+    def appointments(workspace: Path) -> int:
+        with sqlite3.connect(workspace / "clinic.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM individual_appointments").fetchone()[0])
+
+    before = appointments(original)
+    resumed = RunRegistry().resume(
+        handle.batch_id,
+        key,
+        source_account=plan.source_account,
+        workspace=copy,
+        client_config=config(tiny_sandbox),
+    )
+    assert resumed.wait(60) and resumed.state == "completed", resumed.error
+    assert (
+        appointments(original)
+        == before
+        < appointments(copy)
+        == tiny_sandbox.totals()["individual_appointments"]
+    )
+    with Ledger(original) as ledger:
+        assert ledger.batch(handle.batch_id).status == "stopped"
+    with Ledger(copy) as ledger:
+        batch = ledger.batch(handle.batch_id)
+        assert (batch.status, batch.destination) == ("completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
+
+
 def test_a_failed_run_says_why_in_one_sentence(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
     plan = plan_for(tiny_sandbox, tmp_path)
     wrong = SecretStr("MS" + "0" * 40 + "-" + tiny_sandbox.account("source")["shard"])
