@@ -275,6 +275,10 @@ class Engine:
         self._any_earlier = True
         self._earlier_batches: list[str] | None = None
         self.top_up = top_up
+        # Mapped records' names, so a skip for an excluded practitioner or business names them.
+        self._names: dict[tuple[str, str], str] = {
+            (r.entity, r.source_id): r.source_name for r in plan.mappings
+        }
         self.batch_id = ""
         self._referenced = _ReferencedItems(ledger, "")
         # A destination written through an API (Cliniko) commits its own writes; the
@@ -1033,7 +1037,9 @@ class Engine:
                     continue
                 fk_dest[fk] = None
                 if fk in stage.required:
-                    skip = skip or _skip_for(record["id"], fk, target, value, hit)
+                    skip = skip or _skip_for(
+                        record["id"], fk, target, value, hit, self._names.get((target, str(value)))
+                    )
                 elif hit is not None:
                     unlinked.append((fk, target, str(value)))
             if skip is not None:
@@ -1307,7 +1313,10 @@ def _changed_in_data(before: object, after: object) -> list[str]:
     return [k for k in dict.fromkeys([*new, *old]) if k not in _BOOKKEEPING and old.get(k) != new.get(k)]
 
 
-def _skip_for(source_id: str, fk: str, target: str, value: object, hit: Item | None) -> _Decision:
+def _skip_for(
+    source_id: str, fk: str, target: str, value: object, hit: Item | None, name: str | None = None
+) -> _Decision:
+    """A record skipped for its link ``fk`` to ``value`` (of ``target``); ``name``: that record's, if mapped."""
     thing = _SINGULAR.get(target, target.rstrip("s"))
     if not value:
         return _Decision(source_id, "skipped", reason_code=f"missing_{fk}", reason=f"It has no {thing}.")
@@ -1321,7 +1330,7 @@ def _skip_for(source_id: str, fk: str, target: str, value: object, hit: Item | N
             source_id,
             "skipped",
             reason_code=code,
-            reason=f"Its {thing} {value} was skipped ({hit.reason_code}).",
+            reason=f"Its {thing} {f'{name} ({value})' if name else value} was skipped ({hit.reason_code}).",
         )
     if target == "patients":
         return _Decision(

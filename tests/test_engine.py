@@ -396,6 +396,9 @@ def test_mapping_actions(env: Env) -> None:
         i for i in env.ledger.items(result.batch_id, "individual_appointments") if i.action == "skipped"
     ]
     assert skipped and all(i.reason_code == "practitioner_excluded" for i in skipped)
+    assert {i.reason for i in skipped} == {
+        f"Its practitioner {excluded.source_name} ({excluded.source_id}) was skipped (practitioner_excluded)."
+    }
     with client_for(env.sandbox) as source:
         theirs = source.count("individual_appointments", [])  # all
         assert len(skipped) < theirs
