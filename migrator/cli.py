@@ -587,6 +587,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
     ledger = Ledger(args.workspace)
     batches = ledger.batches(current_counts=True)
     verdicts = {b.id: deletable(ledger, b) for b in batches}
+    top_ups = ledger.top_ups()
     if args.json:
         print(
             json.dumps(
@@ -595,6 +596,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
                         "id": b.id,
                         "created_at": b.created_at.isoformat(),
                         "status": b.status,
+                        "kind": "top-up" if b.id in top_ups else "full",
                         "source_account": b.source_account,
                         "destination": b.destination,
                         "counts": b.counts,
@@ -611,7 +613,8 @@ def cmd_batches(args: argparse.Namespace) -> int:
     for b in batches:
         allowed, why = verdicts[b.id]
         print(
-            f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.state:<11} {b.source_account} -> {b.destination}"
+            f"{b.id}  {b.created_at:%Y-%m-%d %H:%M} UTC  {b.state:<11} "
+            f"{'top-up' if b.id in top_ups else 'full':<6}  {b.source_account} -> {b.destination}"
         )
         if not allowed and b.status != "deleted":
             print(f"    {why}")

@@ -1305,6 +1305,10 @@ class Ledger:
                 ),
             )
 
+    def top_ups(self) -> set[str]:
+        """The batches started as top-ups (their audit trail has a ``top_up`` line), for listings to say so."""
+        return {r[0] for r in self._rows("SELECT DISTINCT batch_id FROM audit WHERE action = 'top_up'")}
+
     def audit_log(self, batch_id: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
         """The audit trail, oldest first, optionally of one batch or one tenant; ``detail`` decoded.
 

@@ -505,19 +505,19 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
     ledger = Ledger(workspace)
     try:
         rows = []
+        top_ups = ledger.top_ups()
         for b in ledger.batches():
             allowed, why = deletable(ledger, b)
             totals = {
                 a: sum(c.get(a, 0) for c in b.counts.values())
                 for a in ("created", "linked", "already_present", "skipped")
             }
-            top_up = any(e["action"] == "top_up" for e in ledger.audit_log(b.id))
             rows.append(
                 {
                     "id": b.id,
                     "created_at": b.created_at,
                     "status": b.status,
-                    "kind": "top-up" if top_up else "full",
+                    "kind": "top-up" if b.id in top_ups else "full",
                     "source_account": b.source_account,
                     "destination": b.destination,
                     "requests": ledger.batch_requests(b.id),

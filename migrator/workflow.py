@@ -580,7 +580,7 @@ def top_up_point(ledger: Ledger, plan: Plan, *, overlap: timedelta = TOP_UP_OVER
     done = plan_batches(ledger, plan)
     if not done:
         raise ConfigError(_NOTHING_TO_TOP_UP)
-    tops = {b.id for b in done if any(e["action"] == "top_up" for e in ledger.audit_log(b.id))}
+    tops = ledger.top_ups()
     full = next((b for b in done if b.id not in tops), None)
     built_on = TopUp.recorded(ledger, done[0].id)  # if the newest is a top-up, what it built on must stand
     gone = [

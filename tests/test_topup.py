@@ -519,6 +519,11 @@ def test_top_up_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Pa
     )
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         assert conn.execute("SELECT count(*) FROM batches WHERE status = 'completed'").fetchone() == (3,)
+    # Listings say which batches were top-ups.
+    listed = json.loads(cli(tiny_sandbox, "batches", "--json", "--workspace", str(tmp_path), key=key).stdout)
+    assert [b["kind"] for b in listed] == ["top-up", "top-up", "full"]
+    lines = cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), key=key).stdout.splitlines()
+    assert [line.split()[5] for line in lines] == ["top-up", "top-up", "full"]
 
 
 def test_without_a_mapping_a_top_up_continues_the_plan_of_the_last_batch(
