@@ -146,7 +146,11 @@ class RunStopped(MigratorError):
 ProgressEvent = StageProgress
 
 
-@dataclass
+#: The counts :meth:`RunResult.__repr__` sums over entities.
+_TOTALLED = ("in_scope", "created", "linked", "already_present", "skipped")
+
+
+@dataclass(repr=False)
 class RunResult:
     """What a run did: per entity counts, requests spent and seconds taken.
 
@@ -177,6 +181,17 @@ class RunResult:
         if self.top_up is None or self.top_up.baseline_requests is None:
             return None
         return self.top_up.baseline_requests - (self.batch_requests or self.requests)
+
+    def __repr__(self) -> str:
+        """One line of totals (a notebook cell's echo), not every entity's counts: :meth:`as_dict` has those."""
+        totals = {a: sum(c.get(a, 0) for c in self.entities.values()) for a in _TOTALLED}
+        shown = ", ".join(f"{a}={n:,}" for a, n in totals.items())
+        extra = f", updated={sum(self.updated.values()):,}" if self.updated else ""
+        extra += f", top_up_of={self.top_up.of!r}" if self.top_up is not None else ""
+        return (
+            f"RunResult({self.batch_id!r}, entities={len(self.entities)}, {shown}{extra}, "
+            f"requests={self.requests:,}, seconds={self.seconds:.1f}{', resumed' if self.resumed else ''})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -823,3 +823,28 @@ def test_a_copy_edited_in_the_store_is_rewritten_from_cliniko_and_flagged_as_suc
 
     delete_batch(env.ledger, env.store, first.batch_id)
     assert env.ledger.flagged_frame(again.batch_id).is_empty()
+
+
+def test_a_run_result_echoes_as_one_line_of_totals() -> None:
+    """A notebook cell ending in ``migrator.run(...)`` shows the totals, not every entity's dict."""
+    result = RunResult(
+        "b1",
+        {
+            "patients": {
+                "in_scope": 1200,
+                "created": 1000,
+                "linked": 150,
+                "already_present": 40,
+                "skipped": 10,
+            },
+            "invoices": {"in_scope": 30, "created": 30, "linked": 0, "already_present": 0, "skipped": 0},
+        },
+        requests=321,
+        seconds=12.345,
+        resumed=True,
+        updated={"patients": 3},
+    )
+    assert repr(result) == (
+        "RunResult('b1', entities=2, in_scope=1,230, created=1,030, linked=150, already_present=40, skipped=10, "
+        "updated=3, requests=321, seconds=12.3, resumed)"
+    )
