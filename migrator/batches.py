@@ -159,11 +159,11 @@ class DeletionPlan:
             "batch_id": self.batch_id,
             "created": {k: len(v) for k, v in self.created.items() if v},
             "created_since_for_its_patients": {k: len(v) for k, v in self.dependents.items() if v},
+            "found_present_by_later_batches": self.found_by_later,
             "total": self.total,
             "already_deleted": {k: n for k, n in self.already_deleted.items() if n},
             "found_by_matching": {k: len(v) for k, v in self.matched.items() if v},
             "unanswered_creates": {k: n for k, n in self.unanswered.items() if n},
-            "found_present_by_later_batches": self.found_by_later,
             "blocked_by": self.blocker,
         }
 
@@ -200,7 +200,7 @@ def deletion_plan(ledger: Ledger, store: Any, batch_id: str) -> DeletionPlan:
         links,
         {e: len(ids) for e, ids in gone.items()},
         matched=matched,
-        found_by_later=ledger.found_present_by_later(batch_id),
+        found_by_later=ledger.found_present_by_later(batch_id, created),
     )
 
 
@@ -285,7 +285,7 @@ def ledger_deletion_plan(ledger: Ledger, batch_id: str) -> DeletionPlan:
         links,
         gone_count,
         unanswered=unanswered_creates(ledger, batch_id),
-        found_by_later=ledger.found_present_by_later(batch_id),
+        found_by_later=ledger.found_present_by_later(batch_id, created),
     )
 
 

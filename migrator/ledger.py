@@ -68,7 +68,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -1435,31 +1435,43 @@ class Ledger:
             out.append((entity, source_id, dest_id, "skipped", KEPT_FROM_EARLIER, why))
         return out
 
-    def found_present_by_later(self, batch_id: str) -> dict[str, dict[str, int]]:
-        """Of the records ``batch_id`` created and deleting it has not yet removed, how many each later
-        live batch found already present: ``{later batch id: {entity: n}}``, oldest batch first.
+    def found_present_by_later(
+        self, batch_id: str, created: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, int]]:
+        """How many of ``created`` (destination ids by entity: what ``batch_id`` created and deleting it
+        has not yet removed) each later live batch found already present: ``{batch id: {entity: n}}``,
+        oldest batch first, entities in stage order (the reverse of ``created``'s order of deletion).
 
         Deleting ``batch_id`` takes those records too (they are its creates), so the later
         batch is left short of them: a re-run of its plan brings them anew. Say a batch brought
         a practitioner's appointments under "Former practitioner" and a new plan excludes that
         practitioner: the new batch found the rest already present, and created nothing.
+
+        Nothing is read when no other live batch shares the destination and source. A large
+        clinic's full re-run found about a million records present: reading them takes about a
+        second (an SQL join with ``batch_id``'s own items took nearly three).
         """
-        rows = self._rows(
-            "SELECT e.batch_id, c.entity, COUNT(*) FROM items c JOIN batches cb ON cb.id = c.batch_id"
-            " JOIN items e ON e.entity = c.entity AND e.source_id = c.source_id AND e.batch_id != c.batch_id"
-            " JOIN batches eb ON eb.id = e.batch_id"
-            " WHERE c.batch_id = ? AND c.action = 'created' AND e.action = 'already_present'"
-            " AND e.dest_id = c.dest_id"
-            " AND eb.destination = cb.destination AND eb.source_account = cb.source_account"
-            " AND eb.status NOT IN ('deleting', 'deleted')"
-            " AND NOT EXISTS (SELECT 1 FROM deletions d"
-            " WHERE d.batch_id = c.batch_id AND d.entity = c.entity AND d.dest_id = c.dest_id)"
-            " GROUP BY e.batch_id, c.entity ORDER BY MIN(eb.created_at), e.batch_id, MIN(c.rowid)",
-            (batch_id,),
-        )
+        batch = self.batch(batch_id)
+        later = [
+            b.id
+            for b in reversed(self.live_batches(batch.destination, source_account=batch.source_account))
+            if b.id != batch_id
+        ]
+        if not later:
+            return {}
+        mine = {entity: set(ids) for entity, ids in created.items() if ids}
         found: dict[str, dict[str, int]] = {}
-        for later, entity, n in rows:
-            found.setdefault(later, {})[entity] = n
+        for later_id in later:
+            counts: dict[str, int] = {}
+            with self.lock:
+                for entity, dest_id in self.conn.execute(
+                    "SELECT entity, dest_id FROM items WHERE batch_id = ? AND action = 'already_present'",
+                    (later_id,),
+                ):
+                    if dest_id in mine.get(entity, ()):
+                        counts[entity] = counts.get(entity, 0) + 1
+            if counts:
+                found[later_id] = {e: counts[e] for e in reversed(list(created)) if e in counts}
         return found
 
     # --- across batches: top-ups and reconciliation ------------------------------------------

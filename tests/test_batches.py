@@ -263,7 +263,10 @@ def test_a_notebook_deletes_a_batch_with_one_call(env: Env, capsys: pytest.Captu
     assert would.total == sum(created.values()) + alerts and would.blocker is None
     # A notebook cell ending in the call shows its counts, not every id (hundreds of thousands on a large clinic).
     shown = repr(would)
-    assert shown.startswith(f"DeletionPlan(batch_id={first.batch_id!r}, created={{") and len(shown) < 300
+    assert shown.startswith(f"DeletionPlan(batch_id={first.batch_id!r}, created={{") and len(shown) < 400
+    # The second batch found the first's patients already present: they go too, and the plan says so.
+    assert f"found_present_by_later_batches={{{second.batch_id!r}: {{" in shown
+    assert f"'patients': {patients}}}}}" in shown
     assert all(f"'{e}': {n}" in shown for e, n in created.items()) and f"total={would.total})" in shown
     assert f"created_since_for_its_patients={{'medical_alerts': {alerts}}}" in shown
     assert not any(repr(i) in shown for i in would.created["patients"][:20])
