@@ -70,7 +70,7 @@ from migrator.plan import MappingRow, Plan
 from migrator.scope import Query, by_ids, changed_since, cheapest, direct_queries
 from migrator.stages import MAPPED, STAGES, Stage
 from migrator.stages import stage as stage_of
-from migrator.topup import TopUp, deleted_source_id, remove_deleted, retryable
+from migrator.topup import DELETED_AT_SOURCE, TopUp, deleted_source_id, remove_deleted, retryable
 
 __all__ = ["ACTIONS", "Engine", "ProgressEvent", "RunResult", "RunStopped"]
 
@@ -1081,14 +1081,20 @@ class Engine:
         practitioner", and a new plan excludes that practitioner: the new batch skips the
         appointments, but the earlier copies stay (flagged, :data:`~migrator.ledger.KEPT_FROM_EARLIER`),
         and the invoices it finds already present keep their links to them rather than be
-        rewritten without, as if Cliniko had changed. Rare (a page whose records link to skipped
-        ones), so one lookup per link.
+        rewritten without, as if Cliniko had changed. The copy is the newest earlier batch's that
+        brought the target: batches that skipped it since (the same exclude plan run again, or
+        topped up) did not remove it, but a top-up that found it deleted at the source did. Rare
+        (a page whose records link to skipped ones), so one lookup per link and batch.
         """
         links: dict[str, str] = {}
         for fk, target, source_id in unlinked:
-            item = self.ledger.latest_items(self._earlier_batches_ids(), target, [source_id]).get(source_id)
-            if item is not None and item.action != "skipped" and item.dest_id is not None:
-                links[fk] = item.dest_id
+            for batch_id in self._earlier_batches_ids():  # newest first
+                item = self.ledger.item(batch_id, target, source_id)
+                if item is None or (item.action == "skipped" and item.reason_code != DELETED_AT_SOURCE):
+                    continue
+                if item.action != "skipped" and item.dest_id is not None:
+                    links[fk] = item.dest_id
+                break
         return links
 
     def _stored(self, entity: str, dest_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:

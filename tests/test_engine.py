@@ -591,6 +591,11 @@ def test_excluding_a_practitioner_an_earlier_batch_brought_flags_the_copies_stil
     assert kept and theirs
     assert {r["source_id"]: dict(r) for r in env.rows("invoices")} == invoices_before
     assert not second.updated
+    # The same plan again (or a top-up of it) finds the excluded practitioner's copies through the first
+    # batch, past the second's skips: nothing is rewritten.
+    third = env.run(env.plan(mappings=excluded, include=include))
+    assert not third.updated and not any(e["created"] for e in third.entities.values())
+    assert {r["source_id"]: dict(r) for r in env.rows("invoices")} == invoices_before
 
     # Deleting the first batch takes what the second found already present: its plan says so.
     present: dict[str, int] = {}
@@ -606,15 +611,17 @@ def test_excluding_a_practitioner_an_earlier_batch_brought_flags_the_copies_stil
     assert present["patients"] and present["individual_appointments"]
     assert not any(e["created"] for e in second.entities.values())
     plan = deletion_plan(env.ledger, env.store, first.batch_id)
-    assert plan.found_by_later == {second.batch_id: present}
-    assert plan.as_dict()["found_present_by_later_batches"] == {second.batch_id: present}
+    assert list(plan.found_by_later) == [second.batch_id, third.batch_id]  # the oldest first
+    assert plan.found_by_later[second.batch_id] == plan.found_by_later[third.batch_id] == present
+    assert plan.as_dict()["found_present_by_later_batches"] == plan.found_by_later
     note = plan.found_by_later_note
-    assert note is not None and note.startswith(f"Batch {second.batch_id} found ")
-    assert (
-        records_of("patients", present["patients"]) in note
-        and records_of("invoices", present["invoices"]) in note
+    assert note is not None and note.startswith(
+        "Later batches found some of these already present, so they did not bring them themselves (batch "
     )
-    assert note.endswith("they go too, and running that batch's plan again afterwards brings them back anew.")
+    assert all(records_of(e, n) in note for e, n in present.items()) and note.count(second.batch_id) == 1
+    assert note.endswith(
+        "they go too, and running those batches' plans again afterwards brings them back anew."
+    )
     assert deletion_plan(env.ledger, env.store, second.batch_id).found_by_later == {}
 
     delete_batch(env.ledger, env.store, first.batch_id)
