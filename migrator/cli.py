@@ -534,8 +534,10 @@ def _print_reconciliation(result: Any, batch: Any, *, out: Any = None) -> None:
     removed = int(counts["removed_since"].fill_null(0).sum())
     if removed:
         print(
-            f"Removed since: {records_of('records', removed)} the batch brought {'is' if removed == 1 else 'are'} "
-            "no longer expected in the destination (deleted in Cliniko and taken out by a top-up, or deleted with a batch)."
+            f"Removed since: {records_of('records', removed)} the batch created, linked or found already present "
+            f"{'is' if removed == 1 else 'are'} no longer expected in the destination (deleted in Cliniko and taken "
+            "out by a top-up, or deleted with a batch: running the plan again brings back what a deletion took, "
+            "and the balances it held)."
         )
     diffs = result.balance_diffs
     if "invoices" in (batch.plan.get("include") or ()):

@@ -97,9 +97,15 @@ def test_deleting_a_batch_a_later_one_found_already_present_says_so_first(
     )
     assert gone > 0
     assert (
-        f"Removed since: {gone:,} records the batch brought are no longer expected in the destination (deleted "
-        "in Cliniko and taken out by a top-up, or deleted with a batch)."
+        f"Removed since: {gone:,} records the batch created, linked or found already present are no longer "
+        "expected in the destination (deleted in Cliniko and taken out by a top-up, or deleted with a batch: "
+        "running the plan again brings back what a deletion took, and the balances it held)."
     ) in checked.stdout.splitlines()
+    # As the sentences say: the same plan again brings them back, and that batch reconciles.
+    third = json.loads(cli(tiny_sandbox, "run", *target, "--json").stdout)
+    assert third["entities"]["patients"]["created"] == first["entities"]["patients"]["created"]
+    again = cli(tiny_sandbox, "reconcile", third["batch_id"], "--workspace", str(tmp_path))
+    assert again.returncode == 0 and again.stdout.rstrip().endswith("Everything reconciles."), again.stdout
 
 
 def test_a_run_says_what_it_skipped_by_reason_and_where_each_sentence_is(
