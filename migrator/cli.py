@@ -639,7 +639,15 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
 
     def show(plan: DeletionPlan) -> None:
         summary = plan.as_dict()
-        print(f"Deleting batch {args.batch_id} removes {records_of('records', summary['total'])}{archived}:")
+        if not summary["total"] and not summary["unanswered_creates"]:
+            print(
+                f"Deleting batch {args.batch_id} removes no record: it created nothing that is still there, and is "
+                "only marked deleted in the ledger."
+            )
+        else:
+            print(
+                f"Deleting batch {args.batch_id} removes {records_of('records', summary['total'])}{archived}:"
+            )
         for entity, n in summary["created"].items():
             print(f"  {entity}: {n:,} created by the batch")
         for entity, n in summary["created_since_for_its_patients"].items():

@@ -468,9 +468,13 @@ def check_scope(client: ClinikoClient, scope: Scope, account: str, rows: Sequenc
             missing.append(source_id)
     if missing:
         which = f"{scope.kind} with the id" if len(missing) == 1 else f"{entity} with the ids"
+        bring = (
+            "so the filter would bring nothing"
+            if len(missing) == len(scope.ids)
+            else f"so {'that id' if len(missing) == 1 else 'those ids'} would bring nothing (mistyped?)"
+        )
         raise ConfigError(
-            f"{account} has no {which} {', '.join(missing)}, so the filter would bring nothing; "
-            f"the mapping lists its {entity} with their ids."
+            f"{account} has no {which} {', '.join(missing)}, {bring}; the mapping lists its {entity} with their ids."
         )
 
 

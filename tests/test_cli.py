@@ -142,6 +142,13 @@ def test_preview_refuses_a_filter_id_the_account_lacks_and_an_unknown_destinatio
         "error: Harbourside Physio has no practitioner with the id 1, so the filter would bring nothing; "
         "the mapping lists its practitioners with their ids."
     )
+    with demo_sandbox.client() as client:
+        real = str(next(client.pages("practitioners")).records[0]["id"])
+    result = demo_sandbox.cli("preview", "--filter", f"practitioner:{real},999", key=key)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: Harbourside Physio has no practitioner with the id 999, so that id would bring nothing "
+        "(mistyped?); the mapping lists its practitioners with their ids."
+    )
     secret = "MS" + "0" * 40 + "-au1"  # a key pasted into --to must not come back
     for command in ("preview", "run", "mapping"):
         extra = ("--out", "never.json") if command == "mapping" else ()

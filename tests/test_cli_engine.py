@@ -77,6 +77,11 @@ def test_deleting_a_batch_a_later_one_found_already_present_says_so_first(
     )
     first, second = (json.loads(cli(tiny_sandbox, "run", *target, "--json").stdout) for _ in range(2))
     assert not any(row["created"] for row in second["entities"].values())
+    nothing = cli(tiny_sandbox, "delete-batch", second["batch_id"], "--dry-run", "--workspace", str(tmp_path))
+    assert nothing.stdout.splitlines() == [
+        f"Deleting batch {second['batch_id']} removes no record: it created nothing that is still there, and is "
+        "only marked deleted in the ledger."
+    ]
 
     dry = cli(tiny_sandbox, "delete-batch", first["batch_id"], "--dry-run", "--workspace", str(tmp_path))
     assert dry.returncode == 0, dry.stderr
