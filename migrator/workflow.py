@@ -119,6 +119,10 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     made to try things on would remove the original's records. So the workspace's own
     store, when there is one and it is not ``destination``, is opened first to claim the
     batches whose records it holds, and the batch's store is then whatever they record.
+    A batch that wrote nothing yet (stopped at once) leaves no record to claim it by: when
+    its store is the default store of another folder with a ledger of its own (the
+    original of a copy), it is re-pointed at this workspace's store too, audited the same
+    way, so a resume in the copy does not write into the original's.
     ``ledger`` must have no store attached.
     """
     if not destination.startswith("sqlite:"):
@@ -131,9 +135,13 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     except ConfigError:  # another workspace's store lies there: the batch's record stands
         return destination
     store.close()
-    if any(batch.destination == destination for batch in ledger.batches()):
-        return destination
-    return store.describe()
+    if not any(batch.destination == destination for batch in ledger.batches()):
+        return store.describe()
+    recorded = LocalStore.parse_target(destination)
+    if recorded.name == own.name and Ledger.file_in(recorded.parent).exists():  # the original's own store
+        ledger.store_moved(destination, store.describe(), copy=True)
+        return store.describe()
+    return destination
 
 
 @contextmanager

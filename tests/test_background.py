@@ -75,19 +75,38 @@ def test_one_run_per_plan_stop_and_resume(tiny_sandbox: RunningSandbox, tmp_path
     assert resumed.result.entities["patients"]["in_scope"] == sum(patients.values())
 
 
+@pytest.mark.parametrize("wrote", ["some pages", "nothing"])
 def test_resuming_in_a_copy_of_the_workspace_writes_into_the_copy_only(
-    tiny_sandbox: RunningSandbox, tmp_path: Path
+    tiny_sandbox: RunningSandbox, tmp_path: Path, wrote: str
 ) -> None:
-    """A copy still names the original's store in its ledger: a resume there must not write into the original."""
+    """A copy still names the original's store in its ledger: a resume there must not write into the original.
+
+    Stopped at once, a run may have written nothing yet, and then no record in the copy's
+    store claims the batch: the original's store, beside a ledger of its own, is not taken
+    for this workspace's either way.
+    """
     import shutil
     import sqlite3
 
     original, copy = tmp_path / "original", tmp_path / "copy"
     plan = plan_for(tiny_sandbox, original)
     key = SecretStr(tiny_sandbox.key("source"))
-    handle = RunRegistry().start(plan, key, workspace=original, client_config=config(tiny_sandbox, pace=240))
-    handle.stop()
-    assert handle.wait(60) and handle.state == "stopped"
+    if wrote == "nothing":
+        with Ledger(original) as ledger:
+            batch = ledger.create_batch(
+                source_account=plan.source_account,
+                destination=plan.destination,
+                plan=plan.model_dump(mode="json"),
+            )
+            ledger.set_status(batch.id, "stopped")
+        batch_id = batch.id
+    else:
+        handle = RunRegistry().start(
+            plan, key, workspace=original, client_config=config(tiny_sandbox, pace=240)
+        )
+        handle.stop()
+        assert handle.wait(60) and handle.state == "stopped" and handle.batch_id
+        batch_id = handle.batch_id
     shutil.copytree(original, copy)
 
     def appointments(workspace: Path) -> int:
@@ -96,7 +115,7 @@ def test_resuming_in_a_copy_of_the_workspace_writes_into_the_copy_only(
 
     before = appointments(original)
     resumed = RunRegistry().resume(
-        handle.batch_id,
+        batch_id,
         key,
         source_account=plan.source_account,
         workspace=copy,
@@ -110,9 +129,9 @@ def test_resuming_in_a_copy_of_the_workspace_writes_into_the_copy_only(
         == tiny_sandbox.totals()["individual_appointments"]
     )
     with Ledger(original) as ledger:
-        assert ledger.batch(handle.batch_id).status == "stopped"
+        assert ledger.batch(batch_id).status == "stopped"
     with Ledger(copy) as ledger:
-        batch = ledger.batch(handle.batch_id)
+        batch = ledger.batch(batch_id)
         assert (batch.status, batch.destination) == ("completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
 
 
