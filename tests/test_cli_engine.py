@@ -18,6 +18,18 @@ def cli(sandbox: RunningSandbox, *args: str):
     return sandbox.cli(*args, key=sandbox.key("source"), pace="0")
 
 
+def into_store(workspace: Path, mapping: Path) -> tuple[str, ...]:
+    """``run``'s arguments for the workspace's own store, with the edited ``mapping``."""
+    return (
+        "--to",
+        f"sqlite:{workspace / 'clinic.db'}",
+        "--workspace",
+        str(workspace),
+        "--mapping",
+        str(mapping),
+    )
+
+
 def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
     mapping = setup_workspace(tiny_sandbox, tmp_path)
     target = ("--to", f"sqlite:{tmp_path / 'clinic.db'}", "--workspace", str(tmp_path))
@@ -67,14 +79,7 @@ def test_deleting_a_batch_a_later_one_found_already_present_says_so_first(
 ) -> None:
     """The later batch created nothing: deleting the earlier one takes its records, and both sides say so."""
     mapping = setup_workspace(tiny_sandbox, tmp_path)
-    target = (
-        "--to",
-        f"sqlite:{tmp_path / 'clinic.db'}",
-        "--workspace",
-        str(tmp_path),
-        "--mapping",
-        str(mapping),
-    )
+    target = into_store(tmp_path, mapping)
     first, second = (json.loads(cli(tiny_sandbox, "run", *target, "--json").stdout) for _ in range(2))
     assert not any(row["created"] for row in second["entities"].values())
     nothing = cli(tiny_sandbox, "delete-batch", second["batch_id"], "--dry-run", "--workspace", str(tmp_path))
@@ -326,25 +331,21 @@ def test_a_filter_naming_no_record_of_the_source_is_refused(
     mapping = setup_workspace(tiny_sandbox, tmp_path)
     rows = json.loads(mapping.read_text())["mappings"]
     real = next(r["source_id"] for r in rows if r["entity"] == "practitioners")
-    target = (
-        "--to",
-        f"sqlite:{tmp_path / 'clinic.db'}",
-        "--workspace",
-        str(tmp_path),
-        "--mapping",
-        str(mapping),
-    )
+    target = into_store(tmp_path, mapping)
 
     typo = cli(tiny_sandbox, "run", *target, "--filter", f"practitioner:{real},1")
     assert typo.returncode == 2, typo.stderr
     assert typo.stderr.count("\n") == 1
     assert (
-        "Harbourside Physio has no practitioner with the id 1, so the filter would bring nothing"
+        "Harbourside Physio has no practitioner with the id 1, so that id would bring nothing (mistyped?)"
         in typo.stderr
     )
     assert real not in typo.stderr and tiny_sandbox.key("source") not in typo.stderr
     two = cli(tiny_sandbox, "run", *target, "--filter", "business:1,2")
-    assert two.returncode == 2 and "businesses with the ids 1, 2," in two.stderr
+    assert (
+        two.returncode == 2
+        and "businesses with the ids 1, 2, so the filter would bring nothing;" in two.stderr
+    )
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
 

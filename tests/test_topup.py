@@ -37,6 +37,7 @@ from migrator.setup import copy_clinic_setup
 from migrator.stages import MAPPED
 from migrator.workflow import run_plan, top_up_point
 from tests.conftest import RunningSandbox
+from tests.test_cli_engine import into_store
 from tests.test_reconcile import cli
 from tests.test_resume import setup_workspace
 
@@ -484,14 +485,7 @@ def test_deleting_a_top_up_batch_removes_what_it_created_and_keeps_its_updates(e
 
 def test_top_up_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
     mapping = setup_workspace(tiny_sandbox, tmp_path)
-    target = (
-        "--to",
-        f"sqlite:{tmp_path / 'clinic.db'}",
-        "--workspace",
-        str(tmp_path),
-        "--mapping",
-        str(mapping),
-    )
+    target = into_store(tmp_path, mapping)
     key = tiny_sandbox.key("source")
     early = cli(tiny_sandbox, "run", *target, "--top-up", key=key)
     assert early.returncode == 2 and "nothing to top up" in early.stderr and early.stderr.count("\n") == 1
