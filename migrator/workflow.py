@@ -14,6 +14,7 @@ the operator; none of them ever puts a key in a message.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager, suppress
@@ -138,10 +139,29 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     if not any(batch.destination == destination for batch in ledger.batches()):
         return store.describe()
     recorded = LocalStore.parse_target(destination)
-    if recorded.name == own.name and Ledger.file_in(recorded.parent).exists():  # the original's own store
+    mine = [b.id for b in ledger.batches() if b.destination == destination]
+    if recorded.name == own.name and _knows_batches(Ledger.file_in(recorded.parent), mine):  # the original's
         ledger.store_moved(destination, store.describe(), copy=True)
         return store.describe()
     return destination
+
+
+def _knows_batches(ledger_file: Path, batch_ids: Sequence[str]) -> bool:
+    """Whether the ledger at ``ledger_file`` (read only, if there is one) records any of ``batch_ids``:
+    the ledger this one was copied from, as a copy keeps the original's batch ids."""
+    if not ledger_file.is_file() or not batch_ids:
+        return False
+    try:
+        with closing(
+            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as conn:
+            marks = ", ".join("?" * len(batch_ids))
+            return (
+                conn.execute(f"SELECT 1 FROM batches WHERE id IN ({marks}) LIMIT 1", batch_ids).fetchone()
+                is not None
+            )
+    except sqlite3.Error:
+        return False
 
 
 @contextmanager
