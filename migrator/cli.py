@@ -508,7 +508,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _print_reconciliation(result: Any, batch: Any, *, out: Any = None) -> None:
     from migrator.plan import records_of
-    from migrator.reconcile import by_reason
+    from migrator.reconcile import REMOVED_SINCE_WHY, by_reason
 
     counts = result.counts
     width = max(len(e) for e in counts["entity"])
@@ -535,9 +535,8 @@ def _print_reconciliation(result: Any, batch: Any, *, out: Any = None) -> None:
     if removed:
         print(
             f"Removed since: {records_of('records', removed)} the batch created, linked or found already present "
-            f"{'is' if removed == 1 else 'are'} no longer expected in the destination (deleted in Cliniko and taken "
-            "out by a top-up, or deleted with a batch: running the plan again brings back what a deletion took, "
-            "and the balances it held)."
+            f"{'is' if removed == 1 else 'are'} no longer expected in the destination ({REMOVED_SINCE_WHY}: "
+            "running the plan again brings back what a deletion took, and the balances it held)."
         )
     diffs = result.balance_diffs
     if "invoices" in (batch.plan.get("include") or ()):

@@ -98,6 +98,7 @@ __all__ = [
     "COUNT_SCHEMA",
     "MISSING_SCHEMA",
     "MOVED_SCHEMA",
+    "REMOVED_SINCE_WHY",
     "UPDATED_SCHEMA",
     "InvoiceCheck",
     "Reconciliation",
@@ -121,6 +122,9 @@ MOVED_SCHEMA: dict[str, Any] = {
     "patient_id": pl.String,  # the source's patient, by source id
     "destination_patient_id": pl.String,  # the destination's, by source id; null: no batch of the plan brought it
 }
+
+#: How records come to be counted ``removed_since``, as the Review page and ``reconcile`` say it.
+REMOVED_SINCE_WHY = "deleted in Cliniko and taken out by a top-up, or deleted with a batch"
 
 #: Columns of :func:`counts`; the destination and source columns are null when not asked for.
 COUNT_SCHEMA: dict[str, Any] = {

@@ -36,6 +36,18 @@ def config(sandbox: RunningSandbox, pace: float = 0) -> ClientConfig:
     return ClientConfig(url_template=sandbox.url_template, requests_per_minute=pace)
 
 
+def stopped_batch(plan: Plan, workspace: Path) -> str:
+    """A batch of ``plan`` recorded as stopped before it read anything: its id."""
+    with Ledger(workspace) as ledger:
+        batch = ledger.create_batch(
+            source_account=plan.source_account,
+            destination=plan.destination,
+            plan=plan.model_dump(mode="json"),
+        )
+        ledger.set_status(batch.id, "stopped")
+    return batch.id
+
+
 def holds_a_key(handle: RunHandle) -> bool:
     return any(isinstance(v, SecretStr | ClinikoClient) for v in vars(handle).values())
 
@@ -92,14 +104,7 @@ def test_resuming_in_a_copy_of_the_workspace_writes_into_the_copy_only(
     plan = plan_for(tiny_sandbox, original)
     key = SecretStr(tiny_sandbox.key("source"))
     if wrote == "nothing":
-        with Ledger(original) as ledger:
-            batch = ledger.create_batch(
-                source_account=plan.source_account,
-                destination=plan.destination,
-                plan=plan.model_dump(mode="json"),
-            )
-            ledger.set_status(batch.id, "stopped")
-        batch_id = batch.id
+        batch_id = stopped_batch(plan, original)
     else:
         handle = RunRegistry().start(
             plan, key, workspace=original, client_config=config(tiny_sandbox, pace=240)
@@ -150,16 +155,10 @@ def test_a_failed_run_says_why_in_one_sentence(tiny_sandbox: RunningSandbox, tmp
 
 def test_resuming_needs_the_batchs_own_source_account(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
     plan = plan_for(tiny_sandbox, tmp_path)
-    with Ledger(tmp_path) as ledger:
-        batch = ledger.create_batch(
-            source_account=plan.source_account,
-            destination=plan.destination,
-            plan=plan.model_dump(mode="json"),
-        )
-        ledger.set_status(batch.id, "stopped")
+    batch_id = stopped_batch(plan, tmp_path)
     with pytest.raises(ConfigError, match=r"connect .*'s key to resume it"):
         RunRegistry().resume(
-            batch.id,
+            batch_id,
             SecretStr(tiny_sandbox.key("source")),
             source_account="Another Clinic",
             workspace=tmp_path,

@@ -43,6 +43,7 @@ from migrator.ledger import Batch, Ledger
 from migrator.opening_balance import opening_balances
 from migrator.plan import records_of
 from migrator.reconcile import (
+    REMOVED_SINCE_WHY,
     counts,
     counts_and_missing,
     flagged,
@@ -413,7 +414,7 @@ elif differing.height:
 else:
     removed = int(count_frame["removed_since"].fill_null(0).sum())
     present = int(count_frame["in_destination"].fill_null(0).sum())
-    why = "deleted in Cliniko and taken out by a top-up, or deleted with a batch"
+    why = REMOVED_SINCE_WHY
     if removed and removed >= present:  # most of it is gone: not a green light
         st.warning(
             f"Of the {records_of('records', removed + present)} the batch brought{so_far}, {removed:,} "
