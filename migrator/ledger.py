@@ -28,6 +28,8 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
            receives_confirmation_emails, restored_at)  PK (batch_id, dest_id): what go-live restores
     deletions(batch_id -> batches, entity, dest_id, deleted_at)  PK (batch_id, entity, dest_id),
            indexed (entity, dest_id): what deleting a batch has removed so far
+    home(id PK = 1, path)  where the ledger file was last opened
+    copied_from(path PK, noticed_at)  ledger files this one is a copy of (see Ledger.originals)
     migrations(id PK, migration_set, name, applied_at)
 
 Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
@@ -69,7 +71,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +100,7 @@ __all__ = [
     "StageProgress",
     "apply_migrations",
     "batch_tenants",
+    "ledger_records",
     "this_worker",
 ]
 
@@ -326,6 +329,14 @@ def _progress_finished(db: sqlite_utils.Database) -> None:
     db.table("progress").add_column("finished_at", str)
 
 
+@MIGRATIONS(name="012_home")
+def _home(db: sqlite_utils.Database) -> None:
+    # Where the ledger was last opened, and the ledgers it turned out to be a copy of: a copy
+    # shares a store outside its folder with the original, and must not change it.
+    db.execute("CREATE TABLE home (id INTEGER PRIMARY KEY CHECK (id = 1), path TEXT NOT NULL)")
+    db.table("copied_from").create({"path": str, "noticed_at": str}, pk="path", not_null={"noticed_at"})
+
+
 #: Reason codes of records that came across but want a person's look, besides every
 #: ``review_*`` code (near-matches created, not linked: see :mod:`migrator.engine`): a
 #: change at the source the destination could not take, a record deleted at the source
@@ -413,6 +424,39 @@ STALE_AFTER = timedelta(minutes=5)
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _another_ledger_file(path: Path, mine: Path) -> bool:
+    """Whether ``path`` is a file other than ``mine`` (the same file under another name is not)."""
+    try:
+        return path.is_file() and not os.path.samefile(path, mine)
+    except OSError:
+        return False
+
+
+def ledger_records(
+    ledger_file: Path, *, batch_ids: Iterable[str] | None = None, destination: str | None = None
+) -> bool:
+    """Whether the ledger at ``ledger_file`` (read only, if there is one) records a batch with
+    one of ``batch_ids`` or into ``destination``: another workspace's, such as the original of a copy."""
+    ids = list(batch_ids or ())
+    if not ledger_file.is_file() or not (ids or destination):
+        return False
+    where = " OR ".join(
+        ([f"id IN ({', '.join('?' * len(ids))})"] if ids else [])
+        + (["destination = ?"] if destination else [])
+    )
+    try:
+        with closing(
+            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as conn:
+            row = conn.execute(
+                f"SELECT 1 FROM batches WHERE {where} LIMIT 1",
+                [*ids, *([destination] if destination else [])],
+            )
+            return row.fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def _iso(moment: datetime) -> str:
@@ -758,9 +802,49 @@ class Ledger:
                 self.db = sqlite_utils.Database(self.conn)
                 with self.lock:
                     apply_migrations(self.db, MIGRATIONS)
+                    self._settle_home()
             except BaseException:
                 self.conn.close()
                 raise
+
+    def _settle_home(self) -> None:
+        """Record where this ledger file is; last opened at another that still holds a ledger, it is a copy of that one.
+
+        A copy (``cp -a workspace try``) keeps the original's ``home``; a moved ledger's old
+        place holds nothing. A ledger from before this was recorded (migration 012) takes
+        its place as it is first opened, so a copy made before then is not told apart.
+        """
+        here = str(self.path.resolve())
+        row = self.conn.execute("SELECT path FROM home WHERE id = 1").fetchone()
+        if row is not None and row[0] == here:
+            return
+        with self.transaction():
+            if row is not None and _another_ledger_file(Path(row[0]), self.path):
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO copied_from (path, noticed_at) VALUES (?, ?)",
+                    (row[0], _iso(_now())),
+                )
+            self.conn.execute(
+                "INSERT INTO home (id, path) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET path = excluded.path",
+                (here,),
+            )
+
+    def originals(self) -> list[Path]:
+        """The ledger files this one was copied from that are still there, oldest copy first.
+
+        A copy of a copy names both. Moved away since, an original is no longer found.
+        """
+        with self.lock:
+            rows = self.conn.execute("SELECT path FROM copied_from ORDER BY noticed_at, path").fetchall()
+        return [Path(path) for (path,) in rows if _another_ledger_file(Path(path), self.path)]
+
+    def original_writing_to(self, destination: str) -> Path | None:
+        """The first of :meth:`originals` (read only) with a batch into ``destination``, if any.
+
+        A store outside the workspace is not copied with it: such an original and this
+        copy would both change it, each unaware of the other's deletions and writes.
+        """
+        return next((o for o in self.originals() if ledger_records(o, destination=destination)), None)
 
     @staticmethod
     def file_in(workspace: str | Path) -> Path:

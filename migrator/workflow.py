@@ -30,7 +30,7 @@ from migrator.cliniko.keys import ApiKey, parse_key
 from migrator.destinations import Destination
 from migrator.destinations.local import LocalStore
 from migrator.errors import ConfigError, NotFoundError
-from migrator.ledger import Batch, Ledger, StageProgress
+from migrator.ledger import Batch, Ledger, StageProgress, ledger_records
 from migrator.mapping import build_mapping, load_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.scoped_preview import ScopedPreview, scoped_preview
@@ -140,28 +140,12 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
         return store.describe()
     recorded = LocalStore.parse_target(destination)
     mine = [b.id for b in ledger.batches() if b.destination == destination]
-    if recorded.name == own.name and _knows_batches(Ledger.file_in(recorded.parent), mine):  # the original's
+    if recorded.name == own.name and ledger_records(
+        Ledger.file_in(recorded.parent), batch_ids=mine
+    ):  # the original's
         ledger.store_moved(destination, store.describe(), copy=True)
         return store.describe()
     return destination
-
-
-def _knows_batches(ledger_file: Path, batch_ids: Sequence[str]) -> bool:
-    """Whether the ledger at ``ledger_file`` (read only, if there is one) records any of ``batch_ids``:
-    the ledger this one was copied from, as a copy keeps the original's batch ids."""
-    if not ledger_file.is_file() or not batch_ids:
-        return False
-    try:
-        with closing(
-            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        ) as conn:
-            marks = ", ".join("?" * len(batch_ids))
-            return (
-                conn.execute(f"SELECT 1 FROM batches WHERE id IN ({marks}) LIMIT 1", batch_ids).fetchone()
-                is not None
-            )
-    except sqlite3.Error:
-        return False
 
 
 @contextmanager
@@ -203,8 +187,6 @@ def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterat
 
 def _holds_anything(ledger_file: Path) -> bool:
     """Whether the ledger file records any batch or audit line (read-only); one that cannot be read counts as one that does."""
-    import sqlite3
-
     if not ledger_file.exists():
         return False
     try:

@@ -568,6 +568,55 @@ def test_deleting_or_reconciling_in_a_fresh_copy_of_a_workspace_acts_on_the_copy
         ]
 
 
+def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original_uses(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A store given with --to outside the workspace is not copied with it: the copy must not delete from it.
+
+    Copying the store into the copy as its clinic.db makes it the copy's own; the original stays as it was.
+    """
+    original, copy, shared = tmp_path / "original", tmp_path / "copy", tmp_path / "store" / "clinic.db"
+    mapping = setup_workspace(tiny_sandbox, original)
+    shared.parent.mkdir()
+    shutil.move(original / "clinic.db", shared)  # the clinic's set-up, in a store outside the workspace
+    target = ("--to", f"sqlite:{shared}", "--workspace")
+    done = cli(tiny_sandbox, "run", *target, str(original), "--mapping", str(mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    batch_id = json.loads(done.stdout)["batch_id"]
+    created = json.loads(done.stdout)["entities"]["patients"]["created"]
+    shutil.copytree(original, copy)
+
+    def patients(store: Path) -> int:
+        with sqlite3.connect(store) as conn:
+            return int(conn.execute("SELECT count(*) FROM patients").fetchone()[0])
+
+    for command in (
+        ("delete-batch", batch_id, "--workspace", str(copy), "--yes"),
+        ("run", *target, str(copy), "--mapping", str(copy / mapping.name)),
+    ):
+        refused = cli(tiny_sandbox, *command)
+        assert refused.returncode == 2
+        assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+        assert (
+            f"The workspace {copy} is a copy of {original}, whose batches went into the clinic store at {shared}"
+            in refused.stderr
+        )
+        assert f"Copy the store to {copy / 'clinic.db'}" in refused.stderr
+    assert patients(shared) == created > 0
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT count(*), max(status) FROM batches").fetchone() == (1, "completed")
+
+    shutil.copy(shared, copy / "clinic.db")  # the remedy the refusal names
+    gone = cli(tiny_sandbox, "delete-batch", batch_id, "--workspace", str(copy), "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert (patients(copy / "clinic.db"), patients(shared)) == (0, created)
+    with sqlite3.connect(original / "ledger.db") as conn:
+        assert conn.execute("SELECT status FROM batches").fetchall() == [("completed",)]
+    again = cli(tiny_sandbox, "run", *target, str(original), "--mapping", str(mapping), "--json")
+    assert again.returncode == 0, again.stderr  # the original is not taken for a copy
+    assert json.loads(again.stdout)["entities"]["patients"]["already_present"] == created
+
+
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
     """Cliniko down beyond retries (every answer a gateway's 502 page): one sentence, no HTML, and what to do."""
     down = sandbox_factory(size="tiny", seed=3, rate_limit=0, faults=1.0, fault_kinds=("502",))

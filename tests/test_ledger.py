@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import sys
@@ -46,6 +47,7 @@ ALL_MIGRATIONS = [
     "009_deletions",
     "010_items_noted",
     "011_progress_finished",
+    "012_home",
 ]
 
 
@@ -126,6 +128,35 @@ def test_an_old_ledger_gets_the_missing_migrations_and_keeps_its_rows(tmp_path: 
     assert "progress" in ledger.db.table_names()
     assert ["entity", "source_id"] in [ix.columns for ix in ledger.db.table("items").indexes]
     assert ledger.batch("b20250101-000000-abcd").status == "completed"
+
+
+def test_a_copied_ledger_knows_its_original_while_that_is_there_and_a_moved_one_does_not(
+    tmp_path: Path,
+) -> None:
+    original, copy, moved = tmp_path / "original", tmp_path / "copy", tmp_path / "moved"
+    with Ledger(original) as ledger:
+        _batch(ledger, destination="sqlite:/shared/clinic.db")
+        assert ledger.originals() == []
+    shutil.copytree(original, copy)
+    (tmp_path / "link").symlink_to(original)
+    with Ledger(tmp_path / "link") as ledger:  # the same file by another name is no copy
+        assert ledger.originals() == []
+    with Ledger(copy) as ledger:
+        assert ledger.originals() == [(original / "ledger.db").resolve()]
+        assert ledger.original_writing_to("sqlite:/shared/clinic.db") == (original / "ledger.db").resolve()
+        assert ledger.original_writing_to(f"sqlite:{copy / 'clinic.db'}") is None
+    shutil.copytree(copy, tmp_path / "copy of copy")
+    with Ledger(tmp_path / "copy of copy") as ledger:
+        assert ledger.originals() == [(original / "ledger.db").resolve(), (copy / "ledger.db").resolve()]
+    with Ledger(original) as ledger:  # opened again where it always was: the original
+        assert ledger.originals() == []
+
+    shutil.move(original, moved)
+    with Ledger(moved) as ledger:
+        assert ledger.originals() == []
+    with Ledger(copy) as ledger:  # the original moved away: nothing left to keep it from
+        assert ledger.originals() == []
+        assert ledger.original_writing_to("sqlite:/shared/clinic.db") is None
 
 
 def test_connection_is_rollback_journal_with_foreign_keys_and_a_busy_timeout(ledger: Ledger) -> None:

@@ -198,6 +198,17 @@ def _migrate(path: Path) -> None:
 _BATCHES_WRITTEN = f"SELECT batch_id FROM {SCHEMA}.written_by"
 
 
+def shared_store_refusal(store: Path, workspace: Path, original: Path) -> str:
+    """Why a copied workspace may not use a store outside it that the original's batches went into, and what to do."""
+    own = workspace / "clinic.db"
+    return (
+        f"The workspace {workspace} is a copy of {original}, whose batches went into the clinic store at {store}; "
+        "that store lies outside both folders, so it was not copied with this one and a run or deletion here "
+        f"would change the original's records behind its ledger's back. Copy the store to {own} (this "
+        "workspace's own store from then on), or use the original workspace."
+    )
+
+
 class LocalStore:
     """The local clinic store, written through the ledger's connection.
 
@@ -218,6 +229,11 @@ class LocalStore:
     ledger's batches are pointed at it, audit-logged as ``store_moved`` (``copy`` when
     the other path still holds a store), so re-runs still find what is already there.
     One ledger switched between two copies of a store follows whichever it opened last.
+
+    A store outside the workspace is not copied with it: a copied ledger (see
+    :meth:`Ledger.originals`) is refused a store its original's batches went into while that
+    original is still there, so trying things in the copy cannot delete or add to the
+    original's records behind its ledger's back.
     """
 
     INSERT_ORDER = INSERT_ORDER
@@ -241,6 +257,14 @@ class LocalStore:
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
             stranger = self._unknown_batch()
             recorded = self._recorded_elsewhere() if stranger is None else None
+        shared = (
+            None
+            if self.path.is_relative_to(ledger.workspace.resolve())
+            else ledger.original_writing_to(self.describe())
+        )
+        if shared is not None:
+            self.close()
+            raise ConfigError(shared_store_refusal(self.path, ledger.workspace, shared.parent))
         if stranger is not None:
             self.close()
             raise ConfigError(
