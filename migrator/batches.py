@@ -36,7 +36,15 @@ from migrator.errors import MigratorError
 from migrator.ledger import Batch, Ledger
 from migrator.plan import records_of
 
-__all__ = ["BatchNotDeletable", "DeletionPlan", "blocker", "deletable", "delete_batch", "deletion_plan"]
+__all__ = [
+    "BatchNotDeletable",
+    "DeletionPlan",
+    "blocker",
+    "deletable",
+    "delete_batch",
+    "deletion_plan",
+    "shared_store",
+]
 
 _CHUNK = 500
 #: Records deleted in a Cliniko account between two notes in the ledger: at most this many
@@ -306,6 +314,16 @@ def workspace_deletion_plan(ledger: Ledger, batch: Batch) -> DeletionPlan | None
         return deletion_plan(own, LocalStore(path, own), batch.id)
 
 
+def shared_store(ledger: Ledger, batch: Batch) -> str | None:
+    """Why this workspace, a copy of another, may not delete ``batch``: the original uses its store too.
+
+    See :meth:`LocalStore.shared_with_original`; ``None`` for any other batch.
+    """
+    if not batch.destination.startswith("sqlite:"):
+        return None
+    return LocalStore.shared_with_original(LocalStore.parse_target(batch.destination), ledger)
+
+
 def blocker(ledger: Ledger, batch: Batch) -> str | None:
     """Why other records keep ``batch`` from being deleted (:attr:`DeletionPlan.blocker`), from the workspace alone.
 
@@ -319,12 +337,15 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     """Whether :func:`delete_batch` would delete ``batch`` now, and the sentence saying why (or why not).
 
     :meth:`Batch.deletable <migrator.ledger.Batch.deletable>` (the 48 hours, the status), then
+    :func:`shared_store` (a copied workspace and a store its original uses), then
     :func:`blocker`: what lists batches (the console, ``batches``) says no for a batch a later
     one relies on, rather than let it be chosen and refused.
     """
     allowed, why = batch.deletable(now)
     if not allowed:
         return False, why
+    if shared := shared_store(ledger, batch):
+        return False, shared
     relied_on = blocker(ledger, batch)
     return (False, relied_on) if relied_on else (True, why)
 

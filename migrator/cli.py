@@ -580,12 +580,14 @@ def _listed(summary: Any) -> str:
 def cmd_batches(args: argparse.Namespace) -> int:
     from migrator.batches import deletable
     from migrator.ledger import Ledger
+    from migrator.workflow import claim_copied_batches
 
     refuse_file(args.workspace)  # said as run says it
     if not Ledger.file_in(args.workspace).exists():  # listing makes no workspace
         print("[]" if args.json else f"No batches yet: {args.workspace} holds no ledger (ledger.db).")
         return 0
     ledger = Ledger(args.workspace)
+    claim_copied_batches(ledger, args.workspace)  # a fresh copy lists its own store, not the original's
     batches = ledger.batches(current_counts=True)
     verdicts = {b.id: deletable(ledger, b) for b in batches}
     top_ups = ledger.top_ups()

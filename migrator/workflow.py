@@ -47,6 +47,7 @@ __all__ = [
     "ClinikoKeys",
     "auto_mapping",
     "check_scope",
+    "claim_copied_batches",
     "cliniko_destination",
     "current_destination",
     "default_store",
@@ -148,6 +149,21 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     return destination
 
 
+def claim_copied_batches(ledger: Ledger, workspace: str | Path) -> None:
+    """Let the workspace's own store claim the batches its ledger records into other local stores.
+
+    In a copy made of a workspace, the batches still name the original's store, and one
+    stopped before it wrote anything has no record to be claimed by: without this, running
+    the same plan in the copy would start a new batch instead of resuming it. Each other
+    local destination goes through :func:`current_destination`, which re-points only what
+    is this workspace's. ``ledger`` must have no store attached.
+    """
+    own = f"sqlite:{LocalStore.parse_target(default_store(workspace)).resolve()}"
+    others = {b.destination for b in ledger.batches() if b.destination.startswith("sqlite:")} - {own}
+    for destination in sorted(others):
+        current_destination(ledger, workspace, destination)
+
+
 @contextmanager
 def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterator[None]:
     """Take back the workspace files a refused run made: a refusal should leave nothing behind.
@@ -205,7 +221,8 @@ def open_local_store(
     """The workspace's ledger and the local clinic store ``sqlite:PATH`` attached to it.
 
     ``target`` defaults to the workspace's own store (:func:`default_store`). A target that is
-    not ``sqlite:PATH`` is refused before the workspace is touched.
+    not ``sqlite:PATH`` is refused before the workspace is touched. Opening the workspace's
+    own store first lets it claim a copied workspace's batches (:func:`claim_copied_batches`).
 
     Raises:
         ConfigError: ``target`` is not ``sqlite:PATH``, or the store is not one this ledger
@@ -214,6 +231,8 @@ def open_local_store(
     path = LocalStore.parse_target(target or default_store(workspace))
     ledger = Ledger(workspace)
     try:
+        if path.resolve() == LocalStore.parse_target(default_store(workspace)).resolve():
+            claim_copied_batches(ledger, workspace)  # so the plan's stopped batch is found to resume
         return ledger, LocalStore(path, ledger)
     except BaseException:
         ledger.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import RunningSandbox
+from tests.test_background import plan_for, stopped_batch
 from tests.test_cli import assert_one_clean_line
 from tests.test_resume import setup_workspace
 
@@ -549,6 +550,8 @@ def test_deleting_or_reconciling_in_a_fresh_copy_of_a_workspace_acts_on_the_copy
         with sqlite3.connect(workspace / "clinic.db") as conn:
             return int(conn.execute("SELECT count(*) FROM patients").fetchone()[0])
 
+    listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(copy), "--json").stdout)
+    assert [b["destination"] for b in listed] == [f"sqlite:{(copy / 'clinic.db').resolve()}"]
     with sqlite3.connect(copy / "clinic.db") as conn:  # damage the copy: the check must see the copy's store
         conn.execute("DELETE FROM medical_alerts WHERE id IN (SELECT id FROM medical_alerts LIMIT 2)")
     checked = cli(tiny_sandbox, "reconcile", batch_id, "--workspace", str(copy), "--json")
@@ -566,6 +569,27 @@ def test_deleting_or_reconciling_in_a_fresh_copy_of_a_workspace_acts_on_the_copy
         assert conn.execute("SELECT status, destination FROM batches").fetchall() == [
             ("deleted", f"sqlite:{(copy / 'clinic.db').resolve()}")
         ]
+
+
+def test_running_the_plan_in_a_copy_resumes_there_its_batch_that_wrote_nothing(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A batch stopped before its first page still names the original's store, and no record in the copy claims it."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    stopped = stopped_batch(plan_for(tiny_sandbox, original), original)
+    shutil.copytree(original, copy)
+
+    resumed = cli(tiny_sandbox, "run", "--workspace", str(copy))  # the mapping: the stopped batch's
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming batch {stopped}." in resumed.stderr
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT id, status, destination FROM batches").fetchall() == [
+            (stopped, "completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
+        ]
+    with sqlite3.connect(original / "ledger.db") as conn:
+        assert conn.execute("SELECT status FROM batches").fetchall() == [("stopped",)]
+    with sqlite3.connect(original / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
 
 
 def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original_uses(
@@ -603,6 +627,10 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
         )
         assert f"Copy the store to {copy / 'clinic.db'}" in refused.stderr
     assert patients(shared) == created > 0
+    listed = cli(tiny_sandbox, "batches", "--workspace", str(copy), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert not row["deletable"] and row["why"].startswith(f"The workspace {copy} is a copy of {original}")
     with sqlite3.connect(copy / "ledger.db") as conn:
         assert conn.execute("SELECT count(*), max(status) FROM batches").fetchone() == (1, "completed")
 

@@ -19,7 +19,7 @@ from console_ui import (
     table,
     tenant_scope,
 )
-from migrator.batches import DeletionPlan, delete_batch, deletion_plan, workspace_deletion_plan
+from migrator.batches import DeletionPlan, delete_batch, deletion_plan, shared_store, workspace_deletion_plan
 from migrator.console import batch_destination_problem, batches_frame, cliniko_account, entity_label, on_disk
 from migrator.errors import MigratorError
 from migrator.hosted import delete_as
@@ -201,9 +201,11 @@ try:
         # render would spend its rate limit. Deleting reads it once (records the clinic made there by
         # hand) and refuses with the sentence if need be. Hosted, the account's key only comes with
         # the deletion itself.
+        # A copied workspace may not touch a store outside it that the original uses: said, not planned.
+        shared = {b.id: why for b in batches if b.deletable()[0] and (why := shared_store(ledger, b))}
         with st.spinner("Working out what deleting each batch removes…"):  # seconds for a large clinic
-            plans = planned(ledger, [b for b in batches if b.deletable()[0]])
-        blocked = {i: p.blocker for i, p in plans.items() if p is not None and p.blocker}
+            plans = planned(ledger, [b for b in batches if b.deletable()[0] and b.id not in shared])
+        blocked = {i: p.blocker for i, p in plans.items() if p is not None and p.blocker} | shared
 except MigratorError as exc:
     st.error(str(exc))
     st.stop()

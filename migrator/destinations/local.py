@@ -198,17 +198,6 @@ def _migrate(path: Path) -> None:
 _BATCHES_WRITTEN = f"SELECT batch_id FROM {SCHEMA}.written_by"
 
 
-def shared_store_refusal(store: Path, workspace: Path, original: Path) -> str:
-    """Why a copied workspace may not use a store outside it that the original's batches went into, and what to do."""
-    own = workspace / "clinic.db"
-    return (
-        f"The workspace {workspace} is a copy of {original}, whose batches went into the clinic store at {store}; "
-        "that store lies outside both folders, so it was not copied with this one and a run or deletion here "
-        f"would change the original's records behind its ledger's back. Copy the store to {own} (this "
-        "workspace's own store from then on), or use the original workspace."
-    )
-
-
 class LocalStore:
     """The local clinic store, written through the ledger's connection.
 
@@ -244,6 +233,8 @@ class LocalStore:
         self.ledger = ledger
         if self.path == ledger.path.resolve():
             raise ConfigError("The clinic store needs a database file of its own, not the ledger's.")
+        if shared := self.shared_with_original(self.path, ledger):
+            raise ConfigError(shared)
         make_private_database(self.path)
         _migrate(self.path)
         with ledger.lock:
@@ -257,14 +248,6 @@ class LocalStore:
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
             stranger = self._unknown_batch()
             recorded = self._recorded_elsewhere() if stranger is None else None
-        shared = (
-            None
-            if self.path.is_relative_to(ledger.workspace.resolve())
-            else ledger.original_writing_to(self.describe())
-        )
-        if shared is not None:
-            self.close()
-            raise ConfigError(shared_store_refusal(self.path, ledger.workspace, shared.parent))
         if stranger is not None:
             self.close()
             raise ConfigError(
@@ -274,6 +257,28 @@ class LocalStore:
             )
         if recorded is not None:  # moved or copied, with its workspace or on its own
             ledger.store_moved(recorded, self.describe(), copy=self.parse_target(recorded).exists())
+
+    @staticmethod
+    def shared_with_original(path: Path, ledger: Ledger) -> str | None:
+        """Why ``ledger``, a copy, may not use the store at ``path``, if it may not; ``None`` if it may.
+
+        A store outside the workspace is not copied with it: while the original workspace
+        (:meth:`Ledger.originals`) records a batch into that store, a run or deletion from
+        the copy would change the original's records behind its ledger's back.
+        """
+        path = path.resolve()
+        if path.is_relative_to(ledger.workspace.resolve()):
+            return None
+        original = ledger.original_writing_to(f"sqlite:{path}")
+        if original is None:
+            return None
+        return (
+            f"The workspace {ledger.workspace} is a copy of {original.parent}, whose batches went into the clinic "
+            f"store at {path}; that store is outside this workspace, so it was not copied with it, and a run or "
+            "deletion here would change the original's records behind its ledger's back. Copy the store to "
+            f"{ledger.workspace / 'clinic.db'} (this workspace's own store from then on), or use the original "
+            "workspace."
+        )
 
     def _recorded_elsewhere(self) -> str | None:
         """The destination the ledger recorded for batches that wrote into this store, when not this store."""

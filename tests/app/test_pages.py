@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -124,6 +125,29 @@ def test_an_old_batch_says_why_it_cannot_be_deleted(console: Callable[[], AppTes
     assert f"Why not {batch.id}:" in shown and "only be deleted within 48 hours" in shown
     assert "No batch can be deleted now." in shown
     assert "delete_go" not in [b.key for b in at.button]
+
+
+def test_a_copied_workspace_says_why_it_cannot_delete_from_a_store_the_original_uses(
+    console: Callable[[], AppTest], workspace: Path
+) -> None:
+    original, shared = workspace.parent / "original", workspace.parent / "store" / "clinic.db"
+    with Ledger(original) as ledger:
+        store = LocalStore(shared, ledger)
+        batch = ledger.create_batch(source_account="Harbourside", destination=store.describe(), plan={})
+        with ledger.transaction():
+            store.insert(
+                "patients", [{"source_id": "1", "first_name": "Ana"}], batch_id=batch.id, source_account="H"
+            )
+        ledger.set_status(batch.id, "completed")
+    shutil.copytree(original, workspace)
+    at = goto(console(), "batches")
+    assert not at.exception and not at.error
+    assert at.dataframe[0].value["Can be deleted"].tolist() == ["no"]
+    shown = texts(at)
+    assert f"Why not {batch.id}: The workspace {workspace} is a copy of {original}" in shown
+    assert "No batch can be deleted now." in shown
+    with sqlite3.connect(shared) as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (1,)
 
 
 def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
