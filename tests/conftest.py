@@ -58,11 +58,13 @@ class RunningSandbox:
         dest_key: str | None = None,
         pace: str | None = None,
         note_keys: str | None = None,
+        stdout: int | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only.
 
         ``pace`` sets ``MIGRATOR_REQUESTS_PER_MINUTE`` (``"0"``: unpaced); otherwise Cliniko's 200.
-        ``note_keys`` sets ``MIGRATOR_NOTE_KEYS``.
+        ``note_keys`` sets ``MIGRATOR_NOTE_KEYS``. ``stdout``: a file descriptor for the
+        output instead of capturing it.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env["MIGRATOR_API_URL"] = self.url_template
@@ -78,7 +80,8 @@ class RunningSandbox:
             [sys.executable, "-m", "migrator", *args],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
             text=True,
             timeout=120,
             stdin=subprocess.DEVNULL,

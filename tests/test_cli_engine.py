@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -643,6 +644,24 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
     again = cli(tiny_sandbox, "run", *target, str(original), "--mapping", str(mapping), "--json")
     assert again.returncode == 0, again.stderr  # the original is not taken for a copy
     assert json.loads(again.stdout)["entities"]["patients"]["already_present"] == created
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly_and_the_batch_stands(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """``run | head -1``: the output's reader has gone by the time the run prints its table."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    gone, output = os.pipe()
+    os.close(gone)  # the reader, gone before anything is written
+    try:
+        cut = tiny_sandbox.cli(
+            "run", *into_store(tmp_path, mapping), key=tiny_sandbox.key("source"), pace="0", stdout=output
+        )
+    finally:
+        os.close(output)
+    assert (cut.returncode, cut.stderr) == (141, "")
+    listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
+    assert [b["status"] for b in listed] == ["completed"]
 
 
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
