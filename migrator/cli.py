@@ -288,17 +288,20 @@ def _preview_plan(args: argparse.Namespace) -> int:
 
 def cmd_mapping(args: argparse.Namespace) -> int:
     from migrator.mapping import save_mapping
-    from migrator.workflow import auto_mapping, verify_source
+    from migrator.workflow import auto_mapping, default_store, unmade_if_refused, verify_source
 
     if Path(args.out).is_file() and not args.force:  # before any request: it may hold a person's decisions
         raise ConfigError(
             f"{args.out} already exists, perhaps with decisions made in it: add --force to write over it, "
             "or choose another --out."
         )
-    with _client(False) as client:
+    # It only reads the destination: a workspace (or store) it had to make to do so goes again.
+    local_store = (args.to or default_store(args.workspace)) if _is_local(args.to) else None
+    with unmade_if_refused(args.workspace, local_store, reading_only=True), _client(False) as client:
         verify_source(client)
-        _, store = _destination(args, client, check=False)
-        rows = auto_mapping(client, store)
+        ledger, store = _destination(args, client, check=False)
+        with closing(ledger):
+            rows = auto_mapping(client, store)
     save_mapping(args.out, rows)
     unresolved = [r for r in rows if r.action == "unresolved"]
     print(f"Wrote {len(rows)} mapping rows to {args.out}; {len(unresolved)} need a decision before a run.")

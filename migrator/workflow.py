@@ -165,7 +165,9 @@ def claim_copied_batches(ledger: Ledger, workspace: str | Path) -> None:
 
 
 @contextmanager
-def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterator[None]:
+def unmade_if_refused(
+    workspace: str | Path, store: str | None = None, *, reading_only: bool = False
+) -> Iterator[None]:
     """Take back the workspace files a refused run made: a refusal should leave nothing behind.
 
     Some refusals need the ledger or Cliniko to be said (a filter id the source lacks, a
@@ -177,6 +179,9 @@ def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterat
     older ledger stays: telling it holds nothing would mean reading every table), and the
     workspace's folder if this made it and it is empty. The block must have closed the
     ledger by then.
+
+    ``reading_only``: the block only reads (``mapping`` writes its tables elsewhere), so what
+    it made goes however it ends: a mistyped ``--workspace`` leaves no new workspace behind.
     """
     from migrator.errors import MigratorError
 
@@ -185,9 +190,8 @@ def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterat
     store_file = LocalStore.parse_target(store) if store is not None else None
     made = [f for f in (ledger_file, store_file) if f is not None and not f.exists()]
     new_folder = not folder.exists()
-    try:
-        yield
-    except MigratorError:
+
+    def take_back() -> None:
         if ledger_file in made and not _holds_anything(ledger_file):
             for file in made:
                 for path in (
@@ -198,7 +202,14 @@ def unmade_if_refused(workspace: str | Path, store: str | None = None) -> Iterat
             if new_folder:
                 with suppress(OSError):  # not empty: something else is in there now
                     folder.rmdir()
+
+    try:
+        yield
+    except MigratorError:
+        take_back()
         raise
+    if reading_only:
+        take_back()
 
 
 def _holds_anything(ledger_file: Path) -> bool:

@@ -286,6 +286,18 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
     assert wrote.returncode == 0, wrote.stderr
     assert len(json.loads(deep.read_text())["mappings"]) == len(json.loads(mapping.read_text())["mappings"])
 
+    # Mapping only reads: a mistyped --workspace leaves no new workspace behind.
+    typo = cli(
+        tiny_sandbox,
+        "mapping",
+        "--out",
+        str(tmp_path / "typo.json"),
+        "--workspace",
+        str(tmp_path / "wrokspace"),
+    )
+    assert typo.returncode == 0, typo.stderr
+    assert (tmp_path / "typo.json").is_file() and not (tmp_path / "wrokspace").exists()
+
 
 def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
     result = tiny_sandbox.cli(
