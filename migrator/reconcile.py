@@ -493,7 +493,9 @@ def balances(ledger: Ledger, batch_id: str, *, source: ClinikoClient, store: Any
     """Per-patient balances at the source and in the destination, and their difference.
 
     Every patient the plan's batches (up to this one) brought is listed, with zeros when
-    they have no invoices; see the module docstring for the rule and its two code paths.
+    they have no invoices, but for those deleting a batch removed since (counted
+    ``removed_since``: nothing of theirs is expected in the destination any more); see the
+    module docstring for the rule and its two code paths.
     Reading the source's invoices costs one request per 100 invoices in the plan's scope.
     The destination side leaves out invoices another plan of this source brought and this
     plan did not (a full batch's invoices at other businesses, beside a business batch):
@@ -533,6 +535,9 @@ def invoice_check(
     batches = _upto(ledger, batch)
     latest = ledger.latest_items(batches, "patients")
     patients = {sid: item.dest_id for sid, item in latest.items() if item.action in _BRINGS and item.dest_id}
+    # A patient deleting a batch removed since is counted removed_since, and owes nothing here any more.
+    removed = ledger.removed_by_deletion(batch.destination, "patients", patients.values())
+    patients = {sid: dest for sid, dest in patients.items() if dest not in removed}
     at_source: dict[str, Decimal] = dict.fromkeys(patients, Decimal(0))
     owners: dict[str, dict[str, Any]] = {}  # source invoice id -> its patient, number and status
     for raw in _source_invoices(source, plan, progress):

@@ -113,6 +113,9 @@ def test_deleting_a_batch_a_later_one_found_already_present_says_so_first(
         "expected in the destination (deleted in Cliniko and taken out by a top-up, or deleted with a batch: "
         "running the plan again brings back what a deletion took, and the balances it held)."
     ) in checked.stdout.splitlines()
+    # Its patients went with the deletion: their balances are not expected either, as the counts say.
+    assert "Balances: 0 patients checked against Cliniko's invoices; 0 differ." in checked.stdout.splitlines()
+    assert checked.returncode == 0, checked.stdout
     # As the sentences say: the same plan again brings them back, and that batch reconciles.
     third = json.loads(cli(tiny_sandbox, "run", *target, "--json").stdout)
     assert third["entities"]["patients"]["created"] == first["entities"]["patients"]["created"]
