@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -966,7 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}{again}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # what reads stdout stopped early (`| head`): what the command did stands
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
+        with suppress(OSError, ValueError):  # stdout may be no file at all (a notebook's)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
         return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as exc:  # a path the file system refuses: --out, --workspace, --to sqlite:PATH
         print(f"error: {_path_refused(exc)}", file=sys.stderr)
