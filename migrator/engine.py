@@ -394,10 +394,12 @@ class Engine:
             self.plan.mappings, self.store.reference, can_create=not self.destination.startswith("cliniko:")
         )
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            others = len(problems) - 1
+            more = f" (and {others} more row{'s' if others > 1 else ''})" if others else ""
             raise MappingError(
-                f"The mapping does not fit the destination{more}: {problems[0].rstrip('.')}. "
-                "Change that row (on the Mapping page, in the mapping file or in the notebook's table), then run again."
+                f"The mapping does not fit the destination: {problems[0].rstrip('.')}{more}. "
+                f"Change {'those rows' if others else 'that row'} (on the Mapping page, in the mapping file or in "
+                "the notebook's table), then run again."
             )
 
     def _stages(self) -> list[Stage]:

@@ -440,6 +440,15 @@ def test_a_mapping_to_a_record_the_destination_lacks_refuses_to_start(env: Env) 
         "run again."
     )
     assert env.ledger.batches() == [] and env.rows("patients") == []
+    # Several such rows: the first is named, and how many more there are, after it.
+    rows = [r.model_copy(update={"target_id": "999"}) if r.action == "map" else r for r in rows]
+    with pytest.raises(MappingError) as refused:
+        env.run(env.plan(mappings=rows))
+    others = sum(r.action == "map" for r in rows) - 1
+    assert others > 0
+    said = str(refused.value)
+    assert said.startswith("The mapping does not fit the destination: ")
+    assert f" (and {others} more rows). Change those rows (on the Mapping page" in said
 
     # Resuming is checked too: a business the batch was mapped to has since gone from the store.
     plan = env.plan(include=["patients"])
