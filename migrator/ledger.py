@@ -808,18 +808,20 @@ class Ledger:
                 raise
 
     def _settle_home(self) -> None:
-        """Record where this ledger file is; last opened at another that still holds a ledger, it is a copy of that one.
+        """Record where this ledger file is, and where it was last opened before, if elsewhere.
 
-        A copy (``cp -a workspace try``) keeps the original's ``home``; a moved ledger's old
-        place holds nothing. A ledger from before this was recorded (migration 012) takes
-        its place as it is first opened, so a copy made before then is not told apart.
+        A copy (``cp -a workspace try``) keeps the original's ``home``. First opened while the
+        original is away (moved off and back, say), a copy looks moved; so every former place
+        is kept, and :meth:`originals` are those that hold a ledger again. A ledger from before
+        this was recorded (migration 012) takes its place as it is first opened, so a copy
+        made before then is not told apart.
         """
         here = str(self.path.resolve())
         row = self.conn.execute("SELECT path FROM home WHERE id = 1").fetchone()
         if row is not None and row[0] == here:
             return
         with self.transaction():
-            if row is not None and _another_ledger_file(Path(row[0]), self.path):
+            if row is not None:  # copied, or moved: kept either way (see originals)
                 self.conn.execute(
                     "INSERT OR IGNORE INTO copied_from (path, noticed_at) VALUES (?, ?)",
                     (row[0], _iso(_now())),
@@ -830,9 +832,11 @@ class Ledger:
             )
 
     def originals(self) -> list[Path]:
-        """The ledger files this one was copied from that are still there, oldest copy first.
+        """Other ledger files at the places this one was opened before: the workspaces it was copied from.
 
-        A copy of a copy names both. Moved away since, an original is no longer found.
+        Oldest first; a copy of a copy names both. An original moved away since is no longer
+        found. A workspace restored from a copy of it names that copy, which names it back:
+        each is the other's original, and neither may change a store outside it they share.
         """
         with self.lock:
             rows = self.conn.execute("SELECT path FROM copied_from ORDER BY noticed_at, path").fetchall()

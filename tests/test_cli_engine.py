@@ -638,10 +638,10 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
         assert refused.returncode == 2
         assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
         assert (
-            f"The workspace {copy} is a copy of {original}, whose batches went into the clinic store at {shared}"
-            in refused.stderr
+            f"The workspace {copy} is a copy of {original} (or that one of this), and both record batches into the "
+            f"clinic store at {shared}, which lies outside this workspace" in refused.stderr
         )
-        assert f"Copy the store to {copy / 'clinic.db'}" in refused.stderr
+        assert f"Copy that store to {copy / 'clinic.db'} and it is this workspace's own" in refused.stderr
     assert patients(shared) == created > 0
     listed = cli(tiny_sandbox, "batches", "--workspace", str(copy), "--json")
     assert listed.returncode == 0, listed.stderr
@@ -651,6 +651,12 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
         assert conn.execute("SELECT count(*), max(status) FROM batches").fetchone() == (1, "completed")
 
     shutil.copy(shared, copy / "clinic.db")  # the remedy the refusal names
+    again = cli(tiny_sandbox, "run", *target, str(copy), "--mapping", str(copy / mapping.name))
+    assert again.returncode == 2 and "Copy that store" not in again.stderr  # not over the copy's own
+    assert (
+        f"This workspace has a store of its own, {copy / 'clinic.db'} (used when --to is left out)"
+        in again.stderr
+    )
     gone = cli(tiny_sandbox, "delete-batch", batch_id, "--workspace", str(copy), "--yes")
     assert gone.returncode == 0, gone.stderr
     assert (patients(copy / "clinic.db"), patients(shared)) == (0, created)

@@ -158,6 +158,15 @@ def test_a_copied_ledger_knows_its_original_while_that_is_there_and_a_moved_one_
         assert ledger.originals() == []
         assert ledger.original_writing_to("sqlite:/shared/clinic.db") is None
 
+    # A copy first opened while its original is away looks moved; once the original is back, it is known again.
+    shutil.copytree(moved, tmp_path / "late copy")
+    shutil.move(moved, tmp_path / "away")
+    with Ledger(tmp_path / "late copy") as ledger:
+        assert ledger.originals() == []
+    shutil.move(tmp_path / "away", moved)
+    with Ledger(tmp_path / "late copy") as ledger:
+        assert ledger.original_writing_to("sqlite:/shared/clinic.db") == (moved / "ledger.db").resolve()
+
 
 def test_connection_is_rollback_journal_with_foreign_keys_and_a_busy_timeout(ledger: Ledger) -> None:
     assert ledger.conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)

@@ -272,12 +272,18 @@ class LocalStore:
         original = ledger.original_writing_to(f"sqlite:{path}")
         if original is None:
             return None
+        own = ledger.workspace / "clinic.db"
+        remedy = (
+            f"This workspace has a store of its own, {own} (used when --to is left out); the batches into that "
+            "other store are the other workspace's to run or delete."
+            if own.exists()
+            else f"Copy that store to {own} and it is this workspace's own; or work in the other workspace."
+        )
         return (
-            f"The workspace {ledger.workspace} is a copy of {original.parent}, whose batches went into the clinic "
-            f"store at {path}; that store is outside this workspace, so it was not copied with it, and a run or "
-            "deletion here would change the original's records behind its ledger's back. Copy the store to "
-            f"{ledger.workspace / 'clinic.db'} (this workspace's own store from then on), or use the original "
-            "workspace."
+            f"The workspace {ledger.workspace} is a copy of {original.parent} (or that one of this), and both record "
+            f"batches into the clinic store at {path}, which lies outside this workspace and so was not copied "
+            "with it: a run or deletion here would change the other workspace's records behind its ledger's back. "
+            + remedy
         )
 
     def _recorded_elsewhere(self) -> str | None:
