@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -964,6 +965,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 " What was done so far is kept and recorded: run the same command again to go on from there."
             )
         print(f"error: {exc}{again}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # a ledger or store not as the ledger left it: no traceback either
+        print(
+            f"error: SQLite refused the command ({str(exc).rstrip('.')}): the ledger or the clinic store is not as "
+            "the ledger left it (edited by hand, or put back from a copy?). What was committed before stays.",
+            file=sys.stderr,
+        )
         return 1
     except BrokenPipeError:  # what reads stdout stopped early (`| head`): what the command did stands
         with suppress(OSError, ValueError):  # stdout may be no file at all (a notebook's)

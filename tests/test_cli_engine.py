@@ -685,6 +685,25 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_and_the_batch_stands
     assert [b["status"] for b in listed] == ["completed"]
 
 
+def test_a_ledger_edited_by_hand_gets_one_sentence_not_a_traceback(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Items deleted from the ledger: the run tries to create again what the store holds, and SQLite refuses."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    assert cli(tiny_sandbox, "run", *into_store(tmp_path, mapping)).returncode == 0
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("DELETE FROM items WHERE entity = 'taxes'")
+    again = cli(tiny_sandbox, "run", *into_store(tmp_path, mapping))
+    assert again.returncode == 1
+    assert_one_clean_line(again.stderr, tiny_sandbox.key("source"))
+    assert again.stderr.startswith(
+        "error: SQLite refused the command (UNIQUE constraint failed: taxes.source_id"
+    )
+    assert again.stderr.rstrip().endswith(
+        "(edited by hand, or put back from a copy?). What was committed before stays."
+    )
+
+
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
     """Cliniko down beyond retries (every answer a gateway's 502 page): one sentence, no HTML, and what to do."""
     down = sandbox_factory(size="tiny", seed=3, rate_limit=0, faults=1.0, fault_kinds=("502",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -212,6 +213,39 @@ def test_a_store_stays_its_ledgers_after_its_batches_records_are_deleted(
     again = LocalStore(store.path, ledger)  # its own ledger carries on
     later = _new_batch(ledger, again)
     assert _insert(again, later, "patients", {"source_id": "1", "first_name": "Ann", "last_name": "Lee"})
+
+
+def test_a_store_put_back_from_before_a_deletion_is_refused_in_one_sentence(
+    ledger: Ledger, store: LocalStore, tmp_path: Path
+) -> None:
+    """Its records of the deleted batch would trip the next run, and the ledger would call them deleted."""
+    from migrator.batches import delete_batch
+
+    batch = _new_batch(ledger, store)
+    _insert(store, batch, "patients", {"source_id": "1", "first_name": "Ann", "last_name": "Lee"})
+    ledger.set_status(batch, "completed")
+    store.close()
+    backup = tmp_path / "backup.db"
+    shutil.copy(store.path, backup)
+    store = LocalStore(store.path, ledger)
+    delete_batch(ledger, store, batch)
+    store.close()
+    assert ledger.batch(batch).status == "deleted"
+    LocalStore(store.path, ledger).close()  # as it was after the deletion: its own
+
+    shutil.copy(backup, store.path)
+    with pytest.raises(ConfigError) as refused:
+        LocalStore(store.path, ledger)
+    assert str(refused.value) == (
+        f"The clinic store at {store.path} still holds records of batch {batch}, which the ledger at "
+        f"{ledger.path} says was deleted: a copy of the store from before that deletion (a backup put back?). "
+        "The ledger cannot tell what in it is still wanted; use the store as it was after the deletion, or "
+        "another store."
+    )
+    assert "clinic" not in [
+        row[1] for row in ledger.conn.execute("PRAGMA database_list")
+    ]  # not left attached
+    assert ledger.batch(batch).destination == store.describe()
 
 
 def test_a_store_from_before_written_by_learns_its_batches_from_its_records(

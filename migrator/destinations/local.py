@@ -247,7 +247,16 @@ class LocalStore:
             ledger.conn.execute(f"PRAGMA {SCHEMA}.journal_mode = DELETE")
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
             stranger = self._unknown_batch()
-            recorded = self._recorded_elsewhere() if stranger is None else None
+            revived = self._deleted_batch_still_here() if stranger is None else None
+            recorded = self._recorded_elsewhere() if stranger is None and revived is None else None
+        if revived is not None:
+            self.close()
+            raise ConfigError(
+                f"The clinic store at {self.path} still holds records of batch {revived}, which the ledger at "
+                f"{ledger.path} says was deleted: a copy of the store from before that deletion (a backup put "
+                "back?). The ledger cannot tell what in it is still wanted; use the store as it was after the "
+                "deletion, or another store."
+            )
         if stranger is not None:
             self.close()
             raise ConfigError(
@@ -294,6 +303,27 @@ class LocalStore:
             (self.describe(),),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def _deleted_batch_still_here(self) -> str | None:
+        """A batch the ledger says was deleted whose records this store still holds, if any.
+
+        A store put back from before a deletion (or one of two copies, the other emptied):
+        a run would trip over records it believes gone, and a listing would call them deleted.
+        """
+        gone = [
+            batch_id
+            for (batch_id,) in self.ledger.conn.execute(
+                f"SELECT w.batch_id FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
+                " WHERE b.status = 'deleted'"
+            )
+        ]
+        for batch_id in gone:
+            for entity in INSERT_ORDER:  # each table's batch_id index: a lookup apiece
+                if self.ledger.conn.execute(
+                    f"SELECT 1 FROM {SCHEMA}.{entity} WHERE batch_id = ? LIMIT 1", (batch_id,)
+                ).fetchone():
+                    return str(batch_id)
+        return None
 
     def _unknown_batch(self) -> str | None:
         """A batch that created records in the store but that the ledger does not know, if any."""
