@@ -175,10 +175,10 @@ def unmade_if_refused(
     so they come after the workspace was opened, which makes ``ledger.db`` (and the local
     store ``store``, ``sqlite:PATH``, if given). When the block ends in one of our refusals (a
     :class:`~migrator.errors.MigratorError`), a ledger this made that records no batch and
-    no audit line goes again; so does the store if this made it too (a store made beside an
-    older ledger stays: telling it holds nothing would mean reading every table), and the
-    workspace's folder if this made it and it is empty. The block must have closed the
-    ledger by then.
+    no audit line goes again; so does the store if this made it and no batch of the ledger
+    went into it (beside a ledger made here too, or an older one), and the folders this
+    made for them, up to the first that was there, as far as they are empty. The block
+    must have closed the ledger by then.
 
     ``reading_only``: the block only reads (``mapping`` writes its tables elsewhere), so what
     it made goes however it ends: a mistyped ``--workspace`` leaves no new workspace behind.
@@ -189,19 +189,24 @@ def unmade_if_refused(
     ledger_file = Ledger.file_in(folder)
     store_file = LocalStore.parse_target(store) if store is not None else None
     made = [f for f in (ledger_file, store_file) if f is not None and not f.exists()]
-    new_folder = not folder.exists()
+    new_folders = [_made_folders(f.parent) for f in made]
 
     def take_back() -> None:
-        if ledger_file in made and not _holds_anything(ledger_file):
-            for file in made:
-                for path in (
-                    file,
-                    *(file.with_name(file.name + end) for end in ("-wal", "-shm", "-journal")),
-                ):
-                    path.unlink(missing_ok=True)
-            if new_folder:
+        ledger_made = ledger_file in made
+        if ledger_made and _holds_anything(ledger_file):
+            return
+        for file, folders in zip(made, new_folders, strict=True):
+            if (
+                file == store_file
+                and not ledger_made
+                and ledger_records(ledger_file, destination=f"sqlite:{file.resolve()}")
+            ):
+                continue  # a batch went into it: it holds what the ledger says it does
+            for path in (file, *(file.with_name(file.name + end) for end in ("-wal", "-shm", "-journal"))):
+                path.unlink(missing_ok=True)
+            for made_folder in folders:  # deepest first
                 with suppress(OSError):  # not empty: something else is in there now
-                    folder.rmdir()
+                    made_folder.rmdir()
 
     try:
         yield
@@ -210,6 +215,15 @@ def unmade_if_refused(
         raise
     if reading_only:
         take_back()
+
+
+def _made_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first: what making it would make."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _holds_anything(ledger_file: Path) -> bool:

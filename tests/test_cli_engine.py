@@ -290,16 +290,46 @@ def test_paths_and_commands_that_do_not_fit_are_refused_in_one_line(
     assert len(json.loads(deep.read_text())["mappings"]) == len(json.loads(mapping.read_text())["mappings"])
 
     # Mapping only reads: a mistyped --workspace leaves no new workspace behind.
-    typo = cli(
+    for where in (
+        ("--workspace", str(tmp_path / "wrokspace" / "a" / "b")),
+        ("--to", f"sqlite:{tmp_path / 'st' / 'x' / 'c.db'}"),
+    ):
+        typo = cli(tiny_sandbox, "mapping", "--out", str(tmp_path / "typo.json"), "--force", *where)
+        assert typo.returncode == 0, typo.stderr
+        assert (tmp_path / "typo.json").is_file()
+        assert not (tmp_path / "wrokspace").exists() and not (tmp_path / "st").exists()
+
+
+def test_a_refused_run_leaves_no_store_or_folder_it_made(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Beside a workspace that was there (its ledger stays), and in folders made for a new one."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path / "ws")
+    undecided = json.loads(mapping.read_text())
+    undecided["mappings"][0]["action"] = "unresolved"
+    mapping.write_text(json.dumps(undecided))
+    refused = cli(
         tiny_sandbox,
-        "mapping",
-        "--out",
-        str(tmp_path / "typo.json"),
+        "run",
+        "--to",
+        f"sqlite:{tmp_path / 'ws' / 'new' / 'clinic.db'}",
         "--workspace",
-        str(tmp_path / "wrokspace"),
+        str(tmp_path / "ws"),
+        "--mapping",
+        str(mapping),
     )
-    assert typo.returncode == 0, typo.stderr
-    assert (tmp_path / "typo.json").is_file() and not (tmp_path / "wrokspace").exists()
+    assert refused.returncode == 2 and "unresolved" in refused.stderr, refused.stderr
+    assert not (tmp_path / "ws" / "new").exists() and (tmp_path / "ws" / "ledger.db").is_file()
+    nowhere = cli(
+        tiny_sandbox,
+        "run",
+        "--workspace",
+        str(tmp_path / "a" / "b" / "c"),
+        "--mapping",
+        str(tmp_path / "nope.json"),
+    )
+    assert nowhere.returncode == 2, nowhere.stderr
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_non_administrator_source_key_is_refused(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:
