@@ -617,6 +617,7 @@ def cmd_batches(args: argparse.Namespace) -> int:
         return 0
     if not batches:
         print("No batches yet.")
+    said: dict[str, str] = {}  # a sentence said once (a copy's shared store: the same for every batch)
     for b in batches:
         allowed, why = verdicts[b.id]
         print(
@@ -624,7 +625,8 @@ def cmd_batches(args: argparse.Namespace) -> int:
             f"{'top-up' if b.id in top_ups else 'full':<6}  {b.source_account} -> {b.destination}"
         )
         if not allowed and b.status != "deleted":
-            print(f"    {why}")
+            print(f"    {why}" if why not in said else f"    As for {said[why]} above.")
+            said.setdefault(why, b.id)
     return 0
 
 
@@ -643,6 +645,15 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     )
 
     def show(plan: DeletionPlan) -> None:
+        try:
+            say(plan)
+        except (
+            BrokenPipeError
+        ):  # confirmed with --yes: the deletion goes on, and the command ends quietly after
+            if not (args.yes and not args.dry_run):
+                raise
+
+    def say(plan: DeletionPlan) -> None:
         summary = plan.as_dict()
         if not summary["total"] and not summary["unanswered_creates"]:
             print(
@@ -869,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help='print {"batch_id", "reconciled": true|false, "counts": [...], "missing": [...], '
-        '"balance_diffs": [...], "moved_invoices": [...], "skipped": N, "flagged": N, "updated": N, "problems": [...]}',
+        '"balances_checked": N, "balance_diffs": [...], "moved_invoices": [...], "skipped": N, "flagged": N, "updated": N, "problems": [...]}',
     )
     rec.add_argument("--out", metavar="DIR", help="write each frame as CSV and Parquet into DIR")
     workspace(rec)

@@ -796,11 +796,13 @@ class Reconciliation:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON: counts, the differing balances (money as strings), the number skipped, the problems."""
+        """Plain JSON: counts, how many patients' balances were checked and those that differ (money as
+        strings), the number skipped, the problems."""
         return {
             "batch_id": self.batch_id,
             "reconciled": self.ok,
             "counts": self.counts.to_dicts(),
+            "balances_checked": self.balances.height,
             "balance_diffs": [
                 {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
                 for row in self.balance_diffs.to_dicts()

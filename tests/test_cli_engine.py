@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -654,6 +655,8 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
     assert done.returncode == 0, done.stderr
     batch_id = json.loads(done.stdout)["batch_id"]
     created = json.loads(done.stdout)["entities"]["patients"]["created"]
+    again = cli(tiny_sandbox, "run", *target, str(original), "--mapping", str(mapping), "--json")
+    later = json.loads(again.stdout)["batch_id"]  # finds everything already present
     shutil.copytree(original, copy)
 
     def patients(store: Path) -> int:
@@ -675,10 +678,13 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
     assert patients(shared) == created > 0
     listed = cli(tiny_sandbox, "batches", "--workspace", str(copy), "--json")
     assert listed.returncode == 0, listed.stderr
-    (row,) = json.loads(listed.stdout)
-    assert not row["deletable"] and row["why"].startswith(f"The workspace {copy} is a copy of {original}")
+    rows = json.loads(listed.stdout)
+    assert [r["id"] for r in rows] == [later, batch_id] and not any(r["deletable"] for r in rows)
+    assert all(r["why"].startswith(f"The workspace {copy} is a copy of {original}") for r in rows)
+    text = cli(tiny_sandbox, "batches", "--workspace", str(copy)).stdout
+    assert text.count("is a copy of") == 1 and f"    As for {later} above." in text.splitlines()  # said once
     with sqlite3.connect(copy / "ledger.db") as conn:
-        assert conn.execute("SELECT count(*), max(status) FROM batches").fetchone() == (1, "completed")
+        assert conn.execute("SELECT count(*), max(status) FROM batches").fetchone() == (2, "completed")
 
     shutil.copy(shared, copy / "clinic.db")  # the remedy the refusal names
     again = cli(tiny_sandbox, "run", *target, str(copy), "--mapping", str(copy / mapping.name))
@@ -691,7 +697,7 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
     assert gone.returncode == 0, gone.stderr
     assert (patients(copy / "clinic.db"), patients(shared)) == (0, created)
     with sqlite3.connect(original / "ledger.db") as conn:
-        assert conn.execute("SELECT status FROM batches").fetchall() == [("completed",)]
+        assert conn.execute("SELECT status FROM batches").fetchall() == [("completed",)] * 2
     again = cli(tiny_sandbox, "run", *target, str(original), "--mapping", str(mapping), "--json")
     assert again.returncode == 0, again.stderr  # the original is not taken for a copy
     assert json.loads(again.stdout)["entities"]["patients"]["already_present"] == created
@@ -700,19 +706,28 @@ def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original
 def test_a_reader_that_stops_early_ends_the_command_quietly_and_the_batch_stands(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    """``run | head -1``: the output's reader has gone by the time the run prints its table."""
+    """``run | head -1``: the output's reader has gone by the time the run prints its table.
+
+    A deletion confirmed with --yes goes on too, though its plan is printed before it starts.
+    """
     mapping = setup_workspace(tiny_sandbox, tmp_path)
-    gone, output = os.pipe()
-    os.close(gone)  # the reader, gone before anything is written
-    try:
-        cut = tiny_sandbox.cli(
-            "run", *into_store(tmp_path, mapping), key=tiny_sandbox.key("source"), pace="0", stdout=output
-        )
-    finally:
-        os.close(output)
+
+    def cut_short(*args: str) -> subprocess.CompletedProcess[str]:
+        gone, output = os.pipe()
+        os.close(gone)  # the reader, gone before anything is written
+        try:
+            return tiny_sandbox.cli(*args, key=tiny_sandbox.key("source"), pace="0", stdout=output)
+        finally:
+            os.close(output)
+
+    cut = cut_short("run", *into_store(tmp_path, mapping))
     assert (cut.returncode, cut.stderr) == (141, "")
     listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
     assert [b["status"] for b in listed] == ["completed"]
+    cut = cut_short("delete-batch", listed[0]["id"], "--yes", "--workspace", str(tmp_path))
+    assert (cut.returncode, cut.stderr) == (141, "")
+    listed = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
+    assert [b["status"] for b in listed] == ["deleted"]
 
 
 def test_a_ledger_edited_by_hand_gets_one_sentence_not_a_traceback(

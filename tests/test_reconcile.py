@@ -460,6 +460,7 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
         "reconciled",
         "counts",
         "missing",
+        "balances_checked",
         "balance_diffs",
         "moved_invoices",
         "skipped",
@@ -470,6 +471,8 @@ def test_reconcile_from_the_command_line(demo_sandbox: RunningSandbox, tmp_path:
     assert set(report) == keys
     helped = " ".join(cli(demo_sandbox, "reconcile", "--help", key=key).stdout.split())
     assert all(f'"{k}"' in helped for k in keys), helped  # the help names every key
+    patients = next(r for r in report["counts"] if r["entity"] == "patients")
+    assert report["balances_checked"] == patients["created"] > 0
     assert (
         report["balance_diffs"] == []
         and report["skipped"] == report["flagged"] == report["updated"] == 0
