@@ -645,11 +645,10 @@ def cmd_delete_batch(args: argparse.Namespace) -> int:
     )
 
     def show(plan: DeletionPlan) -> None:
+        # A reader gone early (`| head`) does not stop a deletion confirmed with --yes: it ends quietly after.
         try:
             say(plan)
-        except (
-            BrokenPipeError
-        ):  # confirmed with --yes: the deletion goes on, and the command ends quietly after
+        except BrokenPipeError:
             if not (args.yes and not args.dry_run):
                 raise
 

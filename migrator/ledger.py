@@ -29,7 +29,8 @@ Tables (SQLite through sqlite-utils; schema changes are registered migrations, s
     deletions(batch_id -> batches, entity, dest_id, deleted_at)  PK (batch_id, entity, dest_id),
            indexed (entity, dest_id): what deleting a batch has removed so far
     home(id PK = 1, path)  where the ledger file was last opened
-    copied_from(path PK, noticed_at)  ledger files this one is a copy of (see Ledger.originals)
+    copied_from(path PK, noticed_at)  where the ledger file was opened before (copied or moved
+           from): the ones holding a ledger again are its originals (see Ledger.originals)
     migrations(id PK, migration_set, name, applied_at)
 
 Timestamps are ISO-8601 UTC strings (``2026-11-21T13:53:01.123456+00:00``).
@@ -331,8 +332,8 @@ def _progress_finished(db: sqlite_utils.Database) -> None:
 
 @MIGRATIONS(name="012_home")
 def _home(db: sqlite_utils.Database) -> None:
-    # Where the ledger was last opened, and the ledgers it turned out to be a copy of: a copy
-    # shares a store outside its folder with the original, and must not change it.
+    # Where the ledger was last opened, and where before (a copy keeps its original's place): a
+    # copy shares a store outside its folder with the original, and must not change it.
     db.execute("CREATE TABLE home (id INTEGER PRIMARY KEY CHECK (id = 1), path TEXT NOT NULL)")
     db.table("copied_from").create({"path": str, "noticed_at": str}, pk="path", not_null={"noticed_at"})
 

@@ -13,24 +13,12 @@ from typing import Any
 from tests.conftest import RunningSandbox
 from tests.test_background import plan_for, stopped_batch
 from tests.test_cli import assert_one_clean_line
-from tests.test_resume import setup_workspace
+from tests.test_resume import into_store, setup_workspace
 
 
 def cli(sandbox: RunningSandbox, *args: str):
     """The CLI with the source key, unpaced: the sandbox has no rate limit, and pacing has tests of its own."""
     return sandbox.cli(*args, key=sandbox.key("source"), pace="0")
-
-
-def into_store(workspace: Path, mapping: Path) -> tuple[str, ...]:
-    """``run``'s arguments for the workspace's own store, with the edited ``mapping``."""
-    return (
-        "--to",
-        f"sqlite:{workspace / 'clinic.db'}",
-        "--workspace",
-        str(workspace),
-        "--mapping",
-        str(mapping),
-    )
 
 
 def test_run_batches_and_delete_from_the_command_line(tiny_sandbox: RunningSandbox, tmp_path: Path) -> None:

@@ -104,12 +104,7 @@ def run_cli(
             "-m",
             "migrator",
             "run",
-            "--to",
-            f"sqlite:{workspace / 'clinic.db'}",
-            "--workspace",
-            str(workspace),
-            "--mapping",
-            str(mapping),
+            *into_store(workspace, mapping),
             "--json",
             *extra,
         ],
@@ -118,6 +113,18 @@ def run_cli(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def into_store(workspace: Path, mapping: Path) -> tuple[str, ...]:
+    """``run``'s arguments for the workspace's own store, with the edited ``mapping``."""
+    return (
+        "--to",
+        f"sqlite:{workspace / 'clinic.db'}",
+        "--workspace",
+        str(workspace),
+        "--mapping",
+        str(mapping),
     )
 
 
