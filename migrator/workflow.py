@@ -124,7 +124,9 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     A batch that wrote nothing yet (stopped at once) leaves no record to claim it by: when
     its store is the default store of another folder with a ledger of its own (the
     original of a copy), it is re-pointed at this workspace's store too, audited the same
-    way, so a resume in the copy does not write into the original's.
+    way, so a resume in the copy does not write into the original's. So are the batches
+    into a store outside the workspace that the original records batches into (which the
+    copy may not use), when none of them wrote anything.
     ``ledger`` must have no store attached.
     """
     if not destination.startswith("sqlite:"):
@@ -144,6 +146,11 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     if recorded.name == own.name and ledger_records(
         Ledger.file_in(recorded.parent), batch_ids=mine
     ):  # the original's
+        ledger.store_moved(destination, store.describe(), copy=True)
+        return store.describe()
+    if ledger.original_writing_to(destination) is not None and not any(ledger.counts(b) for b in mine):
+        # A store outside the workspace that the original uses, which the copy may not (see
+        # LocalStore.shared_with_original), and nothing of the copy's in it: its own is the place.
         ledger.store_moved(destination, store.describe(), copy=True)
         return store.describe()
     return destination

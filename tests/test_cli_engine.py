@@ -627,6 +627,38 @@ def test_running_the_plan_in_a_copy_resumes_there_its_batch_that_wrote_nothing(
         assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
 
 
+def test_a_copy_given_the_outside_store_it_was_refused_resumes_there_the_batch_that_wrote_nothing(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """The remedy the refusal names (the outside store copied in as the copy's own) also serves a stopped batch.
+
+    Nothing in the store records the batch, and the store's folder has no ledger to say it is an original's.
+    """
+    original, copy, shared = tmp_path / "original", tmp_path / "copy", tmp_path / "store" / "clinic.db"
+    plan = plan_for(tiny_sandbox, original)
+    shared.parent.mkdir()
+    shutil.move(original / "clinic.db", shared)  # the clinic's set-up, in a store outside the workspace
+    stopped = stopped_batch(plan.model_copy(update={"destination": f"sqlite:{shared.resolve()}"}), original)
+    shutil.copytree(original, copy)
+    shutil.copy(shared, copy / "clinic.db")
+
+    resumed = cli(tiny_sandbox, "run", "--workspace", str(copy))  # the mapping: the stopped batch's
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming batch {stopped}." in resumed.stderr
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT id, status, destination FROM batches").fetchall() == [
+            (stopped, "completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
+        ]
+    with sqlite3.connect(copy / "clinic.db") as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] > 0
+    with sqlite3.connect(original / "ledger.db") as conn:
+        assert conn.execute("SELECT status, destination FROM batches").fetchall() == [
+            ("stopped", f"sqlite:{shared.resolve()}")
+        ]
+    with sqlite3.connect(shared) as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
+
+
 def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original_uses(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
