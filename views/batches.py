@@ -25,6 +25,7 @@ from migrator.errors import MigratorError
 from migrator.hosted import delete_as
 from migrator.ledger import Batch, Ledger
 from migrator.plan import records_of
+from migrator.workflow import claim_copied_batches
 
 CONFIRM_WORD = "DELETE"
 
@@ -193,6 +194,8 @@ if error := state.pop("delete_error", None):
 
 try:
     with config.open_ledger() as ledger:
+        if not config.hosted:  # a fresh copy of a workspace lists its own store, not the original's
+            claim_copied_batches(ledger, config.workspace)
         batches = ledger.batches(tenant=scope, current_counts=True)
         # What deleting each batch still in its 48 hours removes, planned again only once the files
         # change (a large clinic's batch takes seconds; see planned()): batches a later one relies on

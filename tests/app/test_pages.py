@@ -149,6 +149,14 @@ def test_a_copied_workspace_says_why_it_cannot_delete_from_a_store_the_original_
     with sqlite3.connect(shared) as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone() == (1,)
 
+    shutil.copy(shared, workspace / "clinic.db")  # the remedy the sentence names: the copy's own store
+    at = goto(console(), "batches")
+    assert not at.exception and not at.error
+    assert at.dataframe[0].value["Can be deleted"].tolist() == ["yes"]
+    assert "is a copy of" not in texts(at)
+    with Ledger(workspace) as ledger:
+        assert ledger.batch(batch.id).destination == f"sqlite:{(workspace / 'clinic.db').resolve()}"
+
 
 def test_a_batch_a_later_batch_relies_on_says_why_it_is_not_deleted(
     console: Callable[[], AppTest], workspace: Path, monkeypatch: pytest.MonkeyPatch
