@@ -962,6 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    recorded = _recorded_so_far(args)
     try:
         with _second_interrupt_quits(writing=args.command in _WRITING):
             return args.func(args)
@@ -991,7 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_path_refused(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command in _WRITING:
+        if args.command in _WRITING and (recorded is None or _recorded_so_far(args) != recorded):
             print(
                 "error: interrupted part-way; what was done so far is kept and recorded: run the same "
                 "command again to finish it.",
@@ -1004,6 +1005,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Commands that write (a store, an account, the ledger): Ctrl+C leaves them part-way, to finish.
 _WRITING = frozenset({"run", "delete-batch", "go-live", "setup-store"})
+#: Writing commands that write nothing before the ledger's audit trail says so (a batch made,
+#: resumed or set deleting): Ctrl+C before that has changed nothing.
+_AUDITED_FIRST = frozenset({"run", "delete-batch"})
+
+
+def _recorded_so_far(args: argparse.Namespace) -> int | None:
+    """The workspace ledger's last audit line, for a command in :data:`_AUDITED_FIRST` (else ``None``)."""
+    if args.command not in _AUDITED_FIRST:
+        return None
+    from migrator.ledger import Ledger, audit_mark
+
+    mark = audit_mark(Ledger.file_in(args.workspace))
+    return None if mark < 0 else mark
 
 
 #: Seconds within which a second SIGINT is the first one again: a signal sent to the whole process group

@@ -100,6 +100,7 @@ __all__ = [
     "SchemaMigrations",
     "StageProgress",
     "apply_migrations",
+    "audit_mark",
     "batch_tenants",
     "ledger_records",
     "this_worker",
@@ -458,6 +459,22 @@ def ledger_records(
             return row.fetchone() is not None
     except sqlite3.Error:
         return False
+
+
+def audit_mark(ledger_file: Path) -> int:
+    """The last audit line of the ledger at ``ledger_file`` (read only): 0 with no ledger or none yet.
+
+    Taken before a command and again after it, it tells whether the command recorded anything.
+    """
+    if not ledger_file.is_file():
+        return 0
+    try:
+        with closing(
+            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as conn:
+            return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
+    except sqlite3.Error:
+        return -1  # cannot tell: never equal to a mark that could
 
 
 def _iso(moment: datetime) -> str:

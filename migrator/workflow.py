@@ -184,7 +184,8 @@ def unmade_if_refused(
     :class:`~migrator.errors.MigratorError`), a ledger this made that records no batch and
     no audit line goes again; so does the store if this made it and no batch of the ledger
     went into it (beside a ledger made here too, or an older one), and the folders this
-    made for them, up to the first that was there, as far as they are empty. The block
+    made for them, up to the first that was there, as far as they are empty. So it is when
+    the block ends in Ctrl+C (``KeyboardInterrupt``) before a batch was recorded. The block
     must have closed the ledger by then.
 
     ``reading_only``: the block only reads (``mapping`` writes its tables elsewhere), so what
@@ -217,7 +218,7 @@ def unmade_if_refused(
 
     try:
         yield
-    except MigratorError:
+    except (MigratorError, KeyboardInterrupt):  # refused, or Ctrl+C before anything was recorded
         take_back()
         raise
     if reading_only:

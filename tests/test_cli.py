@@ -315,6 +315,10 @@ import os, signal, sys, time
 from migrator import cli
 
 def command(args):
+    if {recorded}:  # a run that got as far as making its batch
+        from migrator.ledger import Ledger
+        with Ledger("w") as ledger:
+            ledger.audit("run", actor="cli")
     try:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C
         time.sleep(5)
@@ -338,10 +342,12 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
     process group) is the same Ctrl+C: the command still stops cleanly.
     """
     run, batches = ("cmd_run", '"run", "--workspace", "w"'), ("cmd_batches", '"batches", "--workspace", "w"')
+    early_run = ("cmd_run", '"run", "--workspace", "w", "--json"')
     stopped = "interrupted part-way; what was done so far is kept and recorded: run the same command again to finish it"
     for (name, argv), again, said in [
         (run, None, stopped),
         (batches, None, "interrupted; nothing was changed"),
+        (early_run, None, "interrupted; nothing was changed"),  # before its batch: no "part-way"
         (run, 0.0, stopped),
         (
             run,
@@ -352,7 +358,11 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
         (batches, 0.7, "interrupted again, so stopped at once; nothing was changed"),
     ]:
         done = subprocess.run(
-            [sys.executable, "-c", _INTERRUPTED.format(name=name, argv=argv, again=again)],
+            [
+                sys.executable,
+                "-c",
+                _INTERRUPTED.format(name=name, argv=argv, again=again, recorded=(name, argv) == run),
+            ],
             cwd=tmp_path,
             capture_output=True,
             text=True,

@@ -20,6 +20,7 @@ from migrator.destinations.local import outstanding_amount
 from migrator.errors import ConfigError
 from migrator.ledger import Ledger
 from migrator.sandbox.data import build_accounts
+from migrator.workflow import open_local_store, unmade_if_refused
 
 ENTITIES = {
     "patients",
@@ -705,3 +706,21 @@ def test_seeding_from_the_sandbox_destination_sets_up_its_clinic_once(store: Loc
 
     assert store.seed_from_sandbox_destination(records) == {}
     assert store.count("practitioners") == len(created["practitioners"])
+
+
+def test_ctrl_c_before_a_batch_takes_back_the_workspace_made_for_it(tmp_path: Path) -> None:
+    """A run stopped before it recorded anything leaves no ledger, store or folder; once a batch is, all stay."""
+    workspace = tmp_path / "p" / "q"
+    target = f"sqlite:{workspace / 'clinic.db'}"
+    with pytest.raises(KeyboardInterrupt), unmade_if_refused(workspace, target):
+        ledger, _ = open_local_store(target, workspace)
+        ledger.close()
+        raise KeyboardInterrupt
+    assert not (tmp_path / "p").exists()
+
+    with pytest.raises(KeyboardInterrupt), unmade_if_refused(workspace, target):
+        ledger, store = open_local_store(target, workspace)
+        with ledger:
+            ledger.create_batch(source_account="Harbourside", destination=store.describe(), plan={})
+        raise KeyboardInterrupt
+    assert Ledger.file_in(workspace).is_file() and (workspace / "clinic.db").is_file()
