@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from migrator.cliniko.pacing import pace_from_env
-from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError
+from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError, path_refused
 from migrator.workspace import DEFAULT_WORKSPACE, refuse_file
 
 # The library (httpx, pydantic, polars, SQLite's helpers) loads only for the commands that need it, so
@@ -989,7 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
         return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as exc:  # a path the file system refuses: --out, --workspace, --to sqlite:PATH
-        print(f"error: {_path_refused(exc)}", file=sys.stderr)
+        print(f"error: {path_refused(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command in _WRITING and (recorded is None or _recorded_so_far(args) != recorded):
@@ -1071,12 +1071,3 @@ def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGINT) is first:
             signal.signal(signal.SIGINT, previous)
-
-
-def _path_refused(exc: OSError) -> str:
-    """One sentence for a file or folder the file system refused (no traceback)."""
-    where = exc.filename if exc.filename is not None else "a file"
-    if isinstance(exc, FileExistsError):
-        return f"Cannot use {where}: a file is already there where a folder is needed."
-    reason = (exc.strerror or type(exc).__name__).rstrip(".")
-    return f"Cannot use {where}: {reason[:1].lower()}{reason[1:]}."

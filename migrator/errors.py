@@ -17,7 +17,9 @@ Every message is one sentence meant for a person, and none ever contains an API 
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 __all__ = [
     "APIError",
@@ -31,6 +33,8 @@ __all__ = [
     "ReadOnlyError",
     "RetriableAPIError",
     "ValidationAPIError",
+    "path_refused",
+    "paths_said",
 ]
 
 
@@ -112,3 +116,31 @@ class RetriableAPIError(APIError):
         super().__init__(message, **kwargs)
         self.unconfirmed = unconfirmed
         self.unreachable = unreachable
+
+
+def path_refused(exc: OSError) -> str:
+    """One sentence for a file or folder the file system refused, naming it (no traceback)."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if isinstance(exc, FileExistsError):
+        return f"Cannot use {where}: a file is already there where a folder is needed."
+    reason = (exc.strerror or type(exc).__name__).rstrip(".")
+    return f"Cannot use {where}: {reason[:1].lower()}{reason[1:]}."
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def paths_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``func``, with a path the file system refuses (a workspace that is a file, a folder it
+    may not write) raised as a :class:`ConfigError` of one sentence (:func:`path_refused`),
+    as the CLI says it; the ``OSError`` is its ``__cause__``."""
+
+    @functools.wraps(func)
+    def said(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except OSError as exc:
+            raise ConfigError(path_refused(exc)) from exc
+
+    return said

@@ -41,7 +41,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.errors import ConfigError, MappingError
+from migrator.errors import ConfigError, MappingError, paths_said
 from migrator.plan import ENTITIES, MappingRow, allowed_actions, validation_sentence
 
 __all__ = [
@@ -462,6 +462,7 @@ def to_frames(rows: Iterable[MappingRow]) -> dict[str, pl.DataFrame]:
     }
 
 
+@paths_said
 def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow] | pl.DataFrame) -> None:
     """Write rows, or a mapping table, as ``{"version": 1, "mappings": [...]}`` (UTF-8 JSON; replaced atomically).
 
@@ -471,7 +472,8 @@ def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow] | pl.D
     ``reconcile --out`` makes its own.
 
     Raises:
-        ConfigError: a row of the table is not valid (see :func:`to_rows`).
+        ConfigError: a row of the table is not valid (see :func:`to_rows`), or the file system
+            refuses the path (said in one sentence naming it).
     """
     if isinstance(rows, pl.DataFrame):
         rows = to_rows([rows])

@@ -86,7 +86,7 @@ from typing import Any
 import polars as pl
 
 from migrator.cliniko.client import ClinikoClient
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, paths_said
 from migrator.ledger import UPDATED_SCHEMA, Batch, Ledger
 from migrator.plan import Plan
 from migrator.scope import Query, direct_queries
@@ -815,13 +815,14 @@ class Reconciliation:
             "problems": self.problems,
         }
 
+    @paths_said
     def write(self, folder: str | Path) -> list[Path]:
         """Write each frame as CSV and Parquet into ``folder`` (created if missing); return the files.
 
         Files of an earlier check in that folder are replaced.
 
         Raises:
-            ConfigError: ``folder`` is a file.
+            ConfigError: ``folder`` is a file, or the file system refuses it (one sentence naming it).
         """
         out = Path(folder)
         if out.exists() and not out.is_dir():

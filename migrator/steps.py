@@ -15,7 +15,9 @@
 
 Each function opens the workspace's ledger and the store for its own use and closes
 them again; errors are :class:`~migrator.errors.MigratorError` subclasses whose message
-is one sentence, never containing a key.
+is one sentence, never containing a key. A path the file system refuses (a workspace that
+is a file, a folder it may not write) is a :class:`~migrator.errors.ConfigError` too
+(:func:`~migrator.errors.paths_said`), with the ``OSError`` as its cause.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from migrator.cliniko.client import ClientConfig, ClinikoClient, Identity
 from migrator.cliniko.pacing import checked_pace, pace_from_env
 from migrator.destinations.local import REFERENCE_SCHEMA, LocalStore
 from migrator.engine import RunResult
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, paths_said
 from migrator.ledger import Ledger, StageProgress
 from migrator.mapping import build_mapping, require_complete, to_rows
 from migrator.plan import MappingRow, Scope, parse_include
@@ -184,6 +186,7 @@ def scoped_preview(
     )
 
 
+@paths_said
 def mapping(
     source: ClinikoClient, *, to: str | None = None, workspace: str | Path = DEFAULT_WORKSPACE
 ) -> pl.DataFrame:
@@ -292,6 +295,7 @@ def _tqdm() -> Any:
     return auto_bar
 
 
+@paths_said
 def run(
     source: ClinikoClient,
     *,
@@ -367,6 +371,7 @@ class InvoiceBar(_CountBar):
         self._bar.update(read - self._bar.n)
 
 
+@paths_said
 def reconcile(
     batch_id: str,
     *,
@@ -386,8 +391,8 @@ def reconcile(
 
     Raises:
         BatchNotFound: no such batch in the workspace. ConfigError: the batch did not go
-        to a local store, or ``source`` is another account's. APIError: the source failed
-        beyond retries. FileExistsError: ``workspace`` is a file, not a folder.
+        to a local store, ``source`` is another account's, or ``workspace`` is a file, not
+        a folder. APIError: the source failed beyond retries.
     """
     ledger = existing_ledger(workspace, _batch_id(batch_id), option="the workspace argument")
     bar = InvoiceBar() if progress is True else None
@@ -437,6 +442,7 @@ class DeletionBar(_CountBar):
         self._bar.update(removed - self._bar.n)
 
 
+@paths_said
 def delete_batch(
     batch_id: str,
     *,
@@ -466,7 +472,7 @@ def delete_batch(
         ConfigError: the workspace holds no ledger, or the batch went into a Cliniko account.
         BatchNotFound: no such batch. BatchNotDeletable: older than 48 hours, already
         deleted, still running, or (unless ``dry_run``) relied on by other records.
-        FileExistsError: ``workspace`` is a file, not a folder.
+        ConfigError also: ``workspace`` is a file, not a folder.
     """
     ledger = existing_ledger(workspace, _batch_id(batch_id), option="the workspace argument")
     bar = DeletionBar() if progress is True and not dry_run else None
@@ -486,6 +492,7 @@ def delete_batch(
         ledger.close()
 
 
+@paths_said
 def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
     """Every batch of the workspace, newest first, as a frame.
 
@@ -495,7 +502,7 @@ def batches(workspace: str | Path = DEFAULT_WORKSPACE) -> pl.DataFrame:
     later one relies on is not deletable, and says so). A workspace with no ledger yet has none.
 
     Raises:
-        FileExistsError: ``workspace`` is a file, not a folder (as :func:`run` would say).
+        ConfigError: ``workspace`` is a file, not a folder (as :func:`run` would say).
     """
     from migrator.batches import deletable
 

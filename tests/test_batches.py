@@ -308,7 +308,10 @@ def test_read_only_library_calls_make_no_workspace(tmp_path) -> None:  # type: i
 
 
 def test_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path) -> None:
-    """Listing, deleting and checking say what run() and mapping() say of a file: not "holds no ledger"."""
+    """Listing, deleting and checking say what run() and mapping() say of a file: not "holds no ledger".
+
+    In one sentence, as the library's other refusals: a ConfigError, with the file system's error as its cause.
+    """
     a_file = tmp_path / "ledger.db"  # the ledger itself, given where its folder is wanted
     a_file.write_text("not a folder")
     for call in (
@@ -316,7 +319,11 @@ def test_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path)
         lambda: steps.delete_batch("b20261121-135301-3f9a", workspace=a_file, dry_run=True),
         lambda: steps.reconcile("b20261121-135301-3f9a", source=None, workspace=a_file),  # type: ignore[arg-type]
     ):
-        with pytest.raises(FileExistsError) as refused:
+        with pytest.raises(ConfigError) as refused:
             call()
-        assert refused.value.filename == str(a_file)
+        assert str(refused.value) == f"Cannot use {a_file}: a file is already there where a folder is needed."
+        assert isinstance(refused.value.__cause__, FileExistsError)
+    with pytest.raises(ConfigError) as refused:
+        migrator.save_mapping(a_file / "mapping.json", [])
+    assert str(refused.value).startswith(f"Cannot use {a_file}")
     assert a_file.read_text() == "not a folder"

@@ -192,6 +192,11 @@ def test_a_clean_run_reconciles(
         f"Cannot use {files[0]}: a file is already there where a folder for the check's CSV and Parquet files "
         "is needed."
     )
+    with pytest.raises(
+        ConfigError
+    ) as refused:  # a folder the file system will not make: said, not raised raw
+        result.write(files[0] / "inside")
+    assert str(refused.value) == f"Cannot use {files[0] / 'inside'}: not a directory."
 
 
 def test_a_batch_part_way_through_its_deletion_is_not_called_deleted(
