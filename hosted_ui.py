@@ -21,6 +21,12 @@ from migrator.errors import MigratorError
 from migrator.hosted import KeyLease, sign_in_clinic, sign_in_operator
 
 
+def browser_address() -> str | None:
+    """The address the browser's connection comes from, as the server sees it (``None`` if it cannot say)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) and address else None
+
+
 def clinic_sign_in() -> None:
     """Verify the typed key and bind the session to its account (a callback: the box is emptied first)."""
     key = take_typed_key("sign_in_key")
@@ -49,7 +55,7 @@ def operator_sign_in() -> None:
         directory = operator_directory()
         with settings().open_ledger() as ledger:
             st.session_state.principal = sign_in_operator(
-                ledger, directory, name, password, throttle=sign_in_throttle()
+                ledger, directory, name, password, throttle=sign_in_throttle(), origin=browser_address()
             )
     except MigratorError as exc:
         st.session_state.sign_in_error = str(exc)

@@ -359,36 +359,54 @@ class OperatorDirectory:
 
 
 class SignInThrottle:
-    """Slows password guessing: after ``limit`` failures for a name within ``window`` s, refuse it for that long.
+    """Slows password guessing without letting anyone lock an operator out from elsewhere.
+
+    After ``limit`` failures for a name from one address (the browser's, as the server sees
+    it) within ``window`` s, that name is refused from that address for that long; after
+    ``name_limit`` failures for it from anywhere, from everywhere. So a stranger typing an
+    operator's name with wrong passwords locks only themselves out, while guessing from
+    many addresses at once still meets a ceiling. Behind a proxy that hides the browser's
+    address every client shares one, and the first limit applies to all of them.
 
     One per server process (the console keeps it with ``st.cache_resource``).
     """
 
-    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, list[float]] = {}
+    def __init__(self, limit: int = 5, window: float = 900.0, name_limit: int = 50) -> None:
+        self.limit, self.window, self.name_limit = limit, window, name_limit
+        self._failures: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, name: str, now: float) -> list[float]:
-        recent = [t for t in self._failures.get(name, []) if now - t < self.window]
-        self._failures[name] = recent
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        recent = [t for t in self._failures.get(key, []) if now - t < self.window]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
         return recent
 
-    def check(self, name: str) -> None:
-        """Raise :class:`SignInRefused` while ``name`` is locked out."""
+    def check(self, name: str, origin: str | None = None) -> None:
+        """Raise :class:`SignInRefused` while ``name`` is locked out (from ``origin``, or everywhere)."""
+        name, now = name.lower(), time.monotonic()
         with self._lock:
-            if len(self._recent(name.lower(), time.monotonic())) >= self.limit:
-                raise SignInRefused(
-                    f"Too many failed sign-ins for this name; wait {int(self.window // 60)} minutes and try again."
-                )
+            here = len(self._recent((name, origin or ""), now))
+            everywhere = 0
+            for key in list(self._failures):  # every key: the lapsed go, so typed names do not pile up
+                recent = self._recent(key, now)
+                everywhere += len(recent) if key[0] == name else 0
+        if here >= self.limit or everywhere >= self.name_limit:
+            raise SignInRefused(
+                f"Too many failed sign-ins for this name; wait {int(self.window // 60)} minutes and try again."
+            )
 
-    def failed(self, name: str) -> None:
+    def failed(self, name: str, origin: str | None = None) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._recent(name.lower(), time.monotonic()).append(time.monotonic())
+            key = (name.lower(), origin or "")
+            self._failures[key] = [*self._recent(key, now), now]
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, origin: str | None = None) -> None:
         with self._lock:
-            self._failures.pop(name.lower(), None)
+            self._failures.pop((name.lower(), origin or ""), None)
 
 
 #: The most characters of a name typed on the sign-in page that the audit trail keeps.
@@ -412,8 +430,12 @@ def sign_in_operator(
     password: str,
     *,
     throttle: SignInThrottle | None = None,
+    origin: str | None = None,
 ) -> Principal:
     """Sign an operator in with a name and password from the secrets file; audited either way.
+
+    ``origin`` is the address the attempt came from (``st.context.ip_address``): the
+    throttle counts failures per name and address, and a refusal's audit line keeps it.
 
     A refusal is audited under the operator's name when it is one of this instance's; any
     other name, typed by anyone on the sign-in page, goes into the line's detail only,
@@ -429,7 +451,7 @@ def sign_in_operator(
     if not name or not password:
         raise SignInRefused("Enter your operator name and your password.")
     if throttle is not None:
-        throttle.check(name)
+        throttle.check(name, origin)
     hashed = directory.passwords.get(name)
     if hashed is None:
         _scrypt(password, _DUMMY_SALT, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)  # the same time as a wrong password
@@ -438,17 +460,21 @@ def sign_in_operator(
         ok = verify_password(password, hashed)
     if not ok:
         if throttle is not None:
-            throttle.failed(name)
+            throttle.failed(name, origin)
         known = hashed is not None
         ledger.audit(
             "sign_in_refused",
             actor=f"{OPERATOR}:{name if known else '(unknown name)'}",
             role=OPERATOR,
-            detail={"method": "password", **({} if known else {"typed_name": typed_name(name)})},
+            detail={
+                "method": "password",
+                **({} if known else {"typed_name": typed_name(name)}),
+                **({"from": origin} if origin else {}),
+            },
         )
         raise SignInRefused("That name and password do not match an operator of this instance.")
     if throttle is not None:
-        throttle.succeeded(name)
+        throttle.succeeded(name, origin)
     principal = Principal(OPERATOR, name, method="password")
     record(ledger, principal, "sign_in", detail={"method": "password"})
     return principal

@@ -141,6 +141,33 @@ def test_an_operator_signs_in_with_a_password_and_failures_read_the_same(tmp_pat
     assert len(log) == 5 and all(PASSWORD not in str(e) for e in log)  # the empty tries are not in it
 
 
+def test_failed_sign_ins_from_one_address_do_not_lock_the_operator_out_from_another(tmp_path: Path) -> None:
+    """Anyone can type an operator's name: their failures lock that name out for them, not for the operator.
+
+    Guessing from many addresses at once still meets the name's own ceiling.
+    """
+    directory = OperatorDirectory(passwords={"bob": hash_password(PASSWORD)})
+    throttle = SignInThrottle(limit=3, window=60, name_limit=5)
+    with Ledger(tmp_path) as ledger:
+        for _ in range(3):
+            with pytest.raises(SignInRefused, match="do not match"):
+                sign_in_operator(ledger, directory, "Bob", "guess", throttle=throttle, origin="203.0.113.9")
+        with pytest.raises(
+            SignInRefused, match="Too many failed sign-ins"
+        ):  # the stranger, even with it right
+            sign_in_operator(ledger, directory, "bob", PASSWORD, throttle=throttle, origin="203.0.113.9")
+        who = sign_in_operator(ledger, directory, "bob", PASSWORD, throttle=throttle, origin="192.0.2.4")
+        assert who.name == "bob"  # the operator, from their own address
+        with pytest.raises(SignInRefused, match="do not match"):
+            sign_in_operator(ledger, directory, "bob", "guess", throttle=throttle, origin="198.51.100.1")
+        with pytest.raises(SignInRefused, match="do not match"):
+            sign_in_operator(ledger, directory, "bob", "guess", throttle=throttle, origin="198.51.100.2")
+        with pytest.raises(SignInRefused, match="Too many failed sign-ins"):  # five failures, from anywhere
+            sign_in_operator(ledger, directory, "bob", PASSWORD, throttle=throttle, origin="192.0.2.4")
+        refused = [e for e in ledger.audit_log() if e["action"] == "sign_in_refused"]
+    assert refused[0]["detail"] == {"method": "password", "typed_name": "Bob", "from": "203.0.113.9"}
+
+
 def test_a_name_typed_on_the_sign_in_page_cannot_pose_as_an_audit_line(tmp_path: Path) -> None:
     """QA: a 5,000-character name with a line break and a spreadsheet formula went into the trail as typed."""
     directory = OperatorDirectory(passwords={"bob": hash_password(PASSWORD)})
