@@ -69,7 +69,11 @@ def verify_source() -> None:
 
 
 def set_up_store() -> None:
-    """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept."""
+    """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept.
+
+    Any user's key of that account will do, not only an administrator's: it only reads those
+    three lists, which every user may, and writes nothing to Cliniko.
+    """
     key = take_typed_key("setup_key_input")
     if key is None or who is None:
         state.setup_error = "Enter an API key of the account to set the clinic store up from."
