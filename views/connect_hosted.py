@@ -72,7 +72,8 @@ def set_up_store() -> None:
     """Set the clinic store up with an account's practitioners, businesses and appointment types; the key is not kept.
 
     Any user's key of that account will do, not only an administrator's: it only reads those
-    three lists, which every user may, and writes nothing to Cliniko.
+    three lists and writes nothing to Cliniko. A user whose role may not read them gets
+    Cliniko's refusal (403), said in one sentence.
     """
     key = take_typed_key("setup_key_input")
     if key is None or who is None:
