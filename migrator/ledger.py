@@ -464,7 +464,8 @@ def ledger_records(
 def audit_mark(ledger_file: Path) -> int:
     """The last audit line of the ledger at ``ledger_file`` (read only): 0 with no ledger or none yet.
 
-    Taken before a command and again after it, it tells whether the command recorded anything.
+    Taken before a command and again after it, it tells whether the command recorded
+    anything; -1 when the ledger cannot be read, which no caller should take as unchanged.
     """
     if not ledger_file.is_file():
         return 0
@@ -474,7 +475,7 @@ def audit_mark(ledger_file: Path) -> int:
         ) as conn:
             return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
     except sqlite3.Error:
-        return -1  # cannot tell: never equal to a mark that could
+        return -1  # cannot tell: the caller takes it as changed
 
 
 def _iso(moment: datetime) -> str:
