@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator.cliniko.pacing import pace_from_env
 from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError, path_refused
-from migrator.workspace import DEFAULT_WORKSPACE, refuse_file
+from migrator.workspace import DEFAULT_WORKSPACE, audit_mark, refuse_file
 
 # The library (httpx, pydantic, polars, SQLite's helpers) loads only for the commands that need it, so
 # that --help, and a bad option, answer at once.
@@ -962,9 +962,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    recorded = _recorded_so_far(args)
+    writing = args.command in _WRITING and not getattr(args, "dry_run", False)
+    recorded: int | None = None  # Ctrl+C before it is taken: said as part-way, to be safe
     try:
-        with _second_interrupt_quits(writing=args.command in _WRITING):
+        with _second_interrupt_quits(writing=writing):
+            recorded = _recorded_so_far(args)
             return args.func(args)
     except (ConfigError, MappingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -992,7 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {path_refused(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command in _WRITING and (recorded is None or _recorded_so_far(args) != recorded):
+        if writing and (recorded is None or _recorded_so_far(args) != recorded):
             print(
                 "error: interrupted part-way; what was done so far is kept and recorded: run the same "
                 "command again to finish it.",
@@ -1014,9 +1016,7 @@ def _recorded_so_far(args: argparse.Namespace) -> int | None:
     """The workspace ledger's last audit line, for a command in :data:`_AUDITED_FIRST` (else ``None``)."""
     if args.command not in _AUDITED_FIRST:
         return None
-    from migrator.ledger import Ledger, audit_mark
-
-    mark = audit_mark(Ledger.file_in(args.workspace))
+    mark = audit_mark(args.workspace)
     return None if mark < 0 else mark
 
 

@@ -100,7 +100,6 @@ __all__ = [
     "SchemaMigrations",
     "StageProgress",
     "apply_migrations",
-    "audit_mark",
     "batch_tenants",
     "ledger_records",
     "this_worker",
@@ -459,23 +458,6 @@ def ledger_records(
             return row.fetchone() is not None
     except sqlite3.Error:
         return False
-
-
-def audit_mark(ledger_file: Path) -> int:
-    """The last audit line of the ledger at ``ledger_file`` (read only): 0 with no ledger or none yet.
-
-    Taken before a command and again after it, it tells whether the command recorded
-    anything; -1 when the ledger cannot be read, which no caller should take as unchanged.
-    """
-    if not ledger_file.is_file():
-        return 0
-    try:
-        with closing(
-            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        ) as conn:
-            return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
-    except sqlite3.Error:
-        return -1  # cannot tell: the caller takes it as changed
 
 
 def _iso(moment: datetime) -> str:

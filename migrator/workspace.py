@@ -7,9 +7,10 @@ its help without loading the library (``python -m migrator --help`` stays quick)
 import contextlib
 import errno
 import os
+import sqlite3
 from pathlib import Path
 
-__all__ = ["DEFAULT_WORKSPACE", "make_private_database", "refuse_file"]
+__all__ = ["DEFAULT_WORKSPACE", "audit_mark", "make_private_database", "refuse_file"]
 
 #: Where the ledger (and, by default, ``clinic.db``) lives: ``./workspace``.
 DEFAULT_WORKSPACE = "workspace"
@@ -41,3 +42,23 @@ def refuse_file(workspace: str | Path) -> None:
     """
     if Path(workspace).exists() and not Path(workspace).is_dir():
         raise FileExistsError(errno.EEXIST, "File exists", str(workspace))
+
+
+def audit_mark(workspace: str | Path) -> int:
+    """The last line of the audit trail in ``workspace``'s ledger (read only): 0 with no ledger or none yet.
+
+    Taken before a command and again after it, it tells whether the command recorded
+    anything; -1 when the ledger cannot be read (a folder that may not be searched, a file
+    that is no ledger), which no caller should take as unchanged. Standard library only, so
+    the command line can take it before loading the library.
+    """
+    ledger_file = Path(workspace) / "ledger.db"
+    try:
+        if not ledger_file.is_file():
+            return 0
+        with contextlib.closing(
+            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        ) as conn:
+            return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
+    except (OSError, sqlite3.Error):
+        return -1
