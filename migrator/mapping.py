@@ -469,7 +469,8 @@ def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow] | pl.D
     What ``python -m migrator mapping --out`` writes and ``run(mapping=path)`` reads; a
     notebook writes the table :func:`migrator.mapping` gave (edited or not) with
     ``migrator.save_mapping(path, table)``. The file's folder is made if missing, as
-    ``reconcile --out`` makes its own.
+    ``reconcile --out`` makes its own. A device or a pipe (``/dev/stdout``) is written
+    through rather than replaced.
 
     Raises:
         ConfigError: a row of the table is not valid (see :func:`to_rows`), or the file system
@@ -478,22 +479,30 @@ def save_mapping(path: str | os.PathLike[str], rows: Iterable[MappingRow] | pl.D
     if isinstance(rows, pl.DataFrame):
         rows = to_rows([rows])
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(
         {"version": MAPPING_FILE_VERSION, "mappings": [row.model_dump(mode="json") for row in rows]},
         ensure_ascii=False,
         indent=2,
     )
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    if target.exists() and not target.is_file() and not target.is_dir():
+        # A device or a pipe (/dev/stdout): written through; renaming over it would replace it.
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp: str | None = None
     try:
+        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text + "\n")
         os.replace(tmp, target)
     except OSError as exc:  # name the user's file, not the temporary one beside it
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(target)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -349,6 +352,29 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert "Pilates 🧘" in path.read_text(encoding="utf-8")
     assert load_mapping(path) == sample_rows()
     assert [p.name for p in tmp_path.iterdir()] == ["mapping.json"]  # no temporary file left behind
+
+
+def test_a_mapping_saved_to_a_pipe_is_written_through_it_and_a_refused_path_is_the_users(
+    tmp_path: Path,
+) -> None:
+    """QA: as root, 'mapping --out /dev/null' renamed a regular file over the device; and a refusal named the temp file."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    save_mapping(pipe, sample_rows())
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # still the pipe
+    assert len(json.loads(read[0])["mappings"]) == 4
+    target = tmp_path / "missing" / "mapping.json"
+    (tmp_path / "missing").write_text("a file where the folder goes")
+    with pytest.raises(ConfigError) as refused:
+        save_mapping(target, sample_rows())
+    assert str(refused.value).startswith(f"Cannot use {tmp_path / 'missing'}")
+    with pytest.raises(ConfigError) as refused:
+        save_mapping("/proc/nope.json", sample_rows())
+    assert str(refused.value).startswith("Cannot use /proc/nope.json: ")
 
 
 @pytest.mark.parametrize(
