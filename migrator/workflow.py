@@ -126,7 +126,9 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     original of a copy), it is re-pointed at this workspace's store too, audited the same
     way, so a resume in the copy does not write into the original's. So are the batches
     into a store outside the workspace that the original records batches into (which the
-    copy may not use), when none of them wrote anything.
+    copy may not use), when none of them wrote anything and no batch is recorded into the
+    workspace's own store: that store is then the outside one copied in (the refusal's
+    remedy), not the copy of the workspace's own, whose batches the ledger would name.
     ``ledger`` must have no store attached.
     """
     if not destination.startswith("sqlite:"):
@@ -148,9 +150,14 @@ def current_destination(ledger: Ledger, workspace: str | Path, destination: str)
     ):  # the original's
         ledger.store_moved(destination, store.describe(), copy=True)
         return store.describe()
-    if ledger.original_writing_to(destination) is not None and not any(ledger.counts(b) for b in mine):
+    if (
+        ledger.original_writing_to(destination) is not None
+        and not any(ledger.counts(b) for b in mine)
+        and not any(batch.destination == store.describe() for batch in ledger.batches())
+    ):
         # A store outside the workspace that the original uses, which the copy may not (see
-        # LocalStore.shared_with_original), and nothing of the copy's in it: its own is the place.
+        # LocalStore.shared_with_original), nothing of the copy's in it, and the copy's own
+        # store no other batch's: that store was copied in from it, as the refusal says to.
         ledger.store_moved(destination, store.describe(), copy=True)
         return store.describe()
     return destination

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from migrator.ledger import Ledger
 from tests.conftest import RunningSandbox
 from tests.test_background import plan_for, stopped_batch
 from tests.test_cli import assert_one_clean_line
@@ -657,6 +658,33 @@ def test_a_copy_given_the_outside_store_it_was_refused_resumes_there_the_batch_t
         ]
     with sqlite3.connect(shared) as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
+
+
+def test_a_copy_leaves_the_original_s_stopped_batch_into_an_outside_store_where_it_was(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """QA: the copy's own store, copied with it, is not the outside one: the batch there stays the original's."""
+    original, copy, outside = tmp_path / "original", tmp_path / "copy", tmp_path / "store" / "clinic.db"
+    mapping = setup_workspace(tiny_sandbox, original)
+    done = cli(tiny_sandbox, "run", *into_store(original, mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    with Ledger(original) as ledger:
+        plan = {**ledger.batch(json.loads(done.stdout)["batch_id"]).plan, "destination": f"sqlite:{outside}"}
+        stopped = ledger.create_batch(
+            source_account=ledger.batches()[0].source_account, destination=f"sqlite:{outside}", plan=plan
+        ).id
+        ledger.set_status(stopped, "stopped")
+    outside.parent.mkdir()
+    shutil.copy(original / "clinic.db", outside)
+    shutil.copytree(original, copy)
+
+    listed = cli(tiny_sandbox, "batches", "--workspace", str(copy), "--json")
+    assert listed.returncode == 0, listed.stderr
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT destination FROM batches WHERE id = ?", (stopped,)).fetchone() == (
+            f"sqlite:{outside}",
+        )
+    assert "is a copy of" in next(b["why"] for b in json.loads(listed.stdout) if b["id"] == stopped)
 
 
 def test_a_copy_of_a_workspace_is_refused_the_store_outside_it_that_the_original_uses(
