@@ -844,8 +844,9 @@ class Reconciliation:
         ):
             frame: pl.DataFrame = getattr(self, name)
             csv, parquet = out / f"{name}.csv", out / f"{name}.parquet"
-            frame.write_csv(csv)
-            frame.write_parquet(parquet)
+            with open(csv, "wb") as text, open(parquet, "wb") as columns:  # a refusal names the file
+                frame.write_csv(text)
+                frame.write_parquet(columns)
             written += [csv, parquet]
         return written
 

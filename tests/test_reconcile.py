@@ -197,6 +197,16 @@ def test_a_clean_run_reconciles(
     ) as refused:  # a folder the file system will not make: said, not raised raw
         result.write(files[0] / "inside")
     assert str(refused.value) == f"Cannot use {files[0] / 'inside'}: not a directory."
+    (copy.ledger.path.parent / "check" / "balances.csv").unlink()
+    (
+        copy.ledger.path.parent / "check" / "balances.csv"
+    ).mkdir()  # where a file goes: Polars' own error names none
+    with pytest.raises(ConfigError) as refused:
+        result.write(copy.ledger.path.parent / "check")
+    assert (
+        str(refused.value)
+        == f"Cannot use {copy.ledger.path.parent / 'check' / 'balances.csv'}: is a directory."
+    )
 
 
 def test_a_batch_part_way_through_its_deletion_is_not_called_deleted(
