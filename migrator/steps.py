@@ -198,8 +198,10 @@ def mapping(
     :func:`run`; edit the frame with Polars and pass it on.
 
     It only reads: with no workspace and no store there yet, it matches against an empty
-    clinic, as a first run would find it, and makes neither (the run does).
+    clinic, as a first run would find it, and makes neither (the run does). A workspace that
+    is a file is refused, as the CLI's ``mapping`` and :func:`run` refuse it.
     """
+    refuse_file(workspace)
     path = LocalStore.parse_target(to or default_store(workspace))
     if not path.exists() and not Ledger.file_in(workspace).exists():
         frames = build_mapping(source, lambda _: pl.DataFrame(schema=REFERENCE_SCHEMA), can_create=True)

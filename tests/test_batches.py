@@ -318,6 +318,7 @@ def test_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path)
         lambda: steps.batches(a_file),
         lambda: steps.delete_batch("b20261121-135301-3f9a", workspace=a_file, dry_run=True),
         lambda: steps.reconcile("b20261121-135301-3f9a", source=None, workspace=a_file),  # type: ignore[arg-type]
+        lambda: steps.mapping(None, workspace=a_file),  # type: ignore[arg-type]  # refused before any read
     ):
         with pytest.raises(ConfigError) as refused:
             call()
