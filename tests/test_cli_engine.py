@@ -607,6 +607,17 @@ def test_deleting_or_reconciling_in_a_fresh_copy_of_a_workspace_acts_on_the_copy
         ]
 
 
+def resumes_in_its_own_store(sandbox: RunningSandbox, copy: Path, stopped: str) -> None:
+    """Running the plan in ``copy`` (the mapping: the stopped batch's) resumes ``stopped`` into copy/clinic.db."""
+    resumed = cli(sandbox, "run", "--workspace", str(copy))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming batch {stopped}." in resumed.stderr
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT id, status, destination FROM batches").fetchall() == [
+            (stopped, "completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
+        ]
+
+
 def test_running_the_plan_in_a_copy_resumes_there_its_batch_that_wrote_nothing(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
@@ -615,13 +626,7 @@ def test_running_the_plan_in_a_copy_resumes_there_its_batch_that_wrote_nothing(
     stopped = stopped_batch(plan_for(tiny_sandbox, original), original)
     shutil.copytree(original, copy)
 
-    resumed = cli(tiny_sandbox, "run", "--workspace", str(copy))  # the mapping: the stopped batch's
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming batch {stopped}." in resumed.stderr
-    with sqlite3.connect(copy / "ledger.db") as conn:
-        assert conn.execute("SELECT id, status, destination FROM batches").fetchall() == [
-            (stopped, "completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
-        ]
+    resumes_in_its_own_store(tiny_sandbox, copy, stopped)
     with sqlite3.connect(original / "ledger.db") as conn:
         assert conn.execute("SELECT status FROM batches").fetchall() == [("stopped",)]
     with sqlite3.connect(original / "clinic.db") as conn:
@@ -643,13 +648,7 @@ def test_a_copy_given_the_outside_store_it_was_refused_resumes_there_the_batch_t
     shutil.copytree(original, copy)
     shutil.copy(shared, copy / "clinic.db")
 
-    resumed = cli(tiny_sandbox, "run", "--workspace", str(copy))  # the mapping: the stopped batch's
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming batch {stopped}." in resumed.stderr
-    with sqlite3.connect(copy / "ledger.db") as conn:
-        assert conn.execute("SELECT id, status, destination FROM batches").fetchall() == [
-            (stopped, "completed", f"sqlite:{(copy / 'clinic.db').resolve()}")
-        ]
+    resumes_in_its_own_store(tiny_sandbox, copy, stopped)
     with sqlite3.connect(copy / "clinic.db") as conn:
         assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] > 0
     with sqlite3.connect(original / "ledger.db") as conn:
