@@ -471,10 +471,9 @@ def delete_batch(
         The :class:`~migrator.batches.DeletionPlan`: what went, or with ``dry_run`` what would.
 
     Raises:
-        ConfigError: the workspace holds no ledger, or the batch went into a Cliniko account.
-        BatchNotFound: no such batch. BatchNotDeletable: older than 48 hours, already
-        deleted, still running, or (unless ``dry_run``) relied on by other records.
-        ConfigError also: ``workspace`` is a file, not a folder.
+        ConfigError: the workspace holds no ledger or is a file, or the batch went into a
+        Cliniko account. BatchNotFound: no such batch. BatchNotDeletable: older than 48
+        hours, already deleted, still running, or (unless ``dry_run``) relied on by other records.
     """
     ledger = existing_ledger(workspace, _batch_id(batch_id), option="the workspace argument")
     bar = DeletionBar() if progress is True and not dry_run else None

@@ -225,7 +225,7 @@ def unmade_if_refused(
 
     try:
         yield
-    except (MigratorError, KeyboardInterrupt):  # refused, or Ctrl+C before anything was recorded
+    except (MigratorError, KeyboardInterrupt):  # refused, or Ctrl+C: take_back keeps what records a batch
         take_back()
         raise
     if reading_only:
