@@ -72,7 +72,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,7 +83,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations as _SqliteUtilsMigrations
 
 from migrator.errors import ConfigError, MigratorError
-from migrator.workspace import make_private_database
+from migrator.workspace import make_private_database, read_only
 
 __all__ = [
     "ACTIONS",
@@ -448,9 +448,7 @@ def ledger_records(
         + (["destination = ?"] if destination else [])
     )
     try:
-        with closing(
-            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        ) as conn:
+        with read_only(ledger_file) as conn:
             row = conn.execute(
                 f"SELECT 1 FROM batches WHERE {where} LIMIT 1",
                 [*ids, *([destination] if destination else [])],

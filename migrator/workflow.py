@@ -17,7 +17,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from migrator.mapping import build_mapping, load_mapping, require_complete, to_r
 from migrator.plan import MappingRow, Plan, Scope, default_include, validation_sentence
 from migrator.scoped_preview import ScopedPreview, scoped_preview
 from migrator.topup import TOP_UP_OVERLAP, TopUp
-from migrator.workspace import DEFAULT_WORKSPACE, refuse_file
+from migrator.workspace import DEFAULT_WORKSPACE, read_only, refuse_file
 
 if TYPE_CHECKING:  # the engine loads only when a run starts
     from migrator.destinations.cliniko import ClinikoDestination
@@ -246,7 +246,7 @@ def _holds_anything(ledger_file: Path) -> bool:
     if not ledger_file.exists():
         return False
     try:
-        with closing(sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with read_only(ledger_file) as conn:
             return any(
                 conn.execute(f"SELECT EXISTS (SELECT 1 FROM {name})").fetchone()[0]
                 for name in ("batches", "audit")

@@ -10,7 +10,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-__all__ = ["DEFAULT_WORKSPACE", "audit_mark", "make_private_database", "refuse_file"]
+__all__ = ["DEFAULT_WORKSPACE", "audit_mark", "make_private_database", "read_only", "refuse_file"]
 
 #: Where the ledger (and, by default, ``clinic.db``) lives: ``./workspace``.
 DEFAULT_WORKSPACE = "workspace"
@@ -44,6 +44,11 @@ def refuse_file(workspace: str | Path) -> None:
         raise FileExistsError(errno.EEXIST, "File exists", str(workspace))
 
 
+def read_only(database: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection to the SQLite file ``database`` (another workspace's ledger, say), closed with ``with``."""
+    return contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=5))
+
+
 def audit_mark(workspace: str | Path) -> int:
     """The last line of the audit trail in ``workspace``'s ledger (read only): 0 with no ledger or none yet.
 
@@ -56,9 +61,7 @@ def audit_mark(workspace: str | Path) -> int:
     try:
         if not ledger_file.is_file():
             return 0
-        with contextlib.closing(
-            sqlite3.connect(f"{ledger_file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        ) as conn:
+        with read_only(ledger_file) as conn:
             return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
     except (OSError, sqlite3.Error):
         return -1
