@@ -40,6 +40,7 @@ import atexit
 import concurrent.futures.thread  # noqa: F401  (its exit hook is registered before ours: see _stop_runs_at_exit)
 import json
 import logging
+import sqlite3
 import threading
 import time
 import weakref
@@ -55,7 +56,7 @@ from pydantic import SecretStr
 from migrator.cliniko.client import ClientConfig, ClinikoClient
 from migrator.cliniko.keys import parse_key
 from migrator.engine import Engine, RunResult, RunStopped
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, MigratorError, database_refused
 from migrator.ledger import Ledger, batch_tenants
 from migrator.plan import Plan
 from migrator.topup import TopUp
@@ -490,9 +491,13 @@ def _work(handle: RunHandle, key: SecretStr, config: ClientConfig, keys: Cliniko
     except MigratorError as exc:
         handle.state, handle.error = "failed", str(exc)
     except Exception as exc:  # the thread must record every ending; the ledger marks the batch failed
-        log.exception("migration run failed")
         handle.state = "failed"
-        handle.error = f"The run stopped on an unexpected {type(exc).__name__}; the batch is marked failed and can be resumed."
+        refused = database_refused(exc) if isinstance(exc, sqlite3.Error) else None
+        if refused is None:
+            log.exception("migration run failed")
+        handle.error = refused or (
+            f"The run stopped on an unexpected {type(exc).__name__}; the batch is marked failed and can be resumed."
+        )
     finally:
         handle.finished_at = datetime.now(UTC)
         handle._finish()

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from migrator.cliniko.pacing import pace_from_env
-from migrator.errors import ConfigError, MappingError, MigratorError, RetriableAPIError, path_refused
+from migrator.errors import (
+    ConfigError,
+    MappingError,
+    MigratorError,
+    RetriableAPIError,
+    database_refused,
+    path_refused,
+)
 from migrator.workspace import DEFAULT_WORKSPACE, audit_mark, refuse_file
 
 # The library (httpx, pydantic, polars, SQLite's helpers) loads only for the commands that need it, so
@@ -980,6 +987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}{again}", file=sys.stderr)
         return 1
     except sqlite3.DatabaseError as exc:  # a ledger or store not as the ledger left it: no traceback either
+        refused = database_refused(exc)
+        if refused is not None:  # a permission to give, not a damaged file
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         print(
             f"error: SQLite refused the command ({str(exc).rstrip('.')}): the ledger or the clinic store is not as "
             "the ledger left it (edited by hand, or put back from a copy?). What was committed before stays.",

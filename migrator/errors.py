@@ -18,6 +18,7 @@ Every message is one sentence meant for a person, and none ever contains an API 
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "ReadOnlyError",
     "RetriableAPIError",
     "ValidationAPIError",
+    "database_refused",
     "path_refused",
     "paths_said",
 ]
@@ -127,6 +129,25 @@ def path_refused(exc: OSError) -> str:
     return f"Cannot use {where}: {reason[:1].lower()}{reason[1:]}."
 
 
+def database_refused(exc: sqlite3.Error) -> str | None:
+    """One sentence for SQLite refusing to write a database it could read, else ``None``.
+
+    A ledger or store (or the folder it is in) that this user may read but not write opens
+    and reads fine; the first write then fails with ``SQLITE_READONLY`` (or, for the folder
+    its journal goes in, ``SQLITE_READONLY_DIRECTORY``). That is a permission to give, not a
+    damaged file, so it is said as such. SQLite does not say which file refused.
+
+    >>> database_refused(sqlite3.OperationalError("database is locked")) is None
+    True
+    """
+    if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+        return None
+    return (
+        f"The ledger or the clinic store may be read but not written ({str(exc).rstrip('.')}): let this user "
+        "write both files and the folders they are in, then try again; what was committed before stays."
+    )
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -134,7 +155,8 @@ _R = TypeVar("_R")
 def paths_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """``func``, with a path the file system refuses (a workspace that is a file, a folder it
     may not write) raised as a :class:`ConfigError` of one sentence (:func:`path_refused`),
-    as the CLI says it; the ``OSError`` is its ``__cause__``."""
+    as the CLI says it; the ``OSError`` is its ``__cause__``. So is a ledger or store it may
+    read but not write (:func:`database_refused`), with the ``sqlite3`` error as the cause."""
 
     @functools.wraps(func)
     def said(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -142,5 +164,10 @@ def paths_said(func: Callable[_P, _R]) -> Callable[_P, _R]:
             return func(*args, **kwargs)
         except OSError as exc:
             raise ConfigError(path_refused(exc)) from exc
+        except sqlite3.Error as exc:
+            refused = database_refused(exc)
+            if refused is None:
+                raise
+            raise ConfigError(refused) from exc
 
     return said

@@ -17,7 +17,8 @@ Each function opens the workspace's ledger and the store for its own use and clo
 them again; errors are :class:`~migrator.errors.MigratorError` subclasses whose message
 is one sentence, never containing a key. A path the file system refuses (a workspace that
 is a file, a folder it may not write) is a :class:`~migrator.errors.ConfigError` too
-(:func:`~migrator.errors.paths_said`), with the ``OSError`` as its cause.
+(:func:`~migrator.errors.paths_said`), with the ``OSError`` as its cause; so is a ledger
+or store it may read but not write, with SQLite's error as the cause.
 """
 
 from __future__ import annotations

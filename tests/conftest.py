@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, FrameType
@@ -59,12 +60,14 @@ class RunningSandbox:
         pace: str | None = None,
         note_keys: str | None = None,
         stdout: int | None = None,
+        prefix: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m migrator ARGS`` against this sandbox, keys in the environment only.
 
         ``pace`` sets ``MIGRATOR_REQUESTS_PER_MINUTE`` (``"0"``: unpaced); otherwise Cliniko's 200.
         ``note_keys`` sets ``MIGRATOR_NOTE_KEYS``. ``stdout``: a file descriptor for the
-        output instead of capturing it.
+        output instead of capturing it. ``prefix``: a command to run it under
+        (:func:`without_file_override`).
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         env["MIGRATOR_API_URL"] = self.url_template
@@ -77,7 +80,7 @@ class RunningSandbox:
         if note_keys is not None:
             env["MIGRATOR_NOTE_KEYS"] = note_keys
         return subprocess.run(
-            [sys.executable, "-m", "migrator", *args],
+            [*prefix, sys.executable, "-m", "migrator", *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE if stdout is None else stdout,
@@ -86,6 +89,17 @@ class RunningSandbox:
             timeout=120,
             stdin=subprocess.DEVNULL,
         )
+
+
+def without_file_override() -> list[str]:
+    """A command prefix under which file permissions bind: root drops the capabilities that
+    ignore them (``setpriv``); another user needs none. Skips the test where neither holds."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be made to bind")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 def _start(**options: Any) -> Iterator[RunningSandbox]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import migrator
 from migrator import steps
 from migrator.batches import BatchNotDeletable, DeletionPlan, deletable, delete_batch, deletion_plan
 from migrator.destinations.local import KeptLink
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, paths_said
 from migrator.plan import records_of
 from migrator.reconcile import counts
 from tests.test_engine import Env, env, sandbox  # noqa: F401 - fixtures
@@ -328,3 +330,25 @@ def test_a_file_as_the_workspace_is_refused_not_said_to_be_empty(tmp_path: Path)
         migrator.save_mapping(a_file / "mapping.json", [])
     assert str(refused.value).startswith(f"Cannot use {a_file}")
     assert a_file.read_text() == "not a folder"
+
+
+def test_a_database_the_library_may_read_but_not_write_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    """SQLite's read-only refusal, from a wrapped step, is a ConfigError saying what to give; others pass."""
+    database = tmp_path / "ledger.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE t (x)")
+
+    @paths_said
+    def write(sql: str) -> None:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as read_only:
+            read_only.execute(sql)
+
+    with pytest.raises(ConfigError) as refused:
+        write("INSERT INTO t VALUES (1)")
+    assert str(refused.value).startswith(
+        "The ledger or the clinic store may be read but not written (attempt to write a readonly database): "
+        "let this user write both files"
+    )
+    assert isinstance(refused.value.__cause__, sqlite3.OperationalError)
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # not a permission: as it was
+        write("INSERT INTO nope VALUES (1)")

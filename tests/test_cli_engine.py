@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.ledger import Ledger
-from tests.conftest import RunningSandbox
+from tests.conftest import RunningSandbox, without_file_override
 from tests.test_background import plan_for, stopped_batch
 from tests.test_cli import assert_one_clean_line
 from tests.test_resume import into_store, setup_workspace
@@ -794,6 +794,33 @@ def test_a_ledger_edited_by_hand_gets_one_sentence_not_a_traceback(
     assert again.stderr.rstrip().endswith(
         "(edited by hand, or put back from a copy?). What was committed before stays."
     )
+
+
+def test_a_ledger_it_may_not_write_is_said_to_need_a_permission_not_to_be_damaged(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A workspace copied in read-only (or restored as another user) opens and reads; the run's
+    first write is refused, and the sentence says what to give, not "edited by hand"."""
+    mapping = setup_workspace(tiny_sandbox, tmp_path)
+    assert cli(tiny_sandbox, "run", *into_store(tmp_path, mapping)).returncode == 0
+    before = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
+    (tmp_path / "ledger.db").chmod(0o444)
+    refused = tiny_sandbox.cli(
+        "run",
+        *into_store(tmp_path, mapping),
+        key=tiny_sandbox.key("source"),
+        pace="0",
+        prefix=without_file_override(),
+    )
+    assert refused.returncode == 2
+    assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+    assert refused.stderr == (
+        "error: The ledger or the clinic store may be read but not written (attempt to write a readonly "
+        "database): let this user write both files and the folders they are in, then try again; what was "
+        "committed before stays.\n"
+    )
+    (tmp_path / "ledger.db").chmod(0o644)
+    assert json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout) == before
 
 
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
