@@ -659,6 +659,35 @@ def test_a_copy_given_the_outside_store_it_was_refused_resumes_there_the_batch_t
         assert conn.execute("SELECT count(*) FROM patients").fetchone() == (0,)
 
 
+def test_a_store_copied_in_after_the_original_finished_the_batch_is_refused_not_tripped_over(
+    tiny_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """QA: the remedy followed late. The copy's ledger says the stopped batch created nothing, the store
+    holds what the original's resumed run created: refused in one sentence, before a write, not a UNIQUE
+    failure that marks the copy's batch failed."""
+    original, copy, shared = tmp_path / "original", tmp_path / "copy", tmp_path / "store" / "clinic.db"
+    plan = plan_for(tiny_sandbox, original)
+    shared.parent.mkdir()
+    shutil.move(original / "clinic.db", shared)
+    stopped = stopped_batch(plan.model_copy(update={"destination": f"sqlite:{shared.resolve()}"}), original)
+    shutil.copytree(original, copy)
+    finished = cli(tiny_sandbox, "run", "--workspace", str(original), "--to", f"sqlite:{shared}")
+    assert finished.returncode == 0, finished.stderr
+    shutil.copy(shared, copy / "clinic.db")
+    store = (copy / "clinic.db").read_bytes()
+
+    refused = cli(tiny_sandbox, "run", "--workspace", str(copy))
+    assert refused.returncode == 2
+    assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
+    assert refused.stderr.startswith(
+        f"error: The clinic store at {(copy / 'clinic.db').resolve()} holds records batch {stopped} created, but "
+        f"the ledger at {copy / 'ledger.db'} says that batch created nothing"
+    )
+    assert (copy / "clinic.db").read_bytes() == store
+    with sqlite3.connect(copy / "ledger.db") as conn:
+        assert conn.execute("SELECT status FROM batches").fetchall() == [("stopped",)]
+
+
 def test_a_copy_leaves_the_original_s_stopped_batch_into_an_outside_store_where_it_was(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:

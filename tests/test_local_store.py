@@ -18,7 +18,7 @@ from migrator.destinations import DELETE_ORDER, INSERT_ORDER, Destination, Local
 from migrator.destinations._schema import TABLES
 from migrator.destinations.local import outstanding_amount
 from migrator.errors import ConfigError
-from migrator.ledger import Ledger
+from migrator.ledger import Item, Ledger
 from migrator.sandbox.data import build_accounts
 from migrator.workflow import open_local_store, unmade_if_refused
 
@@ -63,7 +63,14 @@ def _new_batch(ledger: Ledger, store: LocalStore, account: str = ACCOUNT) -> str
 def _insert(
     store: LocalStore, batch_id: str, entity: str, *rows: dict[str, Any], account: str = ACCOUNT
 ) -> list[str]:
-    return store.insert(entity, list(rows), batch_id=batch_id, source_account=account)
+    """Insert ``rows`` as the engine does: with their created items, in one transaction."""
+    with store.ledger.transaction():
+        ids = store.insert(entity, list(rows), batch_id=batch_id, source_account=account)
+        store.ledger.record_items(
+            batch_id,
+            [Item(entity, str(row["source_id"]), id_, "created") for row, id_ in zip(rows, ids, strict=True)],
+        )
+    return ids
 
 
 def _clinic(store: LocalStore, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -211,7 +211,8 @@ class LocalStore:
             SQLite database, the ledger already has another store attached, or batches this
             ledger does not know created records in the store (another workspace's store:
             this ledger could not tell what is already there, nor delete them), even if
-            those records have since been deleted.
+            those records have since been deleted; or records of a batch the ledger says
+            created none (a store copied later than its ledger).
 
     A store holding batches the ledger recorded as going into another path was moved or
     copied with its workspace (to another folder, or a copy to try things on): the
@@ -248,7 +249,18 @@ class LocalStore:
             ledger.conn.execute(f"PRAGMA {SCHEMA}.cache_size = -{CACHE_KIB}")
             stranger = self._unknown_batch()
             revived = self._deleted_batch_still_here() if stranger is None else None
-            recorded = self._recorded_elsewhere() if stranger is None and revived is None else None
+            ahead = self._batch_ahead_of_ledger() if stranger is None and revived is None else None
+            recorded = (
+                self._recorded_elsewhere() if stranger is None and revived is None and ahead is None else None
+            )
+        if ahead is not None:
+            self.close()
+            raise ConfigError(
+                f"The clinic store at {self.path} holds records batch {ahead} created, but the ledger at "
+                f"{ledger.path} says that batch created nothing: the store was copied later than the ledger "
+                "(after another workspace went on with that batch?), and the ledger cannot tell what in it is "
+                "already there. Copy the workspace again with the store as they are now, or use another store."
+            )
         if revived is not None:
             self.close()
             raise ConfigError(
@@ -324,6 +336,25 @@ class LocalStore:
                 ).fetchone():
                     return str(batch_id)
         return None
+
+    def _batch_ahead_of_ledger(self) -> str | None:
+        """A batch left to resume that created records in the store but no created item in the ledger, if any.
+
+        Rows and their items are written in one transaction, so this happens only when the
+        store was taken from a later moment than the ledger: a copied workspace whose
+        original then went on with a stopped batch, and whose store was copied in after.
+        Only a batch left to resume is looked at: one the ledger calls finished could not
+        have gone on elsewhere after the ledger was copied.
+        A run would trip over records it does not know (UNIQUE on ``source_id``). A batch
+        that created some of its records before the ledger was copied is not caught here;
+        SQLite refuses its run as a ledger not as it left the store.
+        """
+        row = self.ledger.conn.execute(
+            f"SELECT w.batch_id FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
+            " WHERE b.status IN ('running', 'stopped', 'failed') AND NOT EXISTS"
+            " (SELECT 1 FROM main.items i WHERE i.batch_id = w.batch_id AND i.action = 'created') LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _unknown_batch(self) -> str | None:
         """A batch that created records in the store but that the ledger does not know, if any."""
