@@ -769,11 +769,13 @@ def cmd_opening_balances(args: argparse.Namespace) -> int:
 
 def cmd_setup_store(args: argparse.Namespace) -> int:
     from migrator.setup import copy_clinic_setup
-    from migrator.workflow import open_local_store
+    from migrator.workflow import open_local_store, unmade_if_refused
 
-    with _client(True) as client:
-        _, store = open_local_store(args.to, args.workspace)
-        added = copy_clinic_setup(store, client)
+    # A refused key or Ctrl+C before anything is set up: the new workspace's files go again.
+    with unmade_if_refused(args.workspace, _setup_target(args)), _client(True) as client:
+        ledger, store = open_local_store(args.to, args.workspace)
+        with closing(ledger), closing(store):
+            added = copy_clinic_setup(store, client)
     if not added:
         print(
             f"Nothing to set up: {store.describe()} already has its businesses, practitioners and appointment types."
@@ -970,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     writing = args.command in _WRITING and not getattr(args, "dry_run", False)
-    recorded: int | None = None  # Ctrl+C before it is taken: said as part-way, to be safe
+    recorded: object | None = None  # Ctrl+C before it is taken: said as part-way, to be safe
     try:
         with _second_interrupt_quits(writing=writing):
             recorded = _recorded_so_far(args)
@@ -1023,8 +1025,27 @@ _WRITING = frozenset({"run", "delete-batch", "go-live", "setup-store"})
 _AUDITED_FIRST = frozenset({"run", "delete-batch"})
 
 
-def _recorded_so_far(args: argparse.Namespace) -> int | None:
-    """The workspace ledger's last audit line, for a command in :data:`_AUDITED_FIRST` (else ``None``)."""
+def _setup_target(args: argparse.Namespace) -> str:
+    """The store ``setup-store`` writes: ``--to``, or the workspace's own (as ``default_store`` names it)."""
+    return args.to or f"sqlite:{Path(args.workspace) / 'clinic.db'}"
+
+
+def _recorded_so_far(args: argparse.Namespace) -> object | None:
+    """What tells whether the command has changed anything yet (``None``: it cannot be told).
+
+    For a command in :data:`_AUDITED_FIRST`, the workspace ledger's last audit line. For
+    ``setup-store``, the store file's size and modification time (``"absent"``): it writes
+    no audit line, each commit rewrites the file, and a new one is taken back when stopped.
+    """
+    if args.command == "setup-store":
+        _, _, path = _setup_target(args).partition(":")
+        try:
+            stat = os.stat(path.strip())
+        except FileNotFoundError:
+            return "absent"
+        except OSError:
+            return None
+        return (stat.st_size, stat.st_mtime_ns)
     if args.command not in _AUDITED_FIRST:
         return None
     mark = audit_mark(args.workspace)

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from migrator.ledger import Ledger
 from tests.conftest import RunningSandbox, without_file_override
 from tests.test_background import plan_for, stopped_batch
@@ -359,6 +361,50 @@ def test_a_refused_run_in_a_new_workspace_leaves_no_files_behind(
     again = cli(tiny_sandbox, "run", "--workspace", str(tmp_path), "--filter", "business:1")
     assert again.returncode == 2
     assert (tmp_path / "ledger.db").exists() and (tmp_path / "clinic.db").exists()
+
+
+def test_setting_up_a_new_workspace_refused_or_stopped_leaves_no_files_behind(
+    tiny_sandbox: RunningSandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: a wrong destination key, or Ctrl+C before anything is set up, leaves no ledger, store or folder;
+    once a store has its set-up, Ctrl+C leaves it as it was and says nothing was changed."""
+    from migrator import cli as cli_module
+    from migrator import setup
+
+    fresh = tmp_path / "new" / "ws"
+    refused = tiny_sandbox.cli(
+        "setup-store", "--workspace", str(fresh), dest_key="MS" + "0" * 40 + "-uk1", pace="0"
+    )
+    assert refused.returncode == 1 and "did not accept the destination API key" in refused.stderr, (
+        refused.stderr
+    )
+    assert not (tmp_path / "new").exists()
+
+    monkeypatch.setenv("MIGRATOR_API_URL", tiny_sandbox.url_template)
+    monkeypatch.setenv("MIGRATOR_DEST_KEY", tiny_sandbox.key("destination"))
+    monkeypatch.setenv("MIGRATOR_REQUESTS_PER_MINUTE", "0")
+    real = setup.copy_clinic_setup
+
+    def stopped(store: Any, client: Any) -> dict[str, int]:
+        assert store.path.is_file()  # made, and then Ctrl+C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(setup, "copy_clinic_setup", stopped)
+    assert cli_module.main(["setup-store", "--workspace", str(fresh)]) == 130
+    assert capsys.readouterr().err == "error: interrupted; nothing was changed.\n"
+    assert not (tmp_path / "new").exists()
+
+    monkeypatch.setattr(setup, "copy_clinic_setup", real)
+    assert cli_module.main(["setup-store", "--workspace", str(fresh)]) == 0
+    assert capsys.readouterr().out.startswith("Set up ")
+    kept = (fresh / "clinic.db").read_bytes()
+    monkeypatch.setattr(setup, "copy_clinic_setup", stopped)
+    assert cli_module.main(["setup-store", "--workspace", str(fresh)]) == 130
+    assert capsys.readouterr().err == "error: interrupted; nothing was changed.\n"
+    assert (fresh / "clinic.db").read_bytes() == kept and (fresh / "ledger.db").is_file()
 
 
 def test_a_filter_naming_no_record_of_the_source_is_refused(
