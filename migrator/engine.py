@@ -43,6 +43,7 @@ plan's last completed batch, and applies deletions at the source.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -643,7 +644,11 @@ class Engine:
         return Path(self.ledger.workspace) / "staging" / f"{self.batch_id}.db"
 
     def _drop_staging(self) -> None:
-        self._staging_path().unlink(missing_ok=True)
+        """Remove the finished batch's staging file, and the ``staging`` folder once nothing else is in it."""
+        path = self._staging_path()
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another batch's file still there (or no folder): it stays
+            path.parent.rmdir()
 
     def _staged_resources(self) -> tuple[str, ...]:
         """What a scoped run reads before its patients, as those records name the patients in scope.

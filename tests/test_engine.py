@@ -311,6 +311,7 @@ def test_business_filter_matches_a_hand_computation(env: Env) -> None:
     assert 0 < len(patients) < source_totals(env.sandbox)["patients"]
     # A scope costs far fewer requests than reading everything.
     assert result.requests < 120
+    assert not (env.workspace / "staging").exists()  # what the run staged goes with it, folder and all
 
 
 def test_widening_the_scope_leaves_the_earlier_batch_as_it_was_and_both_deletable(env: Env) -> None:
