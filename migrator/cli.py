@@ -62,7 +62,15 @@ def _read_key(env: str, what: str) -> SecretStr:
         return SecretStr(value)
     if not sys.stdin.isatty():
         raise ConfigError(f"No {what} API key: set {env} in the environment (keys are never taken as flags).")
-    return SecretStr(getpass.getpass(f"{what.capitalize()} Cliniko API key (input hidden): "))
+    try:
+        typed = getpass.getpass(f"{what.capitalize()} Cliniko API key (input hidden): ")
+    except (KeyboardInterrupt, EOFError) as exc:  # Ctrl+C or Ctrl+D at the prompt
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end the prompt's line: what is said goes on a line of its own
+        if isinstance(exc, EOFError):
+            raise ConfigError(f"No {what} API key was typed: paste it at the prompt, or set {env}.") from None
+        raise
+    return SecretStr(typed)
 
 
 def _config() -> ClientConfig:

@@ -6,9 +6,12 @@ import base64
 import json
 import math
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -333,6 +336,49 @@ def command(args):
 cli.{name} = command
 sys.exit(cli.main([{argv}]))
 """
+
+
+def _at_the_key_prompt(typed: bytes) -> tuple[int, str]:
+    """``connect`` with no key set, on a terminal; ``typed`` is sent once the prompt shows. Exit code, transcript."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the command, on the pseudo-terminal
+        os.chdir(ROOT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "migrator", "connect"], env)
+        finally:
+            os._exit(127)  # never back into pytest
+    seen, deadline = b"", time.monotonic() + 30
+    sent = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the command ended: its side of the terminal closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and seen.endswith(b"(input hidden): "):
+            time.sleep(0.2)  # getpass has turned echo off and waits
+            os.write(terminal, typed)
+            sent = True
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    return os.waitstatus_to_exitcode(status), seen.decode().replace("\r\n", "\n")
+
+
+def test_ctrl_c_or_ctrl_d_at_the_key_prompt_is_said_on_a_line_of_its_own() -> None:
+    """QA: Ctrl+C was said on the prompt's line; Ctrl+D (no key typed) was an EOFError traceback."""
+    prompt = "Source Cliniko API key (input hidden): \n"
+    assert _at_the_key_prompt(b"\x03") == (130, prompt + "error: interrupted; nothing was changed.\n")
+    assert _at_the_key_prompt(b"\x04") == (
+        2,
+        prompt + "error: No source API key was typed: paste it at the prompt, or set MIGRATOR_SOURCE_KEY.\n",
+    )
 
 
 def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) -> None:
