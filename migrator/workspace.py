@@ -56,12 +56,20 @@ def audit_mark(workspace: str | Path) -> int:
     anything; -1 when the ledger cannot be read (a folder that may not be searched, a file
     that is no ledger), which no caller should take as unchanged. Standard library only, so
     the command line can take it before loading the library.
+
+    A ``store_moved`` line is not counted: opening a moved or copied workspace re-points its
+    batches before any command's work (listing them does it too), and that is no record
+    written. A line another process records in the same workspace meanwhile does count.
     """
     ledger_file = Path(workspace) / "ledger.db"
     try:
         if not ledger_file.is_file():
             return 0
         with read_only(ledger_file) as conn:
-            return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM audit").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT coalesce(max(rowid), 0) FROM audit WHERE action != 'store_moved'"
+                ).fetchone()[0]
+            )
     except (OSError, sqlite3.Error):
         return -1

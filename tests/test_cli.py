@@ -318,10 +318,11 @@ import os, signal, sys, time
 from migrator import cli
 
 def command(args):
-    if {recorded}:  # a run that got as far as making its batch
+    action = {action!r}
+    if action:  # a run that got as far as making its batch, or re-pointed a copy's
         from migrator.ledger import Ledger
         with Ledger("w") as ledger:
-            ledger.audit("run", actor="cli")
+            ledger.audit(action, actor="cli")
     try:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C
         time.sleep(5)
@@ -389,11 +390,13 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
     """
     run, batches = ("cmd_run", '"run", "--workspace", "w"'), ("cmd_batches", '"batches", "--workspace", "w"')
     early_run = ("cmd_run", '"run", "--workspace", "w", "--json"')
+    moved_run = ("cmd_run", '"run", "--workspace", "w", "--json", "-v"')  # only its store_moved line
     stopped = "interrupted part-way; what was done so far is kept and recorded: run the same command again to finish it"
     for (name, argv), again, said in [
         (run, None, stopped),
         (batches, None, "interrupted; nothing was changed"),
         (early_run, None, "interrupted; nothing was changed"),  # before its batch: no "part-way"
+        (moved_run, None, "interrupted; nothing was changed"),  # a copy's batches re-pointed: no record
         (run, 0.0, stopped),
         (
             run,
@@ -407,7 +410,12 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
             [
                 sys.executable,
                 "-c",
-                _INTERRUPTED.format(name=name, argv=argv, again=again, recorded=(name, argv) == run),
+                _INTERRUPTED.format(
+                    name=name,
+                    argv=argv,
+                    again=again,
+                    action={run: "run", moved_run: "store_moved"}.get((name, argv)),
+                ),
             ],
             cwd=tmp_path,
             capture_output=True,
@@ -415,4 +423,4 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
             timeout=60,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        assert (done.returncode, done.stderr.strip()) == (130, f"error: {said}."), (name, again)
+        assert (done.returncode, done.stderr.strip()) == (130, f"error: {said}."), (name, argv, again)
