@@ -342,12 +342,13 @@ class LocalStore:
 
         Rows and their items are written in one transaction, so this happens only when the
         store was taken from a later moment than the ledger: a copied workspace whose
-        original then went on with a stopped batch, and whose store was copied in after.
+        original then went on with a stopped batch, and whose store was copied in after. A
+        run would trip over records it does not know (UNIQUE on ``source_id``).
+
         Only a batch left to resume is looked at: one the ledger calls finished could not
-        have gone on elsewhere after the ledger was copied.
-        A run would trip over records it does not know (UNIQUE on ``source_id``). A batch
-        that created some of its records before the ledger was copied is not caught here;
-        SQLite refuses its run as a ledger not as it left the store.
+        have gone on elsewhere after the ledger was copied. A batch that created some of its
+        records before the ledger was copied is not caught here; SQLite refuses its run, said
+        as a ledger or store not as the ledger left it.
         """
         row = self.ledger.conn.execute(
             f"SELECT w.batch_id FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
