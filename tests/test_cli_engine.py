@@ -726,8 +726,8 @@ def test_a_store_copied_in_after_the_original_finished_the_batch_is_refused_not_
     assert refused.returncode == 2
     assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
     assert refused.stderr.startswith(
-        f"error: The clinic store at {(copy / 'clinic.db').resolve()} holds records batch {stopped} created, but "
-        f"the ledger at {copy / 'ledger.db'} says that batch created nothing"
+        f"error: The clinic store at {(copy / 'clinic.db').resolve()} holds records batch {stopped} created that "
+        f"the ledger at {copy / 'ledger.db'} does not record"
     )
     assert (copy / "clinic.db").read_bytes() == store
     with sqlite3.connect(copy / "ledger.db") as conn:

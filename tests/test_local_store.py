@@ -256,6 +256,41 @@ def test_a_store_put_back_from_before_a_deletion_is_refused_in_one_sentence(
     assert ledger.batch(batch).destination == store.describe()
 
 
+def test_a_store_copied_later_than_its_ledger_is_refused_before_a_run_trips_over_it(
+    ledger: Ledger, store: LocalStore, tmp_path: Path
+) -> None:
+    """QA: the ledger copied while a batch had created some records, the store after it created more."""
+    batch = _new_batch(ledger, store)
+    _insert(store, batch, "taxes", {"source_id": "1", "name": "GST"})
+    ledger.set_status(batch, "stopped")
+    store.close()
+    ledger.close()
+    earlier = tmp_path / "earlier-ledger.db"
+    shutil.copy(ledger.path, earlier)
+    ledger = Ledger(ledger.workspace)
+    store = LocalStore(store.path, ledger)
+    _insert(store, batch, "taxes", {"source_id": "2", "name": "VAT"})
+    _insert(store, batch, "patients", {"source_id": "7", "first_name": "Ann", "last_name": "Lee"})
+    ledger.set_status(batch, "stopped")
+    store.close()
+    ledger.close()
+    LocalStore(store.path, Ledger(ledger.workspace)).close()  # with its own ledger: as it should be
+
+    shutil.copy(earlier, ledger.path)
+    behind = Ledger(ledger.workspace)
+    with pytest.raises(ConfigError) as refused:
+        LocalStore(store.path, behind)
+    assert str(refused.value).startswith(
+        f"The clinic store at {store.path} holds records batch {batch} created that the ledger at {behind.path} "
+        "does not record: the store was copied later than the ledger"
+    )
+    with behind.transaction():  # the ledger as it was after all three: the store is its own again
+        behind.record_items(
+            batch, [Item("taxes", "2", "2", "created"), Item("patients", "7", "1", "created")]
+        )
+    LocalStore(store.path, behind).close()
+
+
 def test_a_store_from_before_written_by_learns_its_batches_from_its_records(
     ledger: Ledger, store: LocalStore, tmp_path: Path
 ) -> None:

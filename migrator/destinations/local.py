@@ -211,8 +211,8 @@ class LocalStore:
             SQLite database, the ledger already has another store attached, or batches this
             ledger does not know created records in the store (another workspace's store:
             this ledger could not tell what is already there, nor delete them), even if
-            those records have since been deleted; or records of a batch the ledger says
-            created none (a store copied later than its ledger).
+            those records have since been deleted; or records of a batch the ledger does
+            not record (a store copied later than its ledger).
 
     A store holding batches the ledger recorded as going into another path was moved or
     copied with its workspace (to another folder, or a copy to try things on): the
@@ -256,8 +256,8 @@ class LocalStore:
         if ahead is not None:
             self.close()
             raise ConfigError(
-                f"The clinic store at {self.path} holds records batch {ahead} created, but the ledger at "
-                f"{ledger.path} says that batch created nothing: the store was copied later than the ledger "
+                f"The clinic store at {self.path} holds records batch {ahead} created that the ledger at "
+                f"{ledger.path} does not record: the store was copied later than the ledger "
                 "(after another workspace went on with that batch?), and the ledger cannot tell what in it is "
                 "already there. Copy the workspace again with the store as they are now, or use another store."
             )
@@ -338,24 +338,41 @@ class LocalStore:
         return None
 
     def _batch_ahead_of_ledger(self) -> str | None:
-        """A batch left to resume that created records in the store but no created item in the ledger, if any.
+        """A batch left to resume whose newest record in some table the ledger has no item for, if any.
 
         Rows and their items are written in one transaction, so this happens only when the
         store was taken from a later moment than the ledger: a copied workspace whose
         original then went on with a stopped batch, and whose store was copied in after. A
         run would trip over records it does not know (UNIQUE on ``source_id``).
 
+        Only the newest row per table (by id, allocated in order) is looked up, two index
+        seeks a table: a store behind nothing has that row's item, whatever else it holds.
         Only a batch left to resume is looked at: one the ledger calls finished could not
-        have gone on elsewhere after the ledger was copied. A batch that created some of its
-        records before the ledger was copied is not caught here; SQLite refuses its run, said
-        as a ledger or store not as the ledger left it.
+        have gone on elsewhere after the ledger was copied.
         """
-        row = self.ledger.conn.execute(
-            f"SELECT w.batch_id FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
-            " WHERE b.status IN ('running', 'stopped', 'failed') AND NOT EXISTS"
-            " (SELECT 1 FROM main.items i WHERE i.batch_id = w.batch_id AND i.action = 'created') LIMIT 1"
-        ).fetchone()
-        return None if row is None else str(row[0])
+        resumable = [
+            str(batch_id)
+            for (batch_id,) in self.ledger.conn.execute(
+                f"SELECT w.batch_id FROM ({_BATCHES_WRITTEN}) w JOIN main.batches b ON b.id = w.batch_id"
+                " WHERE b.status IN ('running', 'stopped', 'failed')"
+            )
+        ]
+        for batch_id in resumable:
+            for entity in INSERT_ORDER:
+                newest = self.ledger.conn.execute(
+                    f"SELECT source_id FROM {SCHEMA}.{entity} WHERE batch_id = ? AND source_id IS NOT NULL"
+                    " ORDER BY id DESC LIMIT 1",
+                    (batch_id,),
+                ).fetchone()
+                if (
+                    newest is not None
+                    and not self.ledger.conn.execute(
+                        "SELECT 1 FROM main.items WHERE batch_id = ? AND entity = ? AND source_id = ?",
+                        (batch_id, entity, newest[0]),
+                    ).fetchone()
+                ):
+                    return batch_id
+        return None
 
     def _unknown_batch(self) -> str | None:
         """A batch that created records in the store but that the ledger does not know, if any."""
