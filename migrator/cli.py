@@ -17,6 +17,7 @@ import getpass
 import json
 import logging
 import os
+import select
 import signal
 import sqlite3
 import sys
@@ -63,14 +64,61 @@ def _read_key(env: str, what: str) -> SecretStr:
     if not sys.stdin.isatty():
         raise ConfigError(f"No {what} API key: set {env} in the environment (keys are never taken as flags).")
     try:
-        typed = getpass.getpass(f"{what.capitalize()} Cliniko API key (input hidden): ")
-    except (KeyboardInterrupt, EOFError) as exc:  # Ctrl+C or Ctrl+D at the prompt
-        if sys.stderr.isatty():
-            print(file=sys.stderr)  # end the prompt's line: what is said goes on a line of its own
-        if isinstance(exc, EOFError):
-            raise ConfigError(f"No {what} API key was typed: paste it at the prompt, or set {env}.") from None
-        raise
+        typed = _hidden_input(f"{what.capitalize()} Cliniko API key (input hidden): ")
+    except EOFError:  # Ctrl+D at the prompt
+        raise ConfigError(f"No {what} API key was typed: paste it at the prompt, or set {env}.") from None
     return SecretStr(typed)
+
+
+def _hidden_input(prompt: str) -> str:
+    """A line typed at ``prompt`` on the terminal without echo, as ``getpass`` reads it, but Ctrl+C stops it at once.
+
+    Once polars is loaded, its threads leave SIGINT unblocked, so the kernel may hand Ctrl+C
+    to one of them; Python runs the handler only when the main thread next runs Python code,
+    which ``getpass``'s blocking read never lets it do. Reading in short waits does. The
+    prompt's line is ended however the input ends, so what is said next has a line of its
+    own. Ctrl+D on an empty line raises ``EOFError``. Where there is no terminal to open
+    (or no ``termios``), ``getpass`` reads it.
+    """
+    try:
+        import termios
+
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except (ImportError, OSError):
+        return _getpass_on_its_own_line(prompt)
+    try:
+        try:
+            shown = termios.tcgetattr(tty)
+        except termios.error:
+            return _getpass_on_its_own_line(prompt)
+        hidden = termios.tcgetattr(tty)
+        hidden[3] &= ~termios.ECHO
+        os.write(tty, prompt.encode())
+        termios.tcsetattr(tty, termios.TCSAFLUSH, hidden)
+        typed = b""
+        try:
+            while not typed.endswith(b"\n"):
+                if select.select([tty], [], [], 0.1)[0]:  # a Ctrl+C's handler runs between waits
+                    chunk = os.read(tty, 1024)
+                    if not chunk:
+                        raise EOFError
+                    typed += chunk
+        finally:
+            termios.tcsetattr(tty, termios.TCSAFLUSH, shown)
+            os.write(tty, b"\n")
+        return typed.decode("utf-8", "replace").rstrip("\r\n")
+    finally:
+        os.close(tty)
+
+
+def _getpass_on_its_own_line(prompt: str) -> str:
+    """``getpass``, with the prompt's line ended on Ctrl+C or Ctrl+D (it ends it only for a typed line)."""
+    try:
+        return getpass.getpass(prompt)
+    except (KeyboardInterrupt, EOFError):
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        raise
 
 
 def _config() -> ClientConfig:

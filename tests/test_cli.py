@@ -339,14 +339,14 @@ sys.exit(cli.main([{argv}]))
 """
 
 
-def _at_the_key_prompt(typed: bytes) -> tuple[int, str]:
-    """``connect`` with no key set, on a terminal; ``typed`` is sent once the prompt shows. Exit code, transcript."""
+def _at_the_key_prompt(typed: bytes, *command: str) -> tuple[int, str]:
+    """``command`` with no key set, on a terminal; ``typed`` is sent once the prompt shows. Exit code, transcript."""
     pid, terminal = pty.fork()
     if pid == 0:  # the child: the command, on the pseudo-terminal
         os.chdir(ROOT)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_")}
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "migrator", "connect"], env)
+            os.execve(sys.executable, [sys.executable, "-m", "migrator", *command], env)
         finally:
             os._exit(127)  # never back into pytest
     seen, deadline = b"", time.monotonic() + 30
@@ -372,14 +372,21 @@ def _at_the_key_prompt(typed: bytes) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), seen.decode().replace("\r\n", "\n")
 
 
-def test_ctrl_c_or_ctrl_d_at_the_key_prompt_is_said_on_a_line_of_its_own() -> None:
-    """QA: Ctrl+C was said on the prompt's line; Ctrl+D (no key typed) was an EOFError traceback."""
+def test_ctrl_c_or_ctrl_d_at_the_key_prompt_is_said_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """QA: Ctrl+C was said on the prompt's line, and waited for Enter once polars was loaded (run); Ctrl+D
+    (no key typed) was an EOFError traceback."""
     prompt = "Source Cliniko API key (input hidden): \n"
-    assert _at_the_key_prompt(b"\x03") == (130, prompt + "error: interrupted; nothing was changed.\n")
-    assert _at_the_key_prompt(b"\x04") == (
-        2,
-        prompt + "error: No source API key was typed: paste it at the prompt, or set MIGRATOR_SOURCE_KEY.\n",
-    )
+    for command in (["connect"], ["run", "--workspace", str(tmp_path / "w")]):
+        assert _at_the_key_prompt(b"\x03", *command) == (
+            130,
+            prompt + "error: interrupted; nothing was changed.\n",
+        )
+        assert _at_the_key_prompt(b"\x04", *command) == (
+            2,
+            prompt
+            + "error: No source API key was typed: paste it at the prompt, or set MIGRATOR_SOURCE_KEY.\n",
+        )
+    assert not (tmp_path / "w").exists()
 
 
 def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) -> None:
