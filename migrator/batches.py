@@ -390,6 +390,7 @@ def delete_batch(
         show(plan)
     if plan.blocker:
         raise BatchNotDeletable(plan.blocker)
+    ledger.require_writable()  # before it is set deleting: a read-only store leaves it as it was
     ledger.set_status(batch_id, "deleting", actor=actor, detail=plan.as_dict())
     removed = 0
     if getattr(store, "transactional", True):

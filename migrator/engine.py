@@ -318,6 +318,7 @@ class Engine:
         written_before = getattr(self.store, "requests", None)  # a Cliniko account's keys
         self.plan.require_resolved()
         self._require_targets()
+        self.ledger.require_writable()  # before the batch is recorded: a read-only store is no failed batch
         started = time.monotonic()
         resumed = batch_id is not None
         if batch_id is None:

@@ -82,7 +82,7 @@ import polars as pl
 import sqlite_utils
 from sqlite_utils.migrations import Migrations as _SqliteUtilsMigrations
 
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, MigratorError, database_refused
 from migrator.workspace import make_private_database, read_only
 
 __all__ = [
@@ -392,7 +392,7 @@ def opening_database(path: Path, what: str) -> Iterator[None]:
         elif "unable to open database file" in message:
             why = "no database file can be opened or made there"
         elif "readonly database" in message:
-            why = "the file cannot be written"
+            why = "it, or the folder it is in, may be read but not written; let this user write both"
         else:
             raise
         raise ConfigError(f"Cannot use {path} as {what}: {why}.") from None
@@ -905,6 +905,39 @@ class Ledger:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+
+    def require_writable(self) -> None:
+        """Refuse, before anything is recorded, a ledger or attached store this process may read but not write.
+
+        Each file is written once and rolled back (its ``user_version`` set to what it is),
+        which makes SQLite take the write lock and its journal beside the file: a file, or a
+        folder, that may not be written is found here rather than at a run's first page,
+        after its batch was recorded (``failed``), or in the middle of a deletion (``deleting``).
+
+        Raises:
+            ConfigError: naming the file, and what to give.
+        """
+        with self.lock:
+            for _, name, file in self.conn.execute("PRAGMA database_list").fetchall():
+                if (
+                    not file or self.conn.in_transaction
+                ):  # a temporary database; or a caller's write under way
+                    continue
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        (version,) = self.conn.execute(f"PRAGMA {name}.user_version").fetchone()
+                        self.conn.execute(f"PRAGMA {name}.user_version = {int(version)}")
+                    finally:
+                        self.conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    if database_refused(exc) is None:
+                        raise
+                    what = "the ledger" if name == "main" else "the clinic store"
+                    raise ConfigError(
+                        f"Cannot write {what} {file}: the file or the folder it is in may be read but not written "
+                        f"({str(exc).rstrip('.')}); let this user write both, then try again. Nothing was changed."
+                    ) from exc
 
     def commit_group(self, interval: float) -> CommitGroup:
         """A :class:`CommitGroup` on this ledger: ``transaction()`` blocks committed together."""

@@ -187,9 +187,9 @@ def unmade_if_refused(
     Some refusals need the ledger or Cliniko to be said (a filter id the source lacks, a
     top-up with nothing to top up, a mapping row unresolved, a store of another workspace),
     so they come after the workspace was opened, which makes ``ledger.db`` (and the local
-    store ``store``, ``sqlite:PATH``, if given). When the block ends in one of our refusals (a
-    :class:`~migrator.errors.MigratorError`), a ledger this made that records no batch and
-    no audit line goes again; so does the store if this made it and no batch of the ledger
+    store ``store``, ``sqlite:PATH``, if given). When the block ends in one of our refusals
+    (a :class:`~migrator.errors.MigratorError`, or SQLite refusing a file), a ledger this made
+    that records no batch and no audit line goes again; so does the store if this made it and no batch of the ledger
     went into it (beside a ledger made here too, or an older one), and the folders this
     made for them, up to the first that was there, as far as they are empty. So it is when
     the block ends in Ctrl+C (``KeyboardInterrupt``) before a batch was recorded. The block
@@ -225,8 +225,8 @@ def unmade_if_refused(
 
     try:
         yield
-    except (MigratorError, KeyboardInterrupt):  # refused, or Ctrl+C: take_back keeps what records a batch
-        take_back()
+    except (MigratorError, KeyboardInterrupt, sqlite3.Error):  # refused, Ctrl+C, a file SQLite may not write:
+        take_back()  # take_back keeps what records a batch
         raise
     if reading_only:
         take_back()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from migrator.destinations.local import LocalStore
 from migrator.ledger import Ledger
 from tests.conftest import RunningSandbox, without_file_override
 from tests.test_background import plan_for, stopped_batch
@@ -871,31 +872,59 @@ def test_a_ledger_edited_by_hand_gets_one_sentence_not_a_traceback(
     )
 
 
-def test_a_ledger_it_may_not_write_is_said_to_need_a_permission_not_to_be_damaged(
+def test_a_ledger_or_store_it_may_not_write_is_refused_before_anything_is_recorded(
     tiny_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    """A workspace copied in read-only (or restored as another user) opens and reads; the run's
-    first write is refused, and the sentence says what to give, not "edited by hand"."""
+    """A workspace copied in read-only (or restored as another user) opens and reads. A run or a
+    deletion is refused before its batch is recorded or set deleting, naming the file and what
+    to give, not "edited by hand"; a set-up into a new workspace takes that workspace back."""
     mapping = setup_workspace(tiny_sandbox, tmp_path)
-    assert cli(tiny_sandbox, "run", *into_store(tmp_path, mapping)).returncode == 0
-    before = json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout)
-    (tmp_path / "ledger.db").chmod(0o444)
-    refused = tiny_sandbox.cli(
-        "run",
-        *into_store(tmp_path, mapping),
-        key=tiny_sandbox.key("source"),
-        pace="0",
-        prefix=without_file_override(),
-    )
-    assert refused.returncode == 2
-    assert_one_clean_line(refused.stderr, tiny_sandbox.key("source"))
-    assert refused.stderr == (
-        "error: The ledger or the clinic store may be read but not written (attempt to write a readonly "
-        "database): let this user write both files and the folders they are in, then try again; what was "
-        "committed before stays.\n"
-    )
-    (tmp_path / "ledger.db").chmod(0o644)
-    assert json.loads(cli(tiny_sandbox, "batches", "--workspace", str(tmp_path), "--json").stdout) == before
+    done = cli(tiny_sandbox, "run", *into_store(tmp_path, mapping), "--json")
+    assert done.returncode == 0, done.stderr
+    batch = json.loads(done.stdout)["batch_id"]
+
+    def trail() -> tuple[list[tuple[str, str]], int]:
+        with sqlite3.connect(tmp_path / "ledger.db") as conn:
+            return conn.execute("SELECT id, status FROM batches").fetchall(), conn.execute(
+                "SELECT count(*) FROM audit"
+            ).fetchone()[0]
+
+    def bound(*args: str) -> subprocess.CompletedProcess[str]:
+        return tiny_sandbox.cli(
+            *args,
+            key=tiny_sandbox.key("source"),
+            dest_key=tiny_sandbox.key("destination"),
+            pace="0",
+            prefix=without_file_override(),
+        )
+
+    before = trail()
+    for file, what in (("ledger.db", "the ledger"), ("clinic.db", "the clinic store")):
+        (tmp_path / file).chmod(0o444)
+        for command in (
+            ("run", *into_store(tmp_path, mapping)),
+            ("delete-batch", batch, "--workspace", str(tmp_path), "--yes"),
+        ):
+            refused = bound(*command)
+            assert refused.returncode == 2, (command, refused.stderr)
+            said = refused.stderr.splitlines()[-1]
+            assert said == (
+                f"error: Cannot write {what} {(tmp_path / file).resolve()}: the file or the folder it is in may be "
+                "read but not written (attempt to write a readonly database); let this user write both, then try "
+                "again. Nothing was changed."
+            ), command
+            assert_one_clean_line(said, tiny_sandbox.key("source"))
+        (tmp_path / file).chmod(0o644)
+        assert trail() == before
+
+    fresh = tmp_path / "new" / "ws"
+    empty = tmp_path / "empty.db"  # a store with no set-up yet, that may not be written
+    with Ledger(tmp_path / "other") as other:
+        LocalStore(empty, other).close()
+    empty.chmod(0o444)
+    refused = bound("setup-store", "--workspace", str(fresh), "--to", f"sqlite:{empty}")
+    assert refused.returncode == 2 and "may be read but not written" in refused.stderr, refused.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_cliniko_failing_part_way_says_to_run_again_in_one_line(sandbox_factory: Any, tmp_path: Path) -> None:
