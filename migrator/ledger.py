@@ -918,10 +918,10 @@ class Ledger:
             ConfigError: naming the file, and what to give.
         """
         with self.lock:
+            if self.conn.in_transaction:  # a caller's write under way: it holds the write lock already
+                return
             for _, name, file in self.conn.execute("PRAGMA database_list").fetchall():
-                if (
-                    not file or self.conn.in_transaction
-                ):  # a temporary database; or a caller's write under way
+                if not file:  # a temporary database
                     continue
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")

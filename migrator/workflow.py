@@ -189,11 +189,11 @@ def unmade_if_refused(
     so they come after the workspace was opened, which makes ``ledger.db`` (and the local
     store ``store``, ``sqlite:PATH``, if given). When the block ends in one of our refusals
     (a :class:`~migrator.errors.MigratorError`, or SQLite refusing a file), a ledger this made
-    that records no batch and no audit line goes again; so does the store if this made it and no batch of the ledger
-    went into it (beside a ledger made here too, or an older one), and the folders this
-    made for them, up to the first that was there, as far as they are empty. So it is when
-    the block ends in Ctrl+C (``KeyboardInterrupt``) before a batch was recorded. The block
-    must have closed the ledger by then.
+    that records no batch and no audit line goes again; so does the store if this made it
+    and no batch of the ledger went into it (beside a ledger made here too, or an older one),
+    and the folders this made for them, up to the first that was there, as far as they are
+    empty. So it is when the block ends in Ctrl+C (``KeyboardInterrupt``) before a batch was
+    recorded. The block must have closed the ledger by then.
 
     ``reading_only``: the block only reads (``mapping`` writes its tables elsewhere), so what
     it made goes however it ends: a mistyped ``--workspace`` leaves no new workspace behind.
