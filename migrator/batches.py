@@ -337,6 +337,7 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     """Whether :func:`delete_batch` would delete ``batch`` now, and the sentence saying why (or why not).
 
     :meth:`Batch.deletable <migrator.ledger.Batch.deletable>` (the 48 hours, the status), then
+    whether the ledger may be written (:meth:`~migrator.ledger.Ledger.may_write`), then
     :func:`shared_store` (a copied workspace and a store its original uses), then
     :func:`blocker`: what lists batches (the console, ``batches``) says no for a batch a later
     one relies on, rather than let it be chosen and refused.
@@ -344,6 +345,11 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     allowed, why = batch.deletable(now)
     if not allowed:
         return False, why
+    if not ledger.may_write():  # a copy kept read-only to be looked at
+        return False, (
+            f"The ledger {ledger.path} (or the store attached to it, or their folder) may be read but not "
+            "written here, so nothing can be deleted through it; let this user write them to delete a batch."
+        )
     if shared := shared_store(ledger, batch):
         return False, shared
     relied_on = blocker(ledger, batch)

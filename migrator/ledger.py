@@ -800,11 +800,28 @@ class Ledger:
                     )
                 self.db = sqlite_utils.Database(self.conn)
                 with self.lock:
-                    apply_migrations(self.db, MIGRATIONS)
+                    self._migrate()
                     self._settle_home()
             except BaseException:
                 self.conn.close()
                 raise
+
+    def _migrate(self) -> None:
+        """Bring the ledger's schema up to this version's (:data:`MIGRATIONS`); up to date, it only reads.
+
+        Raises:
+            ConfigError: migrations are pending and the file, or its folder, may not be written.
+        """
+        try:
+            apply_migrations(self.db, MIGRATIONS)
+        except sqlite3.Error as exc:
+            if database_refused(exc) is None:
+                raise
+            raise ConfigError(
+                f"Cannot use {self.path} as the ledger: it was last used by an earlier version of the migrator "
+                "and must be brought up to date, which writes it, but it or the folder it is in may be read but "
+                "not written; let this user write both (or open a writable copy of the workspace)."
+            ) from exc
 
     def _settle_home(self) -> None:
         """Record where this ledger file is, and where it was last opened before, if elsewhere.
@@ -814,21 +831,30 @@ class Ledger:
         is kept, and :meth:`originals` are those that hold a ledger again. A ledger from before
         this was recorded (migration 012) takes its place as it is first opened, so a copy
         made before then is not told apart.
+
+        A ledger this process may read but not write (a copy kept read-only to be looked
+        at) is left as it is: what only reads it (listing its batches) goes on, and what
+        would write it is refused by :meth:`require_writable` before it records anything,
+        so no copy can act unaware that it is one.
         """
         here = str(self.path.resolve())
         row = self.conn.execute("SELECT path FROM home WHERE id = 1").fetchone()
         if row is not None and row[0] == here:
             return
-        with self.transaction():
-            if row is not None:  # copied, or moved: kept either way (see originals)
+        try:
+            with self.transaction():
+                if row is not None:  # copied, or moved: kept either way (see originals)
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO copied_from (path, noticed_at) VALUES (?, ?)",
+                        (row[0], _iso(_now())),
+                    )
                 self.conn.execute(
-                    "INSERT OR IGNORE INTO copied_from (path, noticed_at) VALUES (?, ?)",
-                    (row[0], _iso(_now())),
+                    "INSERT INTO home (id, path) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET path = excluded.path",
+                    (here,),
                 )
-            self.conn.execute(
-                "INSERT INTO home (id, path) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET path = excluded.path",
-                (here,),
-            )
+        except sqlite3.Error as exc:
+            if database_refused(exc) is None:
+                raise
 
     def originals(self) -> list[Path]:
         """Other ledger files at the places this one was opened before: the workspaces it was copied from.
@@ -938,6 +964,18 @@ class Ledger:
                         f"Cannot write {what} {file}: the file or the folder it is in may be read but not written "
                         f"({str(exc).rstrip('.')}); let this user write both, then try again. Nothing was changed."
                     ) from exc
+
+    def may_write(self) -> bool:
+        """Whether this process may write the ledger, any attached store, and the folders they are in.
+
+        Asked of the file system, not by a write as :meth:`require_writable` does: what lists
+        batches asks it of each, while another process's run may hold the write lock.
+        """
+        with self.lock:
+            files = [
+                Path(file) for _, _, file in self.conn.execute("PRAGMA database_list").fetchall() if file
+            ]
+        return all(os.access(place, os.W_OK) for file in files for place in (file, file.parent))
 
     def commit_group(self, interval: float) -> CommitGroup:
         """A :class:`CommitGroup` on this ledger: ``transaction()`` blocks committed together."""

@@ -171,7 +171,12 @@ def claim_copied_batches(ledger: Ledger, workspace: str | Path) -> None:
     the same plan in the copy would start a new batch instead of resuming it. Each other
     local destination goes through :func:`current_destination`, which re-points only what
     is this workspace's. ``ledger`` must have no store attached.
+
+    A ledger this process may not write (a copy kept read-only to be looked at) is left as
+    it records itself: what would write to it is refused before it records anything.
     """
+    if not ledger.may_write():
+        return
     own = f"sqlite:{LocalStore.parse_target(default_store(workspace)).resolve()}"
     others = {b.destination for b in ledger.batches() if b.destination.startswith("sqlite:")} - {own}
     for destination in sorted(others):

@@ -877,7 +877,8 @@ def test_a_ledger_or_store_it_may_not_write_is_refused_before_anything_is_record
 ) -> None:
     """A workspace copied in read-only (or restored as another user) opens and reads. A run or a
     deletion is refused before its batch is recorded or set deleting, naming the file and what
-    to give, not "edited by hand"; a set-up into a new workspace takes that workspace back."""
+    to give, not "edited by hand"; a copy kept read-only is listed, each batch said not to be
+    deletable there; a set-up into a new workspace takes that workspace back."""
     mapping = setup_workspace(tiny_sandbox, tmp_path)
     done = cli(tiny_sandbox, "run", *into_store(tmp_path, mapping), "--json")
     assert done.returncode == 0, done.stderr
@@ -916,6 +917,30 @@ def test_a_ledger_or_store_it_may_not_write_is_refused_before_anything_is_record
             assert_one_clean_line(said, tiny_sandbox.key("source"))
         (tmp_path / file).chmod(0o644)
         assert trail() == before
+
+    # A copy kept read-only to be looked at: listed as it records itself, said not deletable, left as it was.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for file in ("ledger.db", "clinic.db"):
+        shutil.copy2(tmp_path / file, kept / file)
+        (kept / file).chmod(0o444)
+    kept.chmod(0o555)
+    as_copied = {file: (kept / file).read_bytes() for file in ("ledger.db", "clinic.db")}
+    try:
+        listed = bound("batches", "--workspace", str(kept), "--json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        assert (row["id"], row["status"], row["deletable"]) == (batch, "completed", False)
+        assert row["why"] == (
+            f"The ledger {kept / 'ledger.db'} (or the store attached to it, or their folder) may be read but not "
+            "written here, so nothing can be deleted through it; let this user write them to delete a batch."
+        )
+        assert sum(c["created"] for c in row["counts"].values()) > 0
+        deleting = bound("delete-batch", batch, "--workspace", str(kept), "--yes")
+        assert deleting.returncode == 2 and "may be read but not written" in deleting.stderr, deleting.stderr
+        assert {file: (kept / file).read_bytes() for file in as_copied} == as_copied
+    finally:
+        kept.chmod(0o755)
 
     fresh = tmp_path / "new" / "ws"
     empty = tmp_path / "empty.db"  # a store with no set-up yet, that may not be written

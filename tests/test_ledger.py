@@ -8,6 +8,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from migrator.ledger import (
     apply_migrations,
     this_worker,
 )
-from tests.conftest import interrupt_at
+from tests.conftest import ROOT, interrupt_at, without_file_override
 
 ALL_MIGRATIONS = [
     "001_batches_items_audit",
@@ -128,6 +129,42 @@ def test_an_old_ledger_gets_the_missing_migrations_and_keeps_its_rows(tmp_path: 
     assert "progress" in ledger.db.table_names()
     assert ["entity", "source_id"] in [ix.columns for ix in ledger.db.table("items").indexes]
     assert ledger.batch("b20250101-000000-abcd").status == "completed"
+
+
+def test_an_old_ledger_that_may_not_be_written_is_refused_in_one_sentence_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Bringing an old ledger up to date writes it: one that may only be read says so, untouched."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    old = sqlite_utils.Database(workspace / "ledger.db")
+    MIGRATIONS.apply(old, stop_before="012_home")
+    old.close()
+    (workspace / "ledger.db").chmod(0o444)
+    before = (workspace / "ledger.db").read_bytes()
+    listed = subprocess.run(
+        [
+            *without_file_override(),
+            sys.executable,
+            "-m",
+            "migrator",
+            "batches",
+            "--workspace",
+            str(workspace),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert listed.returncode == 2
+    assert listed.stderr == (
+        f"error: Cannot use {workspace / 'ledger.db'} as the ledger: it was last used by an earlier version of the "
+        "migrator and must be brought up to date, which writes it, but it or the folder it is in may be read but "
+        "not written; let this user write both (or open a writable copy of the workspace).\n"
+    )
+    assert (workspace / "ledger.db").read_bytes() == before
 
 
 def test_a_copied_ledger_knows_its_original_while_that_is_there_and_a_moved_one_does_not(
