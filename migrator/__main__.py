@@ -16,6 +16,12 @@ finally:
         if sys.modules.get(_name) is None:
             del sys.modules[_name]
 
+import signal  # noqa: E402
+
 from migrator.cli import main  # noqa: E402
 
-sys.exit(main())
+code = main()
+# The command is done and has said so: a Ctrl+C as the interpreter exits (joining polars' threads,
+# flushing) has nothing left to stop, and would only end the process by the signal, its exit status lost.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.exit(code)

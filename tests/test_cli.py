@@ -389,6 +389,33 @@ def test_ctrl_c_or_ctrl_d_at_the_key_prompt_is_said_on_a_line_of_its_own(tmp_pat
     assert not (tmp_path / "w").exists()
 
 
+def test_ctrl_c_once_the_command_has_finished_leaves_its_exit_status(tmp_path: Path) -> None:
+    """QA: Ctrl+C just after a command said its result, as the interpreter exits, ended the process by
+    the signal (``^C``, the exit status lost). The signal is sent where that was: after ``__main__``."""
+    after = (
+        "import os, runpy, signal, sys, time\n"
+        "sys.argv = ['migrator', 'batches', '--workspace', sys.argv[1]]\n"
+        "try:\n"
+        "    runpy.run_module('migrator', run_name='__main__', alter_sys=True)\n"
+        "finally:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.5)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", after, str(tmp_path / "none")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"No batches yet: {tmp_path / 'none'} holds no ledger (ledger.db).\n",
+        "",
+    )
+
+
 def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) -> None:
     """Ctrl+C says what is left; a second one while the command is stopping ends it there, without a traceback.
 
