@@ -1063,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {path_refused(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if writing and (recorded is None or _recorded_so_far(args) != recorded):
+        if writing and _changed_since(args, recorded):
             print(
                 "error: interrupted part-way; what was done so far is kept and recorded: run the same "
                 "command again to finish it.",
@@ -1106,6 +1106,24 @@ def _recorded_so_far(args: argparse.Namespace) -> object | None:
         return None
     mark = audit_mark(args.workspace)
     return None if mark < 0 else mark
+
+
+def _changed_since(args: argparse.Namespace, recorded: object | None) -> bool:
+    """Whether the command has changed anything since :func:`_recorded_so_far` gave ``recorded``.
+
+    For a command in :data:`_AUDITED_FIRST`, a line another process wrote in the same
+    workspace meanwhile is not this command's: only a line this process wrote after
+    ``recorded`` (:func:`~migrator.ledger.audited_here`) says it changed something.
+    """
+    if recorded is None:  # it could not be told: said as part-way, to be safe
+        return True
+    if _recorded_so_far(args) == recorded:
+        return False
+    if args.command not in _AUDITED_FIRST:
+        return True
+    ledger = sys.modules.get("migrator.ledger")  # not loaded yet: this process has written no line
+    mine = ledger.audited_here(Path(args.workspace) / "ledger.db") if ledger is not None else 0
+    return isinstance(recorded, int) and mine > recorded
 
 
 #: Seconds within which a second SIGINT is the first one again: a signal sent to the whole process group

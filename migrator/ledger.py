@@ -411,6 +411,21 @@ def batch_tenants(source_account: str, destination: str) -> tuple[str, ...]:
     return (source_account,)
 
 
+#: The last audit line (rowid) this process wrote in each ledger file (resolved), ``store_moved``
+#: aside: what tells a command's own lines from those another process wrote meanwhile (Ctrl+C's
+#: "part-way" or "nothing was changed").
+_AUDITED_HERE: dict[Path, int] = {}
+
+
+def audited_here(ledger_file: Path) -> int:
+    """The last audit line this process wrote in ``ledger_file`` (0: none), ``store_moved`` aside.
+
+    A line of a transaction rolled back afterwards still counts: the caller errs on the side
+    of saying a command changed something.
+    """
+    return _AUDITED_HERE.get(ledger_file.resolve(), 0)
+
+
 def this_worker() -> str:
     """This process, as a batch's ``worker`` records it: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -1450,7 +1465,7 @@ class Ledger:
             if tenant is None and batch_id is not None:
                 found = self._rows("SELECT source_account FROM batches WHERE id = ?", (batch_id,))
                 tenant = found[0][0] if found else None
-            self.conn.execute(
+            line = self.conn.execute(
                 "INSERT INTO audit (at, actor, action, batch_id, detail, tenant, role) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     _iso(_now()),
@@ -1461,7 +1476,9 @@ class Ledger:
                     tenant,
                     role or self.audit_role,
                 ),
-            )
+            ).lastrowid
+            if action != "store_moved" and line is not None:
+                _AUDITED_HERE[self.path.resolve()] = line
 
     def top_ups(self) -> set[str]:
         """The batches started as top-ups (their audit trail has a ``top_up`` line), for listings to say so."""

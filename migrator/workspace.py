@@ -59,7 +59,8 @@ def audit_mark(workspace: str | Path) -> int:
 
     A ``store_moved`` line is not counted: opening a moved or copied workspace re-points its
     batches before any command's work (listing them does it too), and that is no record
-    written. A line another process records in the same workspace meanwhile does count.
+    written. A line another process records in the same workspace meanwhile does count; the
+    command line tells its own from those by :func:`migrator.ledger.audited_here`.
     """
     ledger_file = Path(workspace) / "ledger.db"
     try:

@@ -323,6 +323,12 @@ def command(args):
         from migrator.ledger import Ledger
         with Ledger("w") as ledger:
             ledger.audit(action, actor="cli")
+    if {elsewhere}:  # another process's line meanwhile (a deletion in the same workspace): not this command's
+        import subprocess
+        subprocess.run(
+            [sys.executable, "-c", "from migrator.ledger import Ledger; Ledger('w').audit('delete', actor='cli')"],
+            check=True,
+        )
     try:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C
         time.sleep(5)
@@ -425,12 +431,14 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
     run, batches = ("cmd_run", '"run", "--workspace", "w"'), ("cmd_batches", '"batches", "--workspace", "w"')
     early_run = ("cmd_run", '"run", "--workspace", "w", "--json"')
     moved_run = ("cmd_run", '"run", "--workspace", "w", "--json", "-v"')  # only its store_moved line
+    other_run = ("cmd_run", '"run", "--workspace", "w", "-v"')  # only another process's line
     stopped = "interrupted part-way; what was done so far is kept and recorded: run the same command again to finish it"
     for (name, argv), again, said in [
         (run, None, stopped),
         (batches, None, "interrupted; nothing was changed"),
         (early_run, None, "interrupted; nothing was changed"),  # before its batch: no "part-way"
         (moved_run, None, "interrupted; nothing was changed"),  # a copy's batches re-pointed: no record
+        (other_run, None, "interrupted; nothing was changed"),  # another process's line meanwhile
         (run, 0.0, stopped),
         (
             run,
@@ -449,6 +457,7 @@ def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) ->
                     argv=argv,
                     again=again,
                     action={run: "run", moved_run: "store_moved"}.get((name, argv)),
+                    elsewhere=(name, argv) == other_run,
                 ),
             ],
             cwd=tmp_path,
