@@ -345,11 +345,13 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     allowed, why = batch.deletable(now)
     if not allowed:
         return False, why
-    if not ledger.may_write():  # a copy kept read-only to be looked at
-        return False, (
-            f"The ledger {ledger.path} (or the store attached to it, or their folder) may be read but not "
-            "written here, so nothing can be deleted through it; let this user write them to delete a batch."
-        )
+    store = LocalStore.parse_target(batch.destination) if batch.destination.startswith("sqlite:") else None
+    for what, path, others in (("ledger", ledger.path, ()), ("clinic store", store, (store,))):
+        if path is not None and not ledger.may_write(*others):  # a workspace kept read-only to be looked at
+            return False, (
+                f"The {what} {path} (or the folder it is in) may be read but not written here, so nothing can be "
+                "deleted through it; let this user write both to delete a batch."
+            )
     if shared := shared_store(ledger, batch):
         return False, shared
     relied_on = blocker(ledger, batch)

@@ -980,8 +980,8 @@ class Ledger:
                         f"({str(exc).rstrip('.')}); let this user write both, then try again. Nothing was changed."
                     ) from exc
 
-    def may_write(self) -> bool:
-        """Whether this process may write the ledger, any attached store, and the folders they are in.
+    def may_write(self, *others: Path) -> bool:
+        """Whether this process may write the ledger, any attached store, ``others``, and the folders they are in.
 
         Asked of the file system, not by a write as :meth:`require_writable` does: what lists
         batches asks it of each, while another process's run may hold the write lock.
@@ -990,6 +990,7 @@ class Ledger:
             files = [
                 Path(file) for _, _, file in self.conn.execute("PRAGMA database_list").fetchall() if file
             ]
+        files.extend(others)
         return all(os.access(place, os.W_OK) for file in files for place in (file, file.parent))
 
     def commit_group(self, interval: float) -> CommitGroup:

@@ -915,6 +915,8 @@ def test_a_ledger_or_store_it_may_not_write_is_refused_before_anything_is_record
                 "again. Nothing was changed."
             ), command
             assert_one_clean_line(said, tiny_sandbox.key("source"))
+        listed = bound("batches", "--workspace", str(tmp_path), "--json")  # QA 51: listed as deletable
+        assert [(row["id"], row["deletable"]) for row in json.loads(listed.stdout)] == [(batch, False)], file
         (tmp_path / file).chmod(0o644)
         assert trail() == before
 
@@ -932,8 +934,8 @@ def test_a_ledger_or_store_it_may_not_write_is_refused_before_anything_is_record
         (row,) = json.loads(listed.stdout)
         assert (row["id"], row["status"], row["deletable"]) == (batch, "completed", False)
         assert row["why"] == (
-            f"The ledger {kept / 'ledger.db'} (or the store attached to it, or their folder) may be read but not "
-            "written here, so nothing can be deleted through it; let this user write them to delete a batch."
+            f"The ledger {kept / 'ledger.db'} (or the folder it is in) may be read but not written here, so nothing "
+            "can be deleted through it; let this user write both to delete a batch."
         )
         assert sum(c["created"] for c in row["counts"].values()) > 0
         deleting = bound("delete-batch", batch, "--workspace", str(kept), "--yes")
