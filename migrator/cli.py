@@ -1147,9 +1147,13 @@ def _second_interrupt_quits(*, writing: bool) -> Iterator[None]:
 
     The handler stays in place after a first Ctrl+C, until the process exits; a command
     that ends without one puts the previous handler back (tests call :func:`main` in-process).
-    Outside the main thread, where handlers cannot be set, Python's own behaviour stands.
+    Outside the main thread, where handlers cannot be set, Python's own behaviour stands; so
+    it does in a process started with Ctrl+C ignored (a job a script put in the background).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    ):
         yield
         return
 

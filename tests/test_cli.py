@@ -422,6 +422,40 @@ def test_ctrl_c_once_the_command_has_finished_leaves_its_exit_status(tmp_path: P
     )
 
 
+def test_ctrl_c_while_loading_or_in_generated_code_is_said_and_exits_130(tmp_path: Path) -> None:
+    """QA 51: a Ctrl+C in the command's code that Python runs from a string (a dataclass's methods, made as
+    a module loads) was said, yet `python -m` then ended the process by SIGINT; one inherited as ignored
+    (a job a script put in the background) interrupted the command anyway."""
+    script = (
+        "import runpy, signal, sys\n"
+        "if sys.argv[2] == 'ignored':\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "from migrator import cli\n"
+        "def command(args):\n"
+        "    exec('import os, signal, time\\nos.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(1)')\n"
+        "    return 0\n"
+        "cli.cmd_batches = command\n"
+        "sys.argv = ['migrator', 'batches', '--workspace', sys.argv[1]]\n"
+        "try:\n"
+        "    runpy.run_module('migrator', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code)\n"
+    )
+    for inherited, said, code in (
+        ("default", "error: interrupted; nothing was changed.\n", "130\n"),
+        ("ignored", "", "0\n"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "w"), inherited],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, code, said), inherited
+
+
 def test_ctrl_c_stops_in_one_sentence_and_twice_stops_at_once(tmp_path: Path) -> None:
     """Ctrl+C says what is left; a second one while the command is stopping ends it there, without a traceback.
 
