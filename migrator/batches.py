@@ -33,7 +33,7 @@ from typing import Any
 
 from migrator.destinations.local import KeptLink, LocalStore
 from migrator.errors import MigratorError
-from migrator.ledger import Batch, Ledger
+from migrator.ledger import Batch, Ledger, may_write
 from migrator.plan import records_of
 
 __all__ = [
@@ -337,7 +337,7 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     """Whether :func:`delete_batch` would delete ``batch`` now, and the sentence saying why (or why not).
 
     :meth:`Batch.deletable <migrator.ledger.Batch.deletable>` (the 48 hours, the status), then
-    whether the ledger may be written (:meth:`~migrator.ledger.Ledger.may_write`), then
+    whether the ledger and the batch's local store may be written (:func:`~migrator.ledger.may_write`), then
     :func:`shared_store` (a copied workspace and a store its original uses), then
     :func:`blocker`: what lists batches (the console, ``batches``) says no for a batch a later
     one relies on, rather than let it be chosen and refused.
@@ -346,8 +346,8 @@ def deletable(ledger: Ledger, batch: Batch, now: datetime | None = None) -> tupl
     if not allowed:
         return False, why
     store = LocalStore.parse_target(batch.destination) if batch.destination.startswith("sqlite:") else None
-    for what, path, others in (("ledger", ledger.path, ()), ("clinic store", store, (store,))):
-        if path is not None and not ledger.may_write(*others):  # a workspace kept read-only to be looked at
+    for what, path in (("ledger", ledger.path), ("clinic store", store)):
+        if path is not None and not may_write(path):  # a workspace kept read-only to be looked at
             return False, (
                 f"The {what} {path} (or the folder it is in) may be read but not written here, so nothing can be "
                 "deleted through it; let this user write both to delete a batch."

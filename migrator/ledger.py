@@ -426,6 +426,14 @@ def audited_here(ledger_file: Path) -> int:
     return _AUDITED_HERE.get(ledger_file.resolve(), 0)
 
 
+def may_write(database: Path) -> bool:
+    """Whether this process may write the database file ``database`` and the folder it is in (its journal goes there).
+
+    A file that is not there is not refused here: its absence is another matter.
+    """
+    return all(os.access(place, os.W_OK) for place in (database, database.parent) if place.exists())
+
+
 def this_worker() -> str:
     """This process, as a batch's ``worker`` records it: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -980,18 +988,17 @@ class Ledger:
                         f"({str(exc).rstrip('.')}); let this user write both, then try again. Nothing was changed."
                     ) from exc
 
-    def may_write(self, *others: Path) -> bool:
-        """Whether this process may write the ledger, any attached store, ``others``, and the folders they are in.
+    def may_write(self) -> bool:
+        """Whether this process may write the ledger, any attached store, and the folders they are in.
 
-        Asked of the file system, not by a write as :meth:`require_writable` does: what lists
-        batches asks it of each, while another process's run may hold the write lock.
+        Asked of the file system (:func:`may_write`), not by a write as :meth:`require_writable`
+        does: what lists batches asks it, while another process's run may hold the write lock.
         """
         with self.lock:
             files = [
                 Path(file) for _, _, file in self.conn.execute("PRAGMA database_list").fetchall() if file
             ]
-        files.extend(others)
-        return all(os.access(place, os.W_OK) for file in files for place in (file, file.parent))
+        return all(may_write(file) for file in files)
 
     def commit_group(self, interval: float) -> CommitGroup:
         """A :class:`CommitGroup` on this ledger: ``transaction()`` blocks committed together."""

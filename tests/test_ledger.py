@@ -32,6 +32,7 @@ from migrator.ledger import (
     Item,
     Ledger,
     apply_migrations,
+    may_write,
     this_worker,
 )
 from tests.conftest import ROOT, interrupt_at, without_file_override
@@ -165,6 +166,14 @@ def test_an_old_ledger_that_may_not_be_written_is_refused_in_one_sentence_and_le
         "not written; let this user write both (or open a writable copy of the workspace).\n"
     )
     assert (workspace / "ledger.db").read_bytes() == before
+
+
+def test_a_store_that_is_not_there_is_not_said_to_be_read_only(tmp_path: Path) -> None:
+    """A batch's store moved away or deleted by hand is another matter than one that may not be written."""
+    assert may_write(tmp_path / "absent.db")
+    assert may_write(tmp_path / "gone" / "clinic.db")
+    with Ledger(tmp_path / "ws") as ledger:
+        assert ledger.may_write()
 
 
 def test_a_copied_ledger_knows_its_original_while_that_is_there_and_a_moved_one_does_not(
